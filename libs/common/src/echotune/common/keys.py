@@ -1,0 +1,59 @@
+"""Every Redis key, stream, group and channel name used by echotune, in one place.
+
+All names live under a namespace (``ECHOTUNE_NAMESPACE``, default ``echotune``) so that
+several deployments, or several tests, can share one Redis without seeing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+JOBS_GROUP = "llm-workers"
+TELEMETRY_GROUP = "telemetry-writers"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names for one namespace."""
+
+    namespace: str = "echotune"
+
+    @property
+    def jobs(self) -> str:
+        """Stream of chat jobs, consumed by the ``llm-workers`` group."""
+        return f"{self.namespace}:jobs"
+
+    @property
+    def telemetry(self) -> str:
+        """Stream of one telemetry event per provider attempt."""
+        return f"{self.namespace}:telemetry"
+
+    @property
+    def telemetry_dead_letters(self) -> str:
+        """Telemetry events that failed validation, with the reason."""
+        return f"{self.namespace}:telemetry:dlq"
+
+    @property
+    def cancel_channel(self) -> str:
+        """Pub/Sub channel on which cancel requests are announced to all workers."""
+        return f"{self.namespace}:cancel"
+
+    def events(self, request_id: str) -> str:
+        """Per-request stream of chat events (start, delta, …, done/error)."""
+        return f"{self.namespace}:req:{request_id}:events"
+
+    def meta(self, request_id: str) -> str:
+        """Hash describing a request: fingerprint of its input, user, timestamps."""
+        return f"{self.namespace}:req:{request_id}:meta"
+
+    def cancel_flag(self, request_id: str) -> str:
+        """Set when a cancel was asked; read by the worker that takes the job later."""
+        return f"{self.namespace}:req:{request_id}:cancel"
+
+    def reader(self, request_id: str) -> str:
+        """Present while a client reads the stream or may still come back to resume it."""
+        return f"{self.namespace}:req:{request_id}:reader"
+
+    def gateway_wakeup(self, gateway_id: str) -> str:
+        """Stream a gateway process writes to itself to wake its blocked multiplexed XREAD."""
+        return f"{self.namespace}:gateway:{gateway_id}:wakeup"

@@ -1,0 +1,269 @@
+"""Versioned message contracts between echotune services.
+
+* ``ChatJob``: gateway → ``Keys.jobs`` stream → llm-worker.
+* Chat events (``StartEvent`` … ``ErrorEvent``): llm-worker (and the gateway for ``start``)
+  → per-request ``Keys.events(request_id)`` stream → gateway → client as SSE frames.
+  A stream entry has three fields: ``v`` (schema version), ``type`` and ``data`` — the JSON
+  object sent to the client as the SSE ``data:`` line, verbatim.
+* ``TelemetryEvent``: llm-worker → ``Keys.telemetry`` stream → telemetry service.
+
+A consumer refuses an entry whose major ``schema_version`` it does not know.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic.alias_generators import to_camel
+
+SCHEMA_VERSION = 1
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,63}$"
+RequestId = Annotated[str, Field(pattern=REQUEST_ID_PATTERN)]
+ConversationId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
+
+
+def new_request_id() -> str:
+    """A fresh request id (32 hex characters)."""
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Contract(BaseModel):
+    """Base of every contract: immutable, unknown fields ignored (forward compatible)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+# --- chat job -----------------------------------------------------------------------------
+
+
+class Role(StrEnum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class ChatMessage(Contract):
+    role: Role
+    content: str
+
+
+class ChatOptions(Contract):
+    """Generation options a client may set per request."""
+
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1, le=32_768)
+    stop: list[str] | None = Field(None, max_length=4)
+    use_context: bool = Field(True, description="Attach the conversation's context")
+    continue_on_failure: bool | None = Field(
+        None, description="After a mid-stream failure, continue on the next provider"
+    )
+
+
+class ChatJob(Contract):
+    """One chat answer to produce: written by the gateway, consumed by one worker."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    request_id: RequestId
+    conversation_id: ConversationId | None = None
+    user_id: str = "anonymous"
+    messages: list[ChatMessage] = Field(min_length=1)
+    provider: str
+    model: str
+    fallbacks: list[str] = Field(default_factory=list)
+    options: ChatOptions = Field(default_factory=ChatOptions)
+    created_at: datetime = Field(default_factory=utcnow)
+    deadline_at: float = Field(description="Unix time after which the answer is abandoned")
+
+
+# --- chat events -------------------------------------------------------------------------
+
+
+class EventType(StrEnum):
+    START = "start"
+    DELTA = "delta"
+    RETRY = "retry"
+    FAILOVER = "failover"
+    DONE = "done"
+    ERROR = "error"
+
+
+TERMINAL_EVENTS = frozenset({EventType.DONE, EventType.ERROR})
+
+
+class StartEvent(Contract):
+    """First event of every stream, written by the gateway when it accepts the request."""
+
+    type: Literal[EventType.START] = EventType.START
+    schema_version: Literal[1] = SCHEMA_VERSION
+    request_id: str
+    conversation_id: str | None = None
+    provider: str
+    model: str
+    provider_is_demo: bool = False
+
+
+class DeltaEvent(Contract):
+    """A piece of the answer's text."""
+
+    type: Literal[EventType.DELTA] = EventType.DELTA
+    delta: str
+    t: int | None = Field(None, description="Producer's monotonic_ns stamp (benchmarks only)")
+
+
+class RetryEvent(Contract):
+    """The provider call failed before its first token and will be tried again."""
+
+    type: Literal[EventType.RETRY] = EventType.RETRY
+    provider: str
+    attempt: int = Field(description="The attempt that failed (1-based)")
+    delay_ms: int
+    reason: str
+
+
+class FailoverEvent(Contract):
+    """The answer moves on to another provider."""
+
+    type: Literal[EventType.FAILOVER] = EventType.FAILOVER
+    from_provider: str
+    to_provider: str
+    to_model: str
+    reason: str
+    discard_partial: bool = Field(
+        False, description="Text received so far must be discarded: the answer starts again"
+    )
+    continues_partial: bool = Field(
+        False, description="The next provider continues the partial text"
+    )
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"
+    LENGTH = "length"
+    CANCELLED = "cancelled"
+    CONTENT_FILTER = "content_filter"
+
+
+class Usage(Contract):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Timings(Contract):
+    ttft_ms: float | None = None
+    total_ms: float
+
+
+class ContextUsage(Contract):
+    turns: int = 0
+    chars: int = 0
+
+
+class DoneEvent(Contract):
+    """Last event of a stream that ended normally (including cancellation)."""
+
+    type: Literal[EventType.DONE] = EventType.DONE
+    finish_reason: FinishReason
+    provider: str
+    model: str
+    usage: Usage = Field(default_factory=Usage)
+    timings: Timings
+    attempts: int = 1
+    context: ContextUsage = Field(default_factory=ContextUsage)
+
+
+class ErrorCode(StrEnum):
+    PROVIDER_ERROR = "provider_error"
+    RATE_LIMITED = "rate_limited"
+    TIMEOUT = "timeout"
+    ALL_PROVIDERS_FAILED = "all_providers_failed"
+    PARTIAL_ANSWER = "partial_answer"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    WORKER_LOST = "worker_lost"
+    SHUTDOWN = "shutdown"
+    INVALID_JOB = "invalid_job"
+
+
+class ErrorEvent(Contract):
+    """Last event of a stream that failed."""
+
+    type: Literal[EventType.ERROR] = EventType.ERROR
+    code: ErrorCode
+    message: str
+    partial: bool = Field(False, description="Text was streamed before the failure")
+    provider: str | None = None
+    retryable: bool = False
+
+
+ChatEvent = Annotated[
+    StartEvent | DeltaEvent | RetryEvent | FailoverEvent | DoneEvent | ErrorEvent,
+    Field(discriminator="type"),
+]
+CHAT_EVENT_ADAPTER: TypeAdapter[ChatEvent] = TypeAdapter(ChatEvent)
+
+
+def encode_event(event: ChatEvent) -> dict[str, str]:
+    """Fields of the Redis stream entry carrying ``event``."""
+    data = event.model_dump_json(exclude={"type"}, exclude_none=True)
+    return {"v": str(SCHEMA_VERSION), "type": event.type.value, "data": data}
+
+
+def decode_event(fields: dict[str, str]) -> ChatEvent:
+    """Inverse of :func:`encode_event`; raises ``ValueError`` on an unknown version."""
+    if fields.get("v") != str(SCHEMA_VERSION):
+        raise ValueError(f"unsupported chat event schema version {fields.get('v')!r}")
+    payload = json.loads(fields["data"])
+    payload["type"] = fields["type"]
+    return CHAT_EVENT_ADAPTER.validate_python(payload)
+
+
+# --- telemetry ---------------------------------------------------------------------------
+
+
+class BreakerState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+class TelemetryEvent(BaseModel):
+    """One provider attempt. Field names are camelCase on the wire and in MongoDB."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="ignore", alias_generator=to_camel, populate_by_name=True
+    )
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    request_id: str
+    attempt: int = Field(ge=1)
+    provider: str
+    model: str
+    latency_ms: float = Field(ge=0)
+    ttft_ms: float | None = Field(None, ge=0)
+    gap_p50_ms: float | None = Field(None, ge=0)
+    gap_p95_ms: float | None = Field(None, ge=0)
+    tokens_in: int = Field(0, ge=0)
+    tokens_out: int = Field(0, ge=0)
+    tokens_per_s: float | None = Field(None, ge=0)
+    success: bool
+    error_code: str | None = None
+    breaker_state: BreakerState = BreakerState.CLOSED
+    is_retry: bool = False
+    is_failover: bool = False
+    user_id: str | None = None
+    conversation_id: str | None = None
+    ts: datetime = Field(default_factory=utcnow)
+
+
+def monotonic_ms() -> float:
+    return time.monotonic() * 1000.0

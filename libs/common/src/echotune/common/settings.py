@@ -1,0 +1,67 @@
+"""Settings shared by every service; each service subclasses ``ServiceSettings``.
+
+Service-specific variables carry the service's prefix (``ECHOTUNE_GATEWAY_…``); the
+infrastructure every service shares has one fixed name (``ECHOTUNE_REDIS_URL``, …).
+"""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from echotune.common.keys import Keys
+from echotune.common.providers import ProviderConfig, ProviderRegistry
+
+
+def shared(name: str) -> AliasChoices:
+    """Read a shared setting from ``ECHOTUNE_<NAME>`` whatever the service's prefix."""
+    return AliasChoices(f"ECHOTUNE_{name}", name.lower())
+
+
+class ServiceSettings(BaseSettings):
+    """Infrastructure settings common to all services."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=shared("REDIS_URL"))
+    namespace: str = Field(
+        "echotune",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        validation_alias=shared("NAMESPACE"),
+        description="Prefix of every Redis key; lets deployments or tests share one Redis",
+    )
+    log_level: str = Field("INFO", validation_alias=shared("LOG_LEVEL"))
+    resume_window_s: float = Field(
+        30.0,
+        gt=0,
+        validation_alias=shared("RESUME_WINDOW_S"),
+        description="How long an answer keeps streaming into Redis without a reader",
+    )
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.namespace)
+
+
+class ProviderSettings(BaseSettings):
+    """The provider list, read by the gateway and the workers alike."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    providers: list[ProviderConfig] = Field(
+        default_factory=list, validation_alias=shared("PROVIDERS")
+    )
+    default_provider: str | None = Field(None, validation_alias=shared("DEFAULT_PROVIDER"))
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        validation_alias=shared("FALLBACKS"),
+        description="Providers tried in order after the chosen one fails",
+    )
+
+    @field_validator("default_provider")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    def registry(self) -> ProviderRegistry:
+        return ProviderRegistry(self.providers, self.default_provider)

@@ -1,0 +1,83 @@
+"""The one small interface every provider implements, and the errors it raises."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import httpx
+
+from echotune.common.messages import ChatMessage, FinishReason, Usage
+from echotune.common.providers import ProviderConfig
+
+REQUEST_ID_HEADER = "X-Request-Id"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRequest:
+    """What a provider needs to produce one answer."""
+
+    request_id: str
+    model: str
+    messages: list[ChatMessage]
+    temperature: float | None = None
+    max_tokens: int | None = None
+    stop: list[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TextChunk:
+    """A piece of answer text as the provider sent it."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The provider ended the answer normally."""
+
+    reason: FinishReason = FinishReason.STOP
+    usage: Usage = field(default_factory=Usage)
+
+
+StreamItem = TextChunk | Finish
+
+
+class ProviderError(Exception):
+    """A failed provider call, classified for retry, breaker and telemetry decisions.
+
+    ``code`` is the telemetry error code: ``http_<status>``, ``rate_limited``, ``timeout``,
+    ``connect_error``, ``malformed_stream``, ``disconnected``.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+
+class Provider(Protocol):
+    """Streams one answer; closing the iterator closes the upstream HTTP response."""
+
+    config: ProviderConfig
+
+    def stream(self, request: ProviderRequest) -> AsyncIterator[StreamItem]: ...
+
+
+ProviderFactory = type[Provider]
+
+
+def make_client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    """The HTTP client a worker process shares between its provider calls."""
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+    return httpx.AsyncClient(transport=transport, limits=limits, timeout=None)
