@@ -1,5 +1,8 @@
 """Every Redis key, stream, group and channel name used by echotune, in one place.
 
+Per-request keys share a hash tag (``{request_id}``) so that scripts touching several of
+them stay valid on Redis Cluster.
+
 All names live under a namespace (``ECHOTUNE_NAMESPACE``, default ``echotune``) so that
 several deployments, or several tests, can share one Redis without seeing each other.
 """
@@ -40,19 +43,19 @@ class Keys:
 
     def events(self, request_id: str) -> str:
         """Per-request stream of chat events (start, delta, …, done/error)."""
-        return f"{self.namespace}:req:{request_id}:events"
+        return f"{self.namespace}:req:{{{request_id}}}:events"
 
     def meta(self, request_id: str) -> str:
         """Hash describing a request: fingerprint of its input, user, timestamps."""
-        return f"{self.namespace}:req:{request_id}:meta"
+        return f"{self.namespace}:req:{{{request_id}}}:meta"
 
     def cancel_flag(self, request_id: str) -> str:
         """Set when a cancel was asked; read by the worker that takes the job later."""
-        return f"{self.namespace}:req:{request_id}:cancel"
+        return f"{self.namespace}:req:{{{request_id}}}:cancel"
 
     def reader(self, request_id: str) -> str:
         """Present while a client reads the stream or may still come back to resume it."""
-        return f"{self.namespace}:req:{request_id}:reader"
+        return f"{self.namespace}:req:{{{request_id}}}:reader"
 
     def gateway_wakeup(self, gateway_id: str) -> str:
         """Stream a gateway process writes to itself to wake its blocked multiplexed XREAD."""

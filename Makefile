@@ -1,0 +1,35 @@
+# Thin wrappers over uv. `make dev` runs the system, `make test` runs the tests.
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+
+.PHONY: help uv sync dev test test-fast lint fmt clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+uv:  ## Install uv with pip when it is missing
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+
+sync: uv  ## Create the virtual environment from uv.lock
+	@$(UV) sync --frozen --quiet
+
+dev: sync  ## Run the whole system locally (gateway on :8080)
+	$(UV) run --frozen python -m deploy.local.dev
+
+test: sync  ## Run the whole test suite (fast tests first, then end-to-end)
+	$(UV) run --frozen pytest tests/unit tests/e2e
+
+test-fast: sync  ## Only the fast tests
+	$(UV) run --frozen pytest tests/unit
+
+lint: sync  ## ruff and mypy
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check .
+	$(UV) run --frozen mypy libs/common/src services/*/src
+
+fmt: sync  ## Format and autofix
+	$(UV) run --frozen ruff format .
+	$(UV) run --frozen ruff check --fix .
+
+clean:  ## Remove caches and the virtual environment
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

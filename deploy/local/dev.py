@@ -1,0 +1,60 @@
+"""`make dev`: the whole system on this machine, no Docker needed; Ctrl-C stops it all.
+
+Redis comes from ECHOTUNE_REDIS_URL if set, else a local server process is started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+
+from deploy.local.processes import ServiceProcess, start_gateway, start_worker
+from deploy.local.servers import local_redis
+
+HOST = os.environ.get("ECHOTUNE_DEV_HOST", "127.0.0.1")
+PORT = int(os.environ.get("ECHOTUNE_DEV_PORT", "8080"))
+
+
+async def run(redis_url: str) -> None:
+    env = {"ECHOTUNE_REDIS_URL": redis_url}
+    processes: list[ServiceProcess] = []
+    try:
+        gateway, url = await start_gateway(env, host=HOST, port=PORT)
+        processes.append(gateway)
+        processes.append(await start_worker(env))
+        for proc in processes:
+            proc.echo = True
+        print(_banner(url, redis_url), flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        exits = [asyncio.create_task(p.proc.wait()) for p in processes if p.proc]
+        await asyncio.wait([asyncio.create_task(stop.wait()), *exits], return_when="FIRST_COMPLETED")
+    finally:
+        print("stopping…", flush=True)
+        for proc in reversed(processes):
+            await proc.stop()
+
+
+def _banner(url: str, redis_url: str) -> str:
+    return f"""
+echotune is running
+  gateway   {url}   (API docs: {url}/docs)
+  redis     {redis_url}
+try it:
+  curl -N '{url}/api/chat/stream?message=Recommend+something+for+a+rainy+evening'
+Ctrl-C stops everything.
+"""
+
+
+def main() -> None:
+    with contextlib.ExitStack() as stack:
+        redis_url = os.environ.get("ECHOTUNE_REDIS_URL") or stack.enter_context(local_redis())
+        asyncio.run(run(redis_url))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Child processes for the local stack and the tests: started, awaited by their log lines, stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+
+
+class ServiceProcess:
+    """A child process whose combined output is kept and can be awaited line by line."""
+
+    def __init__(self, name: str, args: list[str], env: Mapping[str, str]) -> None:
+        self.name, self.args = name, args
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+        self.lines: list[str] = []
+        self.echo = bool(os.environ.get("ECHOTUNE_ECHO_LOGS"))
+        self._new_line = asyncio.Condition()
+        self.proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self, ready: str, timeout: float = 30.0) -> re.Match[str]:
+        """Start the process and wait until a line matches the ``ready`` pattern."""
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.args,
+            cwd=ROOT,
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._reader = asyncio.create_task(self._read())
+        try:
+            return await self.wait_for_line(ready, timeout)
+        except TimeoutError:
+            await self.stop()
+            raise RuntimeError(f"{self.name} did not start:\n" + "\n".join(self.lines[-40:]))
+
+    async def _read(self) -> None:
+        assert self.proc and self.proc.stdout
+        async for raw in self.proc.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            if self.echo:
+                print(f"[{self.name}] {line}", file=sys.stderr, flush=True)
+            async with self._new_line:
+                self.lines.append(line)
+                self._new_line.notify_all()
+        async with self._new_line:
+            self._new_line.notify_all()
+
+    async def wait_for_line(self, pattern: str, timeout: float = 10.0, start: int = 0) -> re.Match[str]:
+        """The first line from index ``start`` on that matches ``pattern``, awaited if needed."""
+        regex = re.compile(pattern)
+        async with asyncio.timeout(timeout), self._new_line:
+            index = start
+            while True:
+                while index < len(self.lines):
+                    if match := regex.search(self.lines[index]):
+                        return match
+                    index += 1
+                if self._reader is not None and self._reader.done():
+                    raise RuntimeError(f"{self.name} exited:\n" + "\n".join(self.lines[-40:]))
+                await self._new_line.wait()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        """Send ``sig`` and wait for the exit; SIGKILL the group if it does not come."""
+        if self.proc is None or self.proc.returncode is not None:
+            return self.proc.returncode if self.proc else None
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(sig)
+        try:
+            async with asyncio.timeout(timeout):
+                code = await self.proc.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            code = await self.proc.wait()
+        if self._reader:
+            await asyncio.gather(self._reader, return_exceptions=True)
+        return code
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.proc is not None and self.proc.returncode is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+
+async def start_gateway(
+    env: Mapping[str, str], name: str = "gateway", host: str = "127.0.0.1", port: int = 0
+) -> tuple[ServiceProcess, str]:
+    proc = ServiceProcess(
+        name,
+        [PYTHON, "-m", "uvicorn", "echotune.gateway.app:create_app", "--factory",
+         "--host", host, "--port", str(port), "--no-access-log"],
+        env,
+    )
+    match = await proc.start(r"Uvicorn running on (http://[\d.]+:\d+)")
+    return proc, match.group(1)
+
+
+async def start_worker(env: Mapping[str, str], name: str = "worker") -> ServiceProcess:
+    proc = ServiceProcess(
+        name,
+        [PYTHON, "-m", "faststream", "run", "echotune.worker.app:create_app", "--factory"],
+        env,
+    )
+    await proc.start(r"FastStream app started successfully")
+    return proc

@@ -1,0 +1,1 @@
+"""Streaming chat: SSE endpoints, the multiplexed Redis relay, cancel and resume."""

@@ -1,0 +1,142 @@
+"""One multiplexed reader per gateway process for every per-request event stream.
+
+Each open SSE response subscribes to its request's stream; a single task issues one
+blocking ``XREAD`` over all subscribed streams on a dedicated connection and fans the
+entries out to the subscribers' queues. A new subscription wakes the blocked read by
+writing to this process's own wake-up stream, which is part of every ``XREAD``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field
+
+from redis.asyncio import Redis
+
+from echotune.common.keys import Keys
+from echotune.common.messages import EventType
+from echotune.common.redis import create_redis
+
+log = logging.getLogger(__name__)
+
+StreamId = tuple[int, int]
+
+
+def parse_stream_id(value: str) -> StreamId:
+    """``"1700000000000-3"`` → ``(1700000000000, 3)``; raises ``ValueError`` if malformed."""
+    ms, _, seq = value.partition("-")
+    if not ms.isdigit() or not (seq or "0").isdigit():
+        raise ValueError(f"malformed stream id {value!r}")
+    return int(ms), int(seq or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One event read from a request's stream."""
+
+    id: str
+    type: str
+    data: str
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.type in (EventType.DONE, EventType.ERROR)
+
+
+@dataclass(eq=False, slots=True)
+class Subscription:
+    """A reader of one request's events after ``last_id``."""
+
+    request_id: str
+    key: str
+    last_id: str
+    queue: asyncio.Queue[Entry] = field(default_factory=asyncio.Queue)
+
+
+class StreamRelay:
+    """Multiplexes the XREADs of all open streams of this process onto one connection."""
+
+    def __init__(self, redis_url: str, keys: Keys, *, block_ms: int, batch: int) -> None:
+        self._redis: Redis = create_redis(
+            redis_url, max_connections=1, socket_timeout=block_ms / 1000 + 5
+        )
+        self._waker: Redis = create_redis(redis_url, max_connections=2)
+        self._keys = keys
+        self._block_ms = block_ms
+        self._batch = batch
+        self._wakeup_key = keys.gateway_wakeup(uuid.uuid4().hex)
+        self._wakeup_last = "0-0"
+        self._subs: dict[str, set[Subscription]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def open_streams(self) -> int:
+        return sum(len(s) for s in self._subs.values())
+
+    def attached_request_ids(self) -> list[str]:
+        return [next(iter(subs)).request_id for subs in self._subs.values() if subs]
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="stream-relay")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._waker.delete(self._wakeup_key)
+        await self._redis.aclose()
+        await self._waker.aclose()
+
+    async def subscribe(self, request_id: str, after_id: str) -> Subscription:
+        sub = Subscription(request_id, self._keys.events(request_id), after_id)
+        self._subs.setdefault(sub.key, set()).add(sub)
+        await self._wake()
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.key)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.key]
+
+    async def _wake(self) -> None:
+        async with self._waker.pipeline(transaction=False) as pipe:
+            pipe.xadd(self._wakeup_key, {"w": "1"}, maxlen=16, approximate=True)
+            pipe.expire(self._wakeup_key, 3600)
+            await pipe.execute()
+
+    def _read_positions(self) -> dict[str, str]:
+        positions = {self._wakeup_key: self._wakeup_last}
+        for key, subs in self._subs.items():
+            positions[key] = min((s.last_id for s in subs), key=parse_stream_id)
+        return positions
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                reply = await self._redis.xread(
+                    self._read_positions(), count=self._batch, block=self._block_ms
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("relay read failed; retrying in 0.5 s")
+                await asyncio.sleep(0.5)
+                continue
+            for key, entries in reply or ():
+                if key == self._wakeup_key:
+                    self._wakeup_last = entries[-1][0]
+                else:
+                    self._dispatch(key, entries)
+
+    def _dispatch(self, key: str, entries: list[tuple[str, dict[str, str]]]) -> None:
+        for sub in tuple(self._subs.get(key, ())):
+            after = parse_stream_id(sub.last_id)
+            for entry_id, fields in entries:
+                if parse_stream_id(entry_id) <= after:
+                    continue
+                sub.queue.put_nowait(Entry(entry_id, fields.get("type", ""), fields.get("data", "")))
+                sub.last_id = entry_id

@@ -1,0 +1,104 @@
+"""HTTP endpoints of the streaming chat."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
+
+from echotune.common.messages import REQUEST_ID_PATTERN, ChatOptions, ConversationId
+from echotune.gateway.chat.schemas import (
+    STREAM_ID_PATTERN,
+    CancelResponse,
+    ChatStreamRequest,
+    sse_openapi_response,
+)
+from echotune.gateway.chat.service import ChatInput
+from echotune.gateway.chat.sse import SSEResponse
+from echotune.gateway.deps import ChatServiceDep, UserIdDep
+
+router = APIRouter(prefix="/api/chat", tags=["chat"])
+
+LastEventIdHeader = Annotated[
+    str | None, Header(alias="Last-Event-ID", pattern=STREAM_ID_PATTERN)
+]
+
+
+async def _respond(
+    service: ChatServiceDep, chat: ChatInput, last_event_id: str | None
+) -> Response:
+    stream = await service.open(chat, last_event_id)
+    if stream is None:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return SSEResponse(service.frames(stream), headers={})
+
+
+@router.get(
+    "/stream",
+    response_class=SSEResponse,
+    responses=sse_openapi_response(),
+    summary="Stream an answer (EventSource-friendly)",
+)
+async def stream_get(
+    request: Request,
+    service: ChatServiceDep,
+    user_id: UserIdDep,
+    message: Annotated[str | None, Query(description="Omit to attach to request_id")] = None,
+    conversation_id: Annotated[ConversationId | None, Query()] = None,
+    provider: Annotated[str | None, Query(max_length=64)] = None,
+    model: Annotated[str | None, Query(max_length=200)] = None,
+    use_context: Annotated[bool, Query()] = True,
+    request_id: Annotated[str | None, Query(description="Also via X-Request-Id")] = None,
+    last_event_id: Annotated[str | None, Query(pattern=STREAM_ID_PATTERN)] = None,
+    last_event_id_header: LastEventIdHeader = None,
+) -> Response:
+    """Start a chat answer, or attach to a running one, as Server-Sent Events."""
+    chat = ChatInput(
+        request_id=request.state.request_id,
+        user_id=user_id,
+        message=message,
+        conversation_id=conversation_id,
+        provider=provider,
+        model=model,
+        options=ChatOptions(use_context=use_context),
+    )
+    return await _respond(service, chat, last_event_id_header or last_event_id)
+
+
+@router.post(
+    "/stream",
+    response_class=SSEResponse,
+    responses=sse_openapi_response(),
+    summary="Stream an answer (JSON body)",
+)
+async def stream_post(
+    request: Request,
+    body: ChatStreamRequest,
+    service: ChatServiceDep,
+    user_id: UserIdDep,
+    last_event_id_header: LastEventIdHeader = None,
+) -> Response:
+    """Start a chat answer described by a JSON body, as Server-Sent Events."""
+    chat = ChatInput(
+        request_id=request.state.request_id,
+        user_id=user_id,
+        message=body.message,
+        conversation_id=body.conversation_id,
+        provider=body.provider,
+        model=body.model,
+        options=body.options,
+    )
+    return await _respond(service, chat, last_event_id_header)
+
+
+@router.post("/{request_id}/cancel", status_code=202, summary="Stop an answer")
+async def cancel(
+    request_id: Annotated[str, Path(pattern=REQUEST_ID_PATTERN)],
+    service: ChatServiceDep,
+    response: Response,
+) -> CancelResponse:
+    """Stop the generation: the worker closes its upstream call and the stream ends `cancelled`."""
+    state = await service.cancel(request_id)
+    if state == "finished":
+        response.status_code = status.HTTP_200_OK
+    return CancelResponse(request_id=request_id, status=state)

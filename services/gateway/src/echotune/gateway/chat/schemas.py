@@ -1,0 +1,88 @@
+"""Request bodies and documented event schemas of the chat API."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from echotune.common.messages import (
+    ChatOptions,
+    ConversationId,
+    DeltaEvent,
+    DoneEvent,
+    ErrorEvent,
+    FailoverEvent,
+    RetryEvent,
+    StartEvent,
+)
+
+STREAM_ID_PATTERN = r"^\d{1,20}-\d{1,20}$"
+
+
+class ChatStreamRequest(BaseModel):
+    """Body of ``POST /api/chat/stream``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message: str = Field(min_length=1, description="The user's message")
+    conversation_id: ConversationId | None = None
+    provider: str | None = Field(None, description="Provider name; default: current selection")
+    model: str | None = Field(None, description="Model of that provider; default: its default")
+    options: ChatOptions = Field(default_factory=ChatOptions)
+
+
+class CancelResponse(BaseModel):
+    request_id: str
+    status: str = Field(description="`cancelling` or `finished` (nothing left to cancel)")
+
+
+SSE_EVENT_MODELS = {
+    "start": StartEvent,
+    "delta": DeltaEvent,
+    "retry": RetryEvent,
+    "failover": FailoverEvent,
+    "done": DoneEvent,
+    "error": ErrorEvent,
+}
+
+SSE_DESCRIPTION = """\
+A `text/event-stream`. Every frame has `id:` (its Redis stream entry id, usable as
+`Last-Event-ID`), `event:` (one of the types below) and one `data:` line of JSON:
+
+| event | data |
+|---|---|
+| `start` | request id, conversation id, provider and model; always first, sent at once |
+| `delta` | `{"delta": "text"}` — a piece of the answer |
+| `retry` | a failed attempt before the first token: provider, attempt, delay_ms, reason |
+| `failover` | moving to another provider: from, to, reason, whether to discard partial text |
+| `done` | last frame: finish_reason (`stop`, `length`, `cancelled`, …), usage, timings |
+| `error` | last frame: code, message, whether the answer is partial |
+
+Lines starting with `:` are keepalive comments, sent after `heartbeat_s` of silence.
+After `done` or `error` the server closes the response. Reconnecting with
+`Last-Event-ID` and the same `request_id` replays exactly the events after that id; a
+reconnect after the final event is answered `204 No Content`.
+"""
+
+
+def sse_openapi_response() -> dict[int | str, dict[str, object]]:
+    schemas = {name: model.model_json_schema() for name, model in SSE_EVENT_MODELS.items()}
+    return {
+        200: {
+            "description": SSE_DESCRIPTION,
+            "content": {
+                "text/event-stream": {
+                    "schema": {"type": "string", "description": "SSE frames"},
+                    "examples": {
+                        "stream": {
+                            "value": 'id: 1-0\nevent: start\ndata: {"request_id": "…"}\n\n'
+                            'id: 1-1\nevent: delta\ndata: {"delta": "Hello"}\n\n'
+                        }
+                    },
+                    "x-event-schemas": schemas,
+                }
+            },
+        },
+        204: {"description": "Reconnect after the final event: nothing more to send"},
+        409: {"description": "The request id is in use for a different message"},
+        422: {"description": "Invalid input (empty or over-long message, unknown provider…)"},
+    }

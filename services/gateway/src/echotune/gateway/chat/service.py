@@ -1,0 +1,232 @@
+"""Chat use cases: start a job, attach to its stream, cancel it."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from faststream.redis import RedisBroker
+from redis.asyncio import Redis
+
+from echotune.common.messages import (
+    ChatJob,
+    ChatMessage,
+    ChatOptions,
+    ErrorCode,
+    ErrorEvent,
+    Role,
+    StartEvent,
+    encode_event,
+)
+from echotune.common.providers import ProviderRegistry
+from echotune.common.streams import append_final
+from echotune.gateway.chat.relay import StreamRelay, Subscription, parse_stream_id
+from echotune.gateway.chat.sse import HEARTBEAT, frame
+from echotune.gateway.errors import ApiError
+from echotune.gateway.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatInput:
+    """A chat request as the client expressed it."""
+
+    request_id: str
+    user_id: str
+    message: str | None
+    conversation_id: str | None = None
+    provider: str | None = None
+    model: str | None = None
+    options: ChatOptions = ChatOptions()
+
+    def fingerprint(self) -> str:
+        fields = [self.user_id, self.message, self.conversation_id, self.provider, self.model]
+        fields.append(self.options.model_dump(mode="json"))
+        return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
+
+
+@dataclass(slots=True)
+class OpenStream:
+    """An accepted stream: the first frame to flush at once and the live subscription."""
+
+    request_id: str
+    subscription: Subscription
+    first_frame: bytes | None = None
+
+
+class ChatService:
+    def __init__(
+        self,
+        redis: Redis,
+        relay: StreamRelay,
+        broker: RedisBroker,
+        registry: ProviderRegistry,
+        settings: GatewaySettings,
+    ) -> None:
+        self.redis, self.relay, self.broker = redis, relay, broker
+        self.registry, self.settings, self.keys = registry, settings, settings.keys
+
+    @property
+    def _request_ttl_s(self) -> int:
+        return int(self.settings.max_stream_s + self.settings.resume_window_s + 60)
+
+    async def open(self, chat: ChatInput, last_event_id: str | None) -> OpenStream | None:
+        """Start or attach to the stream of ``chat.request_id``; ``None``: nothing left to send."""
+        if chat.message is not None:
+            self._check_message(chat.message)
+            if await self._claim(chat):
+                return await self._start(chat)
+        elif not await self.redis.exists(self.keys.meta(chat.request_id)):
+            raise ApiError(
+                404, "unknown_request", "no stream with this request id; send a message"
+            )
+        return await self._attach(chat.request_id, last_event_id)
+
+    def _check_message(self, message: str) -> None:
+        if not message.strip():
+            raise ApiError(422, "empty_message", "the message is empty")
+        if len(message) > self.settings.max_message_chars:
+            raise ApiError(
+                422,
+                "message_too_long",
+                f"the message has {len(message)} characters; at most "
+                f"{self.settings.max_message_chars} are allowed",
+            )
+
+    async def _claim(self, chat: ChatInput) -> bool:
+        """Reserve the request id for this input; ``False`` when it exists for the same input."""
+        self.resolve(chat.provider, chat.model)
+        meta = self.keys.meta(chat.request_id)
+        if await self.redis.hsetnx(meta, "fingerprint", chat.fingerprint()):
+            await self.redis.expire(meta, self._request_ttl_s)
+            return True
+        if await self.redis.hget(meta, "fingerprint") != chat.fingerprint():
+            raise ApiError(
+                409, "request_id_conflict", "this request id is in use for a different request"
+            )
+        return False
+
+    def resolve(self, provider: str | None, model: str | None) -> tuple[str, str, bool]:
+        try:
+            config, chosen = self.registry.resolve(provider, model)
+        except LookupError as exc:
+            code = "unknown_model" if provider in self.registry else "unknown_provider"
+            raise ApiError(422, code, str(exc.args[0])) from exc
+        return config.name, chosen, config.is_demo
+
+    async def _start(self, chat: ChatInput) -> OpenStream:
+        provider, model, is_demo = self.resolve(chat.provider, chat.model)
+        job = ChatJob(
+            request_id=chat.request_id,
+            conversation_id=chat.conversation_id,
+            user_id=chat.user_id,
+            messages=[ChatMessage(role=Role.USER, content=chat.message or "")],
+            provider=provider,
+            model=model,
+            fallbacks=[f for f in self.settings.fallbacks if f != provider],
+            options=chat.options,
+            deadline_at=time.time() + self.settings.max_stream_s,
+        )
+        start = StartEvent(
+            request_id=chat.request_id,
+            conversation_id=chat.conversation_id,
+            provider=provider,
+            model=model,
+            provider_is_demo=is_demo,
+        )
+        start_id = await self._write_start(chat, start)
+        subscription = await self.relay.subscribe(chat.request_id, start_id)
+        try:
+            await self.broker.publish(job, stream=self.keys.jobs)
+        except Exception:
+            self.relay.unsubscribe(subscription)
+            await self._fail_unqueued(chat.request_id)
+            raise
+        log.info("queued chat job provider=%s model=%s", provider, model)
+        first = frame(start.type, encode_event(start)["data"], start_id, self.settings.stream_retry_ms)
+        return OpenStream(chat.request_id, subscription, first)
+
+    async def _write_start(self, chat: ChatInput, start: StartEvent) -> str:
+        ttl = self._request_ttl_s
+        rid = chat.request_id
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.keys.meta(rid), mapping={"user_id": chat.user_id, "created": time.time()})
+            pipe.xadd(self.keys.events(rid), encode_event(start))
+            pipe.expire(self.keys.events(rid), ttl)
+            pipe.set(self.keys.reader(rid), "1", px=int(self.settings.resume_window_s * 1000))
+            _, start_id, *_ = await pipe.execute()
+        return str(start_id)
+
+    async def _fail_unqueued(self, request_id: str) -> None:
+        error = ErrorEvent(code=ErrorCode.PROVIDER_ERROR, message="could not queue the job")
+        ttl = int(self.settings.resume_window_s + 60)
+        await append_final(self.redis, self.keys, request_id, encode_event(error), ttl)
+
+    async def _attach(self, request_id: str, last_event_id: str | None) -> OpenStream | None:
+        final_id = await self.redis.hget(self.keys.meta(request_id), "final_id")
+        after = last_event_id or "0-0"
+        if final_id and parse_stream_id(after) >= parse_stream_id(final_id):
+            return None
+        await self.redis.set(
+            self.keys.reader(request_id), "1", px=int(self.settings.resume_window_s * 1000)
+        )
+        log.info("client attached after %s", after)
+        return OpenStream(request_id, await self.relay.subscribe(request_id, after))
+
+    async def cancel(self, request_id: str) -> str:
+        meta = await self.redis.hmget(self.keys.meta(request_id), ["fingerprint", "final_id"])
+        if meta[0] is None:
+            raise ApiError(404, "unknown_request", "no stream with this request id")
+        if meta[1] is not None:
+            return "finished"
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(self.keys.cancel_flag(request_id), "1", ex=self._request_ttl_s)
+            pipe.publish(self.keys.cancel_channel, request_id)
+            await pipe.execute()
+        log.info("cancel requested")
+        return "cancelling"
+
+    async def frames(self, stream: OpenStream) -> AsyncIterator[bytes]:
+        """The SSE body: first frame, then relayed events and heartbeats until the final one."""
+        sub, heartbeat = stream.subscription, self.settings.heartbeat_s
+        deadline = time.monotonic() + self.settings.max_stream_s + self.settings.resume_window_s
+        try:
+            if stream.first_frame:
+                yield stream.first_frame
+            while time.monotonic() < deadline:
+                try:
+                    async with asyncio.timeout(heartbeat):
+                        entry = await sub.queue.get()
+                except TimeoutError:
+                    yield HEARTBEAT
+                    continue
+                yield frame(entry.type, entry.data, entry.id)
+                if entry.is_terminal:
+                    return
+            error = ErrorEvent(code=ErrorCode.DEADLINE_EXCEEDED, message="the answer took too long")
+            yield frame("error", encode_event(error)["data"])
+        finally:
+            self.relay.unsubscribe(sub)
+
+    async def keep_readers_alive(self) -> None:
+        """Refresh the reader marker of every attached stream, so workers keep producing."""
+        period = self.settings.resume_window_s / 3
+        ttl_ms = int(self.settings.resume_window_s * 1000)
+        while True:
+            await asyncio.sleep(period)
+            request_ids = self.relay.attached_request_ids()
+            if not request_ids:
+                continue
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for request_id in request_ids:
+                        pipe.set(self.keys.reader(request_id), "1", px=ttl_ms)
+                    await pipe.execute()
+            except Exception:
+                log.exception("could not refresh reader markers")

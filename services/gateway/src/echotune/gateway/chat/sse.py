@@ -1,0 +1,54 @@
+"""Server-Sent Events framing and a response that notices a client going away at once."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+HEARTBEAT = b": keepalive\n\n"
+SSE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+    "Connection": "keep-alive",
+}
+
+
+def frame(event: str, data: str, event_id: str | None = None, retry_ms: int | None = None) -> bytes:
+    """One SSE frame; ``data`` is a single-line JSON text."""
+    head = f"retry: {retry_ms}\n" if retry_ms is not None else ""
+    if event_id is not None:
+        head += f"id: {event_id}\n"
+    return f"{head}event: {event}\ndata: {data}\n\n".encode()
+
+
+class SSEResponse(StreamingResponse):
+    """``text/event-stream`` response whose body iterator is cancelled when the client leaves.
+
+    Starlette only notices a disconnect on the next write under ASGI 2.4; an idle stream
+    would keep its Redis subscription (and the worker its upstream call) until the next
+    heartbeat. Listening for ``http.disconnect`` ends it at once.
+    """
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self, content: AsyncIterator[bytes], headers: dict[str, str], status_code: int = 200
+    ) -> None:
+        super().__init__(content, status_code, headers={**SSE_HEADERS, **headers})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with anyio.create_task_group() as group:
+
+            async def stream_then_stop() -> None:
+                try:
+                    await self.stream_response(send)
+                except OSError:
+                    pass
+                group.cancel_scope.cancel()
+
+            group.start_soon(stream_then_stop)
+            await self.listen_for_disconnect(receive)
+            group.cancel_scope.cancel()

@@ -1,0 +1,74 @@
+"""Worker application factory: FastStream consumers of chat jobs and cancel requests.
+
+Run with ``faststream run echotune.worker.app:create_app --factory``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from faststream import Context, ContextRepo, FastStream
+from faststream.redis import RedisBroker, StreamSub
+
+from echotune.common.keys import JOBS_GROUP
+from echotune.common.logs import configure_logging
+from echotune.common.redis import create_redis
+from echotune.worker.cancel import CANCELLED, CancelRegistry, sweep_abandoned
+from echotune.worker.context import WorkerContext, build_providers
+from echotune.worker.handlers import run_job
+from echotune.worker.providers.base import make_client
+from echotune.worker.settings import WorkerSettings
+from echotune.worker.telemetry import TelemetryPublisher
+
+WorkerDep = Annotated[WorkerContext, Context("worker")]
+
+
+def create_app(settings: WorkerSettings | None = None) -> FastStream:
+    settings = settings or WorkerSettings()
+    configure_logging("llm-worker", settings.log_level)
+    keys = settings.keys
+    broker = RedisBroker(settings.redis_url)
+
+    @broker.subscriber(
+        stream=StreamSub(keys.jobs, group=JOBS_GROUP, consumer=settings.consumer),
+        max_workers=settings.concurrency,
+    )
+    async def handle_job(body: dict[str, Any], worker: WorkerDep) -> None:
+        """Produce one answer; the job is acknowledged once its final event is written."""
+        await run_job(worker, body)
+
+    @broker.subscriber(channel=keys.cancel_channel)
+    async def handle_cancel(request_id: str, worker: WorkerDep) -> None:
+        """Cancel the job if this process runs it (every worker hears every cancel)."""
+        worker.cancels.cancel(request_id, CANCELLED)
+
+    @asynccontextmanager
+    async def lifespan(context: ContextRepo) -> AsyncIterator[None]:
+        redis = create_redis(settings.redis_url, max_connections=settings.concurrency + 16)
+        http = make_client()
+        registry = settings.registry()
+        worker = WorkerContext(
+            settings=settings,
+            redis=redis,
+            http=http,
+            registry=registry,
+            providers=build_providers(registry, http),
+            cancels=CancelRegistry(),
+            telemetry=TelemetryPublisher(broker, keys.telemetry, settings.telemetry_maxlen),
+        )
+        context.set_global("worker", worker)
+        sweeper = asyncio.create_task(
+            sweep_abandoned(worker.cancels, redis, keys, settings.reader_check_s)
+        )
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            await worker.telemetry.flush()
+            await http.aclose()
+            await redis.aclose()
+
+    return FastStream(broker, lifespan=lifespan)

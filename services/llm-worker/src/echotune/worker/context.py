@@ -1,0 +1,30 @@
+"""What every job of a worker process shares, opened in the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+from redis.asyncio import Redis
+
+from echotune.common.providers import ProviderRegistry
+from echotune.worker.cancel import CancelRegistry
+from echotune.worker.providers import build_provider
+from echotune.worker.providers.base import Provider
+from echotune.worker.settings import WorkerSettings
+from echotune.worker.telemetry import TelemetryPublisher
+
+
+@dataclass(slots=True)
+class WorkerContext:
+    settings: WorkerSettings
+    redis: Redis
+    http: httpx.AsyncClient
+    registry: ProviderRegistry
+    providers: dict[str, Provider]
+    cancels: CancelRegistry
+    telemetry: TelemetryPublisher
+
+
+def build_providers(registry: ProviderRegistry, http: httpx.AsyncClient) -> dict[str, Provider]:
+    return {config.name: build_provider(config, http) for config in registry}

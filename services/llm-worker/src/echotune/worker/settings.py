@@ -1,0 +1,36 @@
+"""Worker settings (environment prefix ``ECHOTUNE_WORKER_``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from echotune.common.settings import ProviderSettings, ServiceSettings
+
+
+def _consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class WorkerSettings(ServiceSettings, ProviderSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ECHOTUNE_WORKER_", extra="ignore", populate_by_name=True
+    )
+
+    consumer: str = Field(default_factory=_consumer_name, description="Consumer name in the group")
+    concurrency: int = Field(64, ge=1, le=10_000, description="Jobs one process runs at once")
+    events_maxlen: int = Field(10_000, ge=100, description="Bound of a per-request stream")
+    telemetry_maxlen: int = Field(1_000_000, ge=1000, description="Bound of the telemetry stream")
+    reader_check_s: float = Field(1.0, gt=0, description="How often abandoned streams are sought")
+    retry_attempts: int = Field(3, ge=1, le=10, description="Attempts per provider")
+    retry_base_s: float = Field(0.25, gt=0)
+    retry_cap_s: float = Field(8.0, gt=0)
+    retry_after_cap_s: float = Field(30.0, gt=0, description="Longest Retry-After honoured")
+    continue_on_failure: bool = Field(
+        False, description="After a mid-stream failure continue on the next provider"
+    )
+    stamp_tokens: bool = Field(False, description="Stamp each delta with monotonic_ns (bench)")

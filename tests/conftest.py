@@ -1,0 +1,127 @@
+"""Shared fixtures: Redis, the fake upstream, and a running echotune stack."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from tests.support.processes import ServiceProcess, start_fake_llm, start_gateway, start_worker
+from deploy.local.servers import redis_url
+
+PROVIDER_SECRET = "sk-test-NEVER-LOG-THIS-0123456789"
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    with redis_url() as url:
+        yield url
+
+
+@pytest.fixture
+async def redis(redis_server_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_server_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+async def fake_llm() -> AsyncIterator[str]:
+    proc, url = await start_fake_llm()
+    yield url
+    await proc.stop()
+
+
+def providers_config(fake_url: str) -> list[dict[str, object]]:
+    timeouts = {"connect": 2, "first_token": 5, "idle": 5, "total": 60}
+    return [
+        {"name": "fake-openai", "kind": "openai", "base_url": f"{fake_url}/v1",
+         "api_key": PROVIDER_SECRET, "models": ["gpt-fake", "gpt-fake-mini"], "timeouts": timeouts},
+        {"name": "fake-anthropic", "kind": "anthropic", "base_url": fake_url,
+         "api_key": PROVIDER_SECRET, "models": ["claude-fake"], "timeouts": timeouts},
+        {"name": "fake-gemini", "kind": "gemini", "base_url": fake_url,
+         "api_key": PROVIDER_SECRET, "models": ["gemini-fake"], "timeouts": timeouts},
+        {"name": "demo", "kind": "demo", "models": ["echotune-demo-1"], "token_pace_ms": 2},
+    ]
+
+
+@dataclass
+class Stack:
+    """Gateways and workers running as real processes against one Redis namespace."""
+
+    env: dict[str, str]
+    redis_url: str
+    namespace: str
+    gateways: list[tuple[ServiceProcess, str]] = field(default_factory=list)
+    workers: list[ServiceProcess] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.gateways[0][1]
+
+    async def add_gateway(self) -> str:
+        proc, url = await start_gateway(self.env, name=f"gateway{len(self.gateways) + 1}")
+        self.gateways.append((proc, url))
+        return url
+
+    async def add_worker(self, **env: str) -> ServiceProcess:
+        proc = await start_worker({**self.env, **env}, name=f"worker{len(self.workers) + 1}")
+        self.workers.append(proc)
+        return proc
+
+    async def stop(self) -> None:
+        for proc in [*self.workers, *(p for p, _ in self.gateways)]:
+            await proc.stop()
+
+    def logs(self) -> str:
+        return "\n".join(p.output() for p in [*self.workers, *(p for p, _ in self.gateways)])
+
+
+def stack_env(redis_url: str, fake_url: str, **overrides: str) -> dict[str, str]:
+    return {
+        "ECHOTUNE_REDIS_URL": redis_url,
+        "ECHOTUNE_NAMESPACE": f"t{uuid.uuid4().hex[:10]}",
+        "ECHOTUNE_PROVIDERS": json.dumps(providers_config(fake_url)),
+        "ECHOTUNE_DEFAULT_PROVIDER": "fake-openai",
+        "ECHOTUNE_RESUME_WINDOW_S": "3",
+        "ECHOTUNE_GATEWAY_HEARTBEAT_S": "0.3",
+        "ECHOTUNE_LOG_LEVEL": "INFO",
+        **overrides,
+    }
+
+
+async def start_stack(
+    redis_url: str, fake_url: str, *, gateways: int = 1, workers: int = 1, **overrides: str
+) -> Stack:
+    env = stack_env(redis_url, fake_url, **overrides)
+    stack = Stack(env, redis_url, env["ECHOTUNE_NAMESPACE"])
+    for _ in range(gateways):
+        await stack.add_gateway()
+    for _ in range(workers):
+        await stack.add_worker()
+    return stack
+
+
+@pytest.fixture(scope="session")
+async def stack(redis_server_url: str, fake_llm: str) -> AsyncIterator[Stack]:
+    """Two gateways and two workers shared by the end-to-end tests (distinct request ids)."""
+    running = await start_stack(redis_server_url, fake_llm, gateways=2, workers=2)
+    yield running
+    await running.stop()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
+        yield http
+
+
+@pytest.fixture
+def rid() -> str:
+    """A fresh request id; the fake upstream keys its scripts and records by it."""
+    return f"test-{uuid.uuid4().hex}"
