@@ -33,7 +33,8 @@ def create_app(settings: WorkerSettings | None = None) -> FastStream:
     broker = RedisBroker(settings.redis_url)
 
     @broker.subscriber(
-        stream=StreamSub(keys.jobs, group=JOBS_GROUP, consumer=settings.consumer),
+        # One entry per read: an idle worker elsewhere gets the next job, not this one's buffer.
+        stream=StreamSub(keys.jobs, group=JOBS_GROUP, consumer=settings.consumer, max_records=1),
         max_workers=settings.concurrency,
     )
     async def handle_job(body: dict[str, Any], worker: WorkerDep) -> None:

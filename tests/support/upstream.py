@@ -1,0 +1,25 @@
+"""Client of the fake upstream's control API: script its replies, read what it saw."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+
+class FakeUpstream:
+    def __init__(self, client: httpx.AsyncClient, url: str) -> None:
+        self.client, self.url = client, url
+
+    async def script(self, key: str, *steps: dict[str, Any]) -> None:
+        """The replies to the requests whose X-Request-Id is ``key``, one step per attempt."""
+        response = await self.client.put(
+            f"{self.url}/_control/scripts/{key}", json={"attempts": list(steps)}
+        )
+        response.raise_for_status()
+
+    async def requests(self, key: str) -> list[dict[str, Any]]:
+        response = await self.client.get(f"{self.url}/_control/requests/{key}")
+        response.raise_for_status()
+        records: list[dict[str, Any]] = response.json()
+        return records
