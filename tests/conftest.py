@@ -11,8 +11,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.support.processes import ServiceProcess, start_fake_llm, start_gateway, start_worker
 from deploy.local.servers import redis_url
+from tests.support.processes import ServiceProcess, start_fake_llm, start_gateway, start_worker
 
 PROVIDER_SECRET = "sk-test-NEVER-LOG-THIS-0123456789"
 
@@ -40,12 +40,30 @@ async def fake_llm() -> AsyncIterator[str]:
 def providers_config(fake_url: str) -> list[dict[str, object]]:
     timeouts = {"connect": 2, "first_token": 5, "idle": 5, "total": 60}
     return [
-        {"name": "fake-openai", "kind": "openai", "base_url": f"{fake_url}/v1",
-         "api_key": PROVIDER_SECRET, "models": ["gpt-fake", "gpt-fake-mini"], "timeouts": timeouts},
-        {"name": "fake-anthropic", "kind": "anthropic", "base_url": fake_url,
-         "api_key": PROVIDER_SECRET, "models": ["claude-fake"], "timeouts": timeouts},
-        {"name": "fake-gemini", "kind": "gemini", "base_url": fake_url,
-         "api_key": PROVIDER_SECRET, "models": ["gemini-fake"], "timeouts": timeouts},
+        {
+            "name": "fake-openai",
+            "kind": "openai",
+            "base_url": f"{fake_url}/v1",
+            "api_key": PROVIDER_SECRET,
+            "models": ["gpt-fake", "gpt-fake-mini"],
+            "timeouts": timeouts,
+        },
+        {
+            "name": "fake-anthropic",
+            "kind": "anthropic",
+            "base_url": fake_url,
+            "api_key": PROVIDER_SECRET,
+            "models": ["claude-fake"],
+            "timeouts": timeouts,
+        },
+        {
+            "name": "fake-gemini",
+            "kind": "gemini",
+            "base_url": fake_url,
+            "api_key": PROVIDER_SECRET,
+            "models": ["gemini-fake"],
+            "timeouts": timeouts,
+        },
         {"name": "demo", "kind": "demo", "models": ["echotune-demo-1"], "token_pace_ms": 2},
     ]
 

@@ -32,7 +32,9 @@ async def run(redis_url: str) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         exits = [asyncio.create_task(p.proc.wait()) for p in processes if p.proc]
-        await asyncio.wait([asyncio.create_task(stop.wait()), *exits], return_when="FIRST_COMPLETED")
+        await asyncio.wait(
+            [asyncio.create_task(stop.wait()), *exits], return_when="FIRST_COMPLETED"
+        )
     finally:
         print("stopping…", flush=True)
         for proc in reversed(processes):

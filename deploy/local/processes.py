@@ -56,7 +56,9 @@ class ServiceProcess:
         async with self._new_line:
             self._new_line.notify_all()
 
-    async def wait_for_line(self, pattern: str, timeout: float = 10.0, start: int = 0) -> re.Match[str]:
+    async def wait_for_line(
+        self, pattern: str, timeout: float = 10.0, start: int = 0
+    ) -> re.Match[str]:
         """The first line from index ``start`` on that matches ``pattern``, awaited if needed."""
         regex = re.compile(pattern)
         async with asyncio.timeout(timeout), self._new_line:
@@ -106,8 +108,18 @@ async def start_gateway(
 ) -> tuple[ServiceProcess, str]:
     proc = ServiceProcess(
         name,
-        [PYTHON, "-m", "uvicorn", "echotune.gateway.app:create_app", "--factory",
-         "--host", host, "--port", str(port), "--no-access-log"],
+        [
+            PYTHON,
+            "-m",
+            "uvicorn",
+            "echotune.gateway.app:create_app",
+            "--factory",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--no-access-log",
+        ],
         env,
     )
     match = await proc.start(r"Uvicorn running on (http://[\d.]+:\d+)")

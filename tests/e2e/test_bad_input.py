@@ -28,8 +28,12 @@ LONG = "x" * 16_001
     ],
 )
 async def test_get_stream_rejects(
-    stack: Stack, client: httpx.AsyncClient, params: dict[str, str], headers: dict[str, str],
-    status: int, code: str,
+    stack: Stack,
+    client: httpx.AsyncClient,
+    params: dict[str, str],
+    headers: dict[str, str],
+    status: int,
+    code: str,
 ) -> None:
     response = await client.get(f"{stack.url}/api/chat/stream", params=params, headers=headers)
     assert response.status_code == status, response.text
@@ -59,7 +63,9 @@ async def test_post_stream_rejects(
 
 async def test_post_stream_rejects_broken_json(stack: Stack, client: httpx.AsyncClient) -> None:
     response = await client.post(
-        f"{stack.url}/api/chat/stream", content=b"{not json", headers={"content-type": "application/json"}
+        f"{stack.url}/api/chat/stream",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
     )
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "invalid_request"

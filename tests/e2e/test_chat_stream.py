@@ -38,7 +38,10 @@ async def test_answer_streams_token_by_token(
 ) -> None:
     await upstream.script(rid, {"tokens": TOKENS, "pace_ms": 5})
     result = await read_stream(
-        client, "GET", stream_url(stack), params={"message": "jazz?", "provider": provider},
+        client,
+        "GET",
+        stream_url(stack),
+        params={"message": "jazz?", "provider": provider},
         headers={"X-Request-Id": rid},
     )
     assert result.status == 200
@@ -61,7 +64,10 @@ async def test_post_with_json_body(
 ) -> None:
     await upstream.script(rid, {"tokens": TOKENS})
     result = await read_stream(
-        client, "POST", stream_url(stack), json={"message": "hi", "provider": "fake-openai"},
+        client,
+        "POST",
+        stream_url(stack),
+        json={"message": "hi", "provider": "fake-openai"},
         headers={"X-Request-Id": rid},
     )
     assert result.text == "".join(TOKENS)
@@ -92,10 +98,15 @@ async def test_cancel_closes_the_upstream_connection_at_once(
 ) -> None:
     await upstream.script(rid, {"tokens": [f"t{i} " for i in range(200)], "pace_ms": 50})
     collected = []
-    async with client.stream("GET", stream_url(stack), params={"message": "hi", "request_id": rid}) as resp:
+    async with client.stream(
+        "GET", stream_url(stack), params={"message": "hi", "request_id": rid}
+    ) as resp:
         async for frame in frames(resp):
             collected.append(frame)
-            if frame.event == "delta" and len(result_deltas := [f for f in collected if f.event == "delta"]) == 3:
+            if (
+                frame.event == "delta"
+                and len(result_deltas := [f for f in collected if f.event == "delta"]) == 3
+            ):
                 assert len(result_deltas) == 3
                 cancelled_at, answer = await cancel(client, stack, rid)
                 assert answer.status_code == 202
@@ -114,7 +125,9 @@ async def test_cancel_before_the_first_token(
     stack: Stack, client: httpx.AsyncClient, upstream: FakeUpstream, rid: str, redis: Redis
 ) -> None:
     await upstream.script(rid, {"tokens": ["never"], "ttft_ms": 10_000})
-    async with client.stream("GET", stream_url(stack), params={"message": "hi", "request_id": rid}) as resp:
+    async with client.stream(
+        "GET", stream_url(stack), params={"message": "hi", "request_id": rid}
+    ) as resp:
         collected = []
         async for frame in frames(resp):
             collected.append(frame)
@@ -176,7 +189,10 @@ async def test_request_id_reused_for_another_message_is_refused(
     stack: Stack, client: httpx.AsyncClient, rid: str
 ) -> None:
     first = await read_stream(
-        client, "GET", stream_url(stack), params={"message": "one", "request_id": rid, "provider": "demo"}
+        client,
+        "GET",
+        stream_url(stack),
+        params={"message": "one", "request_id": rid, "provider": "demo"},
     )
     assert first.status == 200
     clash = await client.get(stream_url(stack), params={"message": "two", "request_id": rid})
@@ -210,6 +226,11 @@ async def test_probes_and_docs(stack: Stack, client: httpx.AsyncClient) -> None:
     content = spec["paths"]["/api/chat/stream"]["get"]["responses"]["200"]["content"]
     assert "text/event-stream" in content
     assert set(content["text/event-stream"]["x-event-schemas"]) == {
-        "start", "delta", "retry", "failover", "done", "error"
+        "start",
+        "delta",
+        "retry",
+        "failover",
+        "done",
+        "error",
     }
     assert (await client.get(f"{stack.url}/docs")).status_code == 200

@@ -24,8 +24,12 @@ async def test_two_workers_both_take_jobs(
             await upstream.script(rid, {"tokens": ["a", "b"], "ttft_ms": 400})
         results = await asyncio.gather(
             *(
-                read_stream(client, "GET", f"{stack.url}/api/chat/stream",
-                            params={"message": "hi", "request_id": rid})
+                read_stream(
+                    client,
+                    "GET",
+                    f"{stack.url}/api/chat/stream",
+                    params={"message": "hi", "request_id": rid},
+                )
                 for rid in rids
             )
         )

@@ -71,7 +71,12 @@ class StreamResult:
 
 
 async def read_stream(
-    client: httpx.AsyncClient, method: str, url: str, *, stop_after: int | None = None, **kwargs: Any
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    stop_after: int | None = None,
+    **kwargs: Any,
 ) -> StreamResult:
     """Read a whole SSE response (or only its first ``stop_after`` events, then disconnect)."""
     collected: list[Frame] = []

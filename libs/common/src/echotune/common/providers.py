@@ -63,9 +63,7 @@ class ProviderConfig(BaseModel):
 
 def demo_provider() -> ProviderConfig:
     """The offline provider that is always available."""
-    return ProviderConfig(
-        name=DEMO_PROVIDER, kind=ProviderKind.DEMO, models=["echotune-demo-1"]
-    )
+    return ProviderConfig(name=DEMO_PROVIDER, kind=ProviderKind.DEMO, models=["echotune-demo-1"])
 
 
 class ProviderRegistry:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -30,7 +31,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         block_ms=settings.relay_block_ms,
         batch=settings.relay_batch,
     )
-    broker = RedisBroker(settings.redis_url)
+    broker = RedisBroker(settings.redis_url, logger=logging.getLogger("echotune.gateway.broker"))
     await broker.connect()
     await relay.start()
     chat = ChatService(redis, relay, broker, settings.registry(), settings)

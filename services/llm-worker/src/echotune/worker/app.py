@@ -6,6 +6,7 @@ Run with ``faststream run echotune.worker.app:create_app --factory``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -30,7 +31,7 @@ def create_app(settings: WorkerSettings | None = None) -> FastStream:
     settings = settings or WorkerSettings()
     configure_logging("llm-worker", settings.log_level)
     keys = settings.keys
-    broker = RedisBroker(settings.redis_url)
+    broker = RedisBroker(settings.redis_url, logger=logging.getLogger("echotune.worker.broker"))
 
     @broker.subscriber(
         # One entry per read: an idle worker elsewhere gets the next job, not this one's buffer.

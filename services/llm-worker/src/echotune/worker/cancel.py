@@ -61,7 +61,9 @@ class CancelRegistry:
         return list(self._jobs)
 
 
-async def sweep_abandoned(registry: CancelRegistry, redis: Redis, keys: Keys, every_s: float) -> None:
+async def sweep_abandoned(
+    registry: CancelRegistry, redis: Redis, keys: Keys, every_s: float
+) -> None:
     """Cancel jobs whose reader marker expired: nobody came back within the resume window."""
     while True:
         await asyncio.sleep(every_s)

@@ -15,7 +15,13 @@ class EventWriter:
     """Appends events to ``Keys.events(request_id)``; the final one exactly once."""
 
     def __init__(
-        self, redis: Redis, keys: Keys, request_id: str, *, maxlen: int, final_ttl_s: int,
+        self,
+        redis: Redis,
+        keys: Keys,
+        request_id: str,
+        *,
+        maxlen: int,
+        final_ttl_s: int,
         stamp: bool = False,
     ) -> None:
         self._redis, self._keys, self.request_id = redis, keys, request_id
@@ -24,7 +30,9 @@ class EventWriter:
         self.deltas = 0
 
     async def emit(self, event: ChatEvent) -> None:
-        await self._redis.xadd(self._key, encode_event(event), maxlen=self._maxlen, approximate=True)
+        await self._redis.xadd(
+            self._key, encode_event(event), maxlen=self._maxlen, approximate=True
+        )
 
     async def delta(self, text: str) -> None:
         self.deltas += 1

@@ -31,9 +31,7 @@ from echotune.worker.telemetry import AttemptClock
 
 log = logging.getLogger(__name__)
 
-SYSTEM_PROMPT = (
-    "You are EchoTune, a friendly music recommendation assistant. Answer concisely."
-)
+SYSTEM_PROMPT = "You are EchoTune, a friendly music recommendation assistant. Answer concisely."
 
 
 class MidStreamFailure(Exception):
@@ -121,7 +119,10 @@ class JobRunner:
                 reason = last_error.code if last_error else "unavailable"
                 await self.writer.emit(
                     FailoverEvent(
-                        from_provider=previous, to_provider=config.name, to_model=model, reason=reason
+                        from_provider=previous,
+                        to_provider=config.name,
+                        to_model=model,
+                        reason=reason,
                     )
                 )
             try:
@@ -143,7 +144,9 @@ class JobRunner:
             retryable=True,
         )
 
-    async def _with_retries(self, config: ProviderConfig, model: str, *, is_failover: bool) -> ChatEvent:
+    async def _with_retries(
+        self, config: ProviderConfig, model: str, *, is_failover: bool
+    ) -> ChatEvent:
         settings = self.ctx.settings
         for attempt in range(1, settings.retry_attempts + 1):
             try:
@@ -217,7 +220,9 @@ class JobRunner:
                     success=success,
                     error_code=code,
                     tokens_in=usage.prompt_tokens if usage and usage.prompt_tokens else tokens_in,
-                    tokens_out=usage.completion_tokens if usage and usage.completion_tokens else None,
+                    tokens_out=usage.completion_tokens
+                    if usage and usage.completion_tokens
+                    else None,
                     is_retry=attempt > 1,
                     is_failover=is_failover,
                 )
@@ -226,7 +231,9 @@ class JobRunner:
     def _cancel_reason(self) -> str | None:
         return self.ctx.cancels.reason(self.job.request_id)
 
-    async def _stream(self, config: ProviderConfig, request: ProviderRequest, clock: AttemptClock) -> Finish:
+    async def _stream(
+        self, config: ProviderConfig, request: ProviderRequest, clock: AttemptClock
+    ) -> Finish:
         timeouts = config.timeouts
         ends_at = time.monotonic() + timeouts.total
         provider = self.ctx.providers[config.name]
@@ -241,7 +248,9 @@ class JobRunner:
                     phase = "first token" if clock.tokens == 0 else "next token"
                     raise ProviderError("timeout", f"no {phase} within {wait:.1f} s") from exc
                 except StopAsyncIteration as exc:
-                    raise ProviderError("malformed_stream", "the stream ended without a finish") from exc
+                    raise ProviderError(
+                        "malformed_stream", "the stream ended without a finish"
+                    ) from exc
                 if isinstance(item, Finish):
                     return item
                 if isinstance(item, TextChunk) and item.text:

@@ -15,7 +15,12 @@ def is_retryable(error: ProviderError) -> bool:
 
 
 def backoff_delay(
-    attempt: int, *, base_s: float, cap_s: float, retry_after_s: float | None, retry_after_cap_s: float
+    attempt: int,
+    *,
+    base_s: float,
+    cap_s: float,
+    retry_after_s: float | None,
+    retry_after_cap_s: float,
 ) -> float:
     """Exponential backoff with full jitter after failed ``attempt`` (1-based).
 

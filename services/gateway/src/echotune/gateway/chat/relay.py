@@ -138,5 +138,7 @@ class StreamRelay:
             for entry_id, fields in entries:
                 if parse_stream_id(entry_id) <= after:
                     continue
-                sub.queue.put_nowait(Entry(entry_id, fields.get("type", ""), fields.get("data", "")))
+                sub.queue.put_nowait(
+                    Entry(entry_id, fields.get("type", ""), fields.get("data", ""))
+                )
                 sub.last_id = entry_id

@@ -19,14 +19,10 @@ from echotune.gateway.deps import ChatServiceDep, UserIdDep
 
 router = APIRouter(prefix="/api/chat", tags=["chat"])
 
-LastEventIdHeader = Annotated[
-    str | None, Header(alias="Last-Event-ID", pattern=STREAM_ID_PATTERN)
-]
+LastEventIdHeader = Annotated[str | None, Header(alias="Last-Event-ID", pattern=STREAM_ID_PATTERN)]
 
 
-async def _respond(
-    service: ChatServiceDep, chat: ChatInput, last_event_id: str | None
-) -> Response:
+async def _respond(service: ChatServiceDep, chat: ChatInput, last_event_id: str | None) -> Response:
     stream = await service.open(chat, last_event_id)
     if stream is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)

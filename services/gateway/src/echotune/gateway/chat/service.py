@@ -83,9 +83,7 @@ class ChatService:
             if await self._claim(chat):
                 return await self._start(chat)
         elif not await self.redis.exists(self.keys.meta(chat.request_id)):
-            raise ApiError(
-                404, "unknown_request", "no stream with this request id; send a message"
-            )
+            raise ApiError(404, "unknown_request", "no stream with this request id; send a message")
         return await self._attach(chat.request_id, last_event_id)
 
     def _check_message(self, message: str) -> None:
@@ -149,14 +147,18 @@ class ChatService:
             await self._fail_unqueued(chat.request_id)
             raise
         log.info("queued chat job provider=%s model=%s", provider, model)
-        first = frame(start.type, encode_event(start)["data"], start_id, self.settings.stream_retry_ms)
+        first = frame(
+            start.type, encode_event(start)["data"], start_id, self.settings.stream_retry_ms
+        )
         return OpenStream(chat.request_id, subscription, first)
 
     async def _write_start(self, chat: ChatInput, start: StartEvent) -> str:
         ttl = self._request_ttl_s
         rid = chat.request_id
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(self.keys.meta(rid), mapping={"user_id": chat.user_id, "created": time.time()})
+            pipe.hset(
+                self.keys.meta(rid), mapping={"user_id": chat.user_id, "created": time.time()}
+            )
             pipe.xadd(self.keys.events(rid), encode_event(start))
             pipe.expire(self.keys.events(rid), ttl)
             pipe.set(self.keys.reader(rid), "1", px=int(self.settings.resume_window_s * 1000))

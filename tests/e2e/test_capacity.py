@@ -1,0 +1,73 @@
+"""One gateway process holds a thousand concurrent streams with little memory each."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import start_stack
+
+STREAMS = 1000
+TOKENS = ["slow", " and", " steady"]
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+async def test_one_gateway_holds_a_thousand_streams(redis_server_url: str, fake_llm: str) -> None:
+    stack = await start_stack(
+        redis_server_url, fake_llm, workers=1,
+        ECHOTUNE_WORKER_CONCURRENCY=str(STREAMS), ECHOTUNE_GATEWAY_HEARTBEAT_S="5",
+    )
+    limits = httpx.Limits(max_connections=STREAMS + 10, max_keepalive_connections=STREAMS + 10)
+    try:
+        gateway = stack.gateways[0][0]
+        async with httpx.AsyncClient(timeout=httpx.Timeout(120.0), limits=limits) as client:
+            rids = [f"cap-{uuid.uuid4().hex}" for _ in range(STREAMS)]
+            # Every upstream answer waits 4 s before its first token: all streams are open at once.
+            await asyncio.gather(*(
+                client.put(f"{fake_llm}/_control/scripts/{rid}",
+                           json={"attempts": [{"tokens": TOKENS, "ttft_ms": 4000, "pace_ms": 200}]})
+                for rid in rids
+            ))
+            before = rss_kib(gateway.pid)
+            opened = asyncio.Event()
+            started = 0
+
+            async def one(rid: str) -> str:
+                nonlocal started
+                async with client.stream("GET", f"{stack.url}/api/chat/stream",
+                                         params={"message": "hi", "request_id": rid}) as response:
+                    assert response.status_code == 200
+                    text, seen_start = "", False
+                    async for line in response.aiter_lines():
+                        if line.startswith("event: start") and not seen_start:
+                            seen_start = True
+                            started += 1
+                            if started == STREAMS:
+                                opened.set()
+                        if line.startswith("data: {\"delta\""):
+                            text += json.loads(line[6:])["delta"]
+                        if line.startswith("event: done"):
+                            return text
+                return text
+
+            tasks = [asyncio.create_task(one(rid)) for rid in rids]
+            await asyncio.wait_for(opened.wait(), 60)
+            during = rss_kib(gateway.pid)
+            texts = await asyncio.gather(*tasks)
+        per_stream = (during - before) / STREAMS
+        print(f"{STREAMS} open streams: gateway RSS {before} -> {during} KiB, "
+              f"{per_stream:.1f} KiB per stream")
+        assert texts == ["".join(TOKENS)] * STREAMS
+        assert per_stream <= 50
+    finally:
+        await stack.stop()
