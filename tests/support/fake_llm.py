@@ -8,7 +8,7 @@ Provider endpoints (as the real providers; base URLs: OpenAI ``{root}/v1``, Anth
 Gemini ``{root}``):
 
 * ``POST /v1/chat/completions`` (SSE when ``stream: true``, else a chat.completion JSON)
-* ``POST /v1/messages`` (named Anthropic events, with a ``ping``)
+* ``POST /v1/messages`` (named Anthropic events, with a ``ping``; always streamed)
 * ``POST /v1beta/models/{model}:streamGenerateContent?alt=sse``
 
 Each provider request is answered by a :class:`Step`, chosen by its ``X-Request-Id`` header
@@ -22,6 +22,16 @@ default step. Control API (JSON):
 * ``GET /_control/requests`` → ``{key: [attempt, ...]}``
 * ``DELETE /_control`` → forget scripts, the default step and recordings
 * ``GET /_control/health`` → ``{"ok": true}``
+
+A step (JSON): ``status`` (200), ``retry_after`` (null | seconds | HTTP-date), ``ttft_ms`` (delay
+before the first token, after the head and preamble are sent), ``pace_ms`` (between tokens),
+``tokens`` (null = default tokens), ``token_count`` (length of the default tokens), and after
+``n`` tokens (n > len(tokens) means before the end marker): ``disconnect_after`` (drop the
+connection), ``hang_after`` (send nothing more until the client leaves),
+``malformed_after`` (a garbage data line, then the body ends cleanly without the end marker);
+``error_body`` (JSON or text replacing the provider-style error body), ``stamp``.
+Omitted fields take the CLI settings. A request's ``max_tokens`` (``maxOutputTokens``) cuts
+the tokens and makes the finish reason ``length``.
 
 Default tokens: :func:`default_tokens` — ``n`` words from :data:`WORDS` in a cycle, each
 followed by a space. With ``stamp`` every token is ``"<time.monotonic_ns()> "`` at send time.
@@ -279,7 +289,8 @@ class OpenAIWire(Wire):
         return self.body.get("stream") is True
 
     def _usage_wanted(self) -> bool:
-        return bool((self.body.get("stream_options") or {}).get("include_usage"))
+        options = self.body.get("stream_options")
+        return isinstance(options, dict) and bool(options.get("include_usage"))
 
     def _chunk(self, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
         chunk: dict[str, Any] = {
@@ -427,7 +438,8 @@ class GeminiWire(Wire):
 
     def max_tokens(self) -> int | None:
         """``generationConfig.maxOutputTokens``."""
-        value = (self.body.get("generationConfig") or {}).get("maxOutputTokens")
+        config = self.body.get("generationConfig")
+        value = config.get("maxOutputTokens") if isinstance(config, dict) else None
         return value if isinstance(value, int) else None
 
     def _chunk(self, text: str, finish: str | None, completion: int | None) -> dict[str, Any]:
@@ -815,7 +827,8 @@ class FakeServer(uvicorn.Server):
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (port 0 picks a free port)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(2048)

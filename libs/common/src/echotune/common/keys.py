@@ -57,6 +57,19 @@ class Keys:
         """Present while a client reads the stream or may still come back to resume it."""
         return f"{self.namespace}:req:{{{request_id}}}:reader"
 
+    def breaker(self, provider: str) -> str:
+        """Hash with a provider's circuit-breaker state; ``:ok``/``:fail`` sorted sets beside it."""
+        return f"{self.namespace}:breaker:{{{provider}}}"
+
+    def live_stats(self, provider: str, minute: int) -> str:
+        """Hash of one provider's counters and histograms for one minute (epoch minutes)."""
+        return f"{self.namespace}:live:{provider}:{minute}"
+
+    @property
+    def provider_selection(self) -> str:
+        """Hash: user id (or ``*`` for everyone) → JSON ``{"provider", "model"}``."""
+        return f"{self.namespace}:provider-selection"
+
     def gateway_wakeup(self, gateway_id: str) -> str:
         """Stream a gateway process writes to itself to wake its blocked multiplexed XREAD."""
         return f"{self.namespace}:gateway:{gateway_id}:wakeup"

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from echotune.common.breaker import BreakerPolicy
 from echotune.common.keys import Keys
 from echotune.common.providers import ProviderConfig, ProviderRegistry
 
@@ -43,6 +44,23 @@ class ServiceSettings(BaseSettings):
         return Keys(self.namespace)
 
 
+class BreakerSettings(BaseSettings):
+    """Circuit-breaker policy (``ECHOTUNE_BREAKER_…``), the same for every provider."""
+
+    model_config = SettingsConfigDict(env_prefix="ECHOTUNE_BREAKER_", extra="ignore")
+
+    failure_rate: float = Field(0.5, gt=0, le=1)
+    min_calls: int = Field(5, ge=1)
+    window_s: float = Field(60.0, gt=0)
+    consecutive_failures: int = Field(5, ge=1)
+    cooldown_s: float = Field(30.0, gt=0)
+    cooldown_cap_s: float = Field(300.0, gt=0)
+    probe_timeout_s: float = Field(60.0, gt=0)
+
+    def policy(self) -> BreakerPolicy:
+        return BreakerPolicy(**self.model_dump())
+
+
 class ProviderSettings(BaseSettings):
     """The provider list, read by the gateway and the workers alike."""
 
@@ -62,6 +80,8 @@ class ProviderSettings(BaseSettings):
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
         return value or None
+
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
 
     def registry(self) -> ProviderRegistry:
         return ProviderRegistry(self.providers, self.default_provider)

@@ -14,7 +14,9 @@ from typing import Annotated, Any
 from faststream import Context, ContextRepo, FastStream
 from faststream.redis import RedisBroker, StreamSub
 
+from echotune.common.breaker import CircuitBreakers
 from echotune.common.keys import JOBS_GROUP
+from echotune.common.live_stats import LiveStats
 from echotune.common.logs import configure_logging
 from echotune.common.redis import create_redis
 from echotune.worker.cancel import CANCELLED, CancelRegistry, sweep_abandoned
@@ -60,6 +62,8 @@ def create_app(settings: WorkerSettings | None = None) -> FastStream:
             providers=build_providers(registry, http),
             cancels=CancelRegistry(),
             telemetry=TelemetryPublisher(broker, keys.telemetry, settings.telemetry_maxlen),
+            breakers=CircuitBreakers(redis, keys, settings.breaker.policy()),
+            live=LiveStats(redis, keys),
         )
         context.set_global("worker", worker)
         sweeper = asyncio.create_task(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -20,7 +21,7 @@ CLIENT_GONE = "client_gone"
 class InFlight:
     """A job running in this process, and why it was cancelled, if it was."""
 
-    task: asyncio.Task[None]
+    task: asyncio.Task[Any]
     reason: str | None = None
 
 
@@ -33,7 +34,7 @@ class CancelRegistry:
     def __len__(self) -> int:
         return len(self._jobs)
 
-    def add(self, request_id: str, task: asyncio.Task[None]) -> InFlight:
+    def add(self, request_id: str, task: asyncio.Task[Any]) -> InFlight:
         entry = self._jobs[request_id] = InFlight(task)
         return entry
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import httpx
 from redis.asyncio import Redis
 
+from echotune.common.breaker import CircuitBreakers
+from echotune.common.live_stats import LiveStats
 from echotune.common.providers import ProviderRegistry
 from echotune.worker.cancel import CancelRegistry
 from echotune.worker.providers import build_provider
@@ -24,6 +26,8 @@ class WorkerContext:
     providers: dict[str, Provider]
     cancels: CancelRegistry
     telemetry: TelemetryPublisher
+    breakers: CircuitBreakers
+    live: LiveStats
 
 
 def build_providers(registry: ProviderRegistry, http: httpx.AsyncClient) -> dict[str, Provider]:

@@ -1,13 +1,13 @@
-"""One chat job: walk the provider chain with retries, stream tokens, end the stream once."""
+"""One chat job: walk the provider chain with retries and failover, end the stream once."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from datetime import UTC, datetime
 
+from echotune.common.breaker import Permit
 from echotune.common.messages import (
     ChatEvent,
     ChatJob,
@@ -23,23 +23,24 @@ from echotune.common.messages import (
     Usage,
 )
 from echotune.common.providers import ProviderConfig
+from echotune.worker.attempt import Attempt, AttemptInfo, MidStreamFailure
 from echotune.worker.context import WorkerContext
 from echotune.worker.events import EventWriter
-from echotune.worker.providers.base import Finish, ProviderError, ProviderRequest, TextChunk
+from echotune.worker.providers.base import ProviderError, ProviderRequest
 from echotune.worker.retry import backoff_delay, is_retryable
-from echotune.worker.telemetry import AttemptClock
 
 log = logging.getLogger(__name__)
 
 SYSTEM_PROMPT = "You are EchoTune, a friendly music recommendation assistant. Answer concisely."
+CONTINUE_PROMPT = "Continue your previous answer exactly where it stopped, without repeating it."
 
 
-class MidStreamFailure(Exception):
-    """The provider failed after text was already streamed to the client."""
+class Skip(Exception):
+    """The provider is not called now (open breaker, rate-limit cool-down)."""
 
-    def __init__(self, error: ProviderError) -> None:
-        super().__init__(error.message)
-        self.error = error
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class JobRunner:
@@ -58,10 +59,10 @@ class JobRunner:
         )
         self.attempts = 0
         self.first_token_at: float | None = None
-        self.text: list[str] = []
+        self.partial: list[str] = []
 
     async def run(self) -> None:
-        """Run the job to its final event, whatever happens (cancel included)."""
+        """Run the job to its final event, whatever happens (cancel and shutdown included)."""
         if await self.ctx.redis.exists(self.ctx.settings.keys.cancel_flag(self.job.request_id)):
             await self._final(self._done(FinishReason.CANCELLED, self.job.provider, self.job.model))
             return
@@ -73,7 +74,8 @@ class JobRunner:
         except TimeoutError:
             final = ErrorEvent(code=ErrorCode.DEADLINE_EXCEEDED, message="the answer took too long")
         except asyncio.CancelledError:
-            if inflight.reason is None:
+            if inflight.reason is None:  # the worker is shutting down
+                await asyncio.shield(self._final(_shutdown_error()))
                 raise
             final = self._done(FinishReason.CANCELLED, self.job.provider, self.job.model)
         finally:
@@ -87,8 +89,7 @@ class JobRunner:
     def _done(
         self, reason: FinishReason, provider: str, model: str, usage: Usage | None = None
     ) -> DoneEvent:
-        now = datetime.now(UTC)
-        total_ms = (now - self.job.created_at).total_seconds() * 1000
+        total_ms = (datetime.now(UTC) - self.job.created_at).total_seconds() * 1000
         ttft_ms = None
         if self.first_token_at is not None:
             ttft_ms = (self.first_token_at - self.job.created_at.timestamp()) * 1000
@@ -109,73 +110,107 @@ class JobRunner:
                 chain.append((config, self.job.model if index == 0 else config.model))
         return chain
 
+    @property
+    def _continue_on_failure(self) -> bool:
+        opt_in = self.job.options.continue_on_failure
+        return self.ctx.settings.continue_on_failure if opt_in is None else opt_in
+
     async def _produce(self) -> ChatEvent:
         """Try each provider of the chain in turn; the final event to write."""
-        last_error: ProviderError | None = None
-        chain = self._chain()
+        chain, reason, continuing = self._chain(), "unavailable", False
         for index, (config, model) in enumerate(chain):
             if index > 0:
-                previous = chain[index - 1][0].name
-                reason = last_error.code if last_error else "unavailable"
                 await self.writer.emit(
                     FailoverEvent(
-                        from_provider=previous,
+                        from_provider=chain[index - 1][0].name,
                         to_provider=config.name,
                         to_model=model,
                         reason=reason,
+                        continues_partial=continuing,
                     )
                 )
             try:
-                return await self._with_retries(config, model, is_failover=index > 0)
+                return await self._with_retries(config, model, index > 0, continuing)
+            except Skip as skip:
+                reason = skip.reason
             except ProviderError as error:
-                last_error = error
-                log.warning("provider %s failed: %s", config.name, error.code)
+                reason = error.code
             except MidStreamFailure as failure:
-                return ErrorEvent(
-                    code=ErrorCode.PARTIAL_ANSWER,
-                    message=f"the provider failed mid-answer ({failure.error.code}); "
-                    "the answer is incomplete",
-                    partial=True,
-                    provider=config.name,
-                )
+                reason = failure.error.code
+                if not (self._continue_on_failure and index + 1 < len(chain)):
+                    return _partial_error(config.name, reason)
+                continuing = True
+            log.warning("provider %s gave up: %s", config.name, reason)
         return ErrorEvent(
             code=ErrorCode.ALL_PROVIDERS_FAILED,
-            message=f"no provider could answer (last error: {last_error.code if last_error else '-'})",
+            message=f"no provider could answer (last reason: {reason})",
             retryable=True,
+            partial=bool(self.partial),
         )
 
     async def _with_retries(
-        self, config: ProviderConfig, model: str, *, is_failover: bool
+        self, config: ProviderConfig, model: str, is_failover: bool, continuing: bool
     ) -> ChatEvent:
         settings = self.ctx.settings
         for attempt in range(1, settings.retry_attempts + 1):
+            permit = await self._permit(config.name)
+            self.attempts += 1
+            call = Attempt(
+                self.ctx, self.job, self.writer, config, permit,
+                AttemptInfo(self.attempts, attempt > 1, is_failover),
+            )
             try:
-                return await self._attempt(config, model, attempt, is_failover=is_failover)
+                finish = await call.run(self._request(model, continuing))
             except ProviderError as error:
                 if not is_retryable(error) or attempt == settings.retry_attempts:
                     raise
-                delay = backoff_delay(
-                    attempt,
-                    base_s=settings.retry_base_s,
-                    cap_s=settings.retry_cap_s,
-                    retry_after_s=error.retry_after,
-                    retry_after_cap_s=settings.retry_after_cap_s,
-                )
-                if time.time() + delay >= self.job.deadline_at:
-                    raise
-                await self.writer.emit(
-                    RetryEvent(
-                        provider=config.name,
-                        attempt=attempt,
-                        delay_ms=round(delay * 1000),
-                        reason=error.code,
-                    )
-                )
-                await asyncio.sleep(delay)
+                await self._wait_before_retry(config.name, attempt, error)
+                continue
+            finally:
+                self._absorb(call)
+            return self._done(finish.reason, config.name, model, finish.usage)
         raise AssertionError("unreachable")
 
-    def _request(self, model: str) -> ProviderRequest:
+    def _absorb(self, call: Attempt) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = call.first_token_at
+        self.partial.extend(call.text)
+
+    async def _permit(self, provider: str) -> Permit:
+        """The breaker's permit; waits out a short rate-limit cool-down, skips an open breaker."""
+        while True:
+            permit = await self.ctx.breakers.acquire(provider)
+            if permit.allowed:
+                return permit
+            wait = (permit.retry_at or 0) - time.time()
+            cap = self.ctx.settings.retry_after_cap_s
+            if permit.reason != "rate_limited" or wait > cap or time.time() + wait >= self.job.deadline_at:
+                raise Skip(permit.reason or "unavailable")
+            await asyncio.sleep(max(wait, 0.01))
+
+    async def _wait_before_retry(self, provider: str, attempt: int, error: ProviderError) -> None:
+        settings = self.ctx.settings
+        delay = backoff_delay(
+            attempt,
+            base_s=settings.retry_base_s,
+            cap_s=settings.retry_cap_s,
+            retry_after_s=error.retry_after,
+            retry_after_cap_s=settings.retry_after_cap_s,
+        )
+        if time.time() + delay >= self.job.deadline_at:
+            raise error
+        await self.writer.emit(
+            RetryEvent(provider=provider, attempt=attempt, delay_ms=round(delay * 1000), reason=error.code)
+        )
+        await asyncio.sleep(delay)
+
+    def _request(self, model: str, continuing: bool) -> ProviderRequest:
         messages = [ChatMessage(role=Role.SYSTEM, content=SYSTEM_PROMPT), *self.job.messages]
+        if continuing and self.partial:
+            messages += [
+                ChatMessage(role=Role.ASSISTANT, content="".join(self.partial)),
+                ChatMessage(role=Role.USER, content=CONTINUE_PROMPT),
+            ]
         options = self.job.options
         return ProviderRequest(
             request_id=self.job.request_id,
@@ -186,76 +221,19 @@ class JobRunner:
             stop=options.stop,
         )
 
-    async def _attempt(
-        self, config: ProviderConfig, model: str, attempt: int, *, is_failover: bool
-    ) -> ChatEvent:
-        self.attempts += 1
-        clock = AttemptClock()
-        request = self._request(model)
-        tokens_in = sum(len(m.content) for m in request.messages) // 4
-        outcome: tuple[bool, str | None] = (False, "cancelled")
-        usage: Usage | None = None
-        try:
-            finish = await self._stream(config, request, clock)
-            usage = finish.usage
-            outcome = (True, None)
-            return self._done(finish.reason, config.name, model, finish.usage)
-        except ProviderError as error:
-            outcome = (False, error.code)
-            if clock.tokens:
-                raise MidStreamFailure(error) from error
-            raise
-        except asyncio.CancelledError:
-            inflight_reason = self._cancel_reason()
-            outcome = (False, inflight_reason or "cancelled")
-            raise
-        finally:
-            success, code = outcome
-            self.ctx.telemetry.publish(
-                clock.event(
-                    self.job,
-                    attempt=self.attempts,
-                    provider=config.name,
-                    model=model,
-                    success=success,
-                    error_code=code,
-                    tokens_in=usage.prompt_tokens if usage and usage.prompt_tokens else tokens_in,
-                    tokens_out=usage.completion_tokens
-                    if usage and usage.completion_tokens
-                    else None,
-                    is_retry=attempt > 1,
-                    is_failover=is_failover,
-                )
-            )
 
-    def _cancel_reason(self) -> str | None:
-        return self.ctx.cancels.reason(self.job.request_id)
+def _partial_error(provider: str, reason: str) -> ErrorEvent:
+    return ErrorEvent(
+        code=ErrorCode.PARTIAL_ANSWER,
+        message=f"the provider failed mid-answer ({reason}); the answer is incomplete",
+        partial=True,
+        provider=provider,
+    )
 
-    async def _stream(
-        self, config: ProviderConfig, request: ProviderRequest, clock: AttemptClock
-    ) -> Finish:
-        timeouts = config.timeouts
-        ends_at = time.monotonic() + timeouts.total
-        provider = self.ctx.providers[config.name]
-        async with contextlib.aclosing(provider.stream(request)) as items:
-            while True:
-                wait = timeouts.first_token if clock.tokens == 0 else timeouts.idle
-                wait = min(wait, ends_at - time.monotonic())
-                try:
-                    async with asyncio.timeout(max(wait, 0)):
-                        item = await anext(items)
-                except TimeoutError as exc:
-                    phase = "first token" if clock.tokens == 0 else "next token"
-                    raise ProviderError("timeout", f"no {phase} within {wait:.1f} s") from exc
-                except StopAsyncIteration as exc:
-                    raise ProviderError(
-                        "malformed_stream", "the stream ended without a finish"
-                    ) from exc
-                if isinstance(item, Finish):
-                    return item
-                if isinstance(item, TextChunk) and item.text:
-                    clock.token()
-                    if self.first_token_at is None:
-                        self.first_token_at = time.time()
-                    self.text.append(item.text)
-                    await self.writer.delta(item.text)
+
+def _shutdown_error() -> ErrorEvent:
+    return ErrorEvent(
+        code=ErrorCode.SHUTDOWN,
+        message="the worker shut down before the answer was complete",
+        retryable=True,
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -71,7 +71,7 @@ class Provider(Protocol):
 
     config: ProviderConfig
 
-    def stream(self, request: ProviderRequest) -> AsyncIterator[StreamItem]: ...
+    def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamItem, None]: ...
 
 
 ProviderFactory = type[Provider]

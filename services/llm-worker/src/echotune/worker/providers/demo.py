@@ -6,7 +6,7 @@ import asyncio
 import hashlib
 import math
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import httpx
@@ -183,7 +183,7 @@ class DemoProvider:
         self.config = config
         self.client = client
 
-    async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamItem]:
+    async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamItem, None]:
         """Yield the answer's tokens then a Finish with rough usage counts."""
         text = compose_answer(_last_user_text(request))
         reason = FinishReason.STOP

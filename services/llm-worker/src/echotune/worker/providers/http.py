@@ -132,12 +132,12 @@ def translate_errors(provider: str, secret: str | None = None) -> Iterator[None]
     """Turn httpx and SSE exceptions raised inside the block into ProviderErrors."""
     try:
         yield
+    except SSEError as exc:  # an httpx.TransportError subclass: catch it first
+        raise malformed(provider, redact(str(exc), secret)) from exc
     except httpx.HTTPError as exc:
         code = classify(exc)
         message = f"{provider}: {code} ({type(exc).__name__}): {exc}"
         raise ProviderError(code, redact(message, secret)[:_MESSAGE_LIMIT]) from exc
-    except SSEError as exc:
-        raise malformed(provider, redact(str(exc), secret)) from exc
 
 
 def classify(exc: httpx.HTTPError) -> str:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -97,7 +97,7 @@ class HttpProvider(ABC):
     def parser(self) -> StreamParser:
         """A fresh parser for one response stream."""
 
-    async def stream(self, request: ProviderRequest) -> AsyncIterator[StreamItem]:
+    async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamItem, None]:
         """Stream the answer; closing this generator closes the upstream response."""
         call = self.prepare(request)
         headers = {**call.headers, REQUEST_ID_HEADER: request.request_id}

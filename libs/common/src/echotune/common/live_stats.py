@@ -1,0 +1,96 @@
+"""Per-provider figures of the last minutes, kept in Redis by the workers.
+
+Provider health must work when analytics or MongoDB is down, so workers count every
+attempt in one hash per provider and minute (expiring after ``RETENTION_MIN``), with
+latency and time-to-first-token histograms in the layout of ``echotune.common.histogram``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from echotune.common import histogram
+from echotune.common.keys import Keys
+
+RETENTION_MIN = 10
+
+
+@dataclass(frozen=True, slots=True)
+class LiveFigures:
+    requests: int
+    successes: int
+    rate_limited: int
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    ttft_p50_ms: float | None
+    ttft_p95_ms: float | None
+
+    @property
+    def success_rate(self) -> float | None:
+        return self.successes / self.requests if self.requests else None
+
+    @property
+    def rate_limited_rate(self) -> float | None:
+        return self.rate_limited / self.requests if self.requests else None
+
+
+def _minute(now: float | None = None) -> int:
+    return int((now or time.time()) // 60)
+
+
+class LiveStats:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis, self.keys = redis, keys
+
+    async def record(
+        self,
+        provider: str,
+        *,
+        success: bool,
+        rate_limited: bool,
+        latency_ms: float,
+        ttft_ms: float | None,
+    ) -> None:
+        key = self.keys.live_stats(provider, _minute())
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hincrby(key, "requests", 1)
+            if success:
+                pipe.hincrby(key, "successes", 1)
+            if rate_limited:
+                pipe.hincrby(key, "rate_limited", 1)
+            pipe.hincrby(key, f"lat:{histogram.bucket_of(latency_ms)}", 1)
+            if ttft_ms is not None:
+                pipe.hincrby(key, f"ttft:{histogram.bucket_of(ttft_ms)}", 1)
+            pipe.expire(key, RETENTION_MIN * 60)
+            await pipe.execute()
+
+    async def window(self, provider: str, minutes: int = 5) -> LiveFigures:
+        """Figures of the last ``minutes`` minutes (the current one included)."""
+        now = _minute()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for minute in range(now - minutes + 1, now + 1):
+                pipe.hgetall(self.keys.live_stats(provider, minute))
+            hashes: list[dict[str, str]] = await pipe.execute()
+        counts = {"requests": 0, "successes": 0, "rate_limited": 0}
+        latency: dict[int, int] = {}
+        ttft: dict[int, int] = {}
+        for fields in hashes:
+            for name, value in fields.items():
+                kind, _, bucket = name.partition(":")
+                if name in counts:
+                    counts[name] += int(value)
+                elif kind in ("lat", "ttft"):
+                    target = latency if kind == "lat" else ttft
+                    target[int(bucket)] = target.get(int(bucket), 0) + int(value)
+        return LiveFigures(
+            requests=counts["requests"],
+            successes=counts["successes"],
+            rate_limited=counts["rate_limited"],
+            latency_p50_ms=histogram.quantile(latency, 0.5),
+            latency_p95_ms=histogram.quantile(latency, 0.95),
+            ttft_p50_ms=histogram.quantile(ttft, 0.5),
+            ttft_p95_ms=histogram.quantile(ttft, 0.95),
+        )

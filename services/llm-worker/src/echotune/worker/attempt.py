@@ -1,0 +1,158 @@
+"""One call to one provider: stream its tokens, time it, and record what happened."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from echotune.common.breaker import Outcome, Permit
+from echotune.common.messages import ChatJob
+from echotune.common.providers import ProviderConfig
+from echotune.worker.context import WorkerContext
+from echotune.worker.events import EventWriter
+from echotune.worker.providers.base import Finish, ProviderError, ProviderRequest, TextChunk
+from echotune.worker.telemetry import AttemptClock
+
+log = logging.getLogger(__name__)
+
+# 4xx answers other than 429 say nothing about the provider's health.
+_HEALTH_NEUTRAL = frozenset({400, 401, 403, 404, 409, 413, 422})
+
+
+class MidStreamFailure(Exception):
+    """The provider failed after text was already streamed to the client."""
+
+    def __init__(self, error: ProviderError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+@dataclass(slots=True)
+class AttemptInfo:
+    """What the job tells about the attempt, for telemetry."""
+
+    number: int
+    is_retry: bool
+    is_failover: bool
+
+
+def outcome_of(error: ProviderError) -> Outcome:
+    if error.code == "rate_limited":
+        return Outcome.RATE_LIMITED
+    if error.status in _HEALTH_NEUTRAL:
+        return Outcome.IGNORED
+    return Outcome.FAILURE
+
+
+class Attempt:
+    """Streams one provider answer into the job's event stream."""
+
+    def __init__(
+        self,
+        ctx: WorkerContext,
+        job: ChatJob,
+        writer: EventWriter,
+        config: ProviderConfig,
+        permit: Permit,
+        info: AttemptInfo,
+    ) -> None:
+        self.ctx, self.job, self.writer = ctx, job, writer
+        self.config, self.permit, self.info = config, permit, info
+        self.clock = AttemptClock()
+        self.text: list[str] = []
+        self.first_token_at: float | None = None
+
+    async def run(self, request: ProviderRequest) -> Finish:
+        outcome, retry_after = Outcome.IGNORED, 0.0
+        error_code: str | None = "cancelled"
+        finish: Finish | None = None
+        try:
+            finish = await self._stream(request)
+            outcome, error_code = Outcome.SUCCESS, None
+            return finish
+        except ProviderError as error:
+            outcome, error_code = outcome_of(error), error.code
+            retry_after = error.retry_after or 0.0
+            if self.clock.tokens:
+                raise MidStreamFailure(error) from error
+            raise
+        except asyncio.CancelledError:
+            error_code = self.ctx.cancels.reason(self.job.request_id) or "cancelled"
+            raise
+        finally:
+            await self._record(request, outcome, error_code, retry_after, finish)
+
+    async def _stream(self, request: ProviderRequest) -> Finish:
+        timeouts = self.config.timeouts
+        ends_at = time.monotonic() + timeouts.total
+        provider = self.ctx.providers[self.config.name]
+        async with contextlib.aclosing(provider.stream(request)) as items:
+            while True:
+                wait = timeouts.first_token if self.clock.tokens == 0 else timeouts.idle
+                wait = max(min(wait, ends_at - time.monotonic()), 0)
+                try:
+                    async with asyncio.timeout(wait):
+                        item = await anext(items)
+                except TimeoutError as exc:
+                    phase = "first token" if self.clock.tokens == 0 else "next token"
+                    raise ProviderError("timeout", f"no {phase} within {wait:.1f} s") from exc
+                except StopAsyncIteration as exc:
+                    raise ProviderError("malformed_stream", "stream ended without finish") from exc
+                if isinstance(item, Finish):
+                    return item
+                if isinstance(item, TextChunk) and item.text:
+                    self.clock.token()
+                    self.first_token_at = self.first_token_at or time.time()
+                    self.text.append(item.text)
+                    await self.writer.delta(item.text)
+
+    async def _record(
+        self,
+        request: ProviderRequest,
+        outcome: Outcome,
+        error_code: str | None,
+        retry_after: float,
+        finish: Finish | None,
+    ) -> None:
+        """Breaker, live figures and telemetry; shielded so a cancel cannot skip them."""
+        usage = finish.usage if finish else None
+        tokens_in = sum(len(m.content) for m in request.messages) // 4
+        event = self.clock.event(
+            self.job,
+            attempt=self.info.number,
+            provider=self.config.name,
+            model=request.model,
+            success=outcome is Outcome.SUCCESS,
+            error_code=error_code,
+            tokens_in=usage.prompt_tokens if usage and usage.prompt_tokens else tokens_in,
+            tokens_out=usage.completion_tokens if usage and usage.completion_tokens else None,
+            breaker_state=self.permit.state,
+            is_retry=self.info.is_retry,
+            is_failover=self.info.is_failover,
+        )
+        self.ctx.telemetry.publish(event)
+        await asyncio.shield(self._update_health(outcome, retry_after, event.latency_ms, event.ttft_ms))
+
+    async def _update_health(
+        self, outcome: Outcome, retry_after: float, latency_ms: float, ttft_ms: float | None
+    ) -> None:
+        name = self.config.name
+        try:
+            transition = await self.ctx.breakers.record(
+                name, outcome, probe=self.permit.probe, retry_after_s=retry_after
+            )
+            if transition:
+                log.warning("breaker %s: %s -> %s", name, transition.old, transition.new)
+            if outcome is not Outcome.IGNORED:
+                await self.ctx.live.record(
+                    name,
+                    success=outcome is Outcome.SUCCESS,
+                    rate_limited=outcome is Outcome.RATE_LIMITED,
+                    latency_ms=latency_ms,
+                    ttft_ms=ttft_ms,
+                )
+        except Exception:
+            log.exception("could not record the outcome of a call to %s", name)
