@@ -17,8 +17,9 @@ default step. Control API (JSON):
 
 * ``PUT /_control/scripts/{key}`` ``{"attempts": [step, ...]}``
 * ``PUT /_control/default`` ``step``
-* ``GET /_control/requests/{key}[?wait=<s>&count=<n>]`` → the key's attempts; with ``wait``,
-  first waits (up to ``wait`` seconds) until ``count`` (default 1) attempts exist and all ended
+* ``GET /_control/requests/{key}[?wait=<s>&count=<n>&until=ended|started]`` → the key's
+  attempts; with ``wait``, first waits (up to ``wait`` seconds) until ``count`` (default 1)
+  attempts exist and all ended (``until=started``: exist)
 * ``GET /_control/requests`` → ``{key: [attempt, ...]}``
 * ``DELETE /_control`` → forget scripts, the default step and recordings
 * ``GET /_control/health`` → ``{"ok": true}``
@@ -540,12 +541,15 @@ class FakeLLM:
         """Every key's recorded attempts."""
         return {key: self.requests(key) for key in self.records}
 
-    async def wait_ended(self, key: str, count: int = 1, within_s: float = 5.0) -> list[Attempt]:
-        """Wait until ``key`` has ``count`` attempts and all have ended; raise TimeoutError."""
+    async def wait_ended(
+        self, key: str, count: int = 1, within_s: float = 5.0, *, ended: bool = True
+    ) -> list[Attempt]:
+        """Wait until ``key`` has ``count`` attempts (all ended, unless ``ended`` is false)."""
         async with asyncio.timeout(within_s):
             while True:
                 records = self.records.get(key, [])
-                if len(records) >= count and all(r.ended_ns is not None for r in records):
+                done = not ended or all(r.ended_ns is not None for r in records)
+                if len(records) >= count and done:
                     return list(records)
                 changed = self._changed
                 await changed.wait()
@@ -735,7 +739,8 @@ class FakeLLM:
         if route == ("GET", "requests", 2):
             if "wait" in query:
                 count = int(query.get("count", "1"))
-                await self.wait_ended(parts[1], count, float(query["wait"]))
+                ended = query.get("until", "ended") != "started"
+                await self.wait_ended(parts[1], count, float(query["wait"]), ended=ended)
             return self.requests(parts[1])
         return None
 

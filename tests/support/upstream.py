@@ -18,8 +18,15 @@ class FakeUpstream:
         )
         response.raise_for_status()
 
-    async def requests(self, key: str) -> list[dict[str, Any]]:
-        response = await self.client.get(f"{self.url}/_control/requests/{key}")
+    async def requests(
+        self, key: str, *, count: int = 1, until: str = "ended", wait_s: float = 10.0
+    ) -> list[dict[str, Any]]:
+        """The attempts seen for ``key``, once ``count`` of them exist and have ended (or
+        ``until="started"``: exist), or as they are after ``wait_s``."""
+        response = await self.client.get(
+            f"{self.url}/_control/requests/{key}",
+            params={"wait": wait_s, "count": count, "until": until},
+        )
         response.raise_for_status()
         records: list[dict[str, Any]] = response.json()
         return records

@@ -10,10 +10,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from faststream.redis import RedisBroker
 
+from echotune.common.breaker import CircuitBreakers
 from echotune.common.logs import configure_logging
 from echotune.common.redis import create_redis
 from echotune.gateway import health
 from echotune.gateway.chat import routes as chat_routes
+from echotune.gateway.providers import routes as provider_routes
+from echotune.gateway.providers.service import ProviderService
 from echotune.gateway.chat.relay import StreamRelay
 from echotune.gateway.chat.service import ChatService
 from echotune.gateway.errors import install_error_handlers
@@ -34,9 +37,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     broker = RedisBroker(settings.redis_url, logger=logging.getLogger("echotune.gateway.broker"))
     await broker.connect()
     await relay.start()
-    chat = ChatService(redis, relay, broker, settings.registry(), settings)
+    breakers = CircuitBreakers(redis, settings.keys, settings.breaker.policy())
+    providers = ProviderService(redis, settings.keys, settings.registry(), breakers)
+    chat = ChatService(redis, relay, broker, providers, settings)
     keeper = asyncio.create_task(chat.keep_readers_alive(), name="reader-keeper")
-    app.state.redis, app.state.relay, app.state.chat = redis, relay, chat
+    app.state.redis, app.state.relay = redis, relay
+    app.state.chat, app.state.providers = chat, providers
     try:
         yield
     finally:
@@ -60,4 +66,5 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
     app.include_router(chat_routes.router)
+    app.include_router(provider_routes.router)
     return app

@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 from redis.asyncio import Redis
 
 from echotune.gateway.chat.service import ChatService
+from echotune.gateway.providers.service import ProviderService
 from echotune.gateway.settings import GatewaySettings
 
 
@@ -26,6 +27,11 @@ def _chat_service(request: Request) -> ChatService:
     return service
 
 
+def _provider_service(request: Request) -> ProviderService:
+    service: ProviderService = request.app.state.providers
+    return service
+
+
 def _user_id() -> str:
     """The caller's user id; every caller is ``anonymous`` until authentication exists."""
     return "anonymous"
@@ -34,4 +40,5 @@ def _user_id() -> str:
 SettingsDep = Annotated[GatewaySettings, Depends(_settings)]
 RedisDep = Annotated[Redis, Depends(_redis)]
 ChatServiceDep = Annotated[ChatService, Depends(_chat_service)]
+ProviderServiceDep = Annotated[ProviderService, Depends(_provider_service)]
 UserIdDep = Annotated[str, Depends(_user_id)]

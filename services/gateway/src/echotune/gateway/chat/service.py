@@ -23,11 +23,12 @@ from echotune.common.messages import (
     StartEvent,
     encode_event,
 )
-from echotune.common.providers import ProviderRegistry
+from echotune.common.providers import ProviderConfig
 from echotune.common.streams import append_final
 from echotune.gateway.chat.relay import StreamRelay, Subscription, parse_stream_id
 from echotune.gateway.chat.sse import HEARTBEAT, frame
 from echotune.gateway.errors import ApiError
+from echotune.gateway.providers.service import ProviderService
 from echotune.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -66,11 +67,11 @@ class ChatService:
         redis: Redis,
         relay: StreamRelay,
         broker: RedisBroker,
-        registry: ProviderRegistry,
+        providers: ProviderService,
         settings: GatewaySettings,
     ) -> None:
         self.redis, self.relay, self.broker = redis, relay, broker
-        self.registry, self.settings, self.keys = registry, settings, settings.keys
+        self.providers, self.settings, self.keys = providers, settings, settings.keys
 
     @property
     def _request_ttl_s(self) -> int:
@@ -80,8 +81,9 @@ class ChatService:
         """Start or attach to the stream of ``chat.request_id``; ``None``: nothing left to send."""
         if chat.message is not None:
             self._check_message(chat.message)
+            config, model = await self.providers.choose(chat.user_id, chat.provider, chat.model)
             if await self._claim(chat):
-                return await self._start(chat)
+                return await self._start(chat, config, model)
         elif not await self.redis.exists(self.keys.meta(chat.request_id)):
             raise ApiError(404, "unknown_request", "no stream with this request id; send a message")
         return await self._attach(chat.request_id, last_event_id)
@@ -99,7 +101,6 @@ class ChatService:
 
     async def _claim(self, chat: ChatInput) -> bool:
         """Reserve the request id for this input; ``False`` when it exists for the same input."""
-        self.resolve(chat.provider, chat.model)
         meta = self.keys.meta(chat.request_id)
         if await self.redis.hsetnx(meta, "fingerprint", chat.fingerprint()):
             await self.redis.expire(meta, self._request_ttl_s)
@@ -110,16 +111,8 @@ class ChatService:
             )
         return False
 
-    def resolve(self, provider: str | None, model: str | None) -> tuple[str, str, bool]:
-        try:
-            config, chosen = self.registry.resolve(provider, model)
-        except LookupError as exc:
-            code = "unknown_model" if provider in self.registry else "unknown_provider"
-            raise ApiError(422, code, str(exc.args[0])) from exc
-        return config.name, chosen, config.is_demo
-
-    async def _start(self, chat: ChatInput) -> OpenStream:
-        provider, model, is_demo = self.resolve(chat.provider, chat.model)
+    async def _start(self, chat: ChatInput, config: ProviderConfig, model: str) -> OpenStream:
+        provider = config.name
         job = ChatJob(
             request_id=chat.request_id,
             conversation_id=chat.conversation_id,
@@ -136,7 +129,7 @@ class ChatService:
             conversation_id=chat.conversation_id,
             provider=provider,
             model=model,
-            provider_is_demo=is_demo,
+            provider_is_demo=config.is_demo,
         )
         start_id = await self._write_start(chat, start)
         subscription = await self.relay.subscribe(chat.request_id, start_id)

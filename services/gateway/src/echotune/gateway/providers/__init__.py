@@ -1,0 +1,1 @@
+"""Provider list, quick-switch and health."""
