@@ -37,8 +37,19 @@ async def fake_llm() -> AsyncIterator[str]:
     await proc.stop()
 
 
+TIMEOUTS = {"connect": 2, "first_token": 5, "idle": 5, "total": 60}
+
+
+def openai_provider(fake_url: str, name: str, **extra: object) -> dict[str, object]:
+    """An OpenAI-kind provider served by the fake upstream, whose model is ``<name>-model``."""
+    return {
+        "name": name, "kind": "openai", "base_url": f"{fake_url}/v1", "api_key": PROVIDER_SECRET,
+        "models": [f"{name}-model"], "timeouts": TIMEOUTS, **extra,
+    }
+
+
 def providers_config(fake_url: str) -> list[dict[str, object]]:
-    timeouts = {"connect": 2, "first_token": 5, "idle": 5, "total": 60}
+    timeouts = TIMEOUTS
     return [
         {
             "name": "fake-openai",
@@ -114,9 +125,17 @@ def stack_env(redis_url: str, fake_url: str, **overrides: str) -> dict[str, str]
 
 
 async def start_stack(
-    redis_url: str, fake_url: str, *, gateways: int = 1, workers: int = 1, **overrides: str
+    redis_url: str,
+    fake_url: str,
+    *,
+    gateways: int = 1,
+    workers: int = 1,
+    providers: list[dict[str, object]] | None = None,
+    **overrides: str,
 ) -> Stack:
     env = stack_env(redis_url, fake_url, **overrides)
+    if providers is not None:
+        env["ECHOTUNE_PROVIDERS"] = json.dumps(providers)
     stack = Stack(env, redis_url, env["ECHOTUNE_NAMESPACE"])
     for _ in range(gateways):
         await stack.add_gateway()

@@ -25,6 +25,11 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=shared("REDIS_URL"))
+    mongodb_url: str = Field(
+        "mongodb://127.0.0.1:27017/echotune",
+        validation_alias=shared("MONGODB_URL"),
+        description="MongoDB; the database is the URL's path (default ``echotune``)",
+    )
     namespace: str = Field(
         "echotune",
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",

@@ -17,5 +17,9 @@ class GatewaySettings(ServiceSettings, ProviderSettings):
     max_message_chars: int = Field(16_000, ge=1)
     max_stream_s: float = Field(600.0, gt=0, description="Longest an answer may stream")
     stream_retry_ms: int = Field(1000, ge=0, description="EventSource reconnect delay hint")
+    max_backlog: int = Field(
+        1000, ge=1, description="Queued jobs not yet taken by a worker before new chats get 429"
+    )
+    backlog_retry_after_s: int = Field(2, ge=1)
     relay_block_ms: int = Field(5000, ge=10, description="Longest blocking XREAD of the relay")
     relay_batch: int = Field(256, ge=1, description="Entries read per stream per XREAD")

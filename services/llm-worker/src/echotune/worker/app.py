@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 from faststream import Context, ContextRepo, FastStream
 from faststream.redis import RedisBroker, StreamSub
+from faststream.redis.message import RedisStreamMessage
 
 from echotune.common.breaker import CircuitBreakers
 from echotune.common.keys import JOBS_GROUP
@@ -22,27 +23,48 @@ from echotune.common.redis import create_redis
 from echotune.worker.cancel import CANCELLED, CancelRegistry, sweep_abandoned
 from echotune.worker.context import WorkerContext, build_providers
 from echotune.worker.handlers import run_job
+from echotune.worker.ownership import keep_jobs_owned
 from echotune.worker.providers.base import make_client
 from echotune.worker.settings import WorkerSettings
 from echotune.worker.telemetry import TelemetryPublisher
 
 WorkerDep = Annotated[WorkerContext, Context("worker")]
+MessageDep = Annotated[RedisStreamMessage, Context("message")]
 
 
 def create_app(settings: WorkerSettings | None = None) -> FastStream:
     settings = settings or WorkerSettings()
     configure_logging("llm-worker", settings.log_level)
     keys = settings.keys
-    broker = RedisBroker(settings.redis_url, logger=logging.getLogger("echotune.worker.broker"))
+    broker = RedisBroker(
+        settings.redis_url,
+        logger=logging.getLogger("echotune.worker.broker"),
+        graceful_timeout=settings.drain_s,
+    )
 
+    # One entry per read: an idle worker elsewhere gets the next job, not this one's buffer.
     @broker.subscriber(
-        # One entry per read: an idle worker elsewhere gets the next job, not this one's buffer.
         stream=StreamSub(keys.jobs, group=JOBS_GROUP, consumer=settings.consumer, max_records=1),
         max_workers=settings.concurrency,
     )
-    async def handle_job(body: dict[str, Any], worker: WorkerDep) -> None:
+    async def handle_job(body: dict[str, Any], worker: WorkerDep, message: MessageDep) -> None:
         """Produce one answer; the job is acknowledged once its final event is written."""
-        await run_job(worker, body)
+        await run_job(worker, body, _entry_id(message), reclaimed=False)
+
+    # Jobs left pending by a dead worker (its entries stop being refreshed) come back here.
+    @broker.subscriber(
+        stream=StreamSub(
+            keys.jobs,
+            group=JOBS_GROUP,
+            consumer=settings.consumer,
+            min_idle_time=int(settings.reclaim_idle_s * 1000),
+            polling_interval=500,
+        ),
+        max_workers=settings.concurrency,
+    )
+    async def reclaim_job(body: dict[str, Any], worker: WorkerDep, message: MessageDep) -> None:
+        """Take over a job whose worker died."""
+        await run_job(worker, body, _entry_id(message), reclaimed=True)
 
     @broker.subscriber(channel=keys.cancel_channel)
     async def handle_cancel(request_id: str, worker: WorkerDep) -> None:
@@ -66,15 +88,23 @@ def create_app(settings: WorkerSettings | None = None) -> FastStream:
             live=LiveStats(redis, keys),
         )
         context.set_global("worker", worker)
-        sweeper = asyncio.create_task(
-            sweep_abandoned(worker.cancels, redis, keys, settings.reader_check_s)
-        )
+        background = [
+            asyncio.create_task(sweep_abandoned(worker.cancels, redis, keys, settings.reader_check_s)),
+            asyncio.create_task(keep_jobs_owned(worker)),
+        ]
         try:
             yield
         finally:
-            sweeper.cancel()
+            for task in background:
+                task.cancel()
             await worker.telemetry.flush()
             await http.aclose()
             await redis.aclose()
 
     return FastStream(broker, lifespan=lifespan)
+
+
+def _entry_id(message: RedisStreamMessage) -> str:
+    ids = message.raw_message.get("message_ids") or [b""]
+    entry = ids[0]
+    return entry.decode() if isinstance(entry, bytes) else str(entry)

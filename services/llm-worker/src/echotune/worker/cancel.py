@@ -22,6 +22,7 @@ class InFlight:
     """A job running in this process, and why it was cancelled, if it was."""
 
     task: asyncio.Task[Any]
+    entry_id: str | None = None
     reason: str | None = None
 
 
@@ -34,8 +35,8 @@ class CancelRegistry:
     def __len__(self) -> int:
         return len(self._jobs)
 
-    def add(self, request_id: str, task: asyncio.Task[Any]) -> InFlight:
-        entry = self._jobs[request_id] = InFlight(task)
+    def add(self, request_id: str, task: asyncio.Task[Any], entry_id: str | None) -> InFlight:
+        entry = self._jobs[request_id] = InFlight(task, entry_id)
         return entry
 
     def remove(self, request_id: str) -> None:
@@ -60,6 +61,10 @@ class CancelRegistry:
 
     def request_ids(self) -> list[str]:
         return list(self._jobs)
+
+    def entry_ids(self) -> list[str]:
+        """Job stream entries of the jobs running here."""
+        return [job.entry_id for job in self._jobs.values() if job.entry_id]
 
 
 async def sweep_abandoned(

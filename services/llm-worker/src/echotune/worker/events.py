@@ -37,7 +37,14 @@ class EventWriter:
 
     async def delta(self, text: str) -> None:
         self.deltas += 1
-        await self.emit(DeltaEvent(delta=text, t=time.monotonic_ns() if self._stamp else None))
+        event = DeltaEvent(delta=text, t=time.monotonic_ns() if self._stamp else None)
+        if self.deltas > 1:
+            await self.emit(event)
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(self._key, cast(Any, encode_event(event)), maxlen=self._maxlen, approximate=True)
+            pipe.hset(self._keys.meta(self.request_id), "streamed", "1")
+            await pipe.execute()
 
     async def final(self, event: ChatEvent) -> bool:
         """Append ``event`` as the last one; ``False`` if the stream had already ended."""
@@ -46,6 +53,10 @@ class EventWriter:
             self._redis, self._keys, self.request_id, fields, self._final_ttl_s
         )
         return entry_id is not None
+
+    async def has_deltas(self) -> bool:
+        """Whether any text was already written (by this or an earlier worker)."""
+        return bool(await self._redis.hexists(self._keys.meta(self.request_id), "streamed"))
 
     async def has_ended(self) -> bool:
         return bool(await self._redis.hexists(self._keys.meta(self.request_id), "final_id"))

@@ -16,7 +16,9 @@ from echotune.worker.jobs import JobRunner
 log = logging.getLogger(__name__)
 
 
-async def run_job(worker: WorkerContext, body: dict[str, Any]) -> None:
+async def run_job(
+    worker: WorkerContext, body: dict[str, Any], entry_id: str | None, *, reclaimed: bool
+) -> None:
     request_id = str(body.get("request_id", "-"))
     token = request_id_var.set(request_id)
     try:
@@ -25,8 +27,14 @@ async def run_job(worker: WorkerContext, body: dict[str, Any]) -> None:
         except ValidationError as exc:
             await _refuse(worker, request_id, exc)
             return
-        log.info("job started provider=%s model=%s", job.provider, job.model)
-        await JobRunner(worker, job).run()
+        runner = JobRunner(worker, job, entry_id)
+        if await runner.writer.has_ended():
+            log.info("job already ended; acknowledging it")
+            return
+        log.info("job %s provider=%s model=%s", "reclaimed" if reclaimed else "started", job.provider, job.model)
+        if reclaimed:
+            await runner.restart_after_worker_loss()
+        await runner.run()
         log.info("job finished")
     finally:
         request_id_var.reset(token)

@@ -46,8 +46,8 @@ class Skip(Exception):
 class JobRunner:
     """Produces the events of one ``ChatJob``."""
 
-    def __init__(self, ctx: WorkerContext, job: ChatJob) -> None:
-        self.ctx, self.job = ctx, job
+    def __init__(self, ctx: WorkerContext, job: ChatJob, entry_id: str | None = None) -> None:
+        self.ctx, self.job, self.entry_id = ctx, job, entry_id
         settings = ctx.settings
         self.writer = EventWriter(
             ctx.redis,
@@ -67,7 +67,7 @@ class JobRunner:
             await self._final(self._done(FinishReason.CANCELLED, self.job.provider, self.job.model))
             return
         task = asyncio.create_task(self._produce())
-        inflight = self.ctx.cancels.add(self.job.request_id, task)
+        inflight = self.ctx.cancels.add(self.job.request_id, task, self.entry_id)
         try:
             async with asyncio.timeout(max(self.job.deadline_at - time.time(), 0.001)):
                 final = await task
@@ -81,6 +81,19 @@ class JobRunner:
         finally:
             self.ctx.cancels.remove(self.job.request_id)
         await self._final(final)
+
+    async def restart_after_worker_loss(self) -> None:
+        """A reclaimed job starts over; text already streamed must be discarded by the client."""
+        if await self.writer.has_deltas():
+            await self.writer.emit(
+                FailoverEvent(
+                    from_provider=self.job.provider,
+                    to_provider=self.job.provider,
+                    to_model=self.job.model,
+                    reason="worker_lost",
+                    discard_partial=True,
+                )
+            )
 
     async def _final(self, event: ChatEvent) -> None:
         if not await self.writer.final(event):

@@ -33,4 +33,8 @@ class WorkerSettings(ServiceSettings, ProviderSettings):
     continue_on_failure: bool = Field(
         False, description="After a mid-stream failure continue on the next provider"
     )
+    reclaim_idle_s: float = Field(
+        15.0, gt=0, description="A job pending this long without a live owner is taken over"
+    )
+    drain_s: float = Field(20.0, ge=0, description="On SIGTERM: how long in-flight jobs may finish")
     stamp_tokens: bool = Field(False, description="Stamp each delta with monotonic_ns (bench)")

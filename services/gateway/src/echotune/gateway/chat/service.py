@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from faststream.redis import RedisBroker
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
+from echotune.common.keys import JOBS_GROUP
 from echotune.common.messages import (
     ChatJob,
     ChatMessage,
@@ -82,6 +84,7 @@ class ChatService:
         if chat.message is not None:
             self._check_message(chat.message)
             config, model = await self.providers.choose(chat.user_id, chat.provider, chat.model)
+            await self._check_backlog()
             if await self._claim(chat):
                 return await self._start(chat, config, model)
         elif not await self.redis.exists(self.keys.meta(chat.request_id)):
@@ -97,6 +100,29 @@ class ChatService:
                 "message_too_long",
                 f"the message has {len(message)} characters; at most "
                 f"{self.settings.max_message_chars} are allowed",
+            )
+
+    async def backlog(self) -> int:
+        """Jobs queued but not yet delivered to any worker."""
+        try:
+            groups = await self.redis.xinfo_groups(self.keys.jobs)
+        except ResponseError:  # no stream yet
+            return 0
+        for group in groups:
+            if group["name"] == JOBS_GROUP:
+                lag = group.get("lag")
+                return int(lag) if lag is not None else int(await self.redis.xlen(self.keys.jobs))
+        return int(await self.redis.xlen(self.keys.jobs))
+
+    async def _check_backlog(self) -> None:
+        backlog = await self.backlog()
+        if backlog >= self.settings.max_backlog:
+            retry_after = str(self.settings.backlog_retry_after_s)
+            raise ApiError(
+                429,
+                "overloaded",
+                f"{backlog} answers are waiting for a worker; try again shortly",
+                headers={"Retry-After": retry_after},
             )
 
     async def _claim(self, chat: ChatInput) -> bool:
