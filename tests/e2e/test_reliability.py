@@ -26,7 +26,12 @@ async def rstack(redis_server_url: str, fake_llm: str) -> AsyncIterator[Stack]:
         fake_llm,
         gateways=1,
         workers=2,
-        providers=[openai_provider(fake_llm, name) for name in NAMES],
+        providers=[
+            *(openai_provider(fake_llm, name) for name in NAMES),
+            openai_provider(
+                fake_llm, "slow", timeouts={"connect": 1, "first_token": 0.5, "idle": 0.4, "total": 30}
+            ),
+        ],
         ECHOTUNE_DEFAULT_PROVIDER="backup",
         ECHOTUNE_FALLBACKS=json.dumps(["backup"]),
         ECHOTUNE_BREAKER_CONSECUTIVE_FAILURES="3",
@@ -215,3 +220,26 @@ async def test_switch_validates_and_persists_across_gateway_restarts(
     assert result.events[0].json["provider"] == "switch"
     assert result.text == "chosen"
     await client.post(f"{rstack.url}/api/providers/switch", json={"provider": "backup"})
+
+
+async def test_first_token_timeout_is_retried(
+    rstack: Stack, client: httpx.AsyncClient, upstream: FakeUpstream, rid: str
+) -> None:
+    await upstream.script(rid, {"tokens": ["never"], "ttft_ms": 3000}, {"tokens": ["quick"]})
+    result = await chat(client, rstack, rid, "slow")
+    (retry,) = result.of("retry")
+    assert retry.json["reason"] == "timeout"
+    assert result.text == "quick"
+    first, _ = await upstream.requests(rid, count=2)
+    assert first["closed_by_client"] is True
+    assert (first["ended_ns"] - first["started_ns"]) / 1e9 < 1.5
+
+
+async def test_idle_gap_timeout_ends_a_started_answer(
+    rstack: Stack, client: httpx.AsyncClient, upstream: FakeUpstream, rid: str
+) -> None:
+    await upstream.script(rid, {"tokens": ["a ", "b ", "c "], "hang_after": 2})
+    result = await chat(client, rstack, rid, "slow")
+    assert result.text == "a b "
+    assert result.last.json["code"] == "partial_answer"
+    assert "timeout" in result.last.json["message"]
