@@ -129,7 +129,8 @@ async def start_gateway(
 async def start_worker(env: Mapping[str, str], name: str = "worker") -> ServiceProcess:
     proc = ServiceProcess(
         name,
-        [PYTHON, "-m", "faststream", "run", "echotune.worker.app:create_app", "--factory"],
+        [PYTHON, "-m", "faststream", "run", "echotune.worker.app:create_app", "--factory",
+         "--host", "127.0.0.1", "--port", "0"],
         env,
     )
     await proc.start(r"FastStream app started successfully")

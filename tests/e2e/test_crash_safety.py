@@ -84,7 +84,8 @@ async def test_sigterm_lets_running_answers_finish(
         exit_codes.append(await stack.workers[0].stop())
         assert "".join(e.json["delta"] for e in events if e.event == "delta") == "".join(tokens)
         assert events[-1].json["finish_reason"] == "stop"
-        assert exit_codes == [0]
+        assert exit_codes[0] in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+        assert "shut down gracefully" in stack.workers[0].output()
     finally:
         await stack.stop()
 

@@ -1,6 +1,7 @@
 """Worker application factory: FastStream consumers of chat jobs and cancel requests.
 
-Run with ``faststream run echotune.worker.app:create_app --factory``.
+Run with ``faststream run echotune.worker.app:create_app --factory --port 8081``: the port
+serves ``GET /healthz`` (204 while Redis answers, else 500).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from faststream import Context, ContextRepo, FastStream
+from faststream import Context, ContextRepo
+from faststream.asgi import AsgiFastStream, make_ping_asgi
 from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.message import RedisStreamMessage
 
@@ -32,7 +34,7 @@ WorkerDep = Annotated[WorkerContext, Context("worker")]
 MessageDep = Annotated[RedisStreamMessage, Context("message")]
 
 
-def create_app(settings: WorkerSettings | None = None) -> FastStream:
+def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
     settings = settings or WorkerSettings()
     configure_logging("llm-worker", settings.log_level)
     keys = settings.keys
@@ -101,7 +103,11 @@ def create_app(settings: WorkerSettings | None = None) -> FastStream:
             await http.aclose()
             await redis.aclose()
 
-    return FastStream(broker, lifespan=lifespan)
+    return AsgiFastStream(
+        broker,
+        lifespan=lifespan,
+        asgi_routes=[("/healthz", make_ping_asgi(broker, timeout=2.0, include_in_schema=False))],
+    )
 
 
 def _entry_id(message: RedisStreamMessage) -> str:

@@ -53,6 +53,10 @@ ROLLUP_SOURCE_FIELDS = {
 UPSERT_ATTEMPTS = 5
 
 
+class RollupClashError(Exception):
+    """Upserts of a token kept losing races to other tokens; the write is retried later."""
+
+
 def minute_of(ts: datetime) -> datetime:
     """The UTC minute holding ``ts`` (a naive time is taken as UTC, as BSON stores it)."""
     aware = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
@@ -128,4 +132,4 @@ async def apply_token(
         done = rollups.find({"_id": {"$in": clashed}, "appliedTokens": token}, {"_id": 1})
         applied = {d["_id"] async for d in done}
         todo = {key: todo[key] for key in clashed if key not in applied}
-    raise RuntimeError(f"rollups of token {token} still clash after {UPSERT_ATTEMPTS} attempts")
+    raise RollupClashError(f"rollups of token {token} still clash after {UPSERT_ATTEMPTS} attempts")

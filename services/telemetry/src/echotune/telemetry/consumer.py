@@ -1,0 +1,150 @@
+"""Handling one delivered batch: decode, write until MongoDB accepts it, dead-letter, ack.
+
+A batch is acknowledged only once MongoDB accepted it. While MongoDB is down or slow the
+handler backs off (bounded exponential, with jitter) and keeps retrying, so the events stay
+pending in the consumer group and no new ones are read; meanwhile it keeps re-claiming its
+own entries so that no other process mistakes it for a crashed consumer. Dead letters are
+written in the same MULTI/EXEC as the ack: a crash cannot lose one nor write it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from bson import ObjectId
+from pymongo.errors import PyMongoError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from echotune.common.keys import TELEMETRY_GROUP, Keys
+from echotune.common.messages import TelemetryEvent
+from echotune.telemetry.decode import DeadLetter, decode_batch
+from echotune.telemetry.metrics import Metrics
+from echotune.telemetry.rollups import RollupClashError
+from echotune.telemetry.settings import TelemetrySettings
+from echotune.telemetry.writer import TelemetryWriter, WriteResult
+
+log = logging.getLogger(__name__)
+
+
+def backoff_s(attempt: int, base_s: float, cap_s: float) -> float:
+    """Delay before retry ``attempt`` (1-based): exponential, capped, jittered down by ≤ 50 %."""
+    return min(cap_s, base_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
+class BatchConsumer:
+    """Writes the batches delivered by the main subscriber and by the reclaimer."""
+
+    def __init__(
+        self, settings: TelemetrySettings, redis: Redis, writer: TelemetryWriter, metrics: Metrics
+    ) -> None:
+        self.settings, self.redis, self.writer, self.metrics = settings, redis, writer, metrics
+        self.keys: Keys = settings.keys
+
+    async def handle(
+        self, ids: list[bytes], entries: list[dict[bytes, bytes]], consumer: str, reclaimed: bool
+    ) -> None:
+        """Write one delivery of ``entries`` and acknowledge it."""
+        if not ids:
+            return
+        batch = decode_batch(ids, entries)
+        self.metrics.batch_size.observe(len(ids))
+        if reclaimed:
+            self.metrics.reclaimed.inc(len(ids))
+            log.info("reclaimed %d idle entries, first %s", len(ids), batch.entry_ids[0])
+        async with self._keep_claimed(batch.entry_ids, consumer):
+            result = await self._write_until_accepted(batch.events, reclaimed)
+        dead = batch.dead + [
+            DeadLetter(
+                batch.event_entries[event.event_id],
+                "rejected",
+                result.rejected[event.event_id],
+                event.model_dump_json(by_alias=True),
+            )
+            for event in batch.events
+            if event.event_id in result.rejected
+        ]
+        await self._ack(batch.entry_ids, dead)
+        self.metrics.events_written.inc(result.written)
+        self.metrics.duplicates.inc(result.duplicates)
+        self.metrics.recovered.inc(result.recovered)
+        for letter in dead:
+            self.metrics.dead_letters.labels(letter.kind).inc()
+            log.warning("dead letter %s (%s): %s", letter.entry_id, letter.kind, letter.reason)
+
+    async def _write_until_accepted(
+        self, events: list[TelemetryEvent], reclaimed: bool
+    ) -> WriteResult:
+        """Retry the write until MongoDB accepts it; the same token on every attempt."""
+        token = ObjectId()
+        attempt = 0
+        while True:
+            started = time.perf_counter()
+            try:
+                result = await self.writer.write(events, token, recover_others=reclaimed)
+            except (PyMongoError, RollupClashError) as exc:
+                attempt += 1
+                delay = backoff_s(attempt, self.settings.retry_base_s, self.settings.retry_cap_s)
+                self.metrics.write_failures.inc()
+                self.metrics.mongo_up.set(0)
+                log.warning(
+                    "MongoDB write of %d events failed (attempt %d), retry in %.2f s: %s",
+                    len(events), attempt, delay, exc,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                continue
+            if events:
+                self.metrics.write_seconds.observe(time.perf_counter() - started)
+                self.metrics.mongo_up.set(1)
+            if attempt:
+                log.info("MongoDB accepted %d events after %d failed attempts", len(events), attempt)
+            return result
+
+    @contextlib.asynccontextmanager
+    async def _keep_claimed(self, entry_ids: list[str], consumer: str) -> AsyncIterator[None]:
+        """While the batch is handled, reset its idle time so no reclaimer takes it over."""
+        interval_s = self.settings.claim_idle_ms / 3000
+
+        async def heartbeat() -> None:
+            while True:
+                await asyncio.sleep(interval_s)
+                try:
+                    await self.redis.xclaim(
+                        self.keys.telemetry, TELEMETRY_GROUP, consumer, 0, entry_ids, justid=True
+                    )
+                except RedisError as exc:
+                    log.warning("could not refresh the claim on %d entries: %s", len(entry_ids), exc)
+
+        task = asyncio.create_task(heartbeat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _ack(self, entry_ids: list[str], dead: list[DeadLetter]) -> None:
+        """Append the dead letters and acknowledge the whole batch, atomically."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for letter in dead:
+                pipe.xadd(
+                    self.keys.telemetry_dead_letters,
+                    {
+                        "reason": letter.reason,
+                        "kind": letter.kind,
+                        "payload": letter.payload,
+                        "entryId": letter.entry_id,
+                        "stream": self.keys.telemetry,
+                        "deadAt": datetime.now(UTC).isoformat(),
+                    },
+                    maxlen=self.settings.dlq_maxlen,
+                    approximate=True,
+                )
+            pipe.xack(self.keys.telemetry, TELEMETRY_GROUP, *entry_ids)
+            await pipe.execute()
