@@ -1,6 +1,7 @@
 """`make dev`: the whole system on this machine, no Docker needed; Ctrl-C stops it all.
 
-Redis comes from ECHOTUNE_REDIS_URL if set, else a local server process is started.
+Redis comes from ECHOTUNE_REDIS_URL if set, else a local server process is started; MongoDB
+(for the telemetry writer) from ECHOTUNE_MONGODB_URL if set, else a SecantusDB process.
 """
 
 from __future__ import annotations
@@ -10,23 +11,26 @@ import contextlib
 import os
 import signal
 
-from deploy.local.processes import ServiceProcess, start_gateway, start_worker
-from deploy.local.servers import local_redis
+from deploy.local.processes import ServiceProcess, start_gateway, start_telemetry, start_worker
+from deploy.local.servers import local_mongo, local_redis
 
 HOST = os.environ.get("ECHOTUNE_DEV_HOST", "127.0.0.1")
 PORT = int(os.environ.get("ECHOTUNE_DEV_PORT", "8080"))
+TELEMETRY_PORT = int(os.environ.get("ECHOTUNE_DEV_TELEMETRY_PORT", "8091"))
 
 
-async def run(redis_url: str) -> None:
-    env = {"ECHOTUNE_REDIS_URL": redis_url}
+async def run(redis_url: str, mongodb_url: str) -> None:
+    env = {"ECHOTUNE_REDIS_URL": redis_url, "ECHOTUNE_MONGODB_URL": mongodb_url}
     processes: list[ServiceProcess] = []
     try:
         gateway, url = await start_gateway(env, host=HOST, port=PORT)
         processes.append(gateway)
         processes.append(await start_worker(env))
+        telemetry, telemetry_url = await start_telemetry(env, host=HOST, port=TELEMETRY_PORT)
+        processes.append(telemetry)
         for proc in processes:
             proc.echo = True
-        print(_banner(url, redis_url), flush=True)
+        print(_banner(url, redis_url, telemetry_url, mongodb_url), flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -41,11 +45,13 @@ async def run(redis_url: str) -> None:
             await proc.stop()
 
 
-def _banner(url: str, redis_url: str) -> str:
+def _banner(url: str, redis_url: str, telemetry_url: str, mongodb_url: str) -> str:
     return f"""
 echotune is running
   gateway   {url}   (API docs: {url}/docs)
+  telemetry {telemetry_url}/metrics
   redis     {redis_url}
+  mongodb   {mongodb_url}
 try it:
   curl -N '{url}/api/chat/stream?message=Recommend+something+for+a+rainy+evening'
 Ctrl-C stops everything.
@@ -55,7 +61,10 @@ Ctrl-C stops everything.
 def main() -> None:
     with contextlib.ExitStack() as stack:
         redis_url = os.environ.get("ECHOTUNE_REDIS_URL") or stack.enter_context(local_redis())
-        asyncio.run(run(redis_url))
+        mongodb_url = os.environ.get("ECHOTUNE_MONGODB_URL") or (
+            stack.enter_context(local_mongo(os.environ.get("ECHOTUNE_DEV_MONGO_DIR"))) + "/echotune"
+        )
+        asyncio.run(run(redis_url, mongodb_url))
 
 
 if __name__ == "__main__":

@@ -135,3 +135,28 @@ async def start_worker(env: Mapping[str, str], name: str = "worker") -> ServiceP
     )
     await proc.start(r"FastStream app started successfully")
     return proc
+
+
+async def start_telemetry(
+    env: Mapping[str, str], name: str = "telemetry", host: str = "127.0.0.1", port: int = 0
+) -> tuple[ServiceProcess, str]:
+    """The telemetry writer; its URL serves ``/metrics`` and ``/healthz``."""
+    proc = ServiceProcess(
+        name,
+        [
+            PYTHON,
+            "-m",
+            "faststream",
+            "run",
+            "echotune.telemetry.app:create_app",
+            "--factory",
+            "--host",
+            host,
+            "--port",
+            str(port),
+        ],
+        env,
+    )
+    match = await proc.start(r"Uvicorn running on (http://[\d.]+:\d+)")
+    await proc.wait_for_line(r"FastStream app started successfully", timeout=10.0)
+    return proc, match.group(1)

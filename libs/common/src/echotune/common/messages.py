@@ -75,6 +75,7 @@ class ChatJob(Contract):
     schema_version: Literal[1] = SCHEMA_VERSION
     request_id: RequestId
     conversation_id: ConversationId | None = None
+    new_conversation: bool = Field(False, description="The id was just made: no context yet")
     user_id: str = "anonymous"
     messages: list[ChatMessage] = Field(min_length=1)
     provider: str

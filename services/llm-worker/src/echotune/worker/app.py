@@ -21,9 +21,11 @@ from echotune.common.breaker import CircuitBreakers
 from echotune.common.keys import JOBS_GROUP
 from echotune.common.live_stats import LiveStats
 from echotune.common.logs import configure_logging
+from echotune.common.mongo import create_mongo
 from echotune.common.redis import create_redis
 from echotune.worker.cancel import CANCELLED, CancelRegistry, sweep_abandoned
 from echotune.worker.context import WorkerContext, build_providers
+from echotune.worker.conversations import ConversationStore, migrate_when_possible
 from echotune.worker.handlers import run_job
 from echotune.worker.ownership import keep_jobs_owned
 from echotune.worker.providers.base import make_client
@@ -77,6 +79,7 @@ def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
     async def lifespan(context: ContextRepo) -> AsyncIterator[None]:
         redis = create_redis(settings.redis_url, max_connections=settings.concurrency + 16)
         http = make_client()
+        mongo = create_mongo(settings.mongodb_url, timeout_ms=int(settings.context_timeout_s * 1000))
         registry = settings.registry()
         worker = WorkerContext(
             settings=settings,
@@ -88,11 +91,15 @@ def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
             telemetry=TelemetryPublisher(broker, keys.telemetry, settings.telemetry_maxlen),
             breakers=CircuitBreakers(redis, keys, settings.breaker.policy()),
             live=LiveStats(redis, keys),
+            conversations=ConversationStore(
+                mongo, max_chars=settings.context_max_chars, keep_turns=settings.context_keep_turns
+            ),
         )
         context.set_global("worker", worker)
         background = [
             asyncio.create_task(sweep_abandoned(worker.cancels, redis, keys, settings.reader_check_s)),
             asyncio.create_task(keep_jobs_owned(worker)),
+            asyncio.create_task(migrate_when_possible(worker.conversations)),
         ]
         try:
             yield
@@ -101,6 +108,7 @@ def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
                 task.cancel()
             await worker.telemetry.flush()
             await http.aclose()
+            await mongo.close()
             await redis.aclose()
 
     return AsgiFastStream(

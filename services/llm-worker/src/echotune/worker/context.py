@@ -11,6 +11,7 @@ from echotune.common.breaker import CircuitBreakers
 from echotune.common.live_stats import LiveStats
 from echotune.common.providers import ProviderRegistry
 from echotune.worker.cancel import CancelRegistry
+from echotune.worker.conversations import ConversationStore
 from echotune.worker.providers import build_provider
 from echotune.worker.providers.base import Provider
 from echotune.worker.settings import WorkerSettings
@@ -28,6 +29,7 @@ class WorkerContext:
     telemetry: TelemetryPublisher
     breakers: CircuitBreakers
     live: LiveStats
+    conversations: ConversationStore
 
 
 def build_providers(registry: ProviderRegistry, http: httpx.AsyncClient) -> dict[str, Provider]:

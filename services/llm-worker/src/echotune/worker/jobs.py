@@ -25,6 +25,7 @@ from echotune.common.messages import (
 from echotune.common.providers import ProviderConfig
 from echotune.worker.attempt import Attempt, AttemptInfo, MidStreamFailure
 from echotune.worker.context import WorkerContext
+from echotune.worker.conversations import Context
 from echotune.worker.events import EventWriter
 from echotune.worker.providers.base import ProviderError, ProviderRequest
 from echotune.worker.retry import backoff_delay, is_retryable
@@ -57,6 +58,7 @@ class JobRunner:
             final_ttl_s=int(settings.resume_window_s + 60),
             stamp=settings.stamp_tokens,
         )
+        self.context = Context()
         self.attempts = 0
         self.first_token_at: float | None = None
         self.partial: list[str] = []
@@ -66,6 +68,7 @@ class JobRunner:
         if await self.ctx.redis.exists(self.ctx.settings.keys.cancel_flag(self.job.request_id)):
             await self._final(self._done(FinishReason.CANCELLED, self.job.provider, self.job.model))
             return
+        self.context = await self._load_context()
         task = asyncio.create_task(self._produce())
         inflight = self.ctx.cancels.add(self.job.request_id, task, self.entry_id)
         try:
@@ -81,6 +84,16 @@ class JobRunner:
         finally:
             self.ctx.cancels.remove(self.job.request_id)
         await self._final(final)
+        if isinstance(final, DoneEvent) and final.finish_reason is not FinishReason.CANCELLED:
+            await self.ctx.conversations.append(self.job, "".join(self.partial))
+
+    async def _load_context(self) -> Context:
+        try:
+            async with asyncio.timeout(self.ctx.settings.context_timeout_s):
+                return await self.ctx.conversations.context(self.job)
+        except TimeoutError:
+            log.warning("conversation context too slow; answering without it")
+            return Context()
 
     async def restart_after_worker_loss(self) -> None:
         """A reclaimed job starts over; text already streamed must be discarded by the client."""
@@ -113,6 +126,7 @@ class JobRunner:
             usage=usage or Usage(),
             timings=Timings(ttft_ms=ttft_ms, total_ms=total_ms),
             attempts=max(self.attempts, 1),
+            context=self.context.usage,
         )
 
     def _chain(self) -> list[tuple[ProviderConfig, str]]:
@@ -218,7 +232,11 @@ class JobRunner:
         await asyncio.sleep(delay)
 
     def _request(self, model: str, continuing: bool) -> ProviderRequest:
-        messages = [ChatMessage(role=Role.SYSTEM, content=SYSTEM_PROMPT), *self.job.messages]
+        messages = [
+            ChatMessage(role=Role.SYSTEM, content=SYSTEM_PROMPT),
+            *self.context.messages,
+            *self.job.messages,
+        ]
         if continuing and self.partial:
             messages += [
                 ChatMessage(role=Role.ASSISTANT, content="".join(self.partial)),

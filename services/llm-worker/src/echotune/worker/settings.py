@@ -37,4 +37,9 @@ class WorkerSettings(ServiceSettings, ProviderSettings):
         15.0, gt=0, description="A job pending this long without a live owner is taken over"
     )
     drain_s: float = Field(20.0, ge=0, description="On SIGTERM: how long in-flight jobs may finish")
+    context_max_chars: int = Field(
+        6000, ge=0, description="Bound of the conversation context added to a prompt"
+    )
+    context_keep_turns: int = Field(20, ge=2, description="Messages kept per conversation")
+    context_timeout_s: float = Field(0.5, gt=0, description="Longest wait for the context")
     stamp_tokens: bool = Field(False, description="Stamp each delta with monotonic_ns (bench)")

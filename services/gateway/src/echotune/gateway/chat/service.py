@@ -24,6 +24,7 @@ from echotune.common.messages import (
     Role,
     StartEvent,
     encode_event,
+    new_request_id,
 )
 from echotune.common.providers import ProviderConfig
 from echotune.common.streams import append_final
@@ -139,9 +140,13 @@ class ChatService:
 
     async def _start(self, chat: ChatInput, config: ProviderConfig, model: str) -> OpenStream:
         provider = config.name
+        conversation_id = chat.conversation_id
+        if conversation_id is None and chat.options.use_context:
+            conversation_id = new_request_id()  # a new conversation; the client continues it
         job = ChatJob(
             request_id=chat.request_id,
-            conversation_id=chat.conversation_id,
+            conversation_id=conversation_id,
+            new_conversation=chat.conversation_id is None,
             user_id=chat.user_id,
             messages=[ChatMessage(role=Role.USER, content=chat.message or "")],
             provider=provider,
@@ -152,7 +157,7 @@ class ChatService:
         )
         start = StartEvent(
             request_id=chat.request_id,
-            conversation_id=chat.conversation_id,
+            conversation_id=conversation_id,
             provider=provider,
             model=model,
             provider_is_demo=config.is_demo,

@@ -1,0 +1,179 @@
+"""Conversation context: what the worker reads before an answer and writes after it.
+
+Collection ``conversations``, one document per conversation: ``_id`` (conversation id),
+``userId``, ``summary``, ``turns`` (the latest ``keep_turns`` messages), ``messageCount``,
+``lastActivity``. The summary is extractive (the latest user questions, shortened), so
+refreshing it costs no provider call. Context never blocks an answer: when MongoDB is slow
+or down the answer goes on without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo.errors import PyMongoError
+
+from echotune.common.messages import ChatJob, ChatMessage, ContextUsage, Role
+from echotune.common.mongo import CONVERSATIONS
+
+log = logging.getLogger(__name__)
+
+SUMMARY_CHARS = 600
+PAUSE_AFTER_FAILURE_S = 10.0
+QUESTION_CHARS = 120
+
+VALIDATOR = {
+    "$jsonSchema": {
+        "bsonType": "object",
+        "required": ["userId", "turns", "messageCount", "lastActivity"],
+        "properties": {
+            "userId": {"bsonType": "string"},
+            "summary": {"bsonType": "string"},
+            "turns": {
+                "bsonType": "array",
+                "items": {
+                    "bsonType": "object",
+                    "required": ["role", "content"],
+                    "properties": {
+                        "role": {"enum": ["user", "assistant"]},
+                        "content": {"bsonType": "string"},
+                    },
+                },
+            },
+            "messageCount": {"bsonType": ["int", "long"], "minimum": 0},
+            "lastActivity": {"bsonType": "date"},
+        },
+    }
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """Messages to put before the user's message, and how much they weigh."""
+
+    messages: list[ChatMessage] = field(default_factory=list)
+    usage: ContextUsage = field(default_factory=ContextUsage)
+
+
+def summarize(previous: str, question: str) -> str:
+    """Latest questions first, each shortened, bounded to ``SUMMARY_CHARS``."""
+    short = " ".join(question.split())[:QUESTION_CHARS]
+    lines = [f"- {short}", *[line for line in previous.splitlines() if line.strip()]]
+    kept: list[str] = []
+    for line in lines:
+        if sum(len(k) + 1 for k in kept) + len(line) > SUMMARY_CHARS:
+            break
+        kept.append(line)
+    return "\n".join(kept)
+
+
+def build_context(document: dict[str, Any] | None, max_chars: int) -> Context:
+    """The summary and the newest turns that fit in ``max_chars`` characters, oldest first."""
+    if not document:
+        return Context()
+    messages: list[ChatMessage] = []
+    used = 0
+    summary = document.get("summary") or ""
+    if summary and len(summary) <= max_chars:
+        messages.append(ChatMessage(role=Role.SYSTEM, content=f"Earlier in this conversation:\n{summary}"))
+        used += len(summary)
+    turns: list[ChatMessage] = []
+    for turn in reversed(document.get("turns") or []):
+        if used + len(turn["content"]) > max_chars:
+            break
+        turns.insert(0, ChatMessage(role=Role(turn["role"]), content=turn["content"]))
+        used += len(turn["content"])
+    return Context(messages + turns, ContextUsage(turns=len(turns), chars=used))
+
+
+class ConversationStore:
+    def __init__(
+        self, client: AsyncMongoClient[dict[str, Any]], *, max_chars: int, keep_turns: int
+    ) -> None:
+        self.collection = client.get_default_database("echotune")[CONVERSATIONS]
+        self.max_chars, self.keep_turns = max_chars, keep_turns
+        self._paused_until = 0.0
+
+    def _available(self) -> bool:
+        return time.monotonic() >= self._paused_until
+
+    def _failed(self, exc: Exception, what: str) -> None:
+        """Leave MongoDB alone for a while, so an outage does not slow every answer."""
+        self._paused_until = time.monotonic() + PAUSE_AFTER_FAILURE_S
+        log.warning("%s (MongoDB paused for %.0f s): %s", what, PAUSE_AFTER_FAILURE_S, exc)
+
+    async def migrate(self) -> None:
+        """Validator and index; idempotent."""
+        db = self.collection.database
+        if CONVERSATIONS in await db.list_collection_names():
+            await db.command("collMod", CONVERSATIONS, validator=VALIDATOR)
+        else:
+            await db.create_collection(CONVERSATIONS, validator=VALIDATOR)
+        await self.collection.create_index(
+            [("userId", ASCENDING), ("lastActivity", DESCENDING)], name="user_recent"
+        )
+
+    async def context(self, job: ChatJob) -> Context:
+        if not (job.options.use_context and job.conversation_id) or job.new_conversation:
+            return Context()
+        if not self._available():
+            return Context()
+        try:
+            document = await self.collection.find_one(
+                {"_id": job.conversation_id, "userId": job.user_id},
+                {"summary": 1, "turns": {"$slice": -self.keep_turns}},
+            )
+        except PyMongoError as exc:
+            self._failed(exc, "conversation context unavailable, answering without it")
+            return Context()
+        return build_context(document, self.max_chars)
+
+    async def append(self, job: ChatJob, answer: str) -> None:
+        """Record the finished turn and refresh the summary."""
+        if not (job.options.use_context and job.conversation_id) or not self._available():
+            return
+        question = job.messages[-1].content
+        now = datetime.now(UTC)
+        turns = [
+            {"role": "user", "content": question, "at": job.created_at},
+            {"role": "assistant", "content": answer, "at": now},
+        ]
+        try:
+            previous = await self.collection.find_one(
+                {"_id": job.conversation_id}, {"summary": 1, "userId": 1}
+            )
+            if previous and previous.get("userId") != job.user_id:
+                log.warning("conversation belongs to another user; turn not recorded")
+                return
+            await self.collection.update_one(
+                {"_id": job.conversation_id},
+                {
+                    "$push": {"turns": {"$each": turns, "$slice": -self.keep_turns}},
+                    "$inc": {"messageCount": 2},
+                    "$set": {
+                        "lastActivity": now,
+                        "summary": summarize((previous or {}).get("summary", ""), question),
+                    },
+                    "$setOnInsert": {"userId": job.user_id},
+                },
+                upsert=True,
+            )
+        except PyMongoError as exc:
+            self._failed(exc, "conversation turn not recorded")
+
+
+async def migrate_when_possible(store: ConversationStore, retry_s: float = 5.0) -> None:
+    """Run the migration at start-up, retrying while MongoDB is unreachable."""
+    while True:
+        try:
+            await store.migrate()
+            return
+        except PyMongoError as exc:
+            log.warning("conversations migration postponed: %s", exc)
+            await asyncio.sleep(retry_s)
