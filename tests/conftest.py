@@ -11,7 +11,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from deploy.local.servers import redis_url
+from deploy.local.servers import mongo_url, redis_url
 from tests.support.processes import ServiceProcess, start_fake_llm, start_gateway, start_worker
 
 PROVIDER_SECRET = "sk-test-NEVER-LOG-THIS-0123456789"
@@ -28,6 +28,31 @@ async def redis(redis_server_url: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_server_url, decode_responses=True)
     yield client
     await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def mongo_server_url() -> Iterator[str]:
+    """A MongoDB server: MONGODB_URL, else mongo:7 if Docker answers, else SecantusDB."""
+    with mongo_url() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def mongo_is_secantus(mongo_server_url: str) -> bool:
+    """True when the server is SecantusDB (its buildInfo says so) rather than MongoDB."""
+    from pymongo import MongoClient
+
+    with MongoClient(mongo_server_url, serverSelectionTimeoutMS=10_000) as client:
+        return "secantusVersion" in client.admin.command("buildInfo")
+
+
+@pytest.fixture(autouse=True)
+def _skip_mongodb_only(request: pytest.FixtureRequest) -> None:
+    """Skip ``mongodb_only`` tests against SecantusDB, giving the marker's reason."""
+    marker = request.node.get_closest_marker("mongodb_only")
+    if marker is not None and request.getfixturevalue("mongo_is_secantus"):
+        why = marker.kwargs.get("reason", "SecantusDB differs from MongoDB here")
+        pytest.skip(f"needs a real MongoDB, the test server is SecantusDB: {why}")
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +101,7 @@ def providers_config(fake_url: str) -> list[dict[str, object]]:
             "timeouts": timeouts,
         },
         {"name": "demo", "kind": "demo", "models": ["echotune-demo-1"], "token_pace_ms": 2},
+        openai_provider(fake_url, "flaky"),
     ]
 
 
@@ -117,6 +143,7 @@ def stack_env(redis_url: str, fake_url: str, **overrides: str) -> dict[str, str]
         "ECHOTUNE_NAMESPACE": f"t{uuid.uuid4().hex[:10]}",
         "ECHOTUNE_PROVIDERS": json.dumps(providers_config(fake_url)),
         "ECHOTUNE_DEFAULT_PROVIDER": "fake-openai",
+        "ECHOTUNE_FALLBACKS": json.dumps(["fake-anthropic"]),
         "ECHOTUNE_RESUME_WINDOW_S": "3",
         "ECHOTUNE_GATEWAY_HEARTBEAT_S": "0.3",
         "ECHOTUNE_LOG_LEVEL": "INFO",

@@ -89,6 +89,11 @@ class ProviderRegistry:
     def get(self, name: str) -> ProviderConfig | None:
         return self._by_name.get(name)
 
+    def offering(self, model: str) -> ProviderConfig | None:
+        """The first provider (default first) that offers ``model``."""
+        ordered = sorted(self._by_name.values(), key=lambda p: p.name != self.default)
+        return next((p for p in ordered if model in p.models), None)
+
     def resolve(self, provider: str | None, model: str | None) -> tuple[ProviderConfig, str]:
         """Provider and model for a request; raises ``LookupError`` naming what is unknown."""
         config = self._by_name.get(provider or self.default)

@@ -15,6 +15,7 @@ from echotune.common.logs import configure_logging
 from echotune.common.redis import create_redis
 from echotune.gateway import health
 from echotune.gateway.chat import routes as chat_routes
+from echotune.gateway.openai_compat import routes as openai_routes
 from echotune.gateway.providers import routes as provider_routes
 from echotune.gateway.providers.service import ProviderService
 from echotune.gateway.chat.relay import StreamRelay
@@ -67,4 +68,5 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(chat_routes.router)
     app.include_router(provider_routes.router)
+    app.include_router(openai_routes.router)
     return app

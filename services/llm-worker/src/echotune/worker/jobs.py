@@ -232,11 +232,9 @@ class JobRunner:
         await asyncio.sleep(delay)
 
     def _request(self, model: str, continuing: bool) -> ProviderRequest:
-        messages = [
-            ChatMessage(role=Role.SYSTEM, content=SYSTEM_PROMPT),
-            *self.context.messages,
-            *self.job.messages,
-        ]
+        own_system = any(m.role is Role.SYSTEM for m in self.job.messages)
+        system = [] if own_system else [ChatMessage(role=Role.SYSTEM, content=SYSTEM_PROMPT)]
+        messages = [*system, *self.context.messages, *self.job.messages]
         if continuing and self.partial:
             messages += [
                 ChatMessage(role=Role.ASSISTANT, content="".join(self.partial)),

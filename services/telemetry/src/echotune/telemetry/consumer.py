@@ -72,7 +72,7 @@ class BatchConsumer:
         ]
         await self._ack(batch.entry_ids, dead)
         self.metrics.events_written.inc(result.written)
-        self.metrics.duplicates.inc(result.duplicates)
+        self.metrics.duplicates.inc(result.duplicates + batch.repeats)
         self.metrics.recovered.inc(result.recovered)
         for letter in dead:
             self.metrics.dead_letters.labels(letter.kind).inc()

@@ -31,6 +31,8 @@ class DecodedBatch:
     events: list[TelemetryEvent] = field(default_factory=list)
     event_entries: dict[str, str] = field(default_factory=dict)
     dead: list[DeadLetter] = field(default_factory=list)
+    repeats: int = 0
+    """Entries repeating an event already in this delivery (written once)."""
 
 
 def _text(raw: bytes) -> str:
@@ -81,8 +83,8 @@ def decode_batch(ids: list[bytes], entries: list[dict[bytes, bytes]]) -> Decoded
         decoded = decode_entry(entry_id, fields)
         if isinstance(decoded, DeadLetter):
             batch.dead.append(decoded)
-        elif decoded.event_id in batch.event_entries:  # same event twice in one delivery
-            continue
+        elif decoded.event_id in batch.event_entries:
+            batch.repeats += 1
         else:
             batch.events.append(decoded)
             batch.event_entries[decoded.event_id] = entry_id

@@ -28,7 +28,7 @@ from echotune.common.messages import (
 )
 from echotune.common.providers import ProviderConfig
 from echotune.common.streams import append_final
-from echotune.gateway.chat.relay import StreamRelay, Subscription, parse_stream_id
+from echotune.gateway.chat.relay import Entry, StreamRelay, Subscription, parse_stream_id
 from echotune.gateway.chat.sse import HEARTBEAT, frame
 from echotune.gateway.errors import ApiError
 from echotune.gateway.providers.service import ProviderService
@@ -48,11 +48,17 @@ class ChatInput:
     provider: str | None = None
     model: str | None = None
     options: ChatOptions = ChatOptions()
+    history: tuple[ChatMessage, ...] = ()
+    """Earlier messages sent by the client itself (OpenAI-style requests)."""
 
     def fingerprint(self) -> str:
-        fields = [self.user_id, self.message, self.conversation_id, self.provider, self.model]
-        fields.append(self.options.model_dump(mode="json"))
+        fields: list[object] = [self.user_id, self.message, self.conversation_id]
+        fields += [self.provider, self.model, self.options.model_dump(mode="json")]
+        fields += [m.model_dump(mode="json") for m in self.history]
         return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
+
+    def messages(self) -> list[ChatMessage]:
+        return [*self.history, ChatMessage(role=Role.USER, content=self.message or "")]
 
 
 @dataclass(slots=True)
@@ -75,6 +81,7 @@ class ChatService:
     ) -> None:
         self.redis, self.relay, self.broker = redis, relay, broker
         self.providers, self.settings, self.keys = providers, settings, settings.keys
+        self._background: set[asyncio.Task[str]] = set()
 
     @property
     def _request_ttl_s(self) -> int:
@@ -148,7 +155,7 @@ class ChatService:
             conversation_id=conversation_id,
             new_conversation=chat.conversation_id is None,
             user_id=chat.user_id,
-            messages=[ChatMessage(role=Role.USER, content=chat.message or "")],
+            messages=chat.messages(),
             provider=provider,
             model=model,
             fallbacks=[f for f in self.settings.fallbacks if f != provider],
@@ -218,27 +225,45 @@ class ChatService:
         log.info("cancel requested")
         return "cancelling"
 
-    async def frames(self, stream: OpenStream) -> AsyncIterator[bytes]:
-        """The SSE body: first frame, then relayed events and heartbeats until the final one."""
+    async def entries(self, stream: OpenStream) -> AsyncIterator[Entry | None]:
+        """Relayed events until the final one; ``None`` after each ``heartbeat_s`` of silence.
+
+        A stream that outlives ``max_stream_s`` plus the resume window ends with a
+        ``deadline_exceeded`` error that is not stored (it has no id): nothing hangs forever.
+        """
         sub, heartbeat = stream.subscription, self.settings.heartbeat_s
         deadline = time.monotonic() + self.settings.max_stream_s + self.settings.resume_window_s
         try:
-            if stream.first_frame:
-                yield stream.first_frame
             while time.monotonic() < deadline:
                 try:
                     async with asyncio.timeout(heartbeat):
                         entry = await sub.queue.get()
                 except TimeoutError:
-                    yield HEARTBEAT
+                    yield None
                     continue
-                yield frame(entry.type, entry.data, entry.id)
+                yield entry
                 if entry.is_terminal:
                     return
             error = ErrorEvent(code=ErrorCode.DEADLINE_EXCEEDED, message="the answer took too long")
-            yield frame("error", encode_event(error)["data"])
+            yield Entry("", error.type, encode_event(error)["data"])
         finally:
             self.relay.unsubscribe(sub)
+
+    def cancel_soon(self, request_id: str) -> None:
+        """Cancel from a context that is itself being cancelled (a client that left)."""
+        task = asyncio.create_task(self.cancel(request_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def frames(self, stream: OpenStream) -> AsyncIterator[bytes]:
+        """The SSE body: first frame, then relayed events and heartbeats until the final one."""
+        if stream.first_frame:
+            yield stream.first_frame
+        async for entry in self.entries(stream):
+            if entry is None:
+                yield HEARTBEAT
+            else:
+                yield frame(entry.type, entry.data, entry.id or None)
 
     async def keep_readers_alive(self) -> None:
         """Refresh the reader marker of every attached stream, so workers keep producing."""

@@ -1,0 +1,1 @@
+"""OpenAI-compatible front door: Chat Completions and Models over the same pipeline."""

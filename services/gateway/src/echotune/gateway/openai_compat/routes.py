@@ -1,0 +1,109 @@
+"""`POST /v1/chat/completions` and `GET /v1/models`, as OpenAI SDKs expect them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from echotune.gateway.chat.relay import Entry
+from echotune.gateway.chat.service import ChatService
+from echotune.gateway.chat.sse import SSEResponse
+from echotune.gateway.deps import ChatServiceDep, UserIdDep
+from echotune.gateway.errors import ApiError
+from echotune.gateway.openai_compat.schemas import MODEL_RULE, ChatCompletionRequest
+from echotune.gateway.openai_compat.service import Completion, chunk_stream, to_chat_input
+
+router = APIRouter(prefix="/v1", tags=["openai-compatible"])
+
+
+@router.post("/chat/completions", summary="OpenAI-compatible Chat Completions", description=MODEL_RULE)
+async def chat_completions(
+    request: Request, body: ChatCompletionRequest, chat: ChatServiceDep, user_id: UserIdDep
+) -> Response:
+    """Streams `chat.completion.chunk`s (`stream: true`) or returns one `chat.completion`.
+
+    Same jobs, workers, breakers, retries and failover as `/api/chat/stream`; closing the
+    connection cancels the upstream call. There is no resume on this door.
+    """
+    request_id: str = request.state.request_id
+    user = body.user if user_id == "anonymous" and body.user else user_id
+    chat_input = to_chat_input(body, request_id, user, chat.providers.registry)
+    stream = await chat.open(chat_input, None)
+    assert stream is not None
+    completion = Completion(id=f"chatcmpl-{request_id}", model=f"{chat_input.provider}/{chat_input.model}")
+    entries = chat.entries(stream)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        chunks = chunk_stream(completion, entries, include_usage)
+        return SSEResponse(_cancel_unless_finished(chat, request_id, chunks), headers={})
+    return await _complete(request, chat, request_id, completion, entries)
+
+
+async def _complete(
+    request: Request,
+    chat: ChatService,
+    request_id: str,
+    completion: Completion,
+    entries: AsyncIterator[Entry | None],
+) -> Response:
+    collect = asyncio.create_task(_collect(completion, entries))
+    gone = asyncio.create_task(_disconnected(request))
+    done, _ = await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
+    if gone in done:
+        collect.cancel()
+        await chat.cancel(request_id)
+        return Response(status_code=499)
+    gone.cancel()
+    if completion.error:
+        status, code, message = completion.error
+        raise ApiError(status, code, message)
+    return JSONResponse(completion.whole())
+
+
+async def _collect(completion: Completion, entries: AsyncIterator[Entry | None]) -> None:
+    async for entry in entries:
+        if entry is not None:
+            completion.absorb(entry)
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _cancel_unless_finished(
+    chat: ChatService, request_id: str, body: AsyncIterator[bytes]
+) -> AsyncIterator[bytes]:
+    """A client that closes the stream early cancels the answer (OpenAI clients never resume)."""
+    finished = False
+    try:
+        async for chunk in body:
+            yield chunk
+        finished = True
+    finally:
+        if not finished:
+            chat.cancel_soon(request_id)
+
+
+@router.get("/models", summary="Configured models, in OpenAI's list format")
+async def list_models(chat: ChatServiceDep) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": [_model(p.name, m) for p in chat.providers.registry for m in p.models],
+    }
+
+
+@router.get("/models/{provider}/{model}", summary="One model")
+async def get_model(provider: str, model: str, chat: ChatServiceDep) -> dict[str, Any]:
+    config = chat.providers.registry.get(provider)
+    if config is None or model not in config.models:
+        raise ApiError(404, "model_not_found", f"The model `{provider}/{model}` does not exist")
+    return _model(provider, model)
+
+
+def _model(provider: str, model: str) -> dict[str, Any]:
+    return {"id": f"{provider}/{model}", "object": "model", "created": 0, "owned_by": provider}

@@ -1,0 +1,344 @@
+"""The telemetry writer as a real process: Redis stream in, MongoDB documents and rollups out.
+
+Run with ``-s`` to see the measured lag, throughput and outage/crash counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from pymongo.errors import OperationFailure, WriteError
+
+from deploy.local.servers import SecantusServer
+from echotune.common.histogram import MAX_RELATIVE_ERROR
+from echotune.common.messages import TelemetryEvent
+from echotune.common.mongo import PROVIDER_ROLLUPS, PROVIDER_TELEMETRY
+from echotune.telemetry.migrations import migrate
+from echotune.telemetry.rollups import field_key
+from tests.support.telemetry import (
+    TelemetryHarness,
+    exact_quantile,
+    make_event,
+    merged_quantile,
+    scrape,
+)
+
+pytestmark = pytest.mark.e2e
+DAY_S = 86_400
+
+
+@pytest.fixture(scope="module")
+async def harness(redis_server_url: str, mongo_server_url: str) -> AsyncIterator[TelemetryHarness]:
+    running = await TelemetryHarness.create(redis_server_url, mongo_server_url)
+    yield running
+    await running.close()
+
+
+@pytest.fixture(scope="module")
+async def writer(harness: TelemetryHarness) -> AsyncIterator[str]:
+    """One telemetry process on the harness's namespace and database; its HTTP URL."""
+    proc, url = await harness.start()
+    yield url
+    await proc.stop()
+
+
+def percentiles(values: list[float]) -> str:
+    return ", ".join(f"p{round(q * 100)} {exact_quantile(values, q):.1f} ms" for q in (0.5, 0.95))
+
+
+async def publish_timed(harness: TelemetryHarness, events: list[TelemetryEvent]) -> list[float]:
+    """Publish one event every 3 ms; per event, ms from publish until its document is seen
+    (change stream; a standalone MongoDB has none, then a 5 ms poll stands in)."""
+    published: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    collection = harness.db[PROVIDER_TELEMETRY]
+
+    async def poll() -> None:
+        while len(seen) < len(events):
+            unseen = [e.event_id for e in events if e.event_id not in seen]
+            async for doc in collection.find({"_id": {"$in": unseen}}, {"_id": 1}):
+                seen[doc["_id"]] = time.perf_counter()
+            await asyncio.sleep(0.005)
+
+    try:
+        stream = await collection.watch([{"$match": {"operationType": "insert"}}])
+    except OperationFailure:
+        stream = None
+
+    async def watch() -> None:
+        assert stream is not None
+        async for change in stream:
+            seen[change["documentKey"]["_id"]] = time.perf_counter()
+            if len(seen) >= len(events):
+                return
+
+    task = asyncio.create_task(watch() if stream else poll())
+    for event in events:
+        published[event.event_id] = time.perf_counter()
+        await harness.publish([event])
+        await asyncio.sleep(0.003)
+    await asyncio.wait_for(task, 20)
+    if stream is not None:
+        await stream.close()
+    return [(seen[i] - published[i]) * 1000 for i in published]
+
+
+async def test_events_become_documents_and_exact_rollups(
+    harness: TelemetryHarness, writer: str
+) -> None:
+    rng, provider = random.Random(1), f"p-{uuid.uuid4().hex[:6]}"
+    events = [make_event(provider, rng) for _ in range(300)]
+    lags = await publish_timed(harness, events)
+    await harness.wait_drained()
+    print(f"\ntelemetry lag publish → document, {len(lags)} events: {percentiles(lags)}")
+
+    docs = {doc["_id"]: doc for doc in await harness.documents(provider)}
+    assert len(docs) == len(events)
+    for event in events:
+        expected = event.model_dump(mode="json", by_alias=True, exclude={"event_id", "ts"})
+        doc = dict(docs[event.event_id])
+        assert abs((doc.pop("ts") - event.ts).total_seconds()) < 0.001  # BSON dates are ms
+        assert {k: v for k, v in doc.items() if k != "_id"} == expected
+    assert await harness.still_pending_rollup() == 0
+
+    rollups = await harness.rollups(provider)
+    for model in ("model-a", "model-b"):
+        raw = [d for d in docs.values() if d["model"] == model]
+        ups = [r for r in rollups if r["model"] == model]
+        assert all(r["_id"] == f"{provider}|{model}|{r['minute'].isoformat()}" for r in ups)
+        assert sum(r["count"] for r in ups) == len(raw)
+        assert sum(r.get("successes", 0) for r in ups) == sum(d["success"] for d in raw)
+        for code in {d["errorCode"] for d in raw if not d["success"]}:
+            expected_errors = sum(d["errorCode"] == code for d in raw)
+            assert sum(r["errors"].get(field_key(code), 0) for r in ups) == expected_errors
+        assert sum(r["tokensIn"] for r in ups) == sum(d["tokensIn"] for d in raw)
+        assert sum(r["tokensOut"] for r in ups) == sum(d["tokensOut"] for d in raw)
+        latency_sum = sum(d["latencyMs"] for d in raw)
+        assert sum(r["latencyMsSum"] for r in ups) == pytest.approx(latency_sum)
+        assert sum(r.get("ttftCount", 0) for r in ups) == sum(d["ttftMs"] is not None for d in raw)
+
+    for field, histogram in (("latencyMs", "latencyHist"), ("ttftMs", "ttftHist")):
+        values = [d[field] for d in docs.values() if d[field] is not None]
+        for q in (0.5, 0.9, 0.95, 0.99):
+            exact, estimate = exact_quantile(values, q), merged_quantile(rollups, histogram, q)
+            assert estimate is not None
+            assert abs(estimate - exact) / exact <= MAX_RELATIVE_ERROR + 1e-9, (field, q)
+
+
+async def test_throughput_in_batches(
+    harness: TelemetryHarness, writer: str, client: httpx.AsyncClient
+) -> None:
+    rng, provider = random.Random(2), f"burst-{uuid.uuid4().hex[:6]}"
+    events = [make_event(provider, rng) for _ in range(2000)]
+    before = await scrape(client, writer)
+    started = time.perf_counter()
+    await asyncio.gather(*(harness.publish(events[i::20]) for i in range(20)))
+    await harness.wait_drained(timeout=40)
+    elapsed = time.perf_counter() - started
+    after = await scrape(client, writer)
+    assert await harness.rollup_count(provider) == len(events)
+    batches = after["echotune_telemetry_batch_size_count"] - before["echotune_telemetry_batch_size_count"]
+    write_s = after["echotune_telemetry_write_seconds_sum"] - before["echotune_telemetry_write_seconds_sum"]
+    print(
+        f"\nthroughput: {len(events)} events written in {elapsed:.2f} s = "
+        f"{len(events) / elapsed:.0f} events/s, {batches:.0f} batches "
+        f"(mean {len(events) / batches:.0f} events), MongoDB time per batch "
+        f"{write_s / batches * 1000:.1f} ms"
+    )
+
+
+async def test_duplicates_are_stored_and_counted_once(
+    harness: TelemetryHarness, writer: str, client: httpx.AsyncClient
+) -> None:
+    provider = f"dup-{uuid.uuid4().hex[:6]}"
+    event = make_event(provider, random.Random(3), success=True)
+    before = await scrape(client, writer)
+    await harness.publish([event, event])  # twice in a row: usually in one batch
+    await harness.wait_drained()
+    await harness.publish([event])  # and once more later, as a redelivery would
+    await harness.wait_drained()
+    after = await scrape(client, writer)
+    assert [d["_id"] for d in await harness.documents(provider)] == [event.event_id]
+    assert await harness.rollup_count(provider) == 1
+    name = "echotune_telemetry_duplicates_skipped_total"
+    assert after[name] - before[name] == 2
+
+
+async def test_malformed_events_are_dead_lettered_with_a_reason(
+    harness: TelemetryHarness, writer: str
+) -> None:
+    provider = f"dlq-{uuid.uuid4().hex[:6]}"
+    rng = random.Random(4)
+    good = make_event(provider, rng)
+    last = (await harness.redis.xrevrange(harness.keys.telemetry_dead_letters, count=1)) or [("0-0",)]
+    await harness.publish_body({"provider": provider})
+    await harness.publish_body({**make_event(provider, rng).model_dump(mode="json", by_alias=True),
+                                "latencyMs": -5})  # fmt: skip
+    await harness.publish_body({**good.model_dump(mode="json", by_alias=True), "schemaVersion": 2})
+    await harness.publish_body("not an object")
+    await harness.redis.xadd(harness.keys.telemetry, {"__data__": b"\xff\xfe broken"})
+    await harness.redis.xadd(harness.keys.telemetry, {"plain": "entry"})
+    await harness.publish([make_event("", rng)])  # passes the contract, not the validator
+    await harness.publish([good])
+    await harness.wait_drained()
+
+    letters = await harness.redis.xrange(harness.keys.telemetry_dead_letters, f"({last[0][0]}")
+    kinds = sorted(fields["kind"] for _, fields in letters)
+    assert kinds == sorted(
+        ["invalid_event", "invalid_event", "bad_version", "bad_json", "bad_json",
+         "invalid_event", "rejected"]
+    )  # fmt: skip
+    for _, fields in letters:
+        assert fields["reason"] and fields["payload"] and fields["entryId"]
+    reasons = " | ".join(fields["reason"] for _, fields in letters)
+    assert "latencyMs" in reasons
+    assert "schemaVersion 2" in reasons
+    assert "validator" in reasons
+    assert [d["_id"] for d in await harness.documents(provider)] == [good.event_id]
+
+
+async def test_validators_and_ttl_indexes_exist(harness: TelemetryHarness, writer: str) -> None:
+    options = {c["name"]: c["options"] async for c in await harness.db.list_collections()}
+    for name in (PROVIDER_TELEMETRY, PROVIDER_ROLLUPS):
+        assert "$jsonSchema" in options[name]["validator"]
+        assert options[name]["validationLevel"] == "strict"
+        assert options[name]["validationAction"] == "error"
+
+    async def indexes(name: str) -> dict[tuple[tuple[str, int], ...], dict[str, object]]:
+        info = await harness.db[name].index_information()
+        return {tuple((f, int(d)) for f, d in i["key"]): i for i in info.values()}
+
+    raw, rollups = await indexes(PROVIDER_TELEMETRY), await indexes(PROVIDER_ROLLUPS)
+    assert (("provider", 1), ("ts", -1)) in raw
+    assert (("requestId", 1),) in raw
+    assert raw[(("ts", 1),)]["expireAfterSeconds"] == 30 * DAY_S
+    assert rollups[(("minute", -1),)]["expireAfterSeconds"] == 400 * DAY_S
+    assert (("provider", 1), ("model", 1), ("minute", -1)) in rollups
+
+    with pytest.raises(WriteError) as refused:
+        await harness.db[PROVIDER_TELEMETRY].insert_one({"_id": "bad", "provider": 42})
+    assert refused.value.code == 121
+    with pytest.raises(WriteError) as refused:
+        await harness.db[PROVIDER_ROLLUPS].insert_one({"_id": "bad", "count": "many"})
+    assert refused.value.code == 121
+
+    scratch = harness.mongo[f"{harness.namespace}_migrations"]
+    try:
+        for _ in range(2):  # idempotent
+            await migrate(scratch, 30, 400)
+        await migrate(scratch, 7, 90)  # a changed TTL is applied in place
+        ttl = await scratch[PROVIDER_TELEMETRY].index_information()
+        assert ttl["ts_ttl"]["expireAfterSeconds"] == 7 * DAY_S
+        assert len(ttl) == 5
+        minute = (await scratch[PROVIDER_ROLLUPS].index_information())["minute_ttl"]
+        assert minute["expireAfterSeconds"] == 90 * DAY_S
+    finally:
+        await harness.mongo.drop_database(scratch.name)
+
+
+async def test_metrics_and_health(writer: str, client: httpx.AsyncClient) -> None:
+    assert (await client.get(f"{writer}/healthz")).status_code == 204
+    response = await client.get(f"{writer}/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    for name in (
+        "events_written_total", "duplicates_skipped_total", "dead_letters_total",
+        "batch_size_bucket", "write_seconds_bucket", "stream_length", "pending", "lag",
+        "backlog_age_seconds", "dlq_length", "reclaimed_entries_total",
+    ):  # fmt: skip
+        assert f"\nechotune_telemetry_{name}" in response.text, name
+
+
+async def test_mongodb_outage_loses_and_duplicates_nothing(
+    redis_server_url: str, tmp_path: object, client: httpx.AsyncClient
+) -> None:
+    server = SecantusServer(os.path.join(str(tmp_path), "mongo"))
+    harness = await TelemetryHarness.create(redis_server_url, await asyncio.to_thread(server.start))
+    proc, url = await harness.start("telemetry-outage")
+    try:
+        rng, provider = random.Random(5), "outage"
+        events = [make_event(provider, rng) for _ in range(400)]
+        await harness.publish(events[:100])
+        await harness.wait_drained()
+        await asyncio.to_thread(server.stop)
+        mark = len(proc.lines)
+        await harness.publish(events[100:300])
+        await proc.wait_for_line(r"MongoDB write of \d+ events failed", timeout=15, start=mark)
+        held = (await harness.backlog())[1]
+        await harness.publish(events[300:])
+        await asyncio.to_thread(server.start)  # same port, same storage path
+        await harness.wait_drained(timeout=30)
+
+        ids = {doc["_id"] for doc in await harness.documents(provider)}
+        lost = len({e.event_id for e in events} - ids)
+        duplicated = await harness.rollup_count(provider) - len(ids)
+        failures = (await scrape(client, url))["echotune_telemetry_write_failures_total"]
+        print(
+            f"\noutage: published {len(events)}, written {len(ids)}, lost {lost}, "
+            f"duplicated {duplicated}; {held} entries held pending, {failures:.0f} failed writes"
+        )
+        assert (lost, duplicated, len(ids)) == (0, 0, len(events))
+        assert held > 0
+        assert await harness.still_pending_rollup() == 0
+    finally:
+        await proc.stop()
+        with contextlib.suppress(Exception):
+            await harness.close()
+        await asyncio.to_thread(server.stop)
+
+
+async def test_sigkilled_writer_is_taken_over(
+    redis_server_url: str, mongo_server_url: str, client: httpx.AsyncClient
+) -> None:
+    harness = await TelemetryHarness.create(redis_server_url, mongo_server_url)
+    rng, provider = random.Random(6), "crash"
+    events = [make_event(provider, rng) for _ in range(2000)]
+    await harness.publish(events)  # before any writer runs: the group starts at 0
+    first, _ = await harness.start(
+        "telemetry-a", ECHOTUNE_TELEMETRY_CONSUMER="writer-a", ECHOTUNE_TELEMETRY_BATCH_SIZE="100"
+    )
+    second = None
+    try:
+        # Freeze the writer, and kill it only if it holds a batch; nothing pushes that state,
+        # so this polls XINFO / XPENDING every 5 ms, bounded.
+        async with asyncio.timeout(20):
+            while True:
+                groups = await harness.redis.xinfo_groups(harness.keys.telemetry)
+                if groups[0]["entries-read"] >= 300 and await harness.pending_of("writer-a"):
+                    os.killpg(first.pid, signal.SIGSTOP)
+                    if held := await harness.pending_of("writer-a"):
+                        first.kill()
+                        break
+                    os.killpg(first.pid, signal.SIGCONT)
+                await asyncio.sleep(0.005)
+        await first.stop()
+        second, url = await harness.start("telemetry-b", ECHOTUNE_TELEMETRY_CONSUMER="writer-b")
+        await harness.wait_drained(timeout=30)
+
+        ids = {doc["_id"] for doc in await harness.documents(provider)}
+        lost = len({e.event_id for e in events} - ids)
+        duplicated = await harness.rollup_count(provider) - len(ids)
+        metrics = await scrape(client, url)
+        reclaimed = metrics["echotune_telemetry_reclaimed_entries_total"]
+        recovered = metrics["echotune_telemetry_rollups_recovered_total"]
+        print(
+            f"\nSIGKILL: writer A held {held} entries; B reclaimed {reclaimed:.0f}, completed "
+            f"the rollups of {recovered:.0f} documents; lost {lost}, duplicated {duplicated}"
+        )
+        assert (lost, duplicated, len(ids)) == (0, 0, len(events))
+        assert reclaimed >= held
+        assert await harness.still_pending_rollup() == 0
+    finally:
+        first.kill()
+        if second is not None:
+            await second.stop()
+        await harness.close()
