@@ -33,3 +33,25 @@ fmt: sync  ## Format and autofix
 
 clean:  ## Remove caches and the virtual environment
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
+
+# --- Docker (deploy/compose.yaml, see deploy/README.md) ---------------------------------------
+COMPOSE := docker compose -f deploy/compose.yaml
+N ?= 4
+
+.PHONY: up down logs scale-workers compose-check
+
+up:  ## Build the images and start the Docker stack; returns once every service is healthy
+	$(COMPOSE) up -d --build --wait
+
+down:  ## Stop the Docker stack, tools and ollama included (data volumes are kept)
+	$(COMPOSE) --profile tools --profile ollama down --remove-orphans
+
+logs:  ## Follow the Docker stack's logs
+	$(COMPOSE) logs -f --tail=100
+
+scale-workers:  ## Run N LLM workers in the Docker stack (make scale-workers N=4)
+	$(COMPOSE) up -d --wait --no-recreate --scale llm-worker=$(N)
+
+compose-check:  ## Validate deploy/compose.yaml, every profile, with deploy/.env.example as env
+	$(COMPOSE) --env-file deploy/.env.example config -q
+	$(COMPOSE) --env-file deploy/.env.example --profile tools --profile ollama config -q

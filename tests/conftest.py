@@ -15,6 +15,8 @@ from deploy.local.servers import mongo_url, redis_url
 from tests.support.processes import ServiceProcess, start_fake_llm, start_gateway, start_worker
 
 PROVIDER_SECRET = "sk-test-NEVER-LOG-THIS-0123456789"
+API_KEY = "et_testkey0001_S3cretNeverLoggedAnywhere0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture(scope="session")
@@ -147,6 +149,11 @@ def stack_env(redis_url: str, fake_url: str, **overrides: str) -> dict[str, str]
         "ECHOTUNE_RESUME_WINDOW_S": "3",
         "ECHOTUNE_GATEWAY_HEARTBEAT_S": "0.3",
         "ECHOTUNE_LOG_LEVEL": "INFO",
+        "ECHOTUNE_DEV_API_KEY": API_KEY,
+        "ECHOTUNE_GATEWAY_SESSION_SECRET": "test-session-secret",
+        "ECHOTUNE_GATEWAY_CHAT_STARTS_PER_MINUTE_USER": "100000",
+        "ECHOTUNE_GATEWAY_CHAT_STARTS_PER_MINUTE_IP": "100000",
+        "ECHOTUNE_GATEWAY_MAX_OPEN_STREAMS_PER_USER": "100000",
         **overrides,
     }
 
@@ -181,7 +188,7 @@ async def stack(redis_server_url: str, fake_llm: str) -> AsyncIterator[Stack]:
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as http:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0), headers=AUTH) as http:
         yield http
 
 

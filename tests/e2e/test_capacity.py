@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import start_stack
+from tests.conftest import AUTH, start_stack
 
 STREAMS = 1000
 TOKENS = ["slow", " and", " steady"]
@@ -30,7 +30,9 @@ async def test_one_gateway_holds_a_thousand_streams(redis_server_url: str, fake_
     limits = httpx.Limits(max_connections=STREAMS + 10, max_keepalive_connections=STREAMS + 10)
     try:
         gateway = stack.gateways[0][0]
-        async with httpx.AsyncClient(timeout=httpx.Timeout(120.0), limits=limits) as client:
+        async with httpx.AsyncClient(
+            timeout=httpx.Timeout(120.0), limits=limits, headers=AUTH
+        ) as client:
             rids = [f"cap-{uuid.uuid4().hex}" for _ in range(STREAMS)]
             # Every upstream answer waits 4 s before its first token: all streams are open at once.
             await asyncio.gather(*(

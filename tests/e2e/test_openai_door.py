@@ -9,7 +9,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from tests.conftest import Stack
+from tests.conftest import API_KEY, Stack
 from tests.support.upstream import FakeUpstream
 
 TOKENS = ["Blue", " in", " Green"]
@@ -18,7 +18,7 @@ ASK = [{"role": "user", "content": "a jazz album?"}]
 
 @pytest.fixture
 async def sdk(stack: Stack) -> AsyncIterator[AsyncOpenAI]:
-    async with AsyncOpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0) as client:
+    async with AsyncOpenAI(base_url=f"{stack.url}/v1", api_key=API_KEY, max_retries=0) as client:
         yield client
 
 

@@ -6,19 +6,16 @@ Run with ``-s`` to see the measured lag, throughput and outage/crash counts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import random
-import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from bson import ObjectId
 from pymongo.errors import OperationFailure, WriteError
 
-from deploy.local.servers import SecantusServer
 from echotune.common.histogram import MAX_RELATIVE_ERROR
 from echotune.common.messages import TelemetryEvent
 from echotune.common.mongo import PROVIDER_ROLLUPS, PROVIDER_TELEMETRY
@@ -107,8 +104,9 @@ async def test_events_become_documents_and_exact_rollups(
         expected = event.model_dump(mode="json", by_alias=True, exclude={"event_id", "ts"})
         doc = dict(docs[event.event_id])
         assert abs((doc.pop("ts") - event.ts).total_seconds()) < 0.001  # BSON dates are ms
+        assert isinstance(doc.pop("batch"), ObjectId)
         assert {k: v for k, v in doc.items() if k != "_id"} == expected
-    assert await harness.still_pending_rollup() == 0
+    assert await harness.uncounted(provider) == 0
 
     rollups = await harness.rollups(provider)
     for model in ("model-a", "model-b"):
@@ -146,8 +144,13 @@ async def test_throughput_in_batches(
     elapsed = time.perf_counter() - started
     after = await scrape(client, writer)
     assert await harness.rollup_count(provider) == len(events)
-    batches = after["echotune_telemetry_batch_size_count"] - before["echotune_telemetry_batch_size_count"]
-    write_s = after["echotune_telemetry_write_seconds_sum"] - before["echotune_telemetry_write_seconds_sum"]
+    batches = (
+        after["echotune_telemetry_batch_size_count"] - before["echotune_telemetry_batch_size_count"]
+    )
+    write_s = (
+        after["echotune_telemetry_write_seconds_sum"]
+        - before["echotune_telemetry_write_seconds_sum"]
+    )
     print(
         f"\nthroughput: {len(events)} events written in {elapsed:.2f} s = "
         f"{len(events) / elapsed:.0f} events/s, {batches:.0f} batches "
@@ -179,10 +182,11 @@ async def test_malformed_events_are_dead_lettered_with_a_reason(
     provider = f"dlq-{uuid.uuid4().hex[:6]}"
     rng = random.Random(4)
     good = make_event(provider, rng)
-    last = (await harness.redis.xrevrange(harness.keys.telemetry_dead_letters, count=1)) or [("0-0",)]
+    dead_before = await harness.redis.xlen(harness.keys.telemetry_dead_letters)
     await harness.publish_body({"provider": provider})
-    await harness.publish_body({**make_event(provider, rng).model_dump(mode="json", by_alias=True),
-                                "latencyMs": -5})  # fmt: skip
+    await harness.publish_body(
+        {**make_event(provider, rng).model_dump(mode="json", by_alias=True), "latencyMs": -5}
+    )
     await harness.publish_body({**good.model_dump(mode="json", by_alias=True), "schemaVersion": 2})
     await harness.publish_body("not an object")
     await harness.redis.xadd(harness.keys.telemetry, {"__data__": b"\xff\xfe broken"})
@@ -191,14 +195,23 @@ async def test_malformed_events_are_dead_lettered_with_a_reason(
     await harness.publish([good])
     await harness.wait_drained()
 
-    letters = await harness.redis.xrange(harness.keys.telemetry_dead_letters, f"({last[0][0]}")
+    letters = (await harness.redis.xrange(harness.keys.telemetry_dead_letters))[dead_before:]
     kinds = sorted(fields["kind"] for _, fields in letters)
     assert kinds == sorted(
-        ["invalid_event", "invalid_event", "bad_version", "bad_json", "bad_json",
-         "invalid_event", "rejected"]
-    )  # fmt: skip
+        [
+            "invalid_event",
+            "invalid_event",
+            "bad_version",
+            "bad_json",
+            "bad_json",
+            "invalid_event",
+            "rejected",
+        ]
+    )
     for _, fields in letters:
-        assert fields["reason"] and fields["payload"] and fields["entryId"]
+        assert fields["reason"]
+        assert fields["payload"]
+        assert fields["entryId"]
     reasons = " | ".join(fields["reason"] for _, fields in letters)
     assert "latencyMs" in reasons
     assert "schemaVersion 2" in reasons
@@ -251,94 +264,16 @@ async def test_metrics_and_health(writer: str, client: httpx.AsyncClient) -> Non
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     for name in (
-        "events_written_total", "duplicates_skipped_total", "dead_letters_total",
-        "batch_size_bucket", "write_seconds_bucket", "stream_length", "pending", "lag",
-        "backlog_age_seconds", "dlq_length", "reclaimed_entries_total",
-    ):  # fmt: skip
+        "events_written_total",
+        "duplicates_skipped_total",
+        "dead_letters_total",
+        "batch_size_bucket",
+        "write_seconds_bucket",
+        "stream_length",
+        "pending",
+        "lag",
+        "backlog_age_seconds",
+        "dlq_length",
+        "reclaimed_entries_total",
+    ):
         assert f"\nechotune_telemetry_{name}" in response.text, name
-
-
-async def test_mongodb_outage_loses_and_duplicates_nothing(
-    redis_server_url: str, tmp_path: object, client: httpx.AsyncClient
-) -> None:
-    server = SecantusServer(os.path.join(str(tmp_path), "mongo"))
-    harness = await TelemetryHarness.create(redis_server_url, await asyncio.to_thread(server.start))
-    proc, url = await harness.start("telemetry-outage")
-    try:
-        rng, provider = random.Random(5), "outage"
-        events = [make_event(provider, rng) for _ in range(400)]
-        await harness.publish(events[:100])
-        await harness.wait_drained()
-        await asyncio.to_thread(server.stop)
-        mark = len(proc.lines)
-        await harness.publish(events[100:300])
-        await proc.wait_for_line(r"MongoDB write of \d+ events failed", timeout=15, start=mark)
-        held = (await harness.backlog())[1]
-        await harness.publish(events[300:])
-        await asyncio.to_thread(server.start)  # same port, same storage path
-        await harness.wait_drained(timeout=30)
-
-        ids = {doc["_id"] for doc in await harness.documents(provider)}
-        lost = len({e.event_id for e in events} - ids)
-        duplicated = await harness.rollup_count(provider) - len(ids)
-        failures = (await scrape(client, url))["echotune_telemetry_write_failures_total"]
-        print(
-            f"\noutage: published {len(events)}, written {len(ids)}, lost {lost}, "
-            f"duplicated {duplicated}; {held} entries held pending, {failures:.0f} failed writes"
-        )
-        assert (lost, duplicated, len(ids)) == (0, 0, len(events))
-        assert held > 0
-        assert await harness.still_pending_rollup() == 0
-    finally:
-        await proc.stop()
-        with contextlib.suppress(Exception):
-            await harness.close()
-        await asyncio.to_thread(server.stop)
-
-
-async def test_sigkilled_writer_is_taken_over(
-    redis_server_url: str, mongo_server_url: str, client: httpx.AsyncClient
-) -> None:
-    harness = await TelemetryHarness.create(redis_server_url, mongo_server_url)
-    rng, provider = random.Random(6), "crash"
-    events = [make_event(provider, rng) for _ in range(2000)]
-    await harness.publish(events)  # before any writer runs: the group starts at 0
-    first, _ = await harness.start(
-        "telemetry-a", ECHOTUNE_TELEMETRY_CONSUMER="writer-a", ECHOTUNE_TELEMETRY_BATCH_SIZE="100"
-    )
-    second = None
-    try:
-        # Freeze the writer, and kill it only if it holds a batch; nothing pushes that state,
-        # so this polls XINFO / XPENDING every 5 ms, bounded.
-        async with asyncio.timeout(20):
-            while True:
-                groups = await harness.redis.xinfo_groups(harness.keys.telemetry)
-                if groups[0]["entries-read"] >= 300 and await harness.pending_of("writer-a"):
-                    os.killpg(first.pid, signal.SIGSTOP)
-                    if held := await harness.pending_of("writer-a"):
-                        first.kill()
-                        break
-                    os.killpg(first.pid, signal.SIGCONT)
-                await asyncio.sleep(0.005)
-        await first.stop()
-        second, url = await harness.start("telemetry-b", ECHOTUNE_TELEMETRY_CONSUMER="writer-b")
-        await harness.wait_drained(timeout=30)
-
-        ids = {doc["_id"] for doc in await harness.documents(provider)}
-        lost = len({e.event_id for e in events} - ids)
-        duplicated = await harness.rollup_count(provider) - len(ids)
-        metrics = await scrape(client, url)
-        reclaimed = metrics["echotune_telemetry_reclaimed_entries_total"]
-        recovered = metrics["echotune_telemetry_rollups_recovered_total"]
-        print(
-            f"\nSIGKILL: writer A held {held} entries; B reclaimed {reclaimed:.0f}, completed "
-            f"the rollups of {recovered:.0f} documents; lost {lost}, duplicated {duplicated}"
-        )
-        assert (lost, duplicated, len(ids)) == (0, 0, len(events))
-        assert reclaimed >= held
-        assert await harness.still_pending_rollup() == 0
-    finally:
-        first.kill()
-        if second is not None:
-            await second.stop()
-        await harness.close()

@@ -22,6 +22,7 @@ from echotune.common.histogram import merge, quantile
 from echotune.common.keys import TELEMETRY_GROUP, Keys
 from echotune.common.messages import TelemetryEvent
 from echotune.common.mongo import PROVIDER_ROLLUPS, PROVIDER_TELEMETRY
+from echotune.telemetry.rollups import minute_of, rollup_id
 
 Document = dict[str, Any]
 
@@ -128,7 +129,7 @@ class TelemetryHarness:
         """Until every entry is delivered and acknowledged. Acks push nothing one could
         block on, so this polls XINFO GROUPS every 20 ms, bounded by ``timeout``."""
         async with asyncio.timeout(timeout):
-            while await self.backlog() != (0, 0):
+            while await self.backlog() != (0, 0):  # noqa: ASYNC110 - no event to await
                 await asyncio.sleep(0.02)
 
     async def pending_of(self, consumer: str) -> int:
@@ -146,10 +147,14 @@ class TelemetryHarness:
     async def rollup_count(self, provider: str) -> int:
         return sum(int(doc["count"]) for doc in await self.rollups(provider))
 
-    async def still_pending_rollup(self) -> int:
-        """Attempt documents whose rollup is not done (should be 0 once drained)."""
-        collection = self.db[PROVIDER_TELEMETRY]
-        return await collection.count_documents({"rollupToken": {"$exists": True}})
+    async def uncounted(self, provider: str) -> int:
+        """Attempt documents whose write batch is missing from their rollup's ``batches``."""
+        batches = {doc["_id"]: set(doc.get("batches", ())) for doc in await self.rollups(provider)}
+        return sum(
+            doc["batch"]
+            not in batches.get(rollup_id(provider, doc["model"], minute_of(doc["ts"])), ())
+            for doc in await self.documents(provider)
+        )
 
 
 async def scrape(client: httpx.AsyncClient, url: str) -> dict[str, float]:

@@ -70,6 +70,19 @@ class Keys:
         """Hash: user id (or ``*`` for everyone) → JSON ``{"provider", "model"}``."""
         return f"{self.namespace}:provider-selection"
 
+    @property
+    def api_keys(self) -> str:
+        """Hash: API key id → JSON with the key's SHA-256, user id, name, revoked flag."""
+        return f"{self.namespace}:api-keys"
+
+    def rate_limit(self, scope: str, subject: str, window: int) -> str:
+        """Counter of chat starts by one user or IP in one fixed window."""
+        return f"{self.namespace}:rate:{scope}:{subject}:{window}"
+
+    def open_streams(self, user_id: str) -> str:
+        """Sorted set of one user's open SSE responses, scored by when they lapse."""
+        return f"{self.namespace}:open-streams:{user_id}"
+
     def gateway_wakeup(self, gateway_id: str) -> str:
         """Stream a gateway process writes to itself to wake its blocked multiplexed XREAD."""
         return f"{self.namespace}:gateway:{gateway_id}:wakeup"

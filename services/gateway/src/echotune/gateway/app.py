@@ -8,12 +8,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from faststream.redis import RedisBroker
 
 from echotune.common.breaker import CircuitBreakers
 from echotune.common.logs import configure_logging
 from echotune.common.redis import create_redis
 from echotune.gateway import health
+from echotune.gateway.auth import routes as auth_routes
+from echotune.gateway.auth.keys import ApiKeyStore
+from echotune.gateway.auth.service import DEV_USER, Authenticator
 from echotune.gateway.chat import routes as chat_routes
 from echotune.gateway.openai_compat import routes as openai_routes
 from echotune.gateway.providers import routes as provider_routes
@@ -21,6 +25,7 @@ from echotune.gateway.providers.service import ProviderService
 from echotune.gateway.chat.relay import StreamRelay
 from echotune.gateway.chat.service import ChatService
 from echotune.gateway.errors import install_error_handlers
+from echotune.gateway.limits import ChatLimits
 from echotune.gateway.requestid import RequestIdMiddleware
 from echotune.gateway.settings import GatewaySettings
 
@@ -40,7 +45,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await relay.start()
     breakers = CircuitBreakers(redis, settings.keys, settings.breaker.policy())
     providers = ProviderService(redis, settings.keys, settings.registry(), breakers)
-    chat = ChatService(redis, relay, broker, providers, settings)
+    limits = ChatLimits(
+        redis,
+        settings.keys,
+        per_user=settings.chat_starts_per_minute_user,
+        per_ip=settings.chat_starts_per_minute_ip,
+        open_streams=settings.max_open_streams_per_user,
+        lapse_s=settings.resume_window_s * 2,
+    )
+    chat = ChatService(redis, relay, broker, providers, limits, settings)
+    api_keys = ApiKeyStore(redis, settings.keys)
+    if settings.dev_api_key is not None:
+        await api_keys.install(settings.dev_api_key.get_secret_value(), DEV_USER, "dev key")
+    app.state.auth = Authenticator.from_settings(api_keys, settings)
     keeper = asyncio.create_task(chat.keep_readers_alive(), name="reader-keeper")
     app.state.redis, app.state.relay = redis, relay
     app.state.chat, app.state.providers = chat, providers
@@ -61,11 +78,22 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         version="0.1.0",
         description="Streaming LLM chat over Server-Sent Events.",
         lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
     install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-Id", "Last-Event-ID"],
+            expose_headers=["X-Request-Id"],
+        )
     app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
+    app.include_router(auth_routes.router)
     app.include_router(chat_routes.router)
     app.include_router(provider_routes.router)
     app.include_router(openai_routes.router)

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 
+from echotune.gateway.auth.service import Authenticator
 from echotune.gateway.chat.service import ChatService
 from echotune.gateway.providers.service import ProviderService
 from echotune.gateway.settings import GatewaySettings
@@ -32,9 +33,15 @@ def _provider_service(request: Request) -> ProviderService:
     return service
 
 
-def _user_id() -> str:
-    """The caller's user id; every caller is ``anonymous`` until authentication exists."""
-    return "anonymous"
+def _authenticator(request: Request) -> Authenticator:
+    auth: Authenticator = request.app.state.auth
+    return auth
+
+
+async def _user_id(request: Request) -> str:
+    """The authenticated caller (``anonymous`` when authentication is switched off)."""
+    auth: Authenticator = request.app.state.auth
+    return await auth.user_of(request)
 
 
 SettingsDep = Annotated[GatewaySettings, Depends(_settings)]
@@ -42,3 +49,4 @@ RedisDep = Annotated[Redis, Depends(_redis)]
 ChatServiceDep = Annotated[ChatService, Depends(_chat_service)]
 ProviderServiceDep = Annotated[ProviderService, Depends(_provider_service)]
 UserIdDep = Annotated[str, Depends(_user_id)]
+AuthDep = Annotated[Authenticator, Depends(_authenticator)]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from echotune.common.settings import ProviderSettings, ServiceSettings
+from echotune.common.settings import ProviderSettings, ServiceSettings, shared
 
 
 class GatewaySettings(ServiceSettings, ProviderSettings):
@@ -21,5 +21,19 @@ class GatewaySettings(ServiceSettings, ProviderSettings):
         1000, ge=1, description="Queued jobs not yet taken by a worker before new chats get 429"
     )
     backlog_retry_after_s: int = Field(2, ge=1)
+    auth_enabled: bool = Field(True, description="Require an API key or a session on /api and /v1")
+    dev_api_key: SecretStr | None = Field(
+        None, validation_alias=shared("DEV_API_KEY"), description="Registered for user `dev`"
+    )
+    session_secret: SecretStr | None = Field(
+        None, description="Signs browser sessions; set the same on every gateway (random if unset)"
+    )
+    session_ttl_s: int = Field(12 * 3600, ge=60)
+    cookie_secure: bool = Field(False, description="Send the session cookie over HTTPS only")
+    cors_origins: list[str] = Field(default_factory=list, description="Allowed browser origins")
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    chat_starts_per_minute_user: int = Field(30, ge=1)
+    chat_starts_per_minute_ip: int = Field(120, ge=1)
+    max_open_streams_per_user: int = Field(20, ge=1)
     relay_block_ms: int = Field(5000, ge=10, description="Longest blocking XREAD of the relay")
     relay_batch: int = Field(256, ge=1, description="Entries read per stream per XREAD")

@@ -13,10 +13,12 @@ longer than ``claim_idle_ms`` in a consumer that crashed, one entry at a time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from datetime import timedelta
+from typing import Annotated
 
 from faststream import AckPolicy, Context, ContextRepo
 from faststream.asgi import AsgiFastStream, make_ping_asgi
@@ -24,19 +26,15 @@ from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.annotations import RedisBatchStreamMessage
 from faststream.redis.message import FAKE_CONSUMER, BatchStreamMessage
 from faststream.redis.message import RedisBatchStreamMessage as BatchMessage
-from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
-from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from echotune.common.keys import TELEMETRY_GROUP
 from echotune.common.logs import configure_logging
 from echotune.common.mongo import create_mongo
 from echotune.common.redis import create_redis
-from echotune.telemetry.consumer import BatchConsumer, backoff_s
+from echotune.telemetry.consumer import BatchConsumer
 from echotune.telemetry.metrics import Metrics
-from echotune.telemetry.migrations import migrate
 from echotune.telemetry.settings import TelemetrySettings
+from echotune.telemetry.upkeep import ensure_group, forget_old_batches_forever, migrate_until_done
 from echotune.telemetry.writer import TelemetryWriter
 
 log = logging.getLogger("echotune.telemetry")
@@ -53,30 +51,6 @@ async def raw_batch(message: BatchStreamMessage) -> BatchMessage:
         consumer=FAKE_CONSUMER,  # acks go through BatchConsumer, atomically with dead letters
         group=TELEMETRY_GROUP,
     )
-
-
-async def ensure_group(redis: Redis, stream: str) -> None:
-    """Create the consumer group at the start of the stream, so that telemetry published
-    before this service ever ran is written too (FastStream would create it at ``$``)."""
-    try:
-        await redis.xgroup_create(stream, TELEMETRY_GROUP, id="0", mkstream=True)
-    except ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-
-
-async def migrate_until_done(db: AsyncDatabase[dict[str, Any]], settings: TelemetrySettings) -> None:
-    """Run the migration, waiting (with back-off) for MongoDB if it is not reachable yet."""
-    attempt = 0
-    while True:
-        try:
-            await migrate(db, settings.raw_ttl_days, settings.rollup_ttl_days)
-            return
-        except PyMongoError as exc:
-            attempt += 1
-            delay = backoff_s(attempt, settings.retry_base_s, settings.retry_cap_s)
-            log.warning("migration failed (attempt %d), retry in %.2f s: %s", attempt, delay, exc)
-            await asyncio.sleep(delay)
 
 
 def create_app(settings: TelemetrySettings | None = None) -> AsgiFastStream:
@@ -132,18 +106,27 @@ def create_app(settings: TelemetrySettings | None = None) -> AsgiFastStream:
         redis = create_redis(settings.redis_url, max_connections=16)
         mongo = create_mongo(settings.mongodb_url, timeout_ms=settings.mongo_timeout_ms)
         db = mongo.get_default_database(default="echotune")
+        window = timedelta(hours=settings.dedup_window_h)
+        upkeep: asyncio.Task[None] | None = None
         try:
             await migrate_until_done(db, settings)
             await ensure_group(redis, keys.telemetry)
             metrics.redis = redis
-            writer = TelemetryWriter(db)
+            writer = TelemetryWriter(db, window)
+            upkeep = asyncio.create_task(forget_old_batches_forever(db, window))
             context.set_global("telemetry", BatchConsumer(settings, redis, writer, metrics))
             log.info(
                 "writing %s into MongoDB database %s as consumer %s",
-                keys.telemetry, db.name, settings.consumer,
-            )  # fmt: skip
+                keys.telemetry,
+                db.name,
+                settings.consumer,
+            )
             yield
         finally:
+            if upkeep is not None:
+                upkeep.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await upkeep
             metrics.redis = None
             await mongo.close()
             await redis.aclose()

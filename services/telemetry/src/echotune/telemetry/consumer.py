@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 from bson import ObjectId
 from pymongo.errors import PyMongoError
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 def backoff_s(attempt: int, base_s: float, cap_s: float) -> float:
     """Delay before retry ``attempt`` (1-based): exponential, capped, jittered down by ≤ 50 %."""
-    return min(cap_s, base_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+    return min(cap_s, base_s * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
 
 class BatchConsumer:
@@ -81,13 +82,15 @@ class BatchConsumer:
     async def _write_until_accepted(
         self, events: list[TelemetryEvent], reclaimed: bool
     ) -> WriteResult:
-        """Retry the write until MongoDB accepts it; the same token on every attempt."""
-        token = ObjectId()
+        """Retry the write until MongoDB accepts it; the same batch id on every attempt."""
+        batch = ObjectId()
         attempt = 0
         while True:
             started = time.perf_counter()
             try:
-                result = await self.writer.write(events, token, recover_others=reclaimed)
+                result = await self.writer.write(
+                    events, batch, first_attempt=attempt == 0, recover_others=reclaimed
+                )
             except (PyMongoError, RollupClashError) as exc:
                 attempt += 1
                 delay = backoff_s(attempt, self.settings.retry_base_s, self.settings.retry_cap_s)
@@ -95,31 +98,39 @@ class BatchConsumer:
                 self.metrics.mongo_up.set(0)
                 log.warning(
                     "MongoDB write of %d events failed (attempt %d), retry in %.2f s: %s",
-                    len(events), attempt, delay, exc,
-                )  # fmt: skip
+                    len(events),
+                    attempt,
+                    delay,
+                    exc,
+                )
                 await asyncio.sleep(delay)
                 continue
             if events:
                 self.metrics.write_seconds.observe(time.perf_counter() - started)
                 self.metrics.mongo_up.set(1)
             if attempt:
-                log.info("MongoDB accepted %d events after %d failed attempts", len(events), attempt)
+                log.info(
+                    "MongoDB accepted %d events after %d failed attempts", len(events), attempt
+                )
             return result
 
     @contextlib.asynccontextmanager
     async def _keep_claimed(self, entry_ids: list[str], consumer: str) -> AsyncIterator[None]:
         """While the batch is handled, reset its idle time so no reclaimer takes it over."""
         interval_s = self.settings.claim_idle_ms / 3000
+        ids: list[Any] = list(entry_ids)
 
         async def heartbeat() -> None:
             while True:
                 await asyncio.sleep(interval_s)
                 try:
                     await self.redis.xclaim(
-                        self.keys.telemetry, TELEMETRY_GROUP, consumer, 0, entry_ids, justid=True
+                        self.keys.telemetry, TELEMETRY_GROUP, consumer, 0, ids, justid=True
                     )
                 except RedisError as exc:
-                    log.warning("could not refresh the claim on %d entries: %s", len(entry_ids), exc)
+                    log.warning(
+                        "could not refresh the claim on %d entries: %s", len(entry_ids), exc
+                    )
 
         task = asyncio.create_task(heartbeat())
         try:

@@ -54,7 +54,9 @@ def decode_entry(entry_id: str, fields: dict[bytes, bytes]) -> TelemetryEvent | 
     try:
         body, text = _payload(fields)
     except Exception as exc:  # the envelope itself is corrupt
-        return DeadLetter(entry_id, "bad_envelope", f"unreadable entry: {exc}", repr(fields)[:10_000])
+        return DeadLetter(
+            entry_id, "bad_envelope", f"unreadable entry: {exc}", repr(fields)[:10_000]
+        )
     try:
         payload: Any = body if isinstance(body, dict) else json.loads(body)
     except ValueError as exc:

@@ -6,6 +6,7 @@ pending, lag, backlog age) are read from Redis at each scrape.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -85,10 +86,8 @@ class Metrics:
         """Read the stream gauges from Redis (left as they were if Redis does not answer)."""
         if self.redis is None:
             return
-        try:
+        with contextlib.suppress(RedisError):
             await self._refresh(self.redis)
-        except RedisError:
-            pass
 
     async def _refresh(self, redis: Redis) -> None:
         async with redis.pipeline(transaction=False) as pipe:
@@ -99,18 +98,20 @@ class Metrics:
             length, dlq_length, groups, pending = await pipe.execute(raise_on_error=False)
         self.stream_length.set(length if isinstance(length, int) else 0)
         self.dlq_length.set(dlq_length if isinstance(dlq_length, int) else 0)
-        group: dict[str, Any] = next(
-            (g for g in groups if g["name"] == self.group), {}
-        ) if isinstance(groups, list) else {}
+        group: dict[str, Any] = (
+            next((g for g in groups if g["name"] == self.group), {})
+            if isinstance(groups, list)
+            else {}
+        )
         self.pending.set(group.get("pending") or 0)
         lag = group.get("lag")
         self.lag.set(-1 if lag is None else lag)
         oldest: list[int] = []
         if isinstance(pending, dict) and pending.get("min"):
-            oldest.append(entry_ms(pending["min"]))
+            oldest.append(entry_ms(str(pending["min"])))
         if lag and group.get("last-delivered-id"):
             after = await redis.xrange(self.stream, f"({group['last-delivered-id']}", count=1)
-            oldest += [entry_ms(after[0][0])] if after else []
+            oldest += [entry_ms(str(after[0][0]))] if after else []
         self.backlog_age.set(max(0.0, time.time() - min(oldest) / 1000) if oldest else 0)
 
     async def render(self) -> bytes:

@@ -35,9 +35,16 @@ TELEMETRY_SCHEMA: Document = {
     "bsonType": "object",
     "title": "One provider attempt (TelemetryEvent, camelCase; _id = eventId)",
     "required": [
-        "_id", "schemaVersion", "requestId", "attempt", "provider", "model",
-        "latencyMs", "success", "ts",
-    ],  # fmt: skip
+        "_id",
+        "schemaVersion",
+        "requestId",
+        "attempt",
+        "provider",
+        "model",
+        "latencyMs",
+        "success",
+        "ts",
+    ],
     "properties": {
         "_id": {"bsonType": "string", "minLength": 1},
         "schemaVersion": {"bsonType": _INT, "minimum": 1},
@@ -60,7 +67,7 @@ TELEMETRY_SCHEMA: Document = {
         "userId": NULLABLE_STR,
         "conversationId": NULLABLE_STR,
         "ts": {"bsonType": "date"},
-        "rollupToken": {"bsonType": "objectId"},
+        "batch": {"bsonType": "objectId"},
     },
 }
 
@@ -83,7 +90,8 @@ ROLLUP_SCHEMA: Document = {
         "tokensOut": INT_GE0,
         "latencyHist": HISTOGRAM,
         "ttftHist": HISTOGRAM,
-        "appliedTokens": {"bsonType": "array", "items": {"bsonType": "objectId"}},
+        "batches": {"bsonType": "array", "items": {"bsonType": "objectId"}},
+        "lastBatchAt": {"bsonType": "date"},
     },
 }
 
@@ -104,11 +112,7 @@ def telemetry_indexes(ttl_days: float) -> list[IndexSpec]:
         IndexSpec("provider_ts", [("provider", 1), ("ts", -1)]),
         IndexSpec("requestId", [("requestId", 1)]),
         IndexSpec("ts_ttl", [("ts", 1)], ttl_s=round(ttl_days * DAY_S)),
-        IndexSpec(
-            "rollupToken_pending",
-            [("rollupToken", 1)],
-            options={"partialFilterExpression": {"rollupToken": {"$exists": True}}},
-        ),
+        IndexSpec("batch", [("batch", 1)]),
     ]
 
 
@@ -117,6 +121,7 @@ def rollup_indexes(ttl_days: float) -> list[IndexSpec]:
     return [
         IndexSpec("minute_ttl", [("minute", -1)], ttl_s=round(ttl_days * DAY_S)),
         IndexSpec("provider_model_minute", [("provider", 1), ("model", 1), ("minute", -1)]),
+        IndexSpec("lastBatchAt", [("lastBatchAt", 1)], options={"sparse": True}),
     ]
 
 

@@ -3,24 +3,25 @@
 One document per ``(provider, model, minute)``, ``_id`` = ``"<provider>|<model>|<minute ISO>"``:
 
 * ``provider``, ``model``, ``minute`` (UTC, truncated to the minute)
-* ``count``, ``successes``, ``errors.<code>`` (failed attempts by ``errorCode``, ``unknown``
-  when it has none)
+* ``count``, ``successes``, ``errors.<code>`` (failed attempts by ``errorCode``; ``unknown``
+  when it has none; dots in codes become ``_``, a leading ``$`` is dropped)
 * ``latencyMsSum``, ``ttftMsSum``, ``ttftCount`` (attempts that produced a first token),
   ``tokensIn``, ``tokensOut``
 * ``latencyHist.<i>`` / ``ttftHist.<i>``: sparse histograms in the fixed log-scale layout of
   :mod:`echotune.common.histogram` — bucket ``i`` covers ``[2^(i/8), 2^((i+1)/8))`` ms, eight
-  buckets per doubling from 1 ms to ~4.7 h. Histograms of any set of rollups add up
-  (``histogram.merge``) and a quantile read from the sum is off by at most
-  ``MAX_RELATIVE_ERROR`` = 2^(1/16) − 1 ≈ 4.4 % for values of 1 ms and more.
-* ``appliedTokens``: the write tokens already counted here (see below).
+  buckets per doubling from 1 ms to ~4.7 h (values below 1 ms fall in bucket 0, above the
+  range in the last). Histograms of any set of rollups add up (``histogram.merge``) and a
+  quantile read from the sum is off by at most ``MAX_RELATIVE_ERROR`` = 2^(1/16) − 1 ≈ 4.4 %
+  for values of 1 ms and more.
+* ``batches`` / ``lastBatchAt``: the write batches counted here (see below), dropped once
+  older than the dedup window.
 
-Exactly once: the writer stores every new attempt document with a ``rollupToken`` (one
-ObjectId per delivery of a batch). All the documents carrying a token are rolled up together,
-with one upsert per rollup document whose filter is ``appliedTokens: {$ne: token}`` and which
-pushes the token — so applying a token twice, after a crash or by two processes at once,
-changes nothing the second time. Only then is ``rollupToken`` removed from the attempt
-documents. A duplicate key error on such an upsert means either "already applied" or "lost
-an upsert race to another token": it is told apart by reading the document, and retried.
+Exactly once: every attempt document carries ``batch``, the ObjectId of the write (one per
+delivery of a stream batch, the same on every retry) that inserted it. All the documents of a
+batch are counted with one upsert per rollup document whose filter is ``batches: {$ne: id}``
+and which pushes the id: counting a batch twice — after a crash, or by two processes at once
+— changes nothing the second time. A duplicate key error on such an upsert means either
+"already counted" or "lost an upsert race to another batch"; reading the document tells which.
 """
 
 from __future__ import annotations
@@ -38,23 +39,27 @@ from echotune.common.histogram import bucket_of
 
 Document = dict[str, Any]
 ROLLUP_SOURCE_FIELDS = {
-    "provider": 1,
-    "model": 1,
-    "ts": 1,
-    "success": 1,
-    "errorCode": 1,
-    "latencyMs": 1,
-    "ttftMs": 1,
-    "tokensIn": 1,
-    "tokensOut": 1,
-    "rollupToken": 1,
+    field: 1
+    for field in (
+        "provider",
+        "model",
+        "ts",
+        "success",
+        "errorCode",
+        "latencyMs",
+        "ttftMs",
+        "tokensIn",
+        "tokensOut",
+        "batch",
+    )
 }
 """Fields of an attempt document that rollups read."""
 UPSERT_ATTEMPTS = 5
+DUPLICATE_KEY = 11000
 
 
 class RollupClashError(Exception):
-    """Upserts of a token kept losing races to other tokens; the write is retried later."""
+    """Upserts of a batch kept losing races to other batches; the write is retried later."""
 
 
 def minute_of(ts: datetime) -> datetime:
@@ -84,7 +89,10 @@ def increments(docs: Iterable[Mapping[str, Any]]) -> dict[str, tuple[Document, d
         minute = minute_of(doc["ts"])
         key = rollup_id(doc["provider"], doc["model"], minute)
         if key not in rollups:
-            rollups[key] = ({"provider": doc["provider"], "model": doc["model"], "minute": minute}, {})
+            rollups[key] = (
+                {"provider": doc["provider"], "model": doc["model"], "minute": minute},
+                {},
+            )
         inc = rollups[key][1]
         _add(inc, "count", 1)
         if doc["success"]:
@@ -102,34 +110,52 @@ def increments(docs: Iterable[Mapping[str, Any]]) -> dict[str, tuple[Document, d
     return rollups
 
 
-def _upsert(key: str, ident: Document, inc: dict[str, float], token: ObjectId) -> UpdateOne:
+def _upsert(key: str, ident: Document, inc: dict[str, float], batch: ObjectId) -> UpdateOne:
     return UpdateOne(
-        {"_id": key, "appliedTokens": {"$ne": token}},
-        {"$inc": inc, "$push": {"appliedTokens": token}, "$setOnInsert": ident},
+        {"_id": key, "batches": {"$ne": batch}},
+        {
+            "$inc": inc,
+            "$push": {"batches": batch},
+            "$max": {"lastBatchAt": batch.generation_time},
+            "$setOnInsert": ident,
+        },
         upsert=True,
     )
 
 
-async def apply_token(
-    rollups: AsyncCollection[Document], docs: list[Document], token: ObjectId
-) -> None:
-    """Add the attempt documents written under ``token`` to their rollups, once per token."""
+async def count_batch(
+    rollups: AsyncCollection[Document], docs: list[Document], batch: ObjectId
+) -> int:
+    """Add the attempt documents of ``batch`` to their rollups unless already counted there;
+    how many documents were counted now."""
     todo = increments(docs)
+    counted = 0
     for _ in range(UPSERT_ATTEMPTS):
-        if not todo:
-            return
         keys = list(todo)
-        ops = [_upsert(key, *todo[key], token) for key in keys]
         try:
-            await rollups.bulk_write(ops, ordered=False)
-            return
+            await rollups.bulk_write(
+                [_upsert(key, *todo[key], batch) for key in keys], ordered=False
+            )
+            return counted + sum(int(todo[key][1]["count"]) for key in keys)
         except BulkWriteError as exc:
-            details = exc.details
-            other = [e for e in details["writeErrors"] if e["code"] != 11000]
-            if other or details.get("writeConcernErrors"):
+            errors = exc.details["writeErrors"]
+            if exc.details.get("writeConcernErrors") or any(
+                e["code"] != DUPLICATE_KEY for e in errors
+            ):
                 raise
-            clashed = [keys[e["index"]] for e in details["writeErrors"]]
-        done = rollups.find({"_id": {"$in": clashed}, "appliedTokens": token}, {"_id": 1})
-        applied = {d["_id"] async for d in done}
+            clashed = {keys[e["index"]] for e in errors}
+        counted += sum(int(todo[key][1]["count"]) for key in keys if key not in clashed)
+        done = rollups.find({"_id": {"$in": list(clashed)}, "batches": batch}, {"_id": 1})
+        applied = {doc["_id"] async for doc in done}
         todo = {key: todo[key] for key in clashed if key not in applied}
-    raise RollupClashError(f"rollups of token {token} still clash after {UPSERT_ATTEMPTS} attempts")
+        if not todo:
+            return counted
+    raise RollupClashError(f"rollups of batch {batch} still clash after {UPSERT_ATTEMPTS} tries")
+
+
+async def forget_old_batches(rollups: AsyncCollection[Document], before: datetime) -> int:
+    """Drop ``batches`` from rollups no batch touched since ``before``; how many changed."""
+    result = await rollups.update_many(
+        {"lastBatchAt": {"$lt": before}}, {"$unset": {"batches": "", "lastBatchAt": ""}}
+    )
+    return result.modified_count

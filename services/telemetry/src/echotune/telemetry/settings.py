@@ -24,7 +24,9 @@ class TelemetrySettings(ServiceSettings):
     )
 
     consumer: str = Field(default_factory=_consumer_name, description="Consumer name in the group")
-    batch_size: int = Field(500, ge=1, le=10_000, description="Most events read and written at once")
+    batch_size: int = Field(
+        500, ge=1, le=10_000, description="Most events read and written at once"
+    )
     batch_wait_ms: int = Field(
         200, ge=1, le=60_000, description="Longest blocking read when the stream is empty"
     )
@@ -43,6 +45,11 @@ class TelemetrySettings(ServiceSettings):
     )
     raw_ttl_days: float = Field(30, gt=0, description="Lifetime of one document per attempt")
     rollup_ttl_days: float = Field(400, gt=0, description="Lifetime of the per-minute rollups")
+    dedup_window_h: float = Field(
+        24,
+        gt=1,
+        description="How long rollups remember the batches they counted (redelivery window)",
+    )
     dlq_maxlen: int = Field(100_000, ge=100, description="Approximate bound of the DLQ stream")
     shutdown_grace_s: float = Field(
         10.0, ge=0, description="How long a stopping process lets its current batch finish"

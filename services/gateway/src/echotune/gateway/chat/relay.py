@@ -66,7 +66,8 @@ class StreamRelay:
         self._keys = keys
         self._block_ms = block_ms
         self._batch = batch
-        self._wakeup_key = keys.gateway_wakeup(uuid.uuid4().hex)
+        self.gateway_id = uuid.uuid4().hex
+        self._wakeup_key = keys.gateway_wakeup(self.gateway_id)
         self._wakeup_last = "0-0"
         self._subs: dict[str, set[Subscription]] = {}
         self._task: asyncio.Task[None] | None = None

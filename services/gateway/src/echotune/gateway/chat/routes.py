@@ -29,6 +29,10 @@ async def _respond(service: ChatServiceDep, chat: ChatInput, last_event_id: str 
     return SSEResponse(service.frames(stream), headers={})
 
 
+def _client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
 @router.get(
     "/stream",
     response_class=SSEResponse,
@@ -57,6 +61,7 @@ async def stream_get(
         provider=provider,
         model=model,
         options=ChatOptions(use_context=use_context),
+        client_ip=_client_ip(request),
     )
     return await _respond(service, chat, last_event_id_header or last_event_id)
 
@@ -83,6 +88,7 @@ async def stream_post(
         provider=body.provider,
         model=body.model,
         options=body.options,
+        client_ip=_client_ip(request),
     )
     return await _respond(service, chat, last_event_id_header)
 
@@ -91,10 +97,11 @@ async def stream_post(
 async def cancel(
     request_id: Annotated[str, Path(pattern=REQUEST_ID_PATTERN)],
     service: ChatServiceDep,
+    user_id: UserIdDep,
     response: Response,
 ) -> CancelResponse:
     """Stop the generation: the worker closes its upstream call and the stream ends `cancelled`."""
-    state = await service.cancel(request_id)
+    state = await service.cancel(request_id, user_id)
     if state == "finished":
         response.status_code = status.HTTP_200_OK
     return CancelResponse(request_id=request_id, status=state)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ from echotune.common.streams import append_final
 from echotune.gateway.chat.relay import Entry, StreamRelay, Subscription, parse_stream_id
 from echotune.gateway.chat.sse import HEARTBEAT, frame
 from echotune.gateway.errors import ApiError
+from echotune.gateway.limits import ChatLimits
 from echotune.gateway.providers.service import ProviderService
 from echotune.gateway.settings import GatewaySettings
 
@@ -50,6 +52,7 @@ class ChatInput:
     options: ChatOptions = ChatOptions()
     history: tuple[ChatMessage, ...] = ()
     """Earlier messages sent by the client itself (OpenAI-style requests)."""
+    client_ip: str = ""
 
     def fingerprint(self) -> str:
         fields: list[object] = [self.user_id, self.message, self.conversation_id]
@@ -68,6 +71,8 @@ class OpenStream:
     request_id: str
     subscription: Subscription
     first_frame: bytes | None = None
+    owner: str = ""
+    stream_key: str = ""
 
 
 class ChatService:
@@ -77,11 +82,14 @@ class ChatService:
         relay: StreamRelay,
         broker: RedisBroker,
         providers: ProviderService,
+        limits: ChatLimits,
         settings: GatewaySettings,
     ) -> None:
         self.redis, self.relay, self.broker = redis, relay, broker
         self.providers, self.settings, self.keys = providers, settings, settings.keys
+        self.limits = limits
         self._background: set[asyncio.Task[str]] = set()
+        self._open_streams: dict[str, str] = {}  # stream key → user id, for the open-stream cap
 
     @property
     def _request_ttl_s(self) -> int:
@@ -89,6 +97,21 @@ class ChatService:
 
     async def open(self, chat: ChatInput, last_event_id: str | None) -> OpenStream | None:
         """Start or attach to the stream of ``chat.request_id``; ``None``: nothing left to send."""
+        stream_key = f"{self.relay.gateway_id}:{uuid.uuid4().hex}"
+        await self.limits.open_stream(chat.user_id, stream_key)
+        try:
+            stream = await self._open(chat, last_event_id)
+        except BaseException:
+            await self.limits.close_stream(chat.user_id, stream_key)
+            raise
+        if stream is None:
+            await self.limits.close_stream(chat.user_id, stream_key)
+            return None
+        stream.owner, stream.stream_key = chat.user_id, stream_key
+        self._open_streams[stream_key] = chat.user_id
+        return stream
+
+    async def _open(self, chat: ChatInput, last_event_id: str | None) -> OpenStream | None:
         if chat.message is not None:
             self._check_message(chat.message)
             config, model = await self.providers.choose(chat.user_id, chat.provider, chat.model)
@@ -212,9 +235,9 @@ class ChatService:
         log.info("client attached after %s", after)
         return OpenStream(request_id, await self.relay.subscribe(request_id, after))
 
-    async def cancel(self, request_id: str) -> str:
-        meta = await self.redis.hmget(self.keys.meta(request_id), ["fingerprint", "final_id"])
-        if meta[0] is None:
+    async def cancel(self, request_id: str, user_id: str) -> str:
+        meta = await self.redis.hmget(self.keys.meta(request_id), ["user_id", "final_id"])
+        if meta[0] is None or meta[0] != user_id:
             raise ApiError(404, "unknown_request", "no stream with this request id")
         if meta[1] is not None:
             return "finished"
@@ -248,10 +271,12 @@ class ChatService:
             yield Entry("", error.type, encode_event(error)["data"])
         finally:
             self.relay.unsubscribe(sub)
+            self._open_streams.pop(stream.stream_key, None)
+            await asyncio.shield(self.limits.close_stream(stream.owner, stream.stream_key))
 
-    def cancel_soon(self, request_id: str) -> None:
+    def cancel_soon(self, request_id: str, user_id: str) -> None:
         """Cancel from a context that is itself being cancelled (a client that left)."""
-        task = asyncio.create_task(self.cancel(request_id))
+        task = asyncio.create_task(self.cancel(request_id, user_id))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -279,5 +304,6 @@ class ChatService:
                     for request_id in request_ids:
                         pipe.set(self.keys.reader(request_id), "1", px=ttl_ms)
                     await pipe.execute()
+                await self.limits.refresh([(user, key) for key, user in self._open_streams.items()])
             except Exception:
                 log.exception("could not refresh reader markers")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -32,6 +33,7 @@ async def chat_completions(
     request_id: str = request.state.request_id
     user = body.user if user_id == "anonymous" and body.user else user_id
     chat_input = to_chat_input(body, request_id, user, chat.providers.registry)
+    chat_input = replace(chat_input, client_ip=request.client.host if request.client else "")
     stream = await chat.open(chat_input, None)
     assert stream is not None
     completion = Completion(id=f"chatcmpl-{request_id}", model=f"{chat_input.provider}/{chat_input.model}")
@@ -39,14 +41,15 @@ async def chat_completions(
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = chunk_stream(completion, entries, include_usage)
-        return SSEResponse(_cancel_unless_finished(chat, request_id, chunks), headers={})
-    return await _complete(request, chat, request_id, completion, entries)
+        return SSEResponse(_cancel_unless_finished(chat, request_id, user, chunks), headers={})
+    return await _complete(request, chat, request_id, user, completion, entries)
 
 
 async def _complete(
     request: Request,
     chat: ChatService,
     request_id: str,
+    user: str,
     completion: Completion,
     entries: AsyncIterator[Entry | None],
 ) -> Response:
@@ -55,7 +58,7 @@ async def _complete(
     done, _ = await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
     if gone in done:
         collect.cancel()
-        await chat.cancel(request_id)
+        await chat.cancel(request_id, user)
         return Response(status_code=499)
     gone.cancel()
     if completion.error:
@@ -76,7 +79,7 @@ async def _disconnected(request: Request) -> None:
 
 
 async def _cancel_unless_finished(
-    chat: ChatService, request_id: str, body: AsyncIterator[bytes]
+    chat: ChatService, request_id: str, user: str, body: AsyncIterator[bytes]
 ) -> AsyncIterator[bytes]:
     """A client that closes the stream early cancels the answer (OpenAI clients never resume)."""
     finished = False
@@ -86,7 +89,7 @@ async def _cancel_unless_finished(
         finished = True
     finally:
         if not finished:
-            chat.cancel_soon(request_id)
+            chat.cancel_soon(request_id, user)
 
 
 @router.get("/models", summary="Configured models, in OpenAI's list format")

@@ -1,0 +1,94 @@
+"""Annotated dependency aliases: the app's state and the checked query parameters."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Query, Request
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from echotune.analytics import params
+from echotune.analytics.params import ListeningWindow, Page, ProviderWindow, TimeRange
+from echotune.analytics.settings import AnalyticsSettings
+
+Document = dict[str, Any]
+FROM_DOC = "Start (inclusive), ISO 8601; without an offset it is in `tz` (UTC for providers)"
+TO_DOC = "End (exclusive), ISO 8601; default now"
+
+
+def _settings(request: Request) -> AnalyticsSettings:
+    settings: AnalyticsSettings = request.app.state.settings
+    return settings
+
+
+def _client(request: Request) -> AsyncMongoClient[Document]:
+    client: AsyncMongoClient[Document] = request.app.state.mongo
+    return client
+
+
+def _database(request: Request) -> AsyncDatabase[Document]:
+    db: AsyncDatabase[Document] = request.app.state.db
+    return db
+
+
+SettingsDep = Annotated[AnalyticsSettings, Depends(_settings)]
+MongoClientDep = Annotated[AsyncMongoClient[Document], Depends(_client)]
+DatabaseDep = Annotated[AsyncDatabase[Document], Depends(_database)]
+
+
+def _time_zone(
+    tz: Annotated[str, Query(description="IANA time zone, e.g. Europe/Paris")] = "UTC",
+) -> str:
+    params.time_zone(tz)
+    return tz
+
+
+TimeZoneDep = Annotated[str, Depends(_time_zone)]
+
+
+def _provider_range(
+    settings: SettingsDep,
+    window: Annotated[ProviderWindow, Query(description="Window ending now")] = "24h",
+    start: Annotated[str | None, Query(alias="from", description=FROM_DOC)] = None,
+    end: Annotated[str | None, Query(alias="to", description=TO_DOC)] = None,
+) -> TimeRange:
+    return params.time_range(window, start, end, max_days=settings.max_range_days)
+
+
+def _listening_range(
+    settings: SettingsDep,
+    tz: TimeZoneDep,
+    window: Annotated[ListeningWindow, Query(description="Window ending now")] = "all",
+    start: Annotated[str | None, Query(alias="from", description=FROM_DOC)] = None,
+    end: Annotated[str | None, Query(alias="to", description=TO_DOC)] = None,
+) -> TimeRange:
+    return params.time_range(window, start, end, tz_name=tz, max_days=settings.max_range_days)
+
+
+ProviderRangeDep = Annotated[TimeRange, Depends(_provider_range)]
+ListeningRangeDep = Annotated[TimeRange, Depends(_listening_range)]
+
+
+def _page(
+    settings: SettingsDep,
+    page: Annotated[int, Query(ge=1, le=1_000_000, description="Page number, from 1")] = 1,
+    limit: Annotated[int | None, Query(ge=1, description="Items per page (capped)")] = None,
+) -> Page:
+    return params.page(
+        page,
+        limit,
+        default=settings.default_limit,
+        maximum=settings.max_limit,
+        max_offset=settings.max_offset,
+    )
+
+
+PageDep = Annotated[Page, Depends(_page)]
+FieldsQuery = Annotated[
+    list[str] | None,
+    Query(description="Parts to return: comma-separated and/or repeated names"),
+]
+UserIdQuery = Annotated[
+    str | None, Query(min_length=1, max_length=128, description="Only this user's plays")
+]

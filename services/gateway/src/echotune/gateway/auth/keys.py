@@ -1,0 +1,97 @@
+"""API keys: ``et_<id>_<secret>``, stored in Redis as a SHA-256 hash, revocable.
+
+Keys carry 256 bits of randomness, so a fast hash is enough: there is nothing to
+brute-force that a slow password hash would protect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from dataclasses import asdict, dataclass
+
+from redis.asyncio import Redis
+
+from echotune.common.keys import Keys
+
+PREFIX = "et_"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    key_id: str
+    user_id: str
+    name: str
+    created: float
+    revoked: bool = False
+
+
+def _digest(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+def parse_key_id(plaintext: str) -> str | None:
+    if not plaintext.startswith(PREFIX):
+        return None
+    key_id, _, secret = plaintext[len(PREFIX):].partition("_")
+    return key_id if key_id and secret else None
+
+
+class ApiKeyStore:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis, self.hash_key = redis, keys.api_keys
+
+    async def create(self, user_id: str, name: str = "") -> tuple[ApiKey, str]:
+        """A new key for ``user_id``; the plaintext is returned once and never stored."""
+        key_id = secrets.token_hex(6)
+        plaintext = f"{PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+        await self.install(plaintext, user_id, name)
+        record = await self.get(key_id)
+        assert record is not None
+        return record, plaintext
+
+    async def install(self, plaintext: str, user_id: str, name: str) -> None:
+        """Register a key chosen elsewhere (the dev key); idempotent."""
+        key_id = parse_key_id(plaintext)
+        if key_id is None:
+            raise ValueError(f"an API key must look like {PREFIX}<id>_<secret>")
+        record = {"user_id": user_id, "name": name, "created": time.time(), "hash": _digest(plaintext)}
+        await self.redis.hset(self.hash_key, key_id, json.dumps(record))
+
+    async def get(self, key_id: str) -> ApiKey | None:
+        raw = await self.redis.hget(self.hash_key, key_id)
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return ApiKey(key_id, data["user_id"], data["name"], data["created"], data.get("revoked", False))
+
+    async def verify(self, plaintext: str) -> str | None:
+        """The user id of a valid, unrevoked key; ``None`` otherwise."""
+        key_id = parse_key_id(plaintext)
+        raw = await self.redis.hget(self.hash_key, key_id) if key_id else None
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        if data.get("revoked") or not hmac.compare_digest(data["hash"], _digest(plaintext)):
+            return None
+        return str(data["user_id"])
+
+    async def revoke(self, key_id: str) -> bool:
+        raw = await self.redis.hget(self.hash_key, key_id)
+        if raw is None:
+            return False
+        data = json.loads(raw) | {"revoked": True}
+        await self.redis.hset(self.hash_key, key_id, json.dumps(data))
+        return True
+
+    async def list(self) -> list[ApiKey]:
+        records = await self.redis.hgetall(self.hash_key)
+        found = [await self.get(key_id) for key_id in sorted(records)]
+        return [record for record in found if record is not None]
+
+
+def public(record: ApiKey) -> dict[str, object]:
+    return asdict(record)

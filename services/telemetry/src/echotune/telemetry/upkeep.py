@@ -1,0 +1,63 @@
+"""Startup and housekeeping: consumer group, migration (waiting for MongoDB), old batch ids."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from echotune.common.keys import TELEMETRY_GROUP
+from echotune.common.mongo import PROVIDER_ROLLUPS
+from echotune.telemetry.consumer import backoff_s
+from echotune.telemetry.migrations import migrate
+from echotune.telemetry.rollups import forget_old_batches
+from echotune.telemetry.settings import TelemetrySettings
+
+log = logging.getLogger(__name__)
+FORGET_EVERY_S = 600.0
+
+
+async def ensure_group(redis: Redis, stream: str) -> None:
+    """Create the consumer group at the start of the stream, so that telemetry published
+    before this service ever ran is written too (FastStream would create it at ``$``)."""
+    try:
+        await redis.xgroup_create(stream, TELEMETRY_GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+async def migrate_until_done(
+    db: AsyncDatabase[dict[str, Any]], settings: TelemetrySettings
+) -> None:
+    """Run the migration, waiting (with back-off) for MongoDB if it is not reachable yet."""
+    attempt = 0
+    while True:
+        try:
+            await migrate(db, settings.raw_ttl_days, settings.rollup_ttl_days)
+            return
+        except PyMongoError as exc:
+            attempt += 1
+            delay = backoff_s(attempt, settings.retry_base_s, settings.retry_cap_s)
+            log.warning("migration failed (attempt %d), retry in %.2f s: %s", attempt, delay, exc)
+            await asyncio.sleep(delay)
+
+
+async def forget_old_batches_forever(
+    db: AsyncDatabase[dict[str, Any]], window: timedelta, every_s: float = FORGET_EVERY_S
+) -> None:
+    """Every ``every_s``, drop the batch ids older than the dedup window from the rollups."""
+    while True:
+        try:
+            forgotten = await forget_old_batches(db[PROVIDER_ROLLUPS], datetime.now(UTC) - window)
+            if forgotten:
+                log.info("dropped the batch ids of %d rollups past the dedup window", forgotten)
+        except PyMongoError as exc:
+            log.warning("could not drop old batch ids from the rollups: %s", exc)
+        await asyncio.sleep(every_s)
