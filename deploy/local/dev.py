@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 
 from deploy.local.processes import ServiceProcess, start_gateway, start_telemetry, start_worker
@@ -19,8 +20,20 @@ PORT = int(os.environ.get("ECHOTUNE_DEV_PORT", "8080"))
 TELEMETRY_PORT = int(os.environ.get("ECHOTUNE_DEV_TELEMETRY_PORT", "8091"))
 
 
+def dev_api_key() -> str:
+    """ECHOTUNE_DEV_API_KEY if set, else a fresh key: the dev stack is never open."""
+    return os.environ.get("ECHOTUNE_DEV_API_KEY") or (
+        f"et_dev{secrets.token_hex(4)}_{secrets.token_urlsafe(24)}"
+    )
+
+
 async def run(redis_url: str, mongodb_url: str) -> None:
-    env = {"ECHOTUNE_REDIS_URL": redis_url, "ECHOTUNE_MONGODB_URL": mongodb_url}
+    api_key = dev_api_key()
+    env = {
+        "ECHOTUNE_REDIS_URL": redis_url,
+        "ECHOTUNE_MONGODB_URL": mongodb_url,
+        "ECHOTUNE_DEV_API_KEY": api_key,
+    }
     processes: list[ServiceProcess] = []
     try:
         gateway, url = await start_gateway(env, host=HOST, port=PORT)
@@ -30,7 +43,7 @@ async def run(redis_url: str, mongodb_url: str) -> None:
         processes.append(telemetry)
         for proc in processes:
             proc.echo = True
-        print(_banner(url, redis_url, telemetry_url, mongodb_url), flush=True)
+        print(_banner(url, redis_url, telemetry_url, mongodb_url, api_key), flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -45,15 +58,17 @@ async def run(redis_url: str, mongodb_url: str) -> None:
             await proc.stop()
 
 
-def _banner(url: str, redis_url: str, telemetry_url: str, mongodb_url: str) -> str:
+def _banner(url: str, redis_url: str, telemetry_url: str, mongodb_url: str, key: str) -> str:
     return f"""
 echotune is running
-  gateway   {url}   (API docs: {url}/docs)
+  gateway   {url}   (API docs: {url}/docs, web UI: {url}/)
+  API key   {key}   (user `dev`; set ECHOTUNE_DEV_API_KEY to choose it)
   telemetry {telemetry_url}/metrics
   redis     {redis_url}
   mongodb   {mongodb_url}
 try it:
-  curl -N '{url}/api/chat/stream?message=Recommend+something+for+a+rainy+evening'
+  curl -N -H 'Authorization: Bearer {key}' \\
+    '{url}/api/chat/stream?message=Recommend+something+for+a+rainy+evening'
 Ctrl-C stops everything.
 """
 

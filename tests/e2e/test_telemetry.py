@@ -192,6 +192,8 @@ async def test_malformed_events_are_dead_lettered_with_a_reason(
     await harness.redis.xadd(harness.keys.telemetry, {"__data__": b"\xff\xfe broken"})
     await harness.redis.xadd(harness.keys.telemetry, {"plain": "entry"})
     await harness.publish([make_event("", rng)])  # passes the contract, not the validator
+    surrogate = make_event(provider, rng).model_dump_json(by_alias=True).replace("dlq-", "\\ud800")
+    await harness.publish_body(surrogate.encode())  # valid JSON, but no BSON string can hold it
     await harness.publish([good])
     await harness.wait_drained()
 
@@ -206,6 +208,7 @@ async def test_malformed_events_are_dead_lettered_with_a_reason(
             "bad_json",
             "invalid_event",
             "rejected",
+            "rejected",
         ]
     )
     for _, fields in letters:
@@ -216,6 +219,7 @@ async def test_malformed_events_are_dead_lettered_with_a_reason(
     assert "latencyMs" in reasons
     assert "schemaVersion 2" in reasons
     assert "validator" in reasons
+    assert "not storable as BSON" in reasons
     assert [d["_id"] for d in await harness.documents(provider)] == [good.event_id]
 
 

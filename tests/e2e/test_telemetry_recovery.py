@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from bson import ObjectId
+from redis.asyncio import Redis
 
 from deploy.local.servers import SecantusServer
 from echotune.common.keys import TELEMETRY_GROUP
@@ -45,6 +46,11 @@ async def test_mongodb_outage_loses_and_duplicates_nothing(
         await proc.wait_for_line(r"MongoDB write of \d+ events failed", timeout=15, start=mark)
         held = (await harness.backlog())[1]
         await harness.publish(events[300:])
+        during = await scrape(client, url)
+        assert during["echotune_telemetry_mongodb_up"] == 0
+        assert during["echotune_telemetry_lag"] > 0  # not even read while the batch is held
+        assert during["echotune_telemetry_pending"] == held
+        assert during["echotune_telemetry_backlog_age_seconds"] > 0
         await asyncio.to_thread(server.start)  # same port, same storage path
         await harness.wait_drained(timeout=30)
 
@@ -117,17 +123,23 @@ async def test_sigkilled_writer_is_taken_over(
 async def test_reclaimer_counts_what_a_crash_left_uncounted_once(
     redis_server_url: str, mongo_server_url: str, client: httpx.AsyncClient
 ) -> None:
-    """A writer read 60 entries, stored two batches of them, counted only the first in the
-    rollups and died before acknowledging: its successor counts the second batch, once."""
+    """A writer read 61 entries, stored two batches of them, counted only the first in the
+    rollups and died before acknowledging: its successor counts the second batch, once. The
+    61st entry already failed 50 deliveries: it is dead-lettered, not retried again."""
     harness = await TelemetryHarness.create(redis_server_url, mongo_server_url)
     rng, provider = random.Random(7), "ghost"
     events = [make_event(provider, rng) for _ in range(60)]
-    await harness.publish(events)
+    poison = make_event(provider, rng)
+    await harness.publish([*events, poison])
     await ensure_group(harness.redis, harness.keys.telemetry)
-    read = await harness.redis.xreadgroup(
-        TELEMETRY_GROUP, "ghost", {harness.keys.telemetry: ">"}, count=100
+    raw = Redis.from_url(harness.redis_url)  # entries hold binary FastStream envelopes
+    read = await raw.xreadgroup(TELEMETRY_GROUP, "ghost", {harness.keys.telemetry: ">"}, count=100)
+    poison_id = read[0][1][-1][0]
+    await raw.xclaim(
+        harness.keys.telemetry, TELEMETRY_GROUP, "ghost", 0, [poison_id], retrycount=50
     )
-    assert len(read[0][1]) == len(events)
+    await raw.aclose()
+    assert len(read[0][1]) == len(events) + 1
     await migrate(harness.db, 30, 400)
     ghost = TelemetryWriter(harness.db, timedelta(hours=24))
     await ghost.write(events[:30], ObjectId())  # stored and counted, then no ack
@@ -142,9 +154,14 @@ async def test_reclaimer_counts_what_a_crash_left_uncounted_once(
         metrics = await scrape(client, url)
         assert await harness.rollup_count(provider) == len(events)
         assert await harness.uncounted(provider) == 0
-        assert metrics["echotune_telemetry_reclaimed_entries_total"] == len(events)
+        assert metrics["echotune_telemetry_reclaimed_entries_total"] == len(events) + 1
         assert metrics["echotune_telemetry_rollups_recovered_total"] == 30
         assert metrics["echotune_telemetry_events_written_total"] == 0
+        letters = await harness.redis.xrange(harness.keys.telemetry_dead_letters)
+        assert [(f["entryId"], f["kind"]) for _, f in letters] == [
+            (poison_id.decode(), "too_many_deliveries")
+        ]
+        assert poison.event_id in letters[0][1]["payload"]
     finally:
         await proc.stop()
         await harness.close()

@@ -49,7 +49,10 @@ def increments(docs: Iterable[Mapping[str, Any]]) -> Increments:
         minute = minute_of(doc["ts"])
         key = rollup_id(doc["provider"], doc["model"], minute)
         if key not in rollups:
-            rollups[key] = ({"provider": doc["provider"], "model": doc["model"], "minute": minute}, {})
+            rollups[key] = (
+                {"provider": doc["provider"], "model": doc["model"], "minute": minute},
+                {},
+            )
         inc = rollups[key][1]
         _add(inc, "count", 1)
         if doc["success"]:

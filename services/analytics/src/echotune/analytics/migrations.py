@@ -33,9 +33,16 @@ LISTENING_SCHEMA: Document = {
     "bsonType": "object",
     "title": "One play of one track by one user (playedAt = when it started, UTC)",
     "required": [
-        "_id", "userId", "playedAt", "trackId", "trackName", "artistIds", "artistNames",
-        "genres", "msPlayed",
-    ],  # fmt: skip
+        "_id",
+        "userId",
+        "playedAt",
+        "trackId",
+        "trackName",
+        "artistIds",
+        "artistNames",
+        "genres",
+        "msPlayed",
+    ],
     "properties": {
         "_id": {"bsonType": "string", "minLength": 1},
         "userId": {"bsonType": "string", "minLength": 1},

@@ -85,10 +85,8 @@ def time_range(
     tz = time_zone(tz_name)
     upper = parse_datetime("to", end, tz) if end else (now or datetime.now(UTC))
     span = WINDOWS[window]
-    if start:
-        lower = parse_datetime("from", start, tz)
-    else:
-        lower = EPOCH if span is None else upper - span
+    default = EPOCH if span is None else upper - span
+    lower = parse_datetime("from", start, tz) if start else default
     if lower >= upper:
         message = "'from' must be before 'to'"
         raise bad_parameter("from", "invalid_range", message, {"from": start, "to": end})

@@ -200,7 +200,9 @@ def bucket_starts(rng: TimeRange, bucket: str, max_points: int) -> list[datetime
     first_s = math.floor(minute_floor(rng.start).timestamp() / seconds) * seconds
     count = math.ceil((rng.end.timestamp() - first_s) / seconds)
     if count > max_points:
-        message = f"{count} buckets of {bucket} in this range; at most {max_points}: use a larger bucket"
+        message = (
+            f"{count} buckets of {bucket} in this range; at most {max_points}: use a larger bucket"
+        )
         raise bad_parameter("bucket", "too_many_points", message, bucket)
     first = datetime.fromtimestamp(first_s, UTC)
     return [first + timedelta(seconds=seconds * i) for i in range(count)]
@@ -210,13 +212,13 @@ def _series_values(sums: Sums | None, metric: str) -> Any:
     if sums is None:
         return 0 if metric == "count" else None
     s = sums.scalars
-    return {
-        "count": lambda: int(s.get("count", 0)),
-        "success_rate": lambda: _ratio(s.get("successes", 0), s.get("count", 0)),
-        "p50": lambda: _q(sums.hists.get(LATENCY), 0.5),
-        "p95": lambda: _q(sums.hists.get(LATENCY), 0.95),
-        "ttft_p95": lambda: _q(sums.hists.get(TTFT), 0.95),
-    }[metric]()
+    if metric == "count":
+        return int(s.get("count", 0))
+    if metric == "success_rate":
+        return _ratio(s.get("successes", 0), s.get("count", 0))
+    if metric == "ttft_p95":
+        return _q(sums.hists.get(TTFT), 0.95)
+    return _q(sums.hists.get(LATENCY), 0.5 if metric == "p50" else 0.95)
 
 
 async def provider_timeseries(
@@ -239,7 +241,7 @@ async def provider_timeseries(
     parts = [LATENCY] if {"p50", "p95"} & set(metrics) else []
     parts += [TTFT] if "ttft_p95" in metrics else []
     groups = await collect(db, rollup_match(rng, providers, models), key, parts, max_time_ms)
-    by_series: dict[GroupKey, dict[datetime, Sums]] = {}
+    by_series: dict[GroupKey, dict[datetime, Sums]] = {} if names else {(): {}}
     for group, sums in groups.items():
         moment = group[0].astimezone(UTC) if group[0].tzinfo else group[0].replace(tzinfo=UTC)
         by_series.setdefault(group[1:], {})[moment] = sums

@@ -29,9 +29,7 @@ class AnalyticsSettings(ServiceSettings):
     max_offset: int = Field(
         10_000, ge=1, description="Largest (page - 1) × limit: deep pages are refused"
     )
-    max_points: int = Field(
-        2_000, ge=10, description="Most buckets in one provider time series"
-    )
+    max_points: int = Field(2_000, ge=10, description="Most buckets in one provider time series")
     max_range_days: int = Field(
         3_660, ge=1, description="Longest explicit from/to range a request may ask for"
     )

@@ -24,6 +24,7 @@ from echotune.gateway.providers import routes as provider_routes
 from echotune.gateway.providers.service import ProviderService
 from echotune.gateway.chat.relay import StreamRelay
 from echotune.gateway.chat.service import ChatService
+from echotune.gateway.bodylimit import BodySizeLimitMiddleware
 from echotune.gateway.errors import install_error_handlers
 from echotune.gateway.limits import ChatLimits
 from echotune.gateway.requestid import RequestIdMiddleware
@@ -78,10 +79,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         version="0.1.0",
         description="Streaming LLM chat over Server-Sent Events.",
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
     )
     app.state.settings = settings
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -50,3 +50,5 @@ ChatServiceDep = Annotated[ChatService, Depends(_chat_service)]
 ProviderServiceDep = Annotated[ProviderService, Depends(_provider_service)]
 UserIdDep = Annotated[str, Depends(_user_id)]
 AuthDep = Annotated[Authenticator, Depends(_authenticator)]
+AUTHENTICATED = [Depends(_user_id)]
+"""Router dependencies of every protected router."""

@@ -5,6 +5,10 @@ handler backs off (bounded exponential, with jitter) and keeps retrying, so the 
 pending in the consumer group and no new ones are read; meanwhile it keeps re-claiming its
 own entries so that no other process mistakes it for a crashed consumer. Dead letters are
 written in the same MULTI/EXEC as the ack: a crash cannot lose one nor write it twice.
+
+An entry that keeps failing for another reason than MongoDB (a bug, a crash it causes) is
+redelivered by the reclaimer each ``claim_idle_ms``; past ``max_deliveries`` it is
+dead-lettered instead of blocking forever.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from redis.exceptions import RedisError
 
 from echotune.common.keys import TELEMETRY_GROUP, Keys
 from echotune.common.messages import TelemetryEvent
-from echotune.telemetry.decode import DeadLetter, decode_batch
+from echotune.telemetry.decode import DeadLetter, decode_batch, payload_text
 from echotune.telemetry.metrics import Metrics
 from echotune.telemetry.rollups import RollupClashError
 from echotune.telemetry.settings import TelemetrySettings
@@ -37,6 +41,11 @@ log = logging.getLogger(__name__)
 def backoff_s(attempt: int, base_s: float, cap_s: float) -> float:
     """Delay before retry ``attempt`` (1-based): exponential, capped, jittered down by ≤ 50 %."""
     return min(cap_s, base_s * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
+def _safe(text: str) -> str:
+    """``text`` with anything UTF-8 cannot carry (lone surrogates) escaped."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class BatchConsumer:
@@ -54,11 +63,15 @@ class BatchConsumer:
         """Write one delivery of ``entries`` and acknowledge it."""
         if not ids:
             return
-        batch = decode_batch(ids, entries)
         self.metrics.batch_size.observe(len(ids))
+        poison: list[DeadLetter] = []
         if reclaimed:
             self.metrics.reclaimed.inc(len(ids))
-            log.info("reclaimed %d idle entries, first %s", len(ids), batch.entry_ids[0])
+            log.info("reclaimed %d idle entries, first %s", len(ids), ids[0].decode())
+            ids, entries, poison = await self._drop_poison(ids, entries)
+        batch = decode_batch(ids, entries)
+        batch.entry_ids += [letter.entry_id for letter in poison]
+        batch.dead += poison
         async with self._keep_claimed(batch.entry_ids, consumer):
             result = await self._write_until_accepted(batch.events, reclaimed)
         dead = batch.dead + [
@@ -66,7 +79,7 @@ class BatchConsumer:
                 batch.event_entries[event.event_id],
                 "rejected",
                 result.rejected[event.event_id],
-                event.model_dump_json(by_alias=True),
+                batch.texts[event.event_id],
             )
             for event in batch.events
             if event.event_id in result.rejected
@@ -140,6 +153,28 @@ class BatchConsumer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
+    async def _drop_poison(
+        self, ids: list[bytes], entries: list[dict[bytes, bytes]]
+    ) -> tuple[list[bytes], list[dict[bytes, bytes]], list[DeadLetter]]:
+        """Split off the entries delivered more than ``max_deliveries`` times, as dead letters."""
+        keep_ids, keep_entries, poison = [], [], []
+        for entry_id, fields in zip(ids, entries, strict=True):
+            info = await self.redis.xpending_range(
+                self.keys.telemetry, TELEMETRY_GROUP, entry_id, entry_id, 1
+            )
+            deliveries = int(info[0]["times_delivered"]) if info else 1
+            if deliveries > self.settings.max_deliveries:
+                reason = f"delivered {deliveries} times without being written"
+                poison.append(
+                    DeadLetter(
+                        entry_id.decode(), "too_many_deliveries", reason, payload_text(fields)
+                    )
+                )
+            else:
+                keep_ids.append(entry_id)
+                keep_entries.append(fields)
+        return keep_ids, keep_entries, poison
+
     async def _ack(self, entry_ids: list[str], dead: list[DeadLetter]) -> None:
         """Append the dead letters and acknowledge the whole batch, atomically."""
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -147,9 +182,9 @@ class BatchConsumer:
                 pipe.xadd(
                     self.keys.telemetry_dead_letters,
                     {
-                        "reason": letter.reason,
+                        "reason": _safe(letter.reason),
                         "kind": letter.kind,
-                        "payload": letter.payload,
+                        "payload": _safe(letter.payload),
                         "entryId": letter.entry_id,
                         "stream": self.keys.telemetry,
                         "deadAt": datetime.now(UTC).isoformat(),

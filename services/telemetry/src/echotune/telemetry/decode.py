@@ -30,6 +30,9 @@ class DecodedBatch:
     entry_ids: list[str] = field(default_factory=list)
     events: list[TelemetryEvent] = field(default_factory=list)
     event_entries: dict[str, str] = field(default_factory=dict)
+    """Event id → id of the entry that carried it."""
+    texts: dict[str, str] = field(default_factory=dict)
+    """Event id → the payload as received, for a dead letter."""
     dead: list[DeadLetter] = field(default_factory=list)
     repeats: int = 0
     """Entries repeating an event already in this delivery (written once)."""
@@ -47,6 +50,14 @@ def _payload(fields: dict[bytes, bytes]) -> tuple[bytes | dict[str, str], str]:
         return plain, json.dumps(plain, ensure_ascii=False)
     body, _headers = BinaryMessageFormatV1.parse(data)
     return body, _text(body)
+
+
+def payload_text(fields: dict[bytes, bytes]) -> str:
+    """The payload of an entry as text, whatever it holds (for a dead letter)."""
+    try:
+        return _payload(fields)[1]
+    except Exception:
+        return repr(fields)[:10_000]
 
 
 def decode_entry(entry_id: str, fields: dict[bytes, bytes]) -> TelemetryEvent | DeadLetter:
@@ -90,4 +101,5 @@ def decode_batch(ids: list[bytes], entries: list[dict[bytes, bytes]]) -> Decoded
         else:
             batch.events.append(decoded)
             batch.event_entries[decoded.event_id] = entry_id
+            batch.texts[decoded.event_id] = payload_text(fields)
     return batch

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from faststream.asgi import AsgiResponse, get
 from faststream.asgi.handlers import GetHandler
@@ -110,8 +111,11 @@ class Metrics:
         if isinstance(pending, dict) and pending.get("min"):
             oldest.append(entry_ms(str(pending["min"])))
         if lag and group.get("last-delivered-id"):
-            after = await redis.xrange(self.stream, f"({group['last-delivered-id']}", count=1)
-            oldest += [entry_ms(str(after[0][0]))] if after else []
+            # Entries hold binary FastStream envelopes: read the next one undecoded.
+            execute = cast(Callable[..., Awaitable[Any]], redis.execute_command)
+            start = f"({group['last-delivered-id']}"
+            after = await execute("XRANGE", self.stream, start, "+", "COUNT", 1, NEVER_DECODE=True)
+            oldest += [entry_ms(after[0][0].decode())] if after else []
         self.backlog_age.set(max(0.0, time.time() - min(oldest) / 1000) if oldest else 0)
 
     async def render(self) -> bytes:

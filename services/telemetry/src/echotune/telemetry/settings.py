@@ -38,6 +38,11 @@ class TelemetrySettings(ServiceSettings):
     claim_poll_ms: int = Field(
         1_000, ge=10, description="Pause of the reclaimer when nothing is idle enough to claim"
     )
+    max_deliveries: int = Field(
+        10,
+        ge=2,
+        description="A reclaimed entry delivered this often without being written is dead-lettered",
+    )
     retry_base_s: float = Field(0.2, gt=0, description="First back-off after a failed write")
     retry_cap_s: float = Field(5.0, gt=0, description="Longest back-off between write attempts")
     mongo_timeout_ms: int = Field(

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import bson
+import bson.errors
 from bson import ObjectId
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
@@ -28,6 +30,7 @@ DUPLICATE_KEY = 11000
 ID_KEY = {"_id": 1}
 DOCUMENT_VALIDATION_FAILURE = 121
 RECENT_BATCHES = 4096
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 RECOVERY_MARGIN = timedelta(minutes=10)
 
 
@@ -50,6 +53,24 @@ def to_document(event: TelemetryEvent, batch: ObjectId) -> Document:
     doc = event.model_dump(mode="json", by_alias=True, exclude={"event_id"})
     doc["ts"] = event.ts  # a BSON date, not the JSON string
     return {"_id": event.event_id, **doc, "batch": batch}
+
+
+def unstorable(docs: list[Document]) -> tuple[list[Document], dict[str, str]]:
+    """Split off the documents BSON cannot hold (e.g. lone surrogates, over 16 MiB): retrying
+    them would block the stream forever, so they go to the DLQ."""
+    storable: list[Document] = []
+    rejected: dict[str, str] = {}
+    for doc in docs:
+        try:
+            size = len(bson.encode(doc))
+        except (bson.errors.BSONError, UnicodeError) as exc:
+            rejected[doc["_id"]] = f"not storable as BSON: {exc}"
+            continue
+        if size > MAX_DOCUMENT_BYTES:
+            rejected[doc["_id"]] = f"document of {size} bytes exceeds {MAX_DOCUMENT_BYTES}"
+        else:
+            storable.append(doc)
+    return storable, rejected
 
 
 class TelemetryWriter:
@@ -79,8 +100,9 @@ class TelemetryWriter:
         result = WriteResult()
         if not events:
             return result
-        docs = [to_document(event, batch) for event in events]
-        duplicates, result.rejected = await self._insert(docs)
+        docs, result.rejected = unstorable([to_document(event, batch) for event in events])
+        duplicates, refused = await self._insert(docs) if docs else (set(), {})
+        result.rejected |= refused
         if first_attempt:
             mine = [
                 d for d in docs if d["_id"] not in duplicates and d["_id"] not in result.rejected
@@ -90,7 +112,7 @@ class TelemetryWriter:
         if mine:
             await count_batch(self.rollups, mine, batch)
         result.written = len(mine)
-        result.duplicates = len(docs) - len(result.rejected) - len(mine)
+        result.duplicates = len(docs) - len(refused) - len(mine)
         if recover_others and duplicates:
             result.recovered = await self._recover(duplicates, batch)
         return result

@@ -15,9 +15,9 @@ from echotune.gateway.chat.schemas import (
 )
 from echotune.gateway.chat.service import ChatInput
 from echotune.gateway.chat.sse import SSEResponse
-from echotune.gateway.deps import ChatServiceDep, UserIdDep
+from echotune.gateway.deps import AUTHENTICATED, ChatServiceDep, UserIdDep
 
-router = APIRouter(prefix="/api/chat", tags=["chat"])
+router = APIRouter(prefix="/api/chat", tags=["chat"], dependencies=AUTHENTICATED)
 
 LastEventIdHeader = Annotated[str | None, Header(alias="Last-Event-ID", pattern=STREAM_ID_PATTERN)]
 

@@ -115,12 +115,23 @@ class ChatService:
         if chat.message is not None:
             self._check_message(chat.message)
             config, model = await self.providers.choose(chat.user_id, chat.provider, chat.model)
-            await self._check_backlog()
+            if not await self._exists_for(chat):
+                await self.limits.check_start(chat.user_id, chat.client_ip)
+                await self._check_backlog()
             if await self._claim(chat):
                 return await self._start(chat, config, model)
-        elif not await self.redis.exists(self.keys.meta(chat.request_id)):
-            raise ApiError(404, "unknown_request", "no stream with this request id; send a message")
+        await self._check_owner(chat.request_id, chat.user_id)
         return await self._attach(chat.request_id, last_event_id)
+
+    async def _exists_for(self, chat: ChatInput) -> bool:
+        stored = await self.redis.hget(self.keys.meta(chat.request_id), "fingerprint")
+        return stored == chat.fingerprint()
+
+    async def _check_owner(self, request_id: str, user_id: str) -> None:
+        """404 for a stream that does not exist or belongs to someone else (no leak)."""
+        owner = await self.redis.hget(self.keys.meta(request_id), "user_id")
+        if owner != user_id:
+            raise ApiError(404, "unknown_request", "no stream with this request id")
 
     def _check_message(self, message: str) -> None:
         if not message.strip():

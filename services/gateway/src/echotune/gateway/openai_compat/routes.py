@@ -13,12 +13,12 @@ from fastapi.responses import JSONResponse
 from echotune.gateway.chat.relay import Entry
 from echotune.gateway.chat.service import ChatService
 from echotune.gateway.chat.sse import SSEResponse
-from echotune.gateway.deps import ChatServiceDep, UserIdDep
+from echotune.gateway.deps import AUTHENTICATED, ChatServiceDep, UserIdDep
 from echotune.gateway.errors import ApiError
 from echotune.gateway.openai_compat.schemas import MODEL_RULE, ChatCompletionRequest
 from echotune.gateway.openai_compat.service import Completion, chunk_stream, to_chat_input
 
-router = APIRouter(prefix="/v1", tags=["openai-compatible"])
+router = APIRouter(prefix="/v1", tags=["openai-compatible"], dependencies=AUTHENTICATED)
 
 
 @router.post("/chat/completions", summary="OpenAI-compatible Chat Completions", description=MODEL_RULE)

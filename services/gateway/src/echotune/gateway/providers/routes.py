@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from echotune.gateway.deps import ProviderServiceDep, UserIdDep
+from echotune.gateway.deps import AUTHENTICATED, ProviderServiceDep, UserIdDep
 from echotune.gateway.providers.schemas import (
     HEALTH_RULE,
     HealthReport,
@@ -13,7 +13,7 @@ from echotune.gateway.providers.schemas import (
     SwitchRequest,
 )
 
-router = APIRouter(prefix="/api/providers", tags=["providers"])
+router = APIRouter(prefix="/api/providers", tags=["providers"], dependencies=AUTHENTICATED)
 
 
 @router.get("", summary="Configured providers and the current selection")

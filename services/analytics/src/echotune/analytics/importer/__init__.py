@@ -1,0 +1,1 @@
+"""Importers of listening history into ``listening_history`` (``echotune-import``)."""

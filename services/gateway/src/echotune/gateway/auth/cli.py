@@ -1,0 +1,48 @@
+"""``echotune-apikey``: create, list and revoke API keys (in the Redis the gateway uses)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from echotune.common.redis import create_redis
+from echotune.gateway.auth.keys import ApiKeyStore, public
+from echotune.gateway.settings import GatewaySettings
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="echotune-apikey", description=__doc__)
+    commands = root.add_subparsers(dest="command", required=True)
+    create = commands.add_parser("create", help="create a key and print it once")
+    create.add_argument("--user", required=True, help="the user id the key acts as")
+    create.add_argument("--name", default="", help="a label, e.g. the device")
+    revoke = commands.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id")
+    commands.add_parser("list", help="list keys (never their secrets)")
+    return root
+
+
+async def run(args: argparse.Namespace, settings: GatewaySettings) -> int:
+    redis = create_redis(settings.redis_url, max_connections=2)
+    store = ApiKeyStore(redis, settings.keys)
+    try:
+        if args.command == "create":
+            record, plaintext = await store.create(args.user, args.name)
+            print(json.dumps({**public(record), "api_key": plaintext}))
+        elif args.command == "revoke":
+            if not await store.revoke(args.key_id):
+                print(f"no key {args.key_id}", file=sys.stderr)
+                return 1
+            print(json.dumps({"key_id": args.key_id, "revoked": True}))
+        else:
+            for record in await store.list():
+                print(json.dumps(public(record)))
+    finally:
+        await redis.aclose()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(asyncio.run(run(parser().parse_args(argv), GatewaySettings())))
