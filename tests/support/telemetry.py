@@ -21,7 +21,7 @@ from deploy.local.processes import ServiceProcess, start_telemetry
 from echotune.common.histogram import merge, quantile
 from echotune.common.keys import TELEMETRY_GROUP, Keys
 from echotune.common.messages import TelemetryEvent
-from echotune.common.mongo import PROVIDER_ROLLUPS, PROVIDER_TELEMETRY
+from echotune.common.mongo import PROVIDER_ROLLUPS, PROVIDER_TELEMETRY, create_mongo
 from echotune.telemetry.rollups import minute_of, rollup_id
 
 Document = dict[str, Any]
@@ -75,7 +75,7 @@ class TelemetryHarness:
         broker = RedisBroker(redis_url)
         await broker.connect()
         mongo_url = with_database(mongo_server_url, namespace)
-        mongo: AsyncMongoClient[Document] = AsyncMongoClient(mongo_url, tz_aware=True)
+        mongo = create_mongo(mongo_url)
         redis = Redis.from_url(redis_url, decode_responses=True)
         return cls(redis_url, mongo_url, namespace, redis, broker, mongo)
 

@@ -142,9 +142,7 @@ def test_dependencies_wait_for_healthy_services() -> None:
 
 
 def test_the_core_services_are_there() -> None:
-    assert {"redis", "mongo", "gateway", "llm-worker", "telemetry", "analytics"} <= set(
-        services()
-    )
+    assert {"redis", "mongo", "gateway", "llm-worker", "telemetry", "analytics"} <= set(services())
     assert not services()["gateway"].get("profiles"), "the gateway is part of a plain `up`"
 
 
@@ -161,6 +159,14 @@ def test_gateway_is_published_on_8080_and_probes_healthz() -> None:
     assert [port for _, port in published_ports(gateway)] == ["8080"]
     assert interpolate(str(gateway["ports"][0]), {}) == "8080:8080"
     assert "/healthz" in " ".join(gateway["healthcheck"]["test"])
+
+
+def test_gateway_reaches_analytics_on_the_compose_network() -> None:
+    url = services()["gateway"]["environment"].get("ECHOTUNE_GATEWAY_ANALYTICS_URL")
+    if url is None:
+        pytest.skip("the gateway does not proxy analytics")
+    command = services()["analytics"]["command"]
+    assert url == f"http://analytics:{command[command.index('--port') + 1]}"
 
 
 def test_redis_7_persists_with_append_only_file() -> None:
@@ -348,9 +354,7 @@ def test_each_service_gets_only_variables_it_reads(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(app_services()))
-def test_default_environment_is_valid_settings(
-    name: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_default_environment_is_valid_settings(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """What the container gets with an empty deploy/.env validates, pointing at the
     compose network's Redis and MongoDB."""
     service = services()[name]
@@ -620,7 +624,9 @@ def test_ci_runs_the_suite_against_real_servers_and_smoke_tests_the_stack() -> N
     assert "make lint" in runs
     assert "make test" in runs
     assert '"$status" -eq 5' in runs
-    assert any(str(step.get("uses", "")).startswith("astral-sh/setup-uv@") for step in test["steps"])
+    assert any(
+        str(step.get("uses", "")).startswith("astral-sh/setup-uv@") for step in test["steps"]
+    )
     steps = "\n".join(step.get("run", "") for step in stack["steps"])
     assert "docker compose build" in steps
     assert "up -d --wait" in steps

@@ -7,6 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from faststream.redis import RedisBroker
@@ -14,7 +15,7 @@ from faststream.redis import RedisBroker
 from echotune.common.breaker import CircuitBreakers
 from echotune.common.logs import configure_logging
 from echotune.common.redis import create_redis
-from echotune.gateway import health
+from echotune.gateway import health, proxy
 from echotune.gateway.auth import routes as auth_routes
 from echotune.gateway.auth.keys import ApiKeyStore
 from echotune.gateway.auth.service import DEV_USER, Authenticator
@@ -59,6 +60,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if settings.dev_api_key is not None:
         await api_keys.install(settings.dev_api_key.get_secret_value(), DEV_USER, "dev key")
     app.state.auth = Authenticator.from_settings(api_keys, settings)
+    app.state.analytics = httpx.AsyncClient(
+        base_url=settings.analytics_url, timeout=settings.analytics_timeout_s
+    )
     keeper = asyncio.create_task(chat.keep_readers_alive(), name="reader-keeper")
     app.state.redis, app.state.relay = redis, relay
     app.state.chat, app.state.providers = chat, providers
@@ -66,6 +70,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         keeper.cancel()
+        await app.state.analytics.aclose()
         await relay.stop()
         await broker.stop()
         await redis.aclose()
@@ -98,4 +103,5 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(chat_routes.router)
     app.include_router(provider_routes.router)
     app.include_router(openai_routes.router)
+    app.include_router(proxy.router)
     return app

@@ -21,6 +21,8 @@ class GatewaySettings(ServiceSettings, ProviderSettings):
         1000, ge=1, description="Queued jobs not yet taken by a worker before new chats get 429"
     )
     backlog_retry_after_s: int = Field(2, ge=1)
+    analytics_url: str = Field("http://127.0.0.1:8083", description="The analytics service")
+    analytics_timeout_s: float = Field(10.0, gt=0)
     auth_enabled: bool = Field(True, description="Require an API key or a session on /api and /v1")
     dev_api_key: SecretStr | None = Field(
         None, validation_alias=shared("DEV_API_KEY"), description="Registered for user `dev`"

@@ -55,7 +55,7 @@ def to_document(event: TelemetryEvent, batch: ObjectId) -> Document:
     return {"_id": event.event_id, **doc, "batch": batch}
 
 
-def unstorable(docs: list[Document]) -> tuple[list[Document], dict[str, str]]:
+def split_unstorable(docs: list[Document]) -> tuple[list[Document], dict[str, str]]:
     """Split off the documents BSON cannot hold (e.g. lone surrogates, over 16 MiB): retrying
     them would block the stream forever, so they go to the DLQ."""
     storable: list[Document] = []
@@ -100,7 +100,7 @@ class TelemetryWriter:
         result = WriteResult()
         if not events:
             return result
-        docs, result.rejected = unstorable([to_document(event, batch) for event in events])
+        docs, result.rejected = split_unstorable([to_document(event, batch) for event in events])
         duplicates, refused = await self._insert(docs) if docs else (set(), {})
         result.rejected |= refused
         if first_attempt:

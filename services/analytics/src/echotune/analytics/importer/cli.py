@@ -19,7 +19,13 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from echotune.analytics.importer.report import ImportReport
-from echotune.analytics.importer.spotify import GenreMap, Rejected, expand_paths, iter_records, to_play
+from echotune.analytics.importer.spotify import (
+    GenreMap,
+    Rejected,
+    expand_paths,
+    iter_records,
+    to_play,
+)
 from echotune.analytics.importer.writer import PlayWriter
 from echotune.analytics.migrations import migrate
 from echotune.analytics.settings import AnalyticsSettings

@@ -77,7 +77,9 @@ class ImportReport:
             )
 
         lines = [f"  {name}: {line(counts)}" for name, counts in self.files.items()]
-        lines += [f"  {name}: NOT READ TO THE END: {error}" for name, error in self.file_errors.items()]
+        lines += [
+            f"  {name}: NOT READ TO THE END: {error}" for name, error in self.file_errors.items()
+        ]
         lines.append(f"total: {line(self.total)}")
         if self.reasons:
             lines.append("rejected by reason:")

@@ -191,4 +191,6 @@ def to_play(record: Any, user_id: str, genres: GenreMap) -> Document:
         return extended_play(record, user_id, genres)
     if "endTime" in record:
         return basic_play(record, user_id, genres)
-    raise Rejected("unknown_format", f"neither extended (ts) nor basic (endTime): {sorted(record)[:6]}")
+    raise Rejected(
+        "unknown_format", f"neither extended (ts) nor basic (endTime): {sorted(record)[:6]}"
+    )

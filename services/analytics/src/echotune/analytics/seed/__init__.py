@@ -1,0 +1,1 @@
+"""Deterministic synthetic data for development and benchmarks (``echotune-seed``)."""

@@ -1,0 +1,42 @@
+"""Runs last: no secret ever appears in logs, error bodies or telemetry of the whole run."""
+
+from __future__ import annotations
+
+import httpx
+from redis.asyncio import Redis
+
+from echotune.common.keys import Keys
+from tests.conftest import API_KEY, PROVIDER_SECRET, Stack
+from tests.support.sse import read_stream
+from tests.support.upstream import FakeUpstream
+
+SECRETS = (PROVIDER_SECRET, API_KEY, API_KEY.rsplit("_", 1)[-1])
+
+
+async def test_no_secret_leaks_anywhere(
+    stack: Stack, client: httpx.AsyncClient, upstream: FakeUpstream, rid: str
+) -> None:
+    # An upstream that echoes the key it was sent, as real providers do on a 401.
+    leak = {"error": {"message": f"Incorrect API key provided: {PROVIDER_SECRET}"}}
+    await upstream.script(rid, {"status": 401, "error_body": leak})
+    result = await read_stream(
+        client, "GET", f"{stack.url}/api/chat/stream",
+        params={"message": "hi", "request_id": rid, "provider": "flaky"},
+    )
+    assert result.last.event in ("error", "done")
+    bodies = [result.last.data]
+    async with httpx.AsyncClient(base_url=stack.url) as anonymous:
+        wrong_key = {"Authorization": f"Bearer {API_KEY}x"}
+        bodies.append((await anonymous.get("/api/providers", headers=wrong_key)).text)
+    raw = Redis.from_url(stack.redis_url)  # telemetry entries are binary FastStream messages
+    telemetry = await raw.xrange(Keys(stack.namespace).telemetry)
+    await raw.aclose()
+    haystacks = {
+        "service logs": stack.logs(),
+        "error bodies": "\n".join(bodies),
+        "telemetry": repr(telemetry) + f" ({len(telemetry)} events)",
+    }
+    assert stack.logs().count("\n") > 100, "the logs of the whole run are there"
+    for where, text in haystacks.items():
+        for secret in SECRETS:
+            assert secret not in text, f"a secret leaked into {where}"
