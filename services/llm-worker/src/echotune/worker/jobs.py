@@ -83,9 +83,17 @@ class JobRunner:
             final = self._done(FinishReason.CANCELLED, self.job.provider, self.job.model)
         finally:
             self.ctx.cancels.remove(self.job.request_id)
-        await self._final(final)
         if isinstance(final, DoneEvent) and final.finish_reason is not FinishReason.CANCELLED:
-            await self.ctx.conversations.append(self.job, "".join(self.partial))
+            await self._remember()
+        await self._final(final)
+
+    async def _remember(self) -> None:
+        """Record the turn before the client hears ``done``, so its next message sees it."""
+        try:
+            async with asyncio.timeout(self.ctx.settings.context_timeout_s * 2):
+                await self.ctx.conversations.append(self.job, "".join(self.partial))
+        except TimeoutError:
+            log.warning("conversation turn not recorded in time")
 
     async def _load_context(self) -> Context:
         try:
