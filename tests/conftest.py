@@ -19,6 +19,14 @@ API_KEY = "et_testkey0001_S3cretNeverLoggedAnywhere0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests under tests/e2e (and tests/browser) start real processes: mark them ``e2e``."""
+    for item in items:
+        parts = item.path.parts
+        if "e2e" in parts or "browser" in parts:
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture(scope="session")
 def redis_server_url() -> Iterator[str]:
     with redis_url() as url:

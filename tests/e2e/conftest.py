@@ -1,4 +1,4 @@
-"""End-to-end tests: every test here talks to real processes."""
+"""End-to-end tests: every test here talks to real processes (marked ``e2e`` by the root conftest)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,6 @@ import httpx
 import pytest
 
 from tests.support.upstream import FakeUpstream
-
-pytestmark = pytest.mark.e2e
-
 
 @pytest.fixture
 def upstream(client: httpx.AsyncClient, fake_llm: str) -> FakeUpstream:

@@ -550,32 +550,7 @@ def test_compose_and_image_agree(name: str) -> None:
     assert app_module.startswith(package_module(build["args"]["PACKAGE"]) + ".")
 
 
-ASGI_SERVER_MISSING = {
-    "llm-worker": "echotune-worker",
-    "telemetry": "echotune-telemetry",
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(
-            name,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    f"{ASGI_SERVER_MISSING[name]} serves /healthz through AsgiFastStream, which "
-                    "needs uvicorn, but does not depend on it: its image cannot start. Fix: "
-                    f"`uv add --package {ASGI_SERVER_MISSING[name]} 'uvicorn>=0.32'`, then "
-                    "delete this xfail entry."
-                ),
-            ),
-        )
-        if name in ASGI_SERVER_MISSING
-        else name
-        for name in sorted(app_services())
-    ],
-)
+@pytest.mark.parametrize("name", sorted(app_services()))
 def test_http_serving_images_install_uvicorn(name: str) -> None:
     """``uvicorn …`` and ``faststream run … --port`` (an ASGI FastStream app) both need
     uvicorn in the image, which holds only its own package's dependencies."""

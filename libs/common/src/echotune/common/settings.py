@@ -16,7 +16,7 @@ from echotune.common.providers import ProviderConfig, ProviderRegistry
 
 def shared(name: str) -> AliasChoices:
     """Read a shared setting from ``ECHOTUNE_<NAME>`` whatever the service's prefix."""
-    return AliasChoices(f"ECHOTUNE_{name}", name.lower())
+    return AliasChoices(f"ECHOTUNE_{name}")
 
 
 class ServiceSettings(BaseSettings):
