@@ -1,0 +1,45 @@
+"""Schemathesis fuzzes the gateway's OpenAPI: no 5xx, every 4xx has a JSON error body."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+
+from deploy.local.processes import PYTHON, ROOT
+from tests.conftest import API_KEY, Stack
+
+EXAMPLES_PER_OPERATION = 100
+MIN_CASES = 1000
+
+
+async def run_schemathesis(url: str, *extra: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        PYTHON, "-m", "schemathesis.cli", "run", f"{url}/openapi.json",
+        "--checks", "not_a_server_error,json_error_body",
+        "--max-examples", str(EXAMPLES_PER_OPERATION),
+        "--header", f"Authorization: Bearer {API_KEY}",
+        "--request-timeout", "30", "--no-color", "--seed", "20261126",
+        *extra,
+        cwd=ROOT,
+        env={**os.environ, "SCHEMATHESIS_HOOKS": "tests.support.fuzz_checks"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await proc.communicate()
+    return await proc.wait(), output.decode(errors="replace")
+
+
+def cases_generated(report: str) -> int:
+    match = re.search(r"(\d+) (?:test cases|generated)", report)
+    assert match, report[-2000:]
+    return int(match.group(1))
+
+
+async def test_gateway_survives_fuzzing(stack: Stack) -> None:
+    code, report = await run_schemathesis(
+        stack.url, "--exclude-path-regex", "^/api/(analytics|insights|conversations)"
+    )
+    print(report[-1500:])
+    assert code == 0, report[-4000:]
+    assert cases_generated(report) >= MIN_CASES
