@@ -55,3 +55,14 @@ scale-workers:  ## Run N LLM workers in the Docker stack (make scale-workers N=4
 compose-check:  ## Validate deploy/compose.yaml, every profile, with deploy/.env.example as env
 	$(COMPOSE) --env-file deploy/.env.example config -q
 	$(COMPOSE) --env-file deploy/.env.example --profile tools --profile ollama config -q
+
+# --- analytics ------------------------------------------------------------------------------
+BENCH_N ?= 1000000
+
+.PHONY: seed bench-analytics
+
+seed: sync  ## Synthetic plays, provider telemetry and conversations into ECHOTUNE_MONGODB_URL
+	$(UV) run --frozen echotune-seed --users 20 --plays 2000 --seed 42
+
+bench-analytics: sync  ## Analytics endpoints on BENCH_N plays + attempts (default 1000000)
+	$(UV) run --frozen python -m bench.analytics --n $(BENCH_N)

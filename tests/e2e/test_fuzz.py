@@ -7,7 +7,7 @@ import os
 import re
 
 from deploy.local.processes import PYTHON, ROOT
-from tests.conftest import API_KEY, Stack
+from tests.conftest import API_KEY, start_stack
 
 EXAMPLES_PER_OPERATION = 100
 MIN_CASES = 1000
@@ -36,10 +36,14 @@ def cases_generated(report: str) -> int:
     return int(match.group(1))
 
 
-async def test_gateway_survives_fuzzing(stack: Stack) -> None:
-    code, report = await run_schemathesis(
-        stack.url, "--exclude-path-regex", "^/api/(analytics|insights|conversations)"
-    )
+async def test_gateway_survives_fuzzing(redis_server_url: str, fake_llm: str) -> None:
+    stack = await start_stack(redis_server_url, fake_llm)  # its own: the fuzzer switches providers
+    try:
+        code, report = await run_schemathesis(
+            stack.url, "--exclude-path-regex", "^/api/(analytics|insights|conversations)"
+        )
+    finally:
+        await stack.stop()
     print(report[-1500:])
     assert code == 0, report[-4000:]
     assert cases_generated(report) >= MIN_CASES

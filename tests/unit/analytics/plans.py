@@ -50,7 +50,7 @@ def equality_fields(parsed: Document) -> set[str]:
 
 def index_provides(key: Document, sort: Document, equal: set[str]) -> bool:
     """True when scanning ``key`` yields documents in ``sort`` order (either direction)."""
-    remaining = [(f, int(d)) for f, d in key.items() if f not in equal or f in sort]
+    remaining = [(f, int(d)) for f, d in key.items() if f not in equal]
     wanted = [(f, int(d)) for f, d in sort.items() if f not in equal]
     prefix = remaining[: len(wanted)]
     if [f for f, _ in prefix] != [f for f, _ in wanted]:
@@ -76,7 +76,9 @@ def problems(explained: Document) -> list[str]:
                 found.append(f"COLLSCAN on {planner.get('namespace')}")
             if node["stage"] == "SORT":
                 scans = index_scans(node)
-                if not any(index_provides(s["keyPattern"], node["sortPattern"], equal) for s in scans):
+                if not any(
+                    index_provides(s["keyPattern"], node["sortPattern"], equal) for s in scans
+                ):
                     found.append(f"blocking SORT {node['sortPattern']} over {scans or 'a scan'}")
     stages = explained.get("stages", [])
     if stages and "$cursor" in stages[0]:

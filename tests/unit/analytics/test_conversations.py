@@ -30,10 +30,16 @@ def conversation(n: int, user: str) -> Document:
     }
 
 
-async def test_list_newest_first_paginated(db: AsyncDatabase[Document], api: httpx.AsyncClient) -> None:
-    docs = [conversation(n, "alice") for n in range(12)] + [conversation(n, "bob") for n in range(3)]
+async def test_list_newest_first_paginated(
+    db: AsyncDatabase[Document], api: httpx.AsyncClient
+) -> None:
+    docs = [conversation(n, "alice") for n in range(12)] + [
+        conversation(n, "bob") for n in range(3)
+    ]
     await db[CONVERSATIONS].insert_many(docs)
-    alice = sorted((d for d in docs if d["userId"] == "alice"), key=lambda d: d["lastActivity"], reverse=True)
+    alice = sorted(
+        (d for d in docs if d["userId"] == "alice"), key=lambda d: d["lastActivity"], reverse=True
+    )
     seen = []
     for page in (1, 2, 3):
         body = await get_ok(api, "/api/conversations", user_id="alice", limit=5, page=page)
@@ -46,7 +52,9 @@ async def test_list_newest_first_paginated(db: AsyncDatabase[Document], api: htt
     assert first["message_count"] == 2
 
 
-async def test_list_fields_and_unknown_user(db: AsyncDatabase[Document], api: httpx.AsyncClient) -> None:
+async def test_list_fields_and_unknown_user(
+    db: AsyncDatabase[Document], api: httpx.AsyncClient
+) -> None:
     await db[CONVERSATIONS].insert_many([conversation(n, "alice") for n in range(3)])
     body = await get_ok(api, "/api/conversations", user_id="alice", fields="summary,turns")
     assert all(set(c) == {"id", "summary", "turns"} for c in body["data"])
@@ -59,9 +67,11 @@ async def test_one_conversation(db: AsyncDatabase[Document], api: httpx.AsyncCli
     await db[CONVERSATIONS].insert_many([conversation(n, "alice") for n in range(2)])
     body = await get_ok(api, "/api/conversations/conv-alice-1")
     data = body["data"]
-    assert data["id"] == "conv-alice-1" and data["user_id"] == "alice"
+    assert (data["id"], data["user_id"]) == ("conv-alice-1", "alice")
     assert [t["content"] for t in data["turns"]] == ["question 1", "answer 1"]
-    assert datetime.fromisoformat(data["turns"][1]["at"]) == conversation(1, "alice")["turns"][1]["at"]
+    assert (
+        datetime.fromisoformat(data["turns"][1]["at"]) == conversation(1, "alice")["turns"][1]["at"]
+    )
     only = await get_ok(api, "/api/conversations/conv-alice-1", fields="summary")
     assert only["data"] == {"id": "conv-alice-1", "summary": "- question 1"}
     owner = await get_ok(api, "/api/conversations/conv-alice-1", user_id="alice")

@@ -51,8 +51,14 @@ def top(plays: list[Document], key: str) -> list[Document]:
     ordered = sorted(counts.items(), key=lambda item: (-item[1][0], -item[1][1], item[0]))
     rows = []
     for value, (n, ms) in ordered:
-        row: Document = {"artist_id": value, "name": names[value]} if key == "artistIds" else {"genre": value}
-        row |= {"plays": n, "share": pytest.approx(n / len(plays), abs=1e-6), "hours": pytest.approx(ms / 3.6e6, abs=1e-4)}
+        row: Document = (
+            {"artist_id": value, "name": names[value]} if key == "artistIds" else {"genre": value}
+        )
+        row |= {
+            "plays": n,
+            "share": pytest.approx(n / len(plays), abs=1e-6),
+            "hours": pytest.approx(ms / 3.6e6, abs=1e-4),
+        }
         rows.append(row)
     return rows
 
@@ -102,7 +108,10 @@ async def test_session_gap_parameter(db: AsyncDatabase[Document], api: httpx.Asy
         body = await get_ok(api, PATH, fields="kpis", session_gap_min=gap)
         got = body["data"]["kpis"]
         want = kpis(plays, gap)
-        assert (got["sessions"], got["avg_session_min"]) == (want["sessions"], want["avg_session_min"])
+        assert (got["sessions"], got["avg_session_min"]) == (
+            want["sessions"],
+            want["avg_session_min"],
+        )
     assert len(sessions(plays, 5)) > len(sessions(plays, 30)) > len(sessions(plays, 60))
 
 
@@ -131,4 +140,4 @@ async def test_empty_range_gives_zeroes_not_errors(
         "skip_rate": None, "repeat_rate": None, "sessions": 0, "avg_session_min": None,
         "session_gap_min": 30.0,
     }  # fmt: skip
-    assert body["data"]["top_artists"] == [] and body["data"]["top_genres"] == []
+    assert (body["data"]["top_artists"], body["data"]["top_genres"]) == ([], [])

@@ -105,7 +105,9 @@ async def test_mongodb_down_is_503_json() -> None:
             assert "data" not in body
             assert response.headers["retry-after"] == "5"
         # parameters are still checked first
-        assert (await api.get("/api/analytics/providers", params={"limit": 10**6})).status_code == 422
+        assert (
+            await api.get("/api/analytics/providers", params={"limit": 10**6})
+        ).status_code == 422
 
 
 async def test_ready_once_migrated(api: httpx.AsyncClient) -> None:

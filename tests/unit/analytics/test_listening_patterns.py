@@ -149,7 +149,7 @@ async def test_timeline_pages_and_field_selection(
     pages = []
     for page in (1, 2, 3):
         body = await get_ok(api, PATH, granularity="hour", fields="timeline", limit=7, page=page)
-        assert body["meta"]["page"] == page and body["meta"]["limit"] == 7
+        assert (body["meta"]["page"], body["meta"]["limit"]) == (page, 7)
         assert body["meta"]["total"] == len(full)
         pages += body["data"]["timeline"]
     assert pages == full[:21]
@@ -158,7 +158,9 @@ async def test_timeline_pages_and_field_selection(
     assert "page" not in only["meta"]
 
 
-async def test_range_bounds_are_half_open(db: AsyncDatabase[Document], api: httpx.AsyncClient) -> None:
+async def test_range_bounds_are_half_open(
+    db: AsyncDatabase[Document], api: httpx.AsyncClient
+) -> None:
     plays = make_plays()
     await insert_plays(db, plays)
     lower, upper = datetime(2024, 3, 9, 6, tzinfo=UTC), datetime(2024, 3, 10, 18, tzinfo=UTC)

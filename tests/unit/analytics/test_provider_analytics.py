@@ -49,7 +49,9 @@ def figures(docs: list[Document]) -> Document:
         "ttft_avg": pytest.approx(sum(ttfts) / len(ttfts), abs=1e-3),
         "tokens_in": sum(d["tokensIn"] for d in docs),
         "tokens_out": sum(d["tokensOut"] for d in docs),
-        "tokens_per_s": pytest.approx(sum(d["tokensOut"] for d in docs) / (latency / 1000), abs=1e-3),
+        "tokens_per_s": pytest.approx(
+            sum(d["tokensOut"] for d in docs) / (latency / 1000), abs=1e-3
+        ),
         "latency": [d["latencyMs"] for d in docs],
         "ttft": ttfts,
     }
@@ -57,10 +59,21 @@ def figures(docs: list[Document]) -> Document:
 
 def check(row: Document, docs: list[Document]) -> None:
     want = figures(docs)
-    for name in ("requests", "successes", "success_rate", "errors", "tokens_in", "tokens_out", "tokens_per_s"):
+    for name in (
+        "requests",
+        "successes",
+        "success_rate",
+        "errors",
+        "tokens_in",
+        "tokens_out",
+        "tokens_per_s",
+    ):
         assert row[name] == want[name], name
     assert row["latency_ms"]["avg"] == want["latency_avg"]
-    assert (row["ttft_ms"]["count"], row["ttft_ms"]["avg"]) == (want["ttft_count"], want["ttft_avg"])
+    assert (row["ttft_ms"]["count"], row["ttft_ms"]["avg"]) == (
+        want["ttft_count"],
+        want["ttft_avg"],
+    )
     for q in (50, 95, 99):
         assert close(row["latency_ms"][f"p{q}"], exact_quantile(want["latency"], q / 100)), q
     for q in (50, 95):
@@ -93,16 +106,25 @@ async def test_filters_projection_and_window(
 ) -> None:
     attempts = make_attempts()
     await insert_attempts(db, attempts)
-    body = await get_ok(api, PATH, provider="openai", model="gpt-b", fields="requests,latency_ms", **RANGE)
+    body = await get_ok(
+        api, PATH, provider="openai", model="gpt-b", fields="requests,latency_ms", **RANGE
+    )
     (row,) = body["data"]["rows"]
     assert set(row) == {"provider", "model", "requests", "latency_ms"}
     assert set(body["data"]["totals"]) == {"requests", "latency_ms"}
     assert row["requests"] == sum(1 for d in attempts if d["model"] == "gpt-b")
     assert body["meta"]["filters"] == {"provider": ["openai"], "model": ["gpt-b"]}
     # two hours: the rollups of [01:00, 03:00)
-    hours = await get_ok(api, PATH, fields="requests", **{"from": "2024-03-08T01:00:00Z", "to": "2024-03-08T03:00:00Z"})
+    hours = await get_ok(
+        api,
+        PATH,
+        fields="requests",
+        **{"from": "2024-03-08T01:00:00Z", "to": "2024-03-08T03:00:00Z"},
+    )
     lower, upper = START + timedelta(hours=1), START + timedelta(hours=3)
-    assert hours["data"]["totals"]["requests"] == sum(1 for d in attempts if lower <= d["ts"] < upper)
+    assert hours["data"]["totals"]["requests"] == sum(
+        1 for d in attempts if lower <= d["ts"] < upper
+    )
     # nothing in the last hour before now
     recent = await get_ok(api, PATH, window="1h")
     assert recent["data"]["rows"] == []
@@ -129,7 +151,7 @@ async def test_timeseries_arrays(
             inside = [d for d in mine if start <= d["ts"] < start + timedelta(seconds=seconds)]
             assert series["count"][i] == len(inside)
             if not inside:
-                assert series["success_rate"][i] is None and series["p95"][i] is None
+                assert (series["success_rate"][i], series["p95"][i]) == (None, None)
                 continue
             assert series["success_rate"][i] == pytest.approx(
                 sum(d["success"] for d in inside) / len(inside), abs=1e-6
@@ -150,11 +172,17 @@ async def test_timeseries_single_series_and_metric_choice(
     (series,) = body["data"]["series"]
     assert set(series) == {"count"}
     assert series["count"] == [
-        sum(1 for d in attempts if START + timedelta(hours=h) <= d["ts"] < START + timedelta(hours=h + 1))
+        sum(
+            1
+            for d in attempts
+            if START + timedelta(hours=h) <= d["ts"] < START + timedelta(hours=h + 1)
+        )
         for h in range(6)
     ]
-    empty = await get_ok(api, f"{PATH}/timeseries", bucket="1h", window="24h", metrics=["count", "p95"])
+    empty = await get_ok(
+        api, f"{PATH}/timeseries", bucket="1h", window="24h", metrics=["count", "p95"]
+    )
     (nothing,) = empty["data"]["series"]
-    assert set(nothing["count"]) == {0} and set(nothing["p95"]) == {None}
+    assert (set(nothing["count"]), set(nothing["p95"])) == ({0}, {None})
     assert len(nothing["count"]) == len(empty["data"]["timestamps"]) in (24, 25)
     assert datetime.fromisoformat(empty["data"]["timestamps"][-1]) <= datetime.now(UTC)

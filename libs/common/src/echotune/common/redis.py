@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError, TimeoutError
+
+
+def retry_options() -> dict[str, Any]:
+    """Connection options that retry a command on a fresh connection (FastStream brokers too)."""
+    return {
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), retries=4),
+        "retry_on_error": [ConnectionError, TimeoutError],
+    }
 
 
 def create_redis(
@@ -15,6 +28,9 @@ def create_redis(
     """A client whose pool waits (``timeout``) for a free connection instead of failing.
 
     ``socket_timeout`` must exceed the longest blocking command sent through the client.
+    Commands (pipelines too) are retried on a fresh connection after a connection error,
+    so a restarted Redis is picked up without a failed request; a write whose reply was
+    lost may then be applied twice (a rare duplicate, never a loss).
     """
     pool = BlockingConnectionPool.from_url(
         url,
@@ -22,5 +38,6 @@ def create_redis(
         timeout=timeout,
         socket_timeout=socket_timeout,
         decode_responses=True,
+        **retry_options(),
     )
     return Redis(connection_pool=pool)

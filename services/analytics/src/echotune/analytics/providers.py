@@ -70,6 +70,13 @@ def rollup_match(rng: TimeRange, providers: Sequence[str], models: Sequence[str]
     return match
 
 
+def rollup_index(providers: Sequence[str]) -> Document:
+    """The index to read the rollups with (hinted: some planners pick a collection scan)."""
+    if providers:
+        return {"provider": 1, "model": 1, "minute": -1}
+    return {"minute": -1}
+
+
 def scalar_pipeline(match: Document, key: Document) -> list[Document]:
     """Sum the scalar fields of the matching rollups per group."""
     sums = {name: {"$sum": f"${name}"} for name in SCALARS}
@@ -105,9 +112,10 @@ async def collect(
 ) -> dict[GroupKey, Sums]:
     """Run the scalar and (when ``parts``) histogram aggregations; the sums per group."""
     rollups = db[PROVIDER_ROLLUPS]
+    hint = rollup_index(match.get("provider", {}).get("$in", []))
 
     async def run(pipeline: list[Document]) -> list[Document]:
-        cursor = await rollups.aggregate(pipeline, maxTimeMS=max_time_ms)
+        cursor = await rollups.aggregate(pipeline, maxTimeMS=max_time_ms, hint=hint)
         return await cursor.to_list()
 
     jobs = [run(scalar_pipeline(match, key))]

@@ -14,7 +14,7 @@ from faststream.redis import RedisBroker
 
 from echotune.common.breaker import CircuitBreakers
 from echotune.common.logs import configure_logging
-from echotune.common.redis import create_redis
+from echotune.common.redis import create_redis, retry_options
 from echotune.gateway import health, proxy
 from echotune.gateway.auth import routes as auth_routes
 from echotune.gateway.auth.keys import ApiKeyStore
@@ -30,6 +30,7 @@ from echotune.gateway.errors import install_error_handlers
 from echotune.gateway.limits import ChatLimits
 from echotune.gateway.requestid import RequestIdMiddleware
 from echotune.gateway.settings import GatewaySettings
+from echotune.gateway.ui import routes as ui_routes
 
 
 @asynccontextmanager
@@ -42,7 +43,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         block_ms=settings.relay_block_ms,
         batch=settings.relay_batch,
     )
-    broker = RedisBroker(settings.redis_url, logger=logging.getLogger("echotune.gateway.broker"))
+    broker = RedisBroker(
+        settings.redis_url, **retry_options(), logger=logging.getLogger("echotune.gateway.broker")
+    )
     await broker.connect()
     await relay.start()
     breakers = CircuitBreakers(redis, settings.keys, settings.breaker.policy())
@@ -103,5 +106,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(chat_routes.router)
     app.include_router(provider_routes.router)
     app.include_router(openai_routes.router)
+    app.include_router(ui_routes.router)
     app.include_router(proxy.router)
     return app

@@ -22,7 +22,7 @@ from echotune.common.keys import JOBS_GROUP
 from echotune.common.live_stats import LiveStats
 from echotune.common.logs import configure_logging
 from echotune.common.mongo import create_mongo
-from echotune.common.redis import create_redis
+from echotune.common.redis import create_redis, retry_options
 from echotune.worker.cancel import CANCELLED, CancelRegistry, sweep_abandoned
 from echotune.worker.context import WorkerContext, build_providers
 from echotune.worker.conversations import ConversationStore, migrate_when_possible
@@ -42,6 +42,7 @@ def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
     keys = settings.keys
     broker = RedisBroker(
         settings.redis_url,
+        **retry_options(),
         logger=logging.getLogger("echotune.worker.broker"),
         graceful_timeout=settings.drain_s,
     )

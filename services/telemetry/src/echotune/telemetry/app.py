@@ -30,7 +30,7 @@ from faststream.redis.message import RedisBatchStreamMessage as BatchMessage
 from echotune.common.keys import TELEMETRY_GROUP
 from echotune.common.logs import configure_logging
 from echotune.common.mongo import create_mongo
-from echotune.common.redis import create_redis
+from echotune.common.redis import create_redis, retry_options
 from echotune.telemetry.consumer import BatchConsumer
 from echotune.telemetry.metrics import Metrics
 from echotune.telemetry.settings import TelemetrySettings
@@ -60,6 +60,7 @@ def create_app(settings: TelemetrySettings | None = None) -> AsgiFastStream:
     keys = settings.keys
     broker = RedisBroker(
         settings.redis_url,
+        **retry_options(),
         logger=logging.getLogger("echotune.telemetry.broker"),
         log_level=logging.DEBUG,  # one line per batch is noise; anomalies are logged anyway
         graceful_timeout=settings.shutdown_grace_s,

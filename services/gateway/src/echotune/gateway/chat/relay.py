@@ -9,11 +9,13 @@ writing to this process's own wake-up stream, which is part of every ``XREAD``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from echotune.common.keys import Keys
 from echotune.common.messages import EventType
@@ -86,7 +88,8 @@ class StreamRelay:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self._waker.delete(self._wakeup_key)
+        with contextlib.suppress(RedisError):
+            await self._waker.delete(self._wakeup_key)
         await self._redis.aclose()
         await self._waker.aclose()
 

@@ -88,7 +88,7 @@ class ChatService:
         self.redis, self.relay, self.broker = redis, relay, broker
         self.providers, self.settings, self.keys = providers, settings, settings.keys
         self.limits = limits
-        self._background: set[asyncio.Task[str]] = set()
+        self._background: set[asyncio.Task[object]] = set()
         self._open_streams: dict[str, str] = {}  # stream key → user id, for the open-stream cap
 
     @property
@@ -283,12 +283,20 @@ class ChatService:
         finally:
             self.relay.unsubscribe(sub)
             self._open_streams.pop(stream.stream_key, None)
-            await asyncio.shield(self.limits.close_stream(stream.owner, stream.stream_key))
+            self._close_soon(stream)
+
+    def _close_soon(self, stream: OpenStream) -> None:
+        """Forget the open stream in Redis, off the response path (Redis may be down)."""
+        task = asyncio.create_task(self.limits.close_stream(stream.owner, stream.stream_key))
+        self._background.add(task)
+        task.add_done_callback(_log_failure)
+        task.add_done_callback(self._background.discard)
 
     def cancel_soon(self, request_id: str, user_id: str) -> None:
         """Cancel from a context that is itself being cancelled (a client that left)."""
         task = asyncio.create_task(self.cancel(request_id, user_id))
         self._background.add(task)
+        task.add_done_callback(_log_failure)
         task.add_done_callback(self._background.discard)
 
     async def frames(self, stream: OpenStream) -> AsyncIterator[bytes]:
@@ -318,3 +326,8 @@ class ChatService:
                 await self.limits.refresh([(user, key) for key, user in self._open_streams.items()])
             except Exception:
                 log.exception("could not refresh reader markers")
+
+
+def _log_failure(task: asyncio.Task[object]) -> None:
+    if not task.cancelled() and (error := task.exception()) is not None:
+        log.warning("background Redis call failed: %s", error)

@@ -1,0 +1,1 @@
+"""Benchmarks (scripts, not tests); results go to bench/results/ (not versioned)."""

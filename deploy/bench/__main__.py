@@ -1,0 +1,3 @@
+from deploy.bench.run import main
+
+main()

@@ -1,0 +1,1 @@
+"""The web UI served by the gateway (static files, no build step)."""

@@ -1,0 +1,153 @@
+"""Faults injected into real processes on 127.0.0.1: a gateway dies, Redis restarts, a flood."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from deploy.local.servers import RedisServer
+from tests.conftest import AUTH, Stack, start_stack
+from tests.support.sse import Frame, frames, read_stream
+from tests.support.upstream import FakeUpstream
+
+
+async def read_until_broken(client: httpx.AsyncClient, url: str, params: dict[str, str],
+                            deltas: int, fault) -> list[Frame]:  # type: ignore[no-untyped-def]
+    """Read events; after ``deltas`` deltas inject ``fault``; return what arrived before the break."""
+    got: list[Frame] = []
+    try:
+        async with client.stream("GET", url, params=params) as response:
+            async for frame in frames(response):
+                if frame.event:
+                    got.append(frame)
+                if frame.event == "delta" and sum(f.event == "delta" for f in got) == deltas:
+                    await fault()
+    except (httpx.RemoteProtocolError, httpx.ReadError):
+        pass
+    return got
+
+
+async def test_gateway_killed_mid_stream_the_client_resumes_elsewhere(
+    redis_server_url: str, fake_llm: str, client: httpx.AsyncClient, upstream: FakeUpstream,
+    rid: str,
+) -> None:
+    stack = await start_stack(redis_server_url, fake_llm, gateways=2, workers=1)
+    try:
+        tokens = [f"w{i} " for i in range(60)]
+        await upstream.script(rid, {"tokens": tokens, "pace_ms": 20})
+        params = {"message": "hi", "request_id": rid}
+
+        async def kill_first_gateway() -> None:
+            stack.gateways[0][0].kill()
+
+        before = await read_until_broken(
+            client, f"{stack.gateways[0][1]}/api/chat/stream", params, 5, kill_first_gateway
+        )
+        assert before[-1].event != "done", "the gateway died mid-answer"
+        after = await read_stream(
+            client, "GET", f"{stack.gateways[1][1]}/api/chat/stream", params=params,
+            headers={"Last-Event-ID": before[-1].id or ""},
+        )
+        events = before + after.events
+        ids = [e.id for e in events]
+        assert len(ids) == len(set(ids)), "nothing repeated"
+        assert "".join(e.json["delta"] for e in events if e.event == "delta") == "".join(tokens)
+        assert events[-1].event == "done"
+    finally:
+        await stack.stop()
+
+
+@pytest.fixture
+def restartable_redis() -> Iterator[RedisServer]:
+    with tempfile.TemporaryDirectory() as workdir:
+        server = RedisServer(workdir, appendonly=True)
+        server.start()
+        yield server
+        server.stop()
+
+
+async def test_redis_restart_during_traffic(
+    restartable_redis: RedisServer, fake_llm: str, client: httpx.AsyncClient,
+    upstream: FakeUpstream,
+) -> None:
+    stack = await start_stack(
+        restartable_redis.url, fake_llm, workers=1, ECHOTUNE_WORKER_RECLAIM_IDLE_S="3"
+    )
+    try:
+        rids = [f"chaos-{uuid.uuid4().hex}" for _ in range(4)]
+        for rid in rids:
+            await upstream.script(rid, {"tokens": [f"t{i} " for i in range(60)], "pace_ms": 50})
+        url = f"{stack.url}/api/chat/stream"
+        streams = [
+            asyncio.create_task(read_stream(client, "GET", url, params={"message": "hi",
+                                                                         "request_id": rid}))
+            for rid in rids
+        ]
+        for rid in rids:
+            await upstream.requests(rid, until="started")
+        restartable_redis.kill()
+        restarted_at = time.monotonic()
+        restartable_redis.start()
+        async with asyncio.timeout(40):
+            results = await asyncio.gather(*streams)
+        ended_after = time.monotonic() - restarted_at
+        outcomes = [r.last.event + ":" + (r.last.json.get("finish_reason") or r.last.json.get("code", ""))
+                    for r in results]
+        print(f"Redis killed and restarted: streams ended {outcomes} within {ended_after:.1f} s")
+        assert all(r.last.event in ("done", "error") for r in results), "no stream hangs"
+        fresh = f"after-{uuid.uuid4().hex}"
+        await upstream.script(fresh, {"tokens": ["back"]})
+        again = await read_stream(client, "GET", url, params={"message": "hi", "request_id": fresh})
+        assert again.text == "back", (again.status, again.events[-1:])
+    finally:
+        await stack.stop()
+
+
+async def test_a_flood_of_chat_starts_is_limited_and_others_are_served(
+    redis_server_url: str, fake_llm: str, upstream: FakeUpstream,
+) -> None:
+    from echotune.common.keys import Keys
+    from echotune.gateway.auth.keys import ApiKeyStore
+    from redis.asyncio import Redis
+
+    stack = await start_stack(
+        redis_server_url, fake_llm, ECHOTUNE_GATEWAY_CHAT_STARTS_PER_MINUTE_USER="30",
+        ECHOTUNE_GATEWAY_CHAT_STARTS_PER_MINUTE_IP="100000",
+    )
+    redis = Redis.from_url(redis_server_url, decode_responses=True)
+    try:
+        _, calm_key = await ApiKeyStore(redis, Keys(stack.namespace)).create("calm", "test")
+        url = f"{stack.url}/api/chat/stream"
+        limits = httpx.Limits(max_connections=200)
+        async with httpx.AsyncClient(headers=AUTH, limits=limits, timeout=60) as flooder, \
+                httpx.AsyncClient(headers={"Authorization": f"Bearer {calm_key}"}) as calm:
+            gate = asyncio.Semaphore(100)
+
+            async def start(n: int) -> int:
+                async with gate:
+                    result = await read_stream(flooder, "GET", url, stop_after=1,
+                                               params={"message": f"flood {n}", "provider": "demo"})
+                    return result.status
+
+            flood = asyncio.gather(*(start(n) for n in range(1000)))
+            rid = f"calm-{uuid.uuid4().hex}"
+            await upstream.script(rid, {"tokens": ["still ", "here"]})
+            began = time.monotonic()
+            served = await read_stream(calm, "GET", url, params={"message": "hi", "request_id": rid})
+            calm_s = time.monotonic() - began
+            statuses = await flood
+        print(f"flood: {statuses.count(200)} accepted, {statuses.count(429)} refused; "
+              f"another user's answer took {calm_s * 1000:.0f} ms")
+        assert statuses.count(200) == 30
+        assert statuses.count(429) == 970
+        assert served.text == "still here"
+        assert calm_s < 5
+    finally:
+        await redis.aclose()
+        await stack.stop()
