@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 
-.PHONY: help uv sync dev test test-fast lint fmt clean
+.PHONY: help uv sync dev test test-fast lint fmt clean vendor-ui
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -16,8 +16,8 @@ sync: uv  ## Create the virtual environment from uv.lock
 dev: sync  ## Run the whole system locally (gateway on :8080)
 	$(UV) run --frozen python -m deploy.local.dev
 
-test: sync  ## Run the whole test suite (fast tests first, then end-to-end)
-	$(UV) run --frozen pytest tests/unit tests/e2e
+test: sync  ## Run the whole test suite (fast tests first, then end-to-end, then in a browser)
+	$(UV) run --frozen pytest tests/unit tests/e2e tests/browser
 
 test-fast: sync  ## Only the fast tests
 	$(UV) run --frozen pytest tests/unit
@@ -30,6 +30,9 @@ lint: sync  ## ruff and mypy
 fmt: sync  ## Format and autofix
 	$(UV) run --frozen ruff format .
 	$(UV) run --frozen ruff check --fix .
+
+vendor-ui:  ## Refresh vendored third-party files of the web UI and its tests (npm pack)
+	services/gateway/scripts/vendor_ui.sh
 
 clean:  ## Remove caches and the virtual environment
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
@@ -66,3 +69,9 @@ seed: sync  ## Synthetic plays, provider telemetry and conversations into ECHOTU
 
 bench-analytics: sync  ## Analytics endpoints on BENCH_N plays + attempts (default 1000000)
 	$(UV) run --frozen python -m bench.analytics --n $(BENCH_N)
+
+# --- Benchmark (deploy/bench, results in bench/results/) -------------------------------------
+.PHONY: bench
+
+bench: sync  ## Latency benchmark: direct vs through echotune (make bench ARGS="--quick")
+	$(UV) run --frozen python -m deploy.bench $(ARGS)

@@ -39,7 +39,6 @@ from echotune.common.mongo import (
 
 Document = dict[str, Any]
 PLAYS_PER_USER = 5_000
-DAYS = 30
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -119,7 +118,7 @@ def server(url: str | None) -> Iterator[str]:
             yield started
 
 
-async def load(db: AsyncDatabase[Document], n: int, end: datetime) -> None:
+async def load(db: AsyncDatabase[Document], n: int, end: datetime, days: int) -> None:
     """N plays, N attempts (and rollups), some conversations; skipped when already there."""
     users = max(1, math.ceil(n / PLAYS_PER_USER))
     have = await db[LISTENING_HISTORY].estimated_document_count()
@@ -135,13 +134,13 @@ async def load(db: AsyncDatabase[Document], n: int, end: datetime) -> None:
         print(f"  … {count} {what} ({time.perf_counter() - started:.0f} s)", flush=True)
 
     await seed_plays(
-        db, seed=1, users=users, plays=n // users, end=end, days=DAYS, progress=progress
+        db, seed=1, users=users, plays=n // users, end=end, days=days, progress=progress
     )
     print(
         f"loaded {users * (n // users)} plays in {time.perf_counter() - started:.0f} s", flush=True
     )
     started = time.perf_counter()
-    await seed_attempts(db, seed=1, count=n, end=end, days=DAYS, users=users, progress=progress)
+    await seed_attempts(db, seed=1, count=n, end=end, days=days, users=users, progress=progress)
     print(f"loaded {n} attempts + rollups in {time.perf_counter() - started:.0f} s", flush=True)
     await write_conversations(db, conversations(1, users, 20, end))
 
@@ -161,7 +160,7 @@ async def run(args: argparse.Namespace) -> str:
     """Load, measure, and return the Markdown report."""
     with server(args.mongodb_url or os.environ.get("MONGODB_URL")) as url:
         base = url.rstrip("/")
-        db_url = f"{base}/echotune_bench_{args.n}"
+        db_url = f"{base}/echotune_bench_{args.n}_{args.days}d"
         client = create_mongo(db_url, timeout_ms=10_000)
         db = client.get_default_database()
         info = await client.admin.command("buildInfo")
@@ -172,7 +171,7 @@ async def run(args: argparse.Namespace) -> str:
         end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         await migrate(db)
         await db[PROVIDER_TELEMETRY].create_index([("ts", 1)])
-        await load(db, args.n, end)
+        await load(db, args.n, end, args.days)
         rollups = await db[PROVIDER_ROLLUPS].estimated_document_count()
         settings = AnalyticsSettings(
             mongodb_url=db_url, log_level="WARNING", query_timeout_ms=600_000
@@ -208,8 +207,8 @@ async def run(args: argparse.Namespace) -> str:
         f"### Analytics endpoints on {label}",
         "",
         f"{args.n:,} plays ({math.ceil(args.n / PLAYS_PER_USER)} users), {args.n:,} provider "
-        f"attempts over {DAYS} days ({rollups:,} per-minute rollups); {args.repeat} timed calls "
-        "per row after one warm-up, in-process ASGI client (no network).",
+        f"attempts over {args.days} days ({rollups:,} per-minute rollups); "
+        f"{args.repeat} timed calls per row after a warm-up, in-process ASGI client (no network).",
         "",
         "| endpoint | p50 ms | p95 ms |",
         "|---|---:|---:|",
@@ -230,6 +229,7 @@ def main() -> None:
     """Entry point."""
     cli = argparse.ArgumentParser(prog="bench.analytics", description=__doc__.split("\n")[0])
     cli.add_argument("--n", type=int, default=1_000_000, help="plays and attempts (1,000,000)")
+    cli.add_argument("--days", type=int, default=30, help="history length in days (30)")
     cli.add_argument("--repeat", type=int, default=5, help="timed calls per endpoint (5)")
     cli.add_argument("--mongodb-url", help="a MongoDB server URL (default: start SecantusDB)")
     args = cli.parse_args()
@@ -237,7 +237,7 @@ def main() -> None:
     print()
     print(report)
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"analytics-{args.n}.md"
+    path = RESULTS / f"analytics-{args.n}-{args.days}d.md"
     path.write_text(report + "\n")
     print(f"\n(written to {path})")
 

@@ -127,9 +127,8 @@ class SSEConnection(asyncio.Protocol):
         self.reached: asyncio.Future[int] = loop.create_future()  # ``stop_after`` tokens seen
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.request)
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
+        transport.write(self.request)  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.finished.done():
@@ -382,7 +381,9 @@ async def run_round(cmd: dict[str, Any]) -> dict[str, Any]:
     return {"streams": streams, "lag_ns": lag}
 
 
-async def cancel_trial(target: Target, arm: str, rid: str, after: int, timeout: float) -> dict[str, Any]:
+async def cancel_trial(
+    target: Target, arm: str, rid: str, after: int, timeout: float
+) -> dict[str, Any]:
     """Cancel after ``after`` tokens. A: close the connection; B: POST cancel (and keep reading)."""
     stream = Stream(arm, rid)
     request = request_b(target, rid) if arm == B else request_a(target, rid)
@@ -417,7 +418,9 @@ async def resume_trial(
 ) -> dict[str, Any]:
     """Leave after ``after`` tokens, wait ``gap_s``, reconnect with Last-Event-ID; time it."""
     first = Stream(B, rid)
-    proto = await open_stream(target, first, request_b(target, rid), timeout=timeout, stop_after=after)
+    proto = await open_stream(
+        target, first, request_b(target, rid), timeout=timeout, stop_after=after
+    )
     result: dict[str, Any] = {"rid": rid, "latency_ns": 0, "replayed": False, "error": ""}
     if proto is None:
         result["error"] = first.error
@@ -451,21 +454,19 @@ async def resume_trial(
 
 
 async def run_trials(cmd: dict[str, Any]) -> dict[str, Any]:
-    """Cancel or resume trials, one at a time, ``spacing_s`` apart."""
+    """Cancel or resume trials (``rids``: arm and request id), one at a time, spaced out."""
     target: Target = cmd["target"]
     results: list[dict[str, Any]] = []
-    for i in range(cmd["count"]):
-        for arm in cmd["arms"]:
-            rid = f"bench-{cmd['kind']}-{arm}-{i}-{uuid.uuid4().hex[:8]}"
-            if cmd["kind"] == "cancel":
-                results.append(await cancel_trial(target, arm, rid, cmd["after"], cmd["timeout_s"]))
-            else:
-                results.append(
-                    await resume_trial(
-                        target, rid, cmd["after"], cmd["gap_s"], cmd["expect"], cmd["timeout_s"]
-                    )
+    for arm, rid in cmd["rids"]:
+        if cmd["kind"] == "cancel":
+            results.append(await cancel_trial(target, arm, rid, cmd["after"], cmd["timeout_s"]))
+        else:
+            results.append(
+                await resume_trial(
+                    target, rid, cmd["after"], cmd["gap_s"], cmd["expect"], cmd["timeout_s"]
                 )
-            await asyncio.sleep(cmd["spacing_s"])
+            )
+        await asyncio.sleep(cmd["spacing_s"])
     return {"trials": results}
 
 

@@ -76,7 +76,9 @@ def quantiles(values: Sequence[float], scale: float = 1e-6) -> dict[str, float |
     }
 
 
-def difference(b: dict[str, float | int | None], a: dict[str, float | int | None]) -> dict[str, float | None]:
+def difference(
+    b: dict[str, float | int | None], a: dict[str, float | int | None]
+) -> dict[str, float | None]:
     """Quantile by quantile ``b − a`` (the samples are not paired)."""
     out: dict[str, float | None] = {}
     for key in ("p50", "p95", "p99"):

@@ -7,11 +7,14 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 
-from deploy.local.servers import RedisServer
+from deploy.local.processes import start_telemetry
+from deploy.local.servers import RedisServer, SecantusServer
+from echotune.common.mongo import create_mongo
 from tests.conftest import AUTH, Stack, start_stack
 from tests.support.sse import Frame, frames, read_stream
 from tests.support.upstream import FakeUpstream
@@ -151,3 +154,43 @@ async def test_a_flood_of_chat_starts_is_limited_and_others_are_served(
     finally:
         await redis.aclose()
         await stack.stop()
+
+
+async def test_mongodb_outage_chat_goes_on_and_telemetry_catches_up(
+    tmp_path: Path, redis_server_url: str, fake_llm: str, client: httpx.AsyncClient,
+    upstream: FakeUpstream,
+) -> None:
+    mongo = SecantusServer(str(tmp_path / "mongo"))
+    mongo_url = f"{mongo.start()}/chaos"
+    stack = await start_stack(redis_server_url, fake_llm, ECHOTUNE_MONGODB_URL=mongo_url)
+    env = {**stack.env, "ECHOTUNE_TELEMETRY_MONGO_TIMEOUT_MS": "500",
+           "ECHOTUNE_TELEMETRY_RETRY_CAP_S": "0.5"}
+    telemetry, _ = await start_telemetry(env)
+    try:
+        mongo.stop()
+        rids = [f"outage-{uuid.uuid4().hex}" for _ in range(5)]
+        url = f"{stack.url}/api/chat/stream"
+        began = time.monotonic()
+        for n, rid in enumerate(rids):
+            await upstream.script(rid, {"tokens": ["still ", "answering"]})
+            params = {"message": "hi", "request_id": rid}
+            if n:  # an existing conversation: the worker tries (and fails) to read its context
+                params["conversation_id"] = "outage-conversation"
+            result = await read_stream(client, "GET", url, params=params)
+            assert result.text == "still answering"
+        took = time.monotonic() - began
+        mongo.start()
+        client_db = create_mongo(mongo_url)
+        db = client_db.get_default_database()
+        async with asyncio.timeout(30):
+            while await db["provider_telemetry"].count_documents({"requestId": {"$in": rids}}) < 5:
+                await asyncio.sleep(0.2)  # noqa: ASYNC110 - the writer pushes no signal
+        written = await db["provider_telemetry"].count_documents({"requestId": {"$in": rids}})
+        await client_db.close()
+        print(f"MongoDB down: 5 chats answered in {took:.2f} s; telemetry {written}/5 after restart")
+        assert written == 5
+        assert took < 5
+    finally:
+        await telemetry.stop()
+        await stack.stop()
+        mongo.stop()

@@ -31,5 +31,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "faststream"):
         logger = logging.getLogger(name)
+        # `uvicorn --no-access-log` leaves "uvicorn.access" with no handler and no propagation
+        disabled = name == "uvicorn.access" and not logger.handlers and not logger.propagate
         logger.handlers[:] = []
-        logger.propagate = True
+        logger.propagate = not disabled

@@ -28,7 +28,8 @@ from echotune.common.mongo import LISTENING_HISTORY
 Document = dict[str, Any]
 ENGAGEMENT_FIELDS = ("kpis", "top_artists", "top_genres")
 SESSION_INDEX = {"userId": 1, "playedAt": 1}
-"""The sessions need each user's plays in time order: the ``user_playedAt`` index."""
+"""Sessions need each user's plays in time order: ``user_playedAt`` (hinted for all users,
+where a planner would rather take ``playedAt`` and sort in memory)."""
 MS_PER_HOUR = 3_600_000
 
 
@@ -169,7 +170,8 @@ async def engagement(
     gap_ms = round(gap_min * 60_000)
     jobs = [run(overview_pipeline(match, fields, page))]
     if "kpis" in fields:
-        jobs.append(run(sessions_pipeline(match, gap_ms, rng.start), hint=SESSION_INDEX))
+        hint = {} if user_id else {"hint": SESSION_INDEX}
+        jobs.append(run(sessions_pipeline(match, gap_ms, rng.start), **hint))
     results = await asyncio.gather(*jobs)
     overview = results[0][0] if results[0] else {}
     counts = (overview.get("plays") or [{}])[0]

@@ -68,7 +68,9 @@ def patterns_pipeline(
     local = {"date": "$playedAt", "timezone": tz}
     shape: Document = {"_id": 0, "trackId": 1, "ms": "$msPlayed"}
     if "timeline" in fields:
-        trunc = {**local, "unit": granularity, "startOfWeek": "monday"}
+        trunc = {**local, "unit": granularity}
+        if granularity == "week":
+            trunc["startOfWeek"] = "monday"
         shape["t"] = {"$dateTrunc": trunc}
     if {"by_hour", "matrix"} & set(fields):
         shape["h"] = {"$hour": local}

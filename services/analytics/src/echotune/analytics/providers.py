@@ -60,27 +60,28 @@ def minute_floor(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(second=0, microsecond=0)
 
 
-def rollup_match(rng: TimeRange, providers: Sequence[str], models: Sequence[str]) -> Document:
-    """The rollups of the range (whole minutes) and filters."""
-    match: Document = {"minute": {"$gte": minute_floor(rng.start), "$lt": rng.end}}
+def rollup_match(rng: TimeRange, providers: Sequence[str], models: Sequence[str]) -> list[Document]:
+    """``$match`` stages for the rollups of the range (whole minutes) and filters.
+
+    The filters come as a second ``$match``: MongoDB merges the two and plans with every
+    index (``provider_model_minute`` or ``minute_ttl``); the SecantusDB test server, whose
+    planner scans the whole collection for ``provider`` + ``minute``, uses ``minute_ttl``.
+    """
+    stages: list[Document] = [
+        {"$match": {"minute": {"$gte": minute_floor(rng.start), "$lt": rng.end}}}
+    ]
+    filters: Document = {}
     if providers:
-        match["provider"] = {"$in": list(providers)}
+        filters["provider"] = {"$in": list(providers)}
     if models:
-        match["model"] = {"$in": list(models)}
-    return match
+        filters["model"] = {"$in": list(models)}
+    return [*stages, {"$match": filters}] if filters else stages
 
 
-def rollup_index(providers: Sequence[str]) -> Document:
-    """The index to read the rollups with (hinted: some planners pick a collection scan)."""
-    if providers:
-        return {"provider": 1, "model": 1, "minute": -1}
-    return {"minute": -1}
-
-
-def scalar_pipeline(match: Document, key: Document) -> list[Document]:
+def scalar_pipeline(match: list[Document], key: Document) -> list[Document]:
     """Sum the scalar fields of the matching rollups per group."""
     sums = {name: {"$sum": f"${name}"} for name in SCALARS}
-    return [{"$match": match}, {"$group": {"_id": key, **sums}}]
+    return [*match, {"$group": {"_id": key, **sums}}]
 
 
 def _entries(name: str) -> Document:
@@ -88,11 +89,13 @@ def _entries(name: str) -> Document:
     return {"$map": {"input": pairs, "in": {"m": name, "k": "$$this.k", "v": "$$this.v"}}}
 
 
-def histogram_pipeline(match: Document, key: Document, parts: Sequence[str]) -> list[Document]:
+def histogram_pipeline(
+    match: list[Document], key: Document, parts: Sequence[str]
+) -> list[Document]:
     """Sum the sparse maps ``parts`` (histograms, errors) of the matching rollups per group."""
     entries = {"$concatArrays": [_entries(name) for name in parts]}
     return [
-        {"$match": match},
+        *match,
         {"$project": {"_id": 0, "g": key, "e": entries}},
         {"$unwind": "$e"},
         {"$group": {"_id": {"g": "$g", "m": "$e.m", "k": "$e.k"}, "n": {"$sum": "$e.v"}}},
@@ -105,17 +108,16 @@ def _group(key: Document, value: Document) -> GroupKey:
 
 async def collect(
     db: AsyncDatabase[Document],
-    match: Document,
+    match: list[Document],
     key: Document,
     parts: Sequence[str],
     max_time_ms: int,
 ) -> dict[GroupKey, Sums]:
     """Run the scalar and (when ``parts``) histogram aggregations; the sums per group."""
     rollups = db[PROVIDER_ROLLUPS]
-    hint = rollup_index(match.get("provider", {}).get("$in", []))
 
     async def run(pipeline: list[Document]) -> list[Document]:
-        cursor = await rollups.aggregate(pipeline, maxTimeMS=max_time_ms, hint=hint)
+        cursor = await rollups.aggregate(pipeline, maxTimeMS=max_time_ms)
         return await cursor.to_list()
 
     jobs = [run(scalar_pipeline(match, key))]

@@ -13,27 +13,27 @@ from echotune.gateway.providers.service import ProviderService
 from echotune.gateway.settings import GatewaySettings
 
 
-def _settings(request: Request) -> GatewaySettings:
+async def _settings(request: Request) -> GatewaySettings:
     settings: GatewaySettings = request.app.state.settings
     return settings
 
 
-def _redis(request: Request) -> Redis:
+async def _redis(request: Request) -> Redis:
     redis: Redis = request.app.state.redis
     return redis
 
 
-def _chat_service(request: Request) -> ChatService:
+async def _chat_service(request: Request) -> ChatService:
     service: ChatService = request.app.state.chat
     return service
 
 
-def _provider_service(request: Request) -> ProviderService:
+async def _provider_service(request: Request) -> ProviderService:
     service: ProviderService = request.app.state.providers
     return service
 
 
-def _authenticator(request: Request) -> Authenticator:
+async def _authenticator(request: Request) -> Authenticator:
     auth: Authenticator = request.app.state.auth
     return auth
 

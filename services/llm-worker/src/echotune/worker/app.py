@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from faststream import Context, ContextRepo
+from faststream import AckPolicy, Context, ContextRepo
 from faststream.asgi import AsgiFastStream, make_ping_asgi
 from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.message import RedisStreamMessage
@@ -28,6 +28,7 @@ from echotune.worker.context import WorkerContext, build_providers
 from echotune.worker.conversations import ConversationStore, migrate_when_possible
 from echotune.worker.handlers import run_job
 from echotune.worker.ownership import keep_jobs_owned
+from echotune.worker.pool import JobPool
 from echotune.worker.providers.base import make_client
 from echotune.worker.settings import WorkerSettings
 from echotune.worker.telemetry import TelemetryPublisher
@@ -47,17 +48,15 @@ def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
         graceful_timeout=settings.drain_s,
     )
 
-    # One entry per read: an idle worker elsewhere gets the next job, not this one's buffer.
-    @broker.subscriber(
-        stream=StreamSub(keys.jobs, group=JOBS_GROUP, consumer=settings.consumer, max_records=1),
-        max_workers=settings.concurrency,
-    )
-    async def handle_job(body: dict[str, Any], worker: WorkerDep, message: MessageDep) -> None:
-        """Produce one answer; the job is acknowledged once its final event is written."""
-        await run_job(worker, body, _entry_id(message), reclaimed=False)
+    running: dict[str, WorkerContext] = {}
 
+    # One entry per read, and none before a slot is free (see pool.py).
+    jobs = broker.subscriber(
+        stream=StreamSub(keys.jobs, group=JOBS_GROUP, consumer=settings.consumer, max_records=1),
+        ack_policy=AckPolicy.MANUAL,
+    )
     # Jobs left pending by a dead worker (its entries stop being refreshed) come back here.
-    @broker.subscriber(
+    reclaimed = broker.subscriber(
         stream=StreamSub(
             keys.jobs,
             group=JOBS_GROUP,
@@ -65,11 +64,20 @@ def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
             min_idle_time=int(settings.reclaim_idle_s * 1000),
             polling_interval=500,
         ),
-        max_workers=settings.concurrency,
+        ack_policy=AckPolicy.MANUAL,
     )
+
+    @jobs
+    async def handle_job(body: dict[str, Any], worker: WorkerDep, message: MessageDep) -> None:
+        """Produce one answer; the job is acknowledged once its final event is written."""
+        job = run_job(worker, body, _entry_id(message), reclaimed=False)
+        await worker.pool.admit(job, message)
+
+    @reclaimed
     async def reclaim_job(body: dict[str, Any], worker: WorkerDep, message: MessageDep) -> None:
         """Take over a job whose worker died."""
-        await run_job(worker, body, _entry_id(message), reclaimed=True)
+        job = run_job(worker, body, _entry_id(message), reclaimed=True)
+        await worker.pool.admit(job, message)
 
     @broker.subscriber(channel=keys.cancel_channel)
     async def handle_cancel(request_id: str, worker: WorkerDep) -> None:
@@ -80,7 +88,10 @@ def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
     async def lifespan(context: ContextRepo) -> AsyncIterator[None]:
         redis = create_redis(settings.redis_url, max_connections=settings.concurrency + 16)
         http = make_client()
-        mongo = create_mongo(settings.mongodb_url, timeout_ms=int(settings.context_timeout_s * 1000))
+        context_ms = int(settings.context_timeout_s * 1000)
+        mongo = create_mongo(
+            settings.mongodb_url, timeout_ms=context_ms, operation_timeout_ms=context_ms
+        )
         registry = settings.registry()
         worker = WorkerContext(
             settings=settings,
@@ -92,11 +103,13 @@ def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
             telemetry=TelemetryPublisher(broker, keys.telemetry, settings.telemetry_maxlen),
             breakers=CircuitBreakers(redis, keys, settings.breaker.policy()),
             live=LiveStats(redis, keys),
+            pool=JobPool(settings.concurrency),
             conversations=ConversationStore(
                 mongo, max_chars=settings.context_max_chars, keep_turns=settings.context_keep_turns
             ),
         )
         context.set_global("worker", worker)
+        running["worker"] = worker
         background = [
             asyncio.create_task(sweep_abandoned(worker.cancels, redis, keys, settings.reader_check_s)),
             asyncio.create_task(keep_jobs_owned(worker)),
@@ -112,9 +125,18 @@ def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
             await mongo.close()
             await redis.aclose()
 
+    async def drain() -> None:
+        """On SIGTERM: take no new job, let running ones finish until the deadline."""
+        await jobs.stop()
+        await reclaimed.stop()
+        worker = running["worker"]
+        await worker.pool.drain(settings.drain_s)
+        await worker.telemetry.flush()
+
     return AsgiFastStream(
         broker,
         lifespan=lifespan,
+        on_shutdown=[drain],
         asgi_routes=[("/healthz", make_ping_asgi(broker, timeout=2.0, include_in_schema=False))],
     )
 

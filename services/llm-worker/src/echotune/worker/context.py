@@ -12,6 +12,7 @@ from echotune.common.live_stats import LiveStats
 from echotune.common.providers import ProviderRegistry
 from echotune.worker.cancel import CancelRegistry
 from echotune.worker.conversations import ConversationStore
+from echotune.worker.pool import JobPool
 from echotune.worker.providers import build_provider
 from echotune.worker.providers.base import Provider
 from echotune.worker.settings import WorkerSettings
@@ -30,6 +31,7 @@ class WorkerContext:
     breakers: CircuitBreakers
     live: LiveStats
     conversations: ConversationStore
+    pool: JobPool
 
 
 def build_providers(registry: ProviderRegistry, http: httpx.AsyncClient) -> dict[str, Provider]:

@@ -129,7 +129,7 @@ class ConversationStore:
                 {"_id": job.conversation_id, "userId": job.user_id},
                 {"summary": 1, "turns": {"$slice": -self.keep_turns}},
             )
-        except PyMongoError as exc:
+        except Exception as exc:  # context is optional: never let it break an answer
             self._failed(exc, "conversation context unavailable, answering without it")
             return Context()
         return build_context(document, self.max_chars)
@@ -164,7 +164,7 @@ class ConversationStore:
                 },
                 upsert=True,
             )
-        except PyMongoError as exc:
+        except Exception as exc:  # recording is best effort: never let it break an answer
             self._failed(exc, "conversation turn not recorded")
 
 

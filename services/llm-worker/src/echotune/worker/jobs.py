@@ -88,20 +88,15 @@ class JobRunner:
         await self._final(final)
 
     async def _remember(self) -> None:
-        """Record the turn before the client hears ``done``, so its next message sees it."""
-        try:
-            async with asyncio.timeout(self.ctx.settings.context_timeout_s * 2):
-                await self.ctx.conversations.append(self.job, "".join(self.partial))
-        except TimeoutError:
-            log.warning("conversation turn not recorded in time")
+        """Record the turn before the client hears ``done``, so its next message sees it.
+
+        Bounded by the MongoDB client's own operation timeout (``timeoutMS``): cancelling a
+        PyMongo call from outside can leave the cancellation swallowed.
+        """
+        await self.ctx.conversations.append(self.job, "".join(self.partial))
 
     async def _load_context(self) -> Context:
-        try:
-            async with asyncio.timeout(self.ctx.settings.context_timeout_s):
-                return await self.ctx.conversations.context(self.job)
-        except TimeoutError:
-            log.warning("conversation context too slow; answering without it")
-            return Context()
+        return await self.ctx.conversations.context(self.job)
 
     async def restart_after_worker_loss(self) -> None:
         """A reclaimed job starts over; text already streamed must be discarded by the client."""

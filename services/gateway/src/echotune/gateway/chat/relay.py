@@ -73,6 +73,7 @@ class StreamRelay:
         self._wakeup_last = "0-0"
         self._subs: dict[str, set[Subscription]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._wake_pending = False
 
     @property
     def open_streams(self) -> int:
@@ -107,12 +108,17 @@ class StreamRelay:
                 del self._subs[sub.key]
 
     async def _wake(self) -> None:
+        """Wake the blocked read once per read cycle, however many streams subscribe meanwhile."""
+        if self._wake_pending:
+            return
+        self._wake_pending = True
         async with self._waker.pipeline(transaction=False) as pipe:
             pipe.xadd(self._wakeup_key, {"w": "1"}, maxlen=16, approximate=True)
             pipe.expire(self._wakeup_key, 3600)
             await pipe.execute()
 
     def _read_positions(self) -> dict[str, str]:
+        self._wake_pending = False
         positions = {self._wakeup_key: self._wakeup_last}
         for key, subs in self._subs.items():
             positions[key] = min((s.last_id for s in subs), key=parse_stream_id)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path as PathParam, Response
+from fastapi import APIRouter, Header, Response
+from fastapi import Path as PathParam
 
 from echotune.gateway.errors import ApiError
 

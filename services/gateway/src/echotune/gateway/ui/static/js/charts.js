@@ -10,18 +10,10 @@ function linePath(values, lo, hi) {
   const n = values.length;
   const x = (i) => (n === 1 ? W / 2 : 2 + (i * (W - 4)) / (n - 1));
   const y = (v) => H - 3 - ((v - lo) / (hi - lo || 1)) * (H - 6);
-  let d = '';
-  let pen = false;
-  values.forEach((v, i) => {
-    if (!isNum(v)) {
-      pen = false;
-      return;
-    }
-    d += `${pen ? 'L' : 'M'}${x(i).toFixed(1)} ${y(v).toFixed(1)} `;
-    pen = true;
-  });
-  // A lone point between gaps still shows, as a short flat stroke.
-  return d.replace(/M([\d.]+) ([\d.]+) (?=M|$)/g, (m, px, py) => `M${px} ${py} L${(+px + 1.5).toFixed(1)} ${py} `);
+  // Buckets without calls have no value: the line joins the buckets that have one.
+  const points = values.map((v, i) => [v, i]).filter(([v]) => isNum(v));
+  if (points.length === 1) points.push([points[0][0], points[0][1] + 0.5]); // a lone value: a dash
+  return points.map(([v, i], k) => `${k ? 'L' : 'M'}${x(i).toFixed(1)} ${y(v).toFixed(1)}`).join(' ');
 }
 
 /**

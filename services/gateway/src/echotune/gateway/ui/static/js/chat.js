@@ -277,6 +277,7 @@ class Answer {
   }
 
   finish(state) {
+    const stick = this.chat.nearBottom();
     this.final = true;
     this.flush();
     if (this.source) this.source.close();
@@ -285,6 +286,7 @@ class Answer {
     this.setState(state);
     this.updatePanel();
     this.chat.answerEnded(this);
+    if (stick) requestAnimationFrame(() => this.chat.scrollToEnd());
   }
 
   // --- the element ----------------------------------------------------------------------

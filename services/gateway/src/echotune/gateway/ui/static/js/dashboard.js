@@ -14,6 +14,43 @@ const TIMELINE_LIMIT = 200;
 const timeZone = () => Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC';
 const q = (params) => new URLSearchParams(params).toString();
 
+/** The start of the local bucket containing `date` (weeks start on Monday, as the API's). */
+function bucketStart(date, granularity) {
+  const d = new Date(date);
+  if (granularity === 'hour') d.setMinutes(0, 0, 0);
+  else d.setHours(0, 0, 0, 0);
+  if (granularity === 'week') d.setDate(d.getDate() - ((d.getDay() + 6) % 7));
+  return d;
+}
+
+function nextBucket(date, granularity) {
+  const d = new Date(date);
+  if (granularity === 'hour') d.setHours(d.getHours() + 1);
+  else d.setDate(d.getDate() + (granularity === 'week' ? 7 : 1));
+  return d;
+}
+
+/** The API leaves empty buckets out: put them back as zeros over the window, so that time is
+ * drawn evenly. Buckets are in the browser's time zone (the one asked for). If the buckets do
+ * not line up with the answer's (another zone), the answer is drawn as it is. */
+function fillGaps(points, granularity, windowMeta) {
+  if (!points.length) return points;
+  const byTime = new Map(points.map((p) => [new Date(p.start).getTime(), p]));
+  const first = new Date(points[0].start);
+  const from = windowMeta && windowMeta.window ? new Date(windowMeta.from) : first;
+  const last = new Date(points[points.length - 1].start).getTime() + 1;
+  const to = windowMeta && windowMeta.to ? new Date(Math.max(new Date(windowMeta.to).getTime(), last)) : new Date(last);
+  const filled = [];
+  let matched = 0;
+  for (let t = bucketStart(from < first ? from : first, granularity); t < to && filled.length < 5000;
+    t = nextBucket(t, granularity)) {
+    const point = byTime.get(t.getTime());
+    if (point) matched += 1;
+    filled.push(point || { start: t.toISOString(), plays: 0 });
+  }
+  return matched === points.length ? filled : points;
+}
+
 /** Section states: loading, ok, empty, unavailable, error. */
 class Section {
   constructor(name) {
@@ -72,6 +109,7 @@ export class Dashboard {
     this.listenSelect.addEventListener('change', () => this.loadListening());
     app.providers.subscribe((providers) => this.renderLive(providers));
     this.generation = 0;
+    this.listenGeneration = 0;
   }
 
   load() {
@@ -145,7 +183,7 @@ export class Dashboard {
     if (s) {
       const bucket = seriesData.bucket;
       charts = h('div', { class: 'spark-row' },
-        figure('Latency p50 / p95', `${fmtMs(latest(s.p50))} / ${fmtMs(latest(s.p95))}`,
+        figure('Latency p50/p95', `${fmtMs(latest(s.p50))} / ${fmtMs(latest(s.p95))}`,
           sparkline([{ values: s.p95 || [], className: 'p95' }, { values: s.p50 || [], className: 'p50' }], {
             label: `Latency of ${name} per ${bucket} over the ${span}: p50 ${describe(s.p50 || [], fmtMs)}; p95 ${describe(s.p95 || [], fmtMs)}`,
             min: 0,
@@ -170,7 +208,7 @@ export class Dashboard {
           h('td', null, fmtMs(r.latency_ms && r.latency_ms.p50)),
           h('td', null, fmtMs(r.latency_ms && r.latency_ms.p95)),
           h('td', null, fmtMs(r.ttft_ms && r.ttft_ms.p50)),
-          h('td', null, fmtNum(r.tokens_per_s))))))));
+          h('td', null, fmtNum(r.tokens_per_s)))))));
     return h('article', { class: 'provider-card', dataset: { provider: name } },
       h('h3', null, name), charts, table);
   }
@@ -186,17 +224,19 @@ export class Dashboard {
     timeline.set('loading', 'Loading plays…');
     engagement.set('loading', 'Loading engagement…');
     const base = { tz, window };
+    const generation = ++this.listenGeneration;
     const [listening, insights] = await Promise.allSettled([
       api(`/api/analytics/listening-patterns?${q({ ...base, granularity, limit: TIMELINE_LIMIT })}`),
       api(`/api/insights/engagement?${q({ ...base, limit: 10 })}`),
     ]);
+    if (generation !== this.listenGeneration) return; // a newer period was chosen meanwhile
     if (listening.status === 'rejected') {
       patterns.fail(listening.reason);
       timeline.fail(listening.reason);
     } else {
       const data = listening.value.data || {};
       this.renderPatterns(data, tz);
-      await this.renderTimeline(data, listening.value.meta || {}, { ...base, granularity }, window);
+      await this.renderTimeline(data, listening.value.meta || {}, { ...base, granularity }, window, generation);
     }
     if (insights.status === 'rejected') engagement.fail(insights.reason);
     else this.renderEngagement(insights.value.data || {});
@@ -221,7 +261,7 @@ export class Dashboard {
     );
   }
 
-  async renderTimeline(data, meta, params, window) {
+  async renderTimeline(data, meta, params, window, generation) {
     const section = this.sections.timeline;
     let points = data.timeline || [];
     const total = typeof meta.total === 'number' ? meta.total : points.length;
@@ -235,9 +275,10 @@ export class Dashboard {
         )));
         points = answers.flatMap((a) => (a.data && a.data.timeline) || []).slice(-TIMELINE_LIMIT);
       } catch (error) {
-        section.fail(error);
+        if (generation === this.listenGeneration) section.fail(error);
         return;
       }
+      if (generation !== this.listenGeneration) return;
     }
     if (!points.length) {
       section.set('empty', 'No plays in this period.');
@@ -245,6 +286,7 @@ export class Dashboard {
     }
     section.set('ok', '');
     const granularity = params.granularity;
+    points = fillGaps(points, granularity, window === 'all' ? null : meta.window);
     const dateFormat = new Intl.DateTimeFormat(undefined, granularity === 'hour'
       ? { month: 'short', day: 'numeric', hour: '2-digit' } : { year: 'numeric', month: 'short', day: 'numeric' });
     const label = (p) => dateFormat.format(new Date(p.start));

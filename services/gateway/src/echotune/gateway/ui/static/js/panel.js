@@ -109,8 +109,8 @@ export function debugInfo(answer) {
   };
 }
 
-function fact(label, ...value) {
-  return h('div', { class: 'fact' }, h('dt', null, label), h('dd', null, ...value));
+function fact(key, label, ...value) {
+  return h('div', { class: 'fact', 'data-fact': key }, h('dt', null, label), h('dd', null, ...value));
 }
 
 /** (Re)draw the panel's content. */
@@ -137,16 +137,16 @@ export function renderPanel(answer, panel) {
   copy.addEventListener('click', () => copyText(JSON.stringify(debugInfo(answer), null, 2), panel));
   panel.replaceChildren(
     h('dl', { class: 'facts' },
-      fact('Answered by', via),
-      fact('Outcome', outcome),
-      fact('Time to first token', ...ttft),
-      fact('Total time', ...total),
-      fact('Tokens', usage ? `${fmtNum(usage.prompt_tokens, 0)} in · ${fmtNum(usage.completion_tokens, 0)} out` : '—'),
-      fact('Tokens/s', fmtNum(info.tokens_per_s)),
-      fact('Context used', context),
-      fact('Request id', h('code', null, answer.rid)),
-      answer.conversationId ? fact('Conversation', h('code', null, answer.conversationId)) : null,
-      answer.reconnects ? fact('Reconnects', String(answer.reconnects)) : null,
+      fact('answered_by', 'Answered by', via),
+      fact('outcome', 'Outcome', outcome),
+      fact('ttft', 'Time to first token', ...ttft),
+      fact('total', 'Total time', ...total),
+      fact('tokens', 'Tokens', usage ? `${fmtNum(usage.prompt_tokens, 0)} in · ${fmtNum(usage.completion_tokens, 0)} out` : '—'),
+      fact('tokens_per_s', 'Tokens/s', fmtNum(info.tokens_per_s)),
+      fact('context', 'Context used', context),
+      fact('request_id', 'Request id', h('code', null, answer.rid)),
+      answer.conversationId ? fact('conversation', 'Conversation', h('code', null, answer.conversationId)) : null,
+      answer.reconnects ? fact('reconnects', 'Reconnects', String(answer.reconnects)) : null,
     ),
     h('h3', { class: 'panel-title' }, `Attempts${done ? ` (${done.attempts})` : ''}`),
     chain.length
