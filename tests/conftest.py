@@ -78,8 +78,13 @@ TIMEOUTS = {"connect": 2, "first_token": 5, "idle": 5, "total": 60}
 def openai_provider(fake_url: str, name: str, **extra: object) -> dict[str, object]:
     """An OpenAI-kind provider served by the fake upstream, whose model is ``<name>-model``."""
     return {
-        "name": name, "kind": "openai", "base_url": f"{fake_url}/v1", "api_key": PROVIDER_SECRET,
-        "models": [f"{name}-model"], "timeouts": TIMEOUTS, **extra,
+        "name": name,
+        "kind": "openai",
+        "base_url": f"{fake_url}/v1",
+        "api_key": PROVIDER_SECRET,
+        "models": [f"{name}-model"],
+        "timeouts": TIMEOUTS,
+        **extra,
     }
 
 

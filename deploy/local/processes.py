@@ -1,4 +1,4 @@
-"""Child processes for the local stack and the tests: started, awaited by their log lines, stopped."""
+"""Child processes of the local stack and the tests: started, awaited by log lines, stopped."""
 
 from __future__ import annotations
 
@@ -40,12 +40,14 @@ class ServiceProcess:
         self._reader = asyncio.create_task(self._read())
         try:
             return await self.wait_for_line(ready, timeout)
-        except TimeoutError:
+        except TimeoutError as exc:
             await self.stop()
-            raise RuntimeError(f"{self.name} did not start:\n" + "\n".join(self.lines[-40:]))
+            log = "\n".join(self.lines[-40:])
+            raise RuntimeError(f"{self.name} did not start:\n{log}") from exc
 
     async def _read(self) -> None:
-        assert self.proc and self.proc.stdout
+        assert self.proc
+        assert self.proc.stdout
         async for raw in self.proc.stdout:
             line = raw.decode(errors="replace").rstrip("\n")
             if self.echo:
@@ -129,8 +131,18 @@ async def start_gateway(
 async def start_worker(env: Mapping[str, str], name: str = "worker") -> ServiceProcess:
     proc = ServiceProcess(
         name,
-        [PYTHON, "-m", "faststream", "run", "echotune.worker.app:create_app", "--factory",
-         "--host", "127.0.0.1", "--port", "0"],
+        [
+            PYTHON,
+            "-m",
+            "faststream",
+            "run",
+            "echotune.worker.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ],
         env,
     )
     await proc.start(r"FastStream app started successfully")

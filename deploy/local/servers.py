@@ -73,7 +73,16 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> str:
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", self.workdir]
+        args = [
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            self.workdir,
+        ]
         args += ["--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always"]
         self.proc = subprocess.Popen(
             [self.binary, *args],

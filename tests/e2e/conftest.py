@@ -1,4 +1,4 @@
-"""End-to-end tests: every test here talks to real processes (marked ``e2e`` by the root conftest)."""
+"""End-to-end tests: they talk to real processes (marked ``e2e`` by the root conftest)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from tests.support.upstream import FakeUpstream
+
 
 @pytest.fixture
 def upstream(client: httpx.AsyncClient, fake_llm: str) -> FakeUpstream:

@@ -24,8 +24,11 @@ def rss_kib(pid: int) -> int:
 
 async def test_one_gateway_holds_a_thousand_streams(redis_server_url: str, fake_llm: str) -> None:
     stack = await start_stack(
-        redis_server_url, fake_llm, workers=1,
-        ECHOTUNE_WORKER_CONCURRENCY=str(STREAMS), ECHOTUNE_GATEWAY_HEARTBEAT_S="5",
+        redis_server_url,
+        fake_llm,
+        workers=1,
+        ECHOTUNE_WORKER_CONCURRENCY=str(STREAMS),
+        ECHOTUNE_GATEWAY_HEARTBEAT_S="5",
     )
     limits = httpx.Limits(max_connections=STREAMS + 10, max_keepalive_connections=STREAMS + 10)
     try:
@@ -35,19 +38,26 @@ async def test_one_gateway_holds_a_thousand_streams(redis_server_url: str, fake_
         ) as client:
             rids = [f"cap-{uuid.uuid4().hex}" for _ in range(STREAMS)]
             # Every upstream answer waits 4 s before its first token: all streams are open at once.
-            await asyncio.gather(*(
-                client.put(f"{fake_llm}/_control/scripts/{rid}",
-                           json={"attempts": [{"tokens": TOKENS, "ttft_ms": 4000, "pace_ms": 200}]})
-                for rid in rids
-            ))
+            await asyncio.gather(
+                *(
+                    client.put(
+                        f"{fake_llm}/_control/scripts/{rid}",
+                        json={"attempts": [{"tokens": TOKENS, "ttft_ms": 4000, "pace_ms": 200}]},
+                    )
+                    for rid in rids
+                )
+            )
             before = rss_kib(gateway.pid)
             opened = asyncio.Event()
             started = 0
 
             async def one(rid: str) -> str:
                 nonlocal started
-                async with client.stream("GET", f"{stack.url}/api/chat/stream",
-                                         params={"message": "hi", "request_id": rid}) as response:
+                async with client.stream(
+                    "GET",
+                    f"{stack.url}/api/chat/stream",
+                    params={"message": "hi", "request_id": rid},
+                ) as response:
                     assert response.status_code == 200
                     text, seen_start = "", False
                     async for line in response.aiter_lines():
@@ -56,7 +66,7 @@ async def test_one_gateway_holds_a_thousand_streams(redis_server_url: str, fake_
                             started += 1
                             if started == STREAMS:
                                 opened.set()
-                        if line.startswith("data: {\"delta\""):
+                        if line.startswith('data: {"delta"'):
                             text += json.loads(line[6:])["delta"]
                         if line.startswith("event: done"):
                             return text
@@ -67,8 +77,10 @@ async def test_one_gateway_holds_a_thousand_streams(redis_server_url: str, fake_
             during = rss_kib(gateway.pid)
             texts = await asyncio.gather(*tasks)
         per_stream = (during - before) / STREAMS
-        print(f"{STREAMS} open streams: gateway RSS {before} -> {during} KiB, "
-              f"{per_stream:.1f} KiB per stream")
+        print(
+            f"{STREAMS} open streams: gateway RSS {before} -> {during} KiB, "
+            f"{per_stream:.1f} KiB per stream"
+        )
         assert texts == ["".join(TOKENS)] * STREAMS
         assert per_stream <= 50
     finally:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import httpx
@@ -112,7 +111,8 @@ async def test_cancel_closes_the_upstream_connection_at_once(
                 assert answer.status_code == 202
                 assert answer.json()["status"] == "cancelling"
     done = [f for f in collected if f.event == "done"]
-    assert done and done[0].json["finish_reason"] == "cancelled"
+    assert done
+    assert done[0].json["finish_reason"] == "cancelled"
     assert collected[-1].event == "done"
     (record,) = await upstream.requests(rid)
     assert record["closed_by_client"] is True

@@ -35,7 +35,10 @@ async def stream_until(
 
 
 async def test_killed_worker_job_is_reclaimed_and_restarted(
-    redis_server_url: str, fake_llm: str, client: httpx.AsyncClient, upstream: FakeUpstream,
+    redis_server_url: str,
+    fake_llm: str,
+    client: httpx.AsyncClient,
+    upstream: FakeUpstream,
     rid: str,
 ) -> None:
     stack = await start_stack(
@@ -43,7 +46,8 @@ async def test_killed_worker_job_is_reclaimed_and_restarted(
     )
     try:
         await upstream.script(
-            rid, {"tokens": [f"old{i} " for i in range(200)], "pace_ms": 30},
+            rid,
+            {"tokens": [f"old{i} " for i in range(200)], "pace_ms": 30},
             {"tokens": ["fresh ", "answer"]},
         )
 
@@ -57,7 +61,7 @@ async def test_killed_worker_job_is_reclaimed_and_restarted(
         assert failover.json["discard_partial"] is True
         assert failover.json["reason"] == "worker_lost"
         assert waited < 2 + 3
-        after = events[events.index(failover) + 1:]
+        after = events[events.index(failover) + 1 :]
         assert "".join(e.json["delta"] for e in after if e.event == "delta") == "fresh answer"
         assert events[-1].event == "done"
         assert events[-1].json["finish_reason"] == "stop"
@@ -68,7 +72,10 @@ async def test_killed_worker_job_is_reclaimed_and_restarted(
 
 
 async def test_sigterm_lets_running_answers_finish(
-    redis_server_url: str, fake_llm: str, client: httpx.AsyncClient, upstream: FakeUpstream,
+    redis_server_url: str,
+    fake_llm: str,
+    client: httpx.AsyncClient,
+    upstream: FakeUpstream,
     rid: str,
 ) -> None:
     stack = await start_stack(redis_server_url, fake_llm, workers=1, ECHOTUNE_WORKER_DRAIN_S="10")
@@ -91,7 +98,10 @@ async def test_sigterm_lets_running_answers_finish(
 
 
 async def test_sigterm_ends_what_cannot_finish_with_an_error(
-    redis_server_url: str, fake_llm: str, client: httpx.AsyncClient, upstream: FakeUpstream,
+    redis_server_url: str,
+    fake_llm: str,
+    client: httpx.AsyncClient,
+    upstream: FakeUpstream,
     rid: str,
 ) -> None:
     stack = await start_stack(redis_server_url, fake_llm, workers=1, ECHOTUNE_WORKER_DRAIN_S="1")
@@ -115,13 +125,18 @@ async def test_backlog_limit_answers_429(
     redis_server_url: str, fake_llm: str, client: httpx.AsyncClient
 ) -> None:
     stack = await start_stack(
-        redis_server_url, fake_llm, workers=0, ECHOTUNE_GATEWAY_MAX_BACKLOG="2",
+        redis_server_url,
+        fake_llm,
+        workers=0,
+        ECHOTUNE_GATEWAY_MAX_BACKLOG="2",
         ECHOTUNE_GATEWAY_MAX_STREAM_S="1",
     )
     try:
         url = f"{stack.url}/api/chat/stream"
         for n in range(2):
-            opened = await read_stream(client, "GET", url, params={"message": f"q{n}"}, stop_after=1)
+            opened = await read_stream(
+                client, "GET", url, params={"message": f"q{n}"}, stop_after=1
+            )
             assert opened.status == 200
         refused = await client.get(url, params={"message": "one too many"})
         assert refused.status_code == 429
@@ -129,8 +144,9 @@ async def test_backlog_limit_answers_429(
         assert refused.json()["error"]["code"] == "overloaded"
         # With no worker at all, a stream still ends: the gateway's deadline closes it.
         started = time.monotonic()
-        stuck = await read_stream(client, "GET", url,
-                                  params={"request_id": opened.events[0].json["request_id"]})
+        stuck = await read_stream(
+            client, "GET", url, params={"request_id": opened.events[0].json["request_id"]}
+        )
         assert stuck.last.event == "error"
         assert stuck.last.json["code"] == "deadline_exceeded"
         assert time.monotonic() - started < 1 + 3 + 1

@@ -23,8 +23,11 @@ pytestmark = pytest.mark.load
 
 async def test_500_streams_for_a_minute(redis_server_url: str, fake_llm: str) -> None:
     stack = await start_stack(
-        redis_server_url, fake_llm, workers=2,
-        ECHOTUNE_WORKER_CONCURRENCY=str(STREAMS), ECHOTUNE_GATEWAY_HEARTBEAT_S="5",
+        redis_server_url,
+        fake_llm,
+        workers=2,
+        ECHOTUNE_WORKER_CONCURRENCY=str(STREAMS),
+        ECHOTUNE_GATEWAY_HEARTBEAT_S="5",
         ECHOTUNE_GATEWAY_MAX_BACKLOG="100000",
         ECHOTUNE_RESUME_WINDOW_S="30",  # the production default, not the tests' short one
     )
@@ -48,7 +51,9 @@ async def test_500_streams_for_a_minute(redis_server_url: str, fake_llm: str) ->
                 while time.monotonic() < deadline:
                     try:
                         result = await read_stream(
-                            client, "GET", f"{stack.url}/api/chat/stream",
+                            client,
+                            "GET",
+                            f"{stack.url}/api/chat/stream",
                             params={"message": "load", "request_id": f"load-{uuid.uuid4().hex}"},
                         )
                     except httpx.HTTPError as exc:
@@ -70,8 +75,10 @@ async def test_500_streams_for_a_minute(redis_server_url: str, fake_llm: str) ->
         await httpx.AsyncClient().put(f"{fake_llm}/_control/default", json={})
         await stack.stop()
     warm = [rss for at, rss in samples if at >= samples[0][0] + SECONDS / 3]
-    print(f"{STREAMS} streams x {SECONDS:.0f} s: {counts['ok']} answers, {counts['errors']} errors; "
-          f"gateway RSS after warm-up {min(warm) // 1024}-{max(warm) // 1024} MiB")
+    print(
+        f"{STREAMS} streams x {SECONDS:.0f} s: {counts['ok']} answers, {counts['errors']} errors; "
+        f"gateway RSS after warm-up {min(warm) // 1024}-{max(warm) // 1024} MiB"
+    )
     assert counts["errors"] == 0, kinds
     assert counts["ok"] >= STREAMS
     assert max(warm) <= min(warm) * 1.15, "memory is flat after warm-up"

@@ -25,8 +25,11 @@ async def sdk(stack: Stack) -> AsyncIterator[AsyncOpenAI]:
 async def test_streaming(sdk: AsyncOpenAI, upstream: FakeUpstream, rid: str) -> None:
     await upstream.script(rid, {"tokens": TOKENS})
     stream = await sdk.chat.completions.create(
-        model="fake-openai/gpt-fake", messages=ASK, stream=True,
-        stream_options={"include_usage": True}, extra_headers={"X-Request-Id": rid},
+        model="fake-openai/gpt-fake",
+        messages=ASK,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_headers={"X-Request-Id": rid},
     )
     chunks = [chunk async for chunk in stream]
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -39,7 +42,9 @@ async def test_streaming(sdk: AsyncOpenAI, upstream: FakeUpstream, rid: str) -> 
     assert seen["json"]["messages"][-1] == {"role": "user", "content": "a jazz album?"}
 
 
-async def test_non_streaming_with_history(sdk: AsyncOpenAI, upstream: FakeUpstream, rid: str) -> None:
+async def test_non_streaming_with_history(
+    sdk: AsyncOpenAI, upstream: FakeUpstream, rid: str
+) -> None:
     await upstream.script(rid, {"tokens": TOKENS})
     history = [
         {"role": "system", "content": "You are terse."},
@@ -72,7 +77,9 @@ async def test_rate_limit_is_absorbed_by_our_retry(
 async def test_failover_is_invisible_to_the_client(
     sdk: AsyncOpenAI, upstream: FakeUpstream, rid: str
 ) -> None:
-    await upstream.script(rid, {"status": 500}, {"status": 500}, {"status": 500}, {"tokens": TOKENS})
+    await upstream.script(
+        rid, {"status": 500}, {"status": 500}, {"status": 500}, {"tokens": TOKENS}
+    )
     stream = await sdk.chat.completions.create(
         model="flaky/flaky-model", messages=ASK, stream=True, extra_headers={"X-Request-Id": rid}
     )

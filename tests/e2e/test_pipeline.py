@@ -29,7 +29,8 @@ async def pstack(
     harness: TelemetryHarness, redis_server_url: str, fake_llm: str
 ) -> AsyncIterator[Stack]:
     running = await start_stack(
-        redis_server_url, fake_llm,
+        redis_server_url,
+        fake_llm,
         ECHOTUNE_NAMESPACE=harness.namespace,
         ECHOTUNE_MONGODB_URL=harness.mongo_url,
         ECHOTUNE_WORKER_CONTEXT_MAX_CHARS=str(CONTEXT_BOUND),
@@ -44,13 +45,18 @@ async def ask(
     client: httpx.AsyncClient, stack: Stack, rid: str, message: str, **params: Any
 ) -> StreamResult:
     return await read_stream(
-        client, "GET", f"{stack.url}/api/chat/stream",
+        client,
+        "GET",
+        f"{stack.url}/api/chat/stream",
         params={"message": message, "request_id": rid, **params},
     )
 
 
 async def test_a_retried_chat_becomes_two_attempt_documents(
-    pstack: Stack, harness: TelemetryHarness, client: httpx.AsyncClient, upstream: FakeUpstream,
+    pstack: Stack,
+    harness: TelemetryHarness,
+    client: httpx.AsyncClient,
+    upstream: FakeUpstream,
     rid: str,
 ) -> None:
     collection = harness.db["provider_telemetry"]
@@ -95,8 +101,9 @@ async def test_context_on_and_off(
 
     without = f"{rid}-3"
     await upstream.script(without, {"tokens": ["ok"]})
-    third = await ask(client, pstack, without, "And a third?", conversation_id=conversation,
-                      use_context="false")
+    third = await ask(
+        client, pstack, without, "And a third?", conversation_id=conversation, use_context="false"
+    )
     sent = (await upstream.requests(without))[0]["json"]["messages"]
     assert [m["role"] for m in sent] == ["system", "user"]
     assert third.last.json["context"] == {"turns": 0, "chars": 0}
@@ -109,8 +116,9 @@ async def test_context_stays_within_its_bound(
     for n in range(8):
         step = f"{rid}-{n}"
         await upstream.script(step, {"tokens": [f"answer {n} " + "la " * 30]})
-        result = await ask(client, pstack, step, f"question {n} " + "why " * 20,
-                           conversation_id=conversation)
+        result = await ask(
+            client, pstack, step, f"question {n} " + "why " * 20, conversation_id=conversation
+        )
         assert result.last.event == "done"
         used = result.last.json["context"]
         sent = (await upstream.requests(step))[0]["json"]["messages"]

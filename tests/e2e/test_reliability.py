@@ -29,7 +29,9 @@ async def rstack(redis_server_url: str, fake_llm: str) -> AsyncIterator[Stack]:
         providers=[
             *(openai_provider(fake_llm, name) for name in NAMES),
             openai_provider(
-                fake_llm, "slow", timeouts={"connect": 1, "first_token": 0.5, "idle": 0.4, "total": 30}
+                fake_llm,
+                "slow",
+                timeouts={"connect": 1, "first_token": 0.5, "idle": 0.4, "total": 30},
             ),
         ],
         ECHOTUNE_DEFAULT_PROVIDER="backup",
@@ -47,7 +49,9 @@ async def chat(
     client: httpx.AsyncClient, stack: Stack, rid: str, provider: str, **body: Any
 ) -> StreamResult:
     return await read_stream(
-        client, "POST", f"{stack.url}/api/chat/stream",
+        client,
+        "POST",
+        f"{stack.url}/api/chat/stream",
         json={"message": "play something", "provider": provider, **body},
         headers={"X-Request-Id": rid},
     )
@@ -76,7 +80,9 @@ async def test_retry_after_is_honoured(
 async def test_backoff_is_bounded_then_fails_over_in_order(
     rstack: Stack, client: httpx.AsyncClient, upstream: FakeUpstream, rid: str
 ) -> None:
-    await upstream.script(rid, {"status": 503}, {"status": 503}, {"status": 503}, {"tokens": ["saved"]})
+    await upstream.script(
+        rid, {"status": 503}, {"status": 503}, {"status": 503}, {"tokens": ["saved"]}
+    )
     result = await chat(client, rstack, rid, "backoff")
     kinds = [e.event for e in result.events]
     assert kinds == ["start", "retry", "retry", "failover", "delta", "done"]
@@ -184,8 +190,9 @@ async def test_cancel_during_a_backoff_wait(
     await upstream.script(rid, {"status": 429, "retry_after": "20"}, {"tokens": ["late"]})
     events = []
     url = f"{rstack.url}/api/chat/stream"
-    async with client.stream("GET", url, params={"message": "x", "request_id": rid,
-                                                 "provider": "cancel"}) as response:
+    async with client.stream(
+        "GET", url, params={"message": "x", "request_id": rid, "provider": "cancel"}
+    ) as response:
         async for frame in frames(response):
             if frame.event:
                 events.append(frame)
@@ -215,8 +222,9 @@ async def test_switch_validates_and_persists_across_gateway_restarts(
     assert listing["selection"] == {"provider": "switch", "model": "switch-model"}
     assert [p["id"] for p in listing["providers"] if p["selected"]] == ["switch"]
     await upstream.script(rid, {"tokens": ["chosen"]})
-    result = await read_stream(client, "GET", f"{rstack.url}/api/chat/stream",
-                               params={"message": "hi", "request_id": rid})
+    result = await read_stream(
+        client, "GET", f"{rstack.url}/api/chat/stream", params={"message": "hi", "request_id": rid}
+    )
     assert result.events[0].json["provider"] == "switch"
     assert result.text == "chosen"
     await client.post(f"{rstack.url}/api/providers/switch", json={"provider": "backup"})

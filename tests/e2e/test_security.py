@@ -23,7 +23,8 @@ ORIGIN = "https://app.echotune.example"
 @pytest.fixture(scope="module")
 async def secure(redis_server_url: str, fake_llm: str) -> AsyncIterator[Stack]:
     running = await start_stack(
-        redis_server_url, fake_llm,
+        redis_server_url,
+        fake_llm,
         ECHOTUNE_GATEWAY_CHAT_STARTS_PER_MINUTE_USER="4",
         ECHOTUNE_GATEWAY_CHAT_STARTS_PER_MINUTE_IP="1000",
         ECHOTUNE_GATEWAY_MAX_OPEN_STREAMS_PER_USER="2",
@@ -44,9 +45,16 @@ def bearer(key: str) -> dict[str, str]:
 
 @pytest.mark.parametrize(
     ("method", "path"),
-    [("GET", "/api/providers"), ("GET", "/api/providers/health"), ("POST", "/api/providers/switch"),
-     ("GET", "/api/chat/stream?message=hi"), ("POST", "/api/chat/some-request-id/cancel"),
-     ("GET", "/api/auth/me"), ("GET", "/v1/models"), ("POST", "/v1/chat/completions")],
+    [
+        ("GET", "/api/providers"),
+        ("GET", "/api/providers/health"),
+        ("POST", "/api/providers/switch"),
+        ("GET", "/api/chat/stream?message=hi"),
+        ("POST", "/api/chat/some-request-id/cancel"),
+        ("GET", "/api/auth/me"),
+        ("GET", "/v1/models"),
+        ("POST", "/v1/chat/completions"),
+    ],
 )
 async def test_api_routes_need_authentication(secure: Stack, method: str, path: str) -> None:
     async with httpx.AsyncClient(base_url=secure.url) as anonymous:
@@ -78,7 +86,9 @@ async def test_wrong_and_revoked_keys_are_refused(secure: Stack, redis: Redis) -
 
 
 async def test_openai_sdk_gets_an_authentication_error(secure: Stack) -> None:
-    async with openai.AsyncOpenAI(base_url=f"{secure.url}/v1", api_key="et_x_wrong", max_retries=0) as sdk:
+    async with openai.AsyncOpenAI(
+        base_url=f"{secure.url}/v1", api_key="et_x_wrong", max_retries=0
+    ) as sdk:
         with pytest.raises(openai.AuthenticationError):
             await sdk.models.list()
 
@@ -94,8 +104,9 @@ async def test_browser_session_cookie(secure: Stack, upstream: FakeUpstream) -> 
         assert (await browser.get("/api/auth/me")).json() == {"user_id": "dev"}
         rid = f"cookie-{uuid.uuid4().hex}"
         await upstream.script(rid, {"tokens": ["via ", "cookie"]})
-        result = await read_stream(browser, "GET", "/api/chat/stream",
-                                   params={"message": "hi", "request_id": rid})
+        result = await read_stream(
+            browser, "GET", "/api/chat/stream", params={"message": "hi", "request_id": rid}
+        )
         assert result.text == "via cookie"
         await browser.delete("/api/auth/session")
         assert (await browser.get("/api/auth/me")).status_code == 401
@@ -107,19 +118,31 @@ async def test_users_cannot_touch_each_others_streams(
     alice, bob = await new_key(redis, secure, "alice"), await new_key(redis, secure, "bob")
     await upstream.script(rid, {"tokens": ["mine"], "ttft_ms": 300})
     async with httpx.AsyncClient(base_url=secure.url) as http:
-        own = await read_stream(http, "GET", "/api/chat/stream", headers=bearer(alice),
-                                params={"message": "hi", "request_id": rid})
+        own = await read_stream(
+            http,
+            "GET",
+            "/api/chat/stream",
+            headers=bearer(alice),
+            params={"message": "hi", "request_id": rid},
+        )
         assert own.text == "mine"
-        peek = await http.get("/api/chat/stream", headers=bearer(bob),
-                              params={"request_id": rid, "last_event_id": "0-0"})
+        peek = await http.get(
+            "/api/chat/stream",
+            headers=bearer(bob),
+            params={"request_id": rid, "last_event_id": "0-0"},
+        )
         assert peek.status_code == 404
-        reuse = await http.get("/api/chat/stream", headers=bearer(bob),
-                               params={"request_id": rid, "message": "hi"})
+        reuse = await http.get(
+            "/api/chat/stream", headers=bearer(bob), params={"request_id": rid, "message": "hi"}
+        )
         assert reuse.status_code == 409
         cancel = await http.post(f"/api/chat/{rid}/cancel", headers=bearer(bob))
         assert cancel.status_code == 404
-        again = await http.get("/api/chat/stream", headers=bearer(alice),
-                               params={"request_id": rid, "last_event_id": own.events[1].id})
+        again = await http.get(
+            "/api/chat/stream",
+            headers=bearer(alice),
+            params={"request_id": rid, "last_event_id": own.events[1].id},
+        )
         assert again.status_code == 200
 
 
@@ -128,8 +151,9 @@ async def test_chat_starts_are_rate_limited_per_user(secure: Stack, redis: Redis
     statuses = []
     async with httpx.AsyncClient(base_url=secure.url, headers=bearer(key)) as http:
         for n in range(5):
-            result = await read_stream(http, "GET", "/api/chat/stream",
-                                       params={"message": f"q{n}", "provider": "demo"})
+            result = await read_stream(
+                http, "GET", "/api/chat/stream", params={"message": f"q{n}", "provider": "demo"}
+            )
             statuses.append(result.status)
         refused = await http.get("/api/chat/stream", params={"message": "more"})
     assert statuses == [200, 200, 200, 200, 429]
@@ -147,8 +171,11 @@ async def test_open_streams_per_user_are_capped(
         await upstream.script(rid, {"tokens": ["x"], "ttft_ms": 1500})
     async with httpx.AsyncClient(base_url=secure.url, headers=bearer(key), timeout=10) as http:
         holders = [
-            asyncio.create_task(read_stream(http, "GET", "/api/chat/stream",
-                                            params={"message": "hold", "request_id": rid}))
+            asyncio.create_task(
+                read_stream(
+                    http, "GET", "/api/chat/stream", params={"message": "hold", "request_id": rid}
+                )
+            )
             for rid in rids
         ]
         for rid in rids:
@@ -157,8 +184,9 @@ async def test_open_streams_per_user_are_capped(
         assert third.status_code == 429
         assert third.json()["error"]["code"] == "too_many_streams"
         await asyncio.gather(*holders)
-        after = await read_stream(http, "GET", "/api/chat/stream",
-                                  params={"message": "now", "provider": "demo"})
+        after = await read_stream(
+            http, "GET", "/api/chat/stream", params={"message": "now", "provider": "demo"}
+        )
         assert after.status == 200
 
 

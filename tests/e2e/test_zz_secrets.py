@@ -20,7 +20,9 @@ async def test_no_secret_leaks_anywhere(
     leak = {"error": {"message": f"Incorrect API key provided: {PROVIDER_SECRET}"}}
     await upstream.script(rid, {"status": 401, "error_body": leak})
     result = await read_stream(
-        client, "GET", f"{stack.url}/api/chat/stream",
+        client,
+        "GET",
+        f"{stack.url}/api/chat/stream",
         params={"message": "hi", "request_id": rid, "provider": "flaky"},
     )
     assert result.last.event in ("error", "done")

@@ -197,9 +197,17 @@ class CircuitBreakers:
         old, new = await self._record(
             keys=[key, f"{key}:ok", f"{key}:fail"],
             args=[
-                now, outcome.value, "1" if probe else "0", int(retry_after_s * 1000),
-                int(p.window_s * 1000), p.failure_rate, p.min_calls, p.consecutive_failures,
-                int(p.cooldown_s * 1000), int(p.cooldown_cap_s * 1000), f"{now}:{id(self)}:{self._seq}",
+                now,
+                outcome.value,
+                "1" if probe else "0",
+                int(retry_after_s * 1000),
+                int(p.window_s * 1000),
+                p.failure_rate,
+                p.min_calls,
+                p.consecutive_failures,
+                int(p.cooldown_s * 1000),
+                int(p.cooldown_cap_s * 1000),
+                f"{now}:{id(self)}:{self._seq}",
             ],
         )
         if old == new:

@@ -19,15 +19,15 @@ from echotune.gateway import health, proxy
 from echotune.gateway.auth import routes as auth_routes
 from echotune.gateway.auth.keys import ApiKeyStore
 from echotune.gateway.auth.service import DEV_USER, Authenticator
+from echotune.gateway.bodylimit import BodySizeLimitMiddleware
 from echotune.gateway.chat import routes as chat_routes
+from echotune.gateway.chat.relay import StreamRelay
+from echotune.gateway.chat.service import ChatService
+from echotune.gateway.errors import install_error_handlers
+from echotune.gateway.limits import ChatLimits
 from echotune.gateway.openai_compat import routes as openai_routes
 from echotune.gateway.providers import routes as provider_routes
 from echotune.gateway.providers.service import ProviderService
-from echotune.gateway.chat.relay import StreamRelay
-from echotune.gateway.chat.service import ChatService
-from echotune.gateway.bodylimit import BodySizeLimitMiddleware
-from echotune.gateway.errors import install_error_handlers
-from echotune.gateway.limits import ChatLimits
 from echotune.gateway.requestid import RequestIdMiddleware
 from echotune.gateway.settings import GatewaySettings
 from echotune.gateway.ui import routes as ui_routes

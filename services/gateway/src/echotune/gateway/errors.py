@@ -100,5 +100,9 @@ def install_error_handlers(app: FastAPI) -> None:
             exc.status_code, "http_error"
         )
         return error_response(
-            exc.status_code, code, str(exc.detail), headers=exc.headers, request=request
+            exc.status_code,
+            code,
+            str(exc.detail),
+            headers=dict(exc.headers) if exc.headers else None,
+            request=request,
         )

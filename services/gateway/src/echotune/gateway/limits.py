@@ -16,13 +16,25 @@ class ChatLimits:
     """Fixed-window rate limits on chat starts, and a cap on a user's open streams."""
 
     def __init__(
-        self, redis: Redis, keys: Keys, *, per_user: int, per_ip: int, open_streams: int, lapse_s: float
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        per_user: int,
+        per_ip: int,
+        open_streams: int,
+        lapse_s: float,
     ) -> None:
         self.redis, self.keys = redis, keys
-        self.per_user, self.per_ip, self.open_streams, self.lapse_s = per_user, per_ip, open_streams, lapse_s
+        self.per_user, self.per_ip, self.open_streams, self.lapse_s = (
+            per_user,
+            per_ip,
+            open_streams,
+            lapse_s,
+        )
 
     async def check_start(self, user_id: str, ip: str) -> None:
-        """Count a chat start; 429 with ``Retry-After`` when the user or the IP is over its limit."""
+        """Count a chat start; 429 with ``Retry-After`` when the user or IP is over its limit."""
         window = int(time.time() // WINDOW_S)
         user_key = self.keys.rate_limit("user", user_id, window)
         ip_key = self.keys.rate_limit("ip", ip, window)
@@ -36,7 +48,9 @@ class ChatLimits:
             retry_after = str(int((window + 1) * WINDOW_S - time.time()) + 1)
             who = "this user" if by_user > self.per_user else "this address"
             raise ApiError(
-                429, "rate_limited", f"too many chats started by {who}; try again later",
+                429,
+                "rate_limited",
+                f"too many chats started by {who}; try again later",
                 headers={"Retry-After": retry_after},
             )
 
@@ -52,7 +66,8 @@ class ChatLimits:
         if count > self.open_streams:
             await self.redis.zrem(key, stream_key)
             raise ApiError(
-                429, "too_many_streams",
+                429,
+                "too_many_streams",
                 f"at most {self.open_streams} open streams per user; close one first",
                 headers={"Retry-After": "5"},
             )

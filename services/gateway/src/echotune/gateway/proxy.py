@@ -28,16 +28,22 @@ AnalyticsDep = Annotated[httpx.AsyncClient, Depends(_client)]
 
 
 async def forward(request: Request, client: httpx.AsyncClient, user_id: str) -> Response:
-    params = [(k, v) for k, v in request.query_params.multi_items() if k != "user_id"]
+    params: list[tuple[str, str | int | float | bool | None]] = [
+        (k, v) for k, v in request.query_params.multi_items() if k != "user_id"
+    ]
     params.append(("user_id", user_id))
     headers = {k: v for k, v in request.headers.items() if k in FORWARDED_HEADERS}
     headers["x-request-id"] = request.state.request_id
     try:
         upstream = await client.get(request.url.path, params=params, headers=headers)
     except httpx.TimeoutException as exc:
-        raise ApiError(504, "analytics_timeout", "the analytics service did not answer in time") from exc
+        raise ApiError(
+            504, "analytics_timeout", "the analytics service did not answer in time"
+        ) from exc
     except httpx.TransportError as exc:
-        raise ApiError(503, "analytics_unavailable", "the analytics service is unreachable") from exc
+        raise ApiError(
+            503, "analytics_unavailable", "the analytics service is unreachable"
+        ) from exc
     return Response(
         upstream.content,
         status_code=upstream.status_code,

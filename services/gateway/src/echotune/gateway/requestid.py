@@ -21,7 +21,8 @@ def requested_id(scope: Scope) -> str | None:
         if name == b"x-request-id":
             return str(value.decode("latin-1"))
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    return query.get("request_id", [None])[-1]
+    values = query.get("request_id")
+    return values[-1] if values else None
 
 
 class RequestIdMiddleware:

@@ -111,7 +111,9 @@ def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
         context.set_global("worker", worker)
         running["worker"] = worker
         background = [
-            asyncio.create_task(sweep_abandoned(worker.cancels, redis, keys, settings.reader_check_s)),
+            asyncio.create_task(
+                sweep_abandoned(worker.cancels, redis, keys, settings.reader_check_s)
+            ),
             asyncio.create_task(keep_jobs_owned(worker)),
             asyncio.create_task(migrate_when_possible(worker.conversations)),
         ]

@@ -134,7 +134,9 @@ class Attempt:
             is_failover=self.info.is_failover,
         )
         self.ctx.telemetry.publish(event)
-        await asyncio.shield(self._update_health(outcome, retry_after, event.latency_ms, event.ttft_ms))
+        await asyncio.shield(
+            self._update_health(outcome, retry_after, event.latency_ms, event.ttft_ms)
+        )
 
     async def _update_health(
         self, outcome: Outcome, retry_after: float, latency_ms: float, ttft_ms: float | None

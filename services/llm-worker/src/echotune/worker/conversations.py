@@ -81,7 +81,9 @@ def build_context(document: dict[str, Any] | None, max_chars: int) -> Context:
     used = 0
     summary = document.get("summary") or ""
     if summary and len(summary) <= max_chars:
-        messages.append(ChatMessage(role=Role.SYSTEM, content=f"Earlier in this conversation:\n{summary}"))
+        messages.append(
+            ChatMessage(role=Role.SYSTEM, content=f"Earlier in this conversation:\n{summary}")
+        )
         used += len(summary)
     turns: list[ChatMessage] = []
     for turn in reversed(document.get("turns") or []):

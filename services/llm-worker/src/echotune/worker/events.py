@@ -32,7 +32,7 @@ class EventWriter:
 
     async def emit(self, event: ChatEvent) -> None:
         await self._redis.xadd(
-            self._key, encode_event(event), maxlen=self._maxlen, approximate=True
+            self._key, cast(Any, encode_event(event)), maxlen=self._maxlen, approximate=True
         )
 
     async def delta(self, text: str) -> None:
@@ -42,7 +42,9 @@ class EventWriter:
             await self.emit(event)
             return
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(self._key, cast(Any, encode_event(event)), maxlen=self._maxlen, approximate=True)
+            pipe.xadd(
+                self._key, cast(Any, encode_event(event)), maxlen=self._maxlen, approximate=True
+            )
             pipe.hset(self._keys.meta(self.request_id), "streamed", "1")
             await pipe.execute()
 

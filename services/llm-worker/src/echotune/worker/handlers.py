@@ -31,7 +31,12 @@ async def run_job(
         if await runner.writer.has_ended():
             log.info("job already ended; acknowledging it")
             return
-        log.info("job %s provider=%s model=%s", "reclaimed" if reclaimed else "started", job.provider, job.model)
+        log.info(
+            "job %s provider=%s model=%s",
+            "reclaimed" if reclaimed else "started",
+            job.provider,
+            job.model,
+        )
         if reclaimed:
             await runner.restart_after_worker_loss()
         await runner.run()

@@ -186,7 +186,11 @@ class JobRunner:
             permit = await self._permit(config.name)
             self.attempts += 1
             call = Attempt(
-                self.ctx, self.job, self.writer, config, permit,
+                self.ctx,
+                self.job,
+                self.writer,
+                config,
+                permit,
                 AttemptInfo(self.attempts, attempt > 1, is_failover),
             )
             try:
@@ -214,7 +218,11 @@ class JobRunner:
                 return permit
             wait = (permit.retry_at or 0) - time.time()
             cap = self.ctx.settings.retry_after_cap_s
-            if permit.reason != "rate_limited" or wait > cap or time.time() + wait >= self.job.deadline_at:
+            if (
+                permit.reason != "rate_limited"
+                or wait > cap
+                or time.time() + wait >= self.job.deadline_at
+            ):
                 raise Skip(permit.reason or "unavailable")
             await asyncio.sleep(max(wait, 0.01))
 
@@ -230,7 +238,9 @@ class JobRunner:
         if time.time() + delay >= self.job.deadline_at:
             raise error
         await self.writer.emit(
-            RetryEvent(provider=provider, attempt=attempt, delay_ms=round(delay * 1000), reason=error.code)
+            RetryEvent(
+                provider=provider, attempt=attempt, delay_ms=round(delay * 1000), reason=error.code
+            )
         )
         await asyncio.sleep(delay)
 

@@ -27,7 +27,12 @@ async def keep_jobs_owned(worker: WorkerContext) -> None:
             continue
         try:
             await worker.redis.xclaim(
-                settings.keys.jobs, JOBS_GROUP, settings.consumer, 0, list[Any](entry_ids), justid=True
+                settings.keys.jobs,
+                JOBS_GROUP,
+                settings.consumer,
+                0,
+                list[Any](entry_ids),
+                justid=True,
             )
         except Exception:
             log.exception("could not refresh the ownership of in-flight jobs")

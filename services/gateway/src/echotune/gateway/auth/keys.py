@@ -36,7 +36,7 @@ def _digest(plaintext: str) -> str:
 def parse_key_id(plaintext: str) -> str | None:
     if not plaintext.startswith(PREFIX):
         return None
-    key_id, _, secret = plaintext[len(PREFIX):].partition("_")
+    key_id, _, secret = plaintext[len(PREFIX) :].partition("_")
     return key_id if key_id and secret else None
 
 
@@ -58,7 +58,12 @@ class ApiKeyStore:
         key_id = parse_key_id(plaintext)
         if key_id is None:
             raise ValueError(f"an API key must look like {PREFIX}<id>_<secret>")
-        record = {"user_id": user_id, "name": name, "created": time.time(), "hash": _digest(plaintext)}
+        record = {
+            "user_id": user_id,
+            "name": name,
+            "created": time.time(),
+            "hash": _digest(plaintext),
+        }
         await self.redis.hset(self.hash_key, key_id, json.dumps(record))
 
     async def get(self, key_id: str) -> ApiKey | None:
@@ -66,7 +71,9 @@ class ApiKeyStore:
         if raw is None:
             return None
         data = json.loads(raw)
-        return ApiKey(key_id, data["user_id"], data["name"], data["created"], data.get("revoked", False))
+        return ApiKey(
+            key_id, data["user_id"], data["name"], data["created"], data.get("revoked", False)
+        )
 
     async def verify(self, plaintext: str) -> str | None:
         """The user id of a valid, unrevoked key; ``None`` otherwise."""
@@ -89,7 +96,7 @@ class ApiKeyStore:
 
     async def list(self) -> list[ApiKey]:
         records = await self.redis.hgetall(self.hash_key)
-        found = [await self.get(key_id) for key_id in sorted(records)]
+        found = [await self.get(str(key_id)) for key_id in sorted(records)]
         return [record for record in found if record is not None]
 
 

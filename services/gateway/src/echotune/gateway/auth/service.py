@@ -43,7 +43,8 @@ class Authenticator:
         if token and (user_id := sessions.verify(self.secret, token)):
             return user_id
         raise _unauthorized(
-            "unauthenticated", "send `Authorization: Bearer <api key>` or log in at /api/auth/session"
+            "unauthenticated",
+            "send `Authorization: Bearer <api key>` or log in at /api/auth/session",
         )
 
 

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -127,8 +128,9 @@ class StreamRelay:
     async def _run(self) -> None:
         while True:
             try:
-                reply = await self._redis.xread(
-                    self._read_positions(), count=self._batch, block=self._block_ms
+                positions: Any = self._read_positions()
+                reply: Any = await self._redis.xread(
+                    positions, count=self._batch, block=self._block_ms
                 )
             except asyncio.CancelledError:
                 raise

@@ -35,7 +35,7 @@ class CancelResponse(BaseModel):
     status: str = Field(description="`cancelling` or `finished` (nothing left to cancel)")
 
 
-SSE_EVENT_MODELS = {
+SSE_EVENT_MODELS: dict[str, type[BaseModel]] = {
     "start": StartEvent,
     "delta": DeltaEvent,
     "retry": RetryEvent,

@@ -9,7 +9,8 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 from faststream.redis import RedisBroker
 from redis.asyncio import Redis
@@ -49,7 +50,7 @@ class ChatInput:
     conversation_id: str | None = None
     provider: str | None = None
     model: str | None = None
-    options: ChatOptions = ChatOptions()
+    options: ChatOptions = field(default_factory=ChatOptions)
     history: tuple[ChatMessage, ...] = ()
     """Earlier messages sent by the client itself (OpenAI-style requests)."""
     client_ip: str = ""
@@ -224,7 +225,7 @@ class ChatService:
             pipe.hset(
                 self.keys.meta(rid), mapping={"user_id": chat.user_id, "created": time.time()}
             )
-            pipe.xadd(self.keys.events(rid), encode_event(start))
+            pipe.xadd(self.keys.events(rid), cast(Any, encode_event(start)))
             pipe.expire(self.keys.events(rid), ttl)
             pipe.set(self.keys.reader(rid), "1", px=int(self.settings.resume_window_s * 1000))
             _, start_id, *_ = await pipe.execute()
@@ -238,7 +239,7 @@ class ChatService:
     async def _attach(self, request_id: str, last_event_id: str | None) -> OpenStream | None:
         final_id = await self.redis.hget(self.keys.meta(request_id), "final_id")
         after = last_event_id or "0-0"
-        if final_id and parse_stream_id(after) >= parse_stream_id(final_id):
+        if final_id and parse_stream_id(after) >= parse_stream_id(str(final_id)):
             return None
         await self.redis.set(
             self.keys.reader(request_id), "1", px=int(self.settings.resume_window_s * 1000)

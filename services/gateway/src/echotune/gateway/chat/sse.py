@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 
 import anyio
@@ -43,10 +44,8 @@ class SSEResponse(StreamingResponse):
         async with anyio.create_task_group() as group:
 
             async def stream_then_stop() -> None:
-                try:
+                with contextlib.suppress(OSError):  # the client went away mid-write
                     await self.stream_response(send)
-                except OSError:
-                    pass
                 group.cancel_scope.cancel()
 
             group.start_soon(stream_then_stop)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -21,7 +21,9 @@ from echotune.gateway.openai_compat.service import Completion, chunk_stream, to_
 router = APIRouter(prefix="/v1", tags=["openai-compatible"], dependencies=AUTHENTICATED)
 
 
-@router.post("/chat/completions", summary="OpenAI-compatible Chat Completions", description=MODEL_RULE)
+@router.post(
+    "/chat/completions", summary="OpenAI-compatible Chat Completions", description=MODEL_RULE
+)
 async def chat_completions(
     request: Request, body: ChatCompletionRequest, chat: ChatServiceDep, user_id: UserIdDep
 ) -> Response:
@@ -36,7 +38,9 @@ async def chat_completions(
     chat_input = replace(chat_input, client_ip=request.client.host if request.client else "")
     stream = await chat.open(chat_input, None)
     assert stream is not None
-    completion = Completion(id=f"chatcmpl-{request_id}", model=f"{chat_input.provider}/{chat_input.model}")
+    completion = Completion(
+        id=f"chatcmpl-{request_id}", model=f"{chat_input.provider}/{chat_input.model}"
+    )
     entries = chat.entries(stream)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)

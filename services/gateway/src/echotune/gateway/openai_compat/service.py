@@ -85,7 +85,9 @@ class Completion:
             return str(data["delta"])
         if entry.type == "done":
             self.model = f"{data['provider']}/{data['model']}"
-            self.finish_reason = "stop" if data["finish_reason"] == "cancelled" else data["finish_reason"]
+            self.finish_reason = (
+                "stop" if data["finish_reason"] == "cancelled" else data["finish_reason"]
+            )
             usage = data.get("usage") or {}
             prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
             self.usage = {
@@ -145,8 +147,10 @@ async def chunk_stream(
         if delta:
             yield sse_data(completion.chunk({"content": delta}))
     if completion.error:
-        status, code, message = completion.error
-        yield sse_data({"error": {"message": message, "type": "api_error", "param": None, "code": code}})
+        _, code, message = completion.error
+        yield sse_data(
+            {"error": {"message": message, "type": "api_error", "param": None, "code": code}}
+        )
     else:
         yield sse_data(completion.chunk({}, completion.finish_reason))
         if include_usage:

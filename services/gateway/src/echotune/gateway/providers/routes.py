@@ -31,6 +31,8 @@ async def switch(body: SwitchRequest, service: ProviderServiceDep, user_id: User
     return await service.switch(user_id, body.provider, body.model)
 
 
-@router.get("/health", summary="Breaker state and live figures per provider", description=HEALTH_RULE)
+@router.get(
+    "/health", summary="Breaker state and live figures per provider", description=HEALTH_RULE
+)
 async def health(service: ProviderServiceDep) -> HealthReport:
     return await service.health()

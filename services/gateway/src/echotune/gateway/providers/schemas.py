@@ -24,7 +24,9 @@ class SwitchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     provider: str = Field(min_length=1, max_length=64)
-    model: str | None = Field(None, min_length=1, max_length=200, description="Default: its default")
+    model: str | None = Field(
+        None, min_length=1, max_length=200, description="Default: its default"
+    )
 
 
 class ProviderInfo(BaseModel):
