@@ -17,7 +17,9 @@ dev: sync  ## Run the whole system locally (gateway on :8080)
 	$(UV) run --frozen python -m deploy.local.dev
 
 test: sync  ## Run the whole test suite (fast tests first, then end-to-end, then in a browser)
-	$(UV) run --frozen pytest tests/unit tests/e2e tests/browser
+	@# pytest exits 5 when it collected no test: that is a failure too, said plainly
+	$(UV) run --frozen pytest tests/unit tests/e2e tests/browser; code=$$?; \
+	  if [ $$code -eq 5 ]; then echo 'no tests were collected'; fi; exit $$code
 
 test-fast: sync  ## Only the fast tests
 	$(UV) run --frozen pytest tests/unit

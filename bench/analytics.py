@@ -161,7 +161,7 @@ async def run(args: argparse.Namespace) -> str:
     with server(args.mongodb_url or os.environ.get("MONGODB_URL")) as url:
         base = url.rstrip("/")
         db_url = f"{base}/echotune_bench_{args.n}_{args.days}d"
-        client = create_mongo(db_url, timeout_ms=10_000)
+        client = create_mongo(db_url, timeout_ms=60_000)
         db = client.get_default_database()
         info = await client.admin.command("buildInfo")
         label = (
@@ -173,8 +173,13 @@ async def run(args: argparse.Namespace) -> str:
         await db[PROVIDER_TELEMETRY].create_index([("ts", 1)])
         await load(db, args.n, end, args.days)
         rollups = await db[PROVIDER_ROLLUPS].estimated_document_count()
+        # a long timeout: SecantusDB answers no heartbeat while it aggregates, and PyMongo
+        # drops the connections of a server whose heartbeat times out
         settings = AnalyticsSettings(
-            mongodb_url=db_url, log_level="WARNING", query_timeout_ms=600_000
+            mongodb_url=db_url,
+            log_level="WARNING",
+            query_timeout_ms=600_000,
+            mongo_timeout_ms=60_000,
         )
         app = create_app(settings)
         rows = []

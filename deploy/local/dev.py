@@ -12,11 +12,18 @@ import os
 import secrets
 import signal
 
-from deploy.local.processes import ServiceProcess, start_gateway, start_telemetry, start_worker
+from deploy.local.processes import (
+    ServiceProcess,
+    start_analytics,
+    start_gateway,
+    start_telemetry,
+    start_worker,
+)
 from deploy.local.servers import local_mongo, local_redis
 
 HOST = os.environ.get("ECHOTUNE_DEV_HOST", "127.0.0.1")
 PORT = int(os.environ.get("ECHOTUNE_DEV_PORT", "8080"))
+ANALYTICS_PORT = int(os.environ.get("ECHOTUNE_DEV_ANALYTICS_PORT", "8083"))
 TELEMETRY_PORT = int(os.environ.get("ECHOTUNE_DEV_TELEMETRY_PORT", "8091"))
 
 
@@ -36,6 +43,9 @@ async def run(redis_url: str, mongodb_url: str) -> None:
     }
     processes: list[ServiceProcess] = []
     try:
+        analytics, analytics_url = await start_analytics(env, host=HOST, port=ANALYTICS_PORT)
+        processes.append(analytics)
+        env["ECHOTUNE_GATEWAY_ANALYTICS_URL"] = analytics_url
         gateway, url = await start_gateway(env, host=HOST, port=PORT)
         processes.append(gateway)
         processes.append(await start_worker(env))

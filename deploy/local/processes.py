@@ -128,6 +128,29 @@ async def start_gateway(
     return proc, match.group(1)
 
 
+async def start_analytics(
+    env: Mapping[str, str], name: str = "analytics", host: str = "127.0.0.1", port: int = 0
+) -> tuple[ServiceProcess, str]:
+    proc = ServiceProcess(
+        name,
+        [
+            PYTHON,
+            "-m",
+            "uvicorn",
+            "echotune.analytics.app:create_app",
+            "--factory",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--no-access-log",
+        ],
+        env,
+    )
+    match = await proc.start(r"Uvicorn running on (http://[\d.]+:\d+)")
+    return proc, match.group(1)
+
+
 async def start_worker(env: Mapping[str, str], name: str = "worker") -> ServiceProcess:
     proc = ServiceProcess(
         name,
