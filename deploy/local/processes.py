@@ -105,70 +105,46 @@ class ServiceProcess:
         return "\n".join(self.lines)
 
 
+UVICORN_READY = r"Uvicorn running on (http://[\d.]+:\d+)"
+FASTSTREAM_READY = r"FastStream app started successfully"
+
+
+async def start_service(
+    name: str, runner: str, app: str, env: Mapping[str, str], host: str, port: int
+) -> tuple[ServiceProcess, str]:
+    """Run ``app`` (an app factory) with ``uvicorn`` or ``faststream run``; the process and URL.
+
+    Port 0 picks a free port; the URL is read from the server's "running on" log line.
+    """
+    command = ["uvicorn", app] if runner == "uvicorn" else ["faststream", "run", app]
+    args = [*command, "--factory", "--host", host, "--port", str(port)]
+    if runner == "uvicorn":
+        args.append("--no-access-log")
+    proc = ServiceProcess(name, [PYTHON, "-m", *args], env)
+    match = await proc.start(UVICORN_READY)
+    if runner == "faststream":
+        await proc.wait_for_line(FASTSTREAM_READY, timeout=10.0)
+    return proc, match.group(1)
+
+
 async def start_gateway(
     env: Mapping[str, str], name: str = "gateway", host: str = "127.0.0.1", port: int = 0
 ) -> tuple[ServiceProcess, str]:
-    proc = ServiceProcess(
-        name,
-        [
-            PYTHON,
-            "-m",
-            "uvicorn",
-            "echotune.gateway.app:create_app",
-            "--factory",
-            "--host",
-            host,
-            "--port",
-            str(port),
-            "--no-access-log",
-        ],
-        env,
-    )
-    match = await proc.start(r"Uvicorn running on (http://[\d.]+:\d+)")
-    return proc, match.group(1)
+    return await start_service(name, "uvicorn", "echotune.gateway.app:create_app", env, host, port)
 
 
 async def start_analytics(
     env: Mapping[str, str], name: str = "analytics", host: str = "127.0.0.1", port: int = 0
 ) -> tuple[ServiceProcess, str]:
-    proc = ServiceProcess(
-        name,
-        [
-            PYTHON,
-            "-m",
-            "uvicorn",
-            "echotune.analytics.app:create_app",
-            "--factory",
-            "--host",
-            host,
-            "--port",
-            str(port),
-            "--no-access-log",
-        ],
-        env,
+    return await start_service(
+        name, "uvicorn", "echotune.analytics.app:create_app", env, host, port
     )
-    match = await proc.start(r"Uvicorn running on (http://[\d.]+:\d+)")
-    return proc, match.group(1)
 
 
 async def start_worker(env: Mapping[str, str], name: str = "worker") -> ServiceProcess:
-    proc = ServiceProcess(
-        name,
-        [
-            PYTHON,
-            "-m",
-            "faststream",
-            "run",
-            "echotune.worker.app:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-        ],
-        env,
-    )
-    await proc.start(r"FastStream app started successfully")
+    """An LLM worker; its health endpoint listens on a free port."""
+    app = "echotune.worker.app:create_app"
+    proc, _ = await start_service(name, "faststream", app, env, "127.0.0.1", 0)
     return proc
 
 
@@ -176,22 +152,5 @@ async def start_telemetry(
     env: Mapping[str, str], name: str = "telemetry", host: str = "127.0.0.1", port: int = 0
 ) -> tuple[ServiceProcess, str]:
     """The telemetry writer; its URL serves ``/metrics`` and ``/healthz``."""
-    proc = ServiceProcess(
-        name,
-        [
-            PYTHON,
-            "-m",
-            "faststream",
-            "run",
-            "echotune.telemetry.app:create_app",
-            "--factory",
-            "--host",
-            host,
-            "--port",
-            str(port),
-        ],
-        env,
-    )
-    match = await proc.start(r"Uvicorn running on (http://[\d.]+:\d+)")
-    await proc.wait_for_line(r"FastStream app started successfully", timeout=10.0)
-    return proc, match.group(1)
+    app = "echotune.telemetry.app:create_app"
+    return await start_service(name, "faststream", app, env, host, port)
