@@ -1,0 +1,95 @@
+"""Analytics behind the gateway: users see only their own data; the API survives fuzzing."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from deploy.local.processes import PYTHON, ROOT, start_analytics
+from echotune.common.keys import Keys
+from echotune.gateway.auth.keys import ApiKeyStore
+from tests.conftest import Stack, start_stack
+from tests.e2e.test_fuzz import cases_generated, run_schemathesis
+from tests.support.telemetry import with_database
+
+
+@pytest.fixture(scope="module")
+async def analytics_url(mongo_server_url: str) -> AsyncIterator[tuple[str, str]]:
+    mongo_url = with_database(mongo_server_url, f"door{uuid.uuid4().hex[:8]}")
+    seed = await asyncio.create_subprocess_exec(
+        PYTHON, "-m", "echotune.analytics.seed.cli", "--users", "2", "--plays", "150",
+        "--conversations", "2", "--days", "14", "--mongodb-url", mongo_url, cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    assert await seed.wait() == 0
+    proc, url = await start_analytics({"ECHOTUNE_MONGODB_URL": mongo_url})
+    yield url, mongo_url
+    await proc.stop()
+
+
+@pytest.fixture(scope="module")
+async def door(
+    analytics_url: tuple[str, str], redis_server_url: str, fake_llm: str
+) -> AsyncIterator[Stack]:
+    running = await start_stack(
+        redis_server_url, fake_llm, workers=0, ECHOTUNE_GATEWAY_ANALYTICS_URL=analytics_url[0],
+        ECHOTUNE_MONGODB_URL=analytics_url[1],
+    )
+    yield running
+    await running.stop()
+
+
+async def key_for(stack: Stack, user: str) -> dict[str, str]:
+    redis = Redis.from_url(stack.redis_url, decode_responses=True)
+    _, key = await ApiKeyStore(redis, Keys(stack.namespace)).create(user, "test")
+    await redis.aclose()
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def test_a_user_reads_only_their_own_data(door: Stack) -> None:
+    alice, bob = await key_for(door, "user001"), await key_for(door, "user002")
+    async with httpx.AsyncClient(base_url=door.url, timeout=30) as http:
+        mine = (await http.get("/api/conversations", headers=alice)).json()["data"]
+        spying = (await http.get("/api/conversations", headers=alice,
+                                 params={"user_id": "user002"})).json()["data"]
+        theirs = (await http.get("/api/conversations", headers=bob)).json()["data"]
+        assert mine, "the seed made conversations for user001"
+        assert spying == mine
+        assert {c["id"] for c in theirs}.isdisjoint({c["id"] for c in mine})
+        other = theirs[0]["id"]
+        peek = await http.get(f"/api/conversations/{other}", headers=alice)
+        assert peek.status_code == 404
+        own = await http.get(f"/api/conversations/{other}", headers=bob)
+        assert own.status_code == 200
+        alice_kpis = (await http.get("/api/insights/engagement", headers=alice)).json()["data"]
+        forged = (await http.get("/api/insights/engagement", headers=alice,
+                                 params={"user_id": "user002"})).json()["data"]
+        bob_kpis = (await http.get("/api/insights/engagement", headers=bob)).json()["data"]
+        assert forged == alice_kpis
+        assert bob_kpis != alice_kpis
+
+
+async def test_analytics_unreachable_is_a_clear_503(
+    redis_server_url: str, fake_llm: str
+) -> None:
+    stack = await start_stack(redis_server_url, fake_llm, workers=0,
+                              ECHOTUNE_GATEWAY_ANALYTICS_URL="http://127.0.0.1:9")
+    try:
+        async with httpx.AsyncClient(base_url=stack.url, headers=await key_for(stack, "u")) as http:
+            response = await http.get("/api/analytics/providers")
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "analytics_unavailable"
+    finally:
+        await stack.stop()
+
+
+async def test_analytics_survives_fuzzing(analytics_url: tuple[str, str]) -> None:
+    code, report = await run_schemathesis(analytics_url[0])
+    print(report[-1200:])
+    assert code == 0, report[-4000:]
+    assert cases_generated(report) >= 1000
