@@ -29,6 +29,7 @@ async def test_one_gateway_holds_a_thousand_streams(redis_server_url: str, fake_
         workers=1,
         ECHOTUNE_WORKER_CONCURRENCY=str(STREAMS),
         ECHOTUNE_GATEWAY_HEARTBEAT_S="5",
+        ECHOTUNE_RESUME_WINDOW_S="30",  # the production default, not the tests' short one
     )
     limits = httpx.Limits(max_connections=STREAMS + 10, max_keepalive_connections=STREAMS + 10)
     try:
