@@ -22,8 +22,20 @@ from tests.support.telemetry import with_database
 async def analytics_url(mongo_server_url: str) -> AsyncIterator[tuple[str, str]]:
     mongo_url = with_database(mongo_server_url, f"door{uuid.uuid4().hex[:8]}")
     seed = await asyncio.create_subprocess_exec(
-        PYTHON, "-m", "echotune.analytics.seed.cli", "--users", "2", "--plays", "150",
-        "--conversations", "2", "--days", "14", "--mongodb-url", mongo_url, cwd=ROOT,
+        PYTHON,
+        "-m",
+        "echotune.analytics.seed.cli",
+        "--users",
+        "2",
+        "--plays",
+        "150",
+        "--conversations",
+        "2",
+        "--days",
+        "14",
+        "--mongodb-url",
+        mongo_url,
+        cwd=ROOT,
         stdout=asyncio.subprocess.DEVNULL,
     )
     assert await seed.wait() == 0
@@ -37,7 +49,10 @@ async def door(
     analytics_url: tuple[str, str], redis_server_url: str, fake_llm: str
 ) -> AsyncIterator[Stack]:
     running = await start_stack(
-        redis_server_url, fake_llm, workers=0, ECHOTUNE_GATEWAY_ANALYTICS_URL=analytics_url[0],
+        redis_server_url,
+        fake_llm,
+        workers=0,
+        ECHOTUNE_GATEWAY_ANALYTICS_URL=analytics_url[0],
         ECHOTUNE_MONGODB_URL=analytics_url[1],
     )
     yield running
@@ -55,8 +70,9 @@ async def test_a_user_reads_only_their_own_data(door: Stack) -> None:
     alice, bob = await key_for(door, "user001"), await key_for(door, "user002")
     async with httpx.AsyncClient(base_url=door.url, timeout=30) as http:
         mine = (await http.get("/api/conversations", headers=alice)).json()["data"]
-        spying = (await http.get("/api/conversations", headers=alice,
-                                 params={"user_id": "user002"})).json()["data"]
+        spying = (
+            await http.get("/api/conversations", headers=alice, params={"user_id": "user002"})
+        ).json()["data"]
         theirs = (await http.get("/api/conversations", headers=bob)).json()["data"]
         assert mine, "the seed made conversations for user001"
         assert spying == mine
@@ -67,18 +83,18 @@ async def test_a_user_reads_only_their_own_data(door: Stack) -> None:
         own = await http.get(f"/api/conversations/{other}", headers=bob)
         assert own.status_code == 200
         alice_kpis = (await http.get("/api/insights/engagement", headers=alice)).json()["data"]
-        forged = (await http.get("/api/insights/engagement", headers=alice,
-                                 params={"user_id": "user002"})).json()["data"]
+        forged = (
+            await http.get("/api/insights/engagement", headers=alice, params={"user_id": "user002"})
+        ).json()["data"]
         bob_kpis = (await http.get("/api/insights/engagement", headers=bob)).json()["data"]
         assert forged == alice_kpis
         assert bob_kpis != alice_kpis
 
 
-async def test_analytics_unreachable_is_a_clear_503(
-    redis_server_url: str, fake_llm: str
-) -> None:
-    stack = await start_stack(redis_server_url, fake_llm, workers=0,
-                              ECHOTUNE_GATEWAY_ANALYTICS_URL="http://127.0.0.1:9")
+async def test_analytics_unreachable_is_a_clear_503(redis_server_url: str, fake_llm: str) -> None:
+    stack = await start_stack(
+        redis_server_url, fake_llm, workers=0, ECHOTUNE_GATEWAY_ANALYTICS_URL="http://127.0.0.1:9"
+    )
     try:
         async with httpx.AsyncClient(base_url=stack.url, headers=await key_for(stack, "u")) as http:
             response = await http.get("/api/analytics/providers")
