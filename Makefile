@@ -70,7 +70,7 @@ seed: sync  ## Synthetic plays, provider telemetry and conversations into ECHOTU
 	$(UV) run --frozen echotune-seed --users 20 --plays 2000 --seed 42
 
 bench-analytics: sync  ## Analytics endpoints on BENCH_N plays + attempts (default 1000000)
-	$(UV) run --frozen python -m bench.analytics --n $(BENCH_N)
+	$(UV) run --frozen python -m deploy.bench.analytics --n $(BENCH_N)
 
 # --- Benchmark (deploy/bench, results in bench/results/) -------------------------------------
 .PHONY: bench

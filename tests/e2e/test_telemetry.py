@@ -19,8 +19,8 @@ from pymongo.errors import OperationFailure, WriteError
 from echotune.common.histogram import MAX_RELATIVE_ERROR
 from echotune.common.messages import TelemetryEvent
 from echotune.common.mongo import PROVIDER_ROLLUPS, PROVIDER_TELEMETRY
+from echotune.common.rollup_layout import field_key
 from echotune.telemetry.migrations import migrate
-from echotune.telemetry.rollups import field_key
 from tests.support.telemetry import (
     TelemetryHarness,
     exact_quantile,

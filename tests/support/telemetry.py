@@ -22,7 +22,7 @@ from echotune.common.histogram import merge, quantile
 from echotune.common.keys import TELEMETRY_GROUP, Keys
 from echotune.common.messages import TelemetryEvent
 from echotune.common.mongo import PROVIDER_ROLLUPS, PROVIDER_TELEMETRY, create_mongo
-from echotune.telemetry.rollups import minute_of, rollup_id
+from echotune.common.rollup_layout import minute_of, rollup_id
 
 Document = dict[str, Any]
 

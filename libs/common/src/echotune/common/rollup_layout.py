@@ -5,9 +5,8 @@ holding ``count``, ``successes``, ``errors.<code>``, ``latencyMsSum``, ``ttftMsS
 ``ttftCount``, ``tokensIn``, ``tokensOut`` and the sparse histograms ``latencyHist.<i>`` /
 ``ttftHist.<i>`` of :mod:`echotune.common.histogram`.
 
-These are the same functions as in the telemetry service's ``rollups.py`` (which owns the
-collection and its exactly-once writes), kept here so that other code — the analytics seed
-and benchmark — builds identical rollups without importing another service.
+The telemetry service (which owns the collection and its exactly-once writes) and the
+analytics seed and benchmark all build rollups with these functions.
 """
 
 from __future__ import annotations

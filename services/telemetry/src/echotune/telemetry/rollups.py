@@ -26,8 +26,7 @@ and which pushes the id: counting a batch twice — after a crash, or by two pro
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
@@ -35,7 +34,7 @@ from pymongo import UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError
 
-from echotune.common.histogram import bucket_of
+from echotune.common.rollup_layout import increments
 
 Document = dict[str, Any]
 ROLLUP_SOURCE_FIELDS = {
@@ -60,54 +59,6 @@ DUPLICATE_KEY = 11000
 
 class RollupClashError(Exception):
     """Upserts of a batch kept losing races to other batches; the write is retried later."""
-
-
-def minute_of(ts: datetime) -> datetime:
-    """The UTC minute holding ``ts`` (a naive time is taken as UTC, as BSON stores it)."""
-    aware = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
-    return aware.replace(second=0, microsecond=0)
-
-
-def rollup_id(provider: str, model: str, minute: datetime) -> str:
-    """Deterministic ``_id`` of one rollup document."""
-    return f"{provider}|{model}|{minute.isoformat()}"
-
-
-def field_key(name: str) -> str:
-    """A value usable as a MongoDB field name (no dots, no leading ``$``)."""
-    return name.replace(".", "_").lstrip("$") or "unknown"
-
-
-def _add(inc: dict[str, float], name: str, value: float) -> None:
-    inc[name] = inc.get(name, 0) + value
-
-
-def increments(docs: Iterable[Mapping[str, Any]]) -> dict[str, tuple[Document, dict[str, float]]]:
-    """Per rollup ``_id``: its identifying fields and the ``$inc`` of these attempt documents."""
-    rollups: dict[str, tuple[Document, dict[str, float]]] = {}
-    for doc in docs:
-        minute = minute_of(doc["ts"])
-        key = rollup_id(doc["provider"], doc["model"], minute)
-        if key not in rollups:
-            rollups[key] = (
-                {"provider": doc["provider"], "model": doc["model"], "minute": minute},
-                {},
-            )
-        inc = rollups[key][1]
-        _add(inc, "count", 1)
-        if doc["success"]:
-            _add(inc, "successes", 1)
-        else:
-            _add(inc, f"errors.{field_key(doc.get('errorCode') or 'unknown')}", 1)
-        _add(inc, "latencyMsSum", float(doc["latencyMs"]))
-        _add(inc, f"latencyHist.{bucket_of(float(doc['latencyMs']))}", 1)
-        if (ttft := doc.get("ttftMs")) is not None:
-            _add(inc, "ttftMsSum", float(ttft))
-            _add(inc, "ttftCount", 1)
-            _add(inc, f"ttftHist.{bucket_of(float(ttft))}", 1)
-        _add(inc, "tokensIn", int(doc.get("tokensIn") or 0))
-        _add(inc, "tokensOut", int(doc.get("tokensOut") or 0))
-    return rollups
 
 
 def _upsert(key: str, ident: Document, inc: dict[str, float], batch: ObjectId) -> UpdateOne:

@@ -1,7 +1,7 @@
 """Analytics benchmark: endpoint latency on N plays and N provider attempts, and provider
 analytics from the per-minute rollups versus the same answer computed from raw attempts.
 
-    uv run python -m bench.analytics --n 1000000        # make bench-analytics BENCH_N=…
+    uv run python -m deploy.bench.analytics --n 1000000        # make bench-analytics BENCH_N=…
 
 Uses ``--mongodb-url`` / ``MONGODB_URL`` when given, else starts a SecantusDB process. The
 table is labelled with the server it ran on: SecantusDB's absolute times say nothing about
@@ -232,7 +232,7 @@ async def run(args: argparse.Namespace) -> str:
 
 def main() -> None:
     """Entry point."""
-    cli = argparse.ArgumentParser(prog="bench.analytics", description=__doc__.split("\n")[0])
+    cli = argparse.ArgumentParser(prog="deploy.bench.analytics", description=__doc__.split("\n")[0])
     cli.add_argument("--n", type=int, default=1_000_000, help="plays and attempts (1,000,000)")
     cli.add_argument("--days", type=int, default=30, help="history length in days (30)")
     cli.add_argument("--repeat", type=int, default=5, help="timed calls per endpoint (5)")

@@ -1,1 +1,0 @@
-"""Benchmarks (scripts, not tests); results go to bench/results/ (not versioned)."""
