@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import CollectionInvalid, OperationFailure
 
 PROVIDER_TELEMETRY = "provider_telemetry"
 """One document per provider attempt (``_id`` = the telemetry event id). Owner: telemetry."""
@@ -35,3 +38,29 @@ def create_mongo(
         appname="echotune",
         **options,
     )
+
+
+NAMESPACE_EXISTS = 48
+log = logging.getLogger(__name__)
+
+
+async def ensure_validator(
+    db: AsyncDatabase[dict[str, Any]], name: str, schema: dict[str, Any]
+) -> None:
+    """Create the collection with its ``$jsonSchema`` validator, or update the validator."""
+    options: dict[str, Any] = {
+        "validator": {"$jsonSchema": schema},
+        "validationLevel": "strict",
+        "validationAction": "error",
+    }
+    if not await db.list_collection_names(filter={"name": name}):
+        try:
+            await db.create_collection(name, **options)
+            log.info("created %s with its validator", name)
+            return
+        except CollectionInvalid:
+            pass  # created by another process meanwhile
+        except OperationFailure as exc:
+            if exc.code != NAMESPACE_EXISTS:
+                raise
+    await db.command("collMod", name, **options)

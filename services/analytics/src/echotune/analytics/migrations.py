@@ -15,13 +15,17 @@ from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import CollectionInvalid, OperationFailure
+from pymongo.errors import OperationFailure
 
-from echotune.common.mongo import CONVERSATIONS, LISTENING_HISTORY, PROVIDER_ROLLUPS
+from echotune.common.mongo import (
+    CONVERSATIONS,
+    LISTENING_HISTORY,
+    PROVIDER_ROLLUPS,
+    ensure_validator,
+)
 
 log = logging.getLogger(__name__)
 Document = dict[str, Any]
-NAMESPACE_EXISTS = 48
 INDEX_CONFLICTS = {85, 86}  # IndexOptionsConflict, IndexKeySpecsConflict
 
 _INT = ["int", "long"]
@@ -87,26 +91,6 @@ INDEXES = [
     # a user's conversations, newest first: the same key and name as the worker's
     IndexSpec(CONVERSATIONS, "user_recent", [("userId", 1), ("lastActivity", -1)]),
 ]
-
-
-async def ensure_validator(db: AsyncDatabase[Document], name: str, schema: Document) -> None:
-    """Create the collection with its ``$jsonSchema`` validator, or update the validator."""
-    options: Document = {
-        "validator": {"$jsonSchema": schema},
-        "validationLevel": "strict",
-        "validationAction": "error",
-    }
-    if not await db.list_collection_names(filter={"name": name}):
-        try:
-            await db.create_collection(name, **options)
-            log.info("created %s with its validator", name)
-            return
-        except CollectionInvalid:
-            pass  # created by another process meanwhile
-        except OperationFailure as exc:
-            if exc.code != NAMESPACE_EXISTS:
-                raise
-    await db.command("collMod", name, **options)
 
 
 async def ensure_index(collection: AsyncCollection[Document], spec: IndexSpec) -> None:

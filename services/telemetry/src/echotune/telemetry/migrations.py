@@ -12,15 +12,13 @@ from typing import Any
 
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import CollectionInvalid, OperationFailure
 
 from echotune.common.messages import BreakerState
-from echotune.common.mongo import PROVIDER_ROLLUPS, PROVIDER_TELEMETRY
+from echotune.common.mongo import PROVIDER_ROLLUPS, PROVIDER_TELEMETRY, ensure_validator
 
 log = logging.getLogger(__name__)
 Document = dict[str, Any]
 DAY_S = 86_400
-NAMESPACE_EXISTS = 48
 
 _INT = ["int", "long"]
 _NUM = ["double", "int", "long", "decimal"]
@@ -123,26 +121,6 @@ def rollup_indexes(ttl_days: float) -> list[IndexSpec]:
         IndexSpec("provider_model_minute", [("provider", 1), ("model", 1), ("minute", -1)]),
         IndexSpec("lastBatchAt", [("lastBatchAt", 1)], options={"sparse": True}),
     ]
-
-
-async def ensure_validator(db: AsyncDatabase[Document], name: str, schema: Document) -> None:
-    """Create the collection with its ``$jsonSchema`` validator, or update the validator."""
-    options: Document = {
-        "validator": {"$jsonSchema": schema},
-        "validationLevel": "strict",
-        "validationAction": "error",
-    }
-    if not await db.list_collection_names(filter={"name": name}):
-        try:
-            await db.create_collection(name, **options)
-            log.info("created %s with its validator", name)
-            return
-        except CollectionInvalid:
-            pass  # created by another process meanwhile
-        except OperationFailure as exc:
-            if exc.code != NAMESPACE_EXISTS:
-                raise
-    await db.command("collMod", name, **options)
 
 
 async def ensure_index(collection: AsyncCollection[Document], spec: IndexSpec) -> None:
