@@ -20,7 +20,7 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.errors import PyMongoError
 
 from echotune.common.messages import ChatJob, ChatMessage, ContextUsage, Role
-from echotune.common.mongo import CONVERSATIONS
+from echotune.common.mongo import CONVERSATIONS, ensure_validator
 
 log = logging.getLogger(__name__)
 
@@ -28,28 +28,26 @@ SUMMARY_CHARS = 600
 PAUSE_AFTER_FAILURE_S = 10.0
 QUESTION_CHARS = 120
 
-VALIDATOR = {
-    "$jsonSchema": {
-        "bsonType": "object",
-        "required": ["userId", "turns", "messageCount", "lastActivity"],
-        "properties": {
-            "userId": {"bsonType": "string"},
-            "summary": {"bsonType": "string"},
-            "turns": {
-                "bsonType": "array",
-                "items": {
-                    "bsonType": "object",
-                    "required": ["role", "content"],
-                    "properties": {
-                        "role": {"enum": ["user", "assistant"]},
-                        "content": {"bsonType": "string"},
-                    },
+SCHEMA: dict[str, Any] = {
+    "bsonType": "object",
+    "required": ["userId", "turns", "messageCount", "lastActivity"],
+    "properties": {
+        "userId": {"bsonType": "string"},
+        "summary": {"bsonType": "string"},
+        "turns": {
+            "bsonType": "array",
+            "items": {
+                "bsonType": "object",
+                "required": ["role", "content"],
+                "properties": {
+                    "role": {"enum": ["user", "assistant"]},
+                    "content": {"bsonType": "string"},
                 },
             },
-            "messageCount": {"bsonType": ["int", "long"], "minimum": 0},
-            "lastActivity": {"bsonType": "date"},
         },
-    }
+        "messageCount": {"bsonType": ["int", "long"], "minimum": 0},
+        "lastActivity": {"bsonType": "date"},
+    },
 }
 
 
@@ -112,11 +110,7 @@ class ConversationStore:
 
     async def migrate(self) -> None:
         """Validator and index; idempotent."""
-        db = self.collection.database
-        if CONVERSATIONS in await db.list_collection_names():
-            await db.command("collMod", CONVERSATIONS, validator=VALIDATOR)
-        else:
-            await db.create_collection(CONVERSATIONS, validator=VALIDATOR)
+        await ensure_validator(self.collection.database, CONVERSATIONS, SCHEMA)
         await self.collection.create_index(
             [("userId", ASCENDING), ("lastActivity", DESCENDING)], name="user_recent"
         )
