@@ -119,7 +119,9 @@ async def start_service(
     command = ["uvicorn", app] if runner == "uvicorn" else ["faststream", "run", app]
     args = [*command, "--factory", "--host", host, "--port", str(port)]
     if runner == "uvicorn":
-        args.append("--no-access-log")
+        # Idle keep-alive connections outlive any client's or proxy's (75 s > 60 s): the server
+        # closing one just as a client reuses it would fail that request.
+        args += ["--no-access-log", "--timeout-keep-alive", "75"]
     proc = ServiceProcess(name, [PYTHON, "-m", *args], env)
     match = await proc.start(UVICORN_READY)
     if runner == "faststream":
