@@ -329,6 +329,9 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "### Throughput and resources (CPU ms per 1,000 tokens = µs per token)",
         "",
+        "CPU per token includes each stream's start and end; machine busy and others' CPU are "
+        "% of all cores (others = busy − this benchmark's processes); client loop lag in ms.",
+        "",
         "| streams | peak open A / B | tokens/s A / B | B: gateway | B: workers | B: redis "
         "| B: fake | B: clients | A: fake | A: clients | gateway RSS KiB/stream "
         "| client CPU max (cores) A / B | "

@@ -1,8 +1,14 @@
 """Orchestrates the benchmark: the stack, the client processes, the rounds, the report.
 
-Run: ``python -m deploy.bench [--levels 1,10,100,500] [--tokens 64] [--pace-ms 20]
-[--ttft-ms 50] [--workers 2] [--rounds 3] [--clients 2] [--quick] [--out DIR]
-[--profile gateway,worker1 --profile-level 100]``.
+Run: ``make bench [ARGS="..."]`` or ``python -m deploy.bench [--levels 1,10,50,100,500]
+[--tokens 64] [--pace-ms 20] [--ttft-ms 50] [--workers 2] [--rounds 3] [--clients 2]
+[--trials 30] [--quick] [--out DIR] [--profile gateway,worker1 --profile-level 100]``.
+``--quick`` (levels 1 and 5, one round, 5 trials) is the smoke run. Results: ``results.json``,
+``results.md`` and ``latency.png`` in ``bench/results/<time>/`` (git-ignored) or ``--out``;
+the Markdown table is printed at the end. ``--profile`` runs ``py-spy record`` on the named
+processes (gateway, worker1, fake-llm, client1; not redis) during the rounds of
+``--profile-level`` and adds their top frames to the report (profiling perturbs the numbers:
+profile in a separate run).
 
 Per concurrency level L, each round runs L *slots* whose starts are spread evenly over one
 nominal stream duration (staggered: producers do not tick at the same instant); a slot runs
@@ -188,7 +194,7 @@ async def run_round(
     window_ns = int(nominal_s(args) * 1e9) if level > 1 else 0
     slots = [(i, i * window_ns // level, per_slot) for i in range(level)]
     clients = bench.clients[: min(len(bench.clients), level)]
-    timeout = max(60.0, 30 * nominal_s(args))
+    timeout = max(180.0, 30 * nominal_s(args))
     t0 = time.monotonic_ns() + 200_000_000
     tag = f"{arm}{level}r{index}"
     commands = [
@@ -346,13 +352,23 @@ async def cancel_trials(bench: Bench) -> list[dict[str, Any]]:
 async def resume_trials(bench: Bench) -> list[dict[str, Any]]:
     args = bench.args
     rids = [(B, f"bench-resume-{i}-{uuid.uuid4().hex[:8]}") for i in range(args.trials)]
+    after, gap_s = max(1, min(5, args.tokens // 2)), max(0.03, 3 * args.pace_ms / 1000)
+    # the answer must still be streaming when the client comes back (else: 204, nothing to resume)
+    tokens = max(args.tokens, after + 4 + 4 * math.ceil(gap_s * 1000 / max(args.pace_ms, 1)))
+    step = {"token_count": tokens, "pace_ms": args.pace_ms}
+    await asyncio.gather(
+        *(
+            bench.http.put(f"{bench.fake_url}/_control/scripts/{rid}", json={"attempts": [step]})
+            for _, rid in rids
+        )
+    )
     cmd = {
         "kind": "resume",
         "target": bench.target,
         "rids": rids,
-        "after": max(1, min(5, args.tokens // 2)),
-        "gap_s": max(0.03, 3 * args.pace_ms / 1000),
-        "expect": args.tokens,
+        "after": after,
+        "gap_s": gap_s,
+        "expect": tokens,
         "timeout_s": 30.0,
         "spacing_s": 0.05,
     }

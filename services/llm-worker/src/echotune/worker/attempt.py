@@ -91,6 +91,10 @@ class Attempt:
         provider = self.ctx.providers[self.config.name]
         async with contextlib.aclosing(provider.stream(request)) as items:
             while True:
+                if self.ctx.cancels.reason(self.job.request_id) is not None:
+                    # cancelled, but a Redis call swallowed the CancelledError (redis-py sends
+                    # through asyncio.wait_for, which on Python 3.11 can drop a cancellation)
+                    raise asyncio.CancelledError
                 wait = timeouts.first_token if self.clock.tokens == 0 else timeouts.idle
                 wait = max(min(wait, ends_at - time.monotonic()), 0)
                 try:
