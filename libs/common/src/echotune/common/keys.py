@@ -75,9 +75,9 @@ class Keys:
         """Hash: API key id → JSON with the key's SHA-256, user id, name, revoked flag."""
         return f"{self.namespace}:api-keys"
 
-    def rate_limit(self, scope: str, subject: str, window: int) -> str:
-        """Counter of chat starts by one user or IP in one fixed window."""
-        return f"{self.namespace}:rate:{scope}:{subject}:{window}"
+    def rate_limit(self, scope: str, subject: str) -> str:
+        """Sorted set of one user's or IP's chat starts in the last minute, by start time."""
+        return f"{self.namespace}:rate:{scope}:{subject}"
 
     def open_streams(self, user_id: str) -> str:
         """Sorted set of one user's open SSE responses, scored by when they lapse."""

@@ -117,7 +117,7 @@ class ChatService:
             self._check_message(chat.message)
             config, model = await self.providers.choose(chat.user_id, chat.provider, chat.model)
             if not await self._exists_for(chat):
-                await self.limits.check_start(chat.user_id, chat.client_ip)
+                await self.limits.check_start(chat.user_id, chat.client_ip, chat.request_id)
                 await self._check_backlog()
             if await self._claim(chat):
                 return await self._start(chat, config, model)

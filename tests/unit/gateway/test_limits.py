@@ -1,0 +1,71 @@
+"""Chat-start rate limits: exact over any window, whatever the clock."""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+
+import pytest
+from redis.asyncio import Redis
+
+from echotune.common.keys import Keys
+from echotune.gateway.errors import ApiError
+from echotune.gateway.limits import ChatLimits
+
+
+def make_limits(redis: Redis, *, per_user: int = 30, per_ip: int = 1000) -> ChatLimits:
+    keys = Keys(f"t{uuid.uuid4().hex[:10]}")
+    return ChatLimits(redis, keys, per_user=per_user, per_ip=per_ip, open_streams=5, lapse_s=5)
+
+
+async def accepted(limits: ChatLimits, starts: int, *, user: str = "u", ip: str = "ip") -> int:
+    count = 0
+    for _ in range(starts):
+        try:
+            await limits.check_start(user, ip, uuid.uuid4().hex)
+        except ApiError as error:
+            assert error.status == 429
+            assert int(error.headers["Retry-After"]) >= 1
+        else:
+            count += 1
+    return count
+
+
+async def test_a_flood_across_a_minute_boundary_gets_the_limit_once(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old fixed window let 30 starts at hh:mm:59.9 and 30 more at hh:mm+1:00.1 through."""
+    limits = make_limits(redis)
+    minute = 1_800_000_000 * 60
+    clock = itertools.chain([minute - 0.1] * 30, itertools.repeat(minute + 0.1))
+    monkeypatch.setattr(time, "time", lambda: next(clock))
+    assert await accepted(limits, 60) == 30
+
+
+async def test_the_limit_is_per_user_and_per_ip(redis: Redis) -> None:
+    limits = make_limits(redis, per_user=3, per_ip=5)
+    assert await accepted(limits, 4, user="a") == 3
+    assert await accepted(limits, 4, user="b") == 2  # the address has 5 in all
+    assert await accepted(limits, 1, user="c", ip="other") == 1
+
+
+async def test_a_refused_start_does_not_use_up_the_other_limit(redis: Redis) -> None:
+    limits = make_limits(redis, per_user=2, per_ip=3)
+    assert await accepted(limits, 3, user="a") == 2  # the third is refused by the user limit
+    assert await accepted(limits, 2, user="b") == 1  # it did not count against the address
+
+
+async def test_a_retried_start_counts_once(redis: Redis) -> None:
+    limits = make_limits(redis, per_user=2)
+    for _ in range(5):
+        await limits.check_start("u", "ip", "same-request")
+    assert await accepted(limits, 2) == 1
+
+
+async def test_retry_after_says_when_a_slot_frees(redis: Redis) -> None:
+    limits = make_limits(redis, per_user=1)
+    await limits.check_start("u", "ip", "first")
+    with pytest.raises(ApiError) as refused:
+        await limits.check_start("u", "ip", "second")
+    assert 59 <= int(refused.value.headers["Retry-After"]) <= 60
