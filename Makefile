@@ -27,7 +27,7 @@ test-fast: sync  ## Only the fast tests
 lint: sync  ## ruff and mypy
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen ruff format --check .
-	$(UV) run --frozen mypy libs/common/src services/*/src
+	$(UV) run --frozen mypy libs/*/src services/*/src
 
 fmt: sync  ## Format and autofix
 	$(UV) run --frozen ruff format .

@@ -436,7 +436,7 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
             [
                 PYTHON,
                 "-m",
-                "tests.support.fake_llm",
+                "echotune.fake_llm",
                 "--port",
                 "0",
                 "--ttft-ms",

@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
+from echotune.fake_llm import FakeUpstream
 from tests.browser.ui import UI, ScriptedAnswers
 from tests.conftest import AUTH, Stack, start_stack
-from tests.support.upstream import FakeUpstream
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"

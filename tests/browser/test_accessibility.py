@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from playwright.async_api import expect
 
+from echotune.fake_llm import FakeUpstream
 from tests.browser.conftest import open_ui
 from tests.browser.ui import UI
 from tests.conftest import Stack
-from tests.support.upstream import FakeUpstream
 
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
 # Every rule axe runs by default (WCAG 2.0-2.2 A/AA and best practices); none may fail.

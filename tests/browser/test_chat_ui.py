@@ -12,12 +12,12 @@ from playwright.async_api import expect
 from redis.asyncio import Redis
 
 from echotune.common.keys import Keys
+from echotune.fake_llm import FakeUpstream
 from echotune.gateway.auth.keys import ApiKeyStore
 from tests.browser.conftest import free_port, open_ui
 from tests.browser.ui import STREAM_URL, UI
 from tests.conftest import API_KEY, Stack
 from tests.support.processes import start_gateway
-from tests.support.upstream import FakeUpstream
 
 SLOW = {"tokens": [f"tune{i} " for i in range(400)], "pace_ms": 40}
 

@@ -14,12 +14,12 @@ from redis.asyncio import Redis
 
 from deploy.local.processes import PYTHON, ServiceProcess
 from echotune.common.keys import Keys
+from echotune.fake_llm import FakeUpstream
 from echotune.gateway.auth.keys import ApiKeyStore
 from tests.browser.conftest import open_ui
 from tests.browser.ui import UI
 from tests.conftest import Stack
 from tests.support.processes import start_gateway
-from tests.support.upstream import FakeUpstream
 
 SECTIONS = ("providers", "patterns", "timeline", "engagement")
 

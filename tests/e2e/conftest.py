@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.support.upstream import FakeUpstream
+from echotune.fake_llm import FakeUpstream
 
 
 @pytest.fixture

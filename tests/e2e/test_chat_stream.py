@@ -8,10 +8,10 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from echotune.fake_llm import FakeUpstream
 from tests.conftest import Stack
 from tests.support.sse import StreamResult, frames, read_stream
 from tests.support.streams import wait_for_final
-from tests.support.upstream import FakeUpstream
 
 TOKENS = ["Hello", ",", " rainy", " evening", " jazz", "!"]
 

@@ -7,9 +7,9 @@ import time
 
 import httpx
 
+from echotune.fake_llm import FakeUpstream
 from tests.conftest import Stack, start_stack
 from tests.support.sse import Frame, frames, read_stream
-from tests.support.upstream import FakeUpstream
 
 
 def worker_running(stack: Stack, rid: str):  # type: ignore[no-untyped-def]

@@ -9,8 +9,8 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
+from echotune.fake_llm import FakeUpstream
 from tests.conftest import API_KEY, Stack
-from tests.support.upstream import FakeUpstream
 
 TOKENS = ["Blue", " in", " Green"]
 ASK = [{"role": "user", "content": "a jazz album?"}]

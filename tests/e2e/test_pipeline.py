@@ -8,10 +8,10 @@ from typing import Any
 import httpx
 import pytest
 
+from echotune.fake_llm import FakeUpstream
 from tests.conftest import Stack, start_stack
 from tests.support.sse import StreamResult, read_stream
 from tests.support.telemetry import TelemetryHarness
-from tests.support.upstream import FakeUpstream
 
 pytestmark = pytest.mark.e2e
 CONTEXT_BOUND = 400

@@ -6,9 +6,9 @@ import httpx
 from redis.asyncio import Redis
 
 from echotune.common.keys import Keys
+from echotune.fake_llm import FakeUpstream
 from tests.conftest import API_KEY, PROVIDER_SECRET, Stack
 from tests.support.sse import read_stream
-from tests.support.upstream import FakeUpstream
 
 SECRETS = (PROVIDER_SECRET, API_KEY, API_KEY.rsplit("_", 1)[-1])
 

@@ -8,8 +8,6 @@ __all__ = ["ServiceProcess", "start_fake_llm", "start_gateway", "start_worker"]
 
 
 async def start_fake_llm(*args: str) -> tuple[ServiceProcess, str]:
-    proc = ServiceProcess(
-        "fake-llm", [PYTHON, "-m", "tests.support.fake_llm", "--port", "0", *args], {}
-    )
+    proc = ServiceProcess("fake-llm", [PYTHON, "-m", "echotune.fake_llm", "--port", "0", *args], {})
     match = await proc.start(r"FAKE_LLM_READY port=(\d+)")
     return proc, f"http://127.0.0.1:{match.group(1)}"

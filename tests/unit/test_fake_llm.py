@@ -16,6 +16,13 @@ import pytest
 
 from echotune.common.messages import ChatMessage, FinishReason, Role
 from echotune.common.providers import ProviderConfig, ProviderKind
+from echotune.fake_llm.server import (
+    READY_PREFIX,
+    FakeSettings,
+    RunningFakeLLM,
+    default_tokens,
+    serve_fake_llm,
+)
 from echotune.worker.providers import build_provider
 from echotune.worker.providers.base import (
     Finish,
@@ -25,13 +32,6 @@ from echotune.worker.providers.base import (
     StreamItem,
     TextChunk,
     make_client,
-)
-from tests.support.fake_llm import (
-    READY_PREFIX,
-    FakeSettings,
-    RunningFakeLLM,
-    default_tokens,
-    serve_fake_llm,
 )
 
 SECRET = "sk-fake-llm-SECRET-42"
@@ -272,7 +272,7 @@ async def test_cli_announces_its_port() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests.support.fake_llm",
+        "echotune.fake_llm",
         "--port",
         "0",
         "--tokens",

@@ -1,6 +1,6 @@
 """A scriptable fake upstream LLM server speaking the OpenAI, Anthropic and Gemini wire formats.
 
-Run: ``python -m tests.support.fake_llm --host 127.0.0.1 --port 0 [--ttft-ms 0] [--pace-ms 0]
+Run: ``python -m echotune.fake_llm --host 127.0.0.1 --port 0 [--ttft-ms 0] [--pace-ms 0]
 [--tokens 16] [--stamp]``; it prints ``FAKE_LLM_READY port=<port>`` once it accepts connections.
 In-process: ``async with serve_fake_llm() as fake: ...`` (see :class:`RunningFakeLLM`).
 
@@ -902,7 +902,3 @@ def main(argv: list[str] | None = None) -> None:
         on_ready=lambda: print(f"{READY_PREFIX} port={port}", flush=True),
     )
     server.run(sockets=[sock])
-
-
-if __name__ == "__main__":
-    main()

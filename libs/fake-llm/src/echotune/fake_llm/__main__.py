@@ -1,0 +1,3 @@
+from echotune.fake_llm.server import main
+
+main()
