@@ -24,7 +24,7 @@ from typing import Any
 
 A, B = "A", "B"
 OPENAI_TOKEN = re.compile(rb'"content": ?"(\d+) "')
-DELTA_TOKEN = re.compile(rb'"delta": ?"(\d+) "')
+DELTA_TEXT = re.compile(rb'"delta": ?"([\d ]+)"')
 WORKER_STAMP = re.compile(rb'"t": ?(\d+)')
 SYSTEM_PROMPT = "You are EchoTune, a friendly music recommendation assistant. Answer concisely."
 
@@ -233,9 +233,10 @@ class SSEConnection(asyncio.Protocol):
         if self.s.first_event_ns == 0:
             self.s.first_event_ns = now
         if kind == b"delta":
-            match, worker = DELTA_TOKEN.search(data), WORKER_STAMP.search(data)
-            if match:
-                self._token(int(match[1]), int(worker[1]) if worker else 0, now)
+            # A frame may carry several tokens (the worker merges what accumulated).
+            match, worker = DELTA_TEXT.search(data), WORKER_STAMP.search(data)
+            for stamp in match[1].split() if match else ():
+                self._token(int(stamp), int(worker[1]) if worker else 0, now)
         elif kind in (b"done", b"error"):
             payload = json.loads(data)
             reason = payload.get("finish_reason") if kind == b"done" else payload.get("code")

@@ -13,7 +13,7 @@ from tests.support.sse import Frame, frames, read_stream
 
 
 def worker_running(stack: Stack, rid: str):  # type: ignore[no-untyped-def]
-    (worker,) = [w for w in stack.workers if f"[rid={rid}] job started" in w.output()]
+    (worker,) = [w for w in stack.workers if f"[rid={rid}] job taken" in w.output()]
     return worker
 
 

@@ -35,7 +35,7 @@ async def test_two_workers_both_take_jobs(
         )
         assert all(r.text == "ab" for r in results)
         for worker in stack.workers:
-            taken = [rid for rid in rids if f"[rid={rid}] job started" in worker.output()]
+            taken = [rid for rid in rids if f"[rid={rid}] job taken" in worker.output()]
             assert taken, f"{worker.name} took no job"
     finally:
         await stack.stop()

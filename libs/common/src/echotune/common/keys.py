@@ -37,6 +37,11 @@ class Keys:
         return f"{self.namespace}:telemetry:dlq"
 
     @property
+    def workers_alive(self) -> str:
+        """Sorted set: worker consumer name -> when it last said it was alive (ms)."""
+        return f"{self.namespace}:workers"
+
+    @property
     def cancel_channel(self) -> str:
         """Pub/Sub channel on which cancel requests are announced to all workers."""
         return f"{self.namespace}:cancel"

@@ -192,6 +192,7 @@ class ErrorCode(StrEnum):
     WORKER_LOST = "worker_lost"
     SHUTDOWN = "shutdown"
     INVALID_JOB = "invalid_job"
+    NO_WORKER = "no_worker"
 
 
 class ErrorEvent(Contract):

@@ -12,9 +12,11 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from faststream.redis import RedisBroker
 
+from echotune.common import job_queue
 from echotune.common.breaker import CircuitBreakers
 from echotune.common.logs import configure_logging
 from echotune.common.redis import create_redis, retry_options
+from echotune.common.request_stream import RequestStreams
 from echotune.gateway import health, proxy
 from echotune.gateway.auth import routes as auth_routes
 from echotune.gateway.auth.keys import ApiKeyStore
@@ -23,6 +25,7 @@ from echotune.gateway.bodylimit import BodySizeLimitMiddleware
 from echotune.gateway.chat import routes as chat_routes
 from echotune.gateway.chat.relay import StreamRelay
 from echotune.gateway.chat.service import ChatService
+from echotune.gateway.chat.upkeep import keep_streams_alive, trim_jobs
 from echotune.gateway.errors import install_error_handlers
 from echotune.gateway.limits import ChatLimits
 from echotune.gateway.openai_compat import routes as openai_routes
@@ -36,43 +39,53 @@ from echotune.gateway.ui import routes as ui_routes
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: GatewaySettings = app.state.settings
+    keys = settings.keys
     redis = create_redis(settings.redis_url)
     relay = StreamRelay(
-        settings.redis_url,
-        settings.keys,
-        block_ms=settings.relay_block_ms,
-        batch=settings.relay_batch,
+        settings.redis_url, keys, block_ms=settings.relay_block_ms, batch=settings.relay_batch
     )
     broker = RedisBroker(
         settings.redis_url, **retry_options(), logger=logging.getLogger("echotune.gateway.broker")
     )
     await broker.connect()
+    await job_queue.ensure_group(redis, keys)
     await relay.start()
-    breakers = CircuitBreakers(redis, settings.keys, settings.breaker.policy())
-    providers = ProviderService(redis, settings.keys, settings.registry(), breakers)
+    streams = RequestStreams(
+        redis,
+        keys,
+        request_ttl_s=int(settings.max_stream_s + settings.resume_window_s + 60),
+        final_ttl_s=int(settings.resume_window_s + 60),
+        reader_ttl_ms=int(settings.resume_window_s * 1000),
+    )
+    await streams.load_scripts()
+    breakers = CircuitBreakers(redis, keys, settings.breaker.policy())
+    providers = ProviderService(redis, keys, settings.registry(), breakers)
     limits = ChatLimits(
         redis,
-        settings.keys,
+        keys,
         per_user=settings.chat_starts_per_minute_user,
         per_ip=settings.chat_starts_per_minute_ip,
         open_streams=settings.max_open_streams_per_user,
         lapse_s=settings.resume_window_s * 2,
     )
-    chat = ChatService(redis, relay, broker, providers, limits, settings)
-    api_keys = ApiKeyStore(redis, settings.keys)
+    chat = ChatService(redis, relay, broker, providers, limits, streams, settings)
+    api_keys = ApiKeyStore(redis, keys)
     if settings.dev_api_key is not None:
         await api_keys.install(settings.dev_api_key.get_secret_value(), DEV_USER, "dev key")
     app.state.auth = Authenticator.from_settings(api_keys, settings)
     app.state.analytics = httpx.AsyncClient(
         base_url=settings.analytics_url, timeout=settings.analytics_timeout_s
     )
-    keeper = asyncio.create_task(chat.keep_readers_alive(), name="reader-keeper")
-    app.state.redis, app.state.relay = redis, relay
-    app.state.chat, app.state.providers = chat, providers
+    background = [
+        asyncio.create_task(keep_streams_alive(chat, settings.resume_window_s / 3)),
+        asyncio.create_task(trim_jobs(redis, keys, settings.jobs_trim_s)),
+    ]
+    app.state.redis, app.state.chat, app.state.providers = redis, chat, providers
     try:
         yield
     finally:
-        keeper.cancel()
+        for task in background:
+            task.cancel()
         await app.state.analytics.aclose()
         await relay.stop()
         await broker.stop()

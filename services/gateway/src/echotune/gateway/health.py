@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from pydantic import BaseModel, Field
 
-from echotune.gateway.deps import RedisDep
+from echotune.common import job_queue
+from echotune.gateway.chat.service import WORKER_SEEN_S
+from echotune.gateway.deps import RedisDep, SettingsDep
 from echotune.gateway.errors import ApiError
 
 router = APIRouter(tags=["health"])
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="`ready`; `no_workers` when no worker was seen lately")
+    workers: int = Field(description=f"Workers seen alive in the last {WORKER_SEEN_S:.0f} s")
 
 
 @router.get("/healthz", summary="Liveness")
@@ -15,10 +23,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: Redis reachable")
-async def readyz(redis: RedisDep) -> dict[str, str]:
+@router.get("/readyz", summary="Readiness: Redis reachable; whether workers are alive")
+async def readyz(redis: RedisDep, settings: SettingsDep) -> Readiness:
+    """200 while Redis answers (chats are queued); ``workers`` says whether any will run."""
     try:
-        await redis.ping()
+        workers = await job_queue.workers_alive(redis, settings.keys, WORKER_SEEN_S)
     except Exception as exc:
         raise ApiError(503, "redis_unavailable", f"Redis is not reachable: {exc}") from exc
-    return {"status": "ready"}
+    return Readiness(status="ready" if workers else "no_workers", workers=workers)

@@ -1,26 +1,36 @@
-"""Chat limits: starts per user and per IP, open streams per user."""
+"""Chat limits: starts per user and per IP, open streams per user.
+
+Each check is one single-key script timed by Redis' own clock. They are queued into the
+pipeline of the chat service's first round trip; a start refused for one reason is taken
+back from the others, so it costs nothing.
+"""
 
 from __future__ import annotations
 
 import math
-import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from echotune.common.keys import Keys
+from echotune.common.scripts import Arg, Script, execute
 from echotune.gateway.errors import ApiError
 
 WINDOW_S = 60
+ADMITTED, COUNTED_BEFORE = 0, -1
 
-# Sliding-window log: at most ARGV[1] members in any ARGV[2] ms, timed by Redis' own clock.
-# KEYS[1]: sorted set of one subject's starts. ARGV[3]: the start (a request id; a retried
-# call finds it already counted). Returns 0 when admitted, else the ms until a slot frees.
-_ADMIT = """
+# Sliding-window log: at most ARGV[1] starts in any ARGV[2] ms. KEYS[1]: sorted set of one
+# subject's starts. ARGV[3]: the start's request id (a retried call finds it counted).
+# Returns 0 (admitted now), -1 (counted before), else the ms until a slot frees.
+ADMIT_START = Script("""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZSCORE', KEYS[1], ARGV[3]) then return 0 end
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then return -1 end
 if redis.call('ZCARD', KEYS[1]) >= limit then
   local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
   return math.max(tonumber(oldest[2]) + window - now, 1)
@@ -28,7 +38,31 @@ end
 redis.call('ZADD', KEYS[1], now, ARGV[3])
 redis.call('PEXPIRE', KEYS[1], window)
 return 0
-"""
+""")
+
+# KEYS[1]: sorted set of a user's open responses scored by when they lapse (Redis ms).
+# ARGV: cap (0: refresh only, never admit), lapse ms, then stream keys. Returns 1 or 0.
+OPEN_STREAMS = Script("""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local cap, lapse = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if cap > 0 and redis.call('ZCARD', KEYS[1]) >= cap then return 0 end
+for i = 3, #ARGV do
+  redis.call('ZADD', KEYS[1], cap > 0 and 'NX' or 'XX', now + lapse, ARGV[i])
+end
+redis.call('PEXPIRE', KEYS[1], lapse + 60000)
+return 1
+""")
+
+
+@dataclass(slots=True)
+class Admission:
+    """What the start checks said, and what to take back if the start does not happen."""
+
+    refusal: ApiError | None = None
+    taken: list[tuple[str, str]] = field(default_factory=list)
+    """(key, member) counted by this call."""
 
 
 class ChatLimits:
@@ -45,67 +79,66 @@ class ChatLimits:
         lapse_s: float,
     ) -> None:
         self.redis, self.keys = redis, keys
-        self.per_user, self.per_ip, self.open_streams, self.lapse_s = (
-            per_user,
-            per_ip,
-            open_streams,
-            lapse_s,
-        )
-        self._admit = redis.register_script(_ADMIT)
+        self.per_user, self.per_ip = per_user, per_ip
+        self.open_streams, self.lapse_ms = open_streams, int(lapse_s * 1000)
 
-    async def check_start(self, user_id: str, ip: str, request_id: str) -> None:
-        """Count a chat start; 429 with ``Retry-After`` when the user or IP is over its limit.
-
-        Each subject is one single-key script (cluster-safe); both run in one round trip. A
-        start refused by one subject is taken back from the other, so it costs nothing.
-        """
-        subjects = [
+    def _subjects(self, user_id: str, ip: str) -> list[tuple[str, int, str]]:
+        return [
             (self.keys.rate_limit("user", user_id), self.per_user, "this user"),
             (self.keys.rate_limit("ip", ip), self.per_ip, "this address"),
         ]
-        window_ms = WINDOW_S * 1000
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key, limit, _ in subjects:
-                await self._admit(keys=[key], args=[limit, window_ms, request_id], client=pipe)
-            waits = [int(w) for w in await pipe.execute()]
-        if not any(waits):
-            return
-        for (key, _, _), wait in zip(subjects, waits, strict=True):
-            if not wait:
-                await self.redis.zrem(key, request_id)
-        wait_ms, who = max((w, s[2]) for w, s in zip(waits, subjects, strict=True))
-        raise ApiError(
+
+    def queue_start(self, pipe: Pipeline, user_id: str, ip: str, request_id: str) -> None:
+        """Queue the start checks (two replies, read by :meth:`start_admission`)."""
+        for key, limit, _ in self._subjects(user_id, ip):
+            ADMIT_START.queue(pipe, [key], [limit, WINDOW_S * 1000, request_id])
+
+    def start_admission(
+        self, replies: Sequence[Any], user_id: str, ip: str, request_id: str
+    ) -> Admission:
+        subjects = self._subjects(user_id, ip)
+        waits = [int(r) for r in replies]
+        taken = [(s[0], request_id) for s, w in zip(subjects, waits, strict=True) if w == ADMITTED]
+        refused = [(w, s[2]) for s, w in zip(subjects, waits, strict=True) if w > 0]
+        if not refused:
+            return Admission(taken=taken)
+        wait_ms, who = max(refused)
+        error = ApiError(
             429,
             "rate_limited",
             f"too many chats started by {who}; try again later",
             headers={"Retry-After": str(math.ceil(wait_ms / 1000))},
         )
+        return Admission(error, taken)
 
-    async def open_stream(self, user_id: str, stream_key: str) -> None:
-        """Register an open stream of ``user_id``; 429 when the user already has too many."""
-        key, now = self.keys.open_streams(user_id), time.time()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.zremrangebyscore(key, "-inf", now)
-            pipe.zadd(key, {stream_key: now + self.lapse_s})
-            pipe.zcard(key)
-            pipe.expire(key, int(self.lapse_s) + 60)
-            _, _, count, _ = await pipe.execute()
-        if count > self.open_streams:
-            await self.redis.zrem(key, stream_key)
-            raise ApiError(
-                429,
-                "too_many_streams",
-                f"at most {self.open_streams} open streams per user; close one first",
-                headers={"Retry-After": "5"},
-            )
+    def queue_open_stream(self, pipe: Pipeline, user_id: str, stream_key: str) -> None:
+        """Queue the admission of one more open response of ``user_id`` (one reply)."""
+        args: list[Arg] = [self.open_streams, self.lapse_ms, stream_key]
+        OPEN_STREAMS.queue(pipe, [self.keys.open_streams(user_id)], args)
 
-    async def refresh(self, streams: list[tuple[str, str]]) -> None:
-        """Keep the open streams (user, stream key) of this process from lapsing."""
-        lapse = time.time() + self.lapse_s
+    def open_stream_refusal(self, reply: Any) -> ApiError | None:
+        if int(reply) == 1:
+            return None
+        return ApiError(
+            429,
+            "too_many_streams",
+            f"at most {self.open_streams} open streams per user; close one first",
+            headers={"Retry-After": "5"},
+        )
+
+    async def take_back(self, taken: Sequence[tuple[str, str]]) -> None:
+        """Forget counted starts or open streams that did not happen or have ended."""
+        if not taken:
+            return
         async with self.redis.pipeline(transaction=False) as pipe:
-            for user_id, stream_key in streams:
-                pipe.zadd(self.keys.open_streams(user_id), {stream_key: lapse}, xx=True)
+            for key, member in taken:
+                pipe.zrem(key, member)
             await pipe.execute()
 
-    async def close_stream(self, user_id: str, stream_key: str) -> None:
-        await self.redis.zrem(self.keys.open_streams(user_id), stream_key)
+    async def refresh(self, streams: dict[str, list[str]]) -> None:
+        """Keep this process's open streams (user id -> stream keys) from lapsing."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for user_id, stream_keys in streams.items():
+                args: list[Arg] = [0, self.lapse_ms, *stream_keys]
+                OPEN_STREAMS.queue(pipe, [self.keys.open_streams(user_id)], args)
+            await execute(self.redis, pipe, [OPEN_STREAMS] * len(streams))

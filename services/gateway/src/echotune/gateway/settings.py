@@ -37,5 +37,9 @@ class GatewaySettings(ServiceSettings, ProviderSettings):
     chat_starts_per_minute_user: int = Field(30, ge=1)
     chat_starts_per_minute_ip: int = Field(120, ge=1)
     max_open_streams_per_user: int = Field(20, ge=1)
+    pickup_timeout_s: float = Field(
+        10.0, gt=0, description="A job untaken this long while no worker is alive: `no_worker`"
+    )
+    jobs_trim_s: float = Field(30.0, gt=0, description="How often acknowledged jobs are trimmed")
     relay_block_ms: int = Field(5000, ge=10, description="Longest blocking XREAD of the relay")
     relay_batch: int = Field(256, ge=1, description="Entries read per stream per XREAD")

@@ -1,7 +1,7 @@
 """Worker application factory: FastStream consumers of chat jobs and cancel requests.
 
 Run with ``faststream run echotune.worker.app:create_app --factory --port 8081``: the port
-serves ``GET /healthz`` (204 while Redis answers, else 500).
+serves ``GET /healthz`` (204 while Redis answers and the job subscribers run, else 503).
 """
 
 from __future__ import annotations
@@ -13,25 +13,28 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from faststream import AckPolicy, Context, ContextRepo
-from faststream.asgi import AsgiFastStream, make_ping_asgi
+from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.message import RedisStreamMessage
 
+from echotune.common import job_queue
 from echotune.common.breaker import CircuitBreakers
 from echotune.common.keys import JOBS_GROUP
 from echotune.common.live_stats import LiveStats
 from echotune.common.logs import configure_logging
 from echotune.common.mongo import create_mongo
 from echotune.common.redis import create_redis, retry_options
-from echotune.worker.cancel import CANCELLED, CancelRegistry, sweep_abandoned
+from echotune.common.request_stream import RequestStreams
 from echotune.worker.context import WorkerContext, build_providers
 from echotune.worker.conversations import ConversationStore, migrate_when_possible
-from echotune.worker.handlers import run_job
-from echotune.worker.ownership import keep_jobs_owned
+from echotune.worker.execute import execute
+from echotune.worker.inflight import CANCELLED, InFlightJobs
 from echotune.worker.pool import JobPool
 from echotune.worker.providers.base import make_client
 from echotune.worker.settings import WorkerSettings
 from echotune.worker.telemetry import TelemetryPublisher
+from echotune.worker.upkeep import keep_consuming, keep_held, sweep
+from echotune.worker.writer import AppendFlusher
 
 WorkerDep = Annotated[WorkerContext, Context("worker")]
 MessageDep = Annotated[RedisStreamMessage, Context("message")]
@@ -49,6 +52,7 @@ def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
     )
 
     running: dict[str, WorkerContext] = {}
+    supervisors: list[asyncio.Task[None]] = []
 
     # One entry per read, and none before a slot is free (see pool.py).
     jobs = broker.subscriber(
@@ -67,31 +71,57 @@ def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
         ack_policy=AckPolicy.MANUAL,
     )
 
+    async def admit(
+        body: dict[str, Any], worker: WorkerContext, message: RedisStreamMessage
+    ) -> None:
+        entry_id = _entry_id(message)
+        held = worker.jobs.hold(str(body.get("request_id") or entry_id), entry_id)
+        await worker.pool.admit(
+            lambda: execute(worker, body, held), message, lambda: worker.jobs.release(held)
+        )
+
     @jobs
     async def handle_job(body: dict[str, Any], worker: WorkerDep, message: MessageDep) -> None:
         """Produce one answer; the job is acknowledged once its final event is written."""
-        job = run_job(worker, body, _entry_id(message), reclaimed=False)
-        await worker.pool.admit(job, message)
+        await admit(body, worker, message)
 
     @reclaimed
     async def reclaim_job(body: dict[str, Any], worker: WorkerDep, message: MessageDep) -> None:
         """Take over a job whose worker died."""
-        job = run_job(worker, body, _entry_id(message), reclaimed=True)
-        await worker.pool.admit(job, message)
+        await admit(body, worker, message)
 
     @broker.subscriber(channel=keys.cancel_channel)
     async def handle_cancel(request_id: str, worker: WorkerDep) -> None:
-        """Cancel the job if this process runs it (every worker hears every cancel)."""
-        worker.cancels.cancel(request_id, CANCELLED)
+        """Cancel the job if this process holds it (every worker hears every cancel)."""
+        worker.jobs.stop(request_id, CANCELLED)
+
+    @get(include_in_schema=False)
+    async def healthz(scope: Any) -> AsgiResponse:
+        """204 while Redis answers and both job subscribers read; 503 otherwise."""
+        try:
+            alive = await broker.ping(timeout=2.0) and jobs.running and reclaimed.running
+        except Exception:
+            alive = False
+        return AsgiResponse(b"", status_code=204 if alive else 503)
 
     @asynccontextmanager
     async def lifespan(context: ContextRepo) -> AsyncIterator[None]:
         redis = create_redis(settings.redis_url, max_connections=settings.concurrency + 16)
+        await job_queue.ensure_group(redis, keys)  # before the subscribers: they would use $
         http = make_client()
         context_ms = int(settings.context_timeout_s * 1000)
         mongo = create_mongo(
             settings.mongodb_url, timeout_ms=context_ms, operation_timeout_ms=context_ms
         )
+        streams = RequestStreams(
+            redis,
+            keys,
+            request_ttl_s=int(settings.resume_window_s + 60),
+            final_ttl_s=int(settings.resume_window_s + 60),
+            reader_ttl_ms=int(settings.resume_window_s * 1000),
+            events_maxlen=settings.events_maxlen,
+        )
+        await streams.load_scripts()
         registry = settings.registry()
         worker = WorkerContext(
             settings=settings,
@@ -99,7 +129,9 @@ def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
             http=http,
             registry=registry,
             providers=build_providers(registry, http),
-            cancels=CancelRegistry(),
+            jobs=InFlightJobs(),
+            streams=streams,
+            flusher=AppendFlusher(streams),
             telemetry=TelemetryPublisher(broker, keys.telemetry, settings.telemetry_maxlen),
             breakers=CircuitBreakers(redis, keys, settings.breaker.policy()),
             live=LiveStats(redis, keys),
@@ -111,10 +143,9 @@ def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
         context.set_global("worker", worker)
         running["worker"] = worker
         background = [
-            asyncio.create_task(
-                sweep_abandoned(worker.cancels, redis, keys, settings.reader_check_s)
-            ),
-            asyncio.create_task(keep_jobs_owned(worker)),
+            asyncio.create_task(worker.flusher.run()),
+            asyncio.create_task(sweep(worker, settings.reader_check_s)),
+            asyncio.create_task(keep_held(worker)),
             asyncio.create_task(migrate_when_possible(worker.conversations)),
         ]
         try:
@@ -127,20 +158,33 @@ def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
             await mongo.close()
             await redis.aclose()
 
+    async def supervise() -> None:
+        """After start-up: heartbeat, and restart a subscriber stopped by a lost group."""
+        supervisors.append(
+            asyncio.create_task(keep_consuming(running["worker"], [jobs, reclaimed]))
+        )
+
     async def drain() -> None:
         """On SIGTERM: take no new job, let running ones finish until the deadline."""
+        for supervisor in supervisors:
+            supervisor.cancel()
         await jobs.stop()
         await reclaimed.stop()
         worker = running["worker"]
         await worker.pool.drain(settings.drain_s)
         await worker.telemetry.flush()
 
-    return AsgiFastStream(
+    app = AsgiFastStream(
         broker,
         lifespan=lifespan,
+        after_startup=[supervise],
         on_shutdown=[drain],
-        asgi_routes=[("/healthz", make_ping_asgi(broker, timeout=2.0, include_in_schema=False))],
+        asgi_routes=[("/healthz", healthz)],
     )
+    # FastStream stops the whole application when the jobs group vanishes (NOGROUP: Redis
+    # lost its data); this worker recreates the group and restarts the subscriber instead.
+    app.context.reset_global("app")
+    return app
 
 
 def _entry_id(message: RedisStreamMessage) -> str:

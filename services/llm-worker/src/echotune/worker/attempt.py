@@ -12,9 +12,9 @@ from echotune.common.breaker import Outcome, Permit
 from echotune.common.messages import ChatJob
 from echotune.common.providers import ProviderConfig
 from echotune.worker.context import WorkerContext
-from echotune.worker.events import EventWriter
 from echotune.worker.providers.base import Finish, ProviderError, ProviderRequest, TextChunk
 from echotune.worker.telemetry import AttemptClock
+from echotune.worker.writer import EventWriter
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class Attempt:
                 raise MidStreamFailure(error) from error
             raise
         except asyncio.CancelledError:
-            error_code = self.ctx.cancels.reason(self.job.request_id) or "cancelled"
+            error_code = self.ctx.jobs.reason(self.job.request_id) or "cancelled"
             raise
         finally:
             await self._record(request, outcome, error_code, retry_after, finish)
@@ -91,7 +91,7 @@ class Attempt:
         provider = self.ctx.providers[self.config.name]
         async with contextlib.aclosing(provider.stream(request)) as items:
             while True:
-                if self.ctx.cancels.reason(self.job.request_id) is not None:
+                if self.ctx.jobs.reason(self.job.request_id) is not None:
                     # cancelled, but a Redis call swallowed the CancelledError (redis-py sends
                     # through asyncio.wait_for, which on Python 3.11 can drop a cancellation)
                     raise asyncio.CancelledError
@@ -111,7 +111,7 @@ class Attempt:
                     self.clock.token()
                     self.first_token_at = self.first_token_at or time.time()
                     self.text.append(item.text)
-                    await self.writer.delta(item.text)
+                    self.writer.delta(item.text)
 
     async def _record(
         self,

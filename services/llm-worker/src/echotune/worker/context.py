@@ -10,13 +10,15 @@ from redis.asyncio import Redis
 from echotune.common.breaker import CircuitBreakers
 from echotune.common.live_stats import LiveStats
 from echotune.common.providers import ProviderRegistry
-from echotune.worker.cancel import CancelRegistry
+from echotune.common.request_stream import RequestStreams
 from echotune.worker.conversations import ConversationStore
+from echotune.worker.inflight import InFlightJobs
 from echotune.worker.pool import JobPool
 from echotune.worker.providers import build_provider
 from echotune.worker.providers.base import Provider
 from echotune.worker.settings import WorkerSettings
 from echotune.worker.telemetry import TelemetryPublisher
+from echotune.worker.writer import AppendFlusher
 
 
 @dataclass(slots=True)
@@ -26,7 +28,9 @@ class WorkerContext:
     http: httpx.AsyncClient
     registry: ProviderRegistry
     providers: dict[str, Provider]
-    cancels: CancelRegistry
+    jobs: InFlightJobs
+    streams: RequestStreams
+    flusher: AppendFlusher
     telemetry: TelemetryPublisher
     breakers: CircuitBreakers
     live: LiveStats

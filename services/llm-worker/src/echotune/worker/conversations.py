@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
-from pymongo.errors import PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from echotune.common.messages import ChatJob, ChatMessage, ContextUsage, Role
 from echotune.common.mongo import CONVERSATIONS, ensure_validator
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 SUMMARY_CHARS = 600
 PAUSE_AFTER_FAILURE_S = 10.0
 QUESTION_CHARS = 120
+CAS_ATTEMPTS = 8
 
 SCHEMA: dict[str, Any] = {
     "bsonType": "object",
@@ -130,38 +131,66 @@ class ConversationStore:
             return Context()
         return build_context(document, self.max_chars)
 
-    async def append(self, job: ChatJob, answer: str) -> None:
-        """Record the finished turn and refresh the summary."""
+    async def append(self, job: ChatJob, answer: str, epoch: int = 1) -> None:
+        """Record the finished turn and refresh the summary, once per request.
+
+        A compare-and-set on ``rev``: concurrent answers of one conversation never overwrite
+        each other. A job run again after its worker was lost (a higher ``epoch``) replaces
+        its earlier answer instead of adding a second turn.
+        """
         if not (job.options.use_context and job.conversation_id) or not self._available():
             return
-        question = job.messages[-1].content
-        now = datetime.now(UTC)
-        turns = [
-            {"role": "user", "content": question, "at": job.created_at},
-            {"role": "assistant", "content": answer, "at": now},
-        ]
         try:
-            previous = await self.collection.find_one(
-                {"_id": job.conversation_id}, {"summary": 1, "userId": 1}
-            )
-            if previous and previous.get("userId") != job.user_id:
-                log.warning("conversation belongs to another user; turn not recorded")
-                return
-            await self.collection.update_one(
-                {"_id": job.conversation_id},
-                {
-                    "$push": {"turns": {"$each": turns, "$slice": -self.keep_turns}},
-                    "$inc": {"messageCount": 2},
-                    "$set": {
-                        "lastActivity": now,
-                        "summary": summarize((previous or {}).get("summary", ""), question),
-                    },
-                    "$setOnInsert": {"userId": job.user_id},
-                },
-                upsert=True,
-            )
+            for _ in range(CAS_ATTEMPTS):
+                if await self._try_append(job, answer, epoch):
+                    return
+            log.warning("conversation turn not recorded: too many concurrent updates")
         except Exception as exc:  # recording is best effort: never let it break an answer
             self._failed(exc, "conversation turn not recorded")
+
+    async def _try_append(self, job: ChatJob, answer: str, epoch: int) -> bool:
+        """One compare-and-set; ``False`` when someone else changed the document meanwhile."""
+        document = await self.collection.find_one(
+            {"_id": job.conversation_id}, {"summary": 1, "userId": 1, "turns": 1, "rev": 1}
+        )
+        if document and document.get("userId") != job.user_id:
+            log.warning("conversation belongs to another user; turn not recorded")
+            return True
+        turns: list[dict[str, Any]] = (document or {}).get("turns") or []
+        mine = [t for t in turns if t.get("requestId") == job.request_id]
+        if mine and max(int(t.get("epoch") or 0) for t in mine) >= epoch:
+            return True  # recorded already by this or a later run
+        question, now = job.messages[-1].content, datetime.now(UTC)
+        tag = {"requestId": job.request_id, "epoch": epoch}
+        kept = [t for t in turns if t.get("requestId") != job.request_id]
+        new_turns = [
+            *kept,
+            {"role": "user", "content": question, "at": job.created_at, **tag},
+            {"role": "assistant", "content": answer, "at": now, **tag},
+        ][-self.keep_turns :]
+        summary = (document or {}).get("summary", "")
+        fields = {"turns": new_turns, "lastActivity": now}
+        fields["summary"] = summary if mine else summarize(summary, question)
+        if document is None:
+            try:
+                await self.collection.insert_one(
+                    {
+                        "_id": job.conversation_id,
+                        "userId": job.user_id,
+                        "messageCount": 2,
+                        "rev": 1,
+                        **fields,
+                    }
+                )
+            except DuplicateKeyError:
+                return False
+            return True
+        rev = document.get("rev")
+        result = await self.collection.update_one(
+            {"_id": job.conversation_id, "rev": rev},
+            {"$set": {**fields, "rev": (rev or 0) + 1}, "$inc": {"messageCount": 0 if mine else 2}},
+        )
+        return result.matched_count == 1
 
 
 async def migrate_when_possible(store: ConversationStore, retry_s: float = 5.0) -> None:

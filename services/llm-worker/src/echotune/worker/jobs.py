@@ -26,9 +26,9 @@ from echotune.common.providers import ProviderConfig
 from echotune.worker.attempt import Attempt, AttemptInfo, MidStreamFailure
 from echotune.worker.context import WorkerContext
 from echotune.worker.conversations import Context
-from echotune.worker.events import EventWriter
 from echotune.worker.providers.base import ProviderError, ProviderRequest
 from echotune.worker.retry import backoff_delay, is_retryable
+from echotune.worker.writer import EventWriter
 
 log = logging.getLogger(__name__)
 
@@ -45,75 +45,22 @@ class Skip(Exception):
 
 
 class JobRunner:
-    """Produces the events of one ``ChatJob``."""
+    """Produces the events of one ``ChatJob`` through the writer of the worker that holds it."""
 
-    def __init__(self, ctx: WorkerContext, job: ChatJob, entry_id: str | None = None) -> None:
-        self.ctx, self.job, self.entry_id = ctx, job, entry_id
-        settings = ctx.settings
-        self.writer = EventWriter(
-            ctx.redis,
-            settings.keys,
-            job.request_id,
-            maxlen=settings.events_maxlen,
-            final_ttl_s=int(settings.resume_window_s + 60),
-            stamp=settings.stamp_tokens,
-        )
+    def __init__(self, ctx: WorkerContext, job: ChatJob, writer: EventWriter) -> None:
+        self.ctx, self.job, self.writer = ctx, job, writer
         self.context = Context()
         self.attempts = 0
         self.first_token_at: float | None = None
         self.partial: list[str] = []
 
-    async def run(self) -> None:
-        """Run the job to its final event, whatever happens (cancel and shutdown included)."""
-        if await self.ctx.redis.exists(self.ctx.settings.keys.cancel_flag(self.job.request_id)):
-            await self._final(self._done(FinishReason.CANCELLED, self.job.provider, self.job.model))
-            return
-        self.context = await self._load_context()
-        task = asyncio.create_task(self._produce())
-        inflight = self.ctx.cancels.add(self.job.request_id, task, self.entry_id)
-        try:
-            async with asyncio.timeout(max(self.job.deadline_at - time.time(), 0.001)):
-                final = await task
-        except TimeoutError:
-            final = ErrorEvent(code=ErrorCode.DEADLINE_EXCEEDED, message="the answer took too long")
-        except asyncio.CancelledError:
-            if inflight.reason is None:  # the worker is shutting down
-                await asyncio.shield(self._final(_shutdown_error()))
-                raise
-            final = self._done(FinishReason.CANCELLED, self.job.provider, self.job.model)
-        finally:
-            self.ctx.cancels.remove(self.job.request_id)
-        if isinstance(final, DoneEvent) and final.finish_reason is not FinishReason.CANCELLED:
-            await self._remember()
-        await self._final(final)
+    async def produce(self) -> ChatEvent:
+        """Load the conversation's context, then walk the provider chain; the final event."""
+        self.context = await self.ctx.conversations.context(self.job)
+        return await self._produce()
 
-    async def _remember(self) -> None:
-        """Record the turn before the client hears ``done``, so its next message sees it.
-
-        Bounded by the MongoDB client's own operation timeout (``timeoutMS``): cancelling a
-        PyMongo call from outside can leave the cancellation swallowed.
-        """
-        await self.ctx.conversations.append(self.job, "".join(self.partial))
-
-    async def _load_context(self) -> Context:
-        return await self.ctx.conversations.context(self.job)
-
-    async def restart_after_worker_loss(self) -> None:
-        """A reclaimed job starts over; text already streamed must be discarded by the client."""
-        if await self.writer.has_deltas():
-            await self.writer.emit(
-                FailoverEvent(
-                    from_provider=self.job.provider,
-                    to_provider=self.job.provider,
-                    to_model=self.job.model,
-                    reason="worker_lost",
-                    discard_partial=True,
-                )
-            )
-
-    async def _final(self, event: ChatEvent) -> None:
-        if not await self.writer.final(event):
-            log.warning("stream had already ended; final %s not written", event.type)
+    def cancelled(self) -> DoneEvent:
+        return self._done(FinishReason.CANCELLED, self.job.provider, self.job.model)
 
     def _done(
         self, reason: FinishReason, provider: str, model: str, usage: Usage | None = None
@@ -150,7 +97,7 @@ class JobRunner:
         chain, reason, continuing = self._chain(), "unavailable", False
         for index, (config, model) in enumerate(chain):
             if index > 0:
-                await self.writer.emit(
+                self.writer.emit(
                     FailoverEvent(
                         from_provider=chain[index - 1][0].name,
                         to_provider=config.name,
@@ -237,7 +184,7 @@ class JobRunner:
         )
         if time.time() + delay >= self.job.deadline_at:
             raise error
-        await self.writer.emit(
+        self.writer.emit(
             RetryEvent(
                 provider=provider, attempt=attempt, delay_ms=round(delay * 1000), reason=error.code
             )
@@ -273,7 +220,7 @@ def _partial_error(provider: str, reason: str) -> ErrorEvent:
     )
 
 
-def _shutdown_error() -> ErrorEvent:
+def shutdown_error() -> ErrorEvent:
     return ErrorEvent(
         code=ErrorCode.SHUTDOWN,
         message="the worker shut down before the answer was complete",

@@ -1,22 +1,24 @@
 """Admission of jobs: at most ``limit`` run at once, and no job is taken before a slot is free.
 
 FastStream's ``max_workers`` reads ahead without bound (each read message waits in a task
-for a slot), so a busy worker would hoard jobs that an idle one could run — and hoarded
-jobs, never refreshed, get reclaimed and run twice. Here the handler itself waits for a
-slot, which stops the subscriber from reading until one is free; the job then runs in its
-own task and is acknowledged when it ends.
+for a slot), so a busy worker would hoard jobs that an idle one could run. Here the handler
+itself waits for a slot, which stops the subscriber from reading until one is free; the one
+entry read meanwhile is held (kept fresh, see ``inflight.py``) while it waits. The job then
+runs in its own task and is acknowledged when it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from faststream.redis.message import RedisStreamMessage
 
 log = logging.getLogger(__name__)
+
+Run = Callable[[], Awaitable[bool]]
+"""A job's run; ``True`` when its entry may be acknowledged."""
 
 
 class JobPool:
@@ -27,25 +29,35 @@ class JobPool:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    async def admit(self, job: Coroutine[Any, Any, None], message: RedisStreamMessage) -> None:
-        """Wait for a free slot, then run ``job`` in the background."""
-        await self._slots.acquire()
-        task = asyncio.create_task(self._run(job, message))
+    async def admit(
+        self, run: Run, message: RedisStreamMessage, release: Callable[[], None]
+    ) -> None:
+        """Wait for a free slot, then run the job in the background; ``release`` when it ends."""
+        try:
+            await self._slots.acquire()
+        except BaseException:
+            release()
+            raise
+        task = asyncio.create_task(self._run(run, message, release))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, job: Coroutine[Any, Any, None], message: RedisStreamMessage) -> None:
+    async def _run(
+        self, run: Run, message: RedisStreamMessage, release: Callable[[], None]
+    ) -> None:
         try:
-            await job
+            acknowledge = await run()
         except asyncio.CancelledError:
-            await asyncio.shield(message.ack())  # its stream already ended with an error
+            await asyncio.shield(_ack(message))  # its stream already ended with an error
             raise
         except Exception:
             log.exception("job failed unexpectedly; left pending for another worker")
         else:
-            await message.ack()
+            if acknowledge:
+                await _ack(message)
         finally:
             self._slots.release()
+            release()
 
     async def drain(self, timeout_s: float) -> None:
         """Let running jobs finish for up to ``timeout_s``, then cancel what is left."""
@@ -57,3 +69,10 @@ class JobPool:
         if late:
             log.warning("cancelling %d jobs still running after the drain deadline", len(late))
             await asyncio.gather(*late, return_exceptions=True)
+
+
+async def _ack(message: RedisStreamMessage) -> None:
+    try:
+        await message.ack()
+    except Exception:  # left pending: whoever reclaims it finds the stream ended
+        log.exception("could not acknowledge the job")

@@ -75,10 +75,8 @@ class StreamRelay:
         self._subs: dict[str, set[Subscription]] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake_pending = False
-
-    @property
-    def open_streams(self) -> int:
-        return sum(len(s) for s in self._subs.values())
+        self._stopping = False
+        self._waking: set[asyncio.Task[None]] = set()
 
     def attached_request_ids(self) -> list[str]:
         return [next(iter(subs)).request_id for subs in self._subs.values() if subs]
@@ -87,18 +85,29 @@ class StreamRelay:
         self._task = asyncio.create_task(self._run(), name="stream-relay")
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task:
+            # redis-py can swallow a cancellation that lands as it sends a command (its
+            # wait_for, Python 3.11): then the flag ends the loop once a wake-up ends the read.
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            _, pending = await asyncio.wait({self._task}, timeout=0.2)
+            if pending:
+                await self._wake()
+                await asyncio.wait(pending, timeout=self._block_ms / 1000 + 1)
         with contextlib.suppress(RedisError):
             await self._waker.delete(self._wakeup_key)
         await self._redis.aclose()
         await self._waker.aclose()
 
-    async def subscribe(self, request_id: str, after_id: str) -> Subscription:
+    def subscribe(self, request_id: str, after_id: str) -> Subscription:
+        """Relay the events after ``after_id``; the blocked read is woken in the background."""
         sub = Subscription(request_id, self._keys.events(request_id), after_id)
         self._subs.setdefault(sub.key, set()).add(sub)
-        await self._wake()
+        if not self._wake_pending:
+            self._wake_pending = True
+            task = asyncio.create_task(self._wake())
+            self._waking.add(task)
+            task.add_done_callback(self._waking.discard)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -110,13 +119,13 @@ class StreamRelay:
 
     async def _wake(self) -> None:
         """Wake the blocked read once per read cycle, however many streams subscribe meanwhile."""
-        if self._wake_pending:
-            return
-        self._wake_pending = True
-        async with self._waker.pipeline(transaction=False) as pipe:
-            pipe.xadd(self._wakeup_key, {"w": "1"}, maxlen=16, approximate=True)
-            pipe.expire(self._wakeup_key, 3600)
-            await pipe.execute()
+        try:
+            async with self._waker.pipeline(transaction=False) as pipe:
+                pipe.xadd(self._wakeup_key, {"w": "1"}, maxlen=16, approximate=True)
+                pipe.expire(self._wakeup_key, 3600)
+                await pipe.execute()
+        except RedisError:
+            log.warning("could not wake the relay; it wakes by itself within its block time")
 
     def _read_positions(self) -> dict[str, str]:
         self._wake_pending = False
@@ -126,7 +135,7 @@ class StreamRelay:
         return positions
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 positions: Any = self._read_positions()
                 reply: Any = await self._redis.xread(
@@ -135,6 +144,8 @@ class StreamRelay:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if self._stopping:
+                    return
                 log.exception("relay read failed; retrying in 0.5 s")
                 await asyncio.sleep(0.5)
                 continue

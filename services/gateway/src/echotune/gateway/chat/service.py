@@ -1,4 +1,9 @@
-"""Chat use cases: start a job, attach to its stream, cancel it."""
+"""Chat use cases: start a job, attach to its stream, cancel it.
+
+A new start costs three sequential Redis round trips: the checks (request lookup, provider
+selection, backlog, open-stream cap and rate limits in one pipeline), the open script
+(claim, start event, TTLs, reader marker), and the job's publication.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,14 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from faststream.redis import RedisBroker
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
-from echotune.common.keys import JOBS_GROUP
+from echotune.common import job_queue
 from echotune.common.messages import (
     ChatJob,
     ChatMessage,
@@ -29,15 +33,19 @@ from echotune.common.messages import (
     new_request_id,
 )
 from echotune.common.providers import ProviderConfig
-from echotune.common.streams import append_final
+from echotune.common.request_stream import UNTAKEN, Final, Lookup, Opened, RequestStreams
+from echotune.common.scripts import execute
 from echotune.gateway.chat.relay import Entry, StreamRelay, Subscription, parse_stream_id
 from echotune.gateway.chat.sse import HEARTBEAT, frame
 from echotune.gateway.errors import ApiError
-from echotune.gateway.limits import ChatLimits
+from echotune.gateway.limits import ADMIT_START, OPEN_STREAMS, Admission, ChatLimits
 from echotune.gateway.providers.service import ProviderService
 from echotune.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
+
+WORKER_SEEN_S = 15.0
+"""A worker that said it was alive this recently counts as running."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +84,21 @@ class OpenStream:
     stream_key: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class _Checks:
+    """What the first round trip of a start found out."""
+
+    lookup: Lookup
+    selection: list[str | bytes | None]
+    backlog: int | None
+    open_refusal: ApiError | None
+    admission: Admission
+
+
+def _unknown() -> ApiError:
+    return ApiError(404, "unknown_request", "no stream with this request id")
+
+
 class ChatService:
     def __init__(
         self,
@@ -84,55 +107,108 @@ class ChatService:
         broker: RedisBroker,
         providers: ProviderService,
         limits: ChatLimits,
+        streams: RequestStreams,
         settings: GatewaySettings,
     ) -> None:
         self.redis, self.relay, self.broker = redis, relay, broker
         self.providers, self.settings, self.keys = providers, settings, settings.keys
-        self.limits = limits
+        self.limits, self.streams = limits, streams
         self._background: set[asyncio.Task[object]] = set()
         self._open_streams: dict[str, str] = {}  # stream key → user id, for the open-stream cap
-
-    @property
-    def _request_ttl_s(self) -> int:
-        return int(self.settings.max_stream_s + self.settings.resume_window_s + 60)
 
     async def open(self, chat: ChatInput, last_event_id: str | None) -> OpenStream | None:
         """Start or attach to the stream of ``chat.request_id``; ``None``: nothing left to send."""
         stream_key = f"{self.relay.gateway_id}:{uuid.uuid4().hex}"
-        await self.limits.open_stream(chat.user_id, stream_key)
-        try:
-            stream = await self._open(chat, last_event_id)
-        except BaseException:
-            await self.limits.close_stream(chat.user_id, stream_key)
-            raise
+        open_key = (self.keys.open_streams(chat.user_id), stream_key)
+        if chat.message is None:
+            stream = await self._resume(chat, stream_key, last_event_id)
+        else:
+            stream = await self._start_or_attach(chat, stream_key, last_event_id)
         if stream is None:
-            await self.limits.close_stream(chat.user_id, stream_key)
+            self._take_back_soon([open_key])
             return None
         stream.owner, stream.stream_key = chat.user_id, stream_key
         self._open_streams[stream_key] = chat.user_id
         return stream
 
-    async def _open(self, chat: ChatInput, last_event_id: str | None) -> OpenStream | None:
-        if chat.message is not None:
-            self._check_message(chat.message)
-            config, model = await self.providers.choose(chat.user_id, chat.provider, chat.model)
-            if not await self._exists_for(chat):
-                await self.limits.check_start(chat.user_id, chat.client_ip, chat.request_id)
-                await self._check_backlog()
-            if await self._claim(chat):
-                return await self._start(chat, config, model)
-        await self._check_owner(chat.request_id, chat.user_id)
-        return await self._attach(chat.request_id, last_event_id)
+    async def _resume(
+        self, chat: ChatInput, stream_key: str, last_event_id: str | None
+    ) -> OpenStream | None:
+        """Attach to an existing answer (one round trip)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self.limits.queue_open_stream(pipe, chat.user_id, stream_key)
+            replies = await execute(self.redis, pipe, [OPEN_STREAMS])
+        if refusal := self.limits.open_stream_refusal(replies[0]):
+            raise refusal
+        try:
+            return await self._attach(chat.request_id, chat.user_id, last_event_id)
+        except BaseException:
+            self._take_back_soon([(self.keys.open_streams(chat.user_id), stream_key)])
+            raise
 
-    async def _exists_for(self, chat: ChatInput) -> bool:
-        stored = await self.redis.hget(self.keys.meta(chat.request_id), "fingerprint")
-        return stored == chat.fingerprint()
+    async def _start_or_attach(
+        self, chat: ChatInput, stream_key: str, last_event_id: str | None
+    ) -> OpenStream | None:
+        self._check_message(chat.message or "")
+        if chat.provider is not None:
+            self.providers.validate(chat.provider, chat.model)
+        checks = await self._checks(chat, stream_key)
+        undo = [(self.keys.open_streams(chat.user_id), stream_key), *checks.admission.taken]
+        try:
+            stream, started = await self._decide(chat, checks, last_event_id)
+        except BaseException:
+            self._take_back_soon(undo)
+            raise
+        if not started:
+            self._take_back_soon(checks.admission.taken)
+        return stream
 
-    async def _check_owner(self, request_id: str, user_id: str) -> None:
-        """404 for a stream that does not exist or belongs to someone else (no leak)."""
-        owner = await self.redis.hget(self.keys.meta(request_id), "user_id")
-        if owner != user_id:
-            raise ApiError(404, "unknown_request", "no stream with this request id")
+    async def _checks(self, chat: ChatInput, stream_key: str) -> _Checks:
+        """Everything a start must know, in one pipeline (one round trip)."""
+        user, ip, rid = chat.user_id, chat.client_ip, chat.request_id
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self.streams.queue_lookup(pipe, rid)
+            self.providers.queue_selection(pipe, user)
+            job_queue.queue_backlog(pipe, self.keys)
+            self.limits.queue_open_stream(pipe, user, stream_key)
+            self.limits.queue_start(pipe, user, ip, rid)
+            scripts = [None, None, None, None, OPEN_STREAMS, ADMIT_START, ADMIT_START]
+            replies = await execute(self.redis, pipe, scripts)
+        for reply in (replies[0], replies[1], replies[4], replies[5], replies[6]):
+            if isinstance(reply, Exception):
+                raise reply
+        return _Checks(
+            lookup=self.streams.lookup(replies[0]),
+            selection=replies[1],
+            backlog=job_queue.backlog(replies[2], replies[3]),
+            open_refusal=self.limits.open_stream_refusal(replies[4]),
+            admission=self.limits.start_admission(replies[5:7], user, ip, rid),
+        )
+
+    async def _decide(
+        self, chat: ChatInput, checks: _Checks, last_event_id: str | None
+    ) -> tuple[OpenStream | None, bool]:
+        """(the stream, whether a new answer was started)."""
+        if checks.open_refusal is not None:
+            raise checks.open_refusal
+        lookup = checks.lookup
+        if lookup.fingerprint is not None:
+            self._check_same(lookup, chat)
+            return await self._attach(chat.request_id, chat.user_id, last_event_id), False
+        if checks.admission.refusal is not None:
+            raise checks.admission.refusal
+        self._check_backlog(checks.backlog)
+        config, model = self.providers.choose_from(checks.selection, chat.provider, chat.model)
+        return await self._start(chat, config, model, group_missing=checks.backlog is None)
+
+    def _check_same(self, lookup: Lookup, chat: ChatInput) -> None:
+        """404 for someone else's request id (its existence is not told), 409 for new input."""
+        if lookup.user_id != chat.user_id:
+            raise _unknown()
+        if lookup.fingerprint != chat.fingerprint():
+            raise ApiError(
+                409, "request_id_conflict", "this request id is in use for a different request"
+            )
 
     def _check_message(self, message: str) -> None:
         if not message.strip():
@@ -145,157 +221,157 @@ class ChatService:
                 f"{self.settings.max_message_chars} are allowed",
             )
 
-    async def backlog(self) -> int:
-        """Jobs queued but not yet delivered to any worker."""
-        try:
-            groups = await self.redis.xinfo_groups(self.keys.jobs)
-        except ResponseError:  # no stream yet
-            return 0
-        for group in groups:
-            if group["name"] == JOBS_GROUP:
-                lag = group.get("lag")
-                return int(lag) if lag is not None else int(await self.redis.xlen(self.keys.jobs))
-        return int(await self.redis.xlen(self.keys.jobs))
-
-    async def _check_backlog(self) -> None:
-        backlog = await self.backlog()
-        if backlog >= self.settings.max_backlog:
-            retry_after = str(self.settings.backlog_retry_after_s)
+    def _check_backlog(self, backlog: int | None) -> None:
+        if backlog is not None and backlog >= self.settings.max_backlog:
             raise ApiError(
                 429,
                 "overloaded",
                 f"{backlog} answers are waiting for a worker; try again shortly",
-                headers={"Retry-After": retry_after},
+                headers={"Retry-After": str(self.settings.backlog_retry_after_s)},
             )
 
-    async def _claim(self, chat: ChatInput) -> bool:
-        """Reserve the request id for this input; ``False`` when it exists for the same input."""
-        meta = self.keys.meta(chat.request_id)
-        if await self.redis.hsetnx(meta, "fingerprint", chat.fingerprint()):
-            await self.redis.expire(meta, self._request_ttl_s)
-            return True
-        if await self.redis.hget(meta, "fingerprint") != chat.fingerprint():
-            raise ApiError(
-                409, "request_id_conflict", "this request id is in use for a different request"
-            )
-        return False
-
-    async def _start(self, chat: ChatInput, config: ProviderConfig, model: str) -> OpenStream:
-        provider = config.name
+    def _job(self, chat: ChatInput, config: ProviderConfig, model: str) -> ChatJob:
         conversation_id = chat.conversation_id
         if conversation_id is None and chat.options.use_context:
             conversation_id = new_request_id()  # a new conversation; the client continues it
-        job = ChatJob(
+        return ChatJob(
             request_id=chat.request_id,
             conversation_id=conversation_id,
             new_conversation=chat.conversation_id is None,
             user_id=chat.user_id,
             messages=chat.messages(),
-            provider=provider,
+            provider=config.name,
             model=model,
-            fallbacks=[f for f in self.settings.fallbacks if f != provider],
+            fallbacks=[f for f in self.settings.fallbacks if f != config.name],
             options=chat.options,
             deadline_at=time.time() + self.settings.max_stream_s,
         )
+
+    async def _start(
+        self, chat: ChatInput, config: ProviderConfig, model: str, *, group_missing: bool
+    ) -> tuple[OpenStream | None, bool]:
+        job = self._job(chat, config, model)
         start = StartEvent(
             request_id=chat.request_id,
-            conversation_id=conversation_id,
-            provider=provider,
+            conversation_id=job.conversation_id,
+            provider=config.name,
             model=model,
             provider_is_demo=config.is_demo,
         )
-        start_id = await self._write_start(chat, start)
-        subscription = await self.relay.subscribe(chat.request_id, start_id)
+        fields = encode_event(start)
+        opened = await self.streams.open(chat.request_id, chat.fingerprint(), chat.user_id, fields)
+        if opened.state is Opened.FOREIGN:
+            raise _unknown()
+        if opened.state is Opened.CONFLICT:
+            raise ApiError(
+                409, "request_id_conflict", "this request id is in use for a different request"
+            )
+        if opened.state is Opened.EXISTS:  # an identical request won the race
+            return self._subscribe(chat.request_id, None, opened.final_id), False
+        assert opened.start_id is not None
+        subscription = self.relay.subscribe(chat.request_id, opened.start_id)
         try:
+            if group_missing:
+                await job_queue.ensure_group(self.redis, self.keys)
             await self.broker.publish(job, stream=self.keys.jobs)
         except Exception:
             self.relay.unsubscribe(subscription)
-            await self._fail_unqueued(chat.request_id)
+            await self._end_untaken(chat.request_id, "could not queue the job")
             raise
-        log.info("queued chat job provider=%s model=%s", provider, model)
-        first = frame(
-            start.type, encode_event(start)["data"], start_id, self.settings.stream_retry_ms
-        )
-        return OpenStream(chat.request_id, subscription, first)
+        log.info("queued chat job provider=%s model=%s", config.name, model)
+        first = frame(start.type, fields["data"], opened.start_id, self.settings.stream_retry_ms)
+        return OpenStream(chat.request_id, subscription, first), True
 
-    async def _write_start(self, chat: ChatInput, start: StartEvent) -> str:
-        ttl = self._request_ttl_s
-        rid = chat.request_id
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                self.keys.meta(rid), mapping={"user_id": chat.user_id, "created": time.time()}
-            )
-            pipe.xadd(self.keys.events(rid), cast(Any, encode_event(start)))
-            pipe.expire(self.keys.events(rid), ttl)
-            pipe.set(self.keys.reader(rid), "1", px=int(self.settings.resume_window_s * 1000))
-            _, start_id, *_ = await pipe.execute()
-        return str(start_id)
+    async def _check_pickup(self, request_id: str) -> float | None:
+        """No worker took the job yet: end it if none is alive; when to check again."""
+        alive = await job_queue.workers_alive(self.redis, self.keys, WORKER_SEEN_S)
+        if alive:  # busy workers: the backlog is bounded at the door (429), keep waiting
+            return time.monotonic() + self.settings.pickup_timeout_s
+        await self._end_untaken(request_id, "no worker is running; try again later")
+        return None
 
-    async def _fail_unqueued(self, request_id: str) -> None:
-        error = ErrorEvent(code=ErrorCode.PROVIDER_ERROR, message="could not queue the job")
-        ttl = int(self.settings.resume_window_s + 60)
-        await append_final(self.redis, self.keys, request_id, encode_event(error), ttl)
+    async def _end_untaken(self, request_id: str, message: str) -> Final:
+        """End the answer with a retryable ``no_worker`` error unless a worker took it."""
+        error = ErrorEvent(code=ErrorCode.NO_WORKER, message=message, retryable=True)
+        return await self.streams.append_final(request_id, UNTAKEN, 0, encode_event(error))
 
-    async def _attach(self, request_id: str, last_event_id: str | None) -> OpenStream | None:
-        final_id = await self.redis.hget(self.keys.meta(request_id), "final_id")
+    async def _attach(
+        self, request_id: str, user_id: str, last_event_id: str | None
+    ) -> OpenStream | None:
+        known, final_id = await self.streams.attach(request_id, user_id)
+        if not known:
+            raise _unknown()
+        return self._subscribe(request_id, last_event_id, final_id)
+
+    def _subscribe(
+        self, request_id: str, last_event_id: str | None, final_id: str | None
+    ) -> OpenStream | None:
         after = last_event_id or "0-0"
-        if final_id and parse_stream_id(after) >= parse_stream_id(str(final_id)):
+        if final_id and parse_stream_id(after) >= parse_stream_id(final_id):
             return None
-        await self.redis.set(
-            self.keys.reader(request_id), "1", px=int(self.settings.resume_window_s * 1000)
-        )
         log.info("client attached after %s", after)
-        return OpenStream(request_id, await self.relay.subscribe(request_id, after))
+        return OpenStream(request_id, self.relay.subscribe(request_id, after))
 
     async def cancel(self, request_id: str, user_id: str) -> str:
-        meta = await self.redis.hmget(self.keys.meta(request_id), ["user_id", "final_id"])
-        if meta[0] is None or meta[0] != user_id:
-            raise ApiError(404, "unknown_request", "no stream with this request id")
-        if meta[1] is not None:
-            return "finished"
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(self.keys.cancel_flag(request_id), "1", ex=self._request_ttl_s)
-            pipe.publish(self.keys.cancel_channel, request_id)
-            await pipe.execute()
-        log.info("cancel requested")
-        return "cancelling"
+        state = await self.streams.cancel(request_id, user_id)
+        if state == "unknown":
+            raise _unknown()
+        log.info("cancel requested: %s", state)
+        return state
 
     async def entries(self, stream: OpenStream) -> AsyncIterator[Entry | None]:
         """Relayed events until the final one; ``None`` after each ``heartbeat_s`` of silence.
 
-        A stream that outlives ``max_stream_s`` plus the resume window ends with a
-        ``deadline_exceeded`` error that is not stored (it has no id): nothing hangs forever.
+        A job not taken within ``pickup_timeout_s`` while no worker is alive ends with a
+        retryable ``no_worker`` error. A stream that outlives ``max_stream_s`` plus the resume
+        window ends with a ``deadline_exceeded`` error that is not stored (it has no id):
+        nothing hangs forever.
         """
-        sub, heartbeat = stream.subscription, self.settings.heartbeat_s
-        deadline = time.monotonic() + self.settings.max_stream_s + self.settings.resume_window_s
+        sub, settings = stream.subscription, self.settings
+        now = time.monotonic()
+        deadline = now + settings.max_stream_s + settings.resume_window_s
+        pickup_at: float | None = now + settings.pickup_timeout_s
+        ended = False
         try:
             while time.monotonic() < deadline:
+                wait = settings.heartbeat_s
+                if pickup_at is not None:
+                    wait = max(min(wait, pickup_at - time.monotonic()), 0.0)
                 try:
-                    async with asyncio.timeout(heartbeat):
+                    async with asyncio.timeout(wait):
                         entry = await sub.queue.get()
                 except TimeoutError:
+                    if pickup_at is not None and time.monotonic() >= pickup_at:
+                        pickup_at = await self._check_pickup(sub.request_id)
+                        continue
                     yield None
                     continue
+                if entry.type != "start":
+                    pickup_at = None
+                ended = entry.is_terminal
                 yield entry
-                if entry.is_terminal:
+                if ended:
                     return
             error = ErrorEvent(code=ErrorCode.DEADLINE_EXCEEDED, message="the answer took too long")
             yield Entry("", error.type, encode_event(error)["data"])
         finally:
             self.relay.unsubscribe(sub)
+            if not ended:
+                self._soon(self.streams.reader_left(sub.request_id))
             self._open_streams.pop(stream.stream_key, None)
-            self._close_soon(stream)
+            self._take_back_soon([(self.keys.open_streams(stream.owner), stream.stream_key)])
 
-    def _close_soon(self, stream: OpenStream) -> None:
-        """Forget the open stream in Redis, off the response path (Redis may be down)."""
-        task = asyncio.create_task(self.limits.close_stream(stream.owner, stream.stream_key))
-        self._background.add(task)
-        task.add_done_callback(_log_failure)
-        task.add_done_callback(self._background.discard)
+    def _take_back_soon(self, taken: Sequence[tuple[str, str]]) -> None:
+        """Forget counted starts or open streams, off the response path (Redis may be down)."""
+        if taken:
+            self._soon(self.limits.take_back(taken))
 
     def cancel_soon(self, request_id: str, user_id: str) -> None:
         """Cancel from a context that is itself being cancelled (a client that left)."""
-        task = asyncio.create_task(self.cancel(request_id, user_id))
+        self._soon(self.cancel(request_id, user_id))
+
+    def _soon(self, work: Any) -> None:
+        task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(_log_failure)
         task.add_done_callback(self._background.discard)
@@ -310,23 +386,19 @@ class ChatService:
             else:
                 yield frame(entry.type, entry.data, entry.id or None)
 
-    async def keep_readers_alive(self) -> None:
-        """Refresh the reader marker of every attached stream, so workers keep producing."""
-        period = self.settings.resume_window_s / 3
-        ttl_ms = int(self.settings.resume_window_s * 1000)
-        while True:
-            await asyncio.sleep(period)
-            request_ids = self.relay.attached_request_ids()
-            if not request_ids:
-                continue
-            try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    for request_id in request_ids:
-                        pipe.set(self.keys.reader(request_id), "1", px=ttl_ms)
-                    await pipe.execute()
-                await self.limits.refresh([(user, key) for key, user in self._open_streams.items()])
-            except Exception:
-                log.exception("could not refresh reader markers")
+    async def refresh_open_streams(self) -> None:
+        """Keep the reader markers and open-stream entries of this process from lapsing."""
+        request_ids = self.relay.attached_request_ids()
+        if request_ids:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for request_id in request_ids:
+                    self.streams.queue_reader_refresh(pipe, request_id)
+                await pipe.execute()
+        by_user: dict[str, list[str]] = {}
+        for stream_key, user in self._open_streams.items():
+            by_user.setdefault(user, []).append(stream_key)
+        if by_user:
+            await self.limits.refresh(by_user)
 
 
 def _log_failure(task: asyncio.Task[object]) -> None:

@@ -37,7 +37,8 @@ async def chat_completions(
     chat_input = to_chat_input(body, request_id, user, chat.providers.registry)
     chat_input = replace(chat_input, client_ip=request.client.host if request.client else "")
     stream = await chat.open(chat_input, None)
-    assert stream is not None
+    if stream is None:  # a request id reused for an identical request that has ended
+        raise ApiError(409, "request_id_conflict", "this request has ended; use a new request id")
     completion = Completion(
         id=f"chatcmpl-{request_id}", model=f"{chat_input.provider}/{chat_input.model}"
     )
@@ -45,7 +46,8 @@ async def chat_completions(
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = chunk_stream(completion, entries, include_usage)
-        return SSEResponse(_cancel_unless_finished(chat, request_id, user, chunks), headers={})
+        relayed = _cancel_unless_finished(chat, request_id, user, completion, chunks)
+        return SSEResponse(relayed, headers={})
     return await _complete(request, chat, request_id, user, completion, entries)
 
 
@@ -83,16 +85,21 @@ async def _disconnected(request: Request) -> None:
 
 
 async def _cancel_unless_finished(
-    chat: ChatService, request_id: str, user: str, body: AsyncIterator[bytes]
+    chat: ChatService,
+    request_id: str,
+    user: str,
+    completion: Completion,
+    body: AsyncIterator[bytes],
 ) -> AsyncIterator[bytes]:
-    """A client that closes the stream early cancels the answer (OpenAI clients never resume)."""
+    """A client that closes the stream early cancels the answer (OpenAI clients never resume),
+    and so does a stream ended early because the answer restarted."""
     finished = False
     try:
         async for chunk in body:
             yield chunk
         finished = True
     finally:
-        if not finished:
+        if not finished or completion.restarted:
             chat.cancel_soon(request_id, user)
 
 

@@ -21,6 +21,7 @@ ERROR_STATUS = {
     "deadline_exceeded": 504,
     "shutdown": 503,
     "worker_lost": 503,
+    "no_worker": 503,
     "invalid_job": 500,
 }
 
@@ -76,11 +77,16 @@ class Completion:
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
     error: tuple[int, str, str] | None = None
+    restarted: bool = False
+    """The answer started over (``discard_partial``): the text so far is void."""
 
     def absorb(self, entry: Entry) -> str | None:
         """Take in one event; the delta text it carries, if any."""
         data = json.loads(entry.data)
-        if entry.type == "delta":
+        if entry.type == "failover" and data.get("discard_partial"):
+            self.text.clear()
+            self.restarted = True
+        elif entry.type == "delta":
             self.text.append(data["delta"])
             return str(data["delta"])
         if entry.type == "done":
@@ -139,12 +145,19 @@ async def chunk_stream(
 ) -> AsyncIterator[bytes]:
     """``chat.completion.chunk`` frames: role first, then content, finish, usage, ``[DONE]``."""
     yield sse_data(completion.chunk({"role": "assistant", "content": ""}))
+    sent = False
     async for entry in entries:
         if entry is None:
             yield b": keepalive\n\n"
             continue
         delta = completion.absorb(entry)
+        if completion.restarted and sent:
+            # Text already sent cannot be taken back: end rather than repeat it.
+            completion.error = (503, "worker_lost", "the answer was interrupted; retry the request")
+            break
+        completion.restarted = False
         if delta:
+            sent = True
             yield sse_data(completion.chunk({"content": delta}))
     if completion.error:
         _, code, message = completion.error

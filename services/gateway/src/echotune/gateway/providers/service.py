@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Sequence
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from echotune.common.breaker import BreakerSnapshot, CircuitBreakers
 from echotune.common.keys import Keys
@@ -79,9 +81,12 @@ class ProviderService:
             code = "unknown_model" if provider in self.registry else "unknown_provider"
             raise ApiError(422, code, str(exc.args[0])) from exc
 
-    async def selection(self, user_id: str) -> Selection:
+    def queue_selection(self, pipe: Pipeline, user_id: str) -> None:
+        """Queue the read of what :meth:`choose_from` needs (one reply)."""
+        pipe.hmget(self.keys.provider_selection, [user_id, EVERYONE])
+
+    def selection_from(self, stored: Sequence[str | bytes | None]) -> Selection:
         """The user's choice, else everyone's default choice, else the configured default."""
-        stored = await self.redis.hmget(self.keys.provider_selection, [user_id, EVERYONE])
         for raw in stored:
             if raw:
                 choice = Selection.model_validate(json.loads(raw))
@@ -92,12 +97,16 @@ class ProviderService:
         assert default is not None
         return Selection(provider=default.name, model=default.model)
 
-    async def choose(
-        self, user_id: str, provider: str | None, model: str | None
+    async def selection(self, user_id: str) -> Selection:
+        stored = await self.redis.hmget(self.keys.provider_selection, [user_id, EVERYONE])
+        return self.selection_from(stored)
+
+    def choose_from(
+        self, stored: Sequence[str | bytes | None], provider: str | None, model: str | None
     ) -> tuple[ProviderConfig, str]:
         """What a new chat uses: the explicit choice, else the persisted selection."""
         if provider is None:
-            selected = await self.selection(user_id)
+            selected = self.selection_from(stored)
             provider, model = selected.provider, model or selected.model
         return self.validate(provider, model)
 

@@ -1,0 +1,126 @@
+"""The jobs stream and its consumer group: creation, backlog, trimming, workers alive.
+
+The group is created at id ``0`` (``MKSTREAM``) by whoever comes first - gateway or worker -
+so that a job published before any worker started is still delivered. After Redis lost its
+data the group is gone (``NOGROUP``); both sides create it again and carry on.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import ResponseError
+
+from echotune.common.keys import JOBS_GROUP, Keys
+from echotune.common.scripts import Script
+
+log = logging.getLogger(__name__)
+
+# Trim below the oldest entry still needed: pending (delivered, not acknowledged) or not yet
+# delivered (after the group's last-delivered id). Nothing a worker may still run is dropped.
+_TRIM = Script("""
+local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+if not ok then return 0 end
+local keep = nil
+for _, g in ipairs(groups) do
+  local info = {}
+  for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+  if info['name'] == ARGV[1] then
+    keep = info['last-delivered-id']
+    local pending = redis.call('XPENDING', KEYS[1], ARGV[1])
+    if pending[2] then keep = pending[2] end
+  end
+end
+if not keep then return 0 end
+return redis.call('XTRIM', KEYS[1], 'MINID', keep)
+""")
+
+# Reset the idle time of the entries that consumer ARGV[2] still holds in group ARGV[1]
+# (ARGV[3..]); return those it holds no more (reclaimed by another worker, or acknowledged).
+_REFRESH = Script("""
+local lost = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+""")
+
+# KEYS[1]: sorted set consumer -> last heartbeat (Redis ms). ARGV: consumer, forget after ms.
+_HEARTBEAT = Script("""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return now
+""")
+
+_ALIVE = Script("""
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]), '+inf')
+""")
+
+
+def is_missing_group(error: BaseException) -> bool:
+    return isinstance(error, ResponseError) and str(error).startswith("NOGROUP")
+
+
+async def ensure_group(redis: Redis, keys: Keys) -> bool:
+    """Create the jobs group at ``0`` if it does not exist; whether it was created now."""
+    try:
+        await redis.xgroup_create(keys.jobs, JOBS_GROUP, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+        return False
+    log.info("created the consumer group %s of %s at 0", JOBS_GROUP, keys.jobs)
+    return True
+
+
+def queue_backlog(pipe: Pipeline, keys: Keys) -> None:
+    """Queue what :func:`backlog` reads (run the pipeline with ``raise_on_error=False``)."""
+    pipe.xinfo_groups(keys.jobs)
+    pipe.xlen(keys.jobs)
+
+
+def backlog(groups: Any, length: Any) -> int | None:
+    """Jobs not yet delivered to any worker; ``None`` when the group does not exist."""
+    if isinstance(groups, Exception):
+        return None
+    for group in groups:
+        if group["name"] == JOBS_GROUP:
+            lag = group.get("lag")
+            return int(lag) if lag is not None else int(length)
+    return None
+
+
+async def trim(redis: Redis, keys: Keys) -> int:
+    """Drop acknowledged jobs from the stream; how many were dropped."""
+    return int(await _TRIM(redis, [keys.jobs], [JOBS_GROUP]))
+
+
+async def refresh_held(redis: Redis, keys: Keys, consumer: str, entry_ids: list[str]) -> list[str]:
+    """Keep ``consumer``'s entries from being reclaimed; the ids it no longer holds."""
+    if not entry_ids:
+        return []
+    lost = await _REFRESH(redis, [keys.jobs], [JOBS_GROUP, consumer, *entry_ids])
+    return [str(entry_id) for entry_id in lost]
+
+
+async def heartbeat(redis: Redis, keys: Keys, consumer: str, forget_after_s: float) -> None:
+    """Say that ``consumer`` (a worker) is alive."""
+    await _HEARTBEAT(redis, [keys.workers_alive], [consumer, int(forget_after_s * 1000)])
+
+
+async def workers_alive(redis: Redis, keys: Keys, within_s: float) -> int:
+    """Workers that said they were alive in the last ``within_s`` seconds (Redis' clock)."""
+    return int(await _ALIVE(redis, [keys.workers_alive], [int(within_s * 1000)]))

@@ -1,0 +1,356 @@
+"""The per-request protocol: the only code that reads or writes a request's keys.
+
+A request has four keys sharing the hash tag ``{request_id}`` (``keys.py``): its events
+stream, its meta hash, its cancel flag and its reader marker. Every script here touches
+only those, so each runs on one Redis Cluster slot.
+
+Meta fields: ``fingerprint`` and ``user_id`` (who asked what), ``start_id``, ``epoch`` (the
+fencing token of the current producer: 0 until a worker takes the job, +1 at every take),
+``seq`` (the last entry the current producer appended), ``streamed`` (text was written),
+``final_id`` with ``final_epoch``/``final_seq`` (the one final event, and who wrote it).
+
+* The gateway **opens** a request in one script: claim, meta, start event, TTLs, reader
+  marker - nothing half-done is ever visible. Identical input attaches to the same answer.
+* A worker **takes** the job: a new epoch fences off any earlier producer. Its appends
+  carry (epoch, seq): a stale producer is refused, a retried append is applied once.
+* The **final** event is written once; the TTLs shrink to the resume window with it.
+* A **cancel** sets the flag and announces it; appends and the worker's sweep read the flag,
+  so a lost announcement delays a cancel by about a second, never forever.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from echotune.common.keys import Keys
+from echotune.common.messages import SCHEMA_VERSION
+from echotune.common.scripts import Arg, Script, execute
+
+_OPEN = Script("""
+local meta, events, reader = KEYS[1], KEYS[2], KEYS[3]
+local m = redis.call('HMGET', meta, 'fingerprint', 'user_id', 'final_id')
+if m[1] then
+  if m[2] ~= ARGV[2] then return {'foreign'} end
+  if m[1] ~= ARGV[1] then return {'conflict'} end
+  if not m[3] then redis.call('SET', reader, '1', 'PX', ARGV[4]) end
+  return {'exists', m[3] or ''}
+end
+local id = redis.call('XADD', events, '*', 'v', ARGV[5], 'type', ARGV[6], 'data', ARGV[7])
+redis.call('HSET', meta, 'fingerprint', ARGV[1], 'user_id', ARGV[2], 'start_id', id,
+           'epoch', 0, 'seq', 0)
+redis.call('EXPIRE', meta, ARGV[3])
+redis.call('EXPIRE', events, ARGV[3])
+redis.call('SET', reader, '1', 'PX', ARGV[4])
+return {'started', id}
+""")
+
+_ATTACH = Script("""
+local m = redis.call('HMGET', KEYS[1], 'user_id', 'final_id')
+if m[1] ~= ARGV[1] then return {'unknown'} end
+if not m[2] then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
+return {'attached', m[2] or ''}
+""")
+
+_TAKE = Script("""
+local m = redis.call('HMGET', KEYS[1], 'fingerprint', 'final_id', 'streamed')
+if not m[1] then return {'gone'} end
+if m[2] then return {'ended'} end
+local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+redis.call('HSET', KEYS[1], 'seq', 0, 'owner', ARGV[1])
+return {'taken', epoch, m[3] and 1 or 0, redis.call('EXISTS', KEYS[2])}
+""")
+
+# ARGV: epoch, first seq, maxlen, schema version, then (type, data) per entry.
+# Returns {written, cancelled}; written = -1 fenced, -2 ended, -3 gone.
+_APPEND = Script("""
+local m = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'final_id')
+if not m[1] then return {-3, 0} end
+if m[3] then return {-2, 0} end
+if m[1] ~= ARGV[1] then return {-1, 0} end
+local last, first, written = tonumber(m[2]), tonumber(ARGV[2]), 0
+local streamed = false
+for i = 5, #ARGV, 2 do
+  local seq = first + (i - 5) / 2
+  if seq > last then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*',
+               'v', ARGV[4], 'type', ARGV[i], 'data', ARGV[i + 1])
+    last, written = seq, written + 1
+    if ARGV[i] == 'delta' then streamed = true end
+  end
+end
+redis.call('HSET', KEYS[1], 'seq', last)
+if streamed then redis.call('HSET', KEYS[1], 'streamed', 1) end
+return {written, redis.call('EXISTS', KEYS[3])}
+""")
+
+# ARGV: epoch (or 'untaken': only while no worker took the job), seq, ttl, version, type, data.
+_FINAL = Script("""
+local meta, events, flag, reader = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local m = redis.call('HMGET', meta, 'epoch', 'final_id', 'final_epoch', 'final_seq')
+if not m[1] then return {'gone'} end
+if m[2] then
+  if m[3] == ARGV[1] and m[4] == ARGV[2] then return {'written', m[2]} end
+  return {'ended', m[2]}
+end
+if ARGV[1] == 'untaken' then
+  if m[1] ~= '0' then return {'taken'} end
+elseif m[1] ~= ARGV[1] then
+  return {'fenced'}
+end
+local id = redis.call('XADD', events, '*', 'v', ARGV[4], 'type', ARGV[5], 'data', ARGV[6])
+redis.call('HSET', meta, 'final_id', id, 'final_epoch', ARGV[1], 'final_seq', ARGV[2])
+for _, key in ipairs({meta, events, flag, reader}) do
+  if redis.call('EXISTS', key) == 1 then redis.call('EXPIRE', key, ARGV[3]) end
+end
+return {'written', id}
+""")
+
+_CANCEL = Script("""
+local m = redis.call('HMGET', KEYS[1], 'user_id', 'final_id')
+if m[1] ~= ARGV[1] then return 'unknown' end
+if m[2] then return 'finished' end
+redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 'cancelling'
+""")
+
+SCRIPTS = (_OPEN, _ATTACH, _TAKE, _APPEND, _FINAL, _CANCEL)
+
+
+class Opened(StrEnum):
+    STARTED = "started"
+    EXISTS = "exists"
+    CONFLICT = "conflict"
+    FOREIGN = "foreign"
+
+
+@dataclass(frozen=True, slots=True)
+class OpenResult:
+    state: Opened
+    start_id: str | None = None
+    final_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What the gateway needs to know of a request before opening it."""
+
+    fingerprint: str | None
+    user_id: str | None
+    final_id: str | None
+
+    def same(self, fingerprint: str, user_id: str) -> bool:
+        return self.fingerprint == fingerprint and self.user_id == user_id
+
+
+class Take(StrEnum):
+    TAKEN = "taken"
+    ENDED = "ended"
+    GONE = "gone"
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A worker's hold on a job: its fencing epoch, and what the stream already holds."""
+
+    state: Take
+    epoch: int = 0
+    streamed: bool = False
+    cancelled: bool = False
+
+
+class AppendRefused(StrEnum):
+    FENCED = "fenced"
+    ENDED = "ended"
+    GONE = "gone"
+
+
+_REFUSALS = {-1: AppendRefused.FENCED, -2: AppendRefused.ENDED, -3: AppendRefused.GONE}
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    refused: AppendRefused | None
+    cancelled: bool
+
+
+class Final(StrEnum):
+    WRITTEN = "written"
+    ENDED = "ended"
+    FENCED = "fenced"
+    TAKEN = "taken"
+    GONE = "gone"
+
+
+UNTAKEN = "untaken"
+"""The epoch of a final written by the gateway: only while no worker took the job."""
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Entries (type, data) one producer appends to one request, numbered from ``first_seq``."""
+
+    request_id: str
+    epoch: int
+    first_seq: int
+    entries: Sequence[tuple[str, str]]
+
+
+def _appended(reply: Sequence[Any]) -> Appended:
+    written, cancelled = int(reply[0]), bool(int(reply[1]))
+    return Appended(_REFUSALS.get(written), cancelled)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class RequestStreams:
+    """The per-request protocol of one namespace."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        request_ttl_s: int,
+        final_ttl_s: int,
+        reader_ttl_ms: int,
+        events_maxlen: int = 10_000,
+    ) -> None:
+        self.redis, self.keys = redis, keys
+        self.request_ttl_s, self.final_ttl_s = request_ttl_s, final_ttl_s
+        self.reader_ttl_ms, self.events_maxlen = reader_ttl_ms, events_maxlen
+
+    async def load_scripts(self) -> None:
+        """Load every script up front (they are reloaded on ``NOSCRIPT`` anyway)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for script in SCRIPTS:
+                pipe.script_load(script.source)
+            await pipe.execute()
+
+    def events_key(self, request_id: str) -> str:
+        return self.keys.events(request_id)
+
+    def _keys(self, request_id: str, *names: str) -> list[str]:
+        k = self.keys
+        table = {
+            "meta": k.meta,
+            "events": k.events,
+            "cancel": k.cancel_flag,
+            "reader": k.reader,
+        }
+        return [table[name](request_id) for name in names]
+
+    # --- gateway ------------------------------------------------------------------------
+
+    def queue_lookup(self, pipe: Pipeline, request_id: str) -> None:
+        pipe.hmget(self.keys.meta(request_id), ["fingerprint", "user_id", "final_id"])
+
+    @staticmethod
+    def lookup(reply: Sequence[Any]) -> Lookup:
+        fingerprint, user_id, final_id = (None if v is None else _text(v) for v in reply)
+        return Lookup(fingerprint, user_id, final_id)
+
+    async def open(
+        self, request_id: str, fingerprint: str, user_id: str, start: dict[str, str]
+    ) -> OpenResult:
+        """Claim ``request_id`` and write its start event, atomically (or find it taken)."""
+        reply = await _OPEN(
+            self.redis,
+            self._keys(request_id, "meta", "events", "reader"),
+            [
+                fingerprint,
+                user_id,
+                self.request_ttl_s,
+                self.reader_ttl_ms,
+                start["v"],
+                start["type"],
+                start["data"],
+            ],
+        )
+        state = Opened(_text(reply[0]))
+        if state is Opened.STARTED:
+            return OpenResult(state, start_id=_text(reply[1]))
+        if state is Opened.EXISTS:
+            return OpenResult(state, final_id=_text(reply[1]) or None)
+        return OpenResult(state)
+
+    async def attach(self, request_id: str, user_id: str) -> tuple[bool, str | None]:
+        """(known to ``user_id``, id of the final event if written); refreshes the reader."""
+        reply = await _ATTACH(
+            self.redis, self._keys(request_id, "meta", "reader"), [user_id, self.reader_ttl_ms]
+        )
+        if _text(reply[0]) != "attached":
+            return False, None
+        return True, _text(reply[1]) or None
+
+    async def cancel(self, request_id: str, user_id: str) -> str:
+        """``unknown`` (not this user's), ``finished``, or ``cancelling`` (flag set, announced)."""
+        reply = await _CANCEL(
+            self.redis,
+            self._keys(request_id, "meta", "cancel"),
+            [user_id, self.request_ttl_s, self.keys.cancel_channel, request_id],
+        )
+        return _text(reply)
+
+    def queue_reader_refresh(self, pipe: Pipeline, request_id: str) -> None:
+        pipe.set(self.keys.reader(request_id), "1", px=self.reader_ttl_ms)
+
+    async def reader_left(self, request_id: str) -> None:
+        """A reader left: the resume window starts now (the answer goes on that long)."""
+        await self.redis.set(self.keys.reader(request_id), "1", px=self.reader_ttl_ms, xx=True)
+
+    # --- worker ---------------------------------------------------------------------------
+
+    async def take(self, request_id: str, owner: str) -> Taken:
+        """Become the job's producer: a new epoch that fences off every earlier one."""
+        reply = await _TAKE(self.redis, self._keys(request_id, "meta", "cancel"), [owner])
+        state = Take(_text(reply[0]))
+        if state is not Take.TAKEN:
+            return Taken(state)
+        return Taken(state, int(reply[1]), bool(int(reply[2])), bool(int(reply[3])))
+
+    async def append_many(self, batch: Sequence[Batch]) -> list[Appended | Exception]:
+        """Append each batch's entries in one pipeline (one round trip for many requests).
+
+        Entry ``i`` of a batch has sequence number ``first_seq + i``: a retried batch is
+        applied once, and a producer whose epoch is no longer current is refused.
+        """
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for batch_of in batch:
+                args: list[Arg] = [
+                    batch_of.epoch,
+                    batch_of.first_seq,
+                    self.events_maxlen,
+                    SCHEMA_VERSION,
+                ]
+                for kind, data in batch_of.entries:
+                    args += [kind, data]
+                _APPEND.queue(
+                    pipe, self._keys(batch_of.request_id, "meta", "events", "cancel"), args
+                )
+            replies = await execute(self.redis, pipe, [_APPEND] * len(batch))
+        return [r if isinstance(r, Exception) else _appended(r) for r in replies]
+
+    async def append_final(
+        self, request_id: str, epoch: int | str, seq: int, fields: dict[str, str]
+    ) -> Final:
+        """Write the final event, once; ``epoch`` :data:`UNTAKEN` for the gateway's own."""
+        reply = await _FINAL(
+            self.redis,
+            self._keys(request_id, "meta", "events", "cancel", "reader"),
+            [epoch, seq, self.final_ttl_s, fields["v"], fields["type"], fields["data"]],
+        )
+        return Final(_text(reply[0]))
+
+    def queue_probe(self, pipe: Pipeline, request_id: str) -> None:
+        """Queue: is a reader attached, was a cancel asked (two replies)."""
+        pipe.exists(self.keys.reader(request_id))
+        pipe.exists(self.keys.cancel_flag(request_id))

@@ -1,0 +1,132 @@
+"""One held job from take to final: fencing, cancel, deadline, shutdown, acknowledgement."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from pydantic import ValidationError
+
+from echotune.common.logs import request_id_var
+from echotune.common.messages import (
+    ChatEvent,
+    ChatJob,
+    DoneEvent,
+    ErrorCode,
+    ErrorEvent,
+    FailoverEvent,
+    FinishReason,
+    encode_event,
+)
+from echotune.common.request_stream import Final, Take, Taken
+from echotune.worker.context import WorkerContext
+from echotune.worker.inflight import CANCELLED, FENCED, InFlight
+from echotune.worker.jobs import JobRunner, shutdown_error
+from echotune.worker.writer import EventWriter, Refused
+
+log = logging.getLogger(__name__)
+
+
+async def execute(ctx: WorkerContext, body: dict[str, Any], held: InFlight) -> bool:
+    """Run one held job to its end; whether its entry may be acknowledged.
+
+    ``False`` only when another worker took the job over (its entry is now theirs).
+    """
+    token = request_id_var.set(held.request_id)
+    try:
+        try:
+            job = ChatJob.model_validate(body)
+        except ValidationError as exc:
+            await _refuse(ctx, held.request_id, exc)
+            return True
+        if held.reason == FENCED:  # reclaimed by another worker while it waited for a slot
+            return False
+        taken = await ctx.streams.take(job.request_id, ctx.settings.consumer)
+        if taken.state is not Take.TAKEN:
+            log.info("job %s before it started; acknowledging it", taken.state.value)
+            return True
+        log.info("job taken (epoch %d) provider=%s model=%s", taken.epoch, job.provider, job.model)
+        writer = EventWriter(
+            ctx.flusher,
+            job.request_id,
+            taken.epoch,
+            on_cancel=lambda: held.stop(CANCELLED),
+            on_refused=lambda _: held.stop(FENCED),
+            stamp=ctx.settings.stamp_tokens,
+        )
+        try:
+            return await _run(ctx, job, held, taken, writer)
+        finally:
+            writer.close()
+    finally:
+        request_id_var.reset(token)
+
+
+async def _run(
+    ctx: WorkerContext, job: ChatJob, held: InFlight, taken: Taken, writer: EventWriter
+) -> bool:
+    if taken.cancelled:
+        held.stop(CANCELLED)
+    runner = JobRunner(ctx, job, writer)
+    try:
+        final = await _produce(job, held, taken, runner, writer)
+    except Refused as refused:
+        return refused.why.value != FENCED
+    if held.reason == FENCED:
+        log.warning("another worker took the job over; this one stops")
+        return False
+    if isinstance(final, DoneEvent) and final.finish_reason is not FinishReason.CANCELLED:
+        # Recorded before the client hears ``done``, so its next message sees the turn.
+        await ctx.conversations.append(job, "".join(runner.partial), taken.epoch)
+    return await _end(writer, final)
+
+
+async def _produce(
+    job: ChatJob, held: InFlight, taken: Taken, runner: JobRunner, writer: EventWriter
+) -> ChatEvent:
+    """The final event; the answer is produced in a task that a cancel can stop at once."""
+    if held.reason is not None:
+        return runner.cancelled()
+    if taken.epoch > 1 and taken.streamed:  # a worker was lost: the answer starts over
+        writer.emit(
+            FailoverEvent(
+                from_provider=job.provider,
+                to_provider=job.provider,
+                to_model=job.model,
+                reason="worker_lost",
+                discard_partial=True,
+            )
+        )
+    held.task = task = asyncio.create_task(runner.produce())
+    try:
+        async with asyncio.timeout(max(job.deadline_at - time.time(), 0.001)):
+            return await task
+    except TimeoutError:
+        return ErrorEvent(code=ErrorCode.DEADLINE_EXCEEDED, message="the answer took too long")
+    except asyncio.CancelledError:
+        if held.reason is None:  # the worker is shutting down
+            await asyncio.shield(_end(writer, shutdown_error()))
+            raise
+        return runner.cancelled()
+
+
+async def _end(writer: EventWriter, final: ChatEvent) -> bool:
+    """Write the final event; whether the entry may be acknowledged."""
+    try:
+        outcome = await writer.final(final)
+    except Refused as refused:
+        return refused.why.value != FENCED
+    if outcome is not Final.WRITTEN:
+        log.warning("final %s not written: %s", final.type, outcome.value)
+    return outcome is not Final.FENCED
+
+
+async def _refuse(ctx: WorkerContext, request_id: str, exc: ValidationError) -> None:
+    """Dead-end an unreadable job: its stream (if any) ends with an ``invalid_job`` error."""
+    log.error("invalid chat job: %s", exc.errors(include_url=False)[:3])
+    taken = await ctx.streams.take(request_id, ctx.settings.consumer)
+    if taken.state is Take.TAKEN:
+        error = ErrorEvent(code=ErrorCode.INVALID_JOB, message="the chat job could not be read")
+        await ctx.streams.append_final(request_id, taken.epoch, 1, encode_event(error))

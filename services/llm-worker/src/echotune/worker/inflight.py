@@ -1,0 +1,69 @@
+"""The jobs this process holds: from the moment their entry is read until they end.
+
+A job is registered before anything else happens to it (even before a slot is free), so
+that its entry is kept fresh in the consumer group (no other worker reclaims it) and a
+cancel that arrives at any moment finds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CANCELLED = "cancelled"
+CLIENT_GONE = "client_gone"
+FENCED = "fenced"
+"""Another worker took the job over: this one stops producing and writes nothing more."""
+
+
+@dataclass(slots=True)
+class InFlight:
+    """A held job, the task producing its answer once started, and why it was stopped."""
+
+    request_id: str
+    entry_id: str
+    task: asyncio.Task[Any] | None = None
+    reason: str | None = None
+
+    def stop(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+            log.info("stopping request %s: %s", self.request_id, reason)
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
+class InFlightJobs:
+    """The jobs of this process, by request id."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, InFlight] = {}
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def hold(self, request_id: str, entry_id: str) -> InFlight:
+        job = self._jobs[request_id] = InFlight(request_id, entry_id)
+        return job
+
+    def release(self, job: InFlight) -> None:
+        if self._jobs.get(job.request_id) is job:
+            del self._jobs[job.request_id]
+
+    def stop(self, request_id: str, reason: str) -> None:
+        if (job := self._jobs.get(request_id)) is not None:
+            job.stop(reason)
+
+    def reason(self, request_id: str) -> str | None:
+        job = self._jobs.get(request_id)
+        return job.reason if job else None
+
+    def request_ids(self) -> list[str]:
+        return list(self._jobs)
+
+    def by_entry(self) -> dict[str, InFlight]:
+        return {job.entry_id: job for job in self._jobs.values()}

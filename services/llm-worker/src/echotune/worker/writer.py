@@ -1,0 +1,178 @@
+"""Writing a request's events: buffered, appended by one flusher per process, fenced.
+
+A token never waits for Redis: :meth:`EventWriter.delta` buffers it and wakes the
+process's :class:`AppendFlusher`, which appends whatever every request accumulated in one
+pipeline, while the previous one was in flight. Idle, that is one entry per token as soon
+as it comes; busy, fewer and larger writes (consecutive deltas of a request merge into one
+entry). Entries carry the producer's epoch and sequence numbers (``request_stream.py``), so
+a retried append is applied once and a producer that lost the job is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+
+from echotune.common.messages import ChatEvent, encode_event
+from echotune.common.request_stream import (
+    Appended,
+    AppendRefused,
+    Batch,
+    Final,
+    RequestStreams,
+)
+
+log = logging.getLogger(__name__)
+
+RETRY_S = 0.2
+
+
+class Refused(Exception):
+    """The stream takes no more entries from this producer (fenced off, ended or gone)."""
+
+    def __init__(self, why: AppendRefused) -> None:
+        super().__init__(f"append refused: {why.value}")
+        self.why = why
+
+
+class EventWriter:
+    """Buffers the events of one request for one producer (an epoch)."""
+
+    def __init__(
+        self,
+        flusher: AppendFlusher,
+        request_id: str,
+        epoch: int,
+        *,
+        on_cancel: Callable[[], None],
+        on_refused: Callable[[AppendRefused], None],
+        stamp: bool = False,
+    ) -> None:
+        self._flusher, self.request_id, self.epoch = flusher, request_id, epoch
+        self._on_cancel, self._on_refused, self._stamp = on_cancel, on_refused, stamp
+        self._pending: list[list[str]] = []  # [type, data or delta text]
+        self._retry: Batch | None = None
+        self._in_flight = False
+        self._next_seq = 1
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._closed = False
+        self.refused: AppendRefused | None = None
+
+    def delta(self, text: str) -> None:
+        """Buffer a piece of text; merged with the previous one if it was not sent yet."""
+        self._check()
+        if self._pending and self._pending[-1][0] == "delta":
+            self._pending[-1][1] += text
+        else:
+            self._pending.append(["delta", text])
+        self._changed()
+
+    def emit(self, event: ChatEvent) -> None:
+        """Buffer any non-final event, in order after the text before it."""
+        self._check()
+        fields = encode_event(event)
+        self._pending.append([fields["type"], fields["data"]])
+        self._changed()
+
+    async def flush(self) -> None:
+        """Wait until everything buffered is in Redis; raises :class:`Refused`."""
+        await self._idle.wait()
+        self._check()
+
+    async def final(self, event: ChatEvent) -> Final:
+        """Flush, then write ``event`` as the last entry (once, even if retried)."""
+        await self.flush()
+        return await self._flusher.streams.append_final(
+            self.request_id, self.epoch, self._next_seq, encode_event(event)
+        )
+
+    def close(self) -> None:
+        """Drop whatever was not sent: the producer is gone (its job ended or was taken)."""
+        self._closed = True
+        self._pending, self._retry = [], None
+        self._idle.set()
+
+    def _check(self) -> None:
+        if self.refused is not None:
+            raise Refused(self.refused)
+
+    def _changed(self) -> None:
+        self._idle.clear()
+        self._flusher.mark(self)
+
+    def take_batch(self) -> Batch | None:
+        """What to send now: a failed batch again as it was, else everything buffered."""
+        if self._in_flight or self._closed:
+            return None
+        batch, self._retry = self._retry, None
+        if batch is None and self._pending:
+            entries = [(kind, self._data(kind, value)) for kind, value in self._pending]
+            batch = Batch(self.request_id, self.epoch, self._next_seq, entries)
+            self._next_seq += len(entries)
+            self._pending = []
+        self._in_flight = batch is not None
+        return batch
+
+    def _data(self, kind: str, value: str) -> str:
+        if kind != "delta":
+            return value
+        payload: dict[str, object] = {"delta": value}
+        if self._stamp:
+            payload["t"] = time.monotonic_ns()
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+
+    def sent(self, batch: Batch, result: Appended | Exception) -> None:
+        self._in_flight = False
+        if isinstance(result, Exception):
+            self._retry = batch
+        elif result.refused is not None:
+            self.refused = result.refused
+            self._pending = []
+            self._on_refused(result.refused)
+        elif result.cancelled:
+            self._on_cancel()
+        if self._closed:
+            return
+        if self._retry is not None or self._pending:
+            self._flusher.mark(self)
+        else:
+            self._idle.set()
+
+
+class AppendFlusher:
+    """Appends the buffered entries of every request of this process, one pipeline a round."""
+
+    def __init__(self, streams: RequestStreams) -> None:
+        self.streams = streams
+        self._dirty: dict[int, EventWriter] = {}
+        self._wake = asyncio.Event()
+
+    def mark(self, writer: EventWriter) -> None:
+        self._dirty[id(writer)] = writer
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._dirty:
+                writers = list(self._dirty.values())
+                self._dirty.clear()
+                await self._send(writers)
+
+    async def _send(self, writers: list[EventWriter]) -> None:
+        sending = [(w, b) for w in writers if (b := w.take_batch()) is not None]
+        if not sending:
+            return
+        try:
+            results = await self.streams.append_many([b for _, b in sending])
+        except Exception as exc:  # Redis unreachable even after the client's own retries
+            log.warning("appending %d batches failed, retrying: %s", len(sending), exc)
+            results = [exc] * len(sending)
+            await asyncio.sleep(RETRY_S)
+        for (writer, batch), result in zip(sending, results, strict=True):
+            writer.sent(batch, result)

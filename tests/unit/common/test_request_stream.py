@@ -1,0 +1,109 @@
+"""The per-request protocol against a real Redis."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from redis.asyncio import Redis
+
+from echotune.common.keys import Keys
+from echotune.common.messages import (
+    DoneEvent,
+    ErrorCode,
+    ErrorEvent,
+    FinishReason,
+    StartEvent,
+    Timings,
+    encode_event,
+)
+from echotune.common.request_stream import UNTAKEN, Final, Opened, RequestStreams, Take
+
+
+@pytest.fixture
+def streams(redis: Redis) -> RequestStreams:
+    keys = Keys(f"t{uuid.uuid4().hex[:8]}")
+    return RequestStreams(redis, keys, request_ttl_s=600, final_ttl_s=90, reader_ttl_ms=30_000)
+
+
+def start(rid: str) -> dict[str, str]:
+    return encode_event(StartEvent(request_id=rid, provider="p", model="m"))
+
+
+DONE = encode_event(
+    DoneEvent(finish_reason=FinishReason.STOP, provider="p", model="m", timings=Timings(total_ms=1))
+)
+NO_WORKER = encode_event(ErrorEvent(code=ErrorCode.NO_WORKER, message="none"))
+
+
+async def ttls(redis: Redis, streams: RequestStreams, rid: str) -> dict[str, int]:
+    k = streams.keys
+    names = {"meta": k.meta(rid), "events": k.events(rid), "reader": k.reader(rid)}
+    names["cancel"] = k.cancel_flag(rid)
+    return {name: await redis.ttl(key) for name, key in names.items()}
+
+
+async def test_open_claims_writes_start_and_sets_every_ttl_at_once(
+    redis: Redis, streams: RequestStreams
+) -> None:
+    opened = await streams.open("r1-abcdefgh", "fp", "alice", start("r1-abcdefgh"))
+    assert opened.state is Opened.STARTED
+    entries = await redis.xrange(streams.keys.events("r1-abcdefgh"))
+    assert [(i, f["type"]) for i, f in entries] == [(opened.start_id, "start")]
+    t = await ttls(redis, streams, "r1-abcdefgh")
+    assert 590 <= t["meta"] <= 600
+    assert 590 <= t["events"] <= 600
+    assert 0 < t["reader"] <= 30
+
+
+async def test_open_tells_twin_conflict_and_foreign_apart(streams: RequestStreams) -> None:
+    await streams.open("r2-abcdefgh", "fp", "alice", start("r2-abcdefgh"))
+    twin = await streams.open("r2-abcdefgh", "fp", "alice", start("r2-abcdefgh"))
+    assert twin.state is Opened.EXISTS
+    assert twin.final_id is None
+    other = await streams.open("r2-abcdefgh", "fp2", "alice", start("r2-abcdefgh"))
+    assert other.state is Opened.CONFLICT
+    foreign = await streams.open("r2-abcdefgh", "fp", "bob", start("r2-abcdefgh"))
+    assert foreign.state is Opened.FOREIGN
+
+
+async def test_the_final_is_written_once_and_shrinks_every_ttl(
+    redis: Redis, streams: RequestStreams
+) -> None:
+    await streams.open("r3-abcdefgh", "fp", "alice", start("r3-abcdefgh"))
+    assert await streams.cancel("r3-abcdefgh", "alice") == "cancelling"
+    taken = await streams.take("r3-abcdefgh", "w1")
+    assert (taken.state, taken.epoch, taken.cancelled) == (Take.TAKEN, 1, True)
+    assert await streams.append_final("r3-abcdefgh", 1, 1, DONE) is Final.WRITTEN
+    assert await streams.append_final("r3-abcdefgh", 1, 1, DONE) is Final.WRITTEN  # a retry
+    assert await streams.append_final("r3-abcdefgh", 1, 2, DONE) is Final.ENDED
+    entries = await redis.xrange(streams.keys.events("r3-abcdefgh"))
+    assert [f["type"] for _, f in entries] == ["start", "done"]
+    assert all(0 < ttl <= 90 for ttl in (await ttls(redis, streams, "r3-abcdefgh")).values())
+    assert await streams.cancel("r3-abcdefgh", "alice") == "finished"
+    assert (await streams.take("r3-abcdefgh", "w2")).state is Take.ENDED
+
+
+async def test_a_stale_producer_cannot_end_the_answer(streams: RequestStreams) -> None:
+    await streams.open("r4-abcdefgh", "fp", "alice", start("r4-abcdefgh"))
+    await streams.take("r4-abcdefgh", "w1")
+    await streams.take("r4-abcdefgh", "w2")
+    assert await streams.append_final("r4-abcdefgh", 1, 1, DONE) is Final.FENCED
+    assert await streams.append_final("r4-abcdefgh", 2, 1, DONE) is Final.WRITTEN
+
+
+async def test_the_gateway_ends_only_a_job_nobody_took(streams: RequestStreams) -> None:
+    await streams.open("r5-abcdefgh", "fp", "alice", start("r5-abcdefgh"))
+    assert await streams.append_final("r5-abcdefgh", UNTAKEN, 0, NO_WORKER) is Final.WRITTEN
+    assert (await streams.take("r5-abcdefgh", "w1")).state is Take.ENDED
+    await streams.open("r6-abcdefgh", "fp", "alice", start("r6-abcdefgh"))
+    await streams.take("r6-abcdefgh", "w1")
+    assert await streams.append_final("r6-abcdefgh", UNTAKEN, 0, NO_WORKER) is Final.TAKEN
+
+
+async def test_cancel_and_attach_know_only_the_owner(streams: RequestStreams) -> None:
+    await streams.open("r7-abcdefgh", "fp", "alice", start("r7-abcdefgh"))
+    assert await streams.cancel("r7-abcdefgh", "bob") == "unknown"
+    assert await streams.attach("r7-abcdefgh", "bob") == (False, None)
+    assert await streams.attach("r7-abcdefgh", "alice") == (True, None)
+    assert await streams.attach("never-seen-1", "alice") == (False, None)

@@ -1,0 +1,71 @@
+"""The chat service in-process: claim, start, attach and cancel against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from redis.asyncio.connection import AbstractConnection
+
+from echotune.gateway.chat.service import ChatInput, ChatService
+
+
+def chat_input(request_id: str, message: str | None = "hi", user: str = "anonymous") -> ChatInput:
+    return ChatInput(request_id=request_id, user_id=user, message=message, client_ip="127.0.0.1")
+
+
+async def test_a_twin_arriving_while_the_first_start_is_half_done_attaches(
+    gateway: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claim and start were separate round trips: a twin arriving in between got 404."""
+    service: ChatService = gateway.state.chat
+    between = asyncio.Event()
+    resume = asyncio.Event()
+    slowed = service.redis.expire
+
+    async def slow_expire(*args: object, **kwargs: object) -> object:
+        between.set()  # the first start has claimed the id and not written its start yet
+        await asyncio.wait_for(resume.wait(), 5)
+        return await slowed(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service.redis, "expire", slow_expire)
+    first = asyncio.create_task(service.open(chat_input("twin-0000001"), None))
+    halfway = asyncio.create_task(between.wait())
+    await asyncio.wait({first, halfway}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        twin = await service.open(chat_input("twin-0000001"), None)
+    finally:
+        resume.set()
+    assert twin is not None
+    assert (await first) is not None
+
+
+@contextlib.contextmanager
+def round_trips() -> Iterator[list[int]]:
+    """Count the Redis requests sent by the current task (a pipeline is one request)."""
+    counted: list[int] = [0]
+    me = asyncio.current_task()
+    original = AbstractConnection.send_packed_command
+
+    async def counting(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+        if asyncio.current_task() is me:
+            counted[0] += 1
+        await original(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AbstractConnection, "send_packed_command", counting)
+        yield counted
+
+
+async def test_a_new_start_costs_three_round_trips(gateway: FastAPI) -> None:
+    service: ChatService = gateway.state.chat
+    await service.open(chat_input("warm-up-0001"), None)  # connections and scripts ready
+    with round_trips() as counted:
+        stream = await service.open(chat_input("counted-0001"), None)
+    assert stream is not None
+    print(f"round trips of a new start: {counted[0]}")
+    assert counted[0] <= 3

@@ -1,0 +1,128 @@
+"""Appending a request's events: buffered, idempotent whatever the network does, fenced."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from echotune.common.keys import Keys
+from echotune.common.messages import StartEvent, encode_event
+from echotune.common.redis import create_redis
+from echotune.common.request_stream import AppendRefused, RequestStreams
+from echotune.worker.writer import AppendFlusher, EventWriter, Refused
+from tests.support.flaky_proxy import reply_dropping_proxy
+
+
+class Producer:
+    """A flusher over ``redis`` and the writer of one taken request."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.streams = RequestStreams(
+            redis, keys, request_ttl_s=60, final_ttl_s=60, reader_ttl_ms=5000
+        )
+        self.flusher = AppendFlusher(self.streams)
+        self.cancelled: list[bool] = []
+        self.refused: list[AppendRefused] = []
+
+    async def writer(self, request_id: str, owner: str = "w1") -> EventWriter:
+        taken = await self.streams.take(request_id, owner)
+        return EventWriter(
+            self.flusher,
+            request_id,
+            taken.epoch,
+            on_cancel=lambda: self.cancelled.append(True),
+            on_refused=self.refused.append,
+        )
+
+
+async def opened(redis: Redis, keys: Keys) -> str:
+    rid = f"r-{uuid.uuid4().hex}"
+    streams = RequestStreams(redis, keys, request_ttl_s=60, final_ttl_s=60, reader_ttl_ms=5000)
+    start = StartEvent(request_id=rid, provider="p", model="m")
+    await streams.open(rid, "fingerprint", "u", encode_event(start))
+    return rid
+
+
+@pytest.fixture
+def keys() -> Keys:
+    return Keys(f"t{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+async def running(redis: Redis, keys: Keys) -> AsyncIterator[Producer]:
+    producer = Producer(redis, keys)
+    task = asyncio.create_task(producer.flusher.run())
+    yield producer
+    task.cancel()
+
+
+async def deltas(redis: Redis, keys: Keys, rid: str) -> list[str]:
+    entries = await redis.xrange(keys.events(rid))
+    return [json.loads(f["data"])["delta"] for _, f in entries if f["type"] == "delta"]
+
+
+async def test_an_append_whose_reply_was_lost_is_applied_once(
+    redis_server_url: str, redis: Redis, keys: Keys
+) -> None:
+    """redis-py retries a command on a fresh connection: a lost reply meant a doubled token."""
+    rid = await opened(redis, keys)
+    async with reply_dropping_proxy(redis_server_url) as proxy:
+        client = create_redis(proxy.url)
+        producer = Producer(client, keys)
+        flushing = asyncio.create_task(producer.flusher.run())
+        writer = await producer.writer(rid)
+        for text in ("one ", "two ", "three"):
+            if text == "two ":
+                proxy.drop_next_reply(b"two ")
+            writer.delta(text)
+            await writer.flush()
+        flushing.cancel()
+        await client.aclose()
+    assert proxy.dropped == 1
+    assert await deltas(redis, keys, rid) == ["one ", "two ", "three"]
+
+
+async def test_text_buffered_while_a_write_is_in_flight_is_merged(
+    redis: Redis, keys: Keys, running: Producer
+) -> None:
+    rid = await opened(redis, keys)
+    writer = await running.writer(rid)
+    for n in range(50):
+        writer.delta(f"{n} ")
+    await writer.flush()
+    written = await deltas(redis, keys, rid)
+    assert "".join(written) == "".join(f"{n} " for n in range(50))
+    assert len(written) < 50
+
+
+async def test_a_producer_whose_job_was_taken_over_is_refused(
+    redis: Redis, keys: Keys, running: Producer
+) -> None:
+    rid = await opened(redis, keys)
+    old = await running.writer(rid, "w1")
+    old.delta("old ")
+    await old.flush()
+    new = await running.writer(rid, "w2")  # reclaimed: a new epoch
+    old.delta("stale ")
+    with pytest.raises(Refused):
+        await old.flush()
+    assert running.refused == [AppendRefused.FENCED]
+    new.delta("fresh")
+    await new.flush()
+    assert await deltas(redis, keys, rid) == ["old ", "fresh"]
+
+
+async def test_a_cancel_flag_is_reported_by_the_next_append(
+    redis: Redis, keys: Keys, running: Producer
+) -> None:
+    rid = await opened(redis, keys)
+    writer = await running.writer(rid)
+    await redis.set(keys.cancel_flag(rid), "1")
+    writer.delta("x")
+    await writer.flush()
+    assert running.cancelled == [True]
