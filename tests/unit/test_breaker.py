@@ -148,6 +148,7 @@ async def test_dead_probe_lease_expires(breakers: CircuitBreakers) -> None:
 async def test_cancelled_probe_frees_the_lease(breakers: CircuitBreakers) -> None:
     probe = await half_open_probe(breakers)
     await breakers.record("p", Outcome.IGNORED, token=probe.token)
+    assert not await breakers.renew(probe), "a released lease cannot be renewed"
     assert (await breakers.acquire("p")).probe
 
 

@@ -126,12 +126,14 @@ return {2, 'half_open', '', 0, token}
 )
 
 # KEYS: hash. ARGV: token, lease ms. → 1 when the token holds the lease (now extended), else 0.
+# A lease released by its outcome (probe_until 0) is not held any more.
 _RENEW = (
     _NOW
     + """
 local h = KEYS[1]
 if redis.call('HGET', h, 'state') ~= 'half_open' then return 0 end
 if redis.call('HGET', h, 'probe_token') ~= ARGV[1] then return 0 end
+if tonumber(redis.call('HGET', h, 'probe_until') or '0') == 0 then return 0 end
 redis.call('HSET', h, 'probe_until', now + tonumber(ARGV[2]))
 return 1
 """
@@ -254,15 +256,19 @@ class CircuitBreakers:
         if permit.token is None:
             yield
             return
-        keeper = asyncio.create_task(self._keep(permit), name=f"probe-lease-{permit.provider}")
+        done = asyncio.Event()
+        keeper = asyncio.create_task(self._keep(permit, done), name=f"lease-{permit.provider}")
         try:
             yield
         finally:
+            done.set()  # stops the keeper even if a Redis call swallows its cancellation
             keeper.cancel()
 
-    async def _keep(self, permit: Permit) -> None:
+    async def _keep(self, permit: Permit, done: asyncio.Event) -> None:
         while True:
             await asyncio.sleep(self.policy.probe_timeout_s / 3)
+            if done.is_set():
+                return
             try:
                 if not await self.renew(permit):
                     log.warning("probe lease of %s was lost", permit.provider)
