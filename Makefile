@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
 
-.PHONY: help uv sync dev test test-fast lint fmt clean vendor-ui
+.PHONY: help uv sync dev test test-fast lint fmt clean vendor-ui soak
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -20,6 +20,11 @@ test: sync  ## Run the whole test suite (fast tests first, then end-to-end, then
 	@# pytest exits 5 when it collected no test: that is a failure too, said plainly
 	$(UV) run --frozen pytest tests/unit tests/e2e tests/browser; code=$$?; \
 	  if [ $$code -eq 5 ]; then echo 'no tests were collected'; fi; exit $$code
+
+SOAK_SECONDS ?= 240
+
+soak: sync  ## Soak: SOAK_SECONDS of chats with and without failures; Redis memory levels off
+	ECHOTUNE_SOAK_SECONDS=$(SOAK_SECONDS) $(UV) run --frozen pytest tests/e2e/test_soak.py -s
 
 test-fast: sync  ## Only the fast tests
 	$(UV) run --frozen pytest tests/unit

@@ -1,40 +1,74 @@
-"""The Redis circuit breaker, against a real Redis, with a controlled clock."""
+"""The Redis circuit breaker, against a real Redis whose clock the tests move forward.
+
+The breaker reads time from Redis (``TIME``) only, so "time passes" is done by moving every
+stored time of the breaker back (:func:`travel`); production code has no clock seam.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
+import time
 import uuid
 
 import pytest
 from redis.asyncio import Redis
 
-from echotune.common.breaker import BreakerPolicy, CircuitBreakers, Outcome
+from echotune.common.breaker import BreakerPolicy, CircuitBreakers, Outcome, Permit
 from echotune.common.keys import Keys
 from echotune.common.messages import BreakerState
 
+POLICY = BreakerPolicy(cooldown_s=30, cooldown_cap_s=100, consecutive_failures=4)
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
+# Shifts a breaker's stored times (hash fields in ms, window scores) back by ARGV[1] ms.
+_TRAVEL = """
+local back = tonumber(ARGV[1])
+for _, field in ipairs({'opened_at', 'open_until', 'probe_until', 'rl_until'}) do
+  local value = tonumber(redis.call('HGET', KEYS[1], field) or '0')
+  if value > 0 then redis.call('HSET', KEYS[1], field, value - back) end
+end
+for i = 2, 3 do
+  local entries = redis.call('ZRANGE', KEYS[i], 0, -1, 'WITHSCORES')
+  for j = 1, #entries, 2 do
+    redis.call('ZADD', KEYS[i], tonumber(entries[j + 1]) - back, entries[j])
+  end
+end
+"""
 
-    def __call__(self) -> float:
-        return self.now
+
+async def travel(breakers: CircuitBreakers, seconds: float, provider: str = "p") -> None:
+    """As if ``seconds`` passed on Redis' clock, for this breaker."""
+    key = breakers.keys.breaker(provider)
+    script = breakers.redis.register_script(_TRAVEL)
+    await script(keys=[key, f"{key}:ok", f"{key}:fail"], args=[int(seconds * 1000)])
+
+
+async def redis_now(redis: Redis) -> float:
+    seconds, micros = await redis.time()
+    return seconds + micros / 1e6
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def breakers(redis: Redis, clock: Clock) -> CircuitBreakers:
-    policy = BreakerPolicy(cooldown_s=30, cooldown_cap_s=100, consecutive_failures=4)
-    return CircuitBreakers(redis, Keys(f"t{uuid.uuid4().hex[:8]}"), policy, clock=clock)
+def breakers(redis: Redis) -> CircuitBreakers:
+    return CircuitBreakers(redis, Keys(f"t{uuid.uuid4().hex[:8]}"), POLICY)
 
 
 async def record(b: CircuitBreakers, outcomes: str, provider: str = "p") -> None:
     for char in outcomes:
         await b.record(provider, Outcome.SUCCESS if char == "s" else Outcome.FAILURE)
+
+
+async def half_open_probe(breakers: CircuitBreakers) -> Permit:
+    await record(breakers, "fffff")
+    await travel(breakers, 30)
+    permit = await breakers.acquire("p")
+    assert permit.probe
+    return permit
+
+
+async def state(breakers: CircuitBreakers) -> BreakerState:
+    return (await breakers.snapshot("p")).state
 
 
 async def test_opens_on_failure_rate_over_min_calls(breakers: CircuitBreakers) -> None:
@@ -48,24 +82,24 @@ async def test_opens_on_failure_rate_over_min_calls(breakers: CircuitBreakers) -
     assert permit.reason == "breaker_open"
     snap = await breakers.snapshot("p")
     assert snap.state is BreakerState.OPEN
-    assert snap.next_probe_at == pytest.approx(breakers._clock() + 30)
+    assert snap.next_probe_at == pytest.approx(await redis_now(breakers.redis) + 30, abs=1)
 
 
 async def test_stays_closed_below_the_failure_rate(breakers: CircuitBreakers) -> None:
     await record(breakers, "ssfssfssf")
-    assert (await breakers.snapshot("p")).state is BreakerState.CLOSED
+    assert await state(breakers) is BreakerState.CLOSED
 
 
 async def test_opens_on_consecutive_failures(breakers: CircuitBreakers) -> None:
     await record(breakers, "sssssssssfff")
-    assert (await breakers.snapshot("p")).state is BreakerState.CLOSED
+    assert await state(breakers) is BreakerState.CLOSED
     await record(breakers, "f")
-    assert (await breakers.snapshot("p")).state is BreakerState.OPEN
+    assert await state(breakers) is BreakerState.OPEN
 
 
-async def test_failures_leave_the_window(breakers: CircuitBreakers, clock: Clock) -> None:
+async def test_failures_leave_the_window(breakers: CircuitBreakers) -> None:
     await record(breakers, "fff")
-    clock.now += 61
+    await travel(breakers, 61)
     await record(breakers, "sss")
     await record(breakers, "f")
     snap = await breakers.snapshot("p")
@@ -73,60 +107,52 @@ async def test_failures_leave_the_window(breakers: CircuitBreakers, clock: Clock
     assert (snap.calls, snap.failures) == (4, 1)
 
 
-async def test_half_open_lets_exactly_one_probe_through(
-    breakers: CircuitBreakers, clock: Clock
-) -> None:
+async def test_half_open_lets_exactly_one_probe_through(breakers: CircuitBreakers) -> None:
     await record(breakers, "fffff")
-    clock.now += 30
+    await travel(breakers, 30)
     permits = await asyncio.gather(*(breakers.acquire("p") for _ in range(20)))
     assert sum(p.allowed for p in permits) == 1
     (probe,) = [p for p in permits if p.allowed]
     assert probe.probe
     assert {p.reason for p in permits if not p.allowed} == {"probe_in_flight"}
-    transition = await breakers.record("p", Outcome.SUCCESS, probe=True)
+    transition = await breakers.record("p", Outcome.SUCCESS, token=probe.token)
     assert transition is not None
     assert transition.new is BreakerState.CLOSED
     assert (await breakers.acquire("p")).allowed
 
 
-async def test_failed_probe_reopens_with_a_longer_cooldown(
-    breakers: CircuitBreakers, clock: Clock
-) -> None:
-    await record(breakers, "fffff")
-    opened = clock.now
-    clock.now += 30
-    assert (await breakers.acquire("p")).probe
-    await breakers.record("p", Outcome.FAILURE, probe=True)
+async def test_failed_probe_reopens_with_a_longer_cooldown(breakers: CircuitBreakers) -> None:
+    probe = await half_open_probe(breakers)
+    await breakers.record("p", Outcome.FAILURE, token=probe.token)
     snap = await breakers.snapshot("p")
     assert snap.state is BreakerState.OPEN
     assert snap.trips == 2
-    assert snap.next_probe_at == pytest.approx(opened + 30 + 60)
-    clock.now += 60
-    assert (await breakers.acquire("p")).probe
-    await breakers.record("p", Outcome.FAILURE, probe=True)
-    assert (await breakers.snapshot("p")).next_probe_at == pytest.approx(clock.now + 100)
+    assert snap.next_probe_at == pytest.approx(await redis_now(breakers.redis) + 60, abs=1)
+    await travel(breakers, 60)
+    probe = await breakers.acquire("p")
+    assert probe.probe
+    await breakers.record("p", Outcome.FAILURE, token=probe.token)
+    snap = await breakers.snapshot("p")
+    assert snap.next_probe_at == pytest.approx(await redis_now(breakers.redis) + 100, abs=1)
 
 
-async def test_dead_probe_lease_expires(breakers: CircuitBreakers, clock: Clock) -> None:
-    await record(breakers, "fffff")
-    clock.now += 30
-    assert (await breakers.acquire("p")).probe
+async def test_dead_probe_lease_expires(breakers: CircuitBreakers) -> None:
+    first = await half_open_probe(breakers)
     assert not (await breakers.acquire("p")).allowed
-    clock.now += 61
+    await travel(breakers, POLICY.probe_timeout_s + 1)
+    second = await breakers.acquire("p")
+    assert second.probe
+    assert second.token != first.token
+
+
+async def test_cancelled_probe_frees_the_lease(breakers: CircuitBreakers) -> None:
+    probe = await half_open_probe(breakers)
+    await breakers.record("p", Outcome.IGNORED, token=probe.token)
+    assert not await breakers.renew(probe), "a released lease cannot be renewed"
     assert (await breakers.acquire("p")).probe
 
 
-async def test_cancelled_probe_frees_the_lease(breakers: CircuitBreakers, clock: Clock) -> None:
-    await record(breakers, "fffff")
-    clock.now += 30
-    assert (await breakers.acquire("p")).probe
-    await breakers.record("p", Outcome.IGNORED, probe=True)
-    assert (await breakers.acquire("p")).probe
-
-
-async def test_rate_limit_is_a_cooldown_not_a_failure(
-    breakers: CircuitBreakers, clock: Clock
-) -> None:
+async def test_rate_limit_is_a_cooldown_not_a_failure(breakers: CircuitBreakers) -> None:
     for _ in range(10):
         await breakers.record("p", Outcome.RATE_LIMITED, retry_after_s=2)
     snap = await breakers.snapshot("p")
@@ -135,7 +161,8 @@ async def test_rate_limit_is_a_cooldown_not_a_failure(
     permit = await breakers.acquire("p")
     assert not permit.allowed
     assert permit.reason == "rate_limited"
-    clock.now += 2
+    assert permit.retry_at == pytest.approx(time.time() + 2, abs=0.5)
+    await travel(breakers, 2)
     assert (await breakers.acquire("p")).allowed
 
 
@@ -143,3 +170,127 @@ async def test_providers_are_independent(breakers: CircuitBreakers) -> None:
     await record(breakers, "fffff", provider="a")
     assert not (await breakers.acquire("a")).allowed
     assert (await breakers.acquire("b")).allowed
+
+
+# --- issue 16: fencing, shared clock, bounded windows -------------------------------------
+
+
+async def test_a_call_admitted_before_the_trip_cannot_decide_half_open(
+    breakers: CircuitBreakers,
+) -> None:
+    await half_open_probe(breakers)
+    # A call admitted while the breaker was closed ends now: an ordinary observation.
+    await breakers.record("p", Outcome.SUCCESS)
+    assert await state(breakers) is BreakerState.HALF_OPEN, "a non-probe success closed it"
+    await breakers.record("p", Outcome.FAILURE)
+    assert await state(breakers) is BreakerState.HALF_OPEN, "a non-probe failure re-opened it"
+    await breakers.record("p", Outcome.RATE_LIMITED, retry_after_s=5)
+    assert await state(breakers) is BreakerState.HALF_OPEN
+    assert not (await breakers.acquire("p")).allowed, "the probe is still in flight"
+
+
+async def test_only_the_lease_holder_decides_half_open(breakers: CircuitBreakers) -> None:
+    stale = await half_open_probe(breakers)
+    await travel(breakers, POLICY.probe_timeout_s + 1)  # its holder went silent
+    holder = await breakers.acquire("p")
+    assert holder.probe
+    assert holder.token is not None
+    assert stale.token is not None
+    assert holder.token > stale.token
+    assert await breakers.record("p", Outcome.FAILURE, token=stale.token) is None
+    assert await breakers.record("p", Outcome.SUCCESS, token=stale.token) is None
+    assert await state(breakers) is BreakerState.HALF_OPEN
+    assert not await breakers.renew(stale), "a stale token cannot renew the lease"
+    transition = await breakers.record("p", Outcome.SUCCESS, token=holder.token)
+    assert transition is not None
+    assert transition.new is BreakerState.CLOSED
+
+
+async def test_a_renewed_lease_outlives_the_probe_timeout(breakers: CircuitBreakers) -> None:
+    probe = await half_open_probe(breakers)
+    for _ in range(5):  # the probe streams for 5 lease lengths, renewing as it goes
+        await travel(breakers, POLICY.probe_timeout_s * 0.9)
+        assert await breakers.renew(probe)
+        refused = await breakers.acquire("p")
+        assert (refused.allowed, refused.reason) == (False, "probe_in_flight")
+    await breakers.record("p", Outcome.FAILURE, token=probe.token)
+    assert await state(breakers) is BreakerState.OPEN
+
+
+async def test_holding_renews_the_lease_while_the_body_runs(redis: Redis) -> None:
+    policy = BreakerPolicy(cooldown_s=0.05, probe_timeout_s=0.3, consecutive_failures=1)
+    breakers = CircuitBreakers(redis, Keys(f"t{uuid.uuid4().hex[:8]}"), policy)
+    await breakers.record("p", Outcome.FAILURE)
+    deadline = time.monotonic() + 10
+    probe = await breakers.acquire("p")
+    while not probe.probe and time.monotonic() < deadline:
+        probe = await breakers.acquire("p")
+    assert probe.probe
+    refusals = 0
+    async with breakers.holding(probe):
+        started = time.monotonic()
+        while time.monotonic() - started < 1.0:  # > 3 lease lengths
+            assert not (await breakers.acquire("p")).allowed
+            refusals += 1
+            await asyncio.sleep(0.05)
+    assert refusals > 5
+    # once the holder is gone, the lease lapses and another caller may probe
+    while not (permit := await breakers.acquire("p")).probe:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert permit.token != probe.token
+
+
+async def test_success_window_is_pruned_on_every_record(breakers: CircuitBreakers) -> None:
+    await record(breakers, "s" * 50)
+    await travel(breakers, POLICY.window_s + 1)
+    await record(breakers, "s")
+    ok = breakers.keys.breaker("p") + ":ok"
+    assert await breakers.redis.zcard(ok) == 1, "successes older than the window are kept"
+    ttl_ms = await breakers.redis.pttl(ok)
+    assert 0 < ttl_ms <= POLICY.window_s * 1000
+
+
+_SKEWED_WORKER = """
+import asyncio, json, sys, time
+real = time.time
+time.time = lambda: real() + float(sys.argv[3])  # this host's clock is off
+from redis.asyncio import Redis
+from echotune.common.breaker import BreakerPolicy, CircuitBreakers, Outcome
+from echotune.common.keys import Keys
+
+async def main():
+    redis = Redis.from_url(sys.argv[1], decode_responses=True)
+    policy = BreakerPolicy(**json.loads(sys.argv[4]))
+    breakers = CircuitBreakers(redis, Keys(sys.argv[2]), policy)
+    for _ in range(policy.consecutive_failures):
+        await breakers.record("p", Outcome.FAILURE)
+    await redis.aclose()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("skew_s", [3600, -3600])
+async def test_breaker_time_is_redis_time_not_the_workers(
+    redis: Redis, redis_server_url: str, skew_s: int
+) -> None:
+    """A worker whose clock is an hour off trips the breaker; others see the right cool-down."""
+    namespace = f"t{uuid.uuid4().hex[:8]}"
+    policy = {"cooldown_s": 1.0, "consecutive_failures": 3, "probe_timeout_s": 5.0}
+    worker = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-c", _SKEWED_WORKER, redis_server_url, namespace],
+        *[str(skew_s), json.dumps(policy)],
+    )
+    assert await asyncio.wait_for(worker.wait(), 60) == 0
+    breakers = CircuitBreakers(redis, Keys(namespace), BreakerPolicy(**policy))
+    snap = await breakers.snapshot("p")
+    assert snap.state is BreakerState.OPEN
+    first = await breakers.acquire("p")
+    assert not first.allowed, "the cool-down was skipped"
+    deadline = time.monotonic() + 15
+    while not (permit := await breakers.acquire("p")).allowed:
+        assert time.monotonic() < deadline, f"still {permit.reason} long after the cool-down"
+        await asyncio.sleep(0.1)
+    assert permit.probe
+    assert snap.opened_at == pytest.approx(await redis_now(redis), abs=20)

@@ -1,21 +1,34 @@
 """Circuit breaker per provider, kept in Redis so that every worker shares it.
 
-Every decision and transition runs in one Lua script, so it is atomic across processes.
+Every decision and transition runs in one Lua script, so it is atomic across processes, and
+every time is Redis' own (``TIME``): workers' clocks may disagree, Redis' is the one they share.
 
 * closed → open: at least ``min_calls`` calls in the rolling ``window_s`` with a failure
   rate ≥ ``failure_rate``, or ``consecutive_failures`` failures in a row.
 * open → half-open: after a cool-down of ``cooldown_s · 2^(trips−1)`` (capped at
   ``cooldown_cap_s``), the next caller takes the single probe lease; nobody else passes
-  while the probe runs (the lease expires after ``probe_timeout_s`` if its holder dies).
-* half-open → closed on the probe's success, → open (longer cool-down) on its failure.
+  while the probe runs.
+* The probe lease carries a fencing token (``Permit.token``, increasing forever). Only the
+  current holder's outcome decides half-open: success → closed, failure → open (longer
+  cool-down). Any other outcome (a call admitted before the trip, a probe whose lease was
+  taken over) is an ordinary observation: it counts in the windows and may trip a closed
+  breaker, never flip a half-open one.
+* The lease lasts ``probe_timeout_s`` and its holder renews it while the probe runs
+  (:meth:`CircuitBreakers.holding`), so a long answer keeps it and a dead holder loses it.
 * A 429 is not a failure: it sets a rate-limit cool-down of its ``Retry-After`` during which
   the provider is skipped. A cancelled call counts for nothing (and frees a probe lease).
+
+Memory: the hash is one per provider; the ``:ok``/``:fail`` windows are pruned to
+``window_s`` on every record and expire ``window_s`` after the last one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -24,6 +37,8 @@ from redis.asyncio import Redis
 
 from echotune.common.keys import Keys
 from echotune.common.messages import BreakerState
+
+log = logging.getLogger(__name__)
 
 
 class Outcome(StrEnum):
@@ -41,18 +56,23 @@ class BreakerPolicy:
     consecutive_failures: int = 5
     cooldown_s: float = 30.0
     cooldown_cap_s: float = 300.0
-    probe_timeout_s: float = 60.0
+    probe_timeout_s: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
 class Permit:
-    """The answer to "may I call this provider now?"."""
+    """The answer to "may I call this provider now?"; a probe's carries its fencing token."""
 
+    provider: str
     allowed: bool
     state: BreakerState
-    probe: bool = False
+    token: int | None = None
     reason: str | None = None
     retry_at: float | None = None
+
+    @property
+    def probe(self) -> bool:
+        return self.token is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,35 +94,60 @@ class BreakerSnapshot:
     rate_limited_until: float | None
 
 
-_ACQUIRE = """
-local h = KEYS[1]
-local now = tonumber(ARGV[1])
-local probe_ms = tonumber(ARGV[2])
+# Redis' clock in ms; scripts are replicated by effects (Redis ≥ 5 default, 7 only), so
+# reading TIME before writing is allowed.
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: hash. ARGV: lease ms. → {0 refused | 1 allowed | 2 probe, state, reason, wait ms, token}
+_ACQUIRE = (
+    _NOW
+    + """
+local h, lease_ms = KEYS[1], tonumber(ARGV[1])
 local state = redis.call('HGET', h, 'state') or 'closed'
-local rl = tonumber(redis.call('HGET', h, 'rl_until') or '0')
 if state == 'closed' then
-  if now < rl then return {0, state, 'rate_limited', rl} end
-  return {1, state, '', 0}
+  local rl = tonumber(redis.call('HGET', h, 'rl_until') or '0')
+  if now < rl then return {0, state, 'rate_limited', rl - now, 0} end
+  return {1, state, '', 0, 0}
 end
 if state == 'open' then
   local until_ms = tonumber(redis.call('HGET', h, 'open_until') or '0')
-  if now < until_ms then return {0, state, 'breaker_open', until_ms} end
-  redis.call('HSET', h, 'state', 'half_open', 'probe_until', now + probe_ms)
-  return {2, 'half_open', 'open->half_open', 0}
+  if now < until_ms then return {0, state, 'breaker_open', until_ms - now, 0} end
+else
+  local lease = tonumber(redis.call('HGET', h, 'probe_until') or '0')
+  if now < lease then return {0, state, 'probe_in_flight', lease - now, 0} end
 end
-local probe_until = tonumber(redis.call('HGET', h, 'probe_until') or '0')
-if now < probe_until then return {0, state, 'probe_in_flight', probe_until} end
-redis.call('HSET', h, 'probe_until', now + probe_ms)
-return {2, state, '', 0}
+local token = redis.call('HINCRBY', h, 'probe_token', 1)
+redis.call('HSET', h, 'state', 'half_open', 'probe_until', now + lease_ms)
+return {2, 'half_open', '', 0, token}
 """
+)
 
-_RECORD = """
+# KEYS: hash. ARGV: token, lease ms. → 1 when the token holds the lease (now extended), else 0.
+# A lease released by its outcome (probe_until 0) is not held any more.
+_RENEW = (
+    _NOW
+    + """
+local h = KEYS[1]
+if redis.call('HGET', h, 'state') ~= 'half_open' then return 0 end
+if redis.call('HGET', h, 'probe_token') ~= ARGV[1] then return 0 end
+if tonumber(redis.call('HGET', h, 'probe_until') or '0') == 0 then return 0 end
+redis.call('HSET', h, 'probe_until', now + tonumber(ARGV[2]))
+return 1
+"""
+)
+
+# KEYS: hash, ok window, fail window. ARGV: outcome, token ('' if none), retry ms, window ms,
+# failure rate, min calls, consecutive failures, cool-down ms, cap ms. → {old state, new state}
+_RECORD = (
+    _NOW
+    + """
 local h, ok, fail = KEYS[1], KEYS[2], KEYS[3]
-local now = tonumber(ARGV[1])
-local outcome, probe = ARGV[2], ARGV[3] == '1'
-local retry_ms, window_ms = tonumber(ARGV[4]), tonumber(ARGV[5])
-local rate, min_calls, max_consecutive = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local cooldown_ms, cap_ms, member = tonumber(ARGV[9]), tonumber(ARGV[10]), ARGV[11]
+local outcome, token, retry_ms, window_ms = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local rate, min_calls, max_consecutive = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local cooldown_ms, cap_ms = tonumber(ARGV[8]), tonumber(ARGV[9])
 local state = redis.call('HGET', h, 'state') or 'closed'
 local function trip()
   local trips = tonumber(redis.call('HGET', h, 'trips') or '0') + 1
@@ -112,94 +157,140 @@ local function trip()
   redis.call('DEL', ok, fail)
   return 'open'
 end
-local new = state
-if outcome == 'ignored' then
-  if probe and state == 'half_open' then redis.call('HSET', h, 'probe_until', 0) end
-elseif outcome == 'rate_limited' then
-  redis.call('HSET', h, 'rl_until', now + retry_ms)
-  if probe and state == 'half_open' then
+if outcome == 'rate_limited' then redis.call('HSET', h, 'rl_until', now + retry_ms) end
+if state == 'half_open' and token ~= '' and redis.call('HGET', h, 'probe_token') == token then
+  if outcome == 'ignored' then
+    redis.call('HSET', h, 'probe_until', 0)
+    return {state, state}
+  elseif outcome == 'rate_limited' then
     redis.call('HSET', h, 'state', 'open', 'open_until', now + retry_ms, 'probe_until', 0)
-    new = 'open'
-  end
-elseif outcome == 'success' then
-  redis.call('HSET', h, 'consecutive', 0)
-  if state == 'half_open' then
-    redis.call('HSET', h, 'state', 'closed', 'trips', 0, 'probe_until', 0)
-    redis.call('HDEL', h, 'opened_at', 'open_until')
+    return {state, 'open'}
+  elseif outcome == 'success' then
+    redis.call('HSET', h, 'state', 'closed', 'trips', 0, 'consecutive', 0)
+    redis.call('HDEL', h, 'opened_at', 'open_until', 'probe_until')
     redis.call('DEL', ok, fail)
-    new = 'closed'
-  else
-    redis.call('ZADD', ok, now, member)
+    return {state, 'closed'}
   end
-else
-  local consecutive = redis.call('HINCRBY', h, 'consecutive', 1)
-  if state == 'half_open' then
-    new = trip()
-  elseif state == 'closed' then
-    redis.call('ZADD', fail, now, member)
-    redis.call('ZREMRANGEBYSCORE', ok, '-inf', now - window_ms)
-    redis.call('ZREMRANGEBYSCORE', fail, '-inf', now - window_ms)
-    local fails = redis.call('ZCARD', fail)
-    local calls = fails + redis.call('ZCARD', ok)
-    if consecutive >= max_consecutive or (calls >= min_calls and fails / calls >= rate) then
-      new = trip()
-    end
-  end
+  redis.call('HINCRBY', h, 'consecutive', 1)
+  return {state, trip()}
 end
+if outcome ~= 'success' and outcome ~= 'failure' then return {state, state} end
+local consecutive = 0
+if outcome == 'success' then
+  redis.call('HSET', h, 'consecutive', 0)
+else
+  consecutive = redis.call('HINCRBY', h, 'consecutive', 1)
+end
+local member = redis.call('HINCRBY', h, 'seq', 1)
+redis.call('ZADD', outcome == 'success' and ok or fail, now, member)
+redis.call('ZREMRANGEBYSCORE', ok, '-inf', now - window_ms)
+redis.call('ZREMRANGEBYSCORE', fail, '-inf', now - window_ms)
 redis.call('PEXPIRE', ok, window_ms)
 redis.call('PEXPIRE', fail, window_ms)
-return {state, new}
+if state ~= 'closed' or outcome == 'success' then return {state, state} end
+local fails = redis.call('ZCARD', fail)
+local calls = fails + redis.call('ZCARD', ok)
+if consecutive >= max_consecutive or (calls >= min_calls and fails / calls >= rate) then
+  return {state, trip()}
+end
+return {state, state}
 """
+)
+
+# KEYS: hash, ok window, fail window. ARGV: window ms. → {now, fields..., ok count, fail count}
+_SNAPSHOT = (
+    _NOW
+    + """
+local since = now - tonumber(ARGV[1])
+return {now, redis.call('HGETALL', KEYS[1]),
+        redis.call('ZCOUNT', KEYS[2], since, '+inf'), redis.call('ZCOUNT', KEYS[3], since, '+inf')}
+"""
+)
 
 
 class CircuitBreakers:
     """The breakers of all providers in one namespace."""
 
-    def __init__(
-        self,
-        redis: Redis,
-        keys: Keys,
-        policy: BreakerPolicy | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, redis: Redis, keys: Keys, policy: BreakerPolicy | None = None) -> None:
         self.redis, self.keys = redis, keys
         self.policy = policy or BreakerPolicy()
-        self._clock = clock
         self._acquire = redis.register_script(_ACQUIRE)
+        self._renew = redis.register_script(_RENEW)
         self._record = redis.register_script(_RECORD)
-        self._seq = 0
+        self._snapshot = redis.register_script(_SNAPSHOT)
 
-    def _now_ms(self) -> int:
-        return int(self._clock() * 1000)
+    def _keys(self, provider: str) -> list[str]:
+        key = self.keys.breaker(provider)
+        return [key, f"{key}:ok", f"{key}:fail"]
+
+    @property
+    def _lease_ms(self) -> int:
+        return int(self.policy.probe_timeout_s * 1000)
 
     async def acquire(self, provider: str) -> Permit:
         """May ``provider`` be called now? A granted probe must be followed by ``record``."""
-        probe_ms = int(self.policy.probe_timeout_s * 1000)
-        allowed, state, reason, until = await self._acquire(
-            keys=[self.keys.breaker(provider)], args=[self._now_ms(), probe_ms]
+        allowed, state, reason, wait_ms, token = await self._acquire(
+            keys=[self.keys.breaker(provider)], args=[self._lease_ms]
         )
         return Permit(
+            provider=provider,
             allowed=int(allowed) > 0,
             state=BreakerState(state),
-            probe=int(allowed) == 2,
+            token=int(token) if int(allowed) == 2 else None,
             reason=str(reason) or None,
-            retry_at=int(until) / 1000 if int(until) else None,
+            retry_at=time.time() + int(wait_ms) / 1000 if int(wait_ms) else None,
         )
 
+    async def renew(self, permit: Permit) -> bool:
+        """Extend a probe's lease; ``False`` when it no longer holds it (or is no probe)."""
+        if permit.token is None:
+            return False
+        held = await self._renew(
+            keys=[self.keys.breaker(permit.provider)], args=[permit.token, self._lease_ms]
+        )
+        return bool(int(held))
+
+    @contextlib.asynccontextmanager
+    async def holding(self, permit: Permit) -> AsyncIterator[None]:
+        """Renew a probe's lease every third of it while the body runs; no-op for others."""
+        if permit.token is None:
+            yield
+            return
+        done = asyncio.Event()
+        keeper = asyncio.create_task(self._keep(permit, done), name=f"lease-{permit.provider}")
+        try:
+            yield
+        finally:
+            done.set()  # stops the keeper even if a Redis call swallows its cancellation
+            keeper.cancel()
+
+    async def _keep(self, permit: Permit, done: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(self.policy.probe_timeout_s / 3)
+            if done.is_set():
+                return
+            try:
+                if not await self.renew(permit):
+                    log.warning("probe lease of %s was lost", permit.provider)
+                    return
+            except Exception:
+                log.warning("could not renew the probe lease of %s", permit.provider)
+
     async def record(
-        self, provider: str, outcome: Outcome, *, probe: bool = False, retry_after_s: float = 0
+        self,
+        provider: str,
+        outcome: Outcome,
+        *,
+        token: int | None = None,
+        retry_after_s: float = 0,
     ) -> Transition | None:
-        """Record a call's outcome; the state change it caused, if any."""
+        """Record a call's outcome (``token``: its probe's); the state change it caused."""
         p = self.policy
-        self._seq += 1
-        now = self._now_ms()
-        key = self.keys.breaker(provider)
         old, new = await self._record(
-            keys=[key, f"{key}:ok", f"{key}:fail"],
+            keys=self._keys(provider),
             args=[
-                now,
                 outcome.value,
-                "1" if probe else "0",
+                "" if token is None else token,
                 int(retry_after_s * 1000),
                 int(p.window_s * 1000),
                 p.failure_rate,
@@ -207,7 +298,6 @@ class CircuitBreakers:
                 p.consecutive_failures,
                 int(p.cooldown_s * 1000),
                 int(p.cooldown_cap_s * 1000),
-                f"{now}:{id(self)}:{self._seq}",
             ],
         )
         if old == new:
@@ -215,18 +305,11 @@ class CircuitBreakers:
         return Transition(provider, BreakerState(old), BreakerState(new))
 
     async def snapshot(self, provider: str) -> BreakerSnapshot:
-        key = self.keys.breaker(provider)
-        now = self._now_ms()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(key)
-            pipe.zcount(f"{key}:ok", now - int(self.policy.window_s * 1000), "+inf")
-            pipe.zcount(f"{key}:fail", now - int(self.policy.window_s * 1000), "+inf")
-            fields, ok, fail = await pipe.execute()
-        return _snapshot(fields, int(ok), int(fail), now)
-
-    async def reset(self, provider: str) -> None:
-        key = self.keys.breaker(provider)
-        await self.redis.delete(key, f"{key}:ok", f"{key}:fail")
+        now, flat, ok, fail = await self._snapshot(
+            keys=self._keys(provider), args=[int(self.policy.window_s * 1000)]
+        )
+        fields = dict(zip(flat[::2], flat[1::2], strict=True))
+        return _snapshot(fields, int(ok), int(fail), int(now))
 
 
 def _snapshot(fields: dict[str, Any], ok: int, fail: int, now: int) -> BreakerSnapshot:

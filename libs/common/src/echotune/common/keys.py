@@ -80,6 +80,10 @@ class Keys:
         """Hash: API key id → JSON with the key's SHA-256, user id, name, revoked flag."""
         return f"{self.namespace}:api-keys"
 
+    def sessions(self, key_id: str) -> str:
+        """Sorted set of the live browser sessions issued from one API key, by expiry (ms)."""
+        return f"{self.namespace}:sessions:{{{key_id}}}"
+
     def rate_limit(self, scope: str, subject: str) -> str:
         """Sorted set of one user's or IP's chat starts in the last minute, by start time."""
         return f"{self.namespace}:rate:{scope}:{subject}"

@@ -60,7 +60,9 @@ class BreakerSettings(BaseSettings):
     consecutive_failures: int = Field(5, ge=1)
     cooldown_s: float = Field(30.0, gt=0)
     cooldown_cap_s: float = Field(300.0, gt=0)
-    probe_timeout_s: float = Field(60.0, gt=0)
+    probe_timeout_s: float = Field(
+        15.0, gt=0, description="Lease of the half-open probe; renewed while the probe runs"
+    )
 
     def policy(self) -> BreakerPolicy:
         return BreakerPolicy(**self.model_dump())

@@ -21,6 +21,7 @@ from echotune.gateway import health, proxy
 from echotune.gateway.auth import routes as auth_routes
 from echotune.gateway.auth.keys import ApiKeyStore
 from echotune.gateway.auth.service import DEV_USER, Authenticator
+from echotune.gateway.auth.sessions import SessionStore
 from echotune.gateway.bodylimit import BodySizeLimitMiddleware
 from echotune.gateway.chat import routes as chat_routes
 from echotune.gateway.chat.relay import StreamRelay
@@ -72,7 +73,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     api_keys = ApiKeyStore(redis, keys)
     if settings.dev_api_key is not None:
         await api_keys.install(settings.dev_api_key.get_secret_value(), DEV_USER, "dev key")
-    app.state.auth = Authenticator.from_settings(api_keys, settings)
+    app.state.auth = Authenticator.from_settings(
+        api_keys, SessionStore(redis, settings.keys), settings
+    )
     app.state.analytics = httpx.AsyncClient(
         base_url=settings.analytics_url, timeout=settings.analytics_timeout_s
     )

@@ -1,11 +1,14 @@
 """Analytics pass-through: the gateway is the only public API.
 
 Requests go to the analytics service with the caller's user id imposed on ``user_id``, so a
-user only ever reads their own listening data and conversations.
+user only ever reads their own listening data and conversations. Only the routes of
+:data:`ROUTES` are forwarded, and only when the path is sent exactly as listed: a dot segment,
+an encoded character (``%2e``, ``%2f``, double encoding…) or a backslash is a 404.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import httpx
@@ -17,6 +20,18 @@ from echotune.gateway.errors import ApiError
 router = APIRouter(tags=["analytics"], dependencies=AUTHENTICATED)
 
 FORWARDED_HEADERS = ("accept", "x-request-id")
+# A path segment naming a conversation: no dot segment, separator or percent sign can match.
+_ID_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}"
+ROUTES = (
+    "/api/analytics/providers",
+    "/api/analytics/providers/timeseries",
+    "/api/analytics/listening-patterns",
+    "/api/insights/engagement",
+    "/api/conversations",
+    f"/api/conversations/{_ID_SEGMENT}",
+)
+"""The analytics routes the gateway forwards (regular expressions of raw paths)."""
+_KNOWN = re.compile("|".join(f"(?:{route})" for route in ROUTES))
 
 
 def _client(request: Request) -> httpx.AsyncClient:
@@ -27,15 +42,25 @@ def _client(request: Request) -> httpx.AsyncClient:
 AnalyticsDep = Annotated[httpx.AsyncClient, Depends(_client)]
 
 
+def upstream_path(request: Request) -> str:
+    """The path to forward: the request's, as sent, when it names a known route; else 404."""
+    raw: bytes | None = request.scope.get("raw_path")
+    path = raw.decode("latin-1") if raw is not None else request.url.path
+    if path != request.url.path or not _KNOWN.fullmatch(path):
+        raise ApiError(404, "not_found", "no such analytics route")
+    return path
+
+
 async def forward(request: Request, client: httpx.AsyncClient, user_id: str) -> Response:
     params: list[tuple[str, str | int | float | bool | None]] = [
         (k, v) for k, v in request.query_params.multi_items() if k != "user_id"
     ]
     params.append(("user_id", user_id))
+    path = upstream_path(request)
     headers = {k: v for k, v in request.headers.items() if k in FORWARDED_HEADERS}
     headers["x-request-id"] = request.state.request_id
     try:
-        upstream = await client.get(request.url.path, params=params, headers=headers)
+        upstream = await client.get(path, params=params, headers=headers)
     except httpx.TimeoutException as exc:
         raise ApiError(
             504, "analytics_timeout", "the analytics service did not answer in time"

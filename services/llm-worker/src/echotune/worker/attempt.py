@@ -70,7 +70,8 @@ class Attempt:
         error_code: str | None = "cancelled"
         finish: Finish | None = None
         try:
-            finish = await self._stream(request)
+            async with self.ctx.breakers.holding(self.permit):
+                finish = await self._stream(request)
             outcome, error_code = Outcome.SUCCESS, None
             return finish
         except ProviderError as error:
@@ -148,7 +149,7 @@ class Attempt:
         name = self.config.name
         try:
             transition = await self.ctx.breakers.record(
-                name, outcome, probe=self.permit.probe, retry_after_s=retry_after
+                name, outcome, token=self.permit.token, retry_after_s=retry_after
             )
             if transition:
                 log.warning("breaker %s: %s -> %s", name, transition.old, transition.new)

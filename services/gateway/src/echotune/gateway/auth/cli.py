@@ -9,6 +9,7 @@ import sys
 
 from echotune.common.redis import create_redis
 from echotune.gateway.auth.keys import ApiKeyStore, public
+from echotune.gateway.auth.sessions import SessionStore
 from echotune.gateway.settings import GatewaySettings
 
 
@@ -18,7 +19,9 @@ def parser() -> argparse.ArgumentParser:
     create = commands.add_parser("create", help="create a key and print it once")
     create.add_argument("--user", required=True, help="the user id the key acts as")
     create.add_argument("--name", default="", help="a label, e.g. the device")
-    revoke = commands.add_parser("revoke", help="revoke a key by its id")
+    revoke = commands.add_parser(
+        "revoke", help="revoke a key by its id and end the browser sessions issued from it"
+    )
     revoke.add_argument("key_id")
     commands.add_parser("list", help="list keys (never their secrets)")
     return root
@@ -35,7 +38,8 @@ async def run(args: argparse.Namespace, settings: GatewaySettings) -> int:
             if not await store.revoke(args.key_id):
                 print(f"no key {args.key_id}", file=sys.stderr)
                 return 1
-            print(json.dumps({"key_id": args.key_id, "revoked": True}))
+            ended = await SessionStore(redis, settings.keys).end_all(args.key_id)
+            print(json.dumps({"key_id": args.key_id, "revoked": True, "sessions_ended": ended}))
         else:
             for record in await store.list():
                 print(json.dumps(public(record)))

@@ -86,6 +86,11 @@ class ApiKeyStore:
             return None
         return str(data["user_id"])
 
+    async def is_active(self, key_id: str) -> bool:
+        """The key exists and is not revoked."""
+        record = await self.get(key_id)
+        return record is not None and not record.revoked
+
     async def revoke(self, key_id: str) -> bool:
         raw = await self.redis.hget(self.hash_key, key_id)
         if raw is None:
