@@ -63,7 +63,12 @@ FAMILIES = [
         r"live:[^:]+:\d+",
         "one hash of ≤ ~60 fields per provider and minute; TTL 10 min",
     ),
-    Family("jobs", r"jobs", "trimmed below the oldest pending/undelivered entry (lead's part)"),
+    Family(
+        "jobs",
+        r"jobs",
+        "trimmed every JOBS_TRIM_S below the oldest pending or undelivered entry (job_queue.trim)",
+    ),
+    Family("workers", r"workers", "one sorted set; a member per worker seen in the last 60 s"),
     Family("telemetry", r"telemetry", "≈ TELEMETRY_MAXLEN entries (approximate MAXLEN)"),
     Family("telemetry:dlq", r"telemetry:dlq", "≈ TELEMETRY_DLQ_MAXLEN entries"),
     Family("api-keys", r"api-keys", "one hash; a field per API key created"),
