@@ -13,7 +13,14 @@ from echotune.common.messages import ChatJob
 from echotune.common.providers import ProviderConfig
 from echotune.worker.context import WorkerContext
 from echotune.worker.events import EventWriter
-from echotune.worker.providers.base import Finish, ProviderError, ProviderRequest, TextChunk
+from echotune.worker.providers.base import (
+    Finish,
+    ProviderError,
+    ProviderRequest,
+    StreamItem,
+    TextChunk,
+    ToolCallChunk,
+)
 from echotune.worker.telemetry import AttemptClock
 
 log = logging.getLogger(__name__)
@@ -107,11 +114,19 @@ class Attempt:
                     raise ProviderError("malformed_stream", "stream ended without finish") from exc
                 if isinstance(item, Finish):
                     return item
-                if isinstance(item, TextChunk) and item.text:
-                    self.clock.token()
-                    self.first_token_at = self.first_token_at or time.time()
-                    self.text.append(item.text)
-                    await self.writer.delta(item.text)
+                await self._relay(item)
+
+    async def _relay(self, item: StreamItem) -> None:
+        """Write a piece of the answer (text, logprobs or a tool-call piece) to the stream."""
+        if isinstance(item, TextChunk) and not (item.text or item.logprobs):
+            return
+        self.clock.token()
+        self.first_token_at = self.first_token_at or time.time()
+        if isinstance(item, ToolCallChunk):
+            await self.writer.delta("", tool_calls=[item.delta])
+        elif isinstance(item, TextChunk):
+            self.text.append(item.text)
+            await self.writer.delta(item.text, logprobs=list(item.logprobs) or None)
 
     async def _record(
         self,

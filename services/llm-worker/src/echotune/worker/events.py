@@ -7,6 +7,7 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
+from echotune.common.completion import TokenLogprob, ToolCallDelta
 from echotune.common.keys import Keys
 from echotune.common.messages import ChatEvent, DeltaEvent, encode_event
 from echotune.common.streams import append_final
@@ -35,9 +36,20 @@ class EventWriter:
             self._key, cast(Any, encode_event(event)), maxlen=self._maxlen, approximate=True
         )
 
-    async def delta(self, text: str) -> None:
+    async def delta(
+        self,
+        text: str,
+        *,
+        tool_calls: list[ToolCallDelta] | None = None,
+        logprobs: list[TokenLogprob] | None = None,
+    ) -> None:
         self.deltas += 1
-        event = DeltaEvent(delta=text, t=time.monotonic_ns() if self._stamp else None)
+        event = DeltaEvent(
+            delta=text,
+            tool_calls=tool_calls,
+            logprobs=logprobs,
+            t=time.monotonic_ns() if self._stamp else None,
+        )
         if self.deltas > 1:
             await self.emit(event)
             return
