@@ -7,9 +7,11 @@ OpenAI concepts map as: assistant ``tool_calls`` → ``functionCall`` parts of a
 ``responseMimeType`` (+ ``responseJsonSchema``), ``logprobs``/``top_logprobs`` →
 ``responseLogprobs``/``logprobs``, ``seed``, penalties and ``top_p`` → ``generationConfig``.
 
-Gemini asks for the ``thoughtSignature`` of a function call to come back with it in the
+Gemini (3 and later) wants the ``thoughtSignature`` of a function call back with it in the
 history; the parser appends it to the tool call id (after :data:`SIGNATURE_MARK`), so a client
-that sends the id back sends the signature back.
+that sends the id back sends the signature back. A model turn whose first call has none (it came
+from another provider, or the client made it) gets Google's documented
+:data:`SKIP_SIGNATURE` sentinel.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from echotune.common.messages import ChatMessage, Role
 from echotune.worker.providers.base import ProviderRequest
 
 SIGNATURE_MARK = "__ts__"
+SKIP_SIGNATURE = "skip_thought_signature_validator"
 MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
 
 
@@ -60,7 +63,7 @@ def system_and_contents(messages: list[ChatMessage]) -> tuple[str | None, list[d
             turns[-1][1].extend(parts)
         else:
             turns.append((role, parts))
-    contents = [{"role": role, "parts": _joined(parts)} for role, parts in turns]
+    contents = [{"role": role, "parts": _signed(_joined(parts))} for role, parts in turns]
     return ("\n\n".join(system) if system else None), contents
 
 
@@ -89,6 +92,14 @@ def _response(content: str) -> dict[str, Any]:
     except ValueError:
         value = None
     return value if isinstance(value, dict) else {"output": content}
+
+
+def _signed(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first function call of a turn carries a signature (the sentinel if it had none)."""
+    first = next((part for part in parts if "functionCall" in part), None)
+    if first is not None:
+        first.setdefault("thoughtSignature", SKIP_SIGNATURE)
+    return parts
 
 
 def _joined(parts: list[dict[str, Any]]) -> list[dict[str, Any]]:
