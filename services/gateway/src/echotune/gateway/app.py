@@ -15,7 +15,7 @@ from faststream.redis import RedisBroker
 from echotune.common.breaker import CircuitBreakers
 from echotune.common.logs import configure_logging
 from echotune.common.redis import create_redis, retry_options
-from echotune.gateway import health, proxy
+from echotune.gateway import analytics_docs, health, proxy
 from echotune.gateway.auth import routes as auth_routes
 from echotune.gateway.auth.keys import ApiKeyStore
 from echotune.gateway.auth.service import DEV_USER, Authenticator
@@ -67,12 +67,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         base_url=settings.analytics_url, timeout=settings.analytics_timeout_s
     )
     keeper = asyncio.create_task(chat.keep_readers_alive(), name="reader-keeper")
+    docs = asyncio.create_task(
+        app.state.analytics_docs.fetch_until_known(app.state.analytics), name="analytics-docs"
+    )
     app.state.redis, app.state.relay = redis, relay
     app.state.chat, app.state.providers = chat, providers
     try:
         yield
     finally:
         keeper.cancel()
+        docs.cancel()
         await app.state.analytics.aclose()
         await relay.stop()
         await broker.stop()
@@ -89,6 +93,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.analytics_docs = analytics_docs.AnalyticsDocs()
+    analytics_docs.install(app, app.state.analytics_docs)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
