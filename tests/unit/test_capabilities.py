@@ -110,3 +110,11 @@ def test_tool_history() -> None:
     for kind in (ANTHROPIC, GEMINI):
         (refusal,) = refusals(kind, None, history)
         assert refusal.param == "messages.1.tool_calls.0.function.arguments"
+
+
+def test_temperature_above_one_is_refused_by_anthropic_when_checked() -> None:
+    assert [r.param for r in refusals(ANTHROPIC, None, ASK, 1.5)] == ["temperature"]
+    assert refusals(ANTHROPIC, None, ASK, 1.0) == []
+    assert refusals(ANTHROPIC, None, ASK) == [], "fallbacks clamp it instead"
+    for kind in (OPENAI, GEMINI, DEMO):
+        assert refusals(kind, None, ASK, 2.0) == []

@@ -154,6 +154,7 @@ def test_inconsistent_requests_name_the_field(fields: dict[str, Any], param: str
         ("an/c", {"logprobs": True}, "logprobs"),
         ("an/c", {"seed": 1}, "seed"),
         ("an/c", {"presence_penalty": 1}, "presence_penalty"),
+        ("an/c", {"temperature": 1.5}, "temperature"),
         ("ge/g", {"user": "x"}, "user"),
         ("ge/g", {"tools": [TOOL], "parallel_tool_calls": False}, "parallel_tool_calls"),
         ("demo", {"tools": [TOOL]}, "tools"),

@@ -46,10 +46,19 @@ class Refusal:
 
 
 def refusals(
-    kind: ProviderKind, features: CompletionFeatures | None, messages: Sequence[ChatMessage]
+    kind: ProviderKind,
+    features: CompletionFeatures | None,
+    messages: Sequence[ChatMessage],
+    temperature: float | None = None,
 ) -> list[Refusal]:
-    """Everything of the request a provider of ``kind`` cannot honour (empty: all of it)."""
+    """Everything of the request a provider of ``kind`` cannot honour (empty: all of it).
+
+    ``temperature`` is checked only when given: the OpenAI door refuses above 1 for anthropic,
+    while a fallback (and the SSE door) clamps it to 1, as it always did.
+    """
     found = _history_refusals(kind, messages)
+    if kind is ProviderKind.ANTHROPIC and temperature is not None and temperature > 1:
+        found.append(Refusal("temperature", "anthropic providers take a temperature up to 1"))
     if features is None:
         return found
     set_fields = features.model_dump(exclude_none=True)

@@ -31,7 +31,7 @@ def to_chat_input(
     features = features_of(request)
     config = registry.get(provider)
     assert config is not None  # resolve_model found it
-    if refused := refusals(config.kind, features, messages):
+    if refused := refusals(config.kind, features, messages, request.temperature):
         raise _unsupported(refused[0], provider)
     options = ChatOptions(
         temperature=request.temperature,
