@@ -42,6 +42,9 @@ CASES: list[tuple[dict[str, Any], set[ProviderKind]]] = [
     ({"frequency_penalty": -0.5}, {ANTHROPIC}),
     ({"top_p": 0.9}, set()),
     ({"user": "end-user-42"}, {GEMINI, DEMO}),
+    # values that ask for nothing beyond the default are honoured everywhere
+    ({"logprobs": False}, set()),
+    ({"presence_penalty": 0, "frequency_penalty": 0.0}, set()),
 ]
 
 

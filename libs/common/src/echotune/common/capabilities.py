@@ -37,6 +37,15 @@ UNSUPPORTED: dict[ProviderKind, frozenset[str]] = {
 }
 
 
+# Values that ask for nothing beyond the default: honoured by every kind.
+NEUTRAL: dict[str, object] = {
+    "logprobs": False,
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "parallel_tool_calls": True,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """A request field the provider cannot honour, and why."""
@@ -64,8 +73,8 @@ def refusals(
     set_fields = features.model_dump(exclude_none=True)
     found += [
         Refusal(name, f"`{name}` is not supported by {kind.value} providers")
-        for name in set_fields
-        if name in UNSUPPORTED[kind]
+        for name, value in set_fields.items()
+        if name in UNSUPPORTED[kind] and (name not in NEUTRAL or value != NEUTRAL[name])
     ]
     return found + _feature_refusals(kind, features)
 
