@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
 import pytest
+from openai import AsyncOpenAI
 
 from echotune.fake_llm import FakeUpstream
+from tests.conftest import API_KEY, Stack
 
 
 @pytest.fixture
 def upstream(client: httpx.AsyncClient, fake_llm: str) -> FakeUpstream:
     return FakeUpstream(client, fake_llm)
+
+
+@pytest.fixture
+async def sdk(stack: Stack) -> AsyncIterator[AsyncOpenAI]:
+    """The official OpenAI SDK pointed at the shared stack's OpenAI door."""
+    async with AsyncOpenAI(base_url=f"{stack.url}/v1", api_key=API_KEY, max_retries=0) as client:
+        yield client

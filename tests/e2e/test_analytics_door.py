@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -13,7 +16,7 @@ from redis.asyncio import Redis
 from deploy.local.processes import PYTHON, ROOT, start_analytics
 from echotune.common.keys import Keys
 from echotune.gateway.auth.keys import ApiKeyStore
-from tests.conftest import Stack, start_stack
+from tests.conftest import AUTH, Stack, start_stack
 from tests.e2e.test_fuzz import cases_generated, run_schemathesis
 from tests.support.telemetry import with_database
 
@@ -108,4 +111,61 @@ async def test_analytics_survives_fuzzing(analytics_url: tuple[str, str]) -> Non
     code, report = await run_schemathesis(analytics_url[0])
     print(report[-1200:])
     assert code == 0, report[-4000:]
+    assert cases_generated(report) >= 1000
+
+
+PROXIED = (
+    "/api/analytics/providers",
+    "/api/analytics/providers/timeseries",
+    "/api/analytics/listening-patterns",
+    "/api/insights/engagement",
+    "/api/conversations",
+    "/api/conversations/{conversation_id}",
+)
+
+
+async def gateway_schema(stack: Stack, deadline_s: float = 30.0) -> dict[str, Any]:
+    """The gateway's OpenAPI once it has merged the analytics schema (read at its start)."""
+    ends = time.monotonic() + deadline_s
+    async with httpx.AsyncClient(base_url=stack.url, timeout=10) as http:
+        while True:
+            schema: dict[str, Any] = (await http.get("/openapi.json")).json()
+            if "/api/insights/engagement" in schema["paths"] or time.monotonic() > ends:
+                return schema
+            await asyncio.sleep(0.2)
+
+
+async def test_gateway_docs_list_every_analytics_parameter(
+    door: Stack, analytics_url: tuple[str, str]
+) -> None:
+    ours = await gateway_schema(door)
+    async with httpx.AsyncClient(base_url=analytics_url[0]) as http:
+        theirs = (await http.get("/openapi.json")).json()
+    for path in PROXIED:
+        mine = {p["name"] for p in ours["paths"][path]["get"].get("parameters", [])}
+        real = {p["name"] for p in theirs["paths"][path]["get"].get("parameters", [])}
+        assert mine == real - {"user_id"}, path
+    assert "/api/analytics/{path}" not in ours["paths"]
+    async with httpx.AsyncClient(base_url=door.url, headers=AUTH) as http:
+        docs = await http.get("/docs")
+    assert docs.status_code == 200
+
+
+@pytest.mark.timeout(600)  # ~2,000 cases through gateway, analytics and SecantusDB
+async def test_gateway_analytics_routes_survive_fuzzing_and_match_their_docs(door: Stack) -> None:
+    """Schemathesis generates from the gateway's own document, reaching analytics through the
+    gateway; every answer must conform to the documented status codes and models."""
+    assert "/api/insights/engagement" in (await gateway_schema(door))["paths"]
+    code, report = await run_schemathesis(
+        door.url,
+        "--include-path-regex",
+        "^/api/(analytics|insights|conversations)",
+        checks="not_a_server_error,json_error_body,status_code_conformance,"
+        "content_type_conformance,response_schema_conformance",
+    )
+    print(report[-1500:])
+    assert code == 0, report[-4000:]
+    tested = re.search(r"Tested: (\d+)", report)
+    assert tested, report[-2000:]
+    assert int(tested.group(1)) == len(PROXIED)
     assert cases_generated(report) >= 1000

@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 import openai
 import pytest
 from openai import AsyncOpenAI
 
 from echotune.fake_llm import FakeUpstream
-from tests.conftest import API_KEY, Stack
 
 TOKENS = ["Blue", " in", " Green"]
 ASK = [{"role": "user", "content": "a jazz album?"}]
-
-
-@pytest.fixture
-async def sdk(stack: Stack) -> AsyncIterator[AsyncOpenAI]:
-    async with AsyncOpenAI(base_url=f"{stack.url}/v1", api_key=API_KEY, max_retries=0) as client:
-        yield client
 
 
 async def test_streaming(sdk: AsyncOpenAI, upstream: FakeUpstream, rid: str) -> None:

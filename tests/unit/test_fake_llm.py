@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 import uuid
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from echotune.common.completion import CompletionFeatures
 from echotune.common.messages import ChatMessage, FinishReason, Role
 from echotune.common.providers import ProviderConfig, ProviderKind
 from echotune.fake_llm.server import (
@@ -31,6 +33,7 @@ from echotune.worker.providers.base import (
     ProviderRequest,
     StreamItem,
     TextChunk,
+    ToolCallChunk,
     make_client,
 )
 
@@ -266,6 +269,135 @@ async def test_many_concurrent_streams(fake: RunningFakeLLM, http: httpx.AsyncCl
     )
     assert all(isinstance(items[-1], Finish) for items in results)
     assert {text_of(items) for items in results} == {"".join(default_tokens(DEFAULT_TOKENS))}
+
+
+HTTP_KINDS = [ProviderKind.OPENAI, ProviderKind.ANTHROPIC, ProviderKind.GEMINI]
+WEATHER = {"type": "function", "function": {"name": "get_weather"}}
+
+
+def tool_calls_of(items: list[StreamItem]) -> list[tuple[str, str]]:
+    """(name, arguments) per streamed call, its pieces joined."""
+    names: dict[int, str] = {}
+    arguments: dict[int, str] = {}
+    for item in items:
+        if isinstance(item, ToolCallChunk) and item.delta.function is not None:
+            index = item.delta.index
+            names[index] = item.delta.function.name or names.get(index, "")
+            arguments[index] = arguments.get(index, "") + (item.delta.function.arguments or "")
+    return [(names[i], arguments[i]) for i in sorted(names)]
+
+
+@pytest.mark.parametrize("kind", HTTP_KINDS)
+async def test_tool_calls_in_each_wire_format(
+    fake: RunningFakeLLM, http: httpx.AsyncClient, rid: str, kind: ProviderKind
+) -> None:
+    calls = [
+        {"name": "get_weather", "arguments": {"city": "Paris"}},
+        {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+    ]
+    await script(fake, http, rid, {"tokens": ["Checking. "], "tool_calls": calls})
+    features = CompletionFeatures.model_validate({"tools": [WEATHER]})
+    items = await drain(provider(fake, kind, http), request(rid, features=features))
+    assert text_of(items) == "Checking. "
+    assert [(name, json.loads(args)) for name, args in tool_calls_of(items)] == [
+        ("get_weather", {"city": "Paris"}),
+        ("get_weather", {"city": "Oslo"}),
+    ]
+    assert items[-1] == Finish(FinishReason.TOOL_CALLS, items[-1].usage)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("kind", HTTP_KINDS)
+async def test_json_mode_in_each_wire_format(
+    fake: RunningFakeLLM, http: httpx.AsyncClient, rid: str, kind: ProviderKind
+) -> None:
+    await script(fake, http, rid, {"json": {"album": "Blue", "tracks": [1, 2]}})
+    features = CompletionFeatures.model_validate({"response_format": {"type": "json_object"}})
+    items = await drain(provider(fake, kind, http), request(rid, features=features))
+    assert json.loads(text_of(items)) == {"album": "Blue", "tracks": [1, 2]}
+    assert sum(isinstance(i, TextChunk) for i in items) > 1, "the document streams in pieces"
+    assert tool_calls_of(items) == []
+    default = await drain(provider(fake, kind, http), request(f"{rid}-d", features=features))
+    assert json.loads(text_of(default)) == {
+        "answer": "".join(default_tokens(DEFAULT_TOKENS)).strip()
+    }
+
+
+@pytest.mark.parametrize("kind", [ProviderKind.OPENAI, ProviderKind.GEMINI])
+async def test_logprobs_when_asked(
+    fake: RunningFakeLLM, http: httpx.AsyncClient, rid: str, kind: ProviderKind
+) -> None:
+    await script(fake, http, rid, {"tokens": ["a", "b", "c"], "logprobs": [-1.5]})
+    features = CompletionFeatures.model_validate({"logprobs": True, "top_logprobs": 3})
+    items = await drain(provider(fake, kind, http), request(rid, features=features))
+    tokens = [t for i in items if isinstance(i, TextChunk) for t in i.logprobs]
+    assert [(t.token, t.logprob) for t in tokens] == [("a", -1.5), ("b", -0.2), ("c", -0.3)]
+    assert [(t.token, t.logprob) for t in tokens[0].top_logprobs] == [
+        ("a", -1.5),
+        ("alt1", -2.5),
+        ("alt2", -3.5),
+    ]
+    plain = await drain(provider(fake, kind, http), request(f"{rid}-p"))
+    assert all(not i.logprobs for i in plain if isinstance(i, TextChunk))
+
+
+ANTHROPIC_ASK = {"model": "m", "max_tokens": 5, "stream": True}
+TOOL_USE = {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}
+GEMINI_CALL = {"functionCall": {"name": "f", "args": {}}}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "complaint"),
+    [
+        ("/v1/chat/completions", {"messages": [], "logit_bias": {}}, "logit_bias"),
+        (
+            "/v1/chat/completions",
+            {"messages": [{"role": "tool", "tool_call_id": "x", "content": "r"}]},
+            "role 'tool'",
+        ),
+        ("/v1/messages", {**ANTHROPIC_ASK, "seed": 1, "messages": []}, "seed"),
+        (
+            "/v1/messages",
+            {
+                **ANTHROPIC_ASK,
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": [TOOL_USE]},
+                    {"role": "user", "content": "no result"},
+                ],
+            },
+            "tool_result",
+        ),
+        (
+            "/v1/messages",
+            {**ANTHROPIC_ASK, "messages": [{"role": "assistant", "content": "first"}]},
+            "first message",
+        ),
+        (
+            "/v1beta/models/m:streamGenerateContent?alt=sse",
+            {"contents": [{"role": "model", "parts": [GEMINI_CALL]}]},
+            "thought_signature",
+        ),
+        (
+            "/v1beta/models/m:streamGenerateContent?alt=sse",
+            {"contents": [], "generationConfig": {"user": "x"}},
+            "user",
+        ),
+    ],
+)
+async def test_refuses_what_the_real_api_refuses(
+    fake: RunningFakeLLM, http: httpx.AsyncClient, path: str, body: Any, complaint: str
+) -> None:
+    response = await http.post(f"{fake.url}{path}", json=body)
+    assert response.status_code == 400
+    assert complaint in json.dumps(response.json())
+
+
+async def test_bad_scripted_tool_calls_are_refused(
+    fake: RunningFakeLLM, http: httpx.AsyncClient, rid: str
+) -> None:
+    for step in ({"tool_calls": [{"arguments": "{}"}]}, {"logprobs": ["x"]}):
+        response = await http.put(f"{fake.url}/_control/scripts/{rid}", json={"attempts": [step]})
+        assert response.status_code == 400
 
 
 async def test_cli_announces_its_port() -> None:

@@ -22,6 +22,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic.alias_generators import to_camel
 
+from echotune.common.completion import CompletionFeatures, TokenLogprob, ToolCall, ToolCallDelta
+
 SCHEMA_VERSION: Literal[1] = 1
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,63}$"
 RequestId = Annotated[str, Field(pattern=REQUEST_ID_PATTERN)]
@@ -50,11 +52,14 @@ class Role(StrEnum):
     SYSTEM = "system"
     USER = "user"
     ASSISTANT = "assistant"
+    TOOL = "tool"
 
 
 class ChatMessage(Contract):
     role: Role
     content: str
+    tool_calls: list[ToolCall] | None = Field(None, description="Assistant only: calls it made")
+    tool_call_id: str | None = Field(None, description="Tool only: the call this answers")
 
 
 class ChatOptions(Contract):
@@ -82,6 +87,9 @@ class ChatJob(Contract):
     model: str
     fallbacks: list[str] = Field(default_factory=list)
     options: ChatOptions = Field(default_factory=ChatOptions)
+    features: CompletionFeatures | None = Field(
+        None, description="Tools, JSON output, logprobs… (OpenAI door only)"
+    )
     created_at: datetime = Field(default_factory=utcnow)
     deadline_at: float = Field(description="Unix time after which the answer is abandoned")
 
@@ -114,10 +122,12 @@ class StartEvent(Contract):
 
 
 class DeltaEvent(Contract):
-    """A piece of the answer's text."""
+    """A piece of the answer: text, and (OpenAI door only) tool-call pieces and logprobs."""
 
     type: Literal[EventType.DELTA] = EventType.DELTA
-    delta: str
+    delta: str = ""
+    tool_calls: list[ToolCallDelta] | None = None
+    logprobs: list[TokenLogprob] | None = Field(None, description="Of the tokens of `delta`")
     t: int | None = Field(None, description="Producer's monotonic_ns stamp (benchmarks only)")
 
 
@@ -152,6 +162,7 @@ class FinishReason(StrEnum):
     LENGTH = "length"
     CANCELLED = "cancelled"
     CONTENT_FILTER = "content_filter"
+    TOOL_CALLS = "tool_calls"
 
 
 class Usage(Contract):

@@ -34,6 +34,18 @@ connection), ``hang_after`` (send nothing more until the client leaves),
 Omitted fields take the CLI settings. A request's ``max_tokens`` (``maxOutputTokens``) cuts
 the tokens and makes the finish reason ``length``.
 
+Tools, JSON output, logprobs: ``tool_calls`` (``[{"name", "arguments" (JSON text or object),
+"id"?}]``) are streamed after the text in the provider's format (OpenAI ``delta.tool_calls``
+pieces, Anthropic ``tool_use`` blocks with ``input_json_delta``, Gemini ``functionCall`` parts
+with a ``thoughtSignature``), finishing ``tool_calls`` / ``tool_use`` / ``STOP``. A request in
+JSON mode (OpenAI ``response_format``, Gemini ``responseMimeType``) gets ``json`` (default
+``{"answer": <text>}``) as its text; one forcing a tool call (Anthropic ``tool_choice`` tool,
+OpenAI named ``tool_choice``, Gemini ANY with one name) gets that call with ``json`` as its
+arguments. A request asking for logprobs gets ``logprobs[i]`` (default ``-0.1 × (i mod 5 + 1)``)
+for token ``i``, with ``top_logprobs`` alternatives (the token, then ``altK`` at K nats less).
+A request the real API would refuse (``checks.py``: unknown fields, unanswered tool calls, bad
+tool ids, missing thought signatures) gets a 400 in the provider's error format.
+
 Default tokens: :func:`default_tokens` — ``n`` words from :data:`WORDS` in a cycle, each
 followed by a space. With ``stamp`` every token is ``"<time.monotonic_ns()> "`` at send time.
 """
@@ -54,6 +66,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import uvicorn
+
+from echotune.fake_llm import checks
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -98,6 +112,9 @@ class Step:
     malformed_after: int | None = None
     error_body: Any = None
     stamp: bool = False
+    tool_calls: list[dict[str, Any]] | None = None
+    json: Any = None
+    logprobs: list[float] | None = None
 
     @classmethod
     def parse(cls, data: Any, base: Step) -> Step:
@@ -133,6 +150,48 @@ class Step:
             raise ControlError("retry_after must be null, a number or a string")
         if not isinstance(self.stamp, bool):
             raise ControlError("stamp must be a boolean")
+        for call in self.tool_calls or []:
+            if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+                raise ControlError('tool_calls must be objects with a "name"')
+            if not isinstance(call.get("arguments", {}), str | dict):
+                raise ControlError("tool call arguments must be a JSON string or an object")
+        if self.logprobs is not None and not all(isinstance(v, int | float) for v in self.logprobs):
+            raise ControlError("logprobs must be null or a list of numbers")
+
+    def calls(self) -> list[FakeCall]:
+        """The scripted tool calls."""
+        return [
+            FakeCall(
+                str(call.get("id", "")),
+                call["name"],
+                _arguments_text(call.get("arguments", {})),
+            )
+            for call in self.tool_calls or []
+        ]
+
+    def logprob(self, index: int) -> float:
+        """The log-probability of token ``index`` (scripted, else a fixed pattern)."""
+        if self.logprobs and index < len(self.logprobs):
+            return float(self.logprobs[index])
+        return -round(0.1 * (index % 5 + 1), 3)
+
+
+@dataclass(frozen=True)
+class FakeCall:
+    """A tool call the fake answers with (``id`` empty: the wire makes one)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+def _arguments_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def pieces(text: str, size: int = 6) -> list[str]:
+    """``text`` cut into pieces of ``size`` characters (how JSON and arguments stream)."""
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
 
 
 @dataclass(frozen=True)
@@ -258,13 +317,38 @@ class Wire:
         """Frames sent right after the response head."""
         return []
 
-    def token(self, text: str) -> bytes:
-        """The frame carrying one token."""
+    def problem(self) -> str | None:
+        """Why the real provider would refuse this request (400), or None."""
+        return None
+
+    def json_mode(self) -> bool:
+        """The request asks for a JSON document as the answer's text."""
+        return False
+
+    def forced_tool(self) -> str | None:
+        """The tool the request forces the model to call, if any."""
+        return None
+
+    def top_logprobs(self) -> int | None:
+        """How many alternatives per token the request wants logprobs for (None: no logprobs)."""
+        return None
+
+    def token(self, text: str, logprob: float | None = None) -> bytes:
+        """The frame carrying one token (with its logprob when asked for)."""
         raise NotImplementedError
 
-    def epilogue(self, length: bool, completion: int) -> list[bytes]:
+    def tool_frames(self, calls: list[FakeCall]) -> list[bytes]:
+        """Frames streaming ``calls``, sent after the text tokens."""
+        raise NotImplementedError
+
+    def epilogue(self, length: bool, completion: int, tools: bool = False) -> list[bytes]:
         """Frames that end the answer, with the end marker."""
         raise NotImplementedError
+
+    def alternatives(self, text: str, logprob: float) -> list[tuple[str, float]]:
+        """The token itself, then ``alt1``, ``alt2``… one nat less likely each."""
+        top = self.top_logprobs() or 0
+        return [(text, logprob), *((f"alt{k}", logprob - k) for k in range(1, top))][:top]
 
     def error(self, status: int, message: str) -> Any:
         """The provider's JSON error body."""
@@ -293,14 +377,38 @@ class OpenAIWire(Wire):
         options = self.body.get("stream_options")
         return isinstance(options, dict) and bool(options.get("include_usage"))
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+    def problem(self) -> str | None:
+        """See :func:`checks.openai_problem`."""
+        return checks.openai_problem(self.body)
+
+    def json_mode(self) -> bool:
+        """``response_format`` json_object or json_schema."""
+        kind = _dict(self.body.get("response_format")).get("type")
+        return kind in ("json_object", "json_schema")
+
+    def forced_tool(self) -> str | None:
+        """``tool_choice: {"type": "function", "function": {"name"}}``."""
+        name = _dict(_dict(self.body.get("tool_choice")).get("function")).get("name")
+        return name if isinstance(name, str) else None
+
+    def top_logprobs(self) -> int | None:
+        """``top_logprobs`` (0 by default) when ``logprobs`` is true."""
+        if self.body.get("logprobs") is not True:
+            return None
+        top = self.body.get("top_logprobs")
+        return top if isinstance(top, int) else 0
+
+    def _chunk(
+        self, delta: dict[str, Any], finish: str | None, logprobs: Any = None
+    ) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         chunk: dict[str, Any] = {
             "id": f"chatcmpl-{self.id}",
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
             "system_fingerprint": "fp_fake",
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            "choices": [choice],
         }
         if self._usage_wanted():
             chunk["usage"] = None
@@ -318,13 +426,38 @@ class OpenAIWire(Wire):
         """The role chunk."""
         return [self.frame(self._chunk({"role": "assistant", "content": ""}, None))]
 
-    def token(self, text: str) -> bytes:
+    def token(self, text: str, logprob: float | None = None) -> bytes:
         """A content delta chunk."""
-        return self.frame(self._chunk({"content": text}, None))
+        logprobs = None
+        if logprob is not None:
+            top = [
+                {"token": t, "logprob": lp, "bytes": list(t.encode())}
+                for t, lp in self.alternatives(text, logprob)
+            ]
+            entry = {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+            logprobs = {"content": [{**entry, "top_logprobs": top}], "refusal": None}
+        return self.frame(self._chunk({"content": text}, None, logprobs))
 
-    def epilogue(self, length: bool, completion: int) -> list[bytes]:
+    def tool_frames(self, calls: list[FakeCall]) -> list[bytes]:
+        """Per call: a first piece with id and name, then the arguments in pieces."""
+        frames: list[bytes] = []
+        for index, call in enumerate(calls):
+            head = {
+                "index": index,
+                "id": call.id or f"call_{uuid.uuid4().hex[:24]}",
+                "type": "function",
+                "function": {"name": call.name, "arguments": ""},
+            }
+            frames.append(self.frame(self._chunk({"tool_calls": [head]}, None)))
+            for piece in pieces(call.arguments):
+                part = {"index": index, "function": {"arguments": piece}}
+                frames.append(self.frame(self._chunk({"tool_calls": [part]}, None)))
+        return frames
+
+    def epilogue(self, length: bool, completion: int, tools: bool = False) -> list[bytes]:
         """Finish chunk, usage chunk (when asked for) and ``[DONE]``."""
-        frames = [self.frame(self._chunk({}, "length" if length else "stop"))]
+        reason = "length" if length else "tool_calls" if tools else "stop"
+        frames = [self.frame(self._chunk({}, reason))]
         if self._usage_wanted():
             usage = {**self._chunk({}, None), "choices": [], "usage": self._usage(completion)}
             frames.append(self.frame(usage))
@@ -392,22 +525,53 @@ class AnthropicWire(Wire):
             self.frame({"type": "ping"}, "ping"),
         ]
 
-    def token(self, text: str) -> bytes:
+    def problem(self) -> str | None:
+        """See :func:`checks.anthropic_problem`."""
+        return checks.anthropic_problem(self.body)
+
+    def forced_tool(self) -> str | None:
+        """``tool_choice: {"type": "tool", "name"}``."""
+        choice = _dict(self.body.get("tool_choice"))
+        name = choice.get("name")
+        return name if choice.get("type") == "tool" and isinstance(name, str) else None
+
+    def token(self, text: str, logprob: float | None = None) -> bytes:
         """A text_delta."""
         delta = {"type": "text_delta", "text": text}
         data = {"type": "content_block_delta", "index": 0, "delta": delta}
         return self.frame(data, "content_block_delta")
 
-    def epilogue(self, length: bool, completion: int) -> list[bytes]:
-        """content_block_stop, message_delta and message_stop."""
-        delta = {"stop_reason": "max_tokens" if length else "end_turn", "stop_sequence": None}
+    def tool_frames(self, calls: list[FakeCall]) -> list[bytes]:
+        """The text block's stop, then per call a tool_use block with input_json_delta pieces."""
+        frames = [self.frame({"type": "content_block_stop", "index": 0}, "content_block_stop")]
+        for number, call in enumerate(calls, start=1):
+            block = {
+                "type": "tool_use",
+                "id": call.id or f"toolu_{uuid.uuid4().hex[:24]}",
+                "name": call.name,
+                "input": {},
+            }
+            start = {"type": "content_block_start", "index": number, "content_block": block}
+            frames.append(self.frame(start, "content_block_start"))
+            for piece in pieces(call.arguments):
+                delta = {"type": "input_json_delta", "partial_json": piece}
+                data = {"type": "content_block_delta", "index": number, "delta": delta}
+                frames.append(self.frame(data, "content_block_delta"))
+            stop = {"type": "content_block_stop", "index": number}
+            frames.append(self.frame(stop, "content_block_stop"))
+        return frames
+
+    def epilogue(self, length: bool, completion: int, tools: bool = False) -> list[bytes]:
+        """content_block_stop (unless tool blocks closed it), message_delta and message_stop."""
+        reason = "max_tokens" if length else "tool_use" if tools else "end_turn"
         message_delta = {
             "type": "message_delta",
-            "delta": delta,
+            "delta": {"stop_reason": reason, "stop_sequence": None},
             "usage": {"output_tokens": completion},
         }
+        stop_text = [] if tools else [{"type": "content_block_stop", "index": 0}]
         return [
-            self.frame({"type": "content_block_stop", "index": 0}, "content_block_stop"),
+            *(self.frame(stop, "content_block_stop") for stop in stop_text),
             self.frame(message_delta, "message_delta"),
             self.frame({"type": "message_stop"}, "message_stop"),
         ]
@@ -443,8 +607,41 @@ class GeminiWire(Wire):
         value = config.get("maxOutputTokens") if isinstance(config, dict) else None
         return value if isinstance(value, int) else None
 
-    def _chunk(self, text: str, finish: str | None, completion: int | None) -> dict[str, Any]:
-        candidate: dict[str, Any] = {"content": {"parts": [{"text": text}], "role": "model"}}
+    def problem(self) -> str | None:
+        """See :func:`checks.gemini_problem`."""
+        return checks.gemini_problem(self.body)
+
+    def _config(self) -> dict[str, Any]:
+        return _dict(self.body.get("generationConfig"))
+
+    def json_mode(self) -> bool:
+        """``responseMimeType: application/json``."""
+        return self._config().get("responseMimeType") == "application/json"
+
+    def forced_tool(self) -> str | None:
+        """Mode ANY with exactly one allowed function name."""
+        config = _dict(_dict(self.body.get("toolConfig")).get("functionCallingConfig"))
+        names = config.get("allowedFunctionNames")
+        if config.get("mode") == "ANY" and isinstance(names, list) and len(names) == 1:
+            return str(names[0])
+        return None
+
+    def top_logprobs(self) -> int | None:
+        """``logprobs`` (0 by default) when ``responseLogprobs`` is true."""
+        if self._config().get("responseLogprobs") is not True:
+            return None
+        top = self._config().get("logprobs")
+        return top if isinstance(top, int) else 0
+
+    def _chunk(
+        self,
+        text: str,
+        finish: str | None,
+        completion: int | None,
+        parts: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        content = {"parts": parts or [{"text": text}], "role": "model"}
+        candidate: dict[str, Any] = {"content": content}
         if finish:
             candidate["finishReason"] = finish
         candidate["index"] = 0
@@ -459,11 +656,30 @@ class GeminiWire(Wire):
             "responseId": self.id,
         }
 
-    def token(self, text: str) -> bytes:
-        """A chunk with one text part."""
-        return self.frame(self._chunk(text, None, None))
+    def token(self, text: str, logprob: float | None = None) -> bytes:
+        """A chunk with one text part (and its logprobsResult when asked for)."""
+        chunk = self._chunk(text, None, None)
+        if logprob is not None:
+            top = [
+                {"token": t, "tokenId": 1000 + k, "logProbability": lp}
+                for k, (t, lp) in enumerate(self.alternatives(text, logprob))
+            ]
+            chosen = {"token": text, "tokenId": 1000, "logProbability": logprob}
+            result = {"topCandidates": [{"candidates": top}] if top else []}
+            chunk["candidates"][0]["logprobsResult"] = {**result, "chosenCandidates": [chosen]}
+        return self.frame(chunk)
 
-    def epilogue(self, length: bool, completion: int) -> list[bytes]:
+    def tool_frames(self, calls: list[FakeCall]) -> list[bytes]:
+        """One chunk per call: a whole functionCall part with a thoughtSignature."""
+        frames = []
+        for call in calls:
+            function = {"name": call.name, "args": json.loads(call.arguments or "{}")}
+            signature = checks.gemini_signature(call.name)
+            part = {"functionCall": function, "thoughtSignature": signature}
+            frames.append(self.frame(self._chunk("", None, None, [part])))
+        return frames
+
+    def epilogue(self, length: bool, completion: int, tools: bool = False) -> list[bytes]:
         """A last chunk with the finishReason and the full usage."""
         return [self.frame(self._chunk("", "MAX_TOKENS" if length else "STOP", completion))]
 
@@ -635,18 +851,18 @@ class FakeLLM:
 
     async def _answer(self, ex: Exchange, wire: Wire, step: Step) -> None:
         record = ex.attempt
+        problem = wire.problem()
+        if problem is not None:  # refused as the real provider would
+            step = replace(step, status=400, error_body=wire.error(400, problem))
         if step.status != 200:
             if not await ex.pause(step.ttft_ms):
                 return
             await self._error(ex, wire, step)
             return
-        tokens = step.tokens
-        if tokens is None:
-            count = step.token_count
-            tokens = default_tokens(self.settings.tokens if count is None else count)
+        tokens, calls = self._content(wire, step)
         limit = wire.max_tokens()
         length = limit is not None and len(tokens) > limit
-        tokens = tokens[:limit] if length else tokens
+        tokens, calls = (tokens[:limit], []) if length else (tokens, calls)
         if not wire.streams():
             if await ex.pause(step.ttft_ms):
                 record.first_token_ns = time.monotonic_ns()
@@ -659,25 +875,31 @@ class FakeLLM:
             return
         await ex.start(200, "text/event-stream", [("cache-control", "no-cache")])
         await ex.body(b"".join(wire.preamble()))
-        for index in range(len(tokens) + 1):
-            if index == _at(step.hang_after, tokens):
+        tool_frames = wire.tool_frames(calls) if calls else []
+        units = len(tokens) + len(tool_frames)  # what the *_after faults count
+        with_logprobs = wire.top_logprobs() is not None
+        for index in range(units + 1):
+            if index == _at(step.hang_after, units):
                 record.outcome = "hung"
                 await ex.stop.wait()
                 break
-            if index == _at(step.disconnect_after, tokens):
+            if index == _at(step.disconnect_after, units):
                 record.outcome = "disconnected_by_server"
                 raise AbortConnection(f"disconnect_after={step.disconnect_after}")
-            if index == _at(step.malformed_after, tokens):
+            if index == _at(step.malformed_after, units):
                 record.outcome = "malformed"
                 await ex.body(wire.garbage)
                 await ex.body(b"", more=False)
                 return
-            if index == len(tokens):
+            if index == units:
                 break
             if not await ex.pause(step.ttft_ms if index == 0 else step.pace_ms):
                 break
-            text = f"{time.monotonic_ns()} " if step.stamp else tokens[index]
-            await ex.body(wire.token(text))
+            if index < len(tokens):
+                text = f"{time.monotonic_ns()} " if step.stamp else tokens[index]
+                await ex.body(wire.token(text, step.logprob(index) if with_logprobs else None))
+            else:
+                await ex.body(tool_frames[index - len(tokens)])
             record.tokens_sent += 1
             if record.first_token_ns is None:
                 record.first_token_ns = time.monotonic_ns()
@@ -685,8 +907,29 @@ class FakeLLM:
             if ex.client_gone_ns is None:  # the server is shutting down
                 raise AbortConnection("server shutdown")
             return
-        await ex.body(b"".join(wire.epilogue(length, record.tokens_sent)), more=False)
+        epilogue = wire.epilogue(length, record.tokens_sent, bool(calls))
+        await ex.body(b"".join(epilogue), more=False)
         record.outcome = "completed"
+
+    def _content(self, wire: Wire, step: Step) -> tuple[list[str], list[FakeCall]]:
+        """Text tokens and tool calls of the answer.
+
+        In JSON mode the text is a JSON document (``step.json``, else ``{"answer": <text>}``)
+        in pieces; a request forcing a tool call (Anthropic's way to JSON output) gets that
+        call, with the document as its arguments, unless the step scripts its own calls.
+        """
+        tokens = step.tokens
+        if tokens is None:
+            count = step.token_count
+            tokens = default_tokens(self.settings.tokens if count is None else count)
+        calls, forced = step.calls(), wire.forced_tool()
+        if not (wire.json_mode() or (forced and not calls)):
+            return tokens, calls
+        document = step.json if step.json is not None else {"answer": "".join(tokens).strip()}
+        text = json.dumps(document)
+        if forced and not calls:
+            return [], [FakeCall("", forced, text)]
+        return pieces(text), calls
 
     async def _error(self, ex: Exchange, wire: Wire, step: Step) -> None:
         body = step.error_body
@@ -745,9 +988,13 @@ class FakeLLM:
         return None
 
 
-def _at(value: int | None, tokens: list[str]) -> int | None:
-    """The token index where an ``*_after`` action happens (at most before the end marker)."""
-    return None if value is None else min(value, len(tokens))
+def _at(value: int | None, units: int) -> int | None:
+    """The unit index where an ``*_after`` action happens (at most before the end marker)."""
+    return None if value is None else min(value, units)
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _query(query: str) -> dict[str, str]:

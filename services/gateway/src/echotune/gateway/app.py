@@ -17,7 +17,7 @@ from echotune.common.breaker import CircuitBreakers
 from echotune.common.logs import configure_logging
 from echotune.common.redis import create_redis, retry_options
 from echotune.common.request_stream import RequestStreams
-from echotune.gateway import health, proxy
+from echotune.gateway import analytics_docs, health, proxy
 from echotune.gateway.auth import routes as auth_routes
 from echotune.gateway.auth.keys import ApiKeyStore
 from echotune.gateway.auth.service import DEV_USER, Authenticator
@@ -82,6 +82,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     background = [
         asyncio.create_task(keep_streams_alive(chat, settings.resume_window_s / 3)),
         asyncio.create_task(trim_jobs(redis, keys, settings.jobs_trim_s)),
+        asyncio.create_task(app.state.analytics_docs.fetch_until_known(app.state.analytics)),
     ]
     app.state.redis, app.state.chat, app.state.providers = redis, chat, providers
     try:
@@ -105,6 +106,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.analytics_docs = analytics_docs.AnalyticsDocs()
+    analytics_docs.install(app, app.state.analytics_docs)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:

@@ -61,6 +61,8 @@ async def forward(request: Request, client: httpx.AsyncClient, user_id: str) -> 
     headers["x-request-id"] = request.state.request_id
     try:
         upstream = await client.get(path, params=params, headers=headers)
+    except httpx.InvalidURL as exc:  # e.g. control characters: nothing analytics could serve
+        raise ApiError(422, "invalid_request", "the path or query is not a valid URL") from exc
     except httpx.TimeoutException as exc:
         raise ApiError(
             504, "analytics_timeout", "the analytics service did not answer in time"

@@ -12,7 +12,14 @@ from echotune.common.breaker import Outcome, Permit
 from echotune.common.messages import ChatJob
 from echotune.common.providers import ProviderConfig
 from echotune.worker.context import WorkerContext
-from echotune.worker.providers.base import Finish, ProviderError, ProviderRequest, TextChunk
+from echotune.worker.providers.base import (
+    Finish,
+    ProviderError,
+    ProviderRequest,
+    StreamItem,
+    TextChunk,
+    ToolCallChunk,
+)
 from echotune.worker.telemetry import AttemptClock
 from echotune.worker.writer import EventWriter
 
@@ -108,11 +115,22 @@ class Attempt:
                     raise ProviderError("malformed_stream", "stream ended without finish") from exc
                 if isinstance(item, Finish):
                     return item
-                if isinstance(item, TextChunk) and item.text:
-                    self.clock.token()
-                    self.first_token_at = self.first_token_at or time.time()
-                    self.text.append(item.text)
-                    self.writer.delta(item.text)
+                self._relay(item)
+
+    def _relay(self, item: StreamItem) -> None:
+        """Buffer a piece of the answer (text, logprobs or a tool-call piece) for the stream."""
+        if isinstance(item, TextChunk) and not (item.text or item.logprobs):
+            return
+        self.clock.token()
+        self.first_token_at = self.first_token_at or time.time()
+        if isinstance(item, ToolCallChunk):
+            self.writer.pieces("", tool_calls=[item.delta])
+        elif isinstance(item, TextChunk) and item.logprobs:
+            self.text.append(item.text)
+            self.writer.pieces(item.text, logprobs=list(item.logprobs))
+        elif isinstance(item, TextChunk):
+            self.text.append(item.text)
+            self.writer.delta(item.text)
 
     async def _record(
         self,

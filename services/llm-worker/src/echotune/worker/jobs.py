@@ -8,6 +8,7 @@ import time
 from datetime import UTC, datetime
 
 from echotune.common.breaker import Permit
+from echotune.common.capabilities import refusals
 from echotune.common.messages import (
     ChatEvent,
     ChatJob,
@@ -83,12 +84,19 @@ class JobRunner:
         chain: list[tuple[ProviderConfig, str]] = []
         for index, name in enumerate(dict.fromkeys([self.job.provider, *self.job.fallbacks])):
             config = self.ctx.registry.get(name)
-            if config is not None:
-                chain.append((config, self.job.model if index == 0 else config.model))
+            if config is None:
+                continue
+            if refused := refusals(config.kind, self.job.features, self.job.messages):
+                log.info("provider %s skipped: cannot honour %s", name, refused[0].param)
+                continue
+            chain.append((config, self.job.model if index == 0 else config.model))
         return chain
 
     @property
     def _continue_on_failure(self) -> bool:
+        features = self.job.features
+        if features is not None and (features.tools or features.wants_json):
+            return False  # a tool call or a JSON document cannot be continued by another model
         opt_in = self.job.options.continue_on_failure
         return self.ctx.settings.continue_on_failure if opt_in is None else opt_in
 
@@ -208,6 +216,7 @@ class JobRunner:
             temperature=options.temperature,
             max_tokens=options.max_tokens,
             stop=options.stop,
+            features=self.job.features,
         )
 
 

@@ -16,7 +16,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from echotune.common.messages import ChatEvent, encode_event
+from echotune.common.completion import TokenLogprob, ToolCallDelta
+from echotune.common.messages import ChatEvent, DeltaEvent, encode_event
 from echotune.common.request_stream import (
     Appended,
     AppendRefused,
@@ -28,6 +29,8 @@ from echotune.common.request_stream import (
 log = logging.getLogger(__name__)
 
 RETRY_S = 0.2
+TEXT = "text"
+"""A buffered plain text delta, merged with the next until sent."""
 
 
 class Refused(Exception):
@@ -53,7 +56,7 @@ class EventWriter:
     ) -> None:
         self._flusher, self.request_id, self.epoch = flusher, request_id, epoch
         self._on_cancel, self._on_refused, self._stamp = on_cancel, on_refused, stamp
-        self._pending: list[list[str]] = []  # [type, data or delta text]
+        self._pending: list[list[str]] = []  # [type, data] or ["delta", text] (TEXT: merged)
         self._retry: Batch | None = None
         self._in_flight = False
         self._next_seq = 1
@@ -65,11 +68,21 @@ class EventWriter:
     def delta(self, text: str) -> None:
         """Buffer a piece of text; merged with the previous one if it was not sent yet."""
         self._check()
-        if self._pending and self._pending[-1][0] == "delta":
+        if self._pending and self._pending[-1][0] == TEXT:
             self._pending[-1][1] += text
         else:
-            self._pending.append(["delta", text])
+            self._pending.append([TEXT, text])
         self._changed()
+
+    def pieces(
+        self,
+        text: str,
+        *,
+        tool_calls: list[ToolCallDelta] | None = None,
+        logprobs: list[TokenLogprob] | None = None,
+    ) -> None:
+        """Buffer a delta that carries tool-call pieces or logprobs: an entry of its own."""
+        self.emit(DeltaEvent(delta=text, tool_calls=tool_calls, logprobs=logprobs))
 
     def emit(self, event: ChatEvent) -> None:
         """Buffer any non-final event, in order after the text before it."""
@@ -110,20 +123,20 @@ class EventWriter:
             return None
         batch, self._retry = self._retry, None
         if batch is None and self._pending:
-            entries = [(kind, self._data(kind, value)) for kind, value in self._pending]
+            entries = [self._entry(kind, value) for kind, value in self._pending]
             batch = Batch(self.request_id, self.epoch, self._next_seq, entries)
             self._next_seq += len(entries)
             self._pending = []
         self._in_flight = batch is not None
         return batch
 
-    def _data(self, kind: str, value: str) -> str:
-        if kind != "delta":
-            return value
+    def _entry(self, kind: str, value: str) -> tuple[str, str]:
+        if kind != TEXT:
+            return kind, value
         payload: dict[str, object] = {"delta": value}
         if self._stamp:
             payload["t"] = time.monotonic_ns()
-        return json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+        return "delta", json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
 
     def sent(self, batch: Batch, result: Appended | Exception) -> None:
         self._in_flight = False

@@ -21,6 +21,7 @@ from faststream.redis import RedisBroker
 from redis.asyncio import Redis
 
 from echotune.common import job_queue
+from echotune.common.completion import CompletionFeatures
 from echotune.common.messages import (
     ChatJob,
     ChatMessage,
@@ -62,15 +63,21 @@ class ChatInput:
     history: tuple[ChatMessage, ...] = ()
     """Earlier messages sent by the client itself (OpenAI-style requests)."""
     client_ip: str = ""
+    features: CompletionFeatures | None = None
+    """Tools, JSON output, logprobs… (OpenAI-style requests)."""
+    final: ChatMessage | None = None
+    """The last message when it is not the user's ``message`` (a tool result)."""
 
     def fingerprint(self) -> str:
         fields: list[object] = [self.user_id, self.message, self.conversation_id]
         fields += [self.provider, self.model, self.options.model_dump(mode="json")]
         fields += [m.model_dump(mode="json") for m in self.history]
+        fields += [m.model_dump(mode="json") for m in (self.features, self.final) if m]
         return hashlib.sha256(json.dumps(fields).encode()).hexdigest()
 
     def messages(self) -> list[ChatMessage]:
-        return [*self.history, ChatMessage(role=Role.USER, content=self.message or "")]
+        last = self.final or ChatMessage(role=Role.USER, content=self.message or "")
+        return [*self.history, last]
 
 
 @dataclass(slots=True)
@@ -244,6 +251,7 @@ class ChatService:
             model=model,
             fallbacks=[f for f in self.settings.fallbacks if f != config.name],
             options=chat.options,
+            features=chat.features,
             deadline_at=time.time() + self.settings.max_stream_s,
         )
 

@@ -1,4 +1,4 @@
-"""Turns a Chat Completions request into a chat job and our events into OpenAI objects."""
+"""Our events as OpenAI objects: streamed chunks or one completion; the ``model`` rule."""
 
 from __future__ import annotations
 
@@ -8,12 +8,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from echotune.common.messages import ChatMessage, ChatOptions, Role
 from echotune.common.providers import ProviderRegistry
 from echotune.gateway.chat.relay import Entry
-from echotune.gateway.chat.service import ChatInput
 from echotune.gateway.errors import ApiError
-from echotune.gateway.openai_compat.schemas import ChatCompletionRequest
 
 # Our error codes → the HTTP status an OpenAI client expects for them.
 ERROR_STATUS = {
@@ -38,34 +35,6 @@ def resolve_model(registry: ProviderRegistry, model: str) -> tuple[str, str]:
     raise ApiError(404, "model_not_found", f"The model `{model}` does not exist")
 
 
-def to_chat_input(
-    request: ChatCompletionRequest, request_id: str, user_id: str, registry: ProviderRegistry
-) -> ChatInput:
-    provider, model = resolve_model(registry, request.model)
-    messages = [
-        ChatMessage(role=Role.SYSTEM if m.role == "developer" else Role(m.role), content=m.text)
-        for m in request.messages
-    ]
-    last = messages[-1]
-    if last.role is not Role.USER:
-        raise ApiError(400, "invalid_request", "the last message must come from the user")
-    options = ChatOptions(
-        temperature=request.temperature,
-        max_tokens=request.max_completion_tokens or request.max_tokens,
-        stop=request.stops(),
-        use_context=False,
-    )
-    return ChatInput(
-        request_id=request_id,
-        user_id=user_id,
-        message=last.content,
-        provider=provider,
-        model=model,
-        options=options,
-        history=tuple(messages[:-1]),
-    )
-
-
 @dataclass
 class Completion:
     """Accumulates one answer from our events."""
@@ -74,21 +43,24 @@ class Completion:
     model: str
     created: int = field(default_factory=lambda: int(time.time()))
     text: list[str] = field(default_factory=list)
+    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    logprobs: list[dict[str, Any]] | None = None
     finish_reason: str | None = None
     usage: dict[str, int] | None = None
     error: tuple[int, str, str] | None = None
     restarted: bool = False
     """The answer started over (``discard_partial``): the text so far is void."""
 
-    def absorb(self, entry: Entry) -> str | None:
-        """Take in one event; the delta text it carries, if any."""
+    def absorb(self, entry: Entry) -> Piece | None:
+        """Take in one event; the piece of the answer it carries, if any."""
         data = json.loads(entry.data)
         if entry.type == "failover" and data.get("discard_partial"):
             self.text.clear()
+            self.tool_calls.clear()
+            self.logprobs = None
             self.restarted = True
         elif entry.type == "delta":
-            self.text.append(data["delta"])
-            return str(data["delta"])
+            return self._piece(data)
         if entry.type == "done":
             self.model = f"{data['provider']}/{data['model']}"
             self.finish_reason = (
@@ -106,19 +78,55 @@ class Completion:
             self.error = (status, data["code"], data["message"])
         return None
 
-    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    def _piece(self, data: dict[str, Any]) -> Piece | None:
+        delta: dict[str, Any] = {}
+        if text := data.get("delta"):
+            self.text.append(text)
+            delta["content"] = text
+        if calls := data.get("tool_calls"):
+            delta["tool_calls"] = calls
+            for call in calls:
+                self._merge_call(call)
+        logprobs = data.get("logprobs")
+        if logprobs is not None:
+            self.logprobs = [*(self.logprobs or []), *logprobs]
+        if not delta and logprobs is None:
+            return None
+        return Piece(delta, _logprobs_object(logprobs))
+
+    def _merge_call(self, call: dict[str, Any]) -> None:
+        """Add one streamed tool-call piece to the whole call it belongs to."""
+        whole = self.tool_calls.setdefault(
+            call["index"], {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+        )
+        whole["id"] = call.get("id") or whole["id"]
+        function = call.get("function") or {}
+        whole["function"]["name"] = function.get("name") or whole["function"]["name"]
+        whole["function"]["arguments"] += function.get("arguments") or ""
+
+    def chunk(
+        self,
+        delta: dict[str, Any],
+        finish_reason: str | None = None,
+        logprobs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
         return {
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            "choices": [choice],
         }
 
     def usage_chunk(self) -> dict[str, Any]:
         return {**self.chunk({}), "choices": [], "usage": self.usage}
 
     def whole(self) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.text)}
+        if self.tool_calls:
+            message["content"] = message["content"] or None
+            message["tool_calls"] = [self.tool_calls[i] for i in sorted(self.tool_calls)]
         return {
             "id": self.id,
             "object": "chat.completion",
@@ -127,12 +135,25 @@ class Completion:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": "".join(self.text)},
+                    "message": message,
+                    "logprobs": _logprobs_object(self.logprobs),
                     "finish_reason": self.finish_reason,
                 }
             ],
             "usage": self.usage,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """What one of our delta events adds to a chunk: its delta and its tokens' logprobs."""
+
+    delta: dict[str, Any]
+    logprobs: dict[str, Any] | None
+
+
+def _logprobs_object(tokens: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    return None if tokens is None else {"content": tokens, "refusal": None}
 
 
 def sse_data(payload: dict[str, Any] | str) -> bytes:
@@ -150,15 +171,15 @@ async def chunk_stream(
         if entry is None:
             yield b": keepalive\n\n"
             continue
-        delta = completion.absorb(entry)
+        piece = completion.absorb(entry)
         if completion.restarted and sent:
             # Text already sent cannot be taken back: end rather than repeat it.
             completion.error = (503, "worker_lost", "the answer was interrupted; retry the request")
             break
         completion.restarted = False
-        if delta:
+        if piece is not None:
             sent = True
-            yield sse_data(completion.chunk({"content": delta}))
+            yield sse_data(completion.chunk(piece.delta, logprobs=piece.logprobs))
     if completion.error:
         _, code, message = completion.error
         yield sse_data(

@@ -8,6 +8,7 @@ from typing import Protocol
 
 import httpx
 
+from echotune.common.completion import CompletionFeatures, TokenLogprob, ToolCallDelta
 from echotune.common.messages import ChatMessage, FinishReason, Usage
 from echotune.common.providers import ProviderConfig
 
@@ -24,13 +25,26 @@ class ProviderRequest:
     temperature: float | None = None
     max_tokens: int | None = None
     stop: list[str] | None = None
+    features: CompletionFeatures | None = None
+
+    @property
+    def wants_json(self) -> bool:
+        return self.features is not None and self.features.wants_json
 
 
 @dataclass(frozen=True, slots=True)
 class TextChunk:
-    """A piece of answer text as the provider sent it."""
+    """A piece of answer text as the provider sent it, with its tokens' logprobs if asked."""
 
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallChunk:
+    """A piece of a tool call, already in OpenAI's streamed shape."""
+
+    delta: ToolCallDelta
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +55,7 @@ class Finish:
     usage: Usage = field(default_factory=Usage)
 
 
-StreamItem = TextChunk | Finish
+StreamItem = TextChunk | ToolCallChunk | Finish
 
 
 class ProviderError(Exception):

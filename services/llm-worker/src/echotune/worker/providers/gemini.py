@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from typing import Any
 from urllib.parse import quote
 
 from httpx_sse import ServerSentEvent
 
-from echotune.common.messages import FinishReason, Role, Usage
+from echotune.common.completion import (
+    FunctionCallDelta,
+    TokenLogprob,
+    ToolCallDelta,
+    TopLogprob,
+    token_bytes,
+)
+from echotune.common.messages import FinishReason, Usage
 from echotune.worker.providers.base import (
     Finish,
     ProviderRequest,
     StreamItem,
     TextChunk,
+    ToolCallChunk,
 )
+from echotune.worker.providers.gemini_request import SIGNATURE_MARK, generate_body
 from echotune.worker.providers.http import (
     as_dict,
     as_int,
@@ -21,13 +32,7 @@ from echotune.worker.providers.http import (
     malformed,
     payload_error,
 )
-from echotune.worker.providers.sse import (
-    HttpCall,
-    HttpProvider,
-    join_url,
-    load_json,
-    system_and_turns,
-)
+from echotune.worker.providers.sse import HttpCall, HttpProvider, join_url, load_json
 
 FILTERED = frozenset(
     {
@@ -59,20 +64,17 @@ class GeminiParser:
         self.done = False
         self.reason: FinishReason | None = None
         self.usage = Usage()
+        self.tool_calls = 0
 
     def feed(self, event: ServerSentEvent) -> list[StreamItem]:
         """Items carried by one event."""
         chunk = load_json(self.provider, event.data)
         if "error" in chunk:
             raise payload_error(self.provider, chunk)
-        items: list[StreamItem] = []
         candidates = as_list(chunk.get("candidates"))
         candidate = as_dict(candidates[0]) if candidates else {}
-        for part in as_list(as_dict(candidate.get("content")).get("parts")):
-            part = as_dict(part)
-            text = part.get("text")
-            if isinstance(text, str) and text and not part.get("thought"):
-                items.append(TextChunk(text))
+        items = self._parts(as_list(as_dict(candidate.get("content")).get("parts")))
+        items = _with_logprobs(items, _logprobs(as_dict(candidate.get("logprobsResult"))))
         reason = candidate.get("finishReason")
         if isinstance(reason, str) and reason != "FINISH_REASON_UNSPECIFIED":
             self.reason = finish_reason(reason)
@@ -87,11 +89,73 @@ class GeminiParser:
             )
         return items
 
+    def _parts(self, parts: list[Any]) -> list[StreamItem]:
+        """Text (thoughts left out) and function calls of one chunk."""
+        items: list[StreamItem] = []
+        for part in map(as_dict, parts):
+            text = part.get("text")
+            if isinstance(text, str) and text and not part.get("thought"):
+                items.append(TextChunk(text))
+            call = as_dict(part.get("functionCall"))
+            if call:
+                items.append(self._call(call, part.get("thoughtSignature")))
+        return items
+
+    def _call(self, call: dict[str, Any], signature: Any) -> ToolCallChunk:
+        """A whole function call as the one piece of an OpenAI tool call."""
+        name = call.get("name")
+        if not isinstance(name, str) or not name:
+            raise malformed(self.provider, "a functionCall without a name")
+        call_id = call.get("id") if isinstance(call.get("id"), str) else None
+        call_id = call_id or f"call_{uuid.uuid4().hex[:24]}"
+        if isinstance(signature, str) and signature:
+            call_id = f"{call_id}{SIGNATURE_MARK}{signature}"
+        arguments = json.dumps(as_dict(call.get("args")))
+        function = FunctionCallDelta(name=name, arguments=arguments)
+        delta = ToolCallDelta(index=self.tool_calls, id=call_id, type="function", function=function)
+        self.tool_calls += 1
+        return ToolCallChunk(delta)
+
     def end(self) -> list[StreamItem]:
         """The body ended: a Finish if a finishReason was seen, else malformed_stream."""
         if self.reason is None:
             raise malformed(self.provider, "the stream ended without a finishReason")
+        if self.tool_calls and self.reason is FinishReason.STOP:
+            return [Finish(FinishReason.TOOL_CALLS, self.usage)]
         return [Finish(self.reason, self.usage)]
+
+
+def _with_logprobs(items: list[StreamItem], logprobs: tuple[TokenLogprob, ...]) -> list[StreamItem]:
+    """``items`` with the chunk's logprobs on its text (a text-less chunk gets its own item)."""
+    if not logprobs:
+        return items
+    merged = "".join(item.text for item in items if isinstance(item, TextChunk))
+    others = [item for item in items if not isinstance(item, TextChunk)]
+    return [TextChunk(merged, logprobs), *others]
+
+
+def _logprobs(result: dict[str, Any]) -> tuple[TokenLogprob, ...]:
+    """OpenAI-shaped logprobs of a chunk's tokens from Gemini's ``logprobsResult``."""
+    chosen = as_list(result.get("chosenCandidates"))
+    tops = as_list(result.get("topCandidates"))
+    tokens: list[TokenLogprob] = []
+    for step, candidate in enumerate(map(as_dict, chosen)):
+        alternatives = as_list(as_dict(tops[step]).get("candidates")) if step < len(tops) else []
+        tokens.append(
+            TokenLogprob(
+                **_top(candidate).model_dump(),
+                top_logprobs=[_top(as_dict(a)) for a in alternatives],
+            )
+        )
+    return tuple(tokens)
+
+
+def _top(candidate: dict[str, Any]) -> TopLogprob:
+    token = candidate.get("token")
+    token = token if isinstance(token, str) else ""
+    logprob = candidate.get("logProbability")
+    value = float(logprob) if isinstance(logprob, int | float) else 0.0
+    return TopLogprob(token=token, logprob=value, bytes=token_bytes(token))
 
 
 class GeminiProvider(HttpProvider):
@@ -102,29 +166,12 @@ class GeminiProvider(HttpProvider):
 
     def prepare(self, request: ProviderRequest) -> HttpCall:
         """The streamGenerateContent call for ``request``."""
-        system, turns = system_and_turns(request.messages)
-        body: dict[str, Any] = {
-            "contents": [
-                {"role": "model" if role is Role.ASSISTANT else "user", "parts": [{"text": text}]}
-                for role, text in turns
-            ]
-        }
-        if system:
-            body["systemInstruction"] = {"parts": [{"text": system}]}
-        config: dict[str, Any] = {}
-        if request.temperature is not None:
-            config["temperature"] = request.temperature
-        if request.max_tokens is not None:
-            config["maxOutputTokens"] = request.max_tokens
-        if request.stop:
-            config["stopSequences"] = list(request.stop)
-        if config:
-            body["generationConfig"] = config
+        body = generate_body(request)
         headers = {"x-goog-api-key": self.secret} if self.secret else {}
         model = quote(request.model.removeprefix("models/"), safe="-._~")
         path = f"/v1beta/models/{model}:streamGenerateContent"
         return HttpCall(join_url(self.config, path), body, headers, {"alt": "sse"})
 
-    def parser(self) -> GeminiParser:
+    def parser(self, request: ProviderRequest) -> GeminiParser:
         """A fresh chunk parser."""
         return GeminiParser(self.config.name)

@@ -6,12 +6,14 @@ from typing import Any
 
 from httpx_sse import ServerSentEvent
 
-from echotune.common.messages import FinishReason, Usage
+from echotune.common.completion import TokenLogprob, ToolCallDelta
+from echotune.common.messages import ChatMessage, FinishReason, Usage
 from echotune.worker.providers.base import (
     Finish,
     ProviderRequest,
     StreamItem,
     TextChunk,
+    ToolCallChunk,
 )
 from echotune.worker.providers.http import (
     as_dict,
@@ -32,6 +34,8 @@ FINISH_REASONS = {
     "stop": FinishReason.STOP,
     "length": FinishReason.LENGTH,
     "content_filter": FinishReason.CONTENT_FILTER,
+    "tool_calls": FinishReason.TOOL_CALLS,
+    "function_call": FinishReason.TOOL_CALLS,
 }
 
 
@@ -59,9 +63,10 @@ class OpenAIParser:
             choice = as_dict(choice)
             if choice.get("index", 0) != 0:
                 continue
-            content = as_dict(choice.get("delta")).get("content")
-            if isinstance(content, str) and content:
-                items.append(TextChunk(content))
+            delta = as_dict(choice.get("delta"))
+            logprobs = as_dict(choice.get("logprobs")).get("content")
+            items += _text(self.provider, delta.get("content"), logprobs)
+            items += _tool_calls(self.provider, delta.get("tool_calls"))
             reason = choice.get("finish_reason")
             if isinstance(reason, str):
                 self.reason = FINISH_REASONS.get(reason, FinishReason.STOP)
@@ -78,6 +83,40 @@ class OpenAIParser:
         raise malformed(self.provider, "the stream ended without data: [DONE]")
 
 
+def _text(provider: str, content: Any, logprobs: Any) -> list[StreamItem]:
+    """The text of a delta, with the logprobs of its tokens when they came."""
+    text = content if isinstance(content, str) else ""
+    try:
+        tokens = tuple(TokenLogprob.model_validate(t) for t in as_list(logprobs))
+    except ValueError as exc:
+        raise malformed(provider, f"unreadable logprobs {logprobs!r:.80}") from exc
+    return [TextChunk(text, tokens)] if text or tokens else []
+
+
+def _tool_calls(provider: str, value: Any) -> list[StreamItem]:
+    """The tool-call pieces of a delta (their position is their index when it is missing)."""
+    items: list[StreamItem] = []
+    for position, call in enumerate(as_list(value)):
+        call = as_dict(call)
+        try:
+            delta = ToolCallDelta.model_validate({"index": position, **call})
+        except ValueError as exc:
+            raise malformed(provider, f"unreadable tool call {call!r:.80}") from exc
+        items.append(ToolCallChunk(delta))
+    return items
+
+
+def wire_message(message: ChatMessage) -> dict[str, Any]:
+    """A message as Chat Completions takes it."""
+    wire: dict[str, Any] = {"role": message.role.value, "content": message.content}
+    if message.tool_calls:
+        wire["content"] = message.content or None
+        wire["tool_calls"] = [call.model_dump(exclude_none=True) for call in message.tool_calls]
+    if message.tool_call_id is not None:
+        wire["tool_call_id"] = message.tool_call_id
+    return wire
+
+
 class OpenAIProvider(HttpProvider):
     """POST {base_url}/chat/completions with ``stream: true``; base_url ends in ``/v1``."""
 
@@ -85,7 +124,7 @@ class OpenAIProvider(HttpProvider):
         """The chat completions call for ``request``."""
         body: dict[str, Any] = {
             "model": request.model,
-            "messages": [{"role": m.role.value, "content": m.content} for m in request.messages],
+            "messages": [wire_message(m) for m in request.messages],
             "stream": True,
             "stream_options": {"include_usage": True},
         }
@@ -95,9 +134,11 @@ class OpenAIProvider(HttpProvider):
             body["max_tokens"] = request.max_tokens
         if request.stop:
             body["stop"] = list(request.stop)
+        if request.features is not None:  # its fields are Chat Completions fields: sent as is
+            body.update(request.features.model_dump(exclude_none=True))
         headers = {"Authorization": f"Bearer {self.secret}"} if self.secret else {}
         return HttpCall(join_url(self.config, "/chat/completions"), body, headers)
 
-    def parser(self) -> OpenAIParser:
+    def parser(self, request: ProviderRequest) -> OpenAIParser:
         """A fresh chunk parser."""
         return OpenAIParser(self.config.name)

@@ -13,7 +13,6 @@ from typing import Any, Protocol
 import httpx
 from httpx_sse import ServerSentEvent, SSEError, aconnect_sse
 
-from echotune.common.messages import ChatMessage, Role
 from echotune.common.providers import ProviderConfig
 from echotune.worker.providers.base import REQUEST_ID_HEADER, ProviderRequest, StreamItem
 from echotune.worker.providers.http import (
@@ -40,20 +39,6 @@ def load_json(provider: str, data: str) -> dict[str, Any]:
 def join_url(config: ProviderConfig, path: str) -> str:
     """``config.base_url`` without trailing slash, followed by ``path``."""
     return str(config.base_url).rstrip("/") + path
-
-
-def system_and_turns(messages: list[ChatMessage]) -> tuple[str | None, list[tuple[Role, str]]]:
-    """System text (joined) and the other turns, consecutive same-role turns merged."""
-    system = [m.content for m in messages if m.role is Role.SYSTEM]
-    turns: list[tuple[Role, str]] = []
-    for m in messages:
-        if m.role is Role.SYSTEM:
-            continue
-        if turns and turns[-1][0] is m.role:
-            turns[-1] = (m.role, f"{turns[-1][1]}\n\n{m.content}")
-        else:
-            turns.append((m.role, m.content))
-    return ("\n\n".join(system) if system else None), turns
 
 
 class StreamParser(Protocol):
@@ -94,14 +79,14 @@ class HttpProvider(ABC):
         """The HTTP request for ``request``."""
 
     @abstractmethod
-    def parser(self) -> StreamParser:
-        """A fresh parser for one response stream."""
+    def parser(self, request: ProviderRequest) -> StreamParser:
+        """A fresh parser for the response stream of ``request``."""
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamItem, None]:
         """Stream the answer; closing this generator closes the upstream response."""
         call = self.prepare(request)
         headers = {**call.headers, REQUEST_ID_HEADER: request.request_id}
-        parser = self.parser()
+        parser = self.parser(request)
         name = self.config.name
         with translate_errors(name, self.secret):
             async with aconnect_sse(
