@@ -225,7 +225,8 @@ FORMATS: Any = {
 async def test_json_output(
     sdk: AsyncOpenAI, upstream: FakeUpstream, rid: str, kind: str, form: str
 ) -> None:
-    await upstream.script(rid, {"json": ALBUM})
+    # Paced: a burst would reach the client merged into one chunk (the worker coalesces).
+    await upstream.script(rid, {"json": ALBUM, "pace_ms": 10})
     stream = await sdk.chat.completions.create(
         model=MODELS[kind],
         messages=[{"role": "user", "content": "One album as JSON"}],
