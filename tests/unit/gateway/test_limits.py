@@ -11,8 +11,8 @@ from redis.asyncio import Redis
 
 from echotune.common.keys import Keys
 from echotune.common.scripts import execute
-from echotune.gateway.errors import ApiError
 from echotune.gateway.limits import ADMIT_START, ChatLimits
+from echotune.web.errors import ApiError
 
 
 def make_limits(redis: Redis, *, per_user: int = 30, per_ip: int = 1000) -> ChatLimits:

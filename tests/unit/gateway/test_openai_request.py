@@ -18,10 +18,10 @@ from echotune.common.messages import (
 )
 from echotune.common.providers import ProviderConfig, ProviderKind, ProviderRegistry
 from echotune.gateway.chat.relay import Entry
-from echotune.gateway.errors import ApiError
 from echotune.gateway.openai_compat.request import to_chat_input
 from echotune.gateway.openai_compat.schemas import ChatCompletionRequest
 from echotune.gateway.openai_compat.service import Completion
+from echotune.web.errors import ApiError
 
 REGISTRY = ProviderRegistry(
     [

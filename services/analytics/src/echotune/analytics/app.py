@@ -16,13 +16,13 @@ from fastapi import FastAPI
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
-from echotune.analytics.errors import install_error_handlers
+from echotune.analytics.errors import install_handlers
 from echotune.analytics.migrations import migrate
-from echotune.analytics.requestid import RequestIdMiddleware
 from echotune.analytics.routes import api_router
 from echotune.analytics.settings import AnalyticsSettings
 from echotune.common.logs import configure_logging
 from echotune.common.mongo import create_mongo
+from echotune.web.requestid import RequestIdMiddleware
 
 log = logging.getLogger("echotune.analytics")
 RETRY_BASE_S, RETRY_CAP_S = 0.5, 30.0
@@ -88,7 +88,7 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    install_error_handlers(app)
+    install_handlers(app)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(api_router)
     return app

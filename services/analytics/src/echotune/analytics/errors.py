@@ -1,4 +1,4 @@
-"""One JSON error body for every 4xx/5xx: ``{"error": {"code", "message", "details"}}``."""
+"""Analytics' own errors: a bad parameter, and MongoDB failures as clear JSON answers."""
 
 from __future__ import annotations
 
@@ -6,49 +6,17 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from echotune.common.logs import request_id_var
+from echotune.web.errors import ApiError, error_response, install_error_handlers
 
 log = logging.getLogger(__name__)
-
-
-class ApiError(Exception):
-    """An error answered to the client as is."""
-
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        details: Any = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.details, self.headers = details, headers
 
 
 def bad_parameter(param: str, code: str, message: str, value: Any = None) -> ApiError:
     """A 422 about one query parameter, naming it and the refused value."""
     return ApiError(422, code, message, details={"param": param, "value": value})
-
-
-def error_response(
-    status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    """The JSON error body with the request id."""
-    body: dict[str, Any] = {"code": code, "message": message}
-    if details is not None:
-        body["details"] = jsonable_encoder(details)
-    return JSONResponse(
-        {"error": body, "request_id": request_id_var.get()}, status_code=status, headers=headers
-    )
 
 
 def mongo_unavailable(exc: Exception) -> JSONResponse:
@@ -63,26 +31,9 @@ def mongo_unavailable(exc: Exception) -> JSONResponse:
     )
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Register the handlers that turn every failure into the JSON error body."""
-
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
-            for e in exc.errors()
-        ]
-        return error_response(422, "invalid_request", "request validation failed", details)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        headers = dict(exc.headers) if exc.headers else None
-        return error_response(exc.status_code, code, str(exc.detail), headers=headers)
+def install_handlers(app: FastAPI) -> None:
+    """The shared error body for every failure, MongoDB's included."""
+    install_error_handlers(app)
 
     @app.exception_handler(ConnectionFailure)
     async def _unreachable(_: Request, exc: ConnectionFailure) -> JSONResponse:

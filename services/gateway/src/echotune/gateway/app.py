@@ -22,19 +22,20 @@ from echotune.gateway.auth import routes as auth_routes
 from echotune.gateway.auth.keys import ApiKeyStore
 from echotune.gateway.auth.service import DEV_USER, Authenticator
 from echotune.gateway.auth.sessions import SessionStore
-from echotune.gateway.bodylimit import BodySizeLimitMiddleware
 from echotune.gateway.chat import routes as chat_routes
 from echotune.gateway.chat.relay import StreamRelay
 from echotune.gateway.chat.service import ChatService
 from echotune.gateway.chat.upkeep import keep_streams_alive, trim_jobs
-from echotune.gateway.errors import install_error_handlers
+from echotune.gateway.errors import render
 from echotune.gateway.limits import ChatLimits
 from echotune.gateway.openai_compat import routes as openai_routes
 from echotune.gateway.providers import routes as provider_routes
 from echotune.gateway.providers.service import ProviderService
-from echotune.gateway.requestid import RequestIdMiddleware
 from echotune.gateway.settings import GatewaySettings
 from echotune.gateway.ui import routes as ui_routes
+from echotune.web.bodylimit import BodySizeLimitMiddleware
+from echotune.web.errors import install_error_handlers
+from echotune.web.requestid import RequestIdMiddleware
 
 
 @asynccontextmanager
@@ -108,7 +109,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.analytics_docs = analytics_docs.AnalyticsDocs()
     analytics_docs.install(app, app.state.analytics_docs)
-    install_error_handlers(app)
+    install_error_handlers(app, render)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(

@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 from echotune.common import job_queue
 from echotune.gateway.chat.service import WORKER_SEEN_S
 from echotune.gateway.deps import RedisDep, SettingsDep
-from echotune.gateway.errors import ApiError
+from echotune.web.errors import ApiError
 
 router = APIRouter(tags=["health"])
 

@@ -17,7 +17,7 @@ from redis.asyncio.client import Pipeline
 
 from echotune.common.keys import Keys
 from echotune.common.scripts import Arg, Script, execute
-from echotune.gateway.errors import ApiError
+from echotune.web.errors import ApiError
 
 WINDOW_S = 60
 ADMITTED, COUNTED_BEFORE = 0, -1

@@ -15,7 +15,7 @@ import httpx
 from fastapi import APIRouter, Depends, Request, Response
 
 from echotune.gateway.deps import AUTHENTICATED, UserIdDep
-from echotune.gateway.errors import ApiError
+from echotune.web.errors import ApiError
 
 router = APIRouter(tags=["analytics"], dependencies=AUTHENTICATED)
 

@@ -14,10 +14,10 @@ from echotune.analytics.conversations import (
     list_conversations,
 )
 from echotune.analytics.deps import DatabaseDep, FieldsQuery, PageDep, SettingsDep
-from echotune.analytics.errors import ApiError
 from echotune.analytics.responses import envelope
 from echotune.analytics.schemas import ERROR_RESPONSES, Conversation, Envelope
 from echotune.common.mongo import CONVERSATIONS
+from echotune.web.errors import ApiError
 
 router = APIRouter(prefix="/api/conversations", tags=["conversations"])
 UserId = Annotated[str, Query(min_length=1, max_length=128, description="The owner")]

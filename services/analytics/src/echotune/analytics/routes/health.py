@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from echotune.analytics.deps import MongoClientDep, SettingsDep
-from echotune.analytics.errors import ApiError
 from echotune.analytics.schemas import ERROR_RESPONSES
+from echotune.web.errors import ApiError
 
 router = APIRouter(tags=["health"])
 

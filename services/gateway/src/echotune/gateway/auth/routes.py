@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 from echotune.gateway.auth import sessions
 from echotune.gateway.auth.keys import parse_key_id
 from echotune.gateway.deps import AuthDep, SettingsDep, UserIdDep
-from echotune.gateway.errors import ApiError
+from echotune.web.errors import ApiError
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 

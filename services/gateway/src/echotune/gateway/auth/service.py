@@ -11,8 +11,8 @@ from starlette.requests import HTTPConnection
 from echotune.gateway.auth import sessions
 from echotune.gateway.auth.keys import ApiKeyStore
 from echotune.gateway.auth.sessions import Session, SessionStore
-from echotune.gateway.errors import ApiError
 from echotune.gateway.settings import GatewaySettings
+from echotune.web.errors import ApiError
 
 ANONYMOUS = "anonymous"
 DEV_USER = "dev"

@@ -38,10 +38,10 @@ from echotune.common.request_stream import UNTAKEN, Final, Lookup, Opened, Reque
 from echotune.common.scripts import execute
 from echotune.gateway.chat.relay import Entry, StreamRelay, Subscription, parse_stream_id
 from echotune.gateway.chat.sse import HEARTBEAT, frame
-from echotune.gateway.errors import ApiError
 from echotune.gateway.limits import ADMIT_START, OPEN_STREAMS, Admission, ChatLimits
 from echotune.gateway.providers.service import ProviderService
 from echotune.gateway.settings import GatewaySettings
+from echotune.web.errors import ApiError
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from echotune.common.completion import CompletionFeatures, NamedToolChoice
 from echotune.common.messages import ChatMessage, ChatOptions, Role
 from echotune.common.providers import ProviderRegistry
 from echotune.gateway.chat.service import ChatInput
-from echotune.gateway.errors import ApiError
 from echotune.gateway.openai_compat.schemas import ChatCompletionRequest, Message
 from echotune.gateway.openai_compat.service import resolve_model
+from echotune.web.errors import ApiError
 
 ROLES = {"developer": Role.SYSTEM}
 

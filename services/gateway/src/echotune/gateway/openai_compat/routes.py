@@ -14,10 +14,10 @@ from echotune.gateway.chat.relay import Entry
 from echotune.gateway.chat.service import ChatService
 from echotune.gateway.chat.sse import SSEResponse
 from echotune.gateway.deps import AUTHENTICATED, ChatServiceDep, UserIdDep
-from echotune.gateway.errors import ApiError
 from echotune.gateway.openai_compat.request import to_chat_input
 from echotune.gateway.openai_compat.schemas import MODEL_RULE, ChatCompletionRequest
 from echotune.gateway.openai_compat.service import Completion, chunk_stream
+from echotune.web.errors import ApiError
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"], dependencies=AUTHENTICATED)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from echotune.common.providers import ProviderRegistry
 from echotune.gateway.chat.relay import Entry
-from echotune.gateway.errors import ApiError
+from echotune.web.errors import ApiError
 
 # Our error codes → the HTTP status an OpenAI client expects for them.
 ERROR_STATUS = {

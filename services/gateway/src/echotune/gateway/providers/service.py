@@ -15,7 +15,6 @@ from echotune.common.keys import Keys
 from echotune.common.live_stats import LiveFigures, LiveStats
 from echotune.common.messages import BreakerState
 from echotune.common.providers import ProviderConfig, ProviderKind, ProviderRegistry
-from echotune.gateway.errors import ApiError
 from echotune.gateway.providers.schemas import (
     BreakerInfo,
     Health,
@@ -26,6 +25,7 @@ from echotune.gateway.providers.schemas import (
     ProviderList,
     Selection,
 )
+from echotune.web.errors import ApiError
 
 EVERYONE = "*"
 LIVE_MINUTES = 5

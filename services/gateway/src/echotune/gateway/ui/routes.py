@@ -17,7 +17,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Response
 from fastapi import Path as PathParam
 
-from echotune.gateway.errors import ApiError
+from echotune.web.errors import ApiError
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 INDEX = "index.html"

@@ -1,0 +1,82 @@
+"""One JSON error body for every 4xx/5xx: ``{"error": {"code", "message", "details"}}``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from echotune.common.logs import request_id_var
+
+
+class ApiError(Exception):
+    """An error answered to the client as is."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.details, self.headers = details, headers
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """The JSON error body, with the request id."""
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        body["details"] = jsonable_encoder(details)
+    return JSONResponse(
+        {"error": body, "request_id": request_id_var.get()}, status_code=status, headers=headers
+    )
+
+
+Render = Callable[[Request, ApiError], JSONResponse]
+"""How a service answers an error (a door may speak another API's error format)."""
+
+
+def render_error(_: Request, error: ApiError) -> JSONResponse:
+    return error_response(error.status, error.code, error.message, error.details, error.headers)
+
+
+def install_error_handlers(app: FastAPI, render: Render = render_error) -> None:
+    """Every failure FastAPI or the app raises becomes an error body (``render``)."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return render(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        message = "request validation failed"
+        if details:
+            message = f"{message}: {details[0]['msg']} at {'.'.join(map(str, details[0]['loc']))}"
+        return render(request, ApiError(422, "invalid_request", message, details=details))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
+            exc.status_code, "http_error"
+        )
+        headers = dict(exc.headers) if exc.headers else None
+        return render(request, ApiError(exc.status_code, code, str(exc.detail), headers=headers))
