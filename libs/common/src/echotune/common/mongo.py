@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import CollectionInvalid, OperationFailure
+from pymongo.errors import CollectionInvalid, OperationFailure, PyMongoError
 
 PROVIDER_TELEMETRY = "provider_telemetry"
 """One document per provider attempt (``_id`` = the telemetry event id). Owner: telemetry."""
 PROVIDER_ROLLUPS = "provider_rollups_1m"
 """Per provider, model and minute: counts, sums, histograms. Owner: telemetry."""
 CONVERSATIONS = "conversations"
-"""Conversation summary and latest turns per conversation id."""
+"""Conversation summary and latest turns per conversation id. Owner: ``conversations.py``."""
 LISTENING_HISTORY = "listening_history"
 """One document per play. Owner: analytics."""
 
@@ -64,3 +67,31 @@ async def ensure_validator(
             if exc.code != NAMESPACE_EXISTS:
                 raise
     await db.command("collMod", name, **options)
+
+
+def backoff_s(attempt: int, base_s: float, cap_s: float) -> float:
+    """Delay before retry ``attempt`` (1-based): exponential, capped, jittered down by ≤ 50 %."""
+    return min(cap_s, base_s * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+
+
+async def until_done(
+    step: Callable[[], Awaitable[None]],
+    what: str,
+    *,
+    base_s: float = 0.5,
+    cap_s: float = 30.0,
+    on_failure: Callable[[PyMongoError], None] | None = None,
+) -> None:
+    """Run ``step`` until it succeeds, waiting with back-off while MongoDB fails."""
+    attempt = 0
+    while True:
+        try:
+            await step()
+            return
+        except PyMongoError as exc:
+            attempt += 1
+            if on_failure is not None:
+                on_failure(exc)
+            delay = backoff_s(attempt, base_s, cap_s)
+            log.warning("%s failed (attempt %d), retry in %.2f s: %s", what, attempt, delay, exc)
+            await asyncio.sleep(delay)

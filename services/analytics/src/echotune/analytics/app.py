@@ -21,11 +21,10 @@ from echotune.analytics.migrations import migrate
 from echotune.analytics.routes import api_router
 from echotune.analytics.settings import AnalyticsSettings
 from echotune.common.logs import configure_logging
-from echotune.common.mongo import create_mongo
+from echotune.common.mongo import create_mongo, until_done
 from echotune.web.requestid import RequestIdMiddleware
 
 log = logging.getLogger("echotune.analytics")
-RETRY_BASE_S, RETRY_CAP_S = 0.5, 30.0
 
 
 @dataclass
@@ -37,20 +36,14 @@ class MigrationState:
 
 
 async def migrate_until_done(db: AsyncDatabase[dict[str, Any]], state: MigrationState) -> None:
-    """Run the migration, retrying with back-off while it fails (MongoDB down, …)."""
-    delay = RETRY_BASE_S
-    while True:
-        try:
-            await migrate(db)
-        except PyMongoError as exc:
-            state.last_error = str(exc)[:500]
-            log.warning("migration failed, retry in %.1f s: %s", delay, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RETRY_CAP_S)
-            continue
-        state.done, state.last_error = True, None
-        log.info("migration done on database %s", db.name)
-        return
+    """Run the migration, waiting (with back-off) while MongoDB fails."""
+
+    def failed(exc: PyMongoError) -> None:
+        state.last_error = str(exc)[:500]
+
+    await until_done(lambda: migrate(db), "analytics migration", on_failure=failed)
+    state.done, state.last_error = True, None
+    log.info("migration done on database %s", db.name)
 
 
 @asynccontextmanager

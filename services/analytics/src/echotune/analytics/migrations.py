@@ -2,9 +2,10 @@
 analytics queries read with.
 
 Analytics owns ``listening_history``. On ``provider_rollups_1m`` (owned by telemetry) and
-``conversations`` (owned by the worker) it only makes sure the indexes it reads with exist,
-with the owner's key and name, creating them when missing (the owner later adjusts options
-such as the TTL). Safe to run from several processes at once and on every start.
+``conversations`` it runs the owner's migration (``echotune.common.conversations``); on
+``provider_rollups_1m`` (owned by telemetry) it only makes sure the indexes it reads with
+exist, with the owner's key and name, creating them when missing (the owner later adjusts
+options such as the TTL). Safe to run from several processes at once and on every start.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import OperationFailure
 
+from echotune.common.conversations import migrate_conversations
 from echotune.common.mongo import (
-    CONVERSATIONS,
     LISTENING_HISTORY,
     PROVIDER_ROLLUPS,
     ensure_validator,
@@ -88,8 +89,6 @@ INDEXES = [
     IndexSpec(
         PROVIDER_ROLLUPS, "provider_model_minute", [("provider", 1), ("model", 1), ("minute", -1)]
     ),
-    # a user's conversations, newest first: the same key and name as the worker's
-    IndexSpec(CONVERSATIONS, "user_recent", [("userId", 1), ("lastActivity", -1)]),
 ]
 
 
@@ -111,5 +110,6 @@ async def ensure_index(collection: AsyncCollection[Document], spec: IndexSpec) -
 async def migrate(db: AsyncDatabase[Document]) -> None:
     """Bring the listening collection and the indexes analytics reads with up to date."""
     await ensure_validator(db, LISTENING_HISTORY, LISTENING_SCHEMA)
+    await migrate_conversations(db)  # its owner's migration, so its reads have their index
     for spec in INDEXES:
         await ensure_index(db[spec.collection], spec)

@@ -9,18 +9,18 @@ or down the answer goes on without it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo import AsyncMongoClient
+from pymongo.errors import DuplicateKeyError
 
+from echotune.common.conversations import migrate_conversations
 from echotune.common.messages import ChatJob, ChatMessage, ContextUsage, Role
-from echotune.common.mongo import CONVERSATIONS, ensure_validator
+from echotune.common.mongo import CONVERSATIONS, until_done
 
 log = logging.getLogger(__name__)
 
@@ -28,28 +28,6 @@ SUMMARY_CHARS = 600
 PAUSE_AFTER_FAILURE_S = 10.0
 QUESTION_CHARS = 120
 CAS_ATTEMPTS = 8
-
-SCHEMA: dict[str, Any] = {
-    "bsonType": "object",
-    "required": ["userId", "turns", "messageCount", "lastActivity"],
-    "properties": {
-        "userId": {"bsonType": "string"},
-        "summary": {"bsonType": "string"},
-        "turns": {
-            "bsonType": "array",
-            "items": {
-                "bsonType": "object",
-                "required": ["role", "content"],
-                "properties": {
-                    "role": {"enum": ["user", "assistant"]},
-                    "content": {"bsonType": "string"},
-                },
-            },
-        },
-        "messageCount": {"bsonType": ["int", "long"], "minimum": 0},
-        "lastActivity": {"bsonType": "date"},
-    },
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,11 +88,7 @@ class ConversationStore:
         log.warning("%s (MongoDB paused for %.0f s): %s", what, PAUSE_AFTER_FAILURE_S, exc)
 
     async def migrate(self) -> None:
-        """Validator and index; idempotent."""
-        await ensure_validator(self.collection.database, CONVERSATIONS, SCHEMA)
-        await self.collection.create_index(
-            [("userId", ASCENDING), ("lastActivity", DESCENDING)], name="user_recent"
-        )
+        await migrate_conversations(self.collection.database)
 
     async def context(self, job: ChatJob) -> Context:
         if not (job.options.use_context and job.conversation_id) or job.new_conversation:
@@ -193,12 +167,6 @@ class ConversationStore:
         return result.matched_count == 1
 
 
-async def migrate_when_possible(store: ConversationStore, retry_s: float = 5.0) -> None:
-    """Run the migration at start-up, retrying while MongoDB is unreachable."""
-    while True:
-        try:
-            await store.migrate()
-            return
-        except PyMongoError as exc:
-            log.warning("conversations migration postponed: %s", exc)
-            await asyncio.sleep(retry_s)
+async def migrate_when_possible(store: ConversationStore) -> None:
+    """Run the migration at start-up, waiting (with back-off) while MongoDB is unreachable."""
+    await until_done(store.migrate, "conversations migration")

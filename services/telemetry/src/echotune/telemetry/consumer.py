@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from redis.exceptions import RedisError
 
 from echotune.common.keys import TELEMETRY_GROUP, Keys
 from echotune.common.messages import TelemetryEvent
+from echotune.common.mongo import backoff_s
 from echotune.telemetry.decode import DeadLetter, decode_batch, payload_text
 from echotune.telemetry.metrics import Metrics
 from echotune.telemetry.rollups import RollupClashError
@@ -36,11 +36,6 @@ from echotune.telemetry.settings import TelemetrySettings
 from echotune.telemetry.writer import TelemetryWriter, WriteResult
 
 log = logging.getLogger(__name__)
-
-
-def backoff_s(attempt: int, base_s: float, cap_s: float) -> float:
-    """Delay before retry ``attempt`` (1-based): exponential, capped, jittered down by ≤ 50 %."""
-    return min(cap_s, base_s * 2.0 ** (attempt - 1)) * random.uniform(0.5, 1.0)
 
 
 def _safe(text: str) -> str:

@@ -13,8 +13,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from echotune.common.keys import TELEMETRY_GROUP
-from echotune.common.mongo import PROVIDER_ROLLUPS
-from echotune.telemetry.consumer import backoff_s
+from echotune.common.mongo import PROVIDER_ROLLUPS, until_done
 from echotune.telemetry.migrations import migrate
 from echotune.telemetry.rollups import forget_old_batches
 from echotune.telemetry.settings import TelemetrySettings
@@ -37,16 +36,12 @@ async def migrate_until_done(
     db: AsyncDatabase[dict[str, Any]], settings: TelemetrySettings
 ) -> None:
     """Run the migration, waiting (with back-off) for MongoDB if it is not reachable yet."""
-    attempt = 0
-    while True:
-        try:
-            await migrate(db, settings.raw_ttl_days, settings.rollup_ttl_days)
-            return
-        except PyMongoError as exc:
-            attempt += 1
-            delay = backoff_s(attempt, settings.retry_base_s, settings.retry_cap_s)
-            log.warning("migration failed (attempt %d), retry in %.2f s: %s", attempt, delay, exc)
-            await asyncio.sleep(delay)
+    await until_done(
+        lambda: migrate(db, settings.raw_ttl_days, settings.rollup_ttl_days),
+        "telemetry migration",
+        base_s=settings.retry_base_s,
+        cap_s=settings.retry_cap_s,
+    )
 
 
 async def forget_old_batches_forever(
