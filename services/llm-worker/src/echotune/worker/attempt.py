@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from echotune.common.breaker import Outcome, Permit
 from echotune.common.messages import ChatJob
 from echotune.common.providers import ProviderConfig
-from echotune.worker.context import WorkerContext
 from echotune.worker.providers.base import (
     Finish,
     ProviderError,
@@ -20,6 +19,7 @@ from echotune.worker.providers.base import (
     TextChunk,
     ToolCallChunk,
 )
+from echotune.worker.resources import Worker
 from echotune.worker.telemetry import AttemptClock
 from echotune.worker.writer import EventWriter
 
@@ -59,7 +59,7 @@ class Attempt:
 
     def __init__(
         self,
-        ctx: WorkerContext,
+        ctx: Worker,
         job: ChatJob,
         writer: EventWriter,
         config: ProviderConfig,

@@ -31,7 +31,7 @@ CAS_ATTEMPTS = 8
 
 
 @dataclass(frozen=True, slots=True)
-class Context:
+class ConversationContext:
     """Messages to put before the user's message, and how much they weigh."""
 
     messages: list[ChatMessage] = field(default_factory=list)
@@ -50,10 +50,10 @@ def summarize(previous: str, question: str) -> str:
     return "\n".join(kept)
 
 
-def build_context(document: dict[str, Any] | None, max_chars: int) -> Context:
+def build_context(document: dict[str, Any] | None, max_chars: int) -> ConversationContext:
     """The summary and the newest turns that fit in ``max_chars`` characters, oldest first."""
     if not document:
-        return Context()
+        return ConversationContext()
     messages: list[ChatMessage] = []
     used = 0
     summary = document.get("summary") or ""
@@ -68,7 +68,7 @@ def build_context(document: dict[str, Any] | None, max_chars: int) -> Context:
             break
         turns.insert(0, ChatMessage(role=Role(turn["role"]), content=turn["content"]))
         used += len(turn["content"])
-    return Context(messages + turns, ContextUsage(turns=len(turns), chars=used))
+    return ConversationContext(messages + turns, ContextUsage(turns=len(turns), chars=used))
 
 
 class ConversationStore:
@@ -90,11 +90,11 @@ class ConversationStore:
     async def migrate(self) -> None:
         await migrate_conversations(self.collection.database)
 
-    async def context(self, job: ChatJob) -> Context:
+    async def context(self, job: ChatJob) -> ConversationContext:
         if not (job.options.use_context and job.conversation_id) or job.new_conversation:
-            return Context()
+            return ConversationContext()
         if not self._available():
-            return Context()
+            return ConversationContext()
         try:
             document = await self.collection.find_one(
                 {"_id": job.conversation_id, "userId": job.user_id},
@@ -102,7 +102,7 @@ class ConversationStore:
             )
         except Exception as exc:  # context is optional: never let it break an answer
             self._failed(exc, "conversation context unavailable, answering without it")
-            return Context()
+            return ConversationContext()
         return build_context(document, self.max_chars)
 
     async def append(self, job: ChatJob, answer: str, epoch: int = 1) -> None:

@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
-
-from pydantic import ValidationError
 
 from echotune.common.logs import request_id_var
 from echotune.common.messages import (
@@ -18,29 +15,23 @@ from echotune.common.messages import (
     ErrorEvent,
     FailoverEvent,
     FinishReason,
-    encode_event,
 )
 from echotune.common.request_stream import Final, Take, Taken
-from echotune.worker.context import WorkerContext
 from echotune.worker.inflight import CANCELLED, FENCED, InFlight
 from echotune.worker.jobs import JobRunner, shutdown_error
+from echotune.worker.resources import Worker
 from echotune.worker.writer import EventWriter, Refused
 
 log = logging.getLogger(__name__)
 
 
-async def execute(ctx: WorkerContext, body: dict[str, Any], held: InFlight) -> bool:
+async def execute(ctx: Worker, job: ChatJob, held: InFlight) -> bool:
     """Run one held job to its end; whether its entry may be acknowledged.
 
     ``False`` only when another worker took the job over (its entry is now theirs).
     """
     token = request_id_var.set(held.request_id)
     try:
-        try:
-            job = ChatJob.model_validate(body)
-        except ValidationError as exc:
-            await _refuse(ctx, held.request_id, exc)
-            return True
         if held.reason == FENCED:  # reclaimed by another worker while it waited for a slot
             return False
         taken = await ctx.streams.take(job.request_id, ctx.settings.consumer)
@@ -65,7 +56,7 @@ async def execute(ctx: WorkerContext, body: dict[str, Any], held: InFlight) -> b
 
 
 async def _run(
-    ctx: WorkerContext, job: ChatJob, held: InFlight, taken: Taken, writer: EventWriter
+    ctx: Worker, job: ChatJob, held: InFlight, taken: Taken, writer: EventWriter
 ) -> bool:
     if taken.cancelled:
         held.stop(CANCELLED)
@@ -121,12 +112,3 @@ async def _end(writer: EventWriter, final: ChatEvent) -> bool:
     if outcome is not Final.WRITTEN:
         log.warning("final %s not written: %s", final.type, outcome.value)
     return outcome is not Final.FENCED
-
-
-async def _refuse(ctx: WorkerContext, request_id: str, exc: ValidationError) -> None:
-    """Dead-end an unreadable job: its stream (if any) ends with an ``invalid_job`` error."""
-    log.error("invalid chat job: %s", exc.errors(include_url=False)[:3])
-    taken = await ctx.streams.take(request_id, ctx.settings.consumer)
-    if taken.state is Take.TAKEN:
-        error = ErrorEvent(code=ErrorCode.INVALID_JOB, message="the chat job could not be read")
-        await ctx.streams.append_final(request_id, taken.epoch, 1, encode_event(error))

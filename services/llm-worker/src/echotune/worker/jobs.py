@@ -25,9 +25,9 @@ from echotune.common.messages import (
 )
 from echotune.common.providers import ProviderConfig
 from echotune.worker.attempt import Attempt, AttemptInfo, MidStreamFailure
-from echotune.worker.context import WorkerContext
-from echotune.worker.conversations import Context
+from echotune.worker.conversations import ConversationContext
 from echotune.worker.providers.base import ProviderError, ProviderRequest
+from echotune.worker.resources import Worker
 from echotune.worker.retry import backoff_delay, is_retryable
 from echotune.worker.writer import EventWriter
 
@@ -48,9 +48,9 @@ class Skip(Exception):
 class JobRunner:
     """Produces the events of one ``ChatJob`` through the writer of the worker that holds it."""
 
-    def __init__(self, ctx: WorkerContext, job: ChatJob, writer: EventWriter) -> None:
+    def __init__(self, ctx: Worker, job: ChatJob, writer: EventWriter) -> None:
         self.ctx, self.job, self.writer = ctx, job, writer
-        self.context = Context()
+        self.context = ConversationContext()
         self.attempts = 0
         self.first_token_at: float | None = None
         self.partial: list[str] = []

@@ -6,11 +6,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from echotune.common import job_queue
-from echotune.worker.context import WorkerContext
 from echotune.worker.inflight import CANCELLED, CLIENT_GONE, FENCED
+
+if TYPE_CHECKING:
+    from echotune.worker.resources import Worker
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +27,10 @@ class Subscriber(Protocol):
 
     async def start(self) -> None: ...
 
+    async def stop(self) -> None: ...
 
-async def sweep(ctx: WorkerContext, every_s: float) -> None:
+
+async def sweep(ctx: Worker, every_s: float) -> None:
     """Stop jobs whose cancel was asked (even if its announcement was lost) or whose reader
     marker lapsed (nobody came back within the resume window)."""
     while True:
@@ -50,7 +54,7 @@ async def sweep(ctx: WorkerContext, every_s: float) -> None:
                 ctx.jobs.stop(request_id, CLIENT_GONE)
 
 
-async def keep_held(ctx: WorkerContext) -> None:
+async def keep_held(ctx: Worker) -> None:
     """Keep every held entry fresh, so no other worker reclaims it; stop the ones lost."""
     settings = ctx.settings
     while True:
@@ -68,7 +72,7 @@ async def keep_held(ctx: WorkerContext) -> None:
                 job.stop(FENCED)
 
 
-async def keep_consuming(ctx: WorkerContext, subscribers: Sequence[Subscriber]) -> None:
+async def keep_consuming(ctx: Worker, subscribers: Sequence[Subscriber]) -> None:
     """Say this worker is alive; if Redis lost the jobs group, create it and read again."""
     settings = ctx.settings
     beat_at = 0.0

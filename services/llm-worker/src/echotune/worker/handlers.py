@@ -1,0 +1,72 @@
+"""The worker's FastStream handlers: chat jobs (new and reclaimed), cancels, unreadable jobs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated
+
+from faststream import Context
+from faststream.redis.message import RedisStreamMessage
+from pydantic import ValidationError
+
+from echotune.common.messages import ChatJob, ErrorCode, ErrorEvent, encode_event
+from echotune.common.request_stream import Take
+from echotune.worker.execute import execute
+from echotune.worker.inflight import CANCELLED
+from echotune.worker.resources import Worker
+
+log = logging.getLogger(__name__)
+
+WorkerDep = Annotated[Worker, Context("worker")]
+MessageDep = Annotated[RedisStreamMessage, Context("message")]
+
+
+async def handle_job(job: ChatJob, worker: WorkerDep, message: MessageDep) -> None:
+    """Produce one answer; the job is acknowledged once its final event is written."""
+    await _admit(job, worker, message)
+
+
+async def reclaim_job(job: ChatJob, worker: WorkerDep, message: MessageDep) -> None:
+    """Take over a job whose worker died (its entry stopped being refreshed)."""
+    await _admit(job, worker, message)
+
+
+async def _admit(job: ChatJob, worker: Worker, message: RedisStreamMessage) -> None:
+    """Hold the entry at once (kept fresh, cancellable), then wait for a slot."""
+    held = worker.jobs.hold(job.request_id, entry_id(message))
+    await worker.pool.admit(
+        lambda: execute(worker, job, held), message, lambda: worker.jobs.release(held)
+    )
+
+
+async def handle_cancel(request_id: str, worker: WorkerDep) -> None:
+    """Stop the job if this process holds it (every worker hears every cancel)."""
+    worker.jobs.stop(request_id, CANCELLED)
+
+
+async def refuse_unreadable(exc: ValidationError, worker: WorkerDep, message: MessageDep) -> None:
+    """A job that does not match ``ChatJob``: its stream (if any) ends with ``invalid_job``."""
+    log.error("invalid chat job: %s", exc.errors(include_url=False)[:3])
+    request_id = _request_id(message)
+    if request_id is not None:
+        taken = await worker.streams.take(request_id, worker.settings.consumer)
+        if taken.state is Take.TAKEN:
+            error = ErrorEvent(code=ErrorCode.INVALID_JOB, message="the chat job could not be read")
+            await worker.streams.append_final(request_id, taken.epoch, 1, encode_event(error))
+    await message.ack()
+
+
+def _request_id(message: RedisStreamMessage) -> str | None:
+    try:
+        body = json.loads(message.body)
+    except ValueError:
+        return None
+    value = body.get("request_id") if isinstance(body, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def entry_id(message: RedisStreamMessage) -> str:
+    ids = message.raw_message.get("message_ids") or [b""]
+    entry = ids[0]
+    return entry.decode() if isinstance(entry, bytes) else str(entry)

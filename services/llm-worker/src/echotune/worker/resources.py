@@ -1,0 +1,122 @@
+"""What every job of a worker process shares (``Worker``), opened for the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from faststream.redis import RedisBroker
+from redis.asyncio import Redis
+
+from echotune.common import job_queue
+from echotune.common.breaker import CircuitBreakers
+from echotune.common.live_stats import LiveStats
+from echotune.common.mongo import create_mongo
+from echotune.common.providers import ProviderRegistry
+from echotune.common.redis import create_redis
+from echotune.common.request_stream import RequestStreams
+from echotune.worker.conversations import ConversationStore, migrate_when_possible
+from echotune.worker.inflight import InFlightJobs
+from echotune.worker.pool import JobPool
+from echotune.worker.providers import build_provider
+from echotune.worker.providers.base import Provider, make_client
+from echotune.worker.settings import WorkerSettings
+from echotune.worker.telemetry import TelemetryPublisher
+from echotune.worker.upkeep import keep_held, sweep
+from echotune.worker.writer import AppendFlusher
+
+
+@dataclass(slots=True)
+class Worker:
+    settings: WorkerSettings
+    redis: Redis
+    http: httpx.AsyncClient
+    registry: ProviderRegistry
+    providers: dict[str, Provider]
+    jobs: InFlightJobs
+    streams: RequestStreams
+    flusher: AppendFlusher
+    telemetry: TelemetryPublisher
+    breakers: CircuitBreakers
+    live: LiveStats
+    conversations: ConversationStore
+    pool: JobPool
+    _upkeep: list[asyncio.Task[None]] = field(default_factory=list)
+    _supervisor: asyncio.Task[None] | None = None
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background until the worker closes."""
+        self._upkeep.append(asyncio.create_task(work))
+
+    def supervise(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run the subscribers' supervisor (stopped first on shutdown)."""
+        self._supervisor = asyncio.create_task(work)
+
+    def stop_supervising(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+
+    def close(self) -> None:
+        self.stop_supervising()
+        for task in self._upkeep:
+            task.cancel()
+
+
+def build_providers(registry: ProviderRegistry, http: httpx.AsyncClient) -> dict[str, Provider]:
+    return {config.name: build_provider(config, http) for config in registry}
+
+
+@asynccontextmanager
+async def open_worker(settings: WorkerSettings, broker: RedisBroker) -> AsyncIterator[Worker]:
+    """Clients, scripts and background upkeep of one worker process."""
+    keys = settings.keys
+    redis = create_redis(settings.redis_url, max_connections=settings.concurrency + 16)
+    await job_queue.ensure_group(redis, keys)  # before the subscribers: they would use $
+    streams = RequestStreams(
+        redis,
+        keys,
+        request_ttl_s=int(settings.resume_window_s + 60),
+        final_ttl_s=int(settings.resume_window_s + 60),
+        reader_ttl_ms=int(settings.resume_window_s * 1000),
+        events_maxlen=settings.events_maxlen,
+    )
+    await streams.load_scripts()
+    http = make_client()
+    context_ms = int(settings.context_timeout_s * 1000)
+    mongo = create_mongo(
+        settings.mongodb_url, timeout_ms=context_ms, operation_timeout_ms=context_ms
+    )
+    registry = settings.registry()
+    worker = Worker(
+        settings=settings,
+        redis=redis,
+        http=http,
+        registry=registry,
+        providers=build_providers(registry, http),
+        jobs=InFlightJobs(),
+        streams=streams,
+        flusher=AppendFlusher(streams),
+        telemetry=TelemetryPublisher(broker, keys.telemetry, settings.telemetry_maxlen),
+        breakers=CircuitBreakers(redis, keys, settings.breaker.policy()),
+        live=LiveStats(redis, keys),
+        pool=JobPool(settings.concurrency),
+        conversations=ConversationStore(
+            mongo, max_chars=settings.context_max_chars, keep_turns=settings.context_keep_turns
+        ),
+    )
+    worker.spawn(worker.flusher.run())
+    worker.spawn(sweep(worker, settings.reader_check_s))
+    worker.spawn(keep_held(worker))
+    worker.spawn(migrate_when_possible(worker.conversations))
+    try:
+        yield worker
+    finally:
+        worker.close()
+        await worker.telemetry.flush()
+        await http.aclose()
+        await mongo.close()
+        await redis.aclose()
