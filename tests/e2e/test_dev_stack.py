@@ -5,10 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from deploy.local import local_model
 from deploy.local.servers import free_port
 from tests.support.devstack import BANNER, STARTING, DevRun
+from tests.support.sse import read_stream
 
 # dev, Redis, SecantusDB, analytics, gateway, worker, telemetry: Ctrl-C once the n-th exists
 # (1: once `make dev` says it is starting, before it started anything)
@@ -89,3 +92,29 @@ async def test_a_malformed_dev_api_key_is_one_clear_line(
     assert "ECHOTUNE_DEV_API_KEY" in lines[0]
     assert "et_<id>_<secret>" in lines[0]
     assert not await run.wait_all_gone(timeout=1)
+
+
+@pytest.mark.local_model
+async def test_dev_local_answers_with_the_local_model_and_stops_it(
+    dev_env: dict[str, str], runs: list[DevRun], tmp_path: Path
+) -> None:
+    """What `make dev-local` runs: the stack answers with generated text, offline, from the
+    local model, and Ctrl-C stops the model server too."""
+    key = "et_devlocal_S3cretForTheLocalModelTest0123456789"
+    run = DevRun({**dev_env, "ECHOTUNE_LOCAL_MODEL": "1", "ECHOTUNE_DEV_API_KEY": key}, tmp_path)
+    runs.append(run)
+    await run.start()
+    gateway = (await run.proc.wait_for_line(r"gateway\s+(http://\S+)", timeout=240)).group(1)
+    await run.proc.wait_for_line(BANNER, timeout=60)
+    assert len(run.processes()) == 8, run.output()  # the seven of `make dev` and the model
+    async with httpx.AsyncClient(timeout=120, headers={"Authorization": f"Bearer {key}"}) as http:
+        result = await read_stream(
+            http,
+            "GET",
+            f"{gateway}/api/chat/stream",
+            params={"message": "Recommend three albums for a rainy evening", "use_context": "0"},
+        )
+    assert result.last.event == "done", result.last.data
+    assert result.last.json["provider"] == local_model.PROVIDER
+    assert len(result.text.split()) >= 5, result.text
+    await interrupted(run)
