@@ -26,6 +26,10 @@ def dev_env() -> dict[str, str]:
         "ECHOTUNE_DEV_ANALYTICS_PORT": str(free_port()),
         "ECHOTUNE_DEV_TELEMETRY_PORT": str(free_port()),
         "ECHOTUNE_LOCAL_MODEL": "0",
+        # whatever the shell says, this stack starts its own servers and makes its own key
+        "ECHOTUNE_REDIS_URL": "",
+        "ECHOTUNE_MONGODB_URL": "",
+        "ECHOTUNE_DEV_API_KEY": "",
     }
 
 
