@@ -83,6 +83,14 @@ class CpuTrace:
         index = max(bisect.bisect_right(times, moment) - 1, 0)
         return self.samples[index][1]
 
+    def per_token(self, first: float, last: float, tokens: int) -> float:
+        """CPU ns per token between the arrival of the first token (``first``, so prompt
+        evaluation is left out) and ``last``, over which ``tokens`` more were generated. Over
+        several tokens, so that tokens arriving in one burst do not matter."""
+        if tokens < 1:
+            raise ValueError("no token to divide by")
+        return (self.at(last) - self.at(first)) / tokens
+
     def busy_until(self, after: float, until: float, share: float = 0.3) -> float:
         """The end of the last interval between two samples in [``after``, ``until``] over
         which the process used more than ``share`` of a core; ``after`` if there is none."""

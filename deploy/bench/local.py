@@ -186,9 +186,12 @@ async def cancel_trial(
         trial["error"] = trial["error"] or "ended before the cancel"
         return trial
     idle_from = await trace.until_idle(after=cancelled_at)
-    per_token = (trace.at(arrivals[CANCEL_AFTER - 1]) - trace.at(arrivals[1])) / (CANCEL_AFTER - 2)
+    per_token = trace.per_token(arrivals[0], cancelled_at, CANCEL_AFTER - 1)
     after = trace.at(idle_from) - trace.at(cancelled_at)
-    trial["tokens_after"] = round(after / per_token, 2) if per_token > 0 else None
+    if per_token <= 0:
+        trial["error"] = "no CPU time measured while streaming"
+        return trial
+    trial["tokens_after"] = round(after / per_token, 2)
     trial["busy_after_ms"] = round(
         (trace.busy_until(cancelled_at, idle_from) - cancelled_at) * 1000, 1
     )

@@ -147,8 +147,7 @@ async def test_cancel_mid_answer_stops_the_server_generating(
 
     idle_from = await trace.until_idle(after=cancelled_at)
     stopped_at = trace.busy_until(cancelled_at, idle_from)
-    # CPU one token costs the server while streaming (first token excluded: prompt evaluation)
-    per_token = (trace.at(arrivals[CANCEL_AFTER - 1]) - trace.at(arrivals[1])) / (CANCEL_AFTER - 2)
+    per_token = trace.per_token(arrivals[0], cancelled_at, CANCEL_AFTER - 1)
     after_cancel = trace.at(idle_from) - trace.at(cancelled_at)
     tokens_after = after_cancel / per_token
     print(
