@@ -124,7 +124,10 @@ class DevStack:
         server, base_url = await local_model.start_server()
         self.services.append(server)
         self.urls["local model"] = base_url
-        configured = json.loads(os.environ.get("ECHOTUNE_PROVIDERS") or "[]")
+        try:
+            configured = json.loads(os.environ.get("ECHOTUNE_PROVIDERS") or "[]")
+        except ValueError as exc:
+            raise RuntimeError(f"ECHOTUNE_PROVIDERS is not a JSON list: {exc}") from None
         others = [p for p in configured if p.get("name") != local_model.PROVIDER]
         self.env["ECHOTUNE_PROVIDERS"] = json.dumps([*others, local_model.provider(base_url)])
         if not os.environ.get("ECHOTUNE_DEFAULT_PROVIDER"):
