@@ -12,7 +12,8 @@ Figures per level and arm: TTFT (request sent → first token at the client), to
 stream (tokens after the first / time from the first to the last), aggregate tokens/s (all
 tokens of a round / its wall time). Cancel trials (``--trials`` per arm): after 8 tokens A closes
 the stream, B POSTs the cancel; the server's CPU time after that moment, in tokens' worth of
-CPU, says how much it still generated (deploy/bench/cpu_trace.py).
+CPU (measured over a whole answer first), says how much it still generated
+(deploy/bench/cpu_trace.py).
 """
 
 from __future__ import annotations
@@ -172,8 +173,20 @@ async def run_round(
     return {"arm": arm, "level": level, "wall_s": time.monotonic() - started, "samples": samples}
 
 
+async def cpu_per_token(http: httpx.AsyncClient, target: Target, llama_pid: int) -> float:
+    """The server's CPU ns per generated token, over a whole answer of arm A (its prompt left
+    out): what a token's worth of CPU is in the cancel trials."""
+    trace = CpuTrace(llama_pid)
+    sampling = asyncio.create_task(trace.run())
+    try:
+        _, arrivals, _ = await stream(http, target, A)
+    finally:
+        sampling.cancel()
+    return trace.per_token(arrivals[0], arrivals[-1], len(arrivals) - 1)
+
+
 async def cancel_trial(
-    http: httpx.AsyncClient, target: Target, arm: str, llama_pid: int
+    http: httpx.AsyncClient, target: Target, arm: str, llama_pid: int, per_token: float
 ) -> dict[str, Any]:
     trace = CpuTrace(llama_pid)
     sampling = asyncio.create_task(trace.run())
@@ -186,11 +199,7 @@ async def cancel_trial(
         trial["error"] = trial["error"] or "ended before the cancel"
         return trial
     idle_from = await trace.until_idle(after=cancelled_at)
-    per_token = trace.per_token(arrivals[0], cancelled_at, CANCEL_AFTER - 1)
     after = trace.at(idle_from) - trace.at(cancelled_at)
-    if per_token <= 0:
-        trial["error"] = "no CPU time measured while streaming"
-        return trial
     trial["tokens_after"] = round(after / per_token, 2)
     trial["busy_after_ms"] = round(
         (trace.busy_until(cancelled_at, idle_from) - cancelled_at) * 1000, 1
@@ -268,7 +277,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "",
         "Cancel after 8 tokens (A: close the stream; B: POST cancel). *Tokens after*: CPU time the "
-        "server spent after the cancel ÷ its CPU time per token while streaming.",
+        "server spent after the cancel ÷ its CPU time per generated token "
+        f"({results['cpu_ms_per_token']} ms, over a whole answer).",
         "",
         "| arm | trials | errors | tokens after p50 / p95 | server busy after ms p50 / p95 | "
         "cancel → `done` ms p50 / p95 |",
@@ -324,11 +334,13 @@ async def drive(args: argparse.Namespace, target: Target, llama_pid: int) -> dic
                         f" errors {stats['errors']}"
                     )
         trials: list[dict[str, Any]] = []
+        per_token = 0.0
         if args.trials:
-            say(f"cancel trials ({args.trials} per arm)")
+            per_token = await cpu_per_token(http, target, llama_pid)
+            say(f"cancel trials ({args.trials} per arm); {per_token / 1e6:.1f} ms CPU per token")
             for _ in range(args.trials):
                 for arm in (A, B):
-                    trials.append(await cancel_trial(http, target, arm, llama_pid))
+                    trials.append(await cancel_trial(http, target, arm, llama_pid, per_token))
     levels = [
         {
             "level": level,
@@ -341,6 +353,7 @@ async def drive(args: argparse.Namespace, target: Target, llama_pid: int) -> dic
     ]
     return {
         "levels": levels,
+        "cpu_ms_per_token": round(per_token / 1e6, 2),
         "cancel": {arm: cancel_stats([t for t in trials if t["arm"] == arm]) for arm in (A, B)},
         "trials": trials,
     }

@@ -113,6 +113,11 @@ async def test_a_real_answer_streams_through_the_gateway_and_is_recorded(
     assert len(set(result.text.lower().split())) >= 5, result.text  # words, not one token echoed
     print(f"\nlocal model answered ({len(deltas)} deltas): {result.text!r}")
 
+    report = (await client.get(f"{lstack.url}/api/providers/health")).json()
+    health = next(p for p in report["providers"] if p["id"] == local_model.PROVIDER)
+    assert health["breaker"]["state"] == "closed"
+    assert health["live"]["requests"] >= 1
+
     doc = await attempt_document(harness, rid)
     assert doc["provider"] == local_model.PROVIDER
     assert doc["model"] == local_model.model_name()
@@ -130,10 +135,19 @@ async def test_cancel_mid_answer_stops_the_server_generating(
     client: httpx.AsyncClient,
     rid: str,
 ) -> None:
-    # premise: left alone, this answer runs to max_tokens (so a cancel has work to stop)
-    whole = await ask(client, lstack, f"{rid}-whole", chat(LONG_PROMPT, max_tokens=LONG_TOKENS))
+    # premise: left alone, this answer runs to max_tokens (so a cancel has work to stop); and
+    # what one token costs the server in CPU time, over the whole answer (its prompt left out)
+    trace = CpuTrace(llama.proc.pid)
+    sampling = asyncio.create_task(trace.run())
+    try:
+        whole = await ask(client, lstack, f"{rid}-whole", chat(LONG_PROMPT, max_tokens=LONG_TOKENS))
+    finally:
+        sampling.cancel()
     assert whole.last.json["finish_reason"] == "length", whole.text
-    assert len(whole.of("delta")) >= LONG_TOKENS - 10
+    deltas = whole.of("delta")
+    assert len(deltas) >= LONG_TOKENS - 10
+    # a frame's ``at`` is when its parsing began: deltas[1].at is when deltas[0] had arrived
+    per_token = trace.per_token(deltas[1].at, deltas[-1].at, len(deltas) - 2)
 
     trace = CpuTrace(llama.proc.pid)
     sampling = asyncio.create_task(trace.run())
@@ -147,7 +161,6 @@ async def test_cancel_mid_answer_stops_the_server_generating(
 
     idle_from = await trace.until_idle(after=cancelled_at)
     stopped_at = trace.busy_until(cancelled_at, idle_from)
-    per_token = trace.per_token(arrivals[0], cancelled_at, CANCEL_AFTER - 1)
     after_cancel = trace.at(idle_from) - trace.at(cancelled_at)
     tokens_after = after_cancel / per_token
     print(
