@@ -103,7 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.upstream == "local":
         default_levels = "1" if args.quick else "1,4"
     args.levels = [int(x) for x in (args.levels or default_levels).split(",")]
-    args.rounds = args.rounds or (1 if args.quick else 3)
+    # a real model's timings vary more from answer to answer: more rounds for a stable median
+    args.rounds = args.rounds or (1 if args.quick else 10 if args.upstream == "local" else 3)
     args.min_streams = args.min_streams or (4 if args.quick else 10)
     args.trials = args.trials if args.trials is not None else (5 if args.quick else 30)
     args.profile = [p for p in args.profile.split(",") if p]
