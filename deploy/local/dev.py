@@ -68,6 +68,8 @@ async def _in_thread(start: Callable[[], T]) -> T:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
         await asyncio.wait([task])
+        if not task.cancelled():
+            task.exception()  # e.g. the server got the same Ctrl-C while forking: nothing to add
         raise
 
 
