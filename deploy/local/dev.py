@@ -201,8 +201,9 @@ async def serve(api_key: str) -> int:
                 print(f"make dev: {', '.join(stack.exited())} exited", file=sys.stderr)
                 code = 1
     except (RuntimeError, local_model.LocalModelUnavailable) as exc:
-        print(f"make dev: {exc}", file=sys.stderr, flush=True)
-        code = 1
+        if not stop.is_set():  # else a child got the same Ctrl-C while it was being forked
+            print(f"make dev: {exc}", file=sys.stderr, flush=True)
+            code = 1
     finally:
         print("stopping…", flush=True)
         starting.cancel()
