@@ -57,6 +57,7 @@ async def interrupted(run: DevRun) -> str:
 
 
 @pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.timeout(240)
 async def test_ctrl_c_during_start_up_stops_everything(
     stage: int, dev_env: dict[str, str], runs: list[DevRun], tmp_path: Path
 ) -> None:
@@ -70,6 +71,7 @@ async def test_ctrl_c_during_start_up_stops_everything(
     await interrupted(run)
 
 
+@pytest.mark.timeout(300)
 async def test_ctrl_c_after_start_up_then_a_second_run_starts(
     dev_env: dict[str, str], runs: list[DevRun], tmp_path: Path
 ) -> None:
@@ -99,6 +101,7 @@ async def test_a_malformed_dev_api_key_is_one_clear_line(
 
 
 @pytest.mark.local_model
+@pytest.mark.timeout(400)
 async def test_dev_local_answers_with_the_local_model_and_stops_it(
     dev_env: dict[str, str], runs: list[DevRun], tmp_path: Path
 ) -> None:
