@@ -1,8 +1,16 @@
 # Thin wrappers over uv. `make dev` runs the system, `make test` runs the tests.
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "$(HOME)/.local/bin/uv")
+# The `local-model` group (llama.cpp's server + SmolLM2) is installed by `make dev-local`,
+# `make bench ARGS="--upstream local"` or any target with ECHOTUNE_LOCAL_MODEL=1, and kept by
+# later syncs until ECHOTUNE_LOCAL_MODEL=0 (or `make clean`). Building llama-cpp-python takes
+# ~8 min, once per machine (uv caches the wheel; pyproject.toml pins its build flags).
+LOCAL_MODEL_INSTALLED := $(wildcard .venv/lib/python3*/site-packages/llama_cpp)
+LOCAL_MODEL := $(if $(filter 0 false no,$(ECHOTUNE_LOCAL_MODEL)),,$(or \
+  $(filter 1 true yes,$(ECHOTUNE_LOCAL_MODEL)),$(findstring --upstream local,$(ARGS)),$(LOCAL_MODEL_INSTALLED)))
+SYNC_GROUPS := $(if $(LOCAL_MODEL),--group local-model)
 
-.PHONY: help uv sync dev test test-fast lint fmt clean vendor-ui soak
+.PHONY: help uv sync dev dev-local test test-fast lint fmt clean vendor-ui soak
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -11,10 +19,13 @@ uv:  ## Install uv with pip when it is missing
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
 
 sync: uv  ## Create the virtual environment from uv.lock
-	@$(UV) sync --frozen --quiet
+	@$(UV) sync --frozen --quiet $(SYNC_GROUPS)
 
 dev: sync  ## Run the whole system locally (gateway on :8080)
 	$(UV) run --frozen python -m deploy.local.dev
+
+dev-local:  ## `make dev` with a local LLM (llama.cpp + SmolLM2-135M, offline; first build ~8 min)
+	@ECHOTUNE_LOCAL_MODEL=1 $(MAKE) --no-print-directory dev
 
 test: sync  ## Run the whole test suite (fast tests first, then end-to-end, then in a browser)
 	@# pytest exits 5 when it collected no test: that is a failure too, said plainly
@@ -80,5 +91,5 @@ bench-analytics: sync  ## Analytics endpoints on BENCH_N plays + attempts (defau
 # --- Benchmark (deploy/bench, results in bench/results/) -------------------------------------
 .PHONY: bench
 
-bench: sync  ## Latency benchmark: direct vs through echotune (make bench ARGS="--quick")
+bench: sync  ## Latency benchmark: direct vs through echotune (ARGS="--quick", ARGS="--upstream local")
 	$(UV) run --frozen python -m deploy.bench $(ARGS)

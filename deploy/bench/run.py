@@ -2,7 +2,9 @@
 
 Run: ``make bench [ARGS="..."]`` or ``python -m deploy.bench [--levels 1,10,50,100,500]
 [--tokens 64] [--pace-ms 20] [--ttft-ms 50] [--workers 2] [--rounds 3] [--clients 2]
-[--trials 30] [--quick] [--out DIR] [--profile gateway,worker1 --profile-level 100]``.
+[--trials 30] [--quick] [--out DIR] [--profile gateway,worker1 --profile-level 100]
+[--upstream fake|local]``. ``--upstream local`` measures llama.cpp with SmolLM2 instead of the
+fake upstream (:mod:`deploy.bench.local`).
 ``--quick`` (levels 1 and 5, one round, 5 trials) is the smoke run. Results: ``results.json``,
 ``results.md`` and ``latency.png`` in ``bench/results/<time>/`` (git-ignored) or ``--out``;
 the Markdown table is printed at the end. ``--profile`` runs ``py-spy record`` on the named
@@ -90,11 +92,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="py-spy these processes (gateway, worker1, ...) at --profile-level",
     )
     parser.add_argument("--profile-level", type=int, default=100)
+    parser.add_argument(
+        "--upstream",
+        choices=("fake", "local"),
+        default="fake",
+        help="fake: the scripted fake LLM; local: llama.cpp + SmolLM2 (deploy/bench/local.py)",
+    )
     args = parser.parse_args(argv)
-    args.levels = [
-        int(x) for x in (args.levels or ("1,5" if args.quick else "1,10,50,100,500")).split(",")
-    ]
-    args.rounds = args.rounds or (1 if args.quick else 3)
+    default_levels = "1,5" if args.quick else "1,10,50,100,500"
+    if args.upstream == "local":
+        default_levels = "1" if args.quick else "1,4"
+    args.levels = [int(x) for x in (args.levels or default_levels).split(",")]
+    # a real model's timings vary more from answer to answer: more rounds for a stable median
+    args.rounds = args.rounds or (1 if args.quick else 10 if args.upstream == "local" else 3)
     args.min_streams = args.min_streams or (4 if args.quick else 10)
     args.trials = args.trials if args.trials is not None else (5 if args.quick else 30)
     args.profile = [p for p in args.profile.split(",") if p]
@@ -535,7 +545,12 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
-    results = asyncio.run(bench_main(args))
+    if args.upstream == "local":
+        from deploy.bench.local import bench_local  # needs the local-model group
+
+        results = asyncio.run(bench_local(args))
+    else:
+        results = asyncio.run(bench_main(args))
     print(results["markdown"])
     print(f"\nresults: {results['files']['json']}\n         {results['files']['markdown']}")
     if results["files"].get("plot"):

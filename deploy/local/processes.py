@@ -27,8 +27,8 @@ class ServiceProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
 
-    async def start(self, ready: str, timeout: float = 30.0) -> re.Match[str]:
-        """Start the process and wait until a line matches the ``ready`` pattern."""
+    async def spawn(self) -> None:
+        """Start the process; its output is read (and kept) from now on."""
         self.proc = await asyncio.create_subprocess_exec(
             *self.args,
             cwd=ROOT,
@@ -38,12 +38,22 @@ class ServiceProcess:
             start_new_session=True,
         )
         self._reader = asyncio.create_task(self._read())
+
+    async def start(self, ready: str, timeout: float = 30.0) -> re.Match[str]:
+        """Start the process and wait until a line matches the ``ready`` pattern.
+
+        Whatever interrupts the wait (time-out, exit, cancellation by Ctrl-C) stops the process:
+        a half-started child is never left behind."""
+        await self.spawn()
         try:
             return await self.wait_for_line(ready, timeout)
         except TimeoutError as exc:
             await self.stop()
             log = "\n".join(self.lines[-40:])
             raise RuntimeError(f"{self.name} did not start:\n{log}") from exc
+        except BaseException:
+            await self.stop()
+            raise
 
     async def _read(self) -> None:
         assert self.proc

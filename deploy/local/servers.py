@@ -94,10 +94,14 @@ class RedisServer:
         threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # type: ignore[union-attr]
         return self.url
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if it does not exit in time."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(10)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
