@@ -129,8 +129,12 @@ async def test_default_answer_in_each_wire_format(
     assert record["provider"] == kind.value
     assert record["headers"]["x-request-id"] == rid
     assert record["tokens_sent"] == DEFAULT_TOKENS
+    assert record["text"] == "".join(default_tokens(DEFAULT_TOKENS))
+    assert record["model"] == "fake-model"
     assert record["closed_by_client"] is False
     assert record["started_ns"] <= record["first_token_ns"] <= record["ended_ns"]
+    assert abs(record["started_wall"] - time.time()) < 60
+    assert record["concurrent_with"] == []
 
 
 @pytest.mark.parametrize("kind", [ProviderKind.OPENAI, ProviderKind.ANTHROPIC, ProviderKind.GEMINI])
@@ -174,6 +178,7 @@ async def test_disconnect_after(fake: RunningFakeLLM, http: httpx.AsyncClient, r
     assert text_of(seen) == "".join(default_tokens(2))
     (record,) = await records(fake, http, rid, wait=2)
     assert record["tokens_sent"] == 2
+    assert record["text"] == "".join(default_tokens(2))
     assert record["closed_by_client"] is False
     assert record["outcome"] == "disconnected_by_server"
 
@@ -246,6 +251,53 @@ async def test_openai_non_streaming(fake: RunningFakeLLM, http: httpx.AsyncClien
     assert answer["object"] == "chat.completion"
     assert answer["choices"][0]["message"]["content"] == "".join(default_tokens(DEFAULT_TOKENS))
     assert answer["usage"]["completion_tokens"] == DEFAULT_TOKENS
+
+
+async def test_overlapping_attempts_of_one_key_are_recorded(
+    fake: RunningFakeLLM, http: httpx.AsyncClient, rid: str
+) -> None:
+    await script(fake, http, rid, {"token_count": 3, "pace_ms": 100})
+    client = provider(fake, ProviderKind.OPENAI, http)
+    first = asyncio.create_task(drain(client, request(rid)))
+    await fake.app.wait_ended(rid, within_s=2, ended=False)
+    await drain(client, request(rid))
+    await first
+    one, two = await records(fake, http, rid, wait=2)
+    assert (one["concurrent_with"], two["concurrent_with"]) == ([], [0])
+
+
+async def test_an_attempt_closed_just_before_the_next_is_not_overlapping(
+    fake: RunningFakeLLM, http: httpx.AsyncClient, rid: str
+) -> None:
+    await script(fake, http, rid, {"hang_after": 1}, {"token_count": 1})
+    client = provider(fake, ProviderKind.OPENAI, http)
+    for _ in range(5):  # the server may hear of the close after the next request arrived
+        stream = client.stream(request(rid))
+        await anext(stream)
+        await stream.aclose()
+        await drain(client, request(rid))
+        await script(fake, http, rid, {"hang_after": 1}, {"token_count": 1})
+    attempts = await records(fake, http, rid, wait=2)
+    assert len(attempts) == 10
+    assert [a["concurrent_with"] for a in attempts] == [[]] * 10
+
+
+async def test_an_outage_answers_every_request_for_a_model(
+    fake: RunningFakeLLM, http: httpx.AsyncClient, rid: str
+) -> None:
+    await script(fake, http, rid, {"tokens": ["scripted"]})
+    put = await http.put(f"{fake.url}/_control/outages/fake-model", json={"for_s": 30})
+    assert put.status_code == 200
+    client = provider(fake, ProviderKind.GEMINI, http)
+    with pytest.raises(ProviderError) as caught:
+        await drain(client, request(rid))
+    assert caught.value.status == 503
+    assert (await http.delete(f"{fake.url}/_control/outages/fake-model")).status_code == 200
+    assert text_of(await drain(client, request(rid))) == "scripted"
+    down, up = await records(fake, http, rid, wait=2)
+    assert (down["outage"], up["outage"]) == (True, False)
+    bad = await http.put(f"{fake.url}/_control/outages/fake-model", json={"step": {}})
+    assert bad.status_code == 400
 
 
 async def test_control_api(fake: RunningFakeLLM, http: httpx.AsyncClient, rid: str) -> None:

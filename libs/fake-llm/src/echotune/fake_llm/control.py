@@ -18,6 +18,19 @@ class FakeUpstream:
         )
         response.raise_for_status()
 
+    async def outage(self, model: str, for_s: float, step: dict[str, Any] | None = None) -> None:
+        """Answer every request for ``model`` with ``step`` (default: a 503) for ``for_s``."""
+        payload = {"step": step or {"status": 503}, "for_s": for_s}
+        response = await self.client.put(f"{self.url}/_control/outages/{model}", json=payload)
+        response.raise_for_status()
+
+    async def all_requests(self) -> dict[str, list[dict[str, Any]]]:
+        """Every key's recorded attempts."""
+        response = await self.client.get(f"{self.url}/_control/requests")
+        response.raise_for_status()
+        records: dict[str, list[dict[str, Any]]] = response.json()
+        return records
+
     async def requests(
         self, key: str, *, count: int = 1, until: str = "ended", wait_s: float = 10.0
     ) -> list[dict[str, Any]]:

@@ -17,12 +17,20 @@ default step. Control API (JSON):
 
 * ``PUT /_control/scripts/{key}`` ``{"attempts": [step, ...]}``
 * ``PUT /_control/default`` ``step``
+* ``PUT /_control/outages/{model}`` ``{"step": step, "for_s": s}`` → every request for
+  ``model`` (the body's ``model``, or Gemini's path) gets ``step`` (default: a 503) for ``s``
+  seconds, scripts untouched; ``DELETE /_control/outages/{model}`` ends it early
 * ``GET /_control/requests/{key}[?wait=<s>&count=<n>&until=ended|started]`` → the key's
   attempts; with ``wait``, first waits (up to ``wait`` seconds) until ``count`` (default 1)
   attempts exist and all ended (``until=started``: exist)
 * ``GET /_control/requests`` → ``{key: [attempt, ...]}``
 * ``DELETE /_control`` → forget scripts, the default step and recordings
 * ``GET /_control/health`` → ``{"ok": true}``
+
+An attempt's record (:class:`Attempt`) holds its arrival (``started_ns`` monotonic,
+``started_wall``), first token and end times, how it ended (``outcome``,
+``closed_by_client``), the exact ``text`` it sent, and ``concurrent_with``: the same key's
+earlier attempts still in progress when it arrived (one client's attempts never overlap).
 
 A step (JSON): ``status`` (200), ``retry_after`` (null | seconds | HTTP-date), ``ttft_ms`` (delay
 before the first token, after the head and preamble are sent), ``pace_ms`` (between tokens),
@@ -81,6 +89,8 @@ WORDS = (
     "with", "soft", "drums", "and", "warm", "bass", "lines",
 )  # fmt: skip
 GEMINI_PATH = re.compile(r"^/v1(?:beta)?/models/([^/:]+):streamGenerateContent$")
+OVERLAP_GRACE_YIELDS = 5
+OVERLAP_GRACE_S = 0.01
 REASON_PHRASES = {200: "OK", 400: "Bad Request", 404: "Not Found", 429: "Too Many Requests"}
 
 
@@ -220,12 +230,21 @@ class Attempt:
     json: Any
     started_ns: int
     provider: str | None = None
+    model: str | None = None
+    started_wall: float = 0.0
+    """``time.time()`` at arrival (``started_ns`` is ``time.monotonic_ns()``)."""
     status: int | None = None
     first_token_ns: int | None = None
     ended_ns: int | None = None
     closed_by_client: bool = False
     tokens_sent: int = 0
+    text: str = ""
+    """The exact text sent in this answer's tokens."""
     outcome: str = "running"
+    outage: bool = False
+    """Answered by an outage of its model (see ``PUT /_control/outages/{model}``)."""
+    concurrent_with: list[int] = field(default_factory=list)
+    """Indices of this key's earlier attempts still in progress when this one arrived."""
 
 
 class Exchange:
@@ -727,6 +746,7 @@ class FakeLLM:
         self.scripts: dict[str, list[Step]] = {}
         self.consumed: dict[str, int] = {}
         self.records: dict[str, list[Attempt]] = {}
+        self.outages: dict[str, tuple[Step, float]] = {}
 
     def set_script(self, key: str, attempts: Any) -> None:
         """Script the answers to the requests carrying ``X-Request-Id: key``."""
@@ -821,16 +841,62 @@ class FakeLLM:
         attempt = Attempt(
             key, path, method, query, headers, wire.body or None, time.monotonic_ns(), wire.name
         )
+        attempt.model, attempt.started_wall = wire.model, time.time()
         self.records.setdefault(key, []).append(attempt)
         exchange = Exchange(attempt, receive, send)
         self._live.add(exchange)
         self._notify()
         try:
-            await self._answer(exchange, wire, self.next_step(key))
+            step = self._outage_step(wire.model)
+            attempt.outage = step is not None
+            step = step or self.next_step(key)
+            attempt.concurrent_with = await self._overlapping(exchange)
+            await self._answer(exchange, wire, step)
         finally:
             exchange.close()
             self._live.discard(exchange)
             self._notify()
+
+    async def _overlapping(self, exchange: Exchange) -> list[int]:
+        """Indices of the same key's earlier attempts still in progress when this one arrived.
+
+        A client ends one attempt before it starts the next, but this server may learn of the
+        end (a closed connection) a few loop iterations after the next request arrived: the
+        pending notifications are processed first, so only truly concurrent attempts count.
+        """
+        key = exchange.attempt.key
+
+        def running() -> list[Exchange]:
+            return [
+                other
+                for other in self._live
+                if other is not exchange
+                and other.attempt.key == key
+                and other.client_gone_ns is None
+                and not other.finished
+            ]
+
+        if key == NO_KEY or not running():
+            return []
+        for _ in range(OVERLAP_GRACE_YIELDS):
+            await asyncio.sleep(0)
+        await asyncio.sleep(OVERLAP_GRACE_S)
+        records = self.records.get(key, [])
+        return sorted(records.index(other.attempt) for other in running())
+
+    def _outage_step(self, model: str) -> Step | None:
+        """The outage step of ``model`` while its outage lasts."""
+        outage = self.outages.get(model)
+        if outage is None or time.monotonic() >= outage[1]:
+            return None
+        return outage[0]
+
+    def set_outage(self, model: str, payload: Any) -> None:
+        """Answer every request for ``model`` with one step for ``for_s`` seconds."""
+        if not isinstance(payload, dict) or not isinstance(payload.get("for_s"), int | float):
+            raise ControlError('the body must be {"step": step, "for_s": seconds}')
+        step = Step.parse(payload.get("step", {"status": 503}), self.settings.base_step())
+        self.outages[model] = (step, time.monotonic() + float(payload["for_s"]))
 
     def _wire(self, method: str, path: str, query: str, raw: bytes) -> Wire | None:
         if method != "POST":
@@ -868,7 +934,7 @@ class FakeLLM:
                 record.first_token_ns = time.monotonic_ns()
                 record.tokens_sent = len(tokens)
                 await ex.start(200, "application/json", [])
-                text = "".join(tokens)
+                text = record.text = "".join(tokens)
                 completion = json.dumps(wire.complete(text, length, len(tokens))).encode()
                 await ex.body(completion, more=False)
                 record.outcome = "completed"
@@ -901,6 +967,7 @@ class FakeLLM:
             else:
                 await ex.body(tool_frames[index - len(tokens)])
             record.tokens_sent += 1
+            record.text += text
             if record.first_token_ns is None:
                 record.first_token_ns = time.monotonic_ns()
         if ex.stop.is_set():
@@ -971,6 +1038,12 @@ class FakeLLM:
             return {"ok": True}
         if route == ("PUT", "default", 1):
             self.set_default(payload)
+            return {"ok": True}
+        if route == ("PUT", "outages", 2):
+            self.set_outage(parts[1], payload)
+            return {"ok": True}
+        if route == ("DELETE", "outages", 2):
+            self.outages.pop(parts[1], None)
             return {"ok": True}
         if route == ("PUT", "scripts", 2):
             if not isinstance(payload, dict):
