@@ -93,3 +93,10 @@ bench-analytics: sync  ## Analytics endpoints on BENCH_N plays + attempts (defau
 
 bench: sync  ## Latency benchmark: direct vs through echotune (ARGS="--quick", ARGS="--upstream local")
 	$(UV) run --frozen python -m deploy.bench $(ARGS)
+
+# --- Chaos run (deploy/chaos, results in chaos/results/) -------------------------------------
+.PHONY: chaos
+
+chaos: sync  ## Seeded faults under random traffic, every answer checked (make chaos ARGS="--seed 7 --duration 600")
+	$(UV) run --frozen python -m deploy.chaos $(ARGS)
+

@@ -166,3 +166,10 @@ async def start_telemetry(
     """The telemetry writer; its URL serves ``/metrics`` and ``/healthz``."""
     app = "echotune.telemetry.app:create_app"
     return await start_service(name, "faststream", app, env, host, port)
+
+
+async def start_fake_llm(*args: str, name: str = "fake-llm") -> tuple[ServiceProcess, str]:
+    """The fake LLM upstream (``echotune.fake_llm``, dev only) on a free port; its root URL."""
+    proc = ServiceProcess(name, [PYTHON, "-m", "echotune.fake_llm", "--port", "0", *args], {})
+    match = await proc.start(r"FAKE_LLM_READY port=(\d+)")
+    return proc, f"http://127.0.0.1:{match.group(1)}"

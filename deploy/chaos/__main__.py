@@ -1,0 +1,3 @@
+from deploy.chaos.run import main
+
+main()

@@ -1,0 +1,203 @@
+"""The invariants over what the run left behind: telemetry documents and the Redis keyspace.
+
+Telemetry: each MongoDB document describes one attempt as its worker timed it (``ts`` is its
+end, ``latencyMs`` its length), so the fake upstream's record of an attempt, which arrived
+after the worker started timing it and before it stopped, lies inside exactly one document's
+interval (one runner's attempts are sequential). Excused, because the design cannot do
+otherwise: an attempt whose worker was SIGKILLed while it ran, or within a second after it
+ended (its event is published in the background, after the attempt), and a document of an
+attempt that ended before its request reached the upstream (cancelled before the request
+was sent: no upstream record, no tokens, no first token).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from deploy.chaos.checks import Findings
+from deploy.chaos.collect import LINGERING
+from deploy.chaos.evidence import Evidence
+from deploy.chaos.history import History
+
+MATCH_SLACK_S = 0.05  # BSON dates keep milliseconds; both clocks are read around the events
+PUBLISH_GRACE_NS = 1_000_000_000
+NEVER_SENT = frozenset({"cancelled", "client_gone", "shutdown", "connect_error"})
+DESIGNED_TO_LIVE = {
+    "api-keys": "API keys (hash, lives until a key is revoked)",
+    "provider-selection": "each user's chosen provider (hash)",
+    "breaker": "one circuit-breaker hash per provider",
+    "jobs-stream": "the jobs stream and its consumer group",
+    "telemetry-stream": "the telemetry stream and its consumer group (MAXLEN 1,000,000)",
+    "telemetry-dlq": "unreadable telemetry (MAXLEN 100,000)",
+}
+
+
+def check_telemetry(history: History, evidence: Evidence, findings: Findings) -> None:
+    if not history.telemetry_drained:
+        findings.add("telemetry", None, "the telemetry stream was not drained into MongoDB")
+    docs: dict[str, list[dict[str, Any]]] = {}
+    for doc in history.telemetry:
+        docs.setdefault(doc["requestId"], []).append(doc)
+    for request_id in sorted(set(docs) | set(evidence.attempts)):
+        _match(request_id, evidence, docs.get(request_id, []), findings)
+
+
+def _match(
+    request_id: str, evidence: Evidence, docs: list[dict[str, Any]], findings: Findings
+) -> None:
+    attempts = sorted(evidence.attempts.get(request_id, []), key=lambda a: a["started_wall"])
+    free = sorted(docs, key=lambda d: d["ts"] - d["latencyMs"] / 1000)
+    matched: list[dict[str, Any]] = []
+    for index, attempt in enumerate(attempts):
+        at = attempt["started_wall"]
+        fits = [
+            d
+            for d in free
+            if d["ts"] - d["latencyMs"] / 1000 - MATCH_SLACK_S <= at <= d["ts"] + MATCH_SLACK_S
+        ]
+        if fits:
+            doc = min(fits, key=lambda d: abs(d["ts"] - d["latencyMs"] / 1000 - at))
+            free.remove(doc)
+            matched.append(doc)
+            continue
+        _missing(request_id, index, attempt, evidence, findings)
+    for doc in free:
+        _unmatched(request_id, doc, matched, findings)
+
+
+def _missing(
+    request_id: str, index: int, attempt: dict[str, Any], ev: Evidence, findings: Findings
+) -> None:
+    start, end = attempt["started_ns"], attempt["ended_ns"] or ev.history.t_end_ns
+    runners = set(ev.runners(request_id))
+    for t_kill, process in ev.kills:
+        if process in runners and start <= t_kill <= end + PUBLISH_GRACE_NS:
+            findings.excuse(
+                "telemetry",
+                request_id,
+                f"attempt {index}: its worker {process} was SIGKILLed before it could publish",
+            )
+            return
+    lost = [r.message[:120] for r in ev.runs.get(request_id, []) if r.what == "telemetry_lost"]
+    findings.add(
+        "telemetry",
+        request_id,
+        f"upstream attempt {index} ({attempt['provider']}, {attempt['outcome']}, "
+        f"{ev.since_t0(start)}..{ev.since_t0(attempt['ended_ns'])}) has no telemetry document",
+        f"worker log: {lost}" if lost else ev.describe_runs(request_id),
+    )
+
+
+def _unmatched(
+    request_id: str, doc: dict[str, Any], matched: list[dict[str, Any]], findings: Findings
+) -> None:
+    start = doc["ts"] - doc["latencyMs"] / 1000
+    twin = [m for m in matched if abs(m["ts"] - m["latencyMs"] / 1000 - start) < MATCH_SLACK_S]
+    never_sent = (
+        doc.get("errorCode") in NEVER_SENT and doc.get("ttftMs") is None and not doc["tokensOut"]
+    )
+    if never_sent and not twin:
+        findings.excuse(
+            "telemetry",
+            request_id,
+            f"document of an attempt that ended "
+            f"({doc['errorCode']}) before its request reached the upstream",
+        )
+        return
+    what = "duplicates another document" if twin else "matches no upstream attempt"
+    findings.add(
+        "telemetry",
+        request_id,
+        f"telemetry document {doc['_id']} (attempt {doc['attempt']}, {doc['provider']}, "
+        f"success={doc['success']}, {doc.get('errorCode')}) {what}",
+    )
+
+
+# --- Redis ---------------------------------------------------------------------------------
+
+
+def designed_ttls(settings: dict[str, str]) -> dict[str, float]:
+    """The longest TTL (s) each transient key family is designed to have, under ``settings``
+    (the chaos run's tuning); the sources are named beside each figure."""
+    window = float(settings["ECHOTUNE_RESUME_WINDOW_S"])
+    max_stream = float(settings["ECHOTUNE_GATEWAY_MAX_STREAM_S"])
+    return {
+        "per-request": max_stream + window + 60,  # gateway chat/service.py _request_ttl_s
+        "rate-limit": 60,  # gateway limits.py WINDOW_S
+        "open-streams": int(2 * window) + 60,  # gateway limits.py: lapse_s + 60
+        "breaker-window": float(settings["ECHOTUNE_BREAKER_WINDOW_S"]),  # common breaker.py
+        "live-stats": 600,  # common live_stats.py RETENTION_MIN
+        "gateway-wakeup": 3600,  # gateway chat/relay.py (a gateway killed before its stop)
+    }
+
+
+def check_redis(history: History, jobs: int, attempts: int, findings: Findings) -> None:
+    """Keys the run added are gone after their TTLs (or designed to stay, and bounded)."""
+    audit = history.redis
+    if "end" not in audit:
+        findings.add("redis", None, "no snapshot of the keyspace after the run")
+        return
+    base, end = audit["baseline"]["keys"], audit["end"]["keys"]
+    bounds = designed_ttls(history.load.get("tuning", {}))
+    waited = bool(audit["end"].get("waited_for_ttls")) or audit.get("ttl_wait") == "full"
+    for name, info in sorted(end.items()):
+        family, ttl = info["family"], info["ttl_ms"]
+        if name in base and family not in ("jobs-stream", "telemetry-stream"):
+            continue
+        if family in DESIGNED_TO_LIVE:
+            _designed(name, info, base.get(name), jobs, attempts, findings)
+        elif ttl == -1:
+            findings.add(
+                "redis", None, f"{name} ({family}, {info['type']}) has no TTL: it never goes away"
+            )
+        elif ttl > bounds.get(family, 0) * 1000:
+            findings.add(
+                "redis",
+                None,
+                f"{name} ({family}) expires in {ttl / 1000:.0f} s, "
+                f"longer than designed ({bounds.get(family, 0):.0f} s)",
+            )
+        elif family in LINGERING or not waited:
+            findings.excuse(
+                "redis",
+                None,
+                f"{name} ({family}) expires in {ttl / 1000:.0f} s "
+                f"(designed: at most {bounds[family]:.0f} s; not waited for)",
+            )
+        else:
+            findings.add(
+                "redis",
+                None,
+                f"{name} ({family}) still present after the wait (TTL {ttl / 1000:.0f} s)",
+            )
+
+
+def _designed(
+    name: str,
+    info: dict[str, Any],
+    before: dict[str, Any] | None,
+    jobs: int,
+    attempts: int,
+    findings: Findings,
+) -> None:
+    family = info["family"]
+    grown = info.get("length", 0) - (before or {}).get("length", 0)
+    delta = info["bytes"] - (before or {}).get("bytes", 0)
+    if family == "jobs-stream" and grown >= jobs > 0:
+        findings.add(
+            "redis",
+            None,
+            f"{name} kept all {jobs} jobs after they were acknowledged "
+            f"(+{grown} entries, +{delta} bytes): nothing trims it, it grows without "
+            "bound",
+        )
+    elif family == "telemetry-stream" and grown >= attempts > 0:
+        findings.add(
+            "redis",
+            None,
+            f"{name} kept every written and acknowledged event (+{grown}"
+            f" entries, +{delta} bytes) until MAXLEN 1,000,000: memory does not "
+            "return to the baseline",
+        )
+    else:
+        findings.excuse("redis", None, f"{name}: {DESIGNED_TO_LIVE[family]}")

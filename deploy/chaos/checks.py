@@ -1,0 +1,342 @@
+"""The per-request invariants, checked over a recorded history.
+
+Every violation names its request and says what was seen; a ``hint`` adds the evidence that
+points at a cause (which workers ran the request, what Redis stored). Behaviour the design
+allows is never a violation: such cases are counted as ``excused`` with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from deploy.chaos.evidence import Evidence
+from deploy.chaos.history import History, Seen, Session
+
+INVARIANTS = {
+    "one_final": "exactly one final event (done or error) per client session",
+    "event_ids": "SSE event ids strictly increasing with no duplicates, across resumes",
+    "text": "the client's text (after discard_partial) is the upstream text of the attempt "
+    "that finished, or a prefix of it under an error that says partial (or a cancel)",
+    "single_runner": "no two runners produce for one request at the same time "
+    "(no overlapping upstream attempts)",
+    "cancel": "every acknowledged cancel (202) ends the answer `cancelled` within 1 s",
+    "drained": "no request is left without its final event once the run drains",
+    "telemetry": "one MongoDB document per upstream attempt, none duplicated",
+    "redis": "after the TTLs, keys and memory return to the baseline",
+}
+CANCEL_BOUND_MS = 1000.0
+
+
+@dataclass
+class Violation:
+    invariant: str
+    request_id: str | None
+    detail: str
+    hint: str = ""
+
+
+@dataclass
+class Findings:
+    violations: list[Violation] = field(default_factory=list)
+    excused: list[tuple[str, str | None, str]] = field(default_factory=list)
+    cancel_latencies_ms: list[float] = field(default_factory=list)
+    cancel_outcomes: dict[str, int] = field(default_factory=dict)
+
+    def add(self, invariant: str, request_id: str | None, detail: str, hint: str = "") -> None:
+        self.violations.append(Violation(invariant, request_id, detail, hint))
+
+    def excuse(self, invariant: str, request_id: str | None, why: str) -> None:
+        self.excused.append((invariant, request_id, why))
+
+    def count(self, outcome: str) -> None:
+        self.cancel_outcomes[outcome] = self.cancel_outcomes.get(outcome, 0) + 1
+
+
+def parse_id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def final_of(session: Session) -> Seen | None:
+    finals = session.finals
+    return finals[0] if finals else None
+
+
+def label(event: Seen | dict[str, Any] | None) -> str:
+    """``done:stop``, ``error:partial_answer``… of an event (a Seen or a stored event)."""
+    if event is None:
+        return "none"
+    kind, data = (event.type, event.data) if isinstance(event, Seen) else stored(event)
+    detail = data.get("finish_reason") if kind == "done" else data.get("code")
+    return f"{kind}:{detail}"
+
+
+def stored(event: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return str(event["type"]), json.loads(event["data"] or "{}")
+
+
+def server_final(history: History, request_id: str) -> dict[str, Any] | None:
+    events = history.server_events.get(request_id) or []
+    return next((e for e in events if e["type"] in ("done", "error")), None)
+
+
+class RequestChecks:
+    """Runs the per-request invariants of every session of a history."""
+
+    def __init__(self, history: History, evidence: Evidence, findings: Findings) -> None:
+        self.h, self.ev, self.f = history, evidence, findings
+
+    def run(self) -> None:
+        for session in self.h.sessions:
+            self.finals(session)
+            if session.kind.startswith("sse"):
+                self.event_ids(session)
+            self.text(session)
+            if session.cancel is not None:
+                self.cancel(session)
+        for request_id, attempts in self.ev.attempts.items():
+            self.single_runner(request_id, attempts)
+
+    # --- one_final, drained -----------------------------------------------------------------
+
+    def finals(self, s: Session) -> None:
+        rid, finals = s.request_id, s.finals
+        who = f"{s.role} {s.kind} client"
+        if not finals:
+            stored_final = server_final(self.h, rid)
+            where = (
+                f"Redis holds its final {label(stored_final)}: it was not delivered"
+                if stored_final
+                else "Redis holds no final event: the answer never ended"
+            )
+            conns = ", ".join(
+                f"{c.purpose}@gw{c.gateway}:{c.status or c.end}" for c in s.connections[-6:]
+            )
+            self.f.add(
+                "drained",
+                rid,
+                f"{who} got no final event ({s.gave_up}); {where}; last connections: {conns}",
+                self.ev.describe_runs(rid),
+            )
+            return
+        first = s.events.index(finals[0])
+        if len(finals) > 1 or first != len(s.events) - 1:
+            after = [e.type for e in s.events[first + 1 :]]
+            self.f.add("one_final", rid, f"{who}: {label(finals[0])} followed by {after}")
+        if s.kind.startswith("sse") and finals[0].id is None:
+            self.f.add(
+                "drained",
+                rid,
+                f"{who}: the gateway ended the stream ({label(finals[0])}, no event id): "
+                "the answer itself never ended",
+                self.ev.describe_runs(rid),
+            )
+
+    # --- event_ids --------------------------------------------------------------------------
+
+    def event_ids(self, s: Session) -> None:
+        previous: Seen | None = None
+        for event in s.events:
+            if event.id is None:
+                continue
+            if previous is not None and parse_id(event.id) <= parse_id(previous.id or "0-0"):
+                self.f.add(
+                    "event_ids",
+                    s.request_id,
+                    f"{s.role} client: {event.type} id {event.id} after {previous.type} id "
+                    f"{previous.id} (connections {previous.conn}->{event.conn})",
+                )
+                return
+            previous = event
+
+    # --- text -------------------------------------------------------------------------------
+
+    def client_text(self, s: Session, final: Seen) -> str:
+        """The text the client shows: SSE deltas minus what a discard_partial failover
+        dropped; on the OpenAI door, the deltas of the connection that got the final."""
+        text = ""
+        for event in s.events:
+            if s.kind.startswith("v1") and event.conn != final.conn:
+                continue
+            if event.type == "delta":
+                text += str(event.data.get("delta", ""))
+            elif event.type == "failover" and event.data.get("discard_partial"):
+                text = ""
+        return text
+
+    def text(self, s: Session) -> None:
+        final = final_of(s)
+        if final is None:
+            return
+        rid, attempts = s.request_id, self.ev.attempts.get(s.request_id, [])
+        text = self.client_text(s, final)
+        who = f"{s.role} {s.kind} client"
+        reason = final.data.get("finish_reason")
+        truth = server_final(self.h, rid)
+        if s.kind.startswith("v1") and truth and label(truth) == "done:cancelled":
+            reason = "cancelled"  # the OpenAI door reports a cancelled answer as "stop"
+        if final.type == "done" and reason != "cancelled":
+            done = [a for a in attempts if a["outcome"] == "completed"]
+            if not done:
+                outcomes = [a["outcome"] for a in attempts]
+                self.f.add(
+                    "text",
+                    rid,
+                    f"{who}: {label(final)} but no upstream attempt "
+                    f"completed (attempts: {outcomes})",
+                    self.ev.describe_runs(rid),
+                )
+            elif text != done[-1]["text"]:
+                self.f.add(
+                    "text",
+                    rid,
+                    f"{who}: {label(final)} with a text that is not the "
+                    f"finished attempt's: {mismatch(text, done[-1]['text'], attempts)}",
+                    self.ev.describe_runs(rid),
+                )
+            return
+        if not text:
+            return
+        if final.type == "error" and not says_partial(final):
+            self.f.add(
+                "text",
+                rid,
+                f"{who}: {label(final)} after {len(text)} characters of text, and the error "
+                "does not say the text is partial",
+                self.ev.describe_runs(rid),
+            )
+        source = next((a for a in reversed(attempts) if a["text"]), None)
+        if source is None or not source["text"].startswith(text):
+            expected = source["text"] if source else ""
+            self.f.add(
+                "text",
+                rid,
+                f"{who}: {label(final)} with a text that is not a prefix of the last upstream "
+                f"answer: {mismatch(text, expected, attempts)}",
+                self.ev.describe_runs(rid),
+            )
+
+    # --- single_runner ----------------------------------------------------------------------
+
+    def single_runner(self, request_id: str, attempts: list[dict[str, Any]]) -> None:
+        for index, attempt in enumerate(attempts):
+            if not attempt.get("concurrent_with"):
+                continue
+            others = [attempts[i] for i in attempt["concurrent_with"] if i < len(attempts)]
+            described = "; ".join(
+                f"attempt to {o['provider']} started {self.ev.since_t0(o['started_ns'])} "
+                f"ended {self.ev.since_t0(o['ended_ns'])} ({o['outcome']}, "
+                f"{o['tokens_sent']} tokens)"
+                for o in others
+            )
+            self.f.add(
+                "single_runner",
+                request_id,
+                f"upstream attempt {index} ({attempt['provider']}) started "
+                f"{self.ev.since_t0(attempt['started_ns'])} while another was running: "
+                f"{described}",
+                self.ev.describe_runs(request_id),
+            )
+
+    # --- cancel -----------------------------------------------------------------------------
+
+    def cancel(self, s: Session) -> None:
+        call, rid = s.cancel, s.request_id
+        assert call is not None
+        if call.status != 202:
+            self.f.count(f"{call.state or call.status or 'not delivered'}")
+            return
+        final = final_of(s)
+        if final is None:
+            self.f.count("no final")
+            return
+        latency = max(0.0, (final.t_ns - call.t_returned_ns) / 1e6)
+        if label(final) == "done:cancelled":
+            self.f.count("cancelled")
+            if s.connections[final.conn].t_open_ns > call.t_returned_ns:
+                why = "the client was away (disconnected or reconnecting) after the cancel"
+                self.f.excuse("cancel", rid, f"cancelled after {latency:.0f} ms: {why}")
+                return
+            self.f.cancel_latencies_ms.append(latency)
+            if latency > CANCEL_BOUND_MS:
+                self._slow_cancel(s, final, latency)
+            return
+        running = [
+            a
+            for a in self.ev.attempts.get(rid, [])
+            if a["ended_ns"] is None or a["ended_ns"] > call.t_returned_ns
+        ]
+        if not running:
+            self.f.count("answer ended first")
+            self.f.excuse(
+                "cancel",
+                rid,
+                f"{label(final)}: every upstream attempt had ended "
+                "before the cancel was acknowledged",
+            )
+            return
+        self.f.count("lost")
+        described = "; ".join(
+            f"attempt to {a['provider']} {self.ev.since_t0(a['started_ns'])}.."
+            f"{self.ev.since_t0(a['ended_ns'])} ({a['outcome']})"
+            for a in running
+        )
+        self.f.add(
+            "cancel",
+            rid,
+            f"cancel acknowledged (202) at {self.ev.since_t0(call.t_returned_ns)}, yet the answer "
+            f"ended {label(final)} {latency:.0f} ms later; upstream still running after the "
+            f"cancel: {described}",
+            self.ev.describe_runs(rid),
+        )
+
+    def _slow_cancel(self, s: Session, final: Seen, latency: float) -> None:
+        call, rid = s.cancel, s.request_id
+        assert call is not None
+        why = None
+        if killed := self.ev.killed_runner(rid, call.t_sent_ns, final.t_ns):
+            why = f"its worker {killed} was SIGKILLed: the cancel waited for the reclaim"
+        elif self.ev.redis_restarting(call.t_sent_ns, final.t_ns):
+            why = "Redis was restarting meanwhile"
+        if why:
+            self.f.excuse("cancel", rid, f"cancelled after {latency:.0f} ms: {why}")
+            return
+        self.f.add(
+            "cancel",
+            rid,
+            f"cancel acknowledged at {self.ev.since_t0(call.t_returned_ns)}, `cancelled` arrived "
+            f"{latency:.0f} ms later (bound {CANCEL_BOUND_MS:.0f} ms)",
+            self.ev.describe_runs(rid),
+        )
+
+
+def says_partial(final: Seen) -> bool:
+    """An error that tells the client its text is incomplete (the OpenAI door has only the code)."""
+    return final.data.get("partial") is True or final.data.get("code") == "partial_answer"
+
+
+def mismatch(text: str, expected: str, attempts: list[dict[str, Any]]) -> str:
+    """What differs between the client's text and the upstream's, with a guess at why."""
+    if text == expected:
+        return "identical"
+    common = 0
+    while common < min(len(text), len(expected)) and text[common] == expected[common]:
+        common += 1
+    got, want = text[common : common + 40], expected[common : common + 40]
+    guess = ""
+    if len(text) > len(expected) and _collapse(text.split(" ")) == _collapse(expected.split(" ")):
+        guess = " (the same tokens with some repeated: a duplicated delta)"
+    kept = text[: len(text) - len(expected)] if text.endswith(expected) else ""
+    if kept and any(a["text"].startswith(kept) for a in attempts if a["text"] != expected):
+        guess = " (an earlier attempt's text kept: discard_partial not applied)"
+    return (
+        f"client has {len(text)} chars, upstream {len(expected)}; they differ at {common}: "
+        f"client {got!r} vs upstream {want!r}{guess}"
+    )
+
+
+def _collapse(tokens: list[str]) -> list[str]:
+    """The tokens without immediate repeats (every planned token is distinct from the next)."""
+    return [t for i, t in enumerate(tokens) if i == 0 or t != tokens[i - 1]]

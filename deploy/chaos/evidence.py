@@ -1,0 +1,110 @@
+"""Facts the checks share: which worker process ran which request (from the workers' logs),
+when processes died, when Redis was restarting, each request's upstream attempts."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from deploy.chaos.history import History
+
+LOG_LINE = re.compile(
+    r"^(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (?P<level>\w+) \S+ \S+ "
+    r"\[rid=(?P<rid>[^\]]*)\] (?P<message>.*)$"
+)
+# what a worker says about one request, by the start of the message
+WORKER_EVENTS = {
+    "job started": "started",
+    "job reclaimed": "reclaimed",
+    "job finished": "finished",
+    "job already ended": "already_ended",
+    "stream had already ended": "final_refused",
+    "job failed unexpectedly": "failed",
+    "telemetry event": "telemetry_lost",
+}
+BREAKER = re.compile(r"breaker (\S+): (\S+) -> (\S+)")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One worker log line about one request."""
+
+    process: str
+    what: str
+    wall: float
+    message: str
+
+
+@dataclass
+class Evidence:
+    history: History
+    runs: dict[str, list[Run]] = field(default_factory=lambda: defaultdict(list))
+    breaker_trips: list[tuple[str, str, str, str]] = field(default_factory=list)
+    kills: list[tuple[int, str]] = field(default_factory=list)  # (t_ns, process) of SIGKILLs
+    redis_down: list[tuple[int, int]] = field(default_factory=list)
+    attempts: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, history: History) -> Evidence:
+        evidence = cls(history)
+        for life in history.processes:
+            if life.role == "worker":
+                evidence._read_worker_log(life.name, life.lines)
+            if life.ended_by == "SIGKILL":
+                evidence.kills.append((life.t_end_ns, life.name))
+        evidence.redis_down = [
+            (f.t_ns, f.t_up_ns or history.t_end_ns)
+            for f in history.faults
+            if f.kind.startswith("redis_")
+        ]
+        evidence.attempts = {
+            key: sorted(attempts, key=lambda a: a["started_ns"])
+            for key, attempts in history.upstream.items()
+        }
+        return evidence
+
+    def _read_worker_log(self, process: str, lines: list[str]) -> None:
+        for line in lines:
+            match = LOG_LINE.match(line)
+            if match is None:
+                continue
+            message = match["message"]
+            if found := BREAKER.search(message):
+                self.breaker_trips.append((process, found[1], found[2], found[3]))
+            what = next((w for p, w in WORKER_EVENTS.items() if message.startswith(p)), None)
+            if what is None or match["rid"] == "-":
+                continue
+            wall = datetime.strptime(match["at"], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            self.runs[match["rid"]].append(Run(process, what, wall, message))
+
+    def runners(self, request_id: str) -> list[str]:
+        """Worker processes that started or reclaimed the request, in log order."""
+        seen = [r.process for r in self.runs.get(request_id, []) if r.what in RUNNING]
+        return list(dict.fromkeys(seen))
+
+    def killed_runner(self, request_id: str, start_ns: int, end_ns: int) -> str | None:
+        """A worker that ran the request and was SIGKILLed between the two times."""
+        runners = set(self.runners(request_id))
+        for t_ns, process in self.kills:
+            if process in runners and start_ns <= t_ns <= end_ns:
+                return process
+        return None
+
+    def redis_restarting(self, start_ns: int, end_ns: int) -> bool:
+        return any(down <= end_ns and up >= start_ns for down, up in self.redis_down)
+
+    def describe_runs(self, request_id: str) -> str:
+        runs = self.runs.get(request_id, [])
+        if not runs:
+            return "no worker logged this request"
+        t0 = self.history.wall(self.history.t0_ns)
+        return "; ".join(f"{r.process} {r.what} at +{r.wall - t0:.2f}s" for r in runs)
+
+    def since_t0(self, t_ns: int | None) -> str:
+        return "-" if t_ns is None else f"+{(t_ns - self.history.t0_ns) / 1e9:.2f}s"
+
+
+RUNNING = ("started", "reclaimed")
