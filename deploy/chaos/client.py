@@ -196,14 +196,12 @@ class Traffic:
             return self.http.stream(
                 "GET", url, params={"request_id": request.request_id}, headers=headers
             )
+        optional = {"provider": request.provider, "conversation_id": request.conversation_id}
+        chosen = {name: value for name, value in optional.items() if value}
         if request.kind == "sse_get":
-            params = {"message": request.message, "request_id": request.request_id}
-            if request.provider:
-                params["provider"] = request.provider
+            params = {"message": request.message, "request_id": request.request_id, **chosen}
             return self.http.stream("GET", url, params=params, headers=headers)
-        body: dict[str, Any] = {"message": request.message}
-        if request.provider:
-            body["provider"] = request.provider
+        body: dict[str, Any] = {"message": request.message, **chosen}
         if request.max_tokens:
             body["options"] = {"max_tokens": request.max_tokens}
         headers["X-Request-Id"] = request.request_id

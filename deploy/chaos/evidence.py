@@ -98,10 +98,25 @@ class Evidence:
 
     def describe_runs(self, request_id: str) -> str:
         runs = self.runs.get(request_id, [])
-        if not runs:
-            return "no worker logged this request"
         t0 = self.history.wall(self.history.t0_ns)
-        return "; ".join(f"{r.process} {r.what} at +{r.wall - t0:.2f}s" for r in runs)
+        described = "; ".join(f"{r.process} {r.what} at +{r.wall - t0:.2f}s" for r in runs)
+        return f"{described or 'no worker logged this request'} | {self.faults_during(request_id)}"
+
+    def request_span(self, request_id: str) -> tuple[int, int]:
+        """From the first client's start to the last event any client got."""
+        sessions = [s for s in self.history.sessions if s.request_id == request_id]
+        begin = min((s.t_begin_ns for s in sessions), default=0)
+        end = max((e.t_ns for s in sessions for e in s.events), default=begin)
+        return begin, max(end, *(c.t_close_ns for s in sessions for c in s.connections), end)
+
+    def faults_during(self, request_id: str) -> str:
+        begin, end = self.request_span(request_id)
+        found = [
+            f"{f.kind} {f.target} {self.since_t0(f.t_ns)}"
+            for f in self.history.faults
+            if f.t_ns <= end and (f.t_up_ns or self.history.t_end_ns) >= begin
+        ]
+        return f"faults meanwhile: {', '.join(found)}" if found else "no fault meanwhile"
 
     def since_t0(self, t_ns: int | None) -> str:
         return "-" if t_ns is None else f"+{(t_ns - self.history.t0_ns) / 1e9:.2f}s"

@@ -62,6 +62,7 @@ class RequestPlan:
     gateway: int
     provider: str | None  # None: the default provider
     message: str
+    conversation_id: str | None  # an ongoing conversation: the worker reads its context
     max_tokens: int | None
     steps: list[dict[str, Any]]  # the fake upstream's script for this request id
     cancel: CancelPlan | None = None
@@ -144,6 +145,7 @@ def _request(rng: random.Random, seed: int, index: int, at_s: float, gateways: i
         gateway=rng.randrange(gateways),
         provider=provider,
         message=f"chaos {index}: {rng.choice(PROMPTS)}",
+        conversation_id=f"conv-{seed}-{rng.randrange(5)}" if sse and rng.random() < 0.3 else None,
         max_tokens=rng.randint(3, 10) if kind != "sse_get" and rng.random() < 0.1 else None,
         steps=_steps(rng),
         cancel=cancel,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import signal
 from pathlib import Path
@@ -31,7 +32,7 @@ TUNING = {
     "ECHOTUNE_RESUME_WINDOW_S": "5",
     "ECHOTUNE_GATEWAY_HEARTBEAT_S": "1",
     "ECHOTUNE_GATEWAY_MAX_STREAM_S": "20",
-    "ECHOTUNE_WORKER_CONCURRENCY": "4",
+    "ECHOTUNE_WORKER_CONCURRENCY": "2",
     "ECHOTUNE_WORKER_RECLAIM_IDLE_S": "3",
     "ECHOTUNE_WORKER_DRAIN_S": "3",
     "ECHOTUNE_WORKER_READER_CHECK_S": "0.5",
@@ -46,6 +47,8 @@ TUNING = {
     "ECHOTUNE_TELEMETRY_MONGO_TIMEOUT_MS": "1000",
 }
 UNLIMITED = "1000000"
+JOB_STARTED = re.compile(r"\] job (started|reclaimed) ")
+JOB_ENDED = re.compile(r"\] job (finished|already ended)")
 
 
 def stack_env(redis_url: str, mongodb_url: str, fake_url: str, api_key: str) -> dict[str, str]:
@@ -169,6 +172,18 @@ class ChaosStack:
 
     def workers_up(self) -> list[int]:
         return [slot for slot, proc in enumerate(self.workers) if proc is not None]
+
+    def busiest_worker(self, preferred: int) -> int:
+        """The worker running the most jobs by its log (``preferred`` among equals)."""
+
+        def running(slot: int) -> int:
+            proc = self.workers[slot]
+            lines = proc.lines if proc is not None else []
+            started = sum(JOB_STARTED.search(line) is not None for line in lines)
+            return started - sum(JOB_ENDED.search(line) is not None for line in lines)
+
+        up = self.workers_up()
+        return max(up, key=lambda slot: (running(slot), slot == preferred)) if up else preferred
 
     async def start_worker(self, slot: int) -> None:
         name = self._next_name(f"worker{slot + 1}")
