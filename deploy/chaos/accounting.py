@@ -131,7 +131,7 @@ def designed_ttls(settings: dict[str, str]) -> dict[str, float]:
     }
 
 
-def check_redis(history: History, jobs: int, attempts: int, findings: Findings) -> None:
+def check_redis(history: History, jobs: int, events: int, findings: Findings) -> None:
     """Keys the run added are gone after their TTLs (or designed to stay, and bounded)."""
     audit = history.redis
     if "end" not in audit:
@@ -145,7 +145,7 @@ def check_redis(history: History, jobs: int, attempts: int, findings: Findings) 
         if name in base and family not in ("jobs-stream", "telemetry-stream"):
             continue
         if family in DESIGNED_TO_LIVE:
-            _designed(name, info, base.get(name), jobs, attempts, findings)
+            _designed(name, info, base.get(name), jobs, events, findings)
         elif ttl == -1:
             findings.add(
                 "redis", None, f"{name} ({family}, {info['type']}) has no TTL: it never goes away"
@@ -177,7 +177,7 @@ def _designed(
     info: dict[str, Any],
     before: dict[str, Any] | None,
     jobs: int,
-    attempts: int,
+    events: int,
     findings: Findings,
 ) -> None:
     family = info["family"]
@@ -191,7 +191,7 @@ def _designed(
             f"(+{grown} entries, +{delta} bytes): nothing trims it, it grows without "
             "bound",
         )
-    elif family == "telemetry-stream" and grown >= attempts > 0:
+    elif family == "telemetry-stream" and grown >= events > 0:
         findings.add(
             "redis",
             None,

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from deploy.chaos.evidence import Evidence
+from deploy.chaos.evidence import RUNNING, Evidence
 from deploy.chaos.history import History, Seen, Session
 
 INVARIANTS = {
@@ -295,21 +295,39 @@ class RequestChecks:
     def _slow_cancel(self, s: Session, final: Seen, latency: float) -> None:
         call, rid = s.cancel, s.request_id
         assert call is not None
-        why = None
-        if killed := self.ev.killed_runner(rid, call.t_sent_ns, final.t_ns):
-            why = f"its worker {killed} was SIGKILLed: the cancel waited for the reclaim"
-        elif self.ev.redis_restarting(call.t_sent_ns, final.t_ns):
-            why = "Redis was restarting meanwhile"
-        if why:
-            self.f.excuse("cancel", rid, f"cancelled after {latency:.0f} ms: {why}")
+        if self.ev.redis_restarting(call.t_sent_ns, final.t_ns):
+            self.f.excuse(
+                "cancel",
+                rid,
+                f"cancelled after {latency:.0f} ms: Redis was "
+                "restarting meanwhile (no one can write)",
+            )
             return
         self.f.add(
             "cancel",
             rid,
             f"cancel acknowledged at {self.ev.since_t0(call.t_returned_ns)}, `cancelled` arrived "
-            f"{latency:.0f} ms later (bound {CANCEL_BOUND_MS:.0f} ms)",
+            f"{latency:.0f} ms later (bound {CANCEL_BOUND_MS:.0f} ms): "
+            f"{self._why_slow(rid, call.t_sent_ns, final.t_ns)}",
             self.ev.describe_runs(rid),
         )
+
+    def _why_slow(self, rid: str, sent_ns: int, final_ns: int) -> str:
+        """Whether a worker was running the job when the cancel came, or why none was."""
+        if killed := self.ev.killed_runner(rid, sent_ns, final_ns):
+            return f"its worker {killed} was SIGKILLed; the job waited for the reclaim"
+        runs = [r for r in self.ev.runs.get(rid, []) if r.what in RUNNING]
+        sent = self.h.wall(sent_ns)
+        if runs and all(r.wall > sent for r in runs):
+            taken = f"no worker ran the job when the cancel came (taken {runs[0].what} at "
+            taken += f"{self.ev.since_t0(int((runs[0].wall - self.h.wall_offset_s) * 1e9))})"
+            if runs[0].what == "reclaimed":
+                begin, _ = self.ev.request_span(rid)
+                if holder := self.ev.killed_between(begin, int(sent_ns)):
+                    return f"{taken}: a worker that held it, likely {holder}, was SIGKILLed"
+                return f"{taken}: it was held by a worker waiting for a slot"
+            return f"{taken}: it was still queued"
+        return "the worker running it did not stop in time"
 
 
 def says_partial(final: Seen) -> bool:

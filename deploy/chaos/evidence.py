@@ -93,6 +93,10 @@ class Evidence:
                 return process
         return None
 
+    def killed_between(self, start_ns: int, end_ns: int) -> str | None:
+        """A worker SIGKILLed between the two times, if any."""
+        return next((p for t, p in self.kills if start_ns <= t <= end_ns), None)
+
     def redis_restarting(self, start_ns: int, end_ns: int) -> bool:
         return any(down <= end_ns and up >= start_ns for down, up in self.redis_down)
 

@@ -61,8 +61,7 @@ def check(history: History) -> tuple[Evidence, Findings]:
     RequestChecks(history, evidence, findings).run()
     check_telemetry(history, evidence, findings)
     jobs = sum(1 for events in history.server_events.values() if events)
-    attempts = sum(len(a) for a in history.upstream.values())
-    check_redis(history, jobs, attempts, findings)
+    check_redis(history, jobs, len(history.telemetry), findings)
     return evidence, findings
 
 

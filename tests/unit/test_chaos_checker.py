@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from deploy.chaos.checks import label
-from deploy.chaos.history import CancelCall, Connection, History, ProcessLife, Seen
+from deploy.chaos.history import (
+    CancelCall,
+    Connection,
+    FaultRecord,
+    History,
+    ProcessLife,
+    Seen,
+)
 from deploy.chaos.history import Session as ChaosSession
 from deploy.chaos.plan import make_plan
 from deploy.chaos.run import check
@@ -205,13 +212,22 @@ def test_cancel_latency_and_its_bound() -> None:
     assert invariants(slow) == {"cancel"}
 
 
-def test_a_slow_cancel_whose_worker_was_killed_is_excused() -> None:
+def test_a_slow_cancel_says_why_and_only_a_redis_restart_excuses_it() -> None:
     upstream = {RID: [attempt(0.2, 0.9, "a b c ", "closed_by_client")]}
-    h = history(
-        sessions=[cancelled_session(4.0)],
-        upstream=upstream,
-        processes=[worker("worker1#1", [log(0.1, "job started x")], "SIGKILL", 0.9)],
+    killed = worker("worker1#1", [log(0.1, "job started x")], "SIGKILL", 0.9)
+    h = history(sessions=[cancelled_session(4.0)], upstream=upstream, processes=[killed])
+    found = [d for name, d in violations(h) if name == "cancel"]
+    assert len(found) == 1
+    assert "worker1#1 was SIGKILLed; the job waited for the reclaim" in found[0]
+    waiting = cancelled_session(2.0)
+    del waiting.events[1]  # no text: no worker took the job before the cancel
+    queued = history(
+        sessions=[waiting], processes=[worker("worker2#1", [log(1.9, "job started x")])]
     )
+    assert [name for name, _ in violations(queued)] == ["cancel"]
+    assert "it was still queued" in violations(queued)[0][1]
+    restart = FaultRecord(0, "redis_kill", "redis", int(0.7 * S), int(1.9 * S))
+    h = history(sessions=[cancelled_session(2.0)], upstream=upstream, faults=[restart])
     _, findings = check(h)
     assert findings.violations == []
     assert [e[0] for e in findings.excused] == ["cancel"]
