@@ -263,25 +263,25 @@ class RequestChecks:
             if latency > CANCEL_BOUND_MS:
                 self._slow_cancel(s, final, latency)
             return
-        running = [
+        after = [
             a
             for a in self.ev.attempts.get(rid, [])
             if a["ended_ns"] is None or a["ended_ns"] > call.t_returned_ns
         ]
-        if not running:
+        if not after or latency <= CANCEL_BOUND_MS:
             self.f.count("answer ended first")
-            self.f.excuse(
-                "cancel",
-                rid,
-                f"{label(final)}: every upstream attempt had ended "
-                "before the cancel was acknowledged",
+            why = (
+                "every upstream attempt had ended before the cancel was acknowledged"
+                if not after
+                else f"the answer ended by itself {latency:.0f} ms after the cancel (a race)"
             )
+            self.f.excuse("cancel", rid, f"{label(final)}: {why}")
             return
         self.f.count("lost")
         described = "; ".join(
             f"attempt to {a['provider']} {self.ev.since_t0(a['started_ns'])}.."
             f"{self.ev.since_t0(a['ended_ns'])} ({a['outcome']})"
-            for a in running
+            for a in after
         )
         self.f.add(
             "cancel",

@@ -244,6 +244,13 @@ def test_a_cancel_the_worker_ignored_is_lost() -> None:
         upstream={RID: [attempt(0.2, 0.58, "a ")]},
     )
     assert invariants(ended_first) == set()
+    raced = history(
+        sessions=[cancelled_session(0.9, "stop")],
+        upstream={RID: [attempt(0.2, 0.85, "a ")]},
+    )
+    _, findings = check(raced)
+    assert findings.violations == []
+    assert "a race" in findings.excused[0][2]
 
 
 def test_overlapping_upstream_attempts_are_two_runners() -> None:
