@@ -16,7 +16,8 @@ from deploy.chaos.history import History, Seen, Session
 
 INVARIANTS = {
     "one_final": "exactly one final event (done or error) per client session",
-    "event_ids": "SSE event ids strictly increasing with no duplicates, across resumes",
+    "event_ids": "SSE event ids strictly increasing with no duplicates, across resumes, and "
+    "no stored event skipped",
     "text": "the client's text (after discard_partial) is the upstream text of the attempt "
     "that finished, or a prefix of it under an error that says partial (or a cancel)",
     "single_runner": "no two runners produce for one request at the same time "
@@ -150,8 +151,58 @@ class RequestChecks:
                 )
                 return
             previous = event
+        self.no_gaps(s)
+
+    def no_gaps(self, s: Session) -> None:
+        """Each connection delivered every stored event after the position it asked for, up
+        to the last one it got: none skipped, none invented."""
+        stored = [e["id"] for e in self.h.server_events.get(s.request_id) or []]
+        if not stored:
+            return
+        for index, conn in enumerate(s.connections):
+            got = [e.id for e in s.events if e.conn == index and e.id]
+            if not got:
+                continue
+            lower, upper = parse_id(conn.last_event_id or "0-0"), parse_id(got[-1])
+            wanted = [i for i in stored if lower < parse_id(i) <= upper]
+            if got != wanted:
+                missed = [i for i in wanted if i not in got]
+                extra = [i for i in got if i not in wanted]
+                self.f.add(
+                    "event_ids",
+                    s.request_id,
+                    f"{s.role} client, connection {index} ({conn.purpose} at gateway "
+                    f"{conn.gateway}, after {conn.last_event_id or 'the start'}): "
+                    f"{len(missed)} stored events never delivered {missed[:3]}…, "
+                    f"{len(extra)} not stored {extra[:3]}",
+                    self._sharing(s, index),
+                )
+
+    def _sharing(self, s: Session, index: int) -> str:
+        """Other clients of the same request on the same gateway at the same time."""
+        conn = s.connections[index]
+        others = [
+            f"{o.role} client connection {i}"
+            for o in self.h.sessions
+            if o.request_id == s.request_id and o is not s
+            for i, c in enumerate(o.connections)
+            if c.gateway == conn.gateway and c.t_open_ns < conn.t_close_ns
+            and (c.t_close_ns or self.h.t_end_ns) > conn.t_open_ns
+        ]  # fmt: skip
+        return f"read at the same time on that gateway by: {others}" if others else ""
 
     # --- text -------------------------------------------------------------------------------
+
+    def stored_text(self, request_id: str) -> str:
+        """The text in Redis, read as an SSE client would (discard_partial applied)."""
+        text = ""
+        for event in self.h.server_events.get(request_id) or []:
+            kind, data = stored(event)
+            if kind == "delta":
+                text += str(data.get("delta", ""))
+            elif kind == "failover" and data.get("discard_partial"):
+                text = ""
+        return text
 
     def client_text(self, s: Session, final: Seen) -> str:
         """The text the client shows: SSE deltas minus what a discard_partial failover
@@ -189,11 +240,19 @@ class RequestChecks:
                     self.ev.describe_runs(rid),
                 )
             elif text != done[-1]["text"]:
+                stored = self.stored_text(rid)
+                where = (
+                    "Redis holds the right text: the client lost it in delivery"
+                    if stored == done[-1]["text"]
+                    else "Redis holds the same wrong text: it was written so"
+                    if stored == text
+                    else "Redis holds yet another text"
+                )
                 self.f.add(
                     "text",
                     rid,
                     f"{who}: {label(final)} with a text that is not the "
-                    f"finished attempt's: {mismatch(text, done[-1]['text'], attempts)}",
+                    f"finished attempt's: {mismatch(text, done[-1]['text'], attempts)}; {where}",
                     self.ev.describe_runs(rid),
                 )
             return

@@ -170,6 +170,21 @@ def test_event_ids_must_increase_across_resumes() -> None:
     assert "event_ids" in invariants(h)
 
 
+def test_a_resumed_client_must_get_every_stored_event_after_its_position() -> None:
+    session = sse([START, delta(0.5, "a "), delta(0.6, "b "), done(0.7)], conns=2)
+    session.connections[1].last_event_id = session.events[1].id
+    stored = [{"id": e.id, "type": e.type, "data": json.dumps(e.data)} for e in session.events]
+    upstream = {RID: [attempt(0.2, 0.65, "a b ")]}
+    whole = history(sessions=[session], upstream=upstream, server_events={RID: stored})
+    assert violations(whole) == []
+    del session.events[2]  # the resumed connection skipped "b "
+    session.events[-1].data = {"finish_reason": "stop"}
+    gap = history(sessions=[session], upstream=upstream, server_events={RID: stored})
+    found = [d for name, d in violations(gap) if name == "event_ids"]
+    assert len(found) == 1
+    assert "1 stored events never delivered ['1002-0']" in found[0]
+
+
 def test_a_partial_error_may_end_a_prefix_but_must_say_so() -> None:
     upstream = {RID: [attempt(0.2, 0.7, "a b c ", "disconnected_by_server")]}
     partial = (0.8, "error", {"code": "partial_answer", "partial": True})
