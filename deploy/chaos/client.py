@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,11 +74,13 @@ class Traffic:
         upstream: FakeUpstream,
         gateway_url: Callable[[int], str],
         gateways: int,
+        stored: Callable[[str], Awaitable[None]],
     ) -> None:
         self.http, self.upstream = http, upstream
         self.gateway_url, self.gateways = gateway_url, gateways
         self.sessions: list[Session] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._stored = stored
 
     async def run(self, plan: Plan, t0_ns: int) -> None:
         """Start each request at its planned time (returns once all are started)."""
@@ -96,14 +98,16 @@ class Traffic:
         return (gateway + 1) % self.gateways
 
     async def _request(self, request: RequestPlan) -> None:
+        """Run the request's sessions, then keep what Redis stored for it (before it expires)."""
         await self._script(request)
         if request.kind not in SSE_KINDS:
             await self._v1_session(request)
-            return
-        runs = [self._sse_session(request, "primary")]
-        if request.duplicate_after_ms is not None:
-            runs.append(self._duplicate(request, request.duplicate_after_ms))
-        await asyncio.gather(*runs)
+        else:
+            runs = [self._sse_session(request, "primary")]
+            if request.duplicate_after_ms is not None:
+                runs.append(self._duplicate(request, request.duplicate_after_ms))
+            await asyncio.gather(*runs)
+        await self._stored(request.request_id)
 
     async def _duplicate(self, request: RequestPlan, after_ms: int) -> None:
         await asyncio.sleep(after_ms / 1000)

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from echotune.common.keys import TELEMETRY_GROUP, Keys
 from echotune.common.mongo import PROVIDER_TELEMETRY, create_mongo
@@ -27,16 +27,33 @@ TELEMETRY_FIELDS = {
 }  # fmt: skip
 
 
-async def server_events(redis: Redis, keys: Keys, request_ids: Iterable[str]) -> dict[str, Any]:
-    """Each request's stored events (``{id, type, data}``), read before they expire."""
-    found: dict[str, Any] = {}
-    for request_id in request_ids:
-        entries: Any = await redis.xrange(keys.events(request_id))
-        found[request_id] = [
-            {"id": entry_id, "type": fields.get("type"), "data": fields.get("data")}
-            for entry_id, fields in entries
-        ]
-    return found
+class StoredEvents:
+    """Each request's events as Redis stores them (``{id, type, data}``), read once its
+    clients are done, before they expire; read again at the end for answers not ended then."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis, self.keys = redis, keys
+        self.found: dict[str, list[dict[str, Any]]] = {}
+
+    async def read(self, request_id: str) -> None:
+        for _ in range(10):  # Redis may be restarting
+            try:
+                entries: Any = await self.redis.xrange(self.keys.events(request_id))
+            except RedisError:
+                await asyncio.sleep(0.5)
+                continue
+            if entries or request_id not in self.found:
+                self.found[request_id] = [
+                    {"id": entry_id, "type": fields.get("type"), "data": fields.get("data")}
+                    for entry_id, fields in entries
+                ]
+            return
+
+    async def read_unfinished(self, request_ids: Iterable[str]) -> None:
+        for request_id in request_ids:
+            events = self.found.get(request_id) or []
+            if not any(e["type"] in ("done", "error") for e in events):
+                await self.read(request_id)
 
 
 async def upstream_attempts(

@@ -140,11 +140,14 @@ def _redis_lines(audit: dict[str, Any]) -> list[str]:
     base, end = audit["baseline"], audit["end"]
     families: Counter[str] = Counter(i["family"] for i in end["keys"].values())
     waited = "after the TTLs" if end.get("waited_for_ttls") else "TTL wait cut short"
+    left = sum(i["bytes"] for i in end["keys"].values())
+    left -= sum(i["bytes"] for i in base["keys"].values())
     return [
         f"redis ({waited}, {end['t'] - audit['t_drained']:.0f} s after the drain): keys "
         f"{len(base['keys'])} -> {len(end['keys'])} ({_counts(families)}); used_memory "
         f"{_kib(base['used_memory'])} -> {_kib(end['used_memory'])}, dataset "
-        f"{_kib(base['used_memory_dataset'])} -> {_kib(end['used_memory_dataset'])}",
+        f"{_kib(base['used_memory_dataset'])} -> {_kib(end['used_memory_dataset'])}; the "
+        f"keys left hold {_kib(left)} more than before (MEMORY USAGE)",
         "  no TTL: "
         + (
             ", ".join(f"{k} ({i['family']})" for k, i in end["keys"].items() if i["ttl_ms"] == -1)

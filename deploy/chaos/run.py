@@ -102,7 +102,9 @@ async def execute(args: argparse.Namespace, seed: int, workdir: Path) -> History
             history.load["loadavg_before"] = os.getloadavg()
             history.t0_ns = t0 = now_ns()
             print(f"chaos: {len(plan.requests)} requests, {len(plan.faults)} faults", flush=True)
-            traffic = Traffic(http, upstream, stack.gateway_url, len(stack.gateways))
+            stored = collect.StoredEvents(redis, keys)
+            gateways = len(stack.gateways)
+            traffic = Traffic(http, upstream, stack.gateway_url, gateways, stored.read)
             injector = FaultInjector(stack, upstream)
             until = t0 + int(args.duration * 1e9)
             try:
@@ -113,6 +115,8 @@ async def execute(args: argparse.Namespace, seed: int, workdir: Path) -> History
             history.t_end_ns = now_ns()
             history.load["loadavg_after_traffic"] = os.getloadavg()
             history.load["drain_s"] = round((history.t_end_ns - until) / 1e9, 1)
+            await stored.read_unfinished(r.request_id for r in plan.requests)
+            history.server_events = stored.found
             await _collect(history, stack, redis, upstream, keys, args.ttl_wait)
         await redis.aclose()
     finally:
@@ -130,7 +134,6 @@ async def _collect(
     ttl_wait: str,
 ) -> None:
     request_ids = [r["request_id"] for r in history.plan["requests"]]
-    history.server_events = await collect.server_events(redis, keys, request_ids)
     history.upstream = await collect.upstream_attempts(upstream, set(request_ids))
     history.telemetry_drained = await collect.wait_telemetry_drained(redis, keys, 60.0)
     history.telemetry = await collect.telemetry_documents(stack.mongodb_url, request_ids)
