@@ -89,6 +89,8 @@ def render(history: History, evidence: Evidence, findings: Findings) -> str:
         f"jobs {s['reclaims']}; restarts with discard_partial {s['discarded']}; breaker: "
         f"{_counts(s['breaker'])}",
         "faults: " + ", ".join(f"{k} {s['faults'].get(k, 0)}" for k in FAULT_KINDS),
+        "  (Redis restarts keep every acknowledged write: AOF with appendfsync always, SIGTERM "
+        "or kill -9; Redis losing data is a different fault and is not injected)",
     ]
     t0 = history.t0_ns
     lines += [
