@@ -26,6 +26,7 @@ INVARIANTS = {
     "drained": "no request is left without its final event once the run drains",
     "telemetry": "one MongoDB document per upstream attempt, none duplicated",
     "redis": "after the TTLs, keys and memory return to the baseline",
+    "harness": "the run's own evidence is readable",
 }
 CANCEL_BOUND_MS = 1000.0
 

@@ -25,6 +25,7 @@ WORKER_EVENTS = {
     "job failed unexpectedly": "failed",
     "telemetry event": "telemetry_lost",
 }
+RUNNING = ("started", "reclaimed")
 BREAKER = re.compile(r"breaker (\S+): (\S+) -> (\S+)")
 
 
@@ -124,6 +125,3 @@ class Evidence:
 
     def since_t0(self, t_ns: int | None) -> str:
         return "-" if t_ns is None else f"+{(t_ns - self.history.t0_ns) / 1e9:.2f}s"
-
-
-RUNNING = ("started", "reclaimed")
