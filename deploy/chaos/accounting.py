@@ -187,17 +187,15 @@ def _designed(
         findings.add(
             "redis",
             None,
-            f"{name} kept all {jobs} jobs after they were acknowledged "
-            f"(+{grown} entries, +{delta} bytes): nothing trims it, it grows without "
-            "bound",
+            f"{name} retains all {jobs} jobs after they were acknowledged (+{grown} "
+            f"entries, +{delta} bytes): memory does not return to the baseline",
         )
     elif family == "telemetry-stream" and grown >= events > 0:
         findings.add(
             "redis",
             None,
-            f"{name} kept every written and acknowledged event (+{grown}"
-            f" entries, +{delta} bytes) until MAXLEN 1,000,000: memory does not "
-            "return to the baseline",
+            f"{name} retains every event after it was written and acknowledged (+{grown} "
+            f"entries, +{delta} bytes): memory does not return to the baseline",
         )
     else:
         findings.excuse("redis", None, f"{name}: {DESIGNED_TO_LIVE[family]}")

@@ -37,6 +37,9 @@ def history(**fields: Any) -> History:
     h.redis = {"baseline": empty, "end": {**empty, "waited_for_ttls": True}, "t_drained": 0}
     for name, value in fields.items():
         setattr(h, name, value)
+    if "processes" not in fields:  # a worker ran every request
+        lines = [log(0, "job started provider=alpha", rid) for rid in h.upstream]
+        h.processes = [worker("worker9#1", lines)]
     if "telemetry" not in fields:
         h.telemetry = [
             doc(a["started_ns"] / S - 0.01, (a["ended_ns"] or h.t_end_ns) / S + 0.01)
@@ -331,7 +334,7 @@ def test_redis_keys_return_to_the_baseline() -> None:
     h = history(redis=audit, server_events={f"r{i}": [{"type": "start"}] for i in range(3)})
     found = [d for name, d in violations(h) if name == "redis"]
     assert len(found) == 3
-    assert any("chaos:jobs kept all 3 jobs" in d for d in found)
+    assert any("chaos:jobs retains all 3 jobs" in d for d in found)
     assert any("{x}:meta" in d and "no TTL" in d for d in found)
     assert any("{y}:events" in d and "still present" in d for d in found)
     audit["ttl_wait"] = "skip"
@@ -360,3 +363,12 @@ def test_the_plan_is_a_function_of_the_seed() -> None:
     assert {f.kind for f in one.faults} >= {"worker_kill", "redis_kill", "breaker_trip"}
     assert 50 < len(one.requests) < 200
     assert all(r.request_id.startswith("chaos-7-") for r in one.requests)
+
+
+def test_worker_logs_it_cannot_read_are_a_harness_failure_not_violations() -> None:
+    h = history(
+        sessions=[sse([START, delta(0.5, "a "), done(0.7)])],
+        upstream={RID: [attempt(0.2, 0.65, "a ")]},
+        processes=[worker("worker1#1", [log(0.1, "a job began (new wording)")])],
+    )
+    assert invariants(h) == {"harness"}
