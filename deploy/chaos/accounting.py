@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from deploy.chaos.checks import Findings
 from deploy.chaos.collect import LINGERING
 from deploy.chaos.evidence import Evidence
+from deploy.chaos.findings import Findings
 from deploy.chaos.history import History
 
 MATCH_SLACK_S = 0.05  # BSON dates keep milliseconds; both clocks are read around the events

@@ -7,81 +7,11 @@ allows is never a violation: such cases are counted as ``excused`` with the reas
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
 from typing import Any
 
-from deploy.chaos.evidence import RUNNING, Evidence
+from deploy.chaos.evidence import Evidence
+from deploy.chaos.findings import Findings, final_of, label, parse_id, server_final, stored
 from deploy.chaos.history import History, Seen, Session
-
-INVARIANTS = {
-    "one_final": "exactly one final event (done or error) per client session",
-    "event_ids": "SSE event ids strictly increasing with no duplicates, across resumes, and "
-    "no stored event skipped",
-    "text": "the client's text (after discard_partial) is the upstream text of the attempt "
-    "that finished, or a prefix of it under an error that says partial (or a cancel)",
-    "single_runner": "no two runners produce for one request at the same time "
-    "(no overlapping upstream attempts)",
-    "cancel": "every acknowledged cancel (202) ends the answer `cancelled` within 1 s",
-    "drained": "no request is left without its final event once the run drains",
-    "telemetry": "one MongoDB document per upstream attempt, none duplicated",
-    "redis": "after the TTLs, keys and memory return to the baseline",
-    "harness": "the run's own evidence is readable",
-}
-CANCEL_BOUND_MS = 1000.0
-
-
-@dataclass
-class Violation:
-    invariant: str
-    request_id: str | None
-    detail: str
-    hint: str = ""
-
-
-@dataclass
-class Findings:
-    violations: list[Violation] = field(default_factory=list)
-    excused: list[tuple[str, str | None, str]] = field(default_factory=list)
-    cancel_latencies_ms: list[float] = field(default_factory=list)
-    cancel_outcomes: dict[str, int] = field(default_factory=dict)
-
-    def add(self, invariant: str, request_id: str | None, detail: str, hint: str = "") -> None:
-        self.violations.append(Violation(invariant, request_id, detail, hint))
-
-    def excuse(self, invariant: str, request_id: str | None, why: str) -> None:
-        self.excused.append((invariant, request_id, why))
-
-    def count(self, outcome: str) -> None:
-        self.cancel_outcomes[outcome] = self.cancel_outcomes.get(outcome, 0) + 1
-
-
-def parse_id(value: str) -> tuple[int, int]:
-    ms, _, seq = value.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def final_of(session: Session) -> Seen | None:
-    finals = session.finals
-    return finals[0] if finals else None
-
-
-def label(event: Seen | dict[str, Any] | None) -> str:
-    """``done:stop``, ``error:partial_answer``… of an event (a Seen or a stored event)."""
-    if event is None:
-        return "none"
-    kind, data = (event.type, event.data) if isinstance(event, Seen) else stored(event)
-    detail = data.get("finish_reason") if kind == "done" else data.get("code")
-    return f"{kind}:{detail}"
-
-
-def stored(event: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    return str(event["type"]), json.loads(event["data"] or "{}")
-
-
-def server_final(history: History, request_id: str) -> dict[str, Any] | None:
-    events = history.server_events.get(request_id) or []
-    return next((e for e in events if e["type"] in ("done", "error")), None)
 
 
 class RequestChecks:
@@ -96,8 +26,6 @@ class RequestChecks:
             if session.kind.startswith("sse"):
                 self.event_ids(session)
             self.text(session)
-            if session.cancel is not None:
-                self.cancel(session)
         for request_id, attempts in self.ev.attempts.items():
             self.single_runner(request_id, attempts)
 
@@ -301,93 +229,6 @@ class RequestChecks:
             )
 
     # --- cancel -----------------------------------------------------------------------------
-
-    def cancel(self, s: Session) -> None:
-        call, rid = s.cancel, s.request_id
-        assert call is not None
-        if call.status != 202:
-            self.f.count(f"{call.state or call.status or 'not delivered'}")
-            return
-        final = final_of(s)
-        if final is None:
-            self.f.count("no final")
-            return
-        latency = max(0.0, (final.t_ns - call.t_returned_ns) / 1e6)
-        if label(final) == "done:cancelled":
-            self.f.count("cancelled")
-            if s.connections[final.conn].t_open_ns > call.t_returned_ns:
-                why = "the client was away (disconnected or reconnecting) after the cancel"
-                self.f.excuse("cancel", rid, f"cancelled after {latency:.0f} ms: {why}")
-                return
-            self.f.cancel_latencies_ms.append(latency)
-            if latency > CANCEL_BOUND_MS:
-                self._slow_cancel(s, final, latency)
-            return
-        after = [
-            a
-            for a in self.ev.attempts.get(rid, [])
-            if a["ended_ns"] is None or a["ended_ns"] > call.t_returned_ns
-        ]
-        if not after or latency <= CANCEL_BOUND_MS:
-            self.f.count("answer ended first")
-            why = (
-                "every upstream attempt had ended before the cancel was acknowledged"
-                if not after
-                else f"the answer ended by itself {latency:.0f} ms after the cancel (a race)"
-            )
-            self.f.excuse("cancel", rid, f"{label(final)}: {why}")
-            return
-        self.f.count("lost")
-        described = "; ".join(
-            f"attempt to {a['provider']} {self.ev.since_t0(a['started_ns'])}.."
-            f"{self.ev.since_t0(a['ended_ns'])} ({a['outcome']})"
-            for a in after
-        )
-        self.f.add(
-            "cancel",
-            rid,
-            f"cancel acknowledged (202) at {self.ev.since_t0(call.t_returned_ns)}, yet the answer "
-            f"ended {label(final)} {latency:.0f} ms later; upstream still running after the "
-            f"cancel: {described}",
-            self.ev.describe_runs(rid),
-        )
-
-    def _slow_cancel(self, s: Session, final: Seen, latency: float) -> None:
-        call, rid = s.cancel, s.request_id
-        assert call is not None
-        if self.ev.redis_restarting(call.t_sent_ns, final.t_ns):
-            self.f.excuse(
-                "cancel",
-                rid,
-                f"cancelled after {latency:.0f} ms: Redis was "
-                "restarting meanwhile (no one can write)",
-            )
-            return
-        self.f.add(
-            "cancel",
-            rid,
-            f"cancel acknowledged at {self.ev.since_t0(call.t_returned_ns)}, `cancelled` arrived "
-            f"{latency:.0f} ms later (bound {CANCEL_BOUND_MS:.0f} ms): "
-            f"{self._why_slow(rid, call.t_sent_ns, final.t_ns)}",
-            self.ev.describe_runs(rid),
-        )
-
-    def _why_slow(self, rid: str, sent_ns: int, final_ns: int) -> str:
-        """Whether a worker was running the job when the cancel came, or why none was."""
-        if killed := self.ev.killed_runner(rid, sent_ns, final_ns):
-            return f"its worker {killed} was SIGKILLed; the job waited for the reclaim"
-        runs = [r for r in self.ev.runs.get(rid, []) if r.what in RUNNING]
-        sent = self.h.wall(sent_ns)
-        if runs and all(r.wall > sent for r in runs):
-            taken = f"no worker ran the job when the cancel came (taken {runs[0].what} at "
-            taken += f"{self.ev.since_t0(int((runs[0].wall - self.h.wall_offset_s) * 1e9))})"
-            if runs[0].what == "reclaimed":
-                begin, _ = self.ev.request_span(rid)
-                if holder := self.ev.killed_between(begin, int(sent_ns)):
-                    return f"{taken}: a worker that held it, likely {holder}, was SIGKILLed"
-                return f"{taken}: it was held by a worker waiting for a slot"
-            return f"{taken}: it was still queued"
-        return "the worker running it did not stop in time"
 
 
 def says_partial(final: Seen) -> bool:

@@ -8,8 +8,8 @@ import re
 from collections import Counter
 from typing import Any
 
-from deploy.chaos.checks import INVARIANTS, Findings, final_of, label
 from deploy.chaos.evidence import Evidence
+from deploy.chaos.findings import INVARIANTS, Findings, final_of, label
 from deploy.chaos.history import History
 from deploy.chaos.plan import FAULT_KINDS
 

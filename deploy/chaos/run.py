@@ -25,10 +25,12 @@ from redis.asyncio import Redis
 
 from deploy.chaos import collect
 from deploy.chaos.accounting import check_redis, check_telemetry
-from deploy.chaos.checks import Findings, RequestChecks
+from deploy.chaos.cancels import CancelChecks
+from deploy.chaos.checks import RequestChecks
 from deploy.chaos.client import Traffic
 from deploy.chaos.evidence import Evidence
 from deploy.chaos.faults import FaultInjector
+from deploy.chaos.findings import Findings
 from deploy.chaos.history import History, now_ns
 from deploy.chaos.plan import make_plan
 from deploy.chaos.report import render, summary
@@ -66,6 +68,7 @@ def check(history: History) -> tuple[Evidence, Findings]:
             "WORKER_EVENTS in deploy/chaos/evidence.py (attribution of runs is needed)",
         )
     RequestChecks(history, evidence, findings).run()
+    CancelChecks(history, evidence, findings).run()
     check_telemetry(history, evidence, findings)
     jobs = sum(1 for events in history.server_events.values() if events)
     check_redis(history, jobs, len(history.telemetry), findings)

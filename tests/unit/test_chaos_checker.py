@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from deploy.chaos.checks import label
+from deploy.chaos.findings import label
 from deploy.chaos.history import (
     CancelCall,
     Connection,
