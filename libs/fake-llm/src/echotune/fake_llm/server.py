@@ -964,10 +964,10 @@ class FakeLLM:
             if index < len(tokens):
                 text = f"{time.monotonic_ns()} " if step.stamp else tokens[index]
                 await ex.body(wire.token(text, step.logprob(index) if with_logprobs else None))
+                record.text += text
             else:
                 await ex.body(tool_frames[index - len(tokens)])
             record.tokens_sent += 1
-            record.text += text
             if record.first_token_ns is None:
                 record.first_token_ns = time.monotonic_ns()
         if ex.stop.is_set():
