@@ -29,6 +29,7 @@ DESIGNED_TO_LIVE = {
     "jobs-stream": "the jobs stream and its consumer group",
     "telemetry-stream": "the telemetry stream and its consumer group (MAXLEN 1,000,000)",
     "telemetry-dlq": "unreadable telemetry (MAXLEN 100,000)",
+    "workers-alive": "worker heartbeats (sorted set; expires once no worker beats)",
 }
 
 
@@ -122,7 +123,7 @@ def designed_ttls(settings: dict[str, str]) -> dict[str, float]:
     window = float(settings["ECHOTUNE_RESUME_WINDOW_S"])
     max_stream = float(settings["ECHOTUNE_GATEWAY_MAX_STREAM_S"])
     return {
-        "per-request": max_stream + window + 60,  # gateway chat/service.py _request_ttl_s
+        "per-request": max_stream + window + 60,  # gateway app.py: request_ttl_s
         "rate-limit": 60,  # gateway limits.py WINDOW_S
         "open-streams": int(2 * window) + 60,  # gateway limits.py: lapse_s + 60
         "breaker-window": float(settings["ECHOTUNE_BREAKER_WINDOW_S"]),  # common breaker.py

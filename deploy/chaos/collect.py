@@ -131,6 +131,8 @@ def key_families(keys: Keys) -> list[tuple[str, str]]:
         (keys.telemetry, "telemetry-stream"),
         (keys.jobs, "jobs-stream"),
         (keys.api_keys, "api-keys"),
+        (keys.sessions("*"), "sessions"),
+        (keys.workers_alive, "workers-alive"),
         (keys.provider_selection, "provider-selection"),
     ]
 

@@ -15,16 +15,15 @@ LOG_LINE = re.compile(
     r"^(?P<at>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (?P<level>\w+) \S+ \S+ "
     r"\[rid=(?P<rid>[^\]]*)\] (?P<message>.*)$"
 )
-# what a worker says about one request, by the start of the message
-WORKER_EVENTS = {
-    "job started": "started",
-    "job reclaimed": "reclaimed",
-    "job finished": "finished",
-    "job already ended": "already_ended",
-    "stream had already ended": "final_refused",
-    "job failed unexpectedly": "failed",
-    "telemetry event": "telemetry_lost",
-}
+# what a worker says about one request (worker/execute.py, telemetry.py), by its message
+WORKER_EVENTS = (
+    (re.compile(r"^job taken \(epoch 1\)"), "started"),
+    (re.compile(r"^job taken \(epoch \d+\)"), "reclaimed"),
+    (re.compile(r"^job \w+ before it started"), "already_ended"),
+    (re.compile(r"^final \w+ not written"), "final_refused"),
+    (re.compile(r"^another worker took the job over"), "fenced"),
+    (re.compile(r"^telemetry event"), "telemetry_lost"),
+)
 RUNNING = ("started", "reclaimed")
 BREAKER = re.compile(r"breaker (\S+): (\S+) -> (\S+)")
 
@@ -75,7 +74,7 @@ class Evidence:
             message = match["message"]
             if found := BREAKER.search(message):
                 self.breaker_trips.append((process, found[1], found[2], found[3]))
-            what = next((w for p, w in WORKER_EVENTS.items() if message.startswith(p)), None)
+            what = next((w for p, w in WORKER_EVENTS if p.search(message)), None)
             if what is None or match["rid"] == "-":
                 continue
             wall = datetime.strptime(match["at"], "%Y-%m-%d %H:%M:%S,%f").timestamp()

@@ -36,7 +36,7 @@ class FaultInjector:
         log.info("fault %d: %s", fault.index, fault.kind)
         stack = self.stack
         if fault.kind in ("worker_kill", "worker_term"):
-            slot = stack.busiest_worker(fault.target % len(stack.workers))
+            slot = await stack.busiest_worker(fault.target % len(stack.workers))
             if fault.kind == "worker_kill":
                 record.target = await stack.kill_worker(slot)
             else:

@@ -64,7 +64,7 @@ def check(history: History) -> tuple[Evidence, Findings]:
         findings.add(
             "harness",
             None,
-            "no worker log line names a job start: the worker's log messages changed; update "
+            "no worker log line names a job taken: the worker's log messages changed; update "
             "WORKER_EVENTS in deploy/chaos/evidence.py (attribution of runs is needed)",
         )
     RequestChecks(history, evidence, findings).run()

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import secrets
 import signal
 from pathlib import Path
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from deploy.chaos.history import ProcessLife, now_ns
 from deploy.chaos.plan import PROVIDERS, model_of
@@ -24,6 +26,8 @@ from deploy.local.processes import (
     start_worker,
 )
 from deploy.local.servers import RedisServer, SecantusServer, free_port
+from echotune.common.keys import JOBS_GROUP, Keys
+from echotune.common.redis import create_redis
 
 NAMESPACE = "chaos"
 TIMEOUTS = {"connect": 2, "first_token": 3, "idle": 2, "total": 15}
@@ -47,8 +51,6 @@ TUNING = {
     "ECHOTUNE_TELEMETRY_MONGO_TIMEOUT_MS": "1000",
 }
 UNLIMITED = "1000000"
-JOB_STARTED = re.compile(r"\] job (started|reclaimed) ")
-JOB_ENDED = re.compile(r"\] job (finished|already ended)")
 
 
 def stack_env(redis_url: str, mongodb_url: str, fake_url: str, api_key: str) -> dict[str, str]:
@@ -91,6 +93,7 @@ class ChaosStack:
         self.lives: list[ProcessLife] = []
         self.env: dict[str, str] = {}
         self.fake_url = ""
+        self.redis_client: Redis | None = None
         self.mongodb_url = ""
         self.gateway_ports = [free_port() for _ in range(gateways)]
         self.gateways: list[ServiceProcess | None] = [None] * gateways
@@ -105,6 +108,7 @@ class ChaosStack:
         (self.workdir / "redis").mkdir(parents=True, exist_ok=True)
         (self.workdir / "mongo").mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(self.redis.start)
+        self.redis_client = create_redis(self.redis.url, max_connections=2)
         self.mongodb_url = await asyncio.to_thread(self.mongo.start) + "/echotune"
         fake, self.fake_url = await start_fake_llm("--log-level", "warning")
         self._track(fake, "fake-llm", "fake-llm")
@@ -123,6 +127,8 @@ class ChaosStack:
                 await proc.stop()
                 self._ended(proc, "stop")
         await asyncio.to_thread(self.mongo.stop)
+        if self.redis_client is not None:
+            await self.redis_client.aclose()
         await asyncio.to_thread(self.redis.stop)
 
     def _track(self, proc: ServiceProcess, name: str, role: str) -> None:
@@ -173,17 +179,31 @@ class ChaosStack:
     def workers_up(self) -> list[int]:
         return [slot for slot, proc in enumerate(self.workers) if proc is not None]
 
-    def busiest_worker(self, preferred: int) -> int:
-        """The worker running the most jobs by its log (``preferred`` among equals)."""
+    async def busiest_worker(self, preferred: int) -> int:
+        """The worker holding the most jobs in the consumer group (``preferred`` among equals)."""
+        held = await self._held_jobs()
 
-        def running(slot: int) -> int:
+        def holding(slot: int) -> int:
             proc = self.workers[slot]
-            lines = proc.lines if proc is not None else []
-            started = sum(JOB_STARTED.search(line) is not None for line in lines)
-            return started - sum(JOB_ENDED.search(line) is not None for line in lines)
+            return held.get(proc.pid, 0) if proc is not None else 0
 
         up = self.workers_up()
-        return max(up, key=lambda slot: (running(slot), slot == preferred)) if up else preferred
+        return max(up, key=lambda slot: (holding(slot), slot == preferred)) if up else preferred
+
+    async def _held_jobs(self) -> dict[int, int]:
+        """Jobs pending per worker process id (a consumer's name carries its process id)."""
+        if self.redis_client is None:
+            return {}
+        try:
+            summary = await self.redis_client.xpending(Keys(NAMESPACE).jobs, JOBS_GROUP)
+        except RedisError:
+            return {}
+        held: dict[int, int] = {}
+        for consumer in summary.get("consumers") or ():
+            pid = str(consumer["name"]).rsplit("-", 2)[-2]
+            if pid.isdigit():
+                held[int(pid)] = int(consumer["pending"])
+        return held
 
     async def start_worker(self, slot: int) -> None:
         name = self._next_name(f"worker{slot + 1}")

@@ -38,7 +38,7 @@ def history(**fields: Any) -> History:
     for name, value in fields.items():
         setattr(h, name, value)
     if "processes" not in fields:  # a worker ran every request
-        lines = [log(0, "job started provider=alpha", rid) for rid in h.upstream]
+        lines = [log(0, "job taken (epoch 1) provider=alpha", rid) for rid in h.upstream]
         h.processes = [worker("worker9#1", lines)]
     if "telemetry" not in fields:
         h.telemetry = [
@@ -140,8 +140,8 @@ def test_a_resumed_answer_with_a_discarded_restart_passes() -> None:
         upstream={RID: [attempt(0.2, 1.0, "a b ", "closed_by_client"), attempt(4.1, 4.65, "x y ")]},
         telemetry=[doc(4.05, 4.66)],
         processes=[
-            worker("worker1#1", [log(0.15, "job started provider=alpha")], "SIGKILL", 1.0),
-            worker("worker2#1", [log(4.0, "job reclaimed provider=alpha")]),
+            worker("worker1#1", [log(0.15, "job taken (epoch 1) provider=alpha")], "SIGKILL", 1.0),
+            worker("worker2#1", [log(4.0, "job taken (epoch 2) provider=alpha")]),
         ],
     )
     assert violations(h) == []
@@ -232,7 +232,7 @@ def test_cancel_latency_and_its_bound() -> None:
 
 def test_a_slow_cancel_says_why_and_only_a_redis_restart_excuses_it() -> None:
     upstream = {RID: [attempt(0.2, 0.9, "a b c ", "closed_by_client")]}
-    killed = worker("worker1#1", [log(0.1, "job started x")], "SIGKILL", 0.9)
+    killed = worker("worker1#1", [log(0.1, "job taken (epoch 1) x")], "SIGKILL", 0.9)
     h = history(sessions=[cancelled_session(4.0)], upstream=upstream, processes=[killed])
     found = [d for name, d in violations(h) if name == "cancel"]
     assert len(found) == 1
@@ -240,7 +240,7 @@ def test_a_slow_cancel_says_why_and_only_a_redis_restart_excuses_it() -> None:
     waiting = cancelled_session(2.0)
     del waiting.events[1]  # no text: no worker took the job before the cancel
     queued = history(
-        sessions=[waiting], processes=[worker("worker2#1", [log(1.9, "job started x")])]
+        sessions=[waiting], processes=[worker("worker2#1", [log(1.9, "job taken (epoch 1) x")])]
     )
     assert [name for name, _ in violations(queued)] == ["cancel"]
     assert "it was still queued" in violations(queued)[0][1]
@@ -295,13 +295,13 @@ def test_telemetry_one_document_per_attempt() -> None:
 def test_telemetry_excuses() -> None:
     session = sse([START, delta(0.5, "a "), done(0.7)])
     upstream = {RID: [attempt(0.2, 0.3, "", "closed_by_client"), attempt(4.4, 4.65, "a ")]}
-    killed = worker("worker1#1", [log(0.1, "job started x")], "SIGKILL", 0.3)
+    killed = worker("worker1#1", [log(0.1, "job taken (epoch 1) x")], "SIGKILL", 0.3)
     never_sent = doc(5.0, 5.01, success=False, errorCode="cancelled", ttftMs=None, tokensOut=0)
     h = history(
         sessions=[session],
         upstream=upstream,
         telemetry=[doc(4.35, 4.66), never_sent],
-        processes=[killed, worker("worker2#1", [log(4.3, "job reclaimed x")])],
+        processes=[killed, worker("worker2#1", [log(4.3, "job taken (epoch 2) x")])],
     )
     _, findings = check(h)
     assert [v.detail for v in findings.violations if v.invariant == "telemetry"] == []
