@@ -44,10 +44,13 @@ class RequestChecks:
             conns = ", ".join(
                 f"{c.purpose}@gw{c.gateway}:{c.status or c.end}" for c in s.connections[-6:]
             )
+            meta = self.h.server_meta.get(rid)
+            state = f"; its meta hash: {meta}" if meta else ""
             self.f.add(
                 "drained",
                 rid,
-                f"{who} got no final event ({s.gave_up}); {where}; last connections: {conns}",
+                f"{who} got no final event ({s.gave_up}); {where}{state}; last connections: "
+                f"{conns}",
                 self.ev.describe_runs(rid),
             )
             return

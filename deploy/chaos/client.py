@@ -322,7 +322,9 @@ class Traffic:
         try:
             async with (
                 asyncio.timeout(left_s),
-                self.http.stream("POST", url, json=body, headers=headers) as response,
+                self.http.stream(
+                    "POST", url, json=body, headers=headers, timeout=self._v1_timeout(body)
+                ) as response,
             ):
                 conn.status = response.status_code
                 if response.status_code != 200 or not body["stream"]:
@@ -340,6 +342,12 @@ class Traffic:
             conn.end = "deadline"
         except httpx.HTTPError as exc:
             conn.end, conn.error = "broken", f"{type(exc).__name__}: {exc}"[:300]
+
+    @staticmethod
+    def _v1_timeout(body: dict[str, Any]) -> httpx.Timeout:
+        """A whole answer comes at once, after the answer ended: wait for it as an OpenAI SDK
+        would (closing the connection cancels the answer); a stream sends keep-alives."""
+        return httpx.Timeout(10.0 if body["stream"] else SESSION_DEADLINE_S, connect=5.0)
 
     def _v1_answer(self, session: Session, conn: Connection, index: int, raw: bytes) -> str:
         """A whole (non-streamed) answer, or an error answer; how the connection ended."""

@@ -34,11 +34,16 @@ class StoredEvents:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self.redis, self.keys = redis, keys
         self.found: dict[str, list[dict[str, Any]]] = {}
+        self.meta: dict[str, dict[str, str]] = {}
+        """The meta hash, for diagnosis only (its fields belong to the request protocol)."""
 
     async def read(self, request_id: str) -> None:
         for _ in range(10):  # Redis may be restarting
             try:
-                entries: Any = await self.redis.xrange(self.keys.events(request_id))
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.xrange(self.keys.events(request_id))
+                    pipe.hgetall(self.keys.meta(request_id))
+                    entries, meta = await pipe.execute()
             except RedisError:
                 await asyncio.sleep(0.5)
                 continue
@@ -47,6 +52,7 @@ class StoredEvents:
                     {"id": entry_id, "type": fields.get("type"), "data": fields.get("data")}
                     for entry_id, fields in entries
                 ]
+                self.meta[request_id] = meta
             return
 
     async def read_unfinished(self, request_ids: Iterable[str]) -> None:

@@ -129,6 +129,7 @@ class History:
     processes: list[ProcessLife] = field(default_factory=list)
     upstream: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     server_events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    server_meta: dict[str, dict[str, str]] = field(default_factory=dict)
     telemetry: list[dict[str, Any]] = field(default_factory=list)
     telemetry_drained: bool = False
     redis: dict[str, Any] = field(default_factory=dict)

@@ -126,7 +126,7 @@ async def execute(args: argparse.Namespace, seed: int, workdir: Path) -> History
             history.load["loadavg_after_traffic"] = os.getloadavg()
             history.load["drain_s"] = round((history.t_end_ns - until) / 1e9, 1)
             await stored.read_unfinished(r.request_id for r in plan.requests)
-            history.server_events = stored.found
+            history.server_events, history.server_meta = stored.found, stored.meta
             await _collect(history, stack, redis, upstream, keys, args.ttl_wait)
         await redis.aclose()
     finally:
