@@ -71,7 +71,7 @@ def check(history: History) -> tuple[Evidence, Findings]:
     CancelChecks(history, evidence, findings).run()
     check_telemetry(history, evidence, findings)
     jobs = sum(1 for events in history.server_events.values() if events)
-    check_redis(history, jobs, len(history.telemetry), findings)
+    check_redis(history, jobs, findings)
     return evidence, findings
 
 

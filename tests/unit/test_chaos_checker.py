@@ -372,3 +372,17 @@ def test_worker_logs_it_cannot_read_are_a_harness_failure_not_violations() -> No
         processes=[worker("worker1#1", [log(0.1, "a job began (new wording)")])],
     )
     assert invariants(h) == {"harness"}
+
+
+def test_the_telemetry_stream_stays_within_its_maxlen() -> None:
+    def run(length: int) -> list[str]:
+        stream = key("telemetry-stream", -1, length=length)
+        audit = {
+            "baseline": keyspace({"chaos:telemetry": key("telemetry-stream", -1, length=0)}),
+            "end": {**keyspace({"chaos:telemetry": stream}), "waited_for_ttls": True},
+            "t_drained": 0,
+        }
+        return [d for name, d in violations(history(redis=audit)) if name == "redis"]
+
+    assert run(1100) == []  # MAXLEN 1000 in the chaos settings, trimmed by whole nodes
+    assert run(1500) == ["chaos:telemetry holds 1500 entries, beyond its MAXLEN 1000"]
