@@ -28,6 +28,9 @@ class RequestChecks:
             self.text(session)
         for request_id, attempts in self.ev.attempts.items():
             self.single_runner(request_id, attempts)
+        sse = {s.request_id for s in self.h.sessions if s.kind.startswith("sse")}
+        for request_id in sorted(set(self.h.server_events) - sse):
+            self.stored_partial(request_id)
 
     # --- one_final, drained -----------------------------------------------------------------
 
@@ -190,7 +193,7 @@ class RequestChecks:
             return
         if not text:
             return
-        if final.type == "error" and not says_partial(final):
+        if final.type == "error" and not says_partial(final, s.kind):
             self.f.add(
                 "text",
                 rid,
@@ -231,12 +234,27 @@ class RequestChecks:
                 self.ev.describe_runs(request_id),
             )
 
-    # --- cancel -----------------------------------------------------------------------------
+    def stored_partial(self, request_id: str) -> None:
+        """The answer's own final error says ``partial`` when text was stored before it (an SSE
+        client would read that flag; the OpenAI door's clients, checked here, cannot)."""
+        final = server_final(self.h, request_id)
+        if final is None or final["type"] != "error":
+            return
+        text, (_, data) = self.stored_text(request_id), stored(final)
+        if text and data.get("partial") is not True:
+            self.f.add(
+                "text",
+                request_id,
+                f"the answer's final {label(final)} (stored) says partial={data.get('partial')} "
+                f"after {len(text)} characters of text were stored",
+                self.ev.describe_runs(request_id),
+            )
 
 
-def says_partial(final: Seen) -> bool:
-    """An error that tells the client its text is incomplete (the OpenAI door has only the code)."""
-    return final.data.get("partial") is True or final.data.get("code") == "partial_answer"
+def says_partial(final: Seen, kind: str) -> bool:
+    """An error that tells the client its text is incomplete. The OpenAI door has no such
+    flag: there an error chunk always means the completion did not finish."""
+    return kind.startswith("v1") or final.data.get("partial") is True
 
 
 def mismatch(text: str, expected: str, attempts: list[dict[str, Any]]) -> str:

@@ -386,3 +386,29 @@ def test_the_telemetry_stream_stays_within_its_maxlen() -> None:
 
     assert run(1100) == []  # MAXLEN 1000 in the chaos settings, trimmed by whole nodes
     assert run(1500) == ["chaos:telemetry holds 1500 entries, beyond its MAXLEN 1000"]
+
+
+def test_an_openai_client_error_ends_partial_text_but_the_stored_final_must_say_so() -> None:
+    session = ChaosSession(RID, "v1_stream", "primary", 0)
+    session.connections = [Connection("start", 0, 0)]
+    session.events = [
+        Seen(int(0.5 * S), 0, "delta", None, {"delta": "a "}),
+        Seen(int(0.6 * S), 0, "error", None, {"code": "shutdown"}),
+    ]
+    upstream = {RID: [attempt(0.2, 0.55, "a b ", "closed_by_client")]}
+
+    def stored_error(partial: bool) -> dict[str, list[dict[str, Any]]]:
+        events = [("start", {}), ("delta", {"delta": "a "}), ("error", {"partial": partial})]
+        return {
+            RID: [
+                {"id": f"{n}-0", "type": kind, "data": json.dumps(data)}
+                for n, (kind, data) in enumerate(events, 1)
+            ]
+        }
+
+    said = history(sessions=[session], upstream=upstream, server_events=stored_error(True))
+    assert violations(said) == []
+    unsaid = history(sessions=[session], upstream=upstream, server_events=stored_error(False))
+    found = violations(unsaid)
+    assert len(found) == 1
+    assert "says partial=False after 2 characters" in found[0][1]
