@@ -17,7 +17,9 @@ from echotune.common.messages import (
     Timings,
     encode_event,
 )
+from echotune.common.redis import create_redis
 from echotune.common.request_stream import UNTAKEN, Final, Opened, RequestStreams, Take
+from tests.support.flaky_proxy import reply_dropping_proxy
 
 
 @pytest.fixture
@@ -26,8 +28,8 @@ def streams(redis: Redis) -> RequestStreams:
     return RequestStreams(redis, keys, request_ttl_s=600, final_ttl_s=90, reader_ttl_ms=30_000)
 
 
-def start(rid: str) -> dict[str, str]:
-    return encode_event(StartEvent(request_id=rid, provider="p", model="m"))
+def start(rid: str) -> StartEvent:
+    return StartEvent(request_id=rid, provider="p", model="m")
 
 
 DONE = encode_event(
@@ -71,7 +73,7 @@ async def test_the_final_is_written_once_and_shrinks_every_ttl(
     redis: Redis, streams: RequestStreams
 ) -> None:
     await streams.open("r3-abcdefgh", "fp", "alice", start("r3-abcdefgh"))
-    assert await streams.cancel("r3-abcdefgh", "alice") == "cancelling"
+    assert (await streams.cancel("r3-abcdefgh", "alice")).state == "cancelling"
     taken = await streams.take("r3-abcdefgh", "w1")
     assert (taken.state, taken.epoch, taken.cancelled) == (Take.TAKEN, 1, True)
     assert await streams.append_final("r3-abcdefgh", 1, 1, DONE) is Final.WRITTEN
@@ -80,7 +82,7 @@ async def test_the_final_is_written_once_and_shrinks_every_ttl(
     entries = await redis.xrange(streams.keys.events("r3-abcdefgh"))
     assert [f["type"] for _, f in entries] == ["start", "done"]
     assert all(0 < ttl <= 90 for ttl in (await ttls(redis, streams, "r3-abcdefgh")).values())
-    assert await streams.cancel("r3-abcdefgh", "alice") == "finished"
+    assert (await streams.cancel("r3-abcdefgh", "alice")).state == "finished"
     assert (await streams.take("r3-abcdefgh", "w2")).state is Take.ENDED
 
 
@@ -103,7 +105,25 @@ async def test_the_gateway_ends_only_a_job_nobody_took(streams: RequestStreams) 
 
 async def test_cancel_and_attach_know_only_the_owner(streams: RequestStreams) -> None:
     await streams.open("r7-abcdefgh", "fp", "alice", start("r7-abcdefgh"))
-    assert await streams.cancel("r7-abcdefgh", "bob") == "unknown"
+    assert (await streams.cancel("r7-abcdefgh", "bob")).state == "unknown"
     assert await streams.attach("r7-abcdefgh", "bob") == (False, None)
     assert await streams.attach("r7-abcdefgh", "alice") == (True, None)
     assert await streams.attach("never-seen-1", "alice") == (False, None)
+
+
+async def test_an_open_whose_reply_was_lost_is_still_started(
+    redis_server_url: str, streams: RequestStreams
+) -> None:
+    """The retried open found the request and answered "exists": the job was never queued."""
+    await streams.load_scripts()  # so that the dropped call is the one Redis applies
+    async with reply_dropping_proxy(redis_server_url) as proxy:
+        client = create_redis(proxy.url)
+        via_proxy = RequestStreams(
+            client, streams.keys, request_ttl_s=600, final_ttl_s=90, reader_ttl_ms=30_000
+        )
+        proxy.drop_next_reply(b"r8-abcdefgh")
+        opened = await via_proxy.open("r8-abcdefgh", "fp", "alice", start("r8-abcdefgh"))
+        await client.aclose()
+    assert proxy.dropped == 1
+    assert opened.state is Opened.STARTED
+    assert opened.start_id is not None

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from redis.asyncio.connection import AbstractConnection
 
 from echotune.gateway.chat.service import ChatInput, ChatService
+from tests.support.streams import wait_for_final
 
 
 def chat_input(request_id: str, message: str | None = "hi", user: str = "anonymous") -> ChatInput:
@@ -69,3 +70,33 @@ async def test_a_new_start_costs_three_round_trips(gateway: FastAPI) -> None:
     assert stream is not None
     print(f"round trips of a new start: {counted[0]}")
     assert counted[0] <= 3
+
+
+async def final_of(service: ChatService, request_id: str) -> dict[str, Any]:
+    return await wait_for_final(service.redis, service.settings.namespace, request_id, timeout=5)
+
+
+async def test_a_cancel_of_a_job_no_worker_holds_ends_it_at_once(gateway: FastAPI) -> None:
+    """It ended only when a worker took the job, seconds later (no worker runs here)."""
+    service: ChatService = gateway.state.chat
+    assert await service.open(chat_input("queued-0001"), None) is not None
+    assert await service.cancel("queued-0001", "anonymous") == "cancelling"
+    final = await final_of(service, "queued-0001")
+    assert (final["type"], final["finish_reason"]) == ("done", "cancelled")
+    assert (await service.streams.take("queued-0001", "late-worker")).state.value == "ended"
+
+
+async def test_a_cancel_whose_worker_is_gone_ends_after_the_grace(gateway: FastAPI) -> None:
+    """A dead worker's job was cancelled only once another worker reclaimed it."""
+    service: ChatService = gateway.state.chat
+    assert await service.open(chat_input("orphan-0001"), None) is not None
+    taken = await service.streams.take("orphan-0001", "worker-that-dies")
+    began = asyncio.get_running_loop().time()
+    await service.cancel("orphan-0001", "anonymous")
+    final = await final_of(service, "orphan-0001")
+    waited = asyncio.get_running_loop().time() - began
+    assert (final["type"], final["finish_reason"]) == ("done", "cancelled")
+    assert service.settings.cancel_grace_s <= waited < 3
+    late = {"v": "1", "type": "done", "data": "{}"}
+    refused = await service.streams.append_final("orphan-0001", taken.epoch, 9, late)
+    assert refused.value == "ended"

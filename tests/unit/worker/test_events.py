@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from echotune.common.keys import Keys
-from echotune.common.messages import StartEvent, encode_event
+from echotune.common.messages import StartEvent
 from echotune.common.redis import create_redis
 from echotune.common.request_stream import AppendRefused, RequestStreams
 from echotune.worker.writer import AppendFlusher, EventWriter, Refused
@@ -44,7 +44,7 @@ async def opened(redis: Redis, keys: Keys) -> str:
     rid = f"r-{uuid.uuid4().hex}"
     streams = RequestStreams(redis, keys, request_ttl_s=60, final_ttl_s=60, reader_ttl_ms=5000)
     start = StartEvent(request_id=rid, provider="p", model="m")
-    await streams.open(rid, "fingerprint", "u", encode_event(start))
+    await streams.open(rid, "fingerprint", "u", start)
     return rid
 
 

@@ -10,7 +10,7 @@ import pytest
 from faststream.redis import TestRedisBroker
 from redis.asyncio import Redis
 
-from echotune.common.messages import ChatJob, ChatMessage, Role, StartEvent, encode_event
+from echotune.common.messages import ChatJob, ChatMessage, Role, StartEvent
 from echotune.common.request_stream import RequestStreams
 from echotune.worker.app import create_app
 from echotune.worker.resources import Worker, open_worker
@@ -47,7 +47,7 @@ async def opened(worker: Worker, user: str = "u1") -> str:
         worker.redis, worker.settings.keys, request_ttl_s=60, final_ttl_s=60, reader_ttl_ms=60_000
     )
     start = StartEvent(request_id=rid, provider="demo", model="demo-1")
-    await gateway.open(rid, "fingerprint", user, encode_event(start))
+    await gateway.open(rid, "fingerprint", user, start)
     return rid
 
 

@@ -20,6 +20,7 @@ fencing token of the current producer: 0 until a worker takes the job, +1 at eve
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -29,13 +30,14 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from echotune.common.keys import Keys
-from echotune.common.messages import SCHEMA_VERSION
+from echotune.common.messages import SCHEMA_VERSION, StartEvent, encode_event
 from echotune.common.scripts import Arg, Script, execute
 
 _OPEN = Script("""
 local meta, events, reader = KEYS[1], KEYS[2], KEYS[3]
-local m = redis.call('HMGET', meta, 'fingerprint', 'user_id', 'final_id')
+local m = redis.call('HMGET', meta, 'fingerprint', 'user_id', 'final_id', 'opener', 'start_id')
 if m[1] then
+  if m[4] == ARGV[8] then return {'started', m[5]} end
   if m[2] ~= ARGV[2] then return {'foreign'} end
   if m[1] ~= ARGV[1] then return {'conflict'} end
   if not m[3] then redis.call('SET', reader, '1', 'PX', ARGV[4]) end
@@ -43,7 +45,7 @@ if m[1] then
 end
 local id = redis.call('XADD', events, '*', 'v', ARGV[5], 'type', ARGV[6], 'data', ARGV[7])
 redis.call('HSET', meta, 'fingerprint', ARGV[1], 'user_id', ARGV[2], 'start_id', id,
-           'epoch', 0, 'seq', 0)
+           'epoch', 0, 'seq', 0, 'opener', ARGV[8], 'provider', ARGV[9], 'model', ARGV[10])
 redis.call('EXPIRE', meta, ARGV[3])
 redis.call('EXPIRE', events, ARGV[3])
 redis.call('SET', reader, '1', 'PX', ARGV[4])
@@ -89,7 +91,8 @@ if streamed then redis.call('HSET', KEYS[1], 'streamed', 1) end
 return {written, redis.call('EXISTS', KEYS[3])}
 """)
 
-# ARGV: epoch (or 'untaken': only while no worker took the job), seq, ttl, version, type, data.
+# ARGV: epoch, seq, ttl, version, type, data. The epoch 'untaken' writes only while no worker
+# took the job; 'force' fences off whoever holds it (the gateway ending a cancelled answer).
 _FINAL = Script("""
 local meta, events, flag, reader = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local m = redis.call('HMGET', meta, 'epoch', 'final_id', 'final_epoch', 'final_seq')
@@ -100,6 +103,8 @@ if m[2] then
 end
 if ARGV[1] == 'untaken' then
   if m[1] ~= '0' then return {'taken'} end
+elseif ARGV[1] == 'force' then
+  redis.call('HINCRBY', meta, 'epoch', 1)
 elseif m[1] ~= ARGV[1] then
   return {'fenced'}
 end
@@ -112,12 +117,13 @@ return {'written', id}
 """)
 
 _CANCEL = Script("""
-local m = redis.call('HMGET', KEYS[1], 'user_id', 'final_id')
-if m[1] ~= ARGV[1] then return 'unknown' end
-if m[2] then return 'finished' end
+local m = redis.call('HMGET', KEYS[1], 'user_id', 'final_id', 'epoch', 'provider', 'model',
+                     'start_id')
+if m[1] ~= ARGV[1] then return {'unknown'} end
+if m[2] then return {'finished'} end
 redis.call('SET', KEYS[2], '1', 'EX', ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
-return 'cancelling'
+return {'cancelling', m[3], m[4] or '', m[5] or '', m[6] or ''}
 """)
 
 SCRIPTS = (_OPEN, _ATTACH, _TAKE, _APPEND, _FINAL, _CANCEL)
@@ -190,6 +196,19 @@ class Final(StrEnum):
 
 UNTAKEN = "untaken"
 """The epoch of a final written by the gateway: only while no worker took the job."""
+FORCE = "force"
+"""The epoch of a final the gateway writes over whoever holds the job (it is fenced off)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """What a cancel found: ``unknown``, ``finished`` or ``cancelling`` (and the answer's)."""
+
+    state: str
+    taken: bool = False
+    provider: str = ""
+    model: str = ""
+    start_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,9 +278,14 @@ class RequestStreams:
         return Lookup(fingerprint, user_id, final_id)
 
     async def open(
-        self, request_id: str, fingerprint: str, user_id: str, start: dict[str, str]
+        self, request_id: str, fingerprint: str, user_id: str, start: StartEvent
     ) -> OpenResult:
-        """Claim ``request_id`` and write its start event, atomically (or find it taken)."""
+        """Claim ``request_id`` and write its start event, atomically (or find it taken).
+
+        A nonce tells a retry of this very call (its reply was lost) from an identical
+        request: the retry answers ``started`` again.
+        """
+        fields = encode_event(start)
         reply = await _OPEN(
             self.redis,
             self._keys(request_id, "meta", "events", "reader"),
@@ -270,9 +294,12 @@ class RequestStreams:
                 user_id,
                 self.request_ttl_s,
                 self.reader_ttl_ms,
-                start["v"],
-                start["type"],
-                start["data"],
+                fields["v"],
+                fields["type"],
+                fields["data"],
+                uuid.uuid4().hex,
+                start.provider,
+                start.model,
             ],
         )
         state = Opened(_text(reply[0]))
@@ -291,14 +318,18 @@ class RequestStreams:
             return False, None
         return True, _text(reply[1]) or None
 
-    async def cancel(self, request_id: str, user_id: str) -> str:
-        """``unknown`` (not this user's), ``finished``, or ``cancelling`` (flag set, announced)."""
+    async def cancel(self, request_id: str, user_id: str) -> Cancel:
+        """Set the cancel flag and announce it (unless unknown to ``user_id`` or finished)."""
         reply = await _CANCEL(
             self.redis,
             self._keys(request_id, "meta", "cancel"),
             [user_id, self.request_ttl_s, self.keys.cancel_channel, request_id],
         )
-        return _text(reply)
+        state = _text(reply[0])
+        if state != "cancelling":
+            return Cancel(state)
+        provider, model, start_id = (_text(v) for v in reply[2:5])
+        return Cancel(state, int(reply[1]) > 0, provider, model, start_id)
 
     def queue_reader_refresh(self, pipe: Pipeline, request_id: str) -> None:
         pipe.set(self.keys.reader(request_id), "1", px=self.reader_ttl_ms)

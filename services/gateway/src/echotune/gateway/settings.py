@@ -40,6 +40,9 @@ class GatewaySettings(ServiceSettings, ProviderSettings):
     pickup_timeout_s: float = Field(
         10.0, gt=0, description="A job untaken this long while no worker is alive: `no_worker`"
     )
+    cancel_grace_s: float = Field(
+        0.8, gt=0, description="A cancelled answer its worker has not ended by then is ended here"
+    )
     jobs_trim_s: float = Field(30.0, gt=0, description="How often acknowledged jobs are trimmed")
     relay_block_ms: int = Field(5000, ge=10, description="Longest blocking XREAD of the relay")
     relay_batch: int = Field(256, ge=1, description="Entries read per stream per XREAD")

@@ -98,7 +98,7 @@ async def _produce(
         return ErrorEvent(code=ErrorCode.DEADLINE_EXCEEDED, message="the answer took too long")
     except asyncio.CancelledError:
         if held.reason is None:  # the worker is shutting down
-            await asyncio.shield(_end(writer, shutdown_error()))
+            await asyncio.shield(_end(writer, shutdown_error(bool(runner.partial))))
             raise
         return runner.cancelled()
 

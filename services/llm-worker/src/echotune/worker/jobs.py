@@ -229,9 +229,10 @@ def _partial_error(provider: str, reason: str) -> ErrorEvent:
     )
 
 
-def shutdown_error() -> ErrorEvent:
+def shutdown_error(partial: bool) -> ErrorEvent:
     return ErrorEvent(
         code=ErrorCode.SHUTDOWN,
         message="the worker shut down before the answer was complete",
+        partial=partial,
         retryable=True,
     )

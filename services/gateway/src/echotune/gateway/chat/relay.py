@@ -153,11 +153,20 @@ class StreamRelay:
                 if key == self._wakeup_key:
                     self._wakeup_last = entries[-1][0]
                 else:
-                    self._dispatch(key, entries)
+                    self._dispatch(key, entries, parse_stream_id(positions[key]))
 
-    def _dispatch(self, key: str, entries: list[tuple[str, dict[str, str]]]) -> None:
+    def _dispatch(
+        self, key: str, entries: list[tuple[str, dict[str, str]]], read_after: StreamId
+    ) -> None:
+        """Hand entries read after ``read_after`` to the subscribers that had read that far.
+
+        One that subscribed meanwhile at an earlier position is served by the next read
+        (from its own position): handing it these would skip what lies in between.
+        """
         for sub in tuple(self._subs.get(key, ())):
             after = parse_stream_id(sub.last_id)
+            if after < read_after:
+                continue
             for entry_id, fields in entries:
                 if parse_stream_id(entry_id) <= after:
                     continue

@@ -26,15 +26,26 @@ from echotune.common.messages import (
     ChatJob,
     ChatMessage,
     ChatOptions,
+    DoneEvent,
     ErrorCode,
     ErrorEvent,
+    FinishReason,
     Role,
     StartEvent,
+    Timings,
     encode_event,
     new_request_id,
 )
 from echotune.common.providers import ProviderConfig
-from echotune.common.request_stream import UNTAKEN, Final, Lookup, Opened, RequestStreams
+from echotune.common.request_stream import (
+    FORCE,
+    UNTAKEN,
+    Cancel,
+    Final,
+    Lookup,
+    Opened,
+    RequestStreams,
+)
 from echotune.common.scripts import execute
 from echotune.gateway.chat.relay import Entry, StreamRelay, Subscription, parse_stream_id
 from echotune.gateway.chat.sse import HEARTBEAT, frame
@@ -266,8 +277,7 @@ class ChatService:
             model=model,
             provider_is_demo=config.is_demo,
         )
-        fields = encode_event(start)
-        opened = await self.streams.open(chat.request_id, chat.fingerprint(), chat.user_id, fields)
+        opened = await self.streams.open(chat.request_id, chat.fingerprint(), chat.user_id, start)
         if opened.state is Opened.FOREIGN:
             raise _unknown()
         if opened.state is Opened.CONFLICT:
@@ -287,7 +297,8 @@ class ChatService:
             await self._end_untaken(chat.request_id, "could not queue the job")
             raise
         log.info("queued chat job provider=%s model=%s", config.name, model)
-        first = frame(start.type, fields["data"], opened.start_id, self.settings.stream_retry_ms)
+        data = encode_event(start)["data"]
+        first = frame(start.type, data, opened.start_id, self.settings.stream_retry_ms)
         return OpenStream(chat.request_id, subscription, first), True
 
     async def _check_pickup(self, request_id: str) -> float | None:
@@ -321,11 +332,36 @@ class ChatService:
         return OpenStream(request_id, self.relay.subscribe(request_id, after))
 
     async def cancel(self, request_id: str, user_id: str) -> str:
-        state = await self.streams.cancel(request_id, user_id)
-        if state == "unknown":
+        """Stop an answer: the worker holding it ends it ``cancelled`` within moments; one that
+        nobody holds is ended here at once, and one whose worker does not react (dead, cut
+        off) is ended here after ``cancel_grace_s``, fencing that worker off."""
+        found = await self.streams.cancel(request_id, user_id)
+        if found.state == "unknown":
             raise _unknown()
-        log.info("cancel requested: %s", state)
-        return state
+        log.info("cancel requested: %s", found.state)
+        if found.state == "cancelling":
+            ended = not found.taken and await self._end_cancelled(request_id, found, UNTAKEN)
+            if not ended:
+                self._soon(self._end_cancelled_later(request_id, found))
+        return found.state
+
+    async def _end_cancelled(self, request_id: str, found: Cancel, epoch: str) -> bool:
+        """Write the ``cancelled`` final as ``epoch``; whether it is the answer's end now."""
+        started_ms = parse_stream_id(found.start_id)[0] if found.start_id else 0
+        total_ms = max(time.time() * 1000 - started_ms, 0.0) if started_ms else 0.0
+        done = DoneEvent(
+            finish_reason=FinishReason.CANCELLED,
+            provider=found.provider,
+            model=found.model,
+            timings=Timings(total_ms=total_ms),
+            attempts=0,
+        )
+        outcome = await self.streams.append_final(request_id, epoch, 0, encode_event(done))
+        return outcome in (Final.WRITTEN, Final.ENDED, Final.GONE)
+
+    async def _end_cancelled_later(self, request_id: str, found: Cancel) -> None:
+        await asyncio.sleep(self.settings.cancel_grace_s)
+        await self._end_cancelled(request_id, found, FORCE)
 
     async def entries(self, stream: OpenStream) -> AsyncIterator[Entry | None]:
         """Relayed events until the final one; ``None`` after each ``heartbeat_s`` of silence.

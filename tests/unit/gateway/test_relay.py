@@ -1,0 +1,56 @@
+"""The multiplexed relay against a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from redis.asyncio import Redis
+
+from echotune.common.keys import Keys
+from echotune.gateway.chat.relay import Entry, StreamRelay, Subscription
+
+
+async def relay_blocked(redis: Redis) -> None:
+    """Wait until a client of this Redis is blocked in XREAD (the relay's read is in flight)."""
+    async with asyncio.timeout(5):
+        while not any(
+            c.get("cmd") == "xread" and "b" in c.get("flags", "") for c in await redis.client_list()
+        ):
+            await asyncio.sleep(0.01)
+
+
+async def take(sub: Subscription, n: int) -> list[Entry]:
+    async with asyncio.timeout(5):
+        return [await sub.queue.get() for _ in range(n)]
+
+
+async def test_a_reader_joining_behind_another_gets_every_entry(
+    redis_server_url: str, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read made from the first reader's position was handed to a second reader that had
+    joined meanwhile at an earlier position: what lay in between was never delivered."""
+    keys, rid = Keys(f"t{uuid.uuid4().hex[:8]}"), f"r-{uuid.uuid4().hex}"
+    key = keys.events(rid)
+    ids = [await redis.xadd(key, {"type": "delta", "data": str(n)}) for n in range(5)]
+    relay = StreamRelay(redis_server_url, keys, block_ms=5000, batch=100)
+    await relay.start()
+    try:
+        first = relay.subscribe(rid, ids[-1])
+        await redis.xadd(key, {"type": "delta", "data": "5"})
+        await take(first, 1)
+        await relay_blocked(redis)  # reading this stream after entry 5, for `first` only
+
+        async def slow_wake() -> None:  # the wake-up of the next subscription comes late
+            await asyncio.sleep(0.5)
+
+        monkeypatch.setattr(relay, "_wake", slow_wake)
+        second = relay.subscribe(rid, "0-0")
+        await redis.xadd(key, {"type": "delta", "data": "6"})
+        got = await take(second, 7)
+        assert [e.data for e in got] == [str(n) for n in range(7)]
+        assert [e.data for e in await take(first, 1)] == ["6"]
+    finally:
+        monkeypatch.undo()
+        await relay.stop()
