@@ -14,11 +14,14 @@ from echotune.gateway.chat.relay import Entry, StreamRelay, Subscription
 
 async def relay_blocked(redis: Redis) -> None:
     """Wait until a client of this Redis is blocked in XREAD (the relay's read is in flight)."""
+
+    async def blocked() -> bool:
+        clients = await redis.client_list()
+        return any(c.get("cmd") == "xread" and "b" in c.get("flags", "") for c in clients)
+
     async with asyncio.timeout(5):
-        while not any(
-            c.get("cmd") == "xread" and "b" in c.get("flags", "") for c in await redis.client_list()
-        ):
-            await asyncio.sleep(0.01)  # noqa: ASYNC110 - Redis pushes no signal to wait on
+        while not await blocked():  # noqa: ASYNC110 - Redis pushes no signal to wait on
+            await asyncio.sleep(0.01)
 
 
 async def take(sub: Subscription, n: int) -> list[Entry]:
