@@ -30,7 +30,7 @@ from echotune.worker.providers.base import (
     TextChunk,
 )
 from echotune.worker.providers.demo import tokenize
-from echotune.worker.providers.http import parse_retry_after
+from echotune.worker.providers.errors import parse_retry_after
 
 SECRET = "sk-unit-SECRET-0123456789abcdef"
 HTTP_KINDS = [ProviderKind.OPENAI, ProviderKind.ANTHROPIC, ProviderKind.GEMINI]

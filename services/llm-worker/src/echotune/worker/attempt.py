@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from echotune.common.breaker import Outcome, Permit
 from echotune.common.messages import ChatJob
 from echotune.common.providers import ProviderConfig
+from echotune.worker.deadline import Deadline
 from echotune.worker.providers.base import (
     Finish,
     ProviderError,
@@ -95,27 +96,34 @@ class Attempt:
 
     async def _stream(self, request: ProviderRequest) -> Finish:
         timeouts = self.config.timeouts
-        ends_at = time.monotonic() + timeouts.total
+        loop = asyncio.get_running_loop()
+        ends_at = loop.time() + timeouts.total
         provider = self.ctx.providers[self.config.name]
-        async with contextlib.aclosing(provider.stream(request)) as items:
-            while True:
-                if self.ctx.jobs.reason(self.job.request_id) is not None:
-                    # cancelled, but a Redis call swallowed the CancelledError (redis-py sends
-                    # through asyncio.wait_for, which on Python 3.11 can drop a cancellation)
-                    raise asyncio.CancelledError
-                wait = timeouts.first_token if self.clock.tokens == 0 else timeouts.idle
-                wait = max(min(wait, ends_at - time.monotonic()), 0)
-                try:
-                    async with asyncio.timeout(wait):
+        deadline = Deadline()
+        try:
+            async with contextlib.aclosing(provider.stream(request)) as items:
+                while True:
+                    if self.ctx.jobs.reason(self.job.request_id) is not None:
+                        # cancelled, but a Redis call swallowed the CancelledError (redis-py
+                        # sends through asyncio.wait_for, which on 3.11 can drop a cancel)
+                        raise asyncio.CancelledError
+                    wait = timeouts.first_token if self.clock.tokens == 0 else timeouts.idle
+                    deadline.move(min(loop.time() + wait, ends_at))
+                    try:
                         item = await anext(items)
-                except TimeoutError as exc:
-                    phase = "first token" if self.clock.tokens == 0 else "next token"
-                    raise ProviderError("timeout", f"no {phase} within {wait:.1f} s") from exc
-                except StopAsyncIteration as exc:
-                    raise ProviderError("malformed_stream", "stream ended without finish") from exc
-                if isinstance(item, Finish):
-                    return item
-                self._relay(item)
+                    except asyncio.CancelledError as exc:
+                        if deadline.expired():
+                            phase = "first token" if self.clock.tokens == 0 else "next token"
+                            message = f"no {phase} within {wait:.1f} s"
+                            raise ProviderError("timeout", message) from exc
+                        raise
+                    except StopAsyncIteration as exc:
+                        raise ProviderError("malformed_stream", "ended without finish") from exc
+                    if isinstance(item, Finish):
+                        return item
+                    self._relay(item)
+        finally:
+            deadline.close()
 
     def _relay(self, item: StreamItem) -> None:
         """Buffer a piece of the answer (text, logprobs or a tool-call piece) for the stream."""

@@ -378,12 +378,17 @@ class ChatService:
         ended = False
         try:
             while time.monotonic() < deadline:
-                wait = settings.heartbeat_s
-                if pickup_at is not None:
-                    wait = max(min(wait, pickup_at - time.monotonic()), 0.0)
                 try:
-                    async with asyncio.timeout(wait):
-                        entry = await sub.queue.get()
+                    entry = sub.queue.get_nowait()  # queued: no timer needed
+                except asyncio.QueueEmpty:
+                    entry = None
+                try:
+                    if entry is None:
+                        wait = settings.heartbeat_s
+                        if pickup_at is not None:
+                            wait = max(min(wait, pickup_at - time.monotonic()), 0.0)
+                        async with asyncio.timeout(wait):
+                            entry = await sub.queue.get()
                 except TimeoutError:
                     if pickup_at is not None and time.monotonic() >= pickup_at:
                         pickup_at = await self._check_pickup(sub.request_id)
@@ -421,14 +426,22 @@ class ChatService:
         task.add_done_callback(self._background.discard)
 
     async def frames(self, stream: OpenStream) -> AsyncIterator[bytes]:
-        """The SSE body: first frame, then relayed events and heartbeats until the final one."""
+        """The SSE body: first frame, then relayed events and heartbeats until the final one.
+
+        Whatever was queued for the stream goes out in one write per wake-up.
+        """
         if stream.first_frame:
             yield stream.first_frame
+        queue, pending = stream.subscription.queue, []
         async for entry in self.entries(stream):
-            if entry is None:
-                yield HEARTBEAT
-            else:
-                yield frame(entry.type, entry.data, entry.id or None)
+            pending.append(
+                HEARTBEAT if entry is None else frame(entry.type, entry.data, entry.id or None)
+            )
+            if queue.empty():
+                yield b"".join(pending)
+                pending.clear()
+        if pending:
+            yield b"".join(pending)
 
     async def refresh_open_streams(self) -> None:
         """Keep the reader markers and open-stream entries of this process from lapsing."""

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from httpx_sse import ServerSentEvent
-
 from echotune.common.completion import FunctionCallDelta, ToolCallDelta
 from echotune.common.messages import FinishReason, Usage
 from echotune.worker.providers.anthropic_request import JSON_TOOL, messages_body
@@ -17,14 +15,15 @@ from echotune.worker.providers.base import (
     TextChunk,
     ToolCallChunk,
 )
-from echotune.worker.providers.http import (
+from echotune.worker.providers.errors import (
     as_dict,
     as_int,
     error_detail,
     malformed,
     status_error,
 )
-from echotune.worker.providers.sse import HttpCall, HttpProvider, join_url, load_json
+from echotune.worker.providers.http_provider import HttpCall, HttpProvider, join_url, load_json
+from echotune.worker.providers.sse import SseEvent
 
 API_VERSION = "2023-06-01"
 FINISH_REASONS = {
@@ -73,7 +72,7 @@ class AnthropicParser:
         self.json_blocks: set[int] = set()
         self.silent: set[int] = set()  # tool blocks whose input has not come yet
 
-    def feed(self, event: ServerSentEvent) -> list[StreamItem]:
+    def feed(self, event: SseEvent) -> list[StreamItem]:
         """Items carried by one event."""
         if self.done or event.event == "ping":
             return []

@@ -7,8 +7,6 @@ import uuid
 from typing import Any
 from urllib.parse import quote
 
-from httpx_sse import ServerSentEvent
-
 from echotune.common.completion import (
     FunctionCallDelta,
     TokenLogprob,
@@ -24,15 +22,16 @@ from echotune.worker.providers.base import (
     TextChunk,
     ToolCallChunk,
 )
-from echotune.worker.providers.gemini_request import SIGNATURE_MARK, generate_body
-from echotune.worker.providers.http import (
+from echotune.worker.providers.errors import (
     as_dict,
     as_int,
     as_list,
     malformed,
     payload_error,
 )
-from echotune.worker.providers.sse import HttpCall, HttpProvider, join_url, load_json
+from echotune.worker.providers.gemini_request import SIGNATURE_MARK, generate_body
+from echotune.worker.providers.http_provider import HttpCall, HttpProvider, join_url, load_json
+from echotune.worker.providers.sse import SseEvent
 
 FILTERED = frozenset(
     {
@@ -66,7 +65,7 @@ class GeminiParser:
         self.usage = Usage()
         self.tool_calls = 0
 
-    def feed(self, event: ServerSentEvent) -> list[StreamItem]:
+    def feed(self, event: SseEvent) -> list[StreamItem]:
         """Items carried by one event."""
         chunk = load_json(self.provider, event.data)
         if "error" in chunk:

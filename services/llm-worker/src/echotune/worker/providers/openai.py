@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from httpx_sse import ServerSentEvent
-
 from echotune.common.completion import TokenLogprob, ToolCallDelta
 from echotune.common.messages import ChatMessage, FinishReason, Usage
 from echotune.worker.providers.base import (
@@ -15,19 +13,20 @@ from echotune.worker.providers.base import (
     TextChunk,
     ToolCallChunk,
 )
-from echotune.worker.providers.http import (
+from echotune.worker.providers.errors import (
     as_dict,
     as_int,
     as_list,
     malformed,
     payload_error,
 )
-from echotune.worker.providers.sse import (
+from echotune.worker.providers.http_provider import (
     HttpCall,
     HttpProvider,
     join_url,
     load_json,
 )
+from echotune.worker.providers.sse import SseEvent
 
 DONE_MARKER = "[DONE]"
 FINISH_REASONS = {
@@ -48,7 +47,7 @@ class OpenAIParser:
         self.reason = FinishReason.STOP
         self.usage = Usage()
 
-    def feed(self, event: ServerSentEvent) -> list[StreamItem]:
+    def feed(self, event: SseEvent) -> list[StreamItem]:
         """Items carried by one event."""
         if self.done:
             return []

@@ -1,120 +1,51 @@
-"""Base of the SSE-streaming HTTP providers: one request, a parser per protocol."""
+"""Decoding a ``text/event-stream`` body: a block of lines at a time, not a line at a time."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 
 import httpx
-from httpx_sse import ServerSentEvent, SSEError, aconnect_sse
-
-from echotune.common.providers import ProviderConfig
-from echotune.worker.providers.base import REQUEST_ID_HEADER, ProviderRequest, StreamItem
-from echotune.worker.providers.http import (
-    client_timeout,
-    malformed,
-    raise_for_status,
-    translate_errors,
-)
-
-DRAIN_TIMEOUT_S = 0.5
-
-
-def load_json(provider: str, data: str) -> dict[str, Any]:
-    """The JSON object carried by an SSE ``data`` field, or a malformed_stream error."""
-    try:
-        value = json.loads(data)
-    except ValueError as exc:
-        raise malformed(provider, f"unparsable data {data[:80]!r}") from exc
-    if not isinstance(value, dict):
-        raise malformed(provider, f"data is not an object: {data[:80]!r}")
-    return value
-
-
-def join_url(config: ProviderConfig, path: str) -> str:
-    """``config.base_url`` without trailing slash, followed by ``path``."""
-    return str(config.base_url).rstrip("/") + path
-
-
-class StreamParser(Protocol):
-    """Turns a provider's SSE events into stream items."""
-
-    done: bool
-
-    def feed(self, event: ServerSentEvent) -> list[StreamItem]: ...
-
-    def end(self) -> list[StreamItem]: ...
 
 
 @dataclass(frozen=True, slots=True)
-class HttpCall:
-    """One provider HTTP request."""
+class SseEvent:
+    """One server-sent event (``id`` and ``retry`` fields are not needed here)."""
 
-    url: str
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
-    params: dict[str, str] = field(default_factory=dict)
+    event: str
+    data: str
 
 
-class HttpProvider(ABC):
-    """Base of the SSE-streaming HTTP providers; subclasses build the call and the parser."""
-
-    def __init__(self, config: ProviderConfig, client: httpx.AsyncClient) -> None:
-        self.config = config
-        self.client = client
-
-    @property
-    def secret(self) -> str | None:
-        """The API key in clear, or None."""
-        key = self.config.api_key
-        return key.get_secret_value() if key is not None else None
-
-    @abstractmethod
-    def prepare(self, request: ProviderRequest) -> HttpCall:
-        """The HTTP request for ``request``."""
-
-    @abstractmethod
-    def parser(self, request: ProviderRequest) -> StreamParser:
-        """A fresh parser for the response stream of ``request``."""
-
-    async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamItem, None]:
-        """Stream the answer; closing this generator closes the upstream response."""
-        call = self.prepare(request)
-        headers = {**call.headers, REQUEST_ID_HEADER: request.request_id}
-        parser = self.parser(request)
-        name = self.config.name
-        with translate_errors(name, self.secret):
-            async with aconnect_sse(
-                self.client,
-                "POST",
-                call.url,
-                json=call.body,
-                params=call.params,
-                headers=headers,
-                timeout=client_timeout(self.config),
-            ) as source:
-                await raise_for_status(source.response, name, self.secret)
-                async with contextlib.aclosing(source.aiter_sse()) as events:
-                    async for event in events:
-                        items = parser.feed(event)
-                        if parser.done:
-                            await _drain(events)
-                        for item in items:
-                            yield item
-                        if parser.done:
-                            return
-                for item in parser.end():
-                    yield item
+def decode_block(block: bytes) -> SseEvent | None:
+    """The event of one block (lines up to a blank line); ``None`` for a comment-only block."""
+    event, data, seen = "message", [], False
+    for line in block.split(b"\n"):
+        name, colon, value = line.partition(b":")
+        if not colon:
+            name, value = line, b""
+        if value.startswith(b" "):
+            value = value[1:]
+        if name == b"data":
+            data.append(value.decode("utf-8", "replace"))
+            seen = True
+        elif name == b"event":
+            event = value.decode("utf-8", "replace") or "message"
+            seen = True
+    return SseEvent(event, "\n".join(data)) if seen else None
 
 
-async def _drain(events: AsyncIterator[ServerSentEvent]) -> None:
-    """Read what follows the end marker (briefly) so the connection can be reused."""
-    with contextlib.suppress(httpx.HTTPError, SSEError, TimeoutError):
-        async with asyncio.timeout(DRAIN_TIMEOUT_S):
-            async for _ in events:
-                pass
+async def sse_events(response: httpx.Response) -> AsyncGenerator[SseEvent, None]:
+    """The events of ``response``'s body, as they arrive."""
+    pending = b""
+    async for chunk in response.aiter_bytes():
+        pending += chunk
+        if b"\r" in pending:
+            keep = pending.endswith(b"\r")  # its "\n" may come with the next chunk
+            body = pending[:-1] if keep else pending
+            pending = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + (b"\r" if keep else b"")
+        *blocks, pending = pending.split(b"\n\n")
+        for block in blocks:
+            if (event := decode_block(block)) is not None:
+                yield event
+    if pending.strip() and (event := decode_block(pending.strip(b"\r\n"))) is not None:
+        yield event

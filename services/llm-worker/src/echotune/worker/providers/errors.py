@@ -12,7 +12,6 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
-from httpx_sse import SSEError
 
 from echotune.common.providers import ProviderConfig
 from echotune.worker.providers.base import ProviderError
@@ -129,11 +128,9 @@ def malformed(provider: str, detail: str) -> ProviderError:
 
 @contextlib.contextmanager
 def translate_errors(provider: str, secret: str | None = None) -> Iterator[None]:
-    """Turn httpx and SSE exceptions raised inside the block into ProviderErrors."""
+    """Turn httpx exceptions raised inside the block into ProviderErrors."""
     try:
         yield
-    except SSEError as exc:  # an httpx.TransportError subclass: catch it first
-        raise malformed(provider, redact(str(exc), secret)) from exc
     except httpx.HTTPError as exc:
         code = classify(exc)
         message = f"{provider}: {code} ({type(exc).__name__}): {exc}"
