@@ -5,7 +5,8 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
-from echotune.common.settings import ProviderSettings, ServiceSettings, shared
+from echotune.common.provider_settings import ProviderSettings
+from echotune.common.settings import ServiceSettings, shared
 
 
 class GatewaySettings(ServiceSettings, ProviderSettings):

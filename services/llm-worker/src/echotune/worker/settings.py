@@ -9,7 +9,8 @@ import uuid
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from echotune.common.settings import ProviderSettings, ServiceSettings
+from echotune.common.provider_settings import ProviderSettings
+from echotune.common.settings import ServiceSettings
 
 
 def _consumer_name() -> str:
