@@ -126,4 +126,4 @@ async def test_an_open_whose_reply_was_lost_is_still_started(
         await client.aclose()
     assert proxy.dropped == 1
     assert opened.state is Opened.STARTED
-    assert opened.start_id is not None
+    assert opened.start_id

@@ -139,7 +139,7 @@ class Opened(StrEnum):
 @dataclass(frozen=True, slots=True)
 class OpenResult:
     state: Opened
-    start_id: str | None = None
+    start_id: str = ""
     final_id: str | None = None
 
 

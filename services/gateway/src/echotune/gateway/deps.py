@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from redis.asyncio import Redis
 
+from echotune.common.providers import ProviderRegistry
 from echotune.gateway.auth.service import Authenticator
 from echotune.gateway.chat.service import ChatService
 from echotune.gateway.providers.service import ProviderService
@@ -33,6 +34,11 @@ async def _provider_service(request: Request) -> ProviderService:
     return service
 
 
+async def _registry(request: Request) -> ProviderRegistry:
+    service: ProviderService = request.app.state.providers
+    return service.registry
+
+
 async def _authenticator(request: Request) -> Authenticator:
     auth: Authenticator = request.app.state.auth
     return auth
@@ -48,6 +54,7 @@ SettingsDep = Annotated[GatewaySettings, Depends(_settings)]
 RedisDep = Annotated[Redis, Depends(_redis)]
 ChatServiceDep = Annotated[ChatService, Depends(_chat_service)]
 ProviderServiceDep = Annotated[ProviderService, Depends(_provider_service)]
+RegistryDep = Annotated[ProviderRegistry, Depends(_registry)]
 UserIdDep = Annotated[str, Depends(_user_id)]
 AuthDep = Annotated[Authenticator, Depends(_authenticator)]
 AUTHENTICATED = [Depends(_user_id)]

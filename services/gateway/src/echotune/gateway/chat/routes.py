@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 
@@ -29,8 +29,10 @@ async def _respond(service: ChatServiceDep, chat: ChatInput, last_event_id: str 
     return SSEResponse(service.frames(stream), headers={})
 
 
-def _client_ip(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
+def _chat_input(request: Request, user_id: str, **fields: Any) -> ChatInput:
+    """The request's own id, user and address with what the client asked for."""
+    ip = request.client.host if request.client else "unknown"
+    return ChatInput(request_id=request.state.request_id, user_id=user_id, client_ip=ip, **fields)
 
 
 @router.get(
@@ -53,15 +55,14 @@ async def stream_get(
     last_event_id_header: LastEventIdHeader = None,
 ) -> Response:
     """Start a chat answer, or attach to a running one, as Server-Sent Events."""
-    chat = ChatInput(
-        request_id=request.state.request_id,
-        user_id=user_id,
+    chat = _chat_input(
+        request,
+        user_id,
         message=message,
         conversation_id=conversation_id,
         provider=provider,
         model=model,
         options=ChatOptions(use_context=use_context),
-        client_ip=_client_ip(request),
     )
     return await _respond(service, chat, last_event_id_header or last_event_id)
 
@@ -80,15 +81,14 @@ async def stream_post(
     last_event_id_header: LastEventIdHeader = None,
 ) -> Response:
     """Start a chat answer described by a JSON body, as Server-Sent Events."""
-    chat = ChatInput(
-        request_id=request.state.request_id,
-        user_id=user_id,
+    chat = _chat_input(
+        request,
+        user_id,
         message=body.message,
         conversation_id=body.conversation_id,
         provider=body.provider,
         model=body.model,
         options=body.options,
-        client_ip=_client_ip(request),
     )
     return await _respond(service, chat, last_event_id_header)
 

@@ -286,7 +286,6 @@ class ChatService:
             )
         if opened.state is Opened.EXISTS:  # an identical request won the race
             return self._subscribe(chat.request_id, None, opened.final_id), False
-        assert opened.start_id is not None
         subscription = self.relay.subscribe(chat.request_id, opened.start_id)
         try:
             if group_missing:

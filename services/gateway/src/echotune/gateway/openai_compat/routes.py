@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from echotune.gateway.chat.relay import Entry
 from echotune.gateway.chat.service import ChatService
 from echotune.gateway.chat.sse import SSEResponse
-from echotune.gateway.deps import AUTHENTICATED, ChatServiceDep, UserIdDep
+from echotune.gateway.deps import AUTHENTICATED, ChatServiceDep, RegistryDep, UserIdDep
 from echotune.gateway.openai_compat.request import to_chat_input
 from echotune.gateway.openai_compat.schemas import MODEL_RULE, ChatCompletionRequest
 from echotune.gateway.openai_compat.service import Completion, chunk_stream
@@ -26,7 +26,11 @@ router = APIRouter(prefix="/v1", tags=["openai-compatible"], dependencies=AUTHEN
     "/chat/completions", summary="OpenAI-compatible Chat Completions", description=MODEL_RULE
 )
 async def chat_completions(
-    request: Request, body: ChatCompletionRequest, chat: ChatServiceDep, user_id: UserIdDep
+    request: Request,
+    body: ChatCompletionRequest,
+    chat: ChatServiceDep,
+    registry: RegistryDep,
+    user_id: UserIdDep,
 ) -> Response:
     """Streams `chat.completion.chunk`s (`stream: true`) or returns one `chat.completion`.
 
@@ -35,7 +39,7 @@ async def chat_completions(
     """
     request_id: str = request.state.request_id
     user = body.user if user_id == "anonymous" and body.user else user_id
-    chat_input = to_chat_input(body, request_id, user, chat.providers.registry)
+    chat_input = to_chat_input(body, request_id, user, registry)
     chat_input = replace(chat_input, client_ip=request.client.host if request.client else "")
     stream = await chat.open(chat_input, None)
     if stream is None:  # a request id reused for an identical request that has ended
@@ -105,16 +109,16 @@ async def _cancel_unless_finished(
 
 
 @router.get("/models", summary="Configured models, in OpenAI's list format")
-async def list_models(chat: ChatServiceDep) -> dict[str, Any]:
+async def list_models(registry: RegistryDep) -> dict[str, Any]:
     return {
         "object": "list",
-        "data": [_model(p.name, m) for p in chat.providers.registry for m in p.models],
+        "data": [_model(p.name, m) for p in registry for m in p.models],
     }
 
 
 @router.get("/models/{provider}/{model}", summary="One model")
-async def get_model(provider: str, model: str, chat: ChatServiceDep) -> dict[str, Any]:
-    config = chat.providers.registry.get(provider)
+async def get_model(provider: str, model: str, registry: RegistryDep) -> dict[str, Any]:
+    config = registry.get(provider)
     if config is None or model not in config.models:
         raise ApiError(404, "model_not_found", f"The model `{provider}/{model}` does not exist")
     return _model(provider, model)
