@@ -7,6 +7,7 @@ import { Chat } from './chat.js';
 import { Providers, mountChips } from './providers.js';
 import { Conversations } from './conversations.js';
 import { Dashboard } from './dashboard.js';
+import { Readiness } from './readiness.js';
 
 const VIEWS = ['chat', 'dashboard'];
 
@@ -18,6 +19,7 @@ class App {
     this.chat = new Chat(this);
     this.conversations = new Conversations(this);
     this.dashboard = new Dashboard(this);
+    this.readiness = new Readiness();
     mountChips(this.providers);
 
     setUnauthorizedHandler(() => this.requireLogin('Your session has ended. Sign in again.'));
@@ -79,6 +81,7 @@ class App {
     $('.mainnav').hidden = false;
     $('#login-view').hidden = true;
     this.providers.start();
+    this.readiness.start();
     this.conversations.refresh();
     this.route(false);
     if (focus) (this.view === 'chat' ? $('#message') : $('#dashboard-title')).focus();
@@ -102,6 +105,7 @@ class App {
   showLogin(message) {
     this.user = null;
     this.providers.stop();
+    this.readiness.stop();
     if (this.chat.current) this.chat.current.finish('error');
     clearToasts();
     for (const view of VIEWS) $(`#${view}-view`).hidden = true;
