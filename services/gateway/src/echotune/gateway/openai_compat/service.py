@@ -8,6 +8,15 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from echotune.common.messages import (
+    SCHEMA_VERSION,
+    DeltaEvent,
+    DoneEvent,
+    ErrorEvent,
+    FailoverEvent,
+    FinishReason,
+    decode_event,
+)
 from echotune.common.providers import ProviderRegistry
 from echotune.gateway.chat.relay import Entry
 from echotune.web.errors import ApiError
@@ -53,42 +62,43 @@ class Completion:
 
     def absorb(self, entry: Entry) -> Piece | None:
         """Take in one event; the piece of the answer it carries, if any."""
-        data = json.loads(entry.data)
-        if entry.type == "failover" and data.get("discard_partial"):
-            self.text.clear()
-            self.tool_calls.clear()
-            self.logprobs = None
-            self.restarted = True
-        elif entry.type == "delta":
-            return self._piece(data)
-        if entry.type == "done":
-            self.model = f"{data['provider']}/{data['model']}"
-            self.finish_reason = (
-                "stop" if data["finish_reason"] == "cancelled" else data["finish_reason"]
-            )
-            usage = data.get("usage") or {}
-            prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
-            self.usage = {
-                "prompt_tokens": prompt,
-                "completion_tokens": completion,
-                "total_tokens": prompt + completion,
-            }
-        elif entry.type == "error":
-            status = ERROR_STATUS.get(data["code"], 502)
-            self.error = (status, data["code"], data["message"])
+        fields = {"v": str(SCHEMA_VERSION), "type": entry.type, "data": entry.data}
+        match decode_event(fields):
+            case FailoverEvent(discard_partial=True):
+                self.text.clear()
+                self.tool_calls.clear()
+                self.logprobs = None
+                self.restarted = True
+            case DeltaEvent() as delta:
+                return self._piece(delta)
+            case DoneEvent() as done:
+                self.model = f"{done.provider}/{done.model}"
+                reason = done.finish_reason
+                self.finish_reason = "stop" if reason is FinishReason.CANCELLED else reason.value
+                prompt, completion = done.usage.prompt_tokens, done.usage.completion_tokens
+                self.usage = {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                }
+            case ErrorEvent() as error:
+                status = ERROR_STATUS.get(error.code.value, 502)
+                self.error = (status, error.code.value, error.message)
         return None
 
-    def _piece(self, data: dict[str, Any]) -> Piece | None:
+    def _piece(self, event: DeltaEvent) -> Piece | None:
         delta: dict[str, Any] = {}
-        if text := data.get("delta"):
-            self.text.append(text)
-            delta["content"] = text
-        if calls := data.get("tool_calls"):
+        if event.delta:
+            self.text.append(event.delta)
+            delta["content"] = event.delta
+        if event.tool_calls:
+            calls = [call.model_dump(mode="json", exclude_none=True) for call in event.tool_calls]
             delta["tool_calls"] = calls
             for call in calls:
                 self._merge_call(call)
-        logprobs = data.get("logprobs")
-        if logprobs is not None:
+        logprobs = None
+        if event.logprobs is not None:
+            logprobs = [lp.model_dump(mode="json", exclude_none=True) for lp in event.logprobs]
             self.logprobs = [*(self.logprobs or []), *logprobs]
         if not delta and logprobs is None:
             return None
