@@ -16,13 +16,12 @@ from fastapi import FastAPI
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
-from echotune.analytics.errors import install_handlers
+from echotune.analytics.errors import install_mongo_handlers
 from echotune.analytics.migrations import migrate
 from echotune.analytics.routes import api_router
 from echotune.analytics.settings import AnalyticsSettings
-from echotune.common.logs import configure_logging
 from echotune.common.mongo import create_mongo, until_done
-from echotune.web.requestid import RequestIdMiddleware
+from echotune.web.app import service_app
 
 log = logging.getLogger("echotune.analytics")
 
@@ -69,10 +68,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
     """The analytics API."""
     settings = settings or AnalyticsSettings()
-    configure_logging("analytics", settings.log_level)
-    app = FastAPI(
+    app = service_app(
+        "analytics",
+        settings,
         title="echotune analytics",
-        version="0.1.0",
         description=(
             "Provider analytics from per-minute rollups, listening patterns and engagement "
             "insights from listening history, conversations. Every answer is "
@@ -80,8 +79,6 @@ def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
         ),
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    install_handlers(app)
-    app.add_middleware(RequestIdMiddleware)
+    install_mongo_handlers(app)
     app.include_router(api_router)
     return app

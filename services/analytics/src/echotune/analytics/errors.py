@@ -9,7 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pymongo.errors import ConnectionFailure, ExecutionTimeout, PyMongoError
 
-from echotune.web.errors import ApiError, error_response, install_error_handlers
+from echotune.web.errors import ApiError, error_response
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +31,8 @@ def mongo_unavailable(exc: Exception) -> JSONResponse:
     )
 
 
-def install_handlers(app: FastAPI) -> None:
-    """The shared error body for every failure, MongoDB's included."""
-    install_error_handlers(app)
+def install_mongo_handlers(app: FastAPI) -> None:
+    """MongoDB's failures as the shared error body (the others are the web kit's)."""
 
     @app.exception_handler(ConnectionFailure)
     async def _unreachable(_: Request, exc: ConnectionFailure) -> JSONResponse:

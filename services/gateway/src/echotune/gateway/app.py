@@ -14,7 +14,6 @@ from faststream.redis import RedisBroker
 
 from echotune.common import job_queue
 from echotune.common.breaker import CircuitBreakers
-from echotune.common.logs import configure_logging
 from echotune.common.redis import create_redis, retry_options
 from echotune.common.request_stream import RequestStreams
 from echotune.gateway import analytics_docs, health, proxy
@@ -33,9 +32,8 @@ from echotune.gateway.providers import routes as provider_routes
 from echotune.gateway.providers.service import ProviderService
 from echotune.gateway.settings import GatewaySettings
 from echotune.gateway.ui import routes as ui_routes
+from echotune.web.app import Middleware, service_app
 from echotune.web.bodylimit import BodySizeLimitMiddleware
-from echotune.web.errors import install_error_handlers
-from echotune.web.requestid import RequestIdMiddleware
 
 
 @asynccontextmanager
@@ -99,28 +97,29 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
-    configure_logging("gateway", settings.log_level)
-    app = FastAPI(
+    middleware: list[Middleware] = [
+        (BodySizeLimitMiddleware, {"max_bytes": settings.max_body_bytes})
+    ]
+    if settings.cors_origins:
+        cors = {
+            "allow_origins": settings.cors_origins,
+            "allow_credentials": True,
+            "allow_methods": ["GET", "POST", "DELETE"],
+            "allow_headers": ["Authorization", "Content-Type", "X-Request-Id", "Last-Event-ID"],
+            "expose_headers": ["X-Request-Id"],
+        }
+        middleware.append((CORSMiddleware, cors))
+    app = service_app(
+        "gateway",
+        settings,
         title="echotune gateway",
-        version="0.1.0",
         description="Streaming LLM chat over Server-Sent Events.",
         lifespan=lifespan,
+        render=render,
+        middleware=middleware,
     )
-    app.state.settings = settings
     app.state.analytics_docs = analytics_docs.AnalyticsDocs()
     analytics_docs.install(app, app.state.analytics_docs)
-    install_error_handlers(app, render)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_credentials=True,
-            allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "Content-Type", "X-Request-Id", "Last-Event-ID"],
-            expose_headers=["X-Request-Id"],
-        )
-    app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
     app.include_router(auth_routes.router)
     app.include_router(chat_routes.router)
