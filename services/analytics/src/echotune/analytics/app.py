@@ -69,7 +69,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: AnalyticsSettings | None = None) -> FastAPI:
     """The analytics API."""
     settings = settings or AnalyticsSettings()
-    configure_logging("analytics", settings.log_level)
+    configure_logging("analytics", settings.log_level, settings.log_format)
     app = FastAPI(
         title="echotune analytics",
         version="0.1.0",

@@ -12,12 +12,12 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from faststream.redis import RedisBroker
 
-from echotune.common import job_queue
+from echotune.common import job_queue, tracing
 from echotune.common.breaker import CircuitBreakers
 from echotune.common.logs import configure_logging
 from echotune.common.redis import create_redis, retry_options
 from echotune.common.request_stream import RequestStreams
-from echotune.gateway import analytics_docs, health, proxy
+from echotune.gateway import analytics_docs, health, metrics, observability, proxy
 from echotune.gateway.auth import routes as auth_routes
 from echotune.gateway.auth.keys import ApiKeyStore
 from echotune.gateway.auth.service import DEV_USER, Authenticator
@@ -28,6 +28,7 @@ from echotune.gateway.chat.service import ChatService
 from echotune.gateway.chat.upkeep import keep_streams_alive, trim_jobs
 from echotune.gateway.errors import render
 from echotune.gateway.limits import ChatLimits
+from echotune.gateway.metrics import GatewayMetrics
 from echotune.gateway.openai_compat import routes as openai_routes
 from echotune.gateway.providers import routes as provider_routes
 from echotune.gateway.providers.service import ProviderService
@@ -70,7 +71,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         open_streams=settings.max_open_streams_per_user,
         lapse_s=settings.resume_window_s * 2,
     )
-    chat = ChatService(redis, relay, broker, providers, limits, streams, settings)
+    app.state.metrics.attach(redis, keys, breakers)
+    chat = ChatService(
+        redis, relay, broker, providers, limits, streams, settings, metrics=app.state.metrics
+    )
     api_keys = ApiKeyStore(redis, keys)
     if settings.dev_api_key is not None:
         await api_keys.install(settings.dev_api_key.get_secret_value(), DEV_USER, "dev key")
@@ -80,6 +84,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.analytics = httpx.AsyncClient(
         base_url=settings.analytics_url, timeout=settings.analytics_timeout_s
     )
+    observability.instrument_clients(redis, app.state.analytics)
     background = [
         asyncio.create_task(keep_streams_alive(chat, settings.resume_window_s / 3)),
         asyncio.create_task(trim_jobs(redis, keys, settings.jobs_trim_s)),
@@ -95,11 +100,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await relay.stop()
         await broker.stop()
         await redis.aclose()
+        tracing.shutdown()
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
-    configure_logging("gateway", settings.log_level)
+    configure_logging("gateway", settings.log_level, settings.log_format)
+    tracing.configure_tracing("echotune-gateway")
     app = FastAPI(
         title="echotune gateway",
         version="0.1.0",
@@ -107,6 +114,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = GatewayMetrics(settings.registry())
     app.state.analytics_docs = analytics_docs.AnalyticsDocs()
     analytics_docs.install(app, app.state.analytics_docs)
     install_error_handlers(app, render)
@@ -122,10 +130,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         )
     app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(auth_routes.router)
     app.include_router(chat_routes.router)
     app.include_router(provider_routes.router)
     app.include_router(openai_routes.router)
     app.include_router(ui_routes.router)
     app.include_router(proxy.router)
+    observability.instrument_app(app)
     return app
