@@ -271,6 +271,13 @@ def _f(value: Any, digits: int = 2) -> str:
     return str(value)
 
 
+def _tracing(results: dict[str, Any]) -> str:
+    traced = results.get("tracing")
+    if traced is None:
+        return "Tracing off."
+    return f"Tracing on: {traced['spans']} spans exported in {traced['requests']} OTLP requests."
+
+
 def markdown(results: dict[str, Any]) -> str:
     cfg, m = results["config"], results["machine"]
     lines = [
@@ -281,7 +288,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"Machine: {m['nproc']} CPU ({m['cpu_model']}), {m['mem_gib']} GiB, kernel {m['kernel']}; "
         f"loadavg before `{m['loadavg_before']}`, after `{m['loadavg_after']}`; "
-        f"run took {results['elapsed_s']} s.",
+        f"run took {results['elapsed_s']} s. {_tracing(results)}",
         "",
         "A = client → fake upstream; B = client → gateway → Redis → worker → upstream → worker → "
         "Redis → gateway → client. Added = B − A per quantile. "

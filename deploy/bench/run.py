@@ -2,7 +2,7 @@
 
 Run: ``make bench [ARGS="..."]`` or ``python -m deploy.bench [--levels 1,10,50,100,500]
 [--tokens 64] [--pace-ms 20] [--ttft-ms 50] [--workers 2] [--rounds 3] [--clients 2]
-[--trials 30] [--quick] [--out DIR] [--profile gateway,worker1 --profile-level 100]
+[--trials 30] [--quick] [--tracing] [--out DIR] [--profile gateway,worker1 --profile-level 100]
 [--upstream fake|local]``. ``--upstream local`` measures llama.cpp with SmolLM2 instead of the
 fake upstream (:mod:`deploy.bench.local`).
 ``--quick`` (levels 1 and 5, one round, 5 trials) is the smoke run. Results: ``results.json``,
@@ -10,7 +10,9 @@ fake upstream (:mod:`deploy.bench.local`).
 the Markdown table is printed at the end. ``--profile`` runs ``py-spy record`` on the named
 processes (gateway, worker1, fake-llm, client1; not redis) during the rounds of
 ``--profile-level`` and adds their top frames to the report (profiling perturbs the numbers:
-profile in a separate run).
+profile in a separate run). ``--tracing`` turns OpenTelemetry tracing on in the gateway and
+the workers, exporting to an OTLP sink process (``otlp_sink.py``) that counts the spans: run
+once with and once without it to see what tracing costs per token.
 
 Per concurrency level L, each round runs L *slots* whose starts are spread evenly over one
 nominal stream duration (staggered: producers do not tick at the same instant); a slot runs
@@ -97,6 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=("fake", "local"),
         default="fake",
         help="fake: the scripted fake LLM; local: llama.cpp + SmolLM2 (deploy/bench/local.py)",
+    )
+    parser.add_argument(
+        "--tracing", action="store_true", help="OpenTelemetry on, spans to a counting sink"
     )
     args = parser.parse_args(argv)
     default_levels = "1,5" if args.quick else "1,10,50,100,500"
@@ -464,6 +469,13 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
             services.append(fake)
             fake_url = f"http://127.0.0.1:{port}"
             env = stack_env(args, redis_url, fake_url, api_key)
+            sink_url = None
+            if args.tracing:
+                sink = ServiceProcess("otlp-sink", [PYTHON, "-m", "deploy.bench.otlp_sink"], {})
+                sink_port = (await sink.start(r"OTLP_SINK_READY port=(\d+)")).group(1)
+                services.append(sink)
+                sink_url = f"http://127.0.0.1:{sink_port}"
+                env["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink_url
             gateway, gateway_url = await start_gateway(env)
             services.append(gateway)
             workers = [await start_worker(env, name=f"worker{i + 1}") for i in range(args.workers)]
@@ -479,6 +491,9 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
             async with httpx.AsyncClient(timeout=30) as http:
                 bench = Bench(args, target, fake_url, procs, gateway.pid, clients, http)
                 results = await drive(bench, out)
+                if sink_url is not None:
+                    await asyncio.sleep(6)  # the batch processors export every 5 s
+                    results["tracing"] = (await http.get(f"{sink_url}/stats")).json()
         finally:
             for proc in reversed(services):
                 await proc.stop()

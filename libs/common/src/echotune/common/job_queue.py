@@ -103,6 +103,18 @@ def backlog(groups: Any, length: Any) -> int | None:
     return None
 
 
+async def depth(redis: Redis, keys: Keys) -> tuple[int, int] | None:
+    """(jobs not yet delivered, jobs delivered and not acknowledged); ``None`` without group."""
+    async with redis.pipeline(transaction=False) as pipe:
+        queue_backlog(pipe, keys)
+        groups, length = await pipe.execute(raise_on_error=False)
+    lag = backlog(groups, length)
+    if lag is None:
+        return None
+    pending = next(int(g.get("pending") or 0) for g in groups if g["name"] == JOBS_GROUP)
+    return lag, pending
+
+
 async def trim(redis: Redis, keys: Keys) -> int:
     """Drop acknowledged jobs from the stream; how many were dropped."""
     return int(await _TRIM(redis, [keys.jobs], [JOBS_GROUP]))

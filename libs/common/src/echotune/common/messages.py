@@ -92,6 +92,12 @@ class ChatJob(Contract):
     )
     created_at: datetime = Field(default_factory=utcnow)
     deadline_at: float = Field(description="Unix time after which the answer is abandoned")
+    traceparent: str | None = Field(
+        None,
+        max_length=128,
+        description="W3C trace context of the job's publication (tracing on); a malformed one "
+        "is ignored",
+    )
 
 
 # --- chat events -------------------------------------------------------------------------

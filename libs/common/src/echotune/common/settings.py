@@ -10,6 +10,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from echotune.common.keys import Keys
+from echotune.common.logs import LogFormat
 
 
 def shared(name: str) -> AliasChoices:
@@ -35,6 +36,11 @@ class ServiceSettings(BaseSettings):
         description="Prefix of every Redis key; lets deployments or tests share one Redis",
     )
     log_level: str = Field("INFO", validation_alias=shared("LOG_LEVEL"))
+    log_format: LogFormat = Field(
+        "text",
+        validation_alias=shared("LOG_FORMAT"),
+        description="``json``: one JSON object per line with request id and trace id",
+    )
     resume_window_s: float = Field(
         30.0,
         gt=0,

@@ -29,7 +29,7 @@ def service_app(
 ) -> FastAPI:
     """A FastAPI app with the service's logging, settings in its state, the JSON error body,
     ``middleware`` (innermost first) and, outermost, the request id of every answer."""
-    configure_logging(name, settings.log_level)
+    configure_logging(name, settings.log_level, settings.log_format)
     app = FastAPI(title=title, version=VERSION, description=description, lifespan=lifespan)
     app.state.settings = settings
     install_error_handlers(app, render)

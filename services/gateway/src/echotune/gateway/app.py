@@ -12,11 +12,11 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from faststream.redis import RedisBroker
 
-from echotune.common import job_queue
+from echotune.common import job_queue, tracing
 from echotune.common.breaker import CircuitBreakers
 from echotune.common.redis import create_redis, retry_options
 from echotune.common.request_stream import RequestStreams
-from echotune.gateway import analytics_docs, health, proxy
+from echotune.gateway import analytics_docs, health, metrics, observability, proxy
 from echotune.gateway.auth import routes as auth_routes
 from echotune.gateway.auth.keys import ApiKeyStore
 from echotune.gateway.auth.service import DEV_USER, Authenticator
@@ -27,6 +27,7 @@ from echotune.gateway.chat.service import ChatService
 from echotune.gateway.chat.upkeep import keep_streams_alive, trim_jobs
 from echotune.gateway.errors import render
 from echotune.gateway.limits import ChatLimits
+from echotune.gateway.metrics import GatewayMetrics
 from echotune.gateway.openai_compat import routes as openai_routes
 from echotune.gateway.providers import routes as provider_routes
 from echotune.gateway.providers.service import ProviderService
@@ -68,7 +69,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         open_streams=settings.max_open_streams_per_user,
         lapse_s=settings.resume_window_s * 2,
     )
-    chat = ChatService(redis, relay, broker, providers, limits, streams, settings)
+    app.state.metrics.attach(redis, keys, breakers)
+    chat = ChatService(
+        redis, relay, broker, providers, limits, streams, settings, metrics=app.state.metrics
+    )
     api_keys = ApiKeyStore(redis, keys)
     if settings.dev_api_key is not None:
         await api_keys.install(settings.dev_api_key.get_secret_value(), DEV_USER, "dev key")
@@ -78,6 +82,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.analytics = httpx.AsyncClient(
         base_url=settings.analytics_url, timeout=settings.analytics_timeout_s
     )
+    observability.instrument_clients(redis, app.state.analytics)
     background = [
         asyncio.create_task(keep_streams_alive(chat, settings.resume_window_s / 3)),
         asyncio.create_task(trim_jobs(redis, keys, settings.jobs_trim_s)),
@@ -93,10 +98,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await relay.stop()
         await broker.stop()
         await redis.aclose()
+        tracing.shutdown()
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
+    tracing.configure_tracing("echotune-gateway")
     middleware: list[Middleware] = [
         (BodySizeLimitMiddleware, {"max_bytes": settings.max_body_bytes})
     ]
@@ -118,13 +125,16 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         render=render,
         middleware=middleware,
     )
+    app.state.metrics = GatewayMetrics(settings.registry())
     app.state.analytics_docs = analytics_docs.AnalyticsDocs()
     analytics_docs.install(app, app.state.analytics_docs)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(auth_routes.router)
     app.include_router(chat_routes.router)
     app.include_router(provider_routes.router)
     app.include_router(openai_routes.router)
     app.include_router(ui_routes.router)
     app.include_router(proxy.router)
+    observability.instrument_app(app)
     return app

@@ -38,6 +38,8 @@ def openai_error(error: ApiError) -> JSONResponse:
 
 
 def render(request: Request, error: ApiError) -> JSONResponse:
+    if error.status == 429 and (metrics := getattr(request.app.state, "metrics", None)):
+        metrics.rejected(error)  # every refusal, whichever door
     if request.url.path.startswith("/v1/"):
         return openai_error(error)
     return render_error(request, error)

@@ -20,6 +20,7 @@ from echotune.common.scripts import Arg, Script, execute
 from echotune.web.errors import ApiError
 
 WINDOW_S = 60
+WHO = {"user": "this user", "ip": "this address"}
 ADMITTED, COUNTED_BEFORE = 0, -1
 
 # Sliding-window log: at most ARGV[1] starts in any ARGV[2] ms. KEYS[1]: sorted set of one
@@ -84,8 +85,8 @@ class ChatLimits:
 
     def _subjects(self, user_id: str, ip: str) -> list[tuple[str, int, str]]:
         return [
-            (self.keys.rate_limit("user", user_id), self.per_user, "this user"),
-            (self.keys.rate_limit("ip", ip), self.per_ip, "this address"),
+            (self.keys.rate_limit("user", user_id), self.per_user, "user"),
+            (self.keys.rate_limit("ip", ip), self.per_ip, "ip"),
         ]
 
     def queue_start(self, pipe: Pipeline, user_id: str, ip: str, request_id: str) -> None:
@@ -102,11 +103,12 @@ class ChatLimits:
         refused = [(w, s[2]) for s, w in zip(subjects, waits, strict=True) if w > 0]
         if not refused:
             return Admission(taken=taken)
-        wait_ms, who = max(refused)
+        wait_ms, scope = max(refused)
         error = ApiError(
             429,
             "rate_limited",
-            f"too many chats started by {who}; try again later",
+            f"too many chats started by {WHO[scope]}; try again later",
+            details={"scope": scope},
             headers={"Retry-After": str(math.ceil(wait_ms / 1000))},
         )
         return Admission(error, taken)

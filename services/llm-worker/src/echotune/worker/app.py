@@ -1,7 +1,8 @@
 """Worker application factory: FastStream consumers of chat jobs and cancel requests.
 
 Run with ``faststream run echotune.worker.app:create_app --factory --port 8081``: the port
-serves ``GET /healthz`` (204 while Redis answers and the job subscribers run, else 503).
+serves ``GET /healthz`` (204 while Redis answers and the job subscribers run, else 503) and
+``GET /metrics`` (Prometheus, see ``metrics.py``).
 Handlers are in ``handlers.py``; what they share (``Worker``) is opened in ``resources.py``.
 """
 
@@ -18,11 +19,13 @@ from faststream.middlewares import ExceptionMiddleware
 from faststream.redis import RedisBroker, StreamSub
 from pydantic import ValidationError
 
+from echotune.common import tracing
 from echotune.common.keys import JOBS_GROUP
 from echotune.common.logs import configure_logging
 from echotune.common.redis import retry_options
 from echotune.worker import handlers
 from echotune.worker.handlers import WorkerDep
+from echotune.worker.metrics import WorkerMetrics
 from echotune.worker.resources import open_worker
 from echotune.worker.settings import WorkerSettings
 from echotune.worker.upkeep import Subscriber, keep_consuming
@@ -55,7 +58,9 @@ def subscribe(broker: RedisBroker, settings: WorkerSettings) -> list[Subscriber]
 
 def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
     settings = settings or WorkerSettings()
-    configure_logging("llm-worker", settings.log_level)
+    configure_logging("llm-worker", settings.log_level, settings.log_format)
+    tracing.configure_tracing("echotune-llm-worker")
+    metrics = WorkerMetrics()
     broker = RedisBroker(
         settings.redis_url,
         **retry_options(),
@@ -67,7 +72,7 @@ def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
 
     @asynccontextmanager
     async def lifespan(context: ContextRepo) -> AsyncIterator[None]:
-        async with open_worker(settings, broker) as worker:
+        async with open_worker(settings, broker, metrics) as worker:
             context.set_global("worker", worker)
             yield
 
@@ -97,7 +102,7 @@ def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
         lifespan=lifespan,
         after_startup=[supervise],
         on_shutdown=[drain],
-        asgi_routes=[("/healthz", healthz)],
+        asgi_routes=[("/healthz", healthz), ("/metrics", metrics.route())],
     )
     # FastStream stops the whole application when the jobs group vanishes (NOGROUP: Redis
     # lost its data); this worker recreates the group and restarts the subscriber instead.

@@ -8,10 +8,13 @@ import logging
 import time
 from dataclasses import dataclass
 
+from opentelemetry.trace import Span
+
 from echotune.common.breaker import Outcome, Permit
 from echotune.common.messages import ChatJob
 from echotune.common.providers import ProviderConfig
 from echotune.worker.deadline import Deadline
+from echotune.worker.observability import attempt_ended, attempt_span, breaker_changed
 from echotune.worker.providers.base import (
     Finish,
     ProviderError,
@@ -72,8 +75,14 @@ class Attempt:
         self.clock = AttemptClock()
         self.text: list[str] = []
         self.first_token_at: float | None = None
+        self.span: Span | None = None
 
     async def run(self, request: ProviderRequest) -> Finish:
+        with attempt_span(self.config, request, self.info.number, self.permit) as span:
+            self.span = span
+            return await self._call(request)
+
+    async def _call(self, request: ProviderRequest) -> Finish:
         outcome, retry_after = Outcome.IGNORED, 0.0
         error_code: str | None = "cancelled"
         finish: Finish | None = None
@@ -165,6 +174,17 @@ class Attempt:
             is_failover=self.info.is_failover,
         )
         self.ctx.telemetry.publish(event)
+        tokens = (event.tokens_in, event.tokens_out) if outcome is Outcome.SUCCESS else None
+        attempt_ended(
+            self.ctx.metrics,
+            self.span,
+            self.config,
+            request.model,
+            self.clock,
+            event,
+            finish,
+            tokens,
+        )
         await asyncio.shield(
             self._update_health(outcome, retry_after, event.latency_ms, event.ttft_ms)
         )
@@ -179,6 +199,7 @@ class Attempt:
             )
             if transition:
                 log.warning("breaker %s: %s -> %s", name, transition.old, transition.new)
+                breaker_changed(self.ctx.metrics, transition)
             if outcome is not Outcome.IGNORED:
                 await self.ctx.live.record(
                     name,

@@ -19,6 +19,7 @@ from echotune.common.messages import (
 from echotune.common.request_stream import Final, Take, Taken
 from echotune.worker.inflight import CANCELLED, FENCED, InFlight
 from echotune.worker.jobs import JobRunner, shutdown_error
+from echotune.worker.observability import job_ended, job_span, job_taken
 from echotune.worker.resources import Worker
 from echotune.worker.writer import EventWriter, Refused
 
@@ -31,28 +32,35 @@ async def execute(ctx: Worker, job: ChatJob, held: InFlight) -> bool:
     ``False`` only when another worker took the job over (its entry is now theirs).
     """
     token = request_id_var.set(held.request_id)
+    keys, consumer = ctx.settings.keys, ctx.settings.consumer
     try:
-        if held.reason == FENCED:  # reclaimed by another worker while it waited for a slot
-            return False
-        taken = await ctx.streams.take(job.request_id, ctx.settings.consumer)
-        if taken.state is not Take.TAKEN:
-            log.info("job %s before it started; acknowledging it", taken.state.value)
-            return True
-        log.info("job taken (epoch %d) provider=%s model=%s", taken.epoch, job.provider, job.model)
-        writer = EventWriter(
-            ctx.flusher,
-            job.request_id,
-            taken.epoch,
-            on_cancel=lambda: held.stop(CANCELLED),
-            on_refused=lambda _: held.stop(FENCED),
-            stamp=ctx.settings.stamp_tokens,
-        )
-        try:
-            return await _run(ctx, job, held, taken, writer)
-        finally:
-            writer.close()
+        with job_span(job.traceparent, held.request_id, held.entry_id, keys.jobs, consumer):
+            return await _execute(ctx, job, held)
     finally:
         request_id_var.reset(token)
+
+
+async def _execute(ctx: Worker, job: ChatJob, held: InFlight) -> bool:
+    if held.reason == FENCED:  # reclaimed by another worker while it waited for a slot
+        return False
+    taken = await ctx.streams.take(job.request_id, ctx.settings.consumer)
+    if taken.state is not Take.TAKEN:
+        log.info("job %s before it started; acknowledging it", taken.state.value)
+        return True
+    log.info("job taken (epoch %d) provider=%s model=%s", taken.epoch, job.provider, job.model)
+    job_taken(ctx.metrics, held.entry_id, taken.epoch)
+    writer = EventWriter(
+        ctx.flusher,
+        job.request_id,
+        taken.epoch,
+        on_cancel=lambda: held.stop(CANCELLED),
+        on_refused=lambda _: held.stop(FENCED),
+        stamp=ctx.settings.stamp_tokens,
+    )
+    try:
+        return await _run(ctx, job, held, taken, writer)
+    finally:
+        writer.close()
 
 
 async def _run(
@@ -71,6 +79,7 @@ async def _run(
     if isinstance(final, DoneEvent) and final.finish_reason is not FinishReason.CANCELLED:
         # Recorded before the client hears ``done``, so its next message sees the turn.
         await ctx.conversations.append(job, "".join(runner.partial), taken.epoch)
+    job_ended(ctx.metrics, final, held.reason)
     return await _end(writer, final)
 
 
@@ -98,7 +107,9 @@ async def _produce(
         return ErrorEvent(code=ErrorCode.DEADLINE_EXCEEDED, message="the answer took too long")
     except asyncio.CancelledError:
         if held.reason is None:  # the worker is shutting down
-            await asyncio.shield(_end(writer, shutdown_error(bool(runner.partial))))
+            shutdown = shutdown_error(bool(runner.partial))
+            job_ended(runner.ctx.metrics, shutdown, None)
+            await asyncio.shield(_end(writer, shutdown))
             raise
         return runner.cancelled()
 

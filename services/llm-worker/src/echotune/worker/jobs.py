@@ -26,6 +26,7 @@ from echotune.common.messages import (
 from echotune.common.providers import ProviderConfig
 from echotune.worker.attempt import Attempt, AttemptInfo, MidStreamFailure
 from echotune.worker.conversations import ConversationContext
+from echotune.worker.observability import failed_over, retried, skipped, waited
 from echotune.worker.providers.base import ProviderError, ProviderRequest
 from echotune.worker.resources import Worker
 from echotune.worker.retry import backoff_delay, is_retryable
@@ -105,9 +106,11 @@ class JobRunner:
         chain, reason, continuing = self._chain(), "unavailable", False
         for index, (config, model) in enumerate(chain):
             if index > 0:
+                previous = chain[index - 1][0].name
+                failed_over(self.ctx.metrics, previous, config.name, reason, continuing)
                 self.writer.emit(
                     FailoverEvent(
-                        from_provider=chain[index - 1][0].name,
+                        from_provider=previous,
                         to_provider=config.name,
                         to_model=model,
                         reason=reason,
@@ -118,6 +121,7 @@ class JobRunner:
                 return await self._with_retries(config, model, index > 0, continuing)
             except Skip as skip:
                 reason = skip.reason
+                skipped(self.ctx.metrics, config.name, reason)
             except ProviderError as error:
                 reason = error.code
             except MidStreamFailure as failure:
@@ -179,6 +183,7 @@ class JobRunner:
                 or time.time() + wait >= self.job.deadline_at
             ):
                 raise Skip(permit.reason or "unavailable")
+            waited(provider, wait)
             await asyncio.sleep(max(wait, 0.01))
 
     async def _wait_before_retry(self, provider: str, attempt: int, error: ProviderError) -> None:
@@ -192,6 +197,7 @@ class JobRunner:
         )
         if time.time() + delay >= self.job.deadline_at:
             raise error
+        retried(self.ctx.metrics, provider, attempt, delay, error.code)
         self.writer.emit(
             RetryEvent(
                 provider=provider, attempt=attempt, delay_ms=round(delay * 1000), reason=error.code

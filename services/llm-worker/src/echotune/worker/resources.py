@@ -12,7 +12,7 @@ import httpx
 from faststream.redis import RedisBroker
 from redis.asyncio import Redis
 
-from echotune.common import job_queue
+from echotune.common import job_queue, tracing
 from echotune.common.breaker import CircuitBreakers
 from echotune.common.live_stats import LiveStats
 from echotune.common.mongo import create_mongo
@@ -21,6 +21,8 @@ from echotune.common.redis import create_redis
 from echotune.common.request_stream import RequestStreams
 from echotune.worker.conversations import ConversationStore, migrate_when_possible
 from echotune.worker.inflight import InFlightJobs
+from echotune.worker.metrics import WorkerMetrics
+from echotune.worker.observability import instrument
 from echotune.worker.pool import JobPool
 from echotune.worker.providers import build_provider
 from echotune.worker.providers.base import Provider, make_client
@@ -45,6 +47,7 @@ class Worker:
     live: LiveStats
     conversations: ConversationStore
     pool: JobPool
+    metrics: WorkerMetrics
     _upkeep: list[asyncio.Task[None]] = field(default_factory=list)
     _supervisor: asyncio.Task[None] | None = None
 
@@ -71,8 +74,11 @@ def build_providers(registry: ProviderRegistry, http: httpx.AsyncClient) -> dict
 
 
 @asynccontextmanager
-async def open_worker(settings: WorkerSettings, broker: RedisBroker) -> AsyncIterator[Worker]:
+async def open_worker(
+    settings: WorkerSettings, broker: RedisBroker, metrics: WorkerMetrics | None = None
+) -> AsyncIterator[Worker]:
     """Clients, scripts and background upkeep of one worker process."""
+    metrics = metrics or WorkerMetrics()
     keys = settings.keys
     redis = create_redis(settings.redis_url, max_connections=settings.concurrency + 16)
     await job_queue.ensure_group(redis, keys)  # before the subscribers: they would use $
@@ -86,6 +92,7 @@ async def open_worker(settings: WorkerSettings, broker: RedisBroker) -> AsyncIte
     )
     await streams.load_scripts()
     http = make_client()
+    instrument(redis, http)
     context_ms = int(settings.context_timeout_s * 1000)
     mongo = create_mongo(
         settings.mongodb_url, timeout_ms=context_ms, operation_timeout_ms=context_ms
@@ -107,8 +114,11 @@ async def open_worker(settings: WorkerSettings, broker: RedisBroker) -> AsyncIte
         conversations=ConversationStore(
             mongo, max_chars=settings.context_max_chars, keep_turns=settings.context_keep_turns
         ),
+        metrics=metrics,
     )
-    worker.spawn(worker.flusher.run())
+    metrics.held_jobs(lambda: len(worker.jobs), settings.concurrency)
+    with tracing.untraced():  # per-token appends never make spans
+        worker.spawn(worker.flusher.run())
     worker.spawn(sweep(worker, settings.reader_check_s))
     worker.spawn(keep_held(worker))
     worker.spawn(migrate_when_possible(worker.conversations))
@@ -120,3 +130,4 @@ async def open_worker(settings: WorkerSettings, broker: RedisBroker) -> AsyncIte
         await http.aclose()
         await mongo.close()
         await redis.aclose()
+        tracing.shutdown()

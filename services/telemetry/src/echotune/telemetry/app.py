@@ -56,7 +56,7 @@ async def raw_batch(message: BatchStreamMessage) -> BatchMessage:
 def create_app(settings: TelemetrySettings | None = None) -> AsgiFastStream:
     """The telemetry writer as an ASGI FastStream app."""
     settings = settings or TelemetrySettings()
-    configure_logging("telemetry", settings.log_level)
+    configure_logging("telemetry", settings.log_level, settings.log_format)
     keys = settings.keys
     broker = RedisBroker(
         settings.redis_url,

@@ -47,9 +47,11 @@ from echotune.common.request_stream import (
     RequestStreams,
 )
 from echotune.common.scripts import execute
+from echotune.gateway.chat.publish import publish_job
 from echotune.gateway.chat.relay import Entry, StreamRelay, Subscription, parse_stream_id
 from echotune.gateway.chat.sse import HEARTBEAT, frame
 from echotune.gateway.limits import ADMIT_START, OPEN_STREAMS, Admission, ChatLimits
+from echotune.gateway.metrics import GatewayMetrics
 from echotune.gateway.providers.service import ProviderService
 from echotune.gateway.settings import GatewaySettings
 from echotune.web.errors import ApiError
@@ -100,6 +102,9 @@ class OpenStream:
     first_frame: bytes | None = None
     owner: str = ""
     stream_key: str = ""
+    provider: str = ""
+    model: str = ""
+    opened_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +132,10 @@ class ChatService:
         limits: ChatLimits,
         streams: RequestStreams,
         settings: GatewaySettings,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.redis, self.relay, self.broker = redis, relay, broker
+        self.metrics = metrics or GatewayMetrics()
         self.providers, self.settings, self.keys = providers, settings, settings.keys
         self.limits, self.streams = limits, streams
         self._background: set[asyncio.Task[object]] = set()
@@ -136,6 +143,7 @@ class ChatService:
 
     async def open(self, chat: ChatInput, last_event_id: str | None) -> OpenStream | None:
         """Start or attach to the stream of ``chat.request_id``; ``None``: nothing left to send."""
+        opened_at = time.monotonic()
         stream_key = f"{self.relay.gateway_id}:{uuid.uuid4().hex}"
         open_key = (self.keys.open_streams(chat.user_id), stream_key)
         if chat.message is None:
@@ -145,7 +153,7 @@ class ChatService:
         if stream is None:
             self._take_back_soon([open_key])
             return None
-        stream.owner, stream.stream_key = chat.user_id, stream_key
+        stream.owner, stream.stream_key, stream.opened_at = chat.user_id, stream_key, opened_at
         self._open_streams[stream_key] = chat.user_id
         return stream
 
@@ -290,7 +298,7 @@ class ChatService:
         try:
             if group_missing:
                 await job_queue.ensure_group(self.redis, self.keys)
-            await self.broker.publish(job, stream=self.keys.jobs)
+            await publish_job(self.broker, job, self.keys.jobs)
         except Exception:
             self.relay.unsubscribe(subscription)
             await self._end_untaken(chat.request_id, "could not queue the job")
@@ -298,7 +306,9 @@ class ChatService:
         log.info("queued chat job provider=%s model=%s", config.name, model)
         data = encode_event(start)["data"]
         first = frame(start.type, data, opened.start_id, self.settings.stream_retry_ms)
-        return OpenStream(chat.request_id, subscription, first), True
+        return OpenStream(
+            chat.request_id, subscription, first, provider=config.name, model=model
+        ), True
 
     async def _check_pickup(self, request_id: str) -> float | None:
         """No worker took the job yet: end it if none is alive; when to check again."""
@@ -375,6 +385,9 @@ class ChatService:
         deadline = now + settings.max_stream_s + settings.resume_window_s
         pickup_at: float | None = now + settings.pickup_timeout_s
         ended = False
+        watch = self.metrics.watch(
+            bool(stream.first_frame), stream.opened_at, stream.provider, stream.model
+        )
         try:
             while time.monotonic() < deadline:
                 try:
@@ -398,11 +411,15 @@ class ChatService:
                     pickup_at = None
                 ended = entry.is_terminal
                 yield entry
+                watch.sent(entry)
                 if ended:
                     return
             error = ErrorEvent(code=ErrorCode.DEADLINE_EXCEEDED, message="the answer took too long")
-            yield Entry("", error.type, encode_event(error)["data"])
+            late = Entry("", error.type, encode_event(error)["data"])
+            yield late
+            watch.sent(late)
         finally:
+            watch.end()
             self.relay.unsubscribe(sub)
             if not ended:
                 self._soon(self.streams.reader_left(sub.request_id))
