@@ -21,8 +21,8 @@ from redis.asyncio import Redis
 from deploy.local.servers import SecantusServer
 from echotune.common.keys import TELEMETRY_GROUP
 from echotune.common.mongo import PROVIDER_TELEMETRY
+from echotune.common.redis import ensure_group
 from echotune.telemetry.migrations import migrate
-from echotune.telemetry.upkeep import ensure_group
 from echotune.telemetry.writer import TelemetryWriter, to_document
 from tests.support.telemetry import TelemetryHarness, make_event, scrape
 
@@ -134,7 +134,7 @@ async def test_reclaimer_counts_what_a_crash_left_uncounted_once(
     events = [make_event(provider, rng) for _ in range(60)]
     poison = make_event(provider, rng)
     await harness.publish([*events, poison])
-    await ensure_group(harness.redis, harness.keys.telemetry)
+    await ensure_group(harness.redis, harness.keys.telemetry, TELEMETRY_GROUP)
     raw = Redis.from_url(harness.redis_url)  # entries hold binary FastStream envelopes
     read = await raw.xreadgroup(TELEMETRY_GROUP, "ghost", {harness.keys.telemetry: ">"}, count=100)
     poison_id = read[0][1][-1][0]

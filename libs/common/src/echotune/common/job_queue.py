@@ -15,6 +15,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from echotune.common.keys import JOBS_GROUP, Keys
+from echotune.common.redis import ensure_group as create_group
 from echotune.common.scripts import Script
 
 log = logging.getLogger(__name__)
@@ -76,14 +77,10 @@ def is_missing_group(error: BaseException) -> bool:
 
 async def ensure_group(redis: Redis, keys: Keys) -> bool:
     """Create the jobs group at ``0`` if it does not exist; whether it was created now."""
-    try:
-        await redis.xgroup_create(keys.jobs, JOBS_GROUP, id="0", mkstream=True)
-    except ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-        return False
-    log.info("created the consumer group %s of %s at 0", JOBS_GROUP, keys.jobs)
-    return True
+    created = await create_group(redis, keys.jobs, JOBS_GROUP)
+    if created:
+        log.info("created the consumer group %s of %s at 0", JOBS_GROUP, keys.jobs)
+    return created
 
 
 def queue_backlog(pipe: Pipeline, keys: Keys) -> None:

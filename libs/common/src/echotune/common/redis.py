@@ -7,7 +7,7 @@ from typing import Any
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError, TimeoutError
+from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 
 def retry_options() -> dict[str, Any]:
@@ -41,3 +41,16 @@ def create_redis(
         **retry_options(),
     )
     return Redis(connection_pool=pool)
+
+
+async def ensure_group(redis: Redis, stream: str, group: str) -> bool:
+    """Create ``group`` on ``stream`` at id ``0`` (``MKSTREAM``) unless it exists; whether it
+    was created now. At ``0``, entries written before any consumer started are delivered too
+    (FastStream would create a missing group at ``$`` and skip them)."""
+    try:
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+        return False
+    return True

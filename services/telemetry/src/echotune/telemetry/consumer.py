@@ -43,6 +43,11 @@ def _safe(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def reclaimer_of(consumer: str) -> str:
+    """The consumer name under which ``consumer``'s process reclaims idle entries."""
+    return f"{consumer}:reclaim"
+
+
 class BatchConsumer:
     """Writes the batches delivered by the main subscriber and by the reclaimer."""
 
@@ -51,6 +56,8 @@ class BatchConsumer:
     ) -> None:
         self.settings, self.redis, self.writer, self.metrics = settings, redis, writer, metrics
         self.keys: Keys = settings.keys
+        self.consumer = settings.consumer
+        self.reclaimer = reclaimer_of(settings.consumer)
 
     async def handle(
         self, ids: list[bytes], entries: list[dict[bytes, bytes]], consumer: str, reclaimed: bool

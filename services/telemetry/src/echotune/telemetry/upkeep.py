@@ -1,4 +1,4 @@
-"""Startup and housekeeping: consumer group, migration (waiting for MongoDB), old batch ids."""
+"""Startup and housekeeping: migration (waiting for MongoDB), old batch ids."""
 
 from __future__ import annotations
 
@@ -9,10 +9,7 @@ from typing import Any
 
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
-from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
-from echotune.common.keys import TELEMETRY_GROUP
 from echotune.common.mongo import PROVIDER_ROLLUPS, until_done
 from echotune.telemetry.migrations import migrate
 from echotune.telemetry.rollups import forget_old_batches
@@ -20,16 +17,6 @@ from echotune.telemetry.settings import TelemetrySettings
 
 log = logging.getLogger(__name__)
 FORGET_EVERY_S = 600.0
-
-
-async def ensure_group(redis: Redis, stream: str) -> None:
-    """Create the consumer group at the start of the stream, so that telemetry published
-    before this service ever ran is written too (FastStream would create it at ``$``)."""
-    try:
-        await redis.xgroup_create(stream, TELEMETRY_GROUP, id="0", mkstream=True)
-    except ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
 
 
 async def migrate_until_done(
