@@ -22,6 +22,7 @@ from echotune.common.request_stream import RequestStreams
 from echotune.worker.conversations import ConversationStore, migrate_when_possible
 from echotune.worker.inflight import InFlightJobs
 from echotune.worker.pool import JobPool
+from echotune.worker.profile import ProfileStore
 from echotune.worker.providers import build_provider
 from echotune.worker.providers.base import Provider, make_client
 from echotune.worker.settings import WorkerSettings
@@ -44,6 +45,7 @@ class Worker:
     breakers: CircuitBreakers
     live: LiveStats
     conversations: ConversationStore
+    profiles: ProfileStore
     pool: JobPool
     _upkeep: list[asyncio.Task[None]] = field(default_factory=list)
     _supervisor: asyncio.Task[None] | None = None
@@ -107,6 +109,7 @@ async def open_worker(settings: WorkerSettings, broker: RedisBroker) -> AsyncIte
         conversations=ConversationStore(
             mongo, max_chars=settings.context_max_chars, keep_turns=settings.context_keep_turns
         ),
+        profiles=ProfileStore(mongo, redis, keys, settings),
     )
     worker.spawn(worker.flusher.run())
     worker.spawn(sweep(worker, settings.reader_check_s))
