@@ -2,9 +2,13 @@
 aggregation (``echotune.common.listening_profile``), never waited for beyond the bound.
 
 A read that outlives the wait is not cancelled (PyMongo calls are bounded by their own
-timeout, not cancelled from outside): it finishes in the background and fills the cache for
+timeouts, not cancelled from outside): it finishes in the background and fills the cache for
 the listener's next answer. A process runs one read per listener and time zone at a time. A
 failed read leaves MongoDB alone for a while; the cache still answers meanwhile.
+
+The store has a MongoDB client of its own: server selection fails within the wait (a
+MongoDB that is down is known as such at once) while a query may run for
+``profile_query_timeout_s`` (``maxTimeMS`` and the socket timeout).
 """
 
 from __future__ import annotations
@@ -13,16 +17,14 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-import pymongo
-from pymongo import AsyncMongoClient
 from redis.asyncio import Redis
 
 from echotune.common.keys import Keys
 from echotune.common.listening_profile import ListeningProfile, profile_pipeline, read_profile
 from echotune.common.messages import ChatJob, ProfileStatus, ProfileUse
-from echotune.common.mongo import LISTENING_HISTORY
+from echotune.common.mongo import LISTENING_HISTORY, create_mongo
 from echotune.worker.mongo_pause import MongoPause
 from echotune.worker.settings import WorkerSettings
 
@@ -47,14 +49,14 @@ class LoadedProfile:
 
 
 class ProfileStore:
-    def __init__(
-        self,
-        client: AsyncMongoClient[dict[str, Any]],
-        redis: Redis,
-        keys: Keys,
-        settings: WorkerSettings,
-    ) -> None:
-        self.collection = client.get_default_database("echotune")[LISTENING_HISTORY]
+    def __init__(self, settings: WorkerSettings, redis: Redis, keys: Keys) -> None:
+        query_ms = int(settings.profile_query_timeout_s * 1000)
+        self.mongo = create_mongo(
+            settings.mongodb_url,
+            timeout_ms=int(settings.profile_timeout_s * 1000),
+            socket_timeout_ms=query_ms + 1000,
+        )
+        self.collection = self.mongo.get_default_database("echotune")[LISTENING_HISTORY]
         self.redis, self.keys, self.settings = redis, keys, settings
         self.pause = MongoPause()
         self._reads: dict[str, asyncio.Task[ListeningProfile | None]] = {}
@@ -127,9 +129,9 @@ class ProfileStore:
             top=settings.profile_top,
             recent=settings.profile_top,
         )
-        with pymongo.timeout(settings.profile_query_timeout_s):
-            cursor = await self.collection.aggregate(pipeline)
-            rows = await cursor.to_list()
+        max_time_ms = int(settings.profile_query_timeout_s * 1000)
+        cursor = await self.collection.aggregate(pipeline, maxTimeMS=max_time_ms)
+        rows = await cursor.to_list()
         profile = read_profile(rows[0] if rows else {}, zone)
         value = profile.model_dump_json() if profile else "null"
         try:
@@ -137,6 +139,9 @@ class ProfileStore:
         except Exception as exc:
             log.warning("profile not cached: %r", exc)
         return profile
+
+    async def close(self) -> None:
+        await self.mongo.close()
 
 
 def _since(started: float) -> float:

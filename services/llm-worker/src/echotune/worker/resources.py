@@ -109,7 +109,7 @@ async def open_worker(settings: WorkerSettings, broker: RedisBroker) -> AsyncIte
         conversations=ConversationStore(
             mongo, max_chars=settings.context_max_chars, keep_turns=settings.context_keep_turns
         ),
-        profiles=ProfileStore(mongo, redis, keys, settings),
+        profiles=ProfileStore(settings, redis, keys),
     )
     worker.spawn(worker.flusher.run())
     worker.spawn(sweep(worker, settings.reader_check_s))
@@ -122,4 +122,5 @@ async def open_worker(settings: WorkerSettings, broker: RedisBroker) -> AsyncIte
         await worker.telemetry.flush()
         await http.aclose()
         await mongo.close()
+        await worker.profiles.close()
         await redis.aclose()
