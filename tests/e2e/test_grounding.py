@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +19,10 @@ import pytest
 from redis.asyncio import Redis
 
 from deploy.local.servers import free_port
+from echotune.analytics.seed.catalogue import build_catalogue
+from echotune.analytics.seed.listening import user_plays
 from echotune.common.keys import Keys
+from echotune.common.mongo import LISTENING_HISTORY
 from echotune.fake_llm import FakeUpstream
 from echotune.gateway.auth.keys import ApiKeyStore
 from echotune.worker.prompt import SYSTEM_PROMPT
@@ -29,6 +33,7 @@ from tests.support.telemetry import TelemetryHarness
 pytestmark = pytest.mark.e2e
 IMPORT_CLI = str(Path(sys.executable).parent / "echotune-import")
 PROFILE_BOUND_S = 0.3
+END = datetime(2024, 6, 1, tzinfo=UTC)
 GENRES = {"Portishead": ["trip hop"], "Massive Attack": ["trip hop"], "Radiohead": ["rock"]}
 # (artist, track, plays): alice's extended export (with skips), bob's basic one
 ALICE = [
@@ -349,3 +354,86 @@ async def test_mongodb_down_the_answer_starts_within_the_bound(
     assert reasons[-1] == "mongodb_paused", "a failure leaves MongoDB alone for a while"
     # the bound, plus scheduling slack on a busy machine
     assert max(loads) <= PROFILE_BOUND_S * 1000 + 250, loads
+
+
+async def test_an_unknown_time_zone_is_a_clear_422(gstack: Stack, rid: str) -> None:
+    alice = await auth_for(gstack, "alice")
+    async with httpx.AsyncClient(base_url=gstack.url, headers=alice, timeout=30) as client:
+        got = await client.get(
+            "/api/chat/stream",
+            params={"message": "hi", "request_id": rid, "time_zone": "Mars/Olympus_Mons"},
+        )
+        posted = await client.post(
+            "/api/chat/stream",
+            json={"message": "hi", "options": {"time_zone": "Europe/Nowhere"}},
+            headers={"X-Request-Id": f"{rid}-post"},
+        )
+    for response, bad in ((got, "Mars/Olympus_Mons"), (posted, "Europe/Nowhere")):
+        assert response.status_code == 422
+        error = response.json()["error"]
+        assert error["code"] == "invalid_request"
+        assert bad in json.dumps(error)
+
+
+@pytest.fixture(scope="module")
+async def bound_stack(
+    harness: TelemetryHarness, histories: None, redis_server_url: str, fake_llm: str
+) -> AsyncIterator[Stack]:
+    """The default bound (0.5 s), and a listener whose history takes long to aggregate."""
+    heavy = [
+        {**play, "_id": f"heavy-{n}", "userId": "heavy"}
+        for n, play in enumerate(user_plays(build_catalogue(5), 5, 1, 2000, END, 90))
+    ]
+    await harness.db[LISTENING_HISTORY].insert_many(heavy)
+    running = await start_stack(
+        redis_server_url,
+        fake_llm,
+        ECHOTUNE_NAMESPACE=f"{harness.namespace}b",
+        ECHOTUNE_MONGODB_URL=harness.mongo_url,
+    )
+    yield running
+    await running.stop()
+
+
+ZONES = ["UTC", "Europe/Paris", "Asia/Tokyo", "America/New_York", "Australia/Sydney",
+         "Europe/Oslo", "Asia/Kolkata", "America/Sao_Paulo", "Africa/Cairo", "Pacific/Auckland",
+         "Europe/Madrid", "Asia/Seoul"]  # fmt: skip
+
+
+async def test_what_the_profile_adds_to_time_to_first_token(
+    bound_stack: Stack, upstream: FakeUpstream, rid: str
+) -> None:
+    """Printed, not asserted (speed on a shared machine); the bound is asserted."""
+    alice, heavy = await auth_for(bound_stack, "alice"), await auth_for(bound_stack, "heavy")
+    cases: list[tuple[str, dict[str, str], dict[str, Any]]] = [
+        ("profile off", alice, {"use_profile": "false"}),
+        ("cached profile (20 plays)", alice, {"time_zone": "Europe/Berlin"}),
+        *[("read from MongoDB (20 plays)", alice, {"time_zone": z}) for z in ZONES],
+        *[("read from MongoDB (2000 plays)", heavy, {"time_zone": z}) for z in ZONES],
+    ]
+    await ask(bound_stack, alice, f"{rid}-warm", "warm", time_zone="Europe/Berlin")
+    async with asyncio.timeout(30):  # a read that outlived the bound fills the cache anyway
+        key = Keys(f"{bound_stack.namespace}").profile("alice", "Europe/Berlin")
+        redis = Redis.from_url(bound_stack.redis_url, decode_responses=True)
+        while not await redis.exists(key):  # noqa: ASYNC110 - polled with a deadline
+            await asyncio.sleep(0.05)
+        await redis.aclose()
+    rows: dict[str, list[tuple[float, float, str]]] = {}
+    for n, (name, headers, params) in enumerate(cases * 1 + cases[:2] * 10):
+        own = f"{rid}-{n}"
+        await upstream.script(own, {"tokens": ["ok"]})
+        done = (await ask(bound_stack, headers, own, "Something?", **params)).last.json
+        profile = done["grounding"]["profile"]
+        status = profile["status"] + (f" ({profile['reason']})" if profile.get("reason") else "")
+        rows.setdefault(name, []).append(
+            (done["timings"]["ttft_ms"], profile.get("load_ms") or 0.0, status)
+        )
+    print("\n| case | answers | TTFT p50 | TTFT max | profile wait p50 | max | outcomes |")
+    print("|---|---|---|---|---|---|---|")
+    for name, samples in rows.items():
+        ttfts = sorted(s[0] for s in samples)
+        waits = sorted(s[1] for s in samples)
+        outcomes = ", ".join(f"{o} ×{c}" for o, c in Counter(s[2] for s in samples).items())
+        print(f"| {name} | {len(samples)} | {ttfts[len(ttfts) // 2]:.0f} ms | {ttfts[-1]:.0f} ms "
+              f"| {waits[len(waits) // 2]:.0f} ms | {waits[-1]:.0f} ms | {outcomes} |")  # fmt: skip
+        assert waits[-1] <= 500 + 250, f"{name}: the wait outlived the bound: {waits}"
