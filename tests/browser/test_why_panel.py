@@ -78,7 +78,9 @@ async def why_ui(browser: Any, why_stack: Stack, upstream: FakeUpstream) -> Asyn
             f"{why_stack.url}/api/providers/switch", json={"provider": "fake-openai"}
         )
         switched.raise_for_status()
-    ui = await open_ui(browser, why_stack.url, upstream, bypass_csp=True)
+    ui = await open_ui(
+        browser, why_stack.url, upstream, bypass_csp=True, timezone_id="Europe/Paris"
+    )
     await ui.page.context.grant_permissions(["clipboard-read", "clipboard-write"])
     try:
         yield ui
@@ -100,7 +102,7 @@ async def test_the_panel_explains_the_answer(why_ui: UI) -> None:
     assert await ui.wait_final(answer) == "done"
     query = parse_qs(urlsplit(ui.stream_requests[0].url).query)
     assert query["use_profile"] == ["true"]
-    assert query["time_zone"] == ["UTC"]  # Playwright's default zone
+    assert query["time_zone"] == ["Europe/Paris"]  # the browser's
 
     panel = await ui.open_panel(answer)
     await expect(panel.get_by_role("heading", name="Why this answer")).to_be_visible()
@@ -111,7 +113,8 @@ async def test_the_panel_explains_the_answer(why_ui: UI) -> None:
     await expect(panel.locator("[data-fact=feature-top_genres] dd")).to_have_text(
         "trip hop (67%), jazz (33%)"
     )
-    await expect(panel.locator("[data-fact=feature-favourite_hours] dd")).to_have_text("21:00")
+    # played at 21:30 UTC in May: 23:30 in Paris (summer time)
+    await expect(panel.locator("[data-fact=feature-favourite_hours] dd")).to_have_text("23:00")
     await expect(panel.locator("[data-fact=prompt] dd")).to_contain_text("2 messages")
 
     probabilities = [math.exp(lp) for lp in LOGPROBS]  # computed here, not by the page

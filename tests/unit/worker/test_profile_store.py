@@ -174,3 +174,20 @@ async def test_each_time_zone_has_its_own_entry(store: ProfileStore) -> None:
         await store.redis.exists(keys.profile("nina", "Asia/Tokyo"), keys.profile("nina", "UTC"))
         == 2
     )
+
+
+async def test_an_aging_entry_is_served_and_refreshed_in_the_background(
+    store: ProfileStore,
+) -> None:
+    key = store.keys.profile("nina", "UTC")
+    await store.load(job())
+    await store.redis.expire(key, 5)  # less than half of its life left
+    aging = await store.load(job())
+    assert (aging.use.status, aging.use.source) == (ProfileStatus.USED, "cache")
+    async with asyncio.timeout(10):
+        while await store.redis.ttl(key) <= 5:  # noqa: ASYNC110 - polled with a deadline
+            await asyncio.sleep(0.01)
+    assert history(store).calls == 2
+    fresh = await store.load(job())
+    assert fresh.use.source == "cache"
+    assert history(store).calls == 2, "a fresh entry is not read again"

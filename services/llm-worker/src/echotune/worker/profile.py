@@ -6,6 +6,9 @@ timeouts, not cancelled from outside): it finishes in the background and fills t
 the listener's next answer. A process runs one read per listener and time zone at a time. A
 failed read leaves MongoDB alone for a while; the cache still answers meanwhile.
 
+An entry past half its life is served and read again in the background, so a listener who
+keeps talking keeps a cached profile.
+
 The store has a MongoDB client of its own: server selection fails within the wait (a
 MongoDB that is down is known as such at once) while a query may run for
 ``profile_query_timeout_s`` (``maxTimeMS`` and the socket timeout).
@@ -80,8 +83,11 @@ class ProfileStore:
 
     async def _get(self, user_id: str, zone: str) -> tuple[ListeningProfile | None, Source]:
         key = self.keys.profile(user_id, zone)
-        cached = await self._cached(key)
+        cached, ttl = await self._cached(key)
         if cached is not None:
+            stale = ttl < self.settings.profile_cache_s / 2
+            if stale and key not in self._reads and not self.pause.active:
+                self._start(key, user_id, zone)  # refreshed in the background
             return cached[0], "cache"
         if self.pause.active:
             raise Skipped("mongodb_paused")
@@ -91,22 +97,26 @@ class ProfileStore:
         except Exception as exc:  # already logged, and MongoDB paused, by _finished
             raise Skipped("mongodb_unavailable") from exc
 
-    async def _cached(self, key: str) -> tuple[ListeningProfile | None] | None:
-        """``(profile,)`` from the cache (``(None,)``: cached as having no plays), else None."""
+    async def _cached(self, key: str) -> tuple[tuple[ListeningProfile | None] | None, float]:
+        """``(profile,)`` from the cache (``(None,)``: cached as having no plays) or None, and
+        the entry's remaining life in seconds."""
         try:
-            raw = await self.redis.get(key)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.get(key)
+                pipe.ttl(key)
+                raw, ttl = await pipe.execute()
         except Exception as exc:  # the cache is optional
             log.warning("profile cache unreadable: %r", exc)
-            return None
+            return None, 0
         if raw is None:
-            return None
-        if raw in ("null", b"null"):
-            return (None,)
+            return None, 0
+        if raw == "null":
+            return (None,), ttl
         try:
-            return (ListeningProfile.model_validate_json(raw),)
+            return (ListeningProfile.model_validate_json(raw),), ttl
         except ValueError:
             log.warning("profile cache entry %s unreadable; reading it again", key)
-            return None
+            return None, 0
 
     def _start(self, key: str, user_id: str, zone: str) -> asyncio.Task[ListeningProfile | None]:
         read = asyncio.create_task(self._read(key, user_id, zone))
