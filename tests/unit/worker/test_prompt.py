@@ -92,6 +92,9 @@ def test_a_callers_own_system_prompt_is_left_alone() -> None:
     assert [m.content for m in prompt.messages] == ["You are a pirate.", "hi"]
     assert prompt.profile_use.status is ProfileStatus.SKIPPED
     assert prompt.profile_use.reason == "own_system_prompt"
+    summary = prompt.summary()
+    assert (summary.system_excerpt, summary.system_chars) == ("", 0), "theirs is not recorded"
+    assert (summary.messages, summary.chars) == (2, len("You are a pirate.hi"))
 
 
 def test_without_a_profile_the_prompt_is_as_before() -> None:

@@ -234,8 +234,10 @@ class ProfileUse(Grounded):
 class PromptSummary(Grounded):
     """What was sent to the provider, in short (never secrets: they are not in prompts)."""
 
-    system_excerpt: str = Field(description="The start of the system prompt")
-    system_chars: int = Field(ge=0)
+    system_excerpt: str = Field(
+        description="The start of echotune's system prompt (empty: the request brought its own)"
+    )
+    system_chars: int = Field(ge=0, description="Length of echotune's system prompt")
     messages: int = Field(ge=0, description="Messages sent, system prompt included")
     chars: int = Field(ge=0, description="Characters of all messages sent")
 

@@ -44,12 +44,15 @@ class Prompt:
     messages: list[ChatMessage]
     profile_use: ProfileUse
     profile: ListeningProfile | None
+    system: str = ""
+    """echotune's system prompt (empty when the request brought its own)."""
 
     def summary(self) -> PromptSummary:
-        system = "\n\n".join(m.content for m in self.messages if m.role is Role.SYSTEM)
+        """Sizes of everything sent; an excerpt of our own system prompt only (a caller's
+        prompts and the conversation's turns are theirs, not recorded)."""
         return PromptSummary(
-            system_excerpt=system[:EXCERPT_CHARS],
-            system_chars=len(system),
+            system_excerpt=self.system[:EXCERPT_CHARS],
+            system_chars=len(self.system),
             messages=len(self.messages),
             chars=sum(len(m.content) for m in self.messages),
         )
@@ -69,7 +72,7 @@ def build_prompt(
     if loaded.profile is not None and not features:
         use = ProfileUse(status=ProfileStatus.SKIPPED, reason="prompt_bound", load_ms=use.load_ms)
     messages = [ChatMessage(role=Role.SYSTEM, content=system), *context.messages, *job.messages]
-    return Prompt(messages, use, loaded.profile if features else None)
+    return Prompt(messages, use, loaded.profile if features else None, system)
 
 
 def profile_block(profile: ListeningProfile, max_chars: int) -> tuple[str, list[ProfileFeature]]:
