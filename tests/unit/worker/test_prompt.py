@@ -18,7 +18,7 @@ from echotune.common.messages import (
     Role,
 )
 from echotune.worker.confidence import ConfidenceMeter
-from echotune.worker.conversations import Context
+from echotune.worker.conversations import ConversationContext
 from echotune.worker.profile import LoadedProfile
 from echotune.worker.prompt import SYSTEM_PROMPT, build_prompt, profile_block
 from echotune.worker.providers.demo import compose_answer
@@ -49,7 +49,7 @@ def job(*messages: ChatMessage) -> ChatJob:
 
 
 def test_the_profile_goes_into_our_system_prompt() -> None:
-    prompt = build_prompt(job(), Context(), USED, max_chars=2000)
+    prompt = build_prompt(job(), ConversationContext(), USED, max_chars=2000)
     system = prompt.messages[0]
     assert system.role is Role.SYSTEM
     assert system.content.startswith(SYSTEM_PROMPT)
@@ -73,7 +73,7 @@ def test_the_profile_stays_within_its_bound_and_records_what_it_states(bound: in
     assert len(block) <= bound
     names = [f.name for f in features]
     assert names == [f.name for f in PROFILE.features()][: len(names)], "most important first"
-    prompt = build_prompt(job(), Context(), USED, max_chars=bound)
+    prompt = build_prompt(job(), ConversationContext(), USED, max_chars=bound)
     assert prompt.profile_use.features == features
     if not features:
         assert prompt.messages[0].content == SYSTEM_PROMPT
@@ -87,7 +87,7 @@ def test_the_profile_stays_within_its_bound_and_records_what_it_states(bound: in
 def test_a_callers_own_system_prompt_is_left_alone() -> None:
     own = ChatMessage(role=Role.SYSTEM, content="You are a pirate.")
     prompt = build_prompt(
-        job(own, ChatMessage(role=Role.USER, content="hi")), Context(), USED, 2000
+        job(own, ChatMessage(role=Role.USER, content="hi")), ConversationContext(), USED, 2000
     )
     assert [m.content for m in prompt.messages] == ["You are a pirate.", "hi"]
     assert prompt.profile_use.status is ProfileStatus.SKIPPED
@@ -99,7 +99,7 @@ def test_a_callers_own_system_prompt_is_left_alone() -> None:
 
 def test_without_a_profile_the_prompt_is_as_before() -> None:
     off = LoadedProfile(ProfileUse(status=ProfileStatus.OFF))
-    prompt = build_prompt(job(), Context(), off, 2000)
+    prompt = build_prompt(job(), ConversationContext(), off, 2000)
     assert [m.content for m in prompt.messages] == [SYSTEM_PROMPT, "jazz for tonight"]
     assert prompt.profile_use == ProfileUse(status=ProfileStatus.OFF)
 
