@@ -82,8 +82,8 @@ BENCH_N ?= 1000000
 
 .PHONY: seed bench-analytics
 
-seed: sync  ## Synthetic plays, provider telemetry and conversations into ECHOTUNE_MONGODB_URL
-	$(UV) run --frozen echotune-seed --users 20 --plays 2000 --seed 42
+seed: sync  ## Synthetic plays (the `make dev` user's too), telemetry, conversations into ECHOTUNE_MONGODB_URL
+	$(UV) run --frozen echotune-seed --users 20 --listener dev --plays 2000 --seed 42
 
 bench-analytics: sync  ## Analytics endpoints on BENCH_N plays + attempts (default 1000000)
 	$(UV) run --frozen python -m deploy.bench.analytics --n $(BENCH_N)

@@ -93,7 +93,7 @@ def request_b(target: Target, rid: str, *, last_event_id: str | None = None) -> 
     if last_event_id is None:
         query = (
             f"message=bench&request_id={rid}&provider={target.provider}"
-            f"&model={target.model}&use_context=false"
+            f"&model={target.model}&use_context=false&use_profile=false"
         )
         extra = ""
     else:

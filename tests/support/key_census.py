@@ -52,6 +52,12 @@ FAMILIES = [
         "≤ MAX_OPEN_STREAMS_PER_USER members; TTL 2·RESUME_WINDOW_S+60 s",
         per_request=True,
     ),
+    Family(
+        "profile:{user}:{tz}",
+        r"profile:\{[^}]+\}:[^:]+",
+        "one string per user and time zone asking; TTL PROFILE_CACHE_S",
+        per_request=True,
+    ),
     Family("breaker:{provider}", r"breaker:\{[^}]+\}", "one hash per configured provider"),
     Family(
         "breaker:{provider}:ok|fail",

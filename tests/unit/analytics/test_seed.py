@@ -71,3 +71,12 @@ async def test_seeding_is_idempotent_and_rollups_match(db: AsyncDatabase[Documen
         by_rollup[(r["provider"], r["model"])] += r["count"]
         assert sum(r["latencyHist"].values()) == r["count"]
     assert by_rollup == per_model
+
+
+def test_named_listeners_get_plays_of_their_own() -> None:
+    """`make seed` gives the `make dev` user a history, whatever the number of other users."""
+    catalogue = build_catalogue(3)
+    plays = list(all_plays(catalogue, 3, 2, 200, END, 30, named=["dev"]))
+    assert Counter(p["userId"] for p in plays) == {"user001": 200, "user002": 200, "dev": 200}
+    more = list(all_plays(catalogue, 3, 5, 200, END, 30, named=["dev"]))
+    assert [p for p in plays if p["userId"] == "dev"] == [p for p in more if p["userId"] == "dev"]

@@ -35,6 +35,8 @@ UNSUPPORTED: dict[ProviderKind, frozenset[str]] = {
         {"tools", "tool_choice", "parallel_tool_calls", "logprobs", "top_logprobs", "user"}
     ),
 }
+LOGPROB_KINDS = frozenset(kind for kind, fields in UNSUPPORTED.items() if "logprobs" not in fields)
+"""Kinds that return token log-probabilities."""
 
 
 # Values that ask for nothing beyond the default: honoured by every kind.

@@ -70,6 +70,11 @@ class Keys:
         """Hash of one provider's counters and histograms for one minute (epoch minutes)."""
         return f"{self.namespace}:live:{provider}:{minute}"
 
+    def profile(self, user_id: str, time_zone: str) -> str:
+        """String: one listener's profile in one time zone as JSON (``null``: no plays),
+        cached by the workers for ``PROFILE_CACHE_S``."""
+        return f"{self.namespace}:profile:{{{user_id}}}:{time_zone}"
+
     @property
     def provider_selection(self) -> str:
         """Hash: user id (or ``*`` for everyone) → JSON ``{"provider", "model"}``."""

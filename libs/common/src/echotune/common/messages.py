@@ -19,15 +19,25 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic.alias_generators import to_camel
 
 from echotune.common.completion import CompletionFeatures, TokenLogprob, ToolCall, ToolCallDelta
+from echotune.common.time_zones import known_time_zones
 
 SCHEMA_VERSION: Literal[1] = 1
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,63}$"
 RequestId = Annotated[str, Field(pattern=REQUEST_ID_PATTERN)]
 ConversationId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
+
+
+def _known_time_zone(name: str) -> str:
+    if name not in known_time_zones():
+        raise ValueError(f"unknown IANA time zone {name!r}")
+    return name
+
+
+TimeZoneName = Annotated[str, Field(max_length=64), AfterValidator(_known_time_zone)]
 
 
 def new_request_id() -> str:
@@ -69,6 +79,10 @@ class ChatOptions(Contract):
     max_tokens: int | None = Field(None, ge=1, le=32_768)
     stop: list[str] | None = Field(None, max_length=4)
     use_context: bool = Field(True, description="Attach the conversation's context")
+    use_profile: bool = Field(True, description="Ground the answer in the listening profile")
+    time_zone: TimeZoneName | None = Field(
+        None, description="The listener's IANA time zone (listening hours); default UTC"
+    )
     continue_on_failure: bool | None = Field(
         None, description="After a mid-stream failure, continue on the next provider"
     )
@@ -186,6 +200,80 @@ class ContextUsage(Contract):
     chars: int = 0
 
 
+class Grounded(Contract):
+    """Base of what an answer was grounded in: snake_case in events, camelCase in telemetry."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="ignore", alias_generator=to_camel, populate_by_name=True
+    )
+
+
+class ProfileStatus(StrEnum):
+    USED = "used"
+    """Features of the listening profile went into the system prompt."""
+    OFF = "off"
+    """The request asked for no profile (``use_profile: false``)."""
+    EMPTY = "empty"
+    """The listener has no plays."""
+    SKIPPED = "skipped"
+    """Not read in time, or MongoDB unavailable: the answer went on without it."""
+
+
+FeatureValue = int | float | str | list[str] | list[int]
+
+
+class ProfileFeature(Grounded):
+    """One listening feature put in the prompt, as the prompt states it."""
+
+    name: str
+    value: FeatureValue
+
+
+class ProfileUse(Grounded):
+    status: ProfileStatus
+    reason: str | None = Field(None, description="Why it was skipped: timeout, mongodb_…")
+    source: Literal["cache", "mongodb"] | None = None
+    load_ms: float | None = Field(None, ge=0, description="Time spent getting it")
+    features: list[ProfileFeature] = Field(default_factory=list)
+
+
+class PromptSummary(Grounded):
+    """What was sent to the provider, in short (never secrets: they are not in prompts)."""
+
+    system_excerpt: str = Field(
+        description="The start of echotune's system prompt (empty: the request brought its own)"
+    )
+    system_chars: int = Field(ge=0, description="Length of echotune's system prompt")
+    messages: int = Field(ge=0, description="Messages sent, system prompt included")
+    chars: int = Field(ge=0, description="Characters of all messages sent")
+
+
+class LogprobsUse(StrEnum):
+    REQUESTED = "requested"
+    NOT_REQUESTED = "not_requested"
+    """The provider could give them but is not configured to (``logprobs`` in its config)."""
+    NOT_OFFERED = "not_offered"
+    """The provider's kind has no token probabilities (anthropic, demo)."""
+
+
+class Grounding(Grounded):
+    """What the answer was grounded in."""
+
+    profile: ProfileUse
+    context_turns: int = Field(0, ge=0)
+    prompt: PromptSummary
+    logprobs: LogprobsUse = LogprobsUse.NOT_OFFERED
+
+
+class Confidence(Grounded):
+    """Token probabilities of the answer: the model's certainty about its wording, not a
+    measure of correctness."""
+
+    mean: float = Field(ge=0, le=1, description="Mean probability of the answer's tokens")
+    min: float = Field(ge=0, le=1, description="Probability of its least likely token")
+    tokens: int = Field(ge=1, description="Tokens with a probability")
+
+
 class DoneEvent(Contract):
     """Last event of a stream that ended normally (including cancellation)."""
 
@@ -197,6 +285,10 @@ class DoneEvent(Contract):
     timings: Timings
     attempts: int = 1
     context: ContextUsage = Field(default_factory=ContextUsage)
+    grounding: Grounding | None = None
+    confidence: Confidence | None = Field(
+        None, description="Null when the provider gave no token probabilities"
+    )
 
 
 class ErrorCode(StrEnum):
@@ -281,6 +373,8 @@ class TelemetryEvent(BaseModel):
     is_failover: bool = False
     user_id: str | None = None
     conversation_id: str | None = None
+    grounding: Grounding | None = None
+    confidence: Confidence | None = Field(None, description="Of this attempt's tokens")
     ts: datetime = Field(default_factory=utcnow)
 
 

@@ -23,16 +23,24 @@ LISTENING_HISTORY = "listening_history"
 
 
 def create_mongo(
-    url: str, *, timeout_ms: int = 5000, operation_timeout_ms: int | None = None
+    url: str,
+    *,
+    timeout_ms: int = 5000,
+    operation_timeout_ms: int | None = None,
+    socket_timeout_ms: int | None = None,
 ) -> AsyncMongoClient[dict[str, Any]]:
     """An async client (PyMongo's own async API; motor is end of life) that fails fast.
 
     ``operation_timeout_ms`` bounds every operation (PyMongo's ``timeoutMS``); use it rather
-    than cancelling PyMongo calls from outside.
+    than cancelling PyMongo calls from outside. It also bounds server selection in place of
+    ``timeout_ms``: a client whose operations may run long but must find out fast that
+    MongoDB is down sets ``socket_timeout_ms`` (and ``maxTimeMS`` per query) instead.
     """
     options: dict[str, Any] = {}
     if operation_timeout_ms is not None:
         options["timeoutMS"] = operation_timeout_ms
+    if socket_timeout_ms is not None:
+        options["socketTimeoutMS"] = socket_timeout_ms
     return AsyncMongoClient(
         url,
         tz_aware=True,

@@ -39,6 +39,9 @@ class ProviderConfig(BaseModel):
     default_model: str | None = None
     timeouts: ProviderTimeouts = Field(default_factory=ProviderTimeouts)
     token_pace_ms: float = Field(35.0, ge=0, description="Demo only: delay between tokens")
+    logprobs: bool = Field(
+        False, description="Ask for token log-probabilities on every answer (confidence figure)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ProviderConfig:
@@ -48,6 +51,8 @@ class ProviderConfig(BaseModel):
             raise ValueError(f"default_model {self.default_model!r} is not in models")
         if self.kind is not ProviderKind.DEMO and self.base_url is None:
             raise ValueError(f"provider {self.name!r} of kind {self.kind} needs a base_url")
+        if self.logprobs and not self.offers_logprobs:
+            raise ValueError(f"provider {self.name!r}: {self.kind} providers offer no logprobs")
         return self
 
     @property
@@ -59,6 +64,13 @@ class ProviderConfig(BaseModel):
     @property
     def is_demo(self) -> bool:
         return self.kind is ProviderKind.DEMO
+
+    @property
+    def offers_logprobs(self) -> bool:
+        """Whether its kind can return token log-probabilities."""
+        from echotune.common.capabilities import LOGPROB_KINDS  # it imports this module
+
+        return self.kind in LOGPROB_KINDS
 
 
 def demo_provider() -> ProviderConfig:

@@ -1,6 +1,7 @@
 """Engagement insights: KPIs, sessions, top artists and top genres of a set of plays.
 
-Definitions (also in the OpenAPI schema):
+Definitions (also in the OpenAPI schema; skip rate and top lists are built by
+``echotune.common.listening``, shared with the worker's listening profile):
 
 * skip rate: plays flagged ``skipped`` / plays whose ``skipped`` is known (not null);
 * repeat rate: (plays − distinct tracks) / plays — the share of plays of a track already
@@ -23,6 +24,14 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from echotune.analytics.listening import listening_match
 from echotune.analytics.params import Page, TimeRange
+from echotune.common.listening import (
+    PLAY_FIELDS,
+    play_totals,
+    share,
+    skip_rate,
+    top_artists,
+    top_genres,
+)
 from echotune.common.mongo import LISTENING_HISTORY
 
 Document = dict[str, Any]
@@ -33,37 +42,9 @@ where a planner would rather take ``playedAt`` and sort in memory)."""
 MS_PER_HOUR = 3_600_000
 
 
-def _top(unwind: Document, key: str, name: Any, page: Page) -> list[Document]:
-    """Group plays by ``key`` after ``unwind``, most played first, one page and the count."""
-    group: Document = {"_id": key, "plays": {"$sum": 1}, "ms": {"$sum": "$msPlayed"}}
-    if name is not None:
-        group["name"] = {"$min": name}
-    return [
-        {"$unwind": unwind},
-        {"$group": group},
-        {"$sort": {"plays": -1, "ms": -1, "_id": 1}},
-        {"$group": {"_id": None, "n": {"$sum": 1}, "items": {"$push": "$$ROOT"}}},
-        {"$project": {"n": 1, "items": {"$slice": ["$items", page.skip, page.limit]}}},
-    ]
-
-
 def overview_pipeline(match: Document, fields: Sequence[str], page: Page) -> list[Document]:
     """Counts, distinct tracks and artists, and the top lists in one pass ($facet)."""
-    known = {"$cond": [{"$eq": [{"$type": "$skipped"}, "bool"]}, 1, 0]}
-    skipped = {"$cond": [{"$eq": ["$skipped", True]}, 1, 0]}
-    facets: Document = {
-        "plays": [
-            {
-                "$group": {
-                    "_id": None,
-                    "plays": {"$sum": 1},
-                    "ms": {"$sum": "$msPlayed"},
-                    "skipped": {"$sum": skipped},
-                    "known": {"$sum": known},
-                }
-            }
-        ]
-    }
+    facets: Document = {"plays": [play_totals()]}
     if "kpis" in fields:
         facets["tracks"] = [{"$group": {"_id": "$trackId"}}, {"$count": "n"}]
         facets["artists"] = [
@@ -72,14 +53,10 @@ def overview_pipeline(match: Document, fields: Sequence[str], page: Page) -> lis
             {"$count": "n"},
         ]
     if "top_artists" in fields:
-        unwind = {"path": "$artistIds", "includeArrayIndex": "i"}
-        name = {"$arrayElemAt": ["$artistNames", "$i"]}
-        facets["top_artists"] = _top(unwind, "$artistIds", name, page)
+        facets["top_artists"] = top_artists(page.skip, page.limit)
     if "top_genres" in fields:
-        facets["top_genres"] = _top({"path": "$genres"}, "$genres", None, page)
-    shape = {"_id": 0, **dict.fromkeys(("trackId", "msPlayed", "skipped", "genres"), 1)}
-    shape.update(artistIds=1, artistNames=1)
-    return [{"$match": match}, {"$project": shape}, {"$facet": facets}]
+        facets["top_genres"] = top_genres(page.skip, page.limit)
+    return [{"$match": match}, {"$project": PLAY_FIELDS}, {"$facet": facets}]
 
 
 def sessions_pipeline(match: Document, gap_ms: int, reference: datetime) -> list[Document]:
@@ -130,10 +107,6 @@ def sessions_pipeline(match: Document, gap_ms: int, reference: datetime) -> list
     ]
 
 
-def _share(plays: int, total: int) -> float:
-    return round(plays / total, 6) if total else 0.0
-
-
 def _items(facet: list[Document], total: int, key: str) -> tuple[list[Document], int]:
     paged: Document = facet[0] if facet else {"n": 0, "items": []}
     items = []
@@ -143,7 +116,7 @@ def _items(facet: list[Document], total: int, key: str) -> tuple[list[Document],
             entry["name"] = item.get("name")
         entry.update(
             plays=int(item["plays"]),
-            share=_share(int(item["plays"]), total),
+            share=share(int(item["plays"]), total),
             hours=round(item["ms"] / MS_PER_HOUR, 4),
         )
         items.append(entry)
@@ -188,9 +161,7 @@ async def engagement(
             "listening_hours": round(counts.get("ms", 0) / MS_PER_HOUR, 4),
             "unique_tracks": tracks,
             "unique_artists": int((overview.get("artists") or [{"n": 0}])[0]["n"]),
-            "skip_rate": _share(counts["skipped"], counts["known"])
-            if counts.get("known")
-            else None,
+            "skip_rate": skip_rate(counts),
             "repeat_rate": round((total - tracks) / total, 6) if total else None,
             "sessions": count,
             "avg_session_min": round(length_ms / count / 60_000, 3) if count else None,

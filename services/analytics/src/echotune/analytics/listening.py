@@ -1,7 +1,8 @@
 """Listening patterns: a timeline and hour/weekday distributions in the listener's time zone.
 
 Every figure comes with plays, distinct tracks and minutes listened. Local hours, weekdays
-and bucket starts are computed by MongoDB (``$hour``, ``$isoDayOfWeek``, ``$dateTrunc`` with
+(``echotune.common.listening``, shared with the worker's listening profile) and bucket
+starts are computed by MongoDB (``$hour``, ``$isoDayOfWeek``, ``$dateTrunc`` with
 ``timezone``), so daylight-saving changes are handled by the server's time-zone database.
 Timeline buckets without plays are left out.
 """
@@ -16,12 +17,12 @@ from zoneinfo import ZoneInfo
 from pymongo.asynchronous.database import AsyncDatabase
 
 from echotune.analytics.params import Page, TimeRange
+from echotune.common.listening import WEEKDAYS, counts_by, local_hour, local_weekday
 from echotune.common.mongo import LISTENING_HISTORY
 
 Document = dict[str, Any]
 LISTENING_FIELDS = ("totals", "timeline", "by_hour", "by_weekday", "matrix")
 GRANULARITIES = ("hour", "day", "week")
-WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
 def listening_match(rng: TimeRange, user_id: str | None) -> Document:
@@ -30,27 +31,6 @@ def listening_match(rng: TimeRange, user_id: str | None) -> Document:
     if user_id:
         match["userId"] = user_id
     return match
-
-
-def _distinct_tracks(key: Any) -> list[Document]:
-    """Group by ``key``: plays, distinct tracks, milliseconds (two levels, no big sets)."""
-    return [
-        {
-            "$group": {
-                "_id": {"k": key, "track": "$trackId"},
-                "plays": {"$sum": 1},
-                "ms": {"$sum": "$ms"},
-            }
-        },
-        {
-            "$group": {
-                "_id": "$_id.k",
-                "plays": {"$sum": "$plays"},
-                "tracks": {"$sum": 1},
-                "ms": {"$sum": "$ms"},
-            }
-        },
-    ]
 
 
 def _paged(page: Page) -> list[Document]:
@@ -66,22 +46,22 @@ def patterns_pipeline(
 ) -> list[Document]:
     """One aggregation: local time parts of each play, then one facet per requested part."""
     local = {"date": "$playedAt", "timezone": tz}
-    shape: Document = {"_id": 0, "trackId": 1, "ms": "$msPlayed"}
+    shape: Document = {"_id": 0, "trackId": 1, "msPlayed": 1}
     if "timeline" in fields:
         trunc = {**local, "unit": granularity}
         if granularity == "week":
             trunc["startOfWeek"] = "monday"
         shape["t"] = {"$dateTrunc": trunc}
     if {"by_hour", "matrix"} & set(fields):
-        shape["h"] = {"$hour": local}
+        shape["h"] = local_hour(tz)
     if {"by_weekday", "matrix"} & set(fields):
-        shape["d"] = {"$isoDayOfWeek": local}
+        shape["d"] = local_weekday(tz)
     facets = {
-        "totals": _distinct_tracks(None),
-        "timeline": [*_distinct_tracks("$t"), {"$sort": {"_id": 1}}, *_paged(page)],
-        "by_hour": _distinct_tracks("$h"),
-        "by_weekday": _distinct_tracks("$d"),
-        "matrix": _distinct_tracks({"d": "$d", "h": "$h"}),
+        "totals": counts_by(None),
+        "timeline": [*counts_by("$t"), {"$sort": {"_id": 1}}, *_paged(page)],
+        "by_hour": counts_by("$h"),
+        "by_weekday": counts_by("$d"),
+        "matrix": counts_by({"d": "$d", "h": "$h"}),
     }
     chosen = {name: facets[name] for name in fields}
     return [{"$match": match}, {"$project": shape}, {"$facet": chosen}]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import zoneinfo
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from echotune.analytics.errors import bad_parameter
+from echotune.common.time_zones import known_time_zones
 
 ProviderWindow = Literal["1h", "24h", "7d", "30d"]
 ListeningWindow = Literal["24h", "7d", "30d", "90d", "365d", "all"]
@@ -44,12 +44,6 @@ class Page:
     @property
     def skip(self) -> int:
         return (self.page - 1) * self.limit
-
-
-@functools.cache
-def known_time_zones() -> frozenset[str]:
-    """IANA names this process knows (system tz database or the tzdata package)."""
-    return frozenset(zoneinfo.available_timezones() | {"UTC"})
 
 
 def time_zone(name: str) -> zoneinfo.ZoneInfo:

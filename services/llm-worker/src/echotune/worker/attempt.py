@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from opentelemetry.trace import Span
 
 from echotune.common.breaker import Outcome, Permit
-from echotune.common.messages import ChatJob
+from echotune.common.messages import ChatJob, Grounding
 from echotune.common.providers import ProviderConfig
+from echotune.worker.confidence import ConfidenceMeter
 from echotune.worker.deadline import Deadline
 from echotune.worker.observability import attempt_ended, attempt_span, breaker_changed
 from echotune.worker.providers.base import (
@@ -48,6 +49,7 @@ class AttemptInfo:
     number: int
     is_retry: bool
     is_failover: bool
+    grounding: Grounding | None = None
 
 
 def outcome_of(error: ProviderError) -> Outcome:
@@ -76,6 +78,9 @@ class Attempt:
         self.text: list[str] = []
         self.first_token_at: float | None = None
         self.span: Span | None = None
+        self.confidence = ConfidenceMeter()
+        features = job.features
+        self.relays_logprobs = features is not None and bool(features.logprobs)
 
     async def run(self, request: ProviderRequest) -> Finish:
         with attempt_span(self.config, request, self.info.number, self.permit) as span:
@@ -142,12 +147,13 @@ class Attempt:
         self.first_token_at = self.first_token_at or time.time()
         if isinstance(item, ToolCallChunk):
             self.writer.pieces("", tool_calls=[item.delta])
-        elif isinstance(item, TextChunk) and item.logprobs:
-            self.text.append(item.text)
-            self.writer.pieces(item.text, logprobs=list(item.logprobs))
         elif isinstance(item, TextChunk):
             self.text.append(item.text)
-            self.writer.delta(item.text)
+            self.confidence.add(item.logprobs)
+            if item.logprobs and self.relays_logprobs:  # the client asked for them
+                self.writer.pieces(item.text, logprobs=list(item.logprobs))
+            elif item.text:
+                self.writer.delta(item.text)
 
     async def _record(
         self,
@@ -172,6 +178,8 @@ class Attempt:
             breaker_state=self.permit.state,
             is_retry=self.info.is_retry,
             is_failover=self.info.is_failover,
+            grounding=self.info.grounding,
+            confidence=self.confidence.result(),
         )
         self.ctx.telemetry.publish(event)
         tokens = (event.tokens_in, event.tokens_out) if outcome is Outcome.SUCCESS else None

@@ -10,7 +10,6 @@ or down the answer goes on without it.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -21,11 +20,11 @@ from pymongo.errors import DuplicateKeyError
 from echotune.common.conversations import migrate_conversations
 from echotune.common.messages import ChatJob, ChatMessage, ContextUsage, Role
 from echotune.common.mongo import CONVERSATIONS, until_done
+from echotune.worker.mongo_pause import MongoPause
 
 log = logging.getLogger(__name__)
 
 SUMMARY_CHARS = 600
-PAUSE_AFTER_FAILURE_S = 10.0
 QUESTION_CHARS = 120
 CAS_ATTEMPTS = 8
 
@@ -77,15 +76,7 @@ class ConversationStore:
     ) -> None:
         self.collection = client.get_default_database("echotune")[CONVERSATIONS]
         self.max_chars, self.keep_turns = max_chars, keep_turns
-        self._paused_until = 0.0
-
-    def _available(self) -> bool:
-        return time.monotonic() >= self._paused_until
-
-    def _failed(self, exc: Exception, what: str) -> None:
-        """Leave MongoDB alone for a while, so an outage does not slow every answer."""
-        self._paused_until = time.monotonic() + PAUSE_AFTER_FAILURE_S
-        log.warning("%s (MongoDB paused for %.0f s): %s", what, PAUSE_AFTER_FAILURE_S, exc)
+        self.pause = MongoPause()
 
     async def migrate(self) -> None:
         await migrate_conversations(self.collection.database)
@@ -93,7 +84,7 @@ class ConversationStore:
     async def context(self, job: ChatJob) -> ConversationContext:
         if not (job.options.use_context and job.conversation_id) or job.new_conversation:
             return ConversationContext()
-        if not self._available():
+        if self.pause.active:
             return ConversationContext()
         try:
             document = await self.collection.find_one(
@@ -101,7 +92,7 @@ class ConversationStore:
                 {"summary": 1, "turns": {"$slice": -self.keep_turns}},
             )
         except Exception as exc:  # context is optional: never let it break an answer
-            self._failed(exc, "conversation context unavailable, answering without it")
+            self.pause.failed(exc, "conversation context unavailable, answering without it")
             return ConversationContext()
         return build_context(document, self.max_chars)
 
@@ -112,7 +103,7 @@ class ConversationStore:
         each other. A job run again after its worker was lost (a higher ``epoch``) replaces
         its earlier answer instead of adding a second turn.
         """
-        if not (job.options.use_context and job.conversation_id) or not self._available():
+        if not (job.options.use_context and job.conversation_id) or self.pause.active:
             return
         try:
             for _ in range(CAS_ATTEMPTS):
@@ -120,7 +111,7 @@ class ConversationStore:
                     return
             log.warning("conversation turn not recorded: too many concurrent updates")
         except Exception as exc:  # recording is best effort: never let it break an answer
-            self._failed(exc, "conversation turn not recorded")
+            self.pause.failed(exc, "conversation turn not recorded")
 
     async def _try_append(self, job: ChatJob, answer: str, epoch: int) -> bool:
         """One compare-and-set; ``False`` when someone else changed the document meanwhile."""

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from echotune.common.breaker import Permit
 from echotune.common.capabilities import refusals
+from echotune.common.completion import CompletionFeatures
 from echotune.common.messages import (
     ChatEvent,
     ChatJob,
@@ -18,6 +19,8 @@ from echotune.common.messages import (
     ErrorEvent,
     FailoverEvent,
     FinishReason,
+    Grounding,
+    LogprobsUse,
     RetryEvent,
     Role,
     Timings,
@@ -25,8 +28,10 @@ from echotune.common.messages import (
 )
 from echotune.common.providers import ProviderConfig
 from echotune.worker.attempt import Attempt, AttemptInfo, MidStreamFailure
+from echotune.worker.confidence import ConfidenceMeter
 from echotune.worker.conversations import ConversationContext
 from echotune.worker.observability import failed_over, retried, skipped, waited
+from echotune.worker.prompt import Prompt, build_prompt
 from echotune.worker.providers.base import ProviderError, ProviderRequest
 from echotune.worker.resources import Worker
 from echotune.worker.retry import backoff_delay, is_retryable
@@ -34,7 +39,6 @@ from echotune.worker.writer import EventWriter
 
 log = logging.getLogger(__name__)
 
-SYSTEM_PROMPT = "You are EchoTune, a friendly music recommendation assistant. Answer concisely."
 CONTINUE_PROMPT = "Continue your previous answer exactly where it stopped, without repeating it."
 
 
@@ -52,20 +56,51 @@ class JobRunner:
     def __init__(self, ctx: Worker, job: ChatJob, writer: EventWriter) -> None:
         self.ctx, self.job, self.writer = ctx, job, writer
         self.context = ConversationContext()
+        self.prompt: Prompt | None = None
         self.attempts = 0
         self.first_token_at: float | None = None
         self.partial: list[str] = []
+        self.confidence = ConfidenceMeter()
 
     async def produce(self) -> ChatEvent:
-        """Load the conversation's context, then walk the provider chain; the final event."""
-        self.context = await self.ctx.conversations.context(self.job)
+        """Load context and listening profile (together, each bounded), build the prompt, then
+        walk the provider chain; the final event."""
+        self.context, profile = await asyncio.gather(
+            self.ctx.conversations.context(self.job), self.ctx.profiles.load(self.job)
+        )
+        max_chars = self.ctx.settings.profile_max_chars
+        self.prompt = build_prompt(self.job, self.context, profile, max_chars)
         return await self._produce()
 
     def cancelled(self) -> DoneEvent:
-        return self._done(FinishReason.CANCELLED, self.job.provider, self.job.model)
+        config = self.ctx.registry.get(self.job.provider)
+        return self._done(FinishReason.CANCELLED, config, self.job.provider, self.job.model)
+
+    def _grounding(self, config: ProviderConfig | None) -> Grounding | None:
+        """What the answer was grounded in (``None`` before the prompt was built)."""
+        if self.prompt is None:
+            return None
+        return Grounding(
+            profile=self.prompt.profile_use,
+            context_turns=self.context.usage.turns,
+            prompt=self.prompt.summary(),
+            logprobs=self._logprobs_use(config),
+        )
+
+    def _logprobs_use(self, config: ProviderConfig | None) -> LogprobsUse:
+        if config is None or not config.offers_logprobs:
+            return LogprobsUse.NOT_OFFERED
+        features = self._features(config)
+        asked = features is not None and bool(features.logprobs)
+        return LogprobsUse.REQUESTED if asked else LogprobsUse.NOT_REQUESTED
 
     def _done(
-        self, reason: FinishReason, provider: str, model: str, usage: Usage | None = None
+        self,
+        reason: FinishReason,
+        config: ProviderConfig | None,
+        provider: str,
+        model: str,
+        usage: Usage | None = None,
     ) -> DoneEvent:
         total_ms = (datetime.now(UTC) - self.job.created_at).total_seconds() * 1000
         ttft_ms = None
@@ -79,6 +114,8 @@ class JobRunner:
             timings=Timings(ttft_ms=ttft_ms, total_ms=total_ms),
             attempts=max(self.attempts, 1),
             context=self.context.usage,
+            grounding=self._grounding(config),
+            confidence=self.confidence.result(),
         )
 
     def _chain(self) -> list[tuple[ProviderConfig, str]]:
@@ -150,10 +187,10 @@ class JobRunner:
                 self.writer,
                 config,
                 permit,
-                AttemptInfo(self.attempts, attempt > 1, is_failover),
+                AttemptInfo(self.attempts, attempt > 1, is_failover, self._grounding(config)),
             )
             try:
-                finish = await call.run(self._request(model, continuing))
+                finish = await call.run(self._request(config, model, continuing))
             except ProviderError as error:
                 if not is_retryable(error) or attempt == settings.retry_attempts:
                     raise
@@ -161,13 +198,14 @@ class JobRunner:
                 continue
             finally:
                 self._absorb(call)
-            return self._done(finish.reason, config.name, model, finish.usage)
+            return self._done(finish.reason, config, config.name, model, finish.usage)
         raise AssertionError("unreachable")
 
     def _absorb(self, call: Attempt) -> None:
         if self.first_token_at is None:
             self.first_token_at = call.first_token_at
         self.partial.extend(call.text)
+        self.confidence.merge(call.confidence)
 
     async def _permit(self, provider: str) -> Permit:
         """The breaker's permit; waits out a short rate-limit cool-down, skips an open breaker."""
@@ -205,10 +243,9 @@ class JobRunner:
         )
         await asyncio.sleep(delay)
 
-    def _request(self, model: str, continuing: bool) -> ProviderRequest:
-        own_system = any(m.role is Role.SYSTEM for m in self.job.messages)
-        system = [] if own_system else [ChatMessage(role=Role.SYSTEM, content=SYSTEM_PROMPT)]
-        messages = [*system, *self.context.messages, *self.job.messages]
+    def _request(self, config: ProviderConfig, model: str, continuing: bool) -> ProviderRequest:
+        assert self.prompt is not None  # built by produce() before the chain is walked
+        messages = list(self.prompt.messages)
         if continuing and self.partial:
             messages += [
                 ChatMessage(role=Role.ASSISTANT, content="".join(self.partial)),
@@ -222,8 +259,16 @@ class JobRunner:
             temperature=options.temperature,
             max_tokens=options.max_tokens,
             stop=options.stop,
-            features=self.job.features,
+            features=self._features(config),
+            profile=self.prompt.profile,
         )
+
+    def _features(self, config: ProviderConfig) -> CompletionFeatures | None:
+        """The job's features; logprobs added for a chat (no features) when the provider is
+        configured to give them (an OpenAI-door client asks for them itself)."""
+        if self.job.features is None and config.logprobs:
+            return CompletionFeatures(logprobs=True)
+        return self.job.features
 
 
 def _partial_error(provider: str, reason: str) -> ErrorEvent:

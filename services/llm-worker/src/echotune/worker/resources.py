@@ -24,6 +24,7 @@ from echotune.worker.inflight import InFlightJobs
 from echotune.worker.metrics import WorkerMetrics
 from echotune.worker.observability import instrument
 from echotune.worker.pool import JobPool
+from echotune.worker.profile import ProfileStore
 from echotune.worker.providers import build_provider
 from echotune.worker.providers.base import Provider, make_client
 from echotune.worker.settings import WorkerSettings
@@ -46,6 +47,7 @@ class Worker:
     breakers: CircuitBreakers
     live: LiveStats
     conversations: ConversationStore
+    profiles: ProfileStore
     pool: JobPool
     metrics: WorkerMetrics
     _upkeep: list[asyncio.Task[None]] = field(default_factory=list)
@@ -115,6 +117,7 @@ async def open_worker(
             mongo, max_chars=settings.context_max_chars, keep_turns=settings.context_keep_turns
         ),
         metrics=metrics,
+        profiles=ProfileStore(settings, redis, keys),
     )
     metrics.held_jobs(lambda: len(worker.jobs), settings.concurrency)
     with tracing.untraced():  # per-token appends never make spans
@@ -129,5 +132,6 @@ async def open_worker(
         await worker.telemetry.flush()
         await http.aclose()
         await mongo.close()
+        await worker.profiles.close()
         await redis.aclose()
         tracing.shutdown()

@@ -43,4 +43,16 @@ class WorkerSettings(ServiceSettings, ProviderSettings):
     )
     context_keep_turns: int = Field(20, ge=2, description="Messages kept per conversation")
     context_timeout_s: float = Field(0.5, gt=0, description="Longest wait for the context")
+    profile_timeout_s: float = Field(
+        0.5, gt=0, description="Longest wait for the listening profile (read with the context)"
+    )
+    profile_query_timeout_s: float = Field(
+        5.0, gt=0, description="A profile read that outlives the wait may finish (for the cache)"
+    )
+    profile_cache_s: int = Field(60, ge=1, description="How long a profile is cached in Redis")
+    profile_plays: int = Field(1000, ge=1, le=100_000, description="Latest plays a profile covers")
+    profile_top: int = Field(5, ge=1, le=20, description="Artists, genres, recent tracks listed")
+    profile_max_chars: int = Field(
+        1200, ge=0, description="Bound of the profile's part of the system prompt"
+    )
     stamp_tokens: bool = Field(False, description="Stamp each delta with monotonic_ns (bench)")

@@ -10,7 +10,13 @@ from dataclasses import dataclass, field
 
 from faststream.redis import RedisBroker
 
-from echotune.common.messages import BreakerState, ChatJob, TelemetryEvent
+from echotune.common.messages import (
+    BreakerState,
+    ChatJob,
+    Confidence,
+    Grounding,
+    TelemetryEvent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +63,8 @@ class AttemptClock:
         breaker_state: BreakerState = BreakerState.CLOSED,
         is_retry: bool = False,
         is_failover: bool = False,
+        grounding: Grounding | None = None,
+        confidence: Confidence | None = None,
     ) -> TelemetryEvent:
         ended = time.monotonic()
         out = self.tokens if tokens_out is None else tokens_out
@@ -80,6 +88,8 @@ class AttemptClock:
             is_failover=is_failover,
             user_id=job.user_id,
             conversation_id=job.conversation_id,
+            grounding=grounding,
+            confidence=confidence,
         )
 
 

@@ -64,6 +64,8 @@ TELEMETRY_SCHEMA: Document = {
         "isFailover": BOOL,
         "userId": NULLABLE_STR,
         "conversationId": NULLABLE_STR,
+        "grounding": {"bsonType": ["object", "null"]},
+        "confidence": {"bsonType": ["object", "null"]},
         "ts": {"bsonType": "date"},
         "batch": {"bsonType": "objectId"},
     },

@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from itertools import islice
 from typing import Any
@@ -52,14 +52,17 @@ async def seed_plays(
     plays: int,
     end: datetime,
     days: int,
+    named: Sequence[str] = (),
     batch: int = 2_000,
     progress: Progress | None = None,
 ) -> tuple[int, int]:
-    """Insert ``users`` × ``plays`` synthetic plays; ``(inserted, duplicates)``."""
+    """Insert ``plays`` synthetic plays for each of ``users`` users and the ``named`` ones;
+    ``(inserted, duplicates)``."""
     report = ImportReport()
     writer = PlayWriter(db[LISTENING_HISTORY], report, batch)
     catalogue = build_catalogue(seed)
-    for n, doc in enumerate(all_plays(catalogue, seed, users, plays, end, days), start=1):
+    listened = all_plays(catalogue, seed, users, plays, end, days, named)
+    for n, doc in enumerate(listened, start=1):
         await writer.add("seed", "seed", doc)
         if progress and n % 100_000 == 0:
             progress("plays", n)
@@ -97,6 +100,13 @@ def parser() -> argparse.ArgumentParser:
     """The command line."""
     cli = argparse.ArgumentParser(prog="echotune-seed", description=__doc__.split("\n")[0])
     cli.add_argument("--users", type=int, default=20, help="listeners (default 20)")
+    cli.add_argument(
+        "--listener",
+        action="append",
+        default=[],
+        metavar="USER_ID",
+        help="also give this user plays (repeatable; `make seed` names dev, the local user)",
+    )
     cli.add_argument("--plays", type=int, default=2_000, help="plays per user (default 2000)")
     cli.add_argument("--attempts", type=int, help="provider attempts (default users × plays / 2)")
     cli.add_argument("--conversations", type=int, default=3, help="per user (default 3)")
@@ -134,7 +144,7 @@ async def run(args: argparse.Namespace) -> None:
         print(f"seeding database {db.name!r}: history ends {end.isoformat()}, seed {args.seed}")
         new, known = await seed_plays(
             db, seed=args.seed, users=args.users, plays=args.plays, end=end, days=args.days,
-            progress=progress,
+            named=args.listener, progress=progress,
         )  # fmt: skip
         print(f"plays: {new} inserted, {known} already there")
         new, known = await seed_attempts(

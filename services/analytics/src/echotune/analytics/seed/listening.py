@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import bisect
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -39,13 +39,17 @@ class UserProfile:
     favourites: tuple[str, ...]
 
 
-def user_id(index: int) -> str:
-    """Id of the ``index``-th synthetic user."""
-    return f"user{index:03d}"
+Listener = int | str
+"""A synthetic user: the ``index``-th (``user001``…) or one named (``dev``, the local user)."""
 
 
-def profile(seed: int, index: int) -> UserProfile:
-    """The deterministic profile of the ``index``-th user."""
+def user_id(index: Listener) -> str:
+    """Id of the ``index``-th synthetic user, or the name itself."""
+    return index if isinstance(index, str) else f"user{index:03d}"
+
+
+def profile(seed: int, index: Listener) -> UserProfile:
+    """The deterministic profile of a user."""
     rnd = random.Random(f"user:{seed}:{index}")
     favourites = tuple(rnd.sample(GENRES, 3))
     return UserProfile(user_id(index), rnd.choice(TIME_ZONES), rnd.choice(PLATFORMS), favourites)
@@ -64,7 +68,7 @@ def _session_start(rnd: random.Random, tz: ZoneInfo, first: datetime, days: int)
 
 
 def user_plays(
-    catalogue: Catalogue, seed: int, index: int, plays: int, end: datetime, days: int
+    catalogue: Catalogue, seed: int, index: Listener, plays: int, end: datetime, days: int
 ) -> Iterator[Document]:
     """``plays`` plays of one user in the ``days`` days before ``end`` (oldest not first)."""
     user = profile(seed, index)
@@ -124,8 +128,14 @@ def user_plays(
 
 
 def all_plays(
-    catalogue: Catalogue, seed: int, users: int, plays: int, end: datetime, days: int
+    catalogue: Catalogue,
+    seed: int,
+    users: int,
+    plays: int,
+    end: datetime,
+    days: int,
+    named: Sequence[str] = (),
 ) -> Iterator[Document]:
-    """The plays of ``users`` users, ``plays`` each."""
-    for index in range(1, users + 1):
+    """The plays of ``users`` numbered users and of the ``named`` ones, ``plays`` each."""
+    for index in [*range(1, users + 1), *named]:
         yield from user_plays(catalogue, seed, index, plays, end, days)

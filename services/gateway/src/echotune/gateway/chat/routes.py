@@ -6,7 +6,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 
-from echotune.common.messages import REQUEST_ID_PATTERN, ChatOptions, ConversationId
+from echotune.common.messages import (
+    REQUEST_ID_PATTERN,
+    ChatOptions,
+    ConversationId,
+    TimeZoneName,
+)
 from echotune.gateway.chat.schemas import (
     STREAM_ID_PATTERN,
     CancelResponse,
@@ -50,6 +55,8 @@ async def stream_get(
     provider: Annotated[str | None, Query(max_length=64)] = None,
     model: Annotated[str | None, Query(max_length=200)] = None,
     use_context: Annotated[bool, Query()] = True,
+    use_profile: Annotated[bool, Query(description="Ground it in the listening profile")] = True,
+    time_zone: Annotated[TimeZoneName | None, Query(description="IANA, e.g. Europe/Paris")] = None,
     request_id: Annotated[str | None, Query(description="Also via X-Request-Id")] = None,
     last_event_id: Annotated[str | None, Query(pattern=STREAM_ID_PATTERN)] = None,
     last_event_id_header: LastEventIdHeader = None,
@@ -62,7 +69,7 @@ async def stream_get(
         conversation_id=conversation_id,
         provider=provider,
         model=model,
-        options=ChatOptions(use_context=use_context),
+        options=ChatOptions(use_context=use_context, use_profile=use_profile, time_zone=time_zone),
     )
     return await _respond(service, chat, last_event_id_header or last_event_id)
 

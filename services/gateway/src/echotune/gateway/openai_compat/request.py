@@ -38,6 +38,7 @@ def to_chat_input(
         max_tokens=request.max_completion_tokens or request.max_tokens,
         stop=request.stops(),
         use_context=False,
+        use_profile=False,  # the client writes its own prompt
     )
     last = messages[-1]
     return ChatInput(

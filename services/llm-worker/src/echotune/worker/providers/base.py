@@ -9,6 +9,7 @@ from typing import Protocol
 import httpx
 
 from echotune.common.completion import CompletionFeatures, TokenLogprob, ToolCallDelta
+from echotune.common.listening_profile import ListeningProfile
 from echotune.common.messages import ChatMessage, FinishReason, Usage
 from echotune.common.providers import ProviderConfig
 
@@ -26,6 +27,8 @@ class ProviderRequest:
     max_tokens: int | None = None
     stop: list[str] | None = None
     features: CompletionFeatures | None = None
+    profile: ListeningProfile | None = None
+    """The listening profile stated in the system prompt (the demo provider reads it)."""
 
     @property
     def wants_json(self) -> bool:

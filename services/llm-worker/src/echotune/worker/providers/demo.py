@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from echotune.common.listening_profile import ListeningProfile
 from echotune.common.messages import FinishReason, Role, Usage
 from echotune.common.providers import ProviderConfig
 from echotune.worker.providers.base import Finish, ProviderRequest, StreamItem, TextChunk
@@ -132,6 +133,7 @@ DEFAULT_THEME = _theme(
     "Ask for a mood, a genre or an activity to get a sharper list.",
 )
 NOTE = "(Offline demo provider: connect a real LLM for personal recommendations.)"
+PERSONAL_NOTE = "(Offline demo provider: picked with your listening history, no LLM involved.)"
 
 
 def _genre_theme(words: list[str]) -> Theme | None:
@@ -153,22 +155,46 @@ def _last_user_text(request: ProviderRequest) -> str:
     return users[-1] if users else ""
 
 
-def compose_answer(question: str) -> str:
-    """The full demo answer to ``question`` (deterministic)."""
-    words = re.findall(r"[a-z']+", question.lower())
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z']+", text.lower())
+
+
+def _profile_theme(profile: ListeningProfile | None) -> Theme | None:
+    """A genre theme for the listener's most played genre that has one."""
+    genres = profile.top_genres if profile else []
+    return next((t for g in genres if (t := _genre_theme(_words(g.name)))), None)
+
+
+def _personal(profile: ListeningProfile) -> str:
+    """One sentence saying what of the listener's history the answer builds on."""
+    parts = []
+    if artists := [a.name for a in profile.top_artists[:2]]:
+        parts.append(f"you often play {' and '.join(artists)}")
+    if profile.top_genres:
+        parts.append(f"lean towards {profile.top_genres[0].name}")
+    if profile.favourite_hours:
+        parts.append(f"listen most around {profile.favourite_hours[0]:02d}:00")
+    return f"Picked for you: {', '.join(parts)}." if parts else ""
+
+
+def compose_answer(question: str, profile: ListeningProfile | None = None) -> str:
+    """The full demo answer to ``question`` (deterministic), built on ``profile`` if given:
+    its genre leads when the question names none, and the answer says what it used."""
+    words = _words(question)
     theme = next((t for t in THEMES if t.keywords.intersection(words)), None)
-    theme = theme or _genre_theme(words) or DEFAULT_THEME
+    theme = theme or _genre_theme(words) or _profile_theme(profile) or DEFAULT_THEME
     seed = int.from_bytes(hashlib.sha256(question.strip().lower().encode()).digest()[:4], "big")
     picks = [theme.picks[(seed + i) % len(theme.picks)] for i in range(3)]
     topic = " ".join(question.split()[:6]) or "music"
     lines = [
         f'You asked about "{topic}".',
         theme.intro,
+        _personal(profile) if profile else "",
         f"Try {picks[0]}, then {picks[1]}, and finish with {picks[2]}.",
         theme.tip,
-        NOTE,
+        PERSONAL_NOTE if profile else NOTE,
     ]
-    return " ".join(lines)
+    return " ".join(line for line in lines if line)
 
 
 def tokenize(text: str) -> list[str]:
@@ -185,7 +211,7 @@ class DemoProvider:
 
     async def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamItem, None]:
         """Yield the answer's tokens then a Finish with rough usage counts."""
-        text = compose_answer(_last_user_text(request))
+        text = compose_answer(_last_user_text(request), request.profile)
         reason = FinishReason.STOP
         for stop in request.stop or []:
             if stop and stop in text:

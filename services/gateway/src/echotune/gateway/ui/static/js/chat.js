@@ -12,6 +12,12 @@ import { renderPanel, reasonText } from './panel.js';
 
 const MAX_REOPENS = 3;
 
+/** The browser's IANA time zone, if it knows one (listening hours are shown in it). */
+export function browserTimeZone() {
+  const zone = Intl.DateTimeFormat().resolvedOptions().timeZone;
+  return zone && zone !== 'Etc/Unknown' ? zone : null;
+}
+
 /** 32 hex characters from the browser's CSPRNG (works outside secure contexts too). */
 export function newRequestId() {
   const bytes = crypto.getRandomValues(new Uint8Array(16));
@@ -22,11 +28,13 @@ let panelCount = 0;
 
 /** One assistant answer: its stream, its state and its element. */
 class Answer {
-  constructor(chat, { message, conversationId, useContext }) {
+  constructor(chat, { message, conversationId, useContext, useProfile }) {
     this.chat = chat;
     this.message = message;
     this.conversationId = conversationId;
     this.useContext = useContext;
+    this.useProfile = useProfile;
+    this.timeZone = browserTimeZone();
     this.rid = newRequestId();
     this.state = 'waiting'; // waiting → streaming → done | stopped | error
     this.start = null;
@@ -56,6 +64,8 @@ class Answer {
     const query = new URLSearchParams({ message: this.message, request_id: this.rid });
     if (this.conversationId) query.set('conversation_id', this.conversationId);
     query.set('use_context', String(this.useContext));
+    query.set('use_profile', String(this.useProfile));
+    if (this.timeZone) query.set('time_zone', this.timeZone);
     if (lastEventId) query.set('last_event_id', lastEventId);
     return `/api/chat/stream?${query}`;
   }
@@ -363,6 +373,7 @@ export class Chat {
     this.sendButton = $('#send');
     this.stopButton = $('#stop');
     this.useContext = $('#use-context');
+    this.useProfile = $('#use-profile');
     this.conversationId = null;
     this.current = null;
     this.generation = 0; // bumped by "new conversation": late events of older answers are ignored
@@ -399,7 +410,9 @@ export class Chat {
   }
 
   ask(message, conversationId) {
-    const answer = new Answer(this, { message, conversationId, useContext: this.useContext.checked });
+    const answer = new Answer(this, {
+      message, conversationId, useContext: this.useContext.checked, useProfile: this.useProfile.checked,
+    });
     answer.generation = this.generation;
     this.current = answer;
     this.empty.hidden = true;

@@ -2,6 +2,7 @@
 
 import { h, fmtMs, fmtNum, isNum } from './dom.js';
 import { toast } from './toast.js';
+import { renderWhy } from './why.js';
 
 const REASONS = {
   rate_limited: 'rate limited',
@@ -85,6 +86,8 @@ export function debugInfo(answer) {
     request_id: answer.rid,
     conversation_id: answer.conversationId,
     use_context: answer.useContext,
+    use_profile: answer.useProfile,
+    time_zone: answer.timeZone,
     message_chars: answer.message.length,
     state: answer.state,
     provider: done ? done.provider : answer.start && answer.start.provider,
@@ -102,6 +105,8 @@ export function debugInfo(answer) {
     usage: done ? done.usage : null,
     tokens_per_s: tokensPerSecond(done),
     context: done ? done.context : null,
+    grounding: done ? done.grounding ?? null : null,
+    confidence: done ? done.confidence ?? null : null,
     reconnects: answer.reconnects,
     last_event_id: answer.lastEventId,
     error: answer.error || answer.httpError || null,
@@ -148,6 +153,7 @@ export function renderPanel(answer, panel) {
       answer.conversationId ? fact('conversation', 'Conversation', h('code', null, answer.conversationId)) : null,
       answer.reconnects ? fact('reconnects', 'Reconnects', String(answer.reconnects)) : null,
     ),
+    ...renderWhy(answer, panel.id),
     h('h3', { class: 'panel-title' }, `Attempts${done ? ` (${done.attempts})` : ''}`),
     chain.length
       ? h('ol', { class: 'chain' }, chain.map((e) => h('li', { 'data-kind': e.kind }, e.text)))
