@@ -19,7 +19,7 @@ import pytest
 
 from echotune.fake_llm import FakeUpstream
 from tests.browser.ui import UI, ScriptedAnswers
-from tests.conftest import AUTH, Stack, start_stack
+from tests.support.stack import AUTH, Stack, start_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"

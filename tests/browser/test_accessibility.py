@@ -12,7 +12,7 @@ from playwright.async_api import expect
 from echotune.fake_llm import FakeUpstream
 from tests.browser.conftest import open_ui
 from tests.browser.ui import UI
-from tests.conftest import Stack
+from tests.support.stack import Stack
 
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
 # Every rule axe runs by default (WCAG 2.0-2.2 A/AA and best practices); none may fail.

@@ -16,8 +16,8 @@ from echotune.fake_llm import FakeUpstream
 from echotune.gateway.auth.keys import ApiKeyStore
 from tests.browser.conftest import free_port, open_ui
 from tests.browser.ui import STREAM_URL, UI
-from tests.conftest import API_KEY, Stack
 from tests.support.processes import start_gateway
+from tests.support.stack import API_KEY, Stack
 
 SLOW = {"tokens": [f"tune{i} " for i in range(400)], "pace_ms": 40}
 

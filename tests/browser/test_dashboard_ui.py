@@ -18,8 +18,8 @@ from echotune.fake_llm import FakeUpstream
 from echotune.gateway.auth.keys import ApiKeyStore
 from tests.browser.conftest import open_ui
 from tests.browser.ui import UI
-from tests.conftest import Stack
 from tests.support.processes import start_gateway
+from tests.support.stack import Stack
 
 SECTIONS = ("providers", "patterns", "timeline", "engagement")
 

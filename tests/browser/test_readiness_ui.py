@@ -8,7 +8,7 @@ from playwright.async_api import expect
 
 from echotune.fake_llm import FakeUpstream
 from tests.browser.conftest import open_ui
-from tests.conftest import start_stack
+from tests.support.stack import start_stack
 
 
 async def test_no_worker_is_shown_until_one_starts(

@@ -10,7 +10,7 @@ import pytest
 from playwright.async_api import Response
 
 from tests.browser.ui import UI
-from tests.conftest import Stack
+from tests.support.stack import Stack
 
 JS_BUDGET_BYTES = 60_000  # all JavaScript the UI loads, gzipped
 

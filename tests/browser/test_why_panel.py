@@ -22,7 +22,7 @@ from echotune.fake_llm import FakeUpstream
 from tests.browser.conftest import free_port, open_ui
 from tests.browser.test_accessibility import assert_no_violations
 from tests.browser.ui import UI
-from tests.conftest import Stack, providers_config, start_stack
+from tests.support.stack import Stack, providers_config, start_stack
 from tests.support.telemetry import with_database
 
 LOGPROBS = [-0.05, -1.2, -0.3, -2.5, -0.01]

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 from playwright.async_api import Locator, Page, Request, Route, expect
 
 from echotune.fake_llm import FakeUpstream
-from tests.conftest import API_KEY
+from tests.support.stack import API_KEY
 
 FINAL_STATE = re.compile(r"^(done|stopped|error)$")
 STREAM_URL = "**/api/chat/stream?*"

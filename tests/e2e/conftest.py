@@ -9,7 +9,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from echotune.fake_llm import FakeUpstream
-from tests.conftest import API_KEY, Stack
+from tests.support.stack import API_KEY, Stack
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from redis.asyncio import Redis
 from deploy.local.processes import PYTHON, ROOT, start_analytics
 from echotune.common.keys import Keys
 from echotune.gateway.auth.keys import ApiKeyStore
-from tests.conftest import AUTH, Stack, start_stack
 from tests.e2e.test_fuzz import cases_generated, run_schemathesis
+from tests.support.stack import AUTH, Stack, start_stack
 from tests.support.telemetry import with_database
 
 

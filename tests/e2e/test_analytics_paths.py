@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from deploy.local.processes import start_analytics
-from tests.conftest import API_KEY, Stack, start_stack
+from tests.support.stack import API_KEY, Stack, start_stack
 from tests.support.telemetry import with_database
 
 PREFIXES = ["/api/analytics/", "/api/insights/", "/api/conversations/"]

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 
 from echotune.fake_llm import FakeUpstream
-from tests.conftest import openai_provider, start_stack
 from tests.support.sse import StreamResult, read_stream
+from tests.support.stack import openai_provider, start_stack
 
 LEASE_S = 1.0  # ECHOTUNE_BREAKER_PROBE_TIMEOUT_S
 PROBE_TOKENS, PROBE_PACE_MS = 12, 300  # the probe streams for ~3.6 s: over 3 leases

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import AUTH, start_stack
+from tests.support.stack import AUTH, start_stack
 
 STREAMS = 1000
 TOKENS = ["slow", " and", " steady"]

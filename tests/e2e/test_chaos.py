@@ -16,8 +16,8 @@ from deploy.local.processes import start_telemetry
 from deploy.local.servers import RedisServer, SecantusServer
 from echotune.common.mongo import create_mongo
 from echotune.fake_llm import FakeUpstream
-from tests.conftest import AUTH, start_stack
 from tests.support.sse import Frame, frames, read_stream
+from tests.support.stack import AUTH, start_stack
 
 
 async def read_until_broken(

@@ -9,8 +9,8 @@ import pytest
 from redis.asyncio import Redis
 
 from echotune.fake_llm import FakeUpstream
-from tests.conftest import Stack
 from tests.support.sse import StreamResult, frames, read_stream
+from tests.support.stack import Stack
 from tests.support.streams import wait_for_final
 
 TOKENS = ["Hello", ",", " rainy", " evening", " jazz", "!"]

@@ -8,8 +8,8 @@ import time
 import httpx
 
 from echotune.fake_llm import FakeUpstream
-from tests.conftest import Stack, start_stack
 from tests.support.sse import Frame, frames, read_stream
+from tests.support.stack import Stack, start_stack
 
 
 def worker_running(stack: Stack, rid: str):  # type: ignore[no-untyped-def]

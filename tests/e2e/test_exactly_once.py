@@ -18,8 +18,8 @@ from redis.asyncio import Redis
 from deploy.local.servers import RedisServer
 from echotune.common.keys import Keys
 from echotune.fake_llm import FakeUpstream
-from tests.conftest import Stack, start_stack
 from tests.support.sse import frames, read_stream
+from tests.support.stack import Stack, start_stack
 
 
 def stream_url(stack: Stack, gateway: int = 0) -> str:

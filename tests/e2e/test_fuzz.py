@@ -7,7 +7,7 @@ import os
 import re
 
 from deploy.local.processes import PYTHON, ROOT
-from tests.conftest import API_KEY, start_stack
+from tests.support.stack import API_KEY, start_stack
 
 EXAMPLES_PER_OPERATION = 100
 MIN_CASES = 1000

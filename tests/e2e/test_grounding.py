@@ -26,8 +26,8 @@ from echotune.common.mongo import LISTENING_HISTORY
 from echotune.fake_llm import FakeUpstream
 from echotune.gateway.auth.keys import ApiKeyStore
 from echotune.worker.prompt import SYSTEM_PROMPT
-from tests.conftest import Stack, providers_config, start_stack
 from tests.support.sse import StreamResult, read_stream
+from tests.support.stack import Stack, providers_config, start_stack
 from tests.support.telemetry import TelemetryHarness
 
 pytestmark = pytest.mark.e2e

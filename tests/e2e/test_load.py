@@ -10,9 +10,9 @@ import uuid
 import httpx
 import pytest
 
-from tests.conftest import AUTH, start_stack
 from tests.e2e.test_capacity import rss_kib
 from tests.support.sse import read_stream
+from tests.support.stack import AUTH, start_stack
 
 STREAMS = 500
 SECONDS = float(os.environ.get("ECHOTUNE_LOAD_SECONDS", "60"))

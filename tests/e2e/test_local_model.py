@@ -17,8 +17,8 @@ import pytest
 from deploy.bench.cpu_trace import CpuTrace
 from deploy.local import local_model
 from deploy.local.processes import ServiceProcess
-from tests.conftest import Stack, start_stack
 from tests.support.sse import Frame, StreamResult, frames, read_stream
+from tests.support.stack import Stack, start_stack
 from tests.support.telemetry import TelemetryHarness
 
 # start-up loads the model; answers take seconds on a busy 2-core machine

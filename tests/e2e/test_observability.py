@@ -14,10 +14,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.local.processes import ROOT, UVICORN_READY, ServiceProcess
 from echotune.fake_llm import FakeUpstream
-from tests.conftest import Stack, start_stack
 from tests.support.otlp import OtlpReceiver, ReceivedSpan, otlp_receiver
 from tests.support.prometheus import prometheus
 from tests.support.sse import StreamResult, frames, read_stream
+from tests.support.stack import Stack, start_stack
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "echotune.json"
 STARTS_PER_USER = 6

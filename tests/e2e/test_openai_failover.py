@@ -16,7 +16,7 @@ import pytest
 from openai import AsyncOpenAI
 
 from echotune.fake_llm import FakeUpstream
-from tests.conftest import API_KEY, PROVIDER_SECRET, TIMEOUTS, openai_provider, start_stack
+from tests.support.stack import API_KEY, PROVIDER_SECRET, TIMEOUTS, openai_provider, start_stack
 
 MODEL = "relay/relay-model"
 WEATHER: Any = {

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from echotune.fake_llm import FakeUpstream
-from tests.conftest import Stack, start_stack
 from tests.support.sse import StreamResult, read_stream
+from tests.support.stack import Stack, start_stack
 from tests.support.telemetry import TelemetryHarness
 
 pytestmark = pytest.mark.e2e

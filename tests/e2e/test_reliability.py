@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from echotune.fake_llm import FakeUpstream
-from tests.conftest import Stack, openai_provider, start_stack
 from tests.support.sse import StreamResult, frames, read_stream
+from tests.support.stack import Stack, openai_provider, start_stack
 
 NAMES = ["retry", "backoff", "breaker", "probe", "partial", "cont", "cancel", "switch", "backup"]
 

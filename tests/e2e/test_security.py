@@ -14,8 +14,8 @@ from redis.asyncio import Redis
 from echotune.common.keys import Keys
 from echotune.fake_llm import FakeUpstream
 from echotune.gateway.auth.keys import ApiKeyStore
-from tests.conftest import API_KEY, Stack, start_stack
 from tests.support.sse import read_stream
+from tests.support.stack import API_KEY, Stack, start_stack
 
 ORIGIN = "https://app.echotune.example"
 

@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 
 from echotune.common.keys import Keys
 from echotune.gateway.auth.keys import ApiKeyStore
-from tests.conftest import Stack, start_stack
+from tests.support.stack import Stack, start_stack
 
 COOKIE = "echotune_session"
 APIKEY_CLI = str(Path(sys.executable).parent / "echotune-apikey")

@@ -28,11 +28,11 @@ from redis.asyncio import Redis
 
 from deploy.local.servers import local_redis
 from echotune.fake_llm import FakeUpstream
-from tests.conftest import AUTH, Stack, openai_provider, start_stack
 from tests.support.key_census import Census, take_census
 from tests.support.key_census import table as census_table
 from tests.support.processes import start_fake_llm
 from tests.support.sse import frames
+from tests.support.stack import AUTH, Stack, openai_provider, start_stack
 
 SECONDS = float(os.environ.get("ECHOTUNE_SOAK_SECONDS", "30"))
 CONCURRENCY = int(os.environ.get("ECHOTUNE_SOAK_CONCURRENCY", "12"))

@@ -8,8 +8,8 @@ import uuid
 import httpx
 
 from echotune.fake_llm import FakeUpstream
-from tests.conftest import start_stack
 from tests.support.sse import read_stream
+from tests.support.stack import start_stack
 
 
 async def test_two_workers_both_take_jobs(

@@ -7,8 +7,8 @@ from redis.asyncio import Redis
 
 from echotune.common.keys import Keys
 from echotune.fake_llm import FakeUpstream
-from tests.conftest import API_KEY, PROVIDER_SECRET, Stack
 from tests.support.sse import read_stream
+from tests.support.stack import API_KEY, PROVIDER_SECRET, Stack
 
 SECRETS = (PROVIDER_SECRET, API_KEY, API_KEY.rsplit("_", 1)[-1])
 

@@ -25,7 +25,7 @@ from pydantic_settings import BaseSettings
 
 from echotune.common.providers import ProviderConfig, ProviderKind, ProviderRegistry
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 COMPOSE_FILE = ROOT / "deploy" / "compose.yaml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 ENV_EXAMPLE = ROOT / "deploy" / ".env.example"

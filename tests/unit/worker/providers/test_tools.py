@@ -13,7 +13,7 @@ from echotune.common.messages import ChatMessage, FinishReason, Role
 from echotune.common.providers import ProviderKind
 from echotune.worker.providers.base import Finish, StreamItem, TextChunk, ToolCallChunk
 from echotune.worker.providers.gemini_request import SKIP_SIGNATURE
-from tests.unit.test_provider_parsers import (
+from tests.unit.worker.providers.test_parsers import (
     ANTHROPIC_STREAM,
     GEMINI_STREAM,
     OPENAI_STREAM,

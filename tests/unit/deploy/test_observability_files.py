@@ -20,9 +20,9 @@ from prometheus_client import CollectorRegistry
 from echotune.gateway.metrics import GatewayMetrics
 from echotune.telemetry.metrics import Metrics as TelemetryMetrics
 from echotune.worker.metrics import WorkerMetrics
-from tests.unit.test_deploy_files import app_services, package_module, services
+from tests.unit.deploy.test_deploy_files import app_services, package_module, services
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "echotune.json"

@@ -39,7 +39,7 @@ from echotune.worker.providers.base import (
 
 SECRET = "sk-fake-llm-SECRET-42"
 DEFAULT_TOKENS = 8
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
