@@ -5,7 +5,8 @@ Run: ``make bench [ARGS="..."]`` or ``python -m deploy.bench [--levels 1,10,50,1
 [--trials 30] [--quick] [--tracing] [--out DIR] [--profile gateway,worker1 --profile-level 100]
 [--upstream fake|local]``. ``--upstream local`` measures llama.cpp with SmolLM2 instead of the
 fake upstream (:mod:`deploy.bench.local`).
-``--quick`` (levels 1 and 5, one round, 5 trials) is the smoke run. Results: ``results.json``,
+``--quick`` (levels 1 and 5, one round, 5 trials) is the smoke run. ``--compare OLD NEW``
+prints two ``results.json`` side by side (:mod:`deploy.bench.compare`). Results: ``results.json``,
 ``results.md`` and ``latency.png`` in ``bench/results/<time>/`` (git-ignored) or ``--out``;
 the Markdown table is printed at the end. ``--profile`` runs ``py-spy record`` on the named
 processes (gateway, worker1, fake-llm, client1; not redis) during the rounds of
@@ -43,7 +44,7 @@ from typing import Any
 import httpx
 from redis.asyncio import Redis
 
-from deploy.bench import measure, report
+from deploy.bench import compare, measure, report
 from deploy.bench.client import A, B, Stream, Target, client_main
 from deploy.local.processes import PYTHON, ROOT, ServiceProcess, start_gateway, start_worker
 from deploy.local.servers import local_redis
@@ -102,6 +103,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--tracing", action="store_true", help="OpenTelemetry on, spans to a counting sink"
+    )
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        type=Path,
+        metavar=("OLD_JSON", "NEW_JSON"),
+        help="print two results.json side by side (runs nothing)",
     )
     args = parser.parse_args(argv)
     default_levels = "1,5" if args.quick else "1,10,50,100,500"
@@ -559,6 +567,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.compare:
+        compare.main(*args.compare)
+        return
     signal.signal(signal.SIGTERM, _interrupt)
     if args.upstream == "local":
         from deploy.bench.local import bench_local  # needs the local-model group
