@@ -29,7 +29,7 @@ dev-local:  ## `make dev` with a local LLM (llama.cpp + SmolLM2-135M, offline; f
 
 test: sync  ## Run the whole test suite (fast tests first, then end-to-end, then in a browser)
 	@# pytest exits 5 when it collected no test: that is a failure too, said plainly
-	$(UV) run --frozen pytest tests/unit tests/e2e tests/browser; code=$$?; \
+	$(UV) run --frozen pytest tests/unit tests/e2e tests/browser --durations=25; code=$$?; \
 	  if [ $$code -eq 5 ]; then echo 'no tests were collected'; fi; exit $$code
 
 SOAK_SECONDS ?= 240
