@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 from faststream.redis import TestRedisBroker
 from redis.asyncio import Redis
@@ -83,3 +85,67 @@ async def test_an_unreadable_job_ends_its_stream_with_invalid_job(
     final = await wait_for_final(redis, running.settings.namespace, rid)
     assert final["type"] == "error"
     assert final["code"] == "invalid_job"
+
+
+UPSTREAM = {
+    "name": "up",
+    "kind": "openai",
+    "base_url": "http://up.test/v1",
+    "api_key": "sk-test",
+    "models": ["m1"],
+    "timeouts": {"connect": 1, "first_token": 2, "idle": 2, "total": 10},
+}
+
+
+def sse_answer(tokens: list[str]) -> httpx.Response:
+    lines = [
+        json.dumps({"choices": [{"index": 0, "delta": {"content": t}, "finish_reason": None}]})
+        for t in tokens
+    ]
+    stop = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    body = "".join(f"data: {line}\n\n" for line in [*lines, json.dumps(stop)]) + "data: [DONE]\n\n"
+    return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+
+async def test_a_failed_call_is_retried_through_the_transport_seam(
+    settings: WorkerSettings, redis: Redis
+) -> None:
+    """Retry and answer driven in-process: httpx's MockTransport stands in for the provider."""
+    calls: list[int] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        if len(calls) == 1:
+            return httpx.Response(503, json={"error": {"message": "busy"}})
+        return sse_answer(["one ", "two"])
+
+    fields = settings.model_dump(exclude={"providers"})
+    settings = WorkerSettings(
+        **{**fields, "default_provider": "up", "retry_base_s": 0.01}, providers=[UPSTREAM]
+    )
+    broker = create_app(settings).broker
+    transport = httpx.MockTransport(upstream)
+    async with (
+        open_worker(settings, broker, transport=transport) as running,
+        TestRedisBroker(broker) as test,
+    ):
+        broker.context.set_global("worker", running)
+        rid = await opened(running)
+        job = ChatJob(
+            request_id=rid,
+            user_id="u1",
+            messages=[ChatMessage(role=Role.USER, content="hi")],
+            provider="up",
+            model="m1",
+            deadline_at=time.time() + 30,
+        )
+        await test.publish(job, stream=settings.keys.jobs)
+        final = await wait_for_final(redis, settings.namespace, rid)
+    entries = await redis.xrange(settings.keys.events(rid))
+    kinds = [f["type"] for _, f in entries]
+    assert kinds[0] == "start"
+    assert "retry" in kinds
+    assert final["type"] == "done"
+    text = "".join(json.loads(f["data"])["delta"] for _, f in entries if f["type"] == "delta")
+    assert text == "one two"
+    assert len(calls) == 2

@@ -77,9 +77,13 @@ def build_providers(registry: ProviderRegistry, http: httpx.AsyncClient) -> dict
 
 @asynccontextmanager
 async def open_worker(
-    settings: WorkerSettings, broker: RedisBroker, metrics: WorkerMetrics | None = None
+    settings: WorkerSettings,
+    broker: RedisBroker,
+    metrics: WorkerMetrics | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[Worker]:
-    """Clients, scripts and background upkeep of one worker process."""
+    """Clients, scripts and background upkeep of one worker process (``transport``: the
+    providers' HTTP transport, a test's seam)."""
     metrics = metrics or WorkerMetrics()
     keys = settings.keys
     redis = create_redis(settings.redis_url, max_connections=settings.concurrency + 16)
@@ -93,7 +97,7 @@ async def open_worker(
         events_maxlen=settings.events_maxlen,
     )
     await streams.load_scripts()
-    http = make_client()
+    http = make_client(transport)
     instrument(redis, http)
     context_ms = int(settings.context_timeout_s * 1000)
     mongo = create_mongo(
