@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -149,3 +150,40 @@ async def test_a_failed_call_is_retried_through_the_transport_seam(
     text = "".join(json.loads(f["data"])["delta"] for _, f in entries if f["type"] == "delta")
     assert text == "one two"
     assert len(calls) == 2
+
+
+async def test_a_job_published_twice_is_answered_once(
+    settings: WorkerSettings, redis: Redis
+) -> None:
+    """A retried publish left two entries: the second took the job over and restarted it.
+
+    On a real Redis: FastStream's test broker hands every message to every subscriber of the
+    stream, the reclaiming one included, which a real consumer group never does.
+    """
+    broker = create_app(settings).broker
+    async with open_worker(settings, broker) as running:
+        broker.context.set_global("worker", running)
+        await broker.start()
+        try:
+            rid = await opened(running)
+            job = ChatJob(
+                request_id=rid,
+                user_id="u1",
+                messages=[ChatMessage(role=Role.USER, content="a long answer please " * 5)],
+                provider="demo",
+                model="demo-1",
+                deadline_at=time.time() + 30,
+            )
+            key = settings.keys.events(rid)
+            await broker.publish(job, stream=settings.keys.jobs)
+            async with asyncio.timeout(5):  # the first entry is streaming when the second comes
+                while not [f for _, f in await redis.xrange(key) if f["type"] == "delta"]:
+                    await redis.xread({key: "$"}, block=1000)
+            await broker.publish(job, stream=settings.keys.jobs)
+            final = await wait_for_final(redis, settings.namespace, rid)
+        finally:
+            await broker.stop()
+    assert final["type"] == "done"
+    kinds = [f["type"] for _, f in await redis.xrange(key)]
+    assert "failover" not in kinds, "the answer restarted"
+    assert kinds.count("done") == 1

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from redis.asyncio.connection import AbstractConnection
 
 from echotune.gateway.chat.service import ChatInput, ChatService
+from echotune.web.errors import ApiError
 from tests.support.streams import wait_for_final
 
 
@@ -100,3 +101,66 @@ async def test_a_cancel_whose_worker_is_gone_ends_after_the_grace(gateway: FastA
     late = {"v": "1", "type": "done", "data": "{}"}
     refused = await service.streams.append_final("orphan-0001", taken.epoch, 9, late)
     assert refused.value == "ended"
+
+
+@pytest.mark.parametrize("bad", ["99999999999999999999-0", "\u0661-\u0660"])
+async def test_a_last_event_id_redis_would_refuse_is_a_422_not_a_stalled_relay(
+    gateway: FastAPI, bad: str
+) -> None:
+    """Redis refused the whole multiplexed read: every stream of the process stalled."""
+    service: ChatService = gateway.state.chat
+    assert await service.open(chat_input("badid-0001"), None) is not None
+    with pytest.raises(ApiError) as refused:
+        await service.open(chat_input("badid-0001", message=None), bad)
+    assert refused.value.status == 422
+
+
+async def test_a_client_gone_before_the_body_started_leaves_nothing_behind(
+    gateway: FastAPI,
+) -> None:
+    """The body's own cleanup never ran: the subscription and its open-stream slot leaked."""
+    service: ChatService = gateway.state.chat
+    messages: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        await asyncio.sleep(0)  # a real server's send yields: the cancel lands right here
+        messages.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/api/chat/stream",
+        "raw_path": b"/api/chat/stream",
+        "query_string": b"message=hi&request_id=gone-early-0001",
+        "headers": [(b"host", b"gateway")],
+        "client": ("127.0.0.1", 1),
+        "server": ("gateway", 80),
+        "root_path": "",
+    }
+    await gateway(scope, receive, send)
+    assert "gone-early-0001" not in service.relay.attached_request_ids()
+    assert not service._open_streams
+
+
+async def test_a_silent_answer_whose_worker_died_with_no_other_alive_ends(
+    gateway: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job taken by a worker that then died waited for the full ten minutes."""
+    service: ChatService = gateway.state.chat
+    monkeypatch.setattr(service.settings, "pickup_timeout_s", 0.2)
+    stream = await service.open(chat_input("lonely-0001"), None)
+    assert stream is not None
+    await service.streams.take("lonely-0001", "worker-that-dies")  # and no worker says alive
+    seen = []
+    async with asyncio.timeout(5):
+        async for entry in service.entries(stream):
+            if entry is not None:
+                seen.append(entry)
+    assert [e.type for e in seen] == ["error"]
+    assert '"code":"worker_lost"' in seen[0].data

@@ -59,10 +59,12 @@ if not m[2] then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
 return {'attached', m[2] or ''}
 """)
 
+# ARGV: owner, 'first' (a first delivery: only while nobody took the job) or 'again'.
 _TAKE = Script("""
-local m = redis.call('HMGET', KEYS[1], 'fingerprint', 'final_id', 'streamed')
+local m = redis.call('HMGET', KEYS[1], 'fingerprint', 'final_id', 'streamed', 'epoch')
 if not m[1] then return {'gone'} end
 if m[2] then return {'ended'} end
+if ARGV[2] == 'first' and m[4] ~= '0' then return {'duplicate'} end
 local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 redis.call('HSET', KEYS[1], 'seq', 0, 'owner', ARGV[1])
 return {'taken', epoch, m[3] and 1 or 0, redis.call('EXISTS', KEYS[2])}
@@ -71,7 +73,7 @@ return {'taken', epoch, m[3] and 1 or 0, redis.call('EXISTS', KEYS[2])}
 # ARGV: epoch, first seq, maxlen, schema version, then (type, data) per entry.
 # Returns {written, cancelled}; written = -1 fenced, -2 ended, -3 gone.
 _APPEND = Script("""
-local m = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'final_id')
+local m = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'final_id', 'streamed')
 if not m[1] then return {-3, 0} end
 if m[3] then return {-2, 0} end
 if m[1] ~= ARGV[1] then return {-1, 0} end
@@ -87,7 +89,7 @@ for i = 5, #ARGV, 2 do
   end
 end
 redis.call('HSET', KEYS[1], 'seq', last)
-if streamed then redis.call('HSET', KEYS[1], 'streamed', 1) end
+if streamed and not m[4] then redis.call('HSET', KEYS[1], 'streamed', 1) end
 return {written, redis.call('EXISTS', KEYS[3])}
 """)
 
@@ -159,6 +161,8 @@ class Take(StrEnum):
     TAKEN = "taken"
     ENDED = "ended"
     GONE = "gone"
+    DUPLICATE = "duplicate"
+    """A second entry of one job (its publication was retried): someone else has it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,9 +344,14 @@ class RequestStreams:
 
     # --- worker ---------------------------------------------------------------------------
 
-    async def take(self, request_id: str, owner: str) -> Taken:
-        """Become the job's producer: a new epoch that fences off every earlier one."""
-        reply = await _TAKE(self.redis, self._keys(request_id, "meta", "cancel"), [owner])
+    async def take(self, request_id: str, owner: str, *, first: bool = False) -> Taken:
+        """Become the job's producer: a new epoch that fences off every earlier one.
+
+        ``first``: the entry is delivered for the first time, so a job someone already took
+        is a duplicate entry, not one to take over (only a reclaimed entry takes over).
+        """
+        mode = "first" if first else "again"
+        reply = await _TAKE(self.redis, self._keys(request_id, "meta", "cancel"), [owner, mode])
         state = Take(_text(reply[0]))
         if state is not Take.TAKEN:
             return Taken(state)

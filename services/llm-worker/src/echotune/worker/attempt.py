@@ -109,35 +109,38 @@ class Attempt:
             await self._record(request, outcome, error_code, retry_after, finish)
 
     async def _stream(self, request: ProviderRequest) -> Finish:
+        deadline = Deadline()
+        try:
+            return await self._read(request, deadline)
+        except asyncio.CancelledError as exc:
+            if deadline.expired():  # it may fire as the provider stream closes
+                phase = "first token" if self.clock.tokens == 0 else "next token"
+                raise ProviderError("timeout", f"no {phase} in time") from exc
+            raise
+        finally:
+            deadline.close()
+
+    async def _read(self, request: ProviderRequest, deadline: Deadline) -> Finish:
         timeouts = self.config.timeouts
         loop = asyncio.get_running_loop()
         ends_at = loop.time() + timeouts.total
         provider = self.ctx.providers[self.config.name]
-        deadline = Deadline()
-        try:
-            async with contextlib.aclosing(provider.stream(request)) as items:
-                while True:
-                    if self.ctx.jobs.reason(self.job.request_id) is not None:
-                        # cancelled, but a Redis call swallowed the CancelledError (redis-py
-                        # sends through asyncio.wait_for, which on 3.11 can drop a cancel)
-                        raise asyncio.CancelledError
-                    wait = timeouts.first_token if self.clock.tokens == 0 else timeouts.idle
-                    deadline.move(min(loop.time() + wait, ends_at))
-                    try:
-                        item = await anext(items)
-                    except asyncio.CancelledError as exc:
-                        if deadline.expired():
-                            phase = "first token" if self.clock.tokens == 0 else "next token"
-                            message = f"no {phase} within {wait:.1f} s"
-                            raise ProviderError("timeout", message) from exc
-                        raise
-                    except StopAsyncIteration as exc:
-                        raise ProviderError("malformed_stream", "ended without finish") from exc
-                    if isinstance(item, Finish):
-                        return item
-                    self._relay(item)
-        finally:
-            deadline.close()
+        async with contextlib.aclosing(provider.stream(request)) as items:
+            while True:
+                if self.ctx.jobs.reason(self.job.request_id) is not None:
+                    # cancelled, but a Redis call swallowed the CancelledError (redis-py sends
+                    # through asyncio.wait_for, which on 3.11 can drop a cancellation)
+                    raise asyncio.CancelledError
+                wait = timeouts.first_token if self.clock.tokens == 0 else timeouts.idle
+                deadline.move(min(loop.time() + wait, ends_at))
+                try:
+                    item = await anext(items)
+                except StopAsyncIteration as exc:
+                    raise ProviderError("malformed_stream", "ended without finish") from exc
+                if isinstance(item, Finish):
+                    deadline.close()
+                    return item
+                self._relay(item)
 
     def _relay(self, item: StreamItem) -> None:
         """Buffer a piece of the answer (text, logprobs or a tool-call piece) for the stream."""

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import time
 
+from redis.exceptions import RedisError
+
 from echotune.common.logs import request_id_var
 from echotune.common.messages import (
     ChatEvent,
@@ -16,8 +18,8 @@ from echotune.common.messages import (
     FailoverEvent,
     FinishReason,
 )
-from echotune.common.request_stream import Final, Take, Taken
-from echotune.worker.inflight import CANCELLED, FENCED, InFlight
+from echotune.common.request_stream import AppendRefused, Final, Take, Taken
+from echotune.worker.inflight import CANCELLED, ENDED, FENCED, InFlight
 from echotune.worker.jobs import JobRunner, shutdown_error
 from echotune.worker.observability import job_ended, job_span, job_taken
 from echotune.worker.resources import Worker
@@ -26,27 +28,29 @@ from echotune.worker.writer import EventWriter, Refused
 log = logging.getLogger(__name__)
 
 
-async def execute(ctx: Worker, job: ChatJob, held: InFlight) -> bool:
+async def execute(ctx: Worker, job: ChatJob, held: InFlight, *, first: bool) -> bool:
     """Run one held job to its end; whether its entry may be acknowledged.
 
     ``False`` only when another worker took the job over (its entry is now theirs).
+    ``first``: the entry's first delivery (not a reclaim).
     """
     token = request_id_var.set(held.request_id)
     keys, consumer = ctx.settings.keys, ctx.settings.consumer
     try:
         with job_span(job.traceparent, held.request_id, held.entry_id, keys.jobs, consumer):
-            return await _execute(ctx, job, held)
+            return await _execute(ctx, job, held, first)
     finally:
         request_id_var.reset(token)
 
 
-async def _execute(ctx: Worker, job: ChatJob, held: InFlight) -> bool:
+async def _execute(ctx: Worker, job: ChatJob, held: InFlight, first: bool) -> bool:
     if held.reason == FENCED:  # reclaimed by another worker while it waited for a slot
         return False
-    taken = await ctx.streams.take(job.request_id, ctx.settings.consumer)
+    taken = await ctx.streams.take(job.request_id, ctx.settings.consumer, first=first)
     if taken.state is not Take.TAKEN:
         log.info("job %s before it started; acknowledging it", taken.state.value)
         return True
+    held.taken = True
     log.info("job taken (epoch %d) provider=%s model=%s", taken.epoch, job.provider, job.model)
     job_taken(ctx.metrics, held.entry_id, taken.epoch)
     writer = EventWriter(
@@ -54,7 +58,7 @@ async def _execute(ctx: Worker, job: ChatJob, held: InFlight) -> bool:
         job.request_id,
         taken.epoch,
         on_cancel=lambda: held.stop(CANCELLED),
-        on_refused=lambda _: held.stop(FENCED),
+        on_refused=lambda why: held.stop(FENCED if why is AppendRefused.FENCED else ENDED),
         stamp=ctx.settings.stamp_tokens,
     )
     try:
@@ -71,16 +75,23 @@ async def _run(
     runner = JobRunner(ctx, job, writer)
     try:
         final = await _produce(job, held, taken, runner, writer)
+        if held.reason in (FENCED, ENDED):
+            log.warning("the answer was ended or taken over elsewhere; this run stops")
+            return held.reason == ENDED
+        if isinstance(final, DoneEvent) and final.finish_reason is not FinishReason.CANCELLED:
+            # Recorded before the client hears ``done``, so its next message sees the turn.
+            await ctx.conversations.append(job, "".join(runner.partial), taken.epoch)
+        job_ended(ctx.metrics, final, held.reason)
+        return await _end(writer, final, job.deadline_at)
     except Refused as refused:
-        return refused.why.value != FENCED
-    if held.reason == FENCED:
-        log.warning("another worker took the job over; this one stops")
-        return False
-    if isinstance(final, DoneEvent) and final.finish_reason is not FinishReason.CANCELLED:
-        # Recorded before the client hears ``done``, so its next message sees the turn.
-        await ctx.conversations.append(job, "".join(runner.partial), taken.epoch)
-    job_ended(ctx.metrics, final, held.reason)
-    return await _end(writer, final)
+        return refused.why is not AppendRefused.FENCED
+    except asyncio.CancelledError:
+        # The worker is shutting down, wherever this run was: end the answer first.
+        if held.reason not in (FENCED, ENDED):
+            end = runner.cancelled() if held.reason else shutdown_error(bool(runner.partial))
+            job_ended(ctx.metrics, end, held.reason)
+            await asyncio.shield(_end(writer, end, job.deadline_at))
+        raise
 
 
 async def _produce(
@@ -106,20 +117,27 @@ async def _produce(
     except TimeoutError:
         return ErrorEvent(code=ErrorCode.DEADLINE_EXCEEDED, message="the answer took too long")
     except asyncio.CancelledError:
-        if held.reason is None:  # the worker is shutting down
-            shutdown = shutdown_error(bool(runner.partial))
-            job_ended(runner.ctx.metrics, shutdown, None)
-            await asyncio.shield(_end(writer, shutdown))
+        if held.reason is None:  # the worker is shutting down (see _run)
             raise
         return runner.cancelled()
 
 
-async def _end(writer: EventWriter, final: ChatEvent) -> bool:
-    """Write the final event; whether the entry may be acknowledged."""
-    try:
-        outcome = await writer.final(final)
-    except Refused as refused:
-        return refused.why.value != FENCED
+async def _end(writer: EventWriter, final: ChatEvent, deadline_at: float) -> bool:
+    """Write the final event, retrying while Redis is unreachable (a finished answer is not
+    thrown away over a blip); whether the entry may be acknowledged."""
+    attempt = 0
+    while True:
+        try:
+            outcome = await writer.final(final)
+            break
+        except Refused as refused:
+            return refused.why is not AppendRefused.FENCED
+        except RedisError as exc:
+            attempt += 1
+            if time.time() >= deadline_at:
+                log.error("final %s not written before the deadline: %s", final.type, exc)
+                return False  # left pending: whoever reclaims it ends it
+            await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
     if outcome is not Final.WRITTEN:
         log.warning("final %s not written: %s", final.type, outcome.value)
     return outcome is not Final.FENCED

@@ -24,19 +24,22 @@ MessageDep = Annotated[RedisStreamMessage, Context("message")]
 
 async def handle_job(job: ChatJob, worker: WorkerDep, message: MessageDep) -> None:
     """Produce one answer; the job is acknowledged once its final event is written."""
-    await _admit(job, worker, message)
+    await _admit(job, worker, message, first=True)
 
 
 async def reclaim_job(job: ChatJob, worker: WorkerDep, message: MessageDep) -> None:
     """Take over a job whose worker died (its entry stopped being refreshed)."""
-    await _admit(job, worker, message)
+    await _admit(job, worker, message, first=False)
 
 
-async def _admit(job: ChatJob, worker: Worker, message: RedisStreamMessage) -> None:
+async def _admit(job: ChatJob, worker: Worker, message: RedisStreamMessage, *, first: bool) -> None:
     """Hold the entry at once (kept fresh, cancellable), then wait for a slot."""
     held = worker.jobs.hold(job.request_id, entry_id(message))
     await worker.pool.admit(
-        lambda: execute(worker, job, held), message, lambda: worker.jobs.release(held)
+        lambda: execute(worker, job, held, first=first),
+        message,
+        held,
+        lambda: worker.jobs.release(held),
     )
 
 

@@ -18,6 +18,8 @@ CANCELLED = "cancelled"
 CLIENT_GONE = "client_gone"
 FENCED = "fenced"
 """Another worker took the job over: this one stops producing and writes nothing more."""
+ENDED = "ended"
+"""The answer was ended elsewhere (the gateway ended a cancelled answer): nothing to write."""
 
 
 @dataclass(slots=True)
@@ -28,6 +30,8 @@ class InFlight:
     entry_id: str
     task: asyncio.Task[Any] | None = None
     reason: str | None = None
+    taken: bool = False
+    """This worker took the job (its answer ends before the entry is acknowledged)."""
 
     def stop(self, reason: str) -> None:
         if self.reason is None:
@@ -38,7 +42,7 @@ class InFlight:
 
 
 class InFlightJobs:
-    """The jobs of this process, by request id."""
+    """The jobs of this process, by entry (one job may have two entries: a retried publish)."""
 
     def __init__(self) -> None:
         self._jobs: dict[str, InFlight] = {}
@@ -47,23 +51,25 @@ class InFlightJobs:
         return len(self._jobs)
 
     def hold(self, request_id: str, entry_id: str) -> InFlight:
-        job = self._jobs[request_id] = InFlight(request_id, entry_id)
+        job = self._jobs[entry_id] = InFlight(request_id, entry_id)
         return job
 
     def release(self, job: InFlight) -> None:
-        if self._jobs.get(job.request_id) is job:
-            del self._jobs[job.request_id]
+        if self._jobs.get(job.entry_id) is job:
+            del self._jobs[job.entry_id]
+
+    def _of(self, request_id: str) -> list[InFlight]:
+        return [job for job in self._jobs.values() if job.request_id == request_id]
 
     def stop(self, request_id: str, reason: str) -> None:
-        if (job := self._jobs.get(request_id)) is not None:
+        for job in self._of(request_id):
             job.stop(reason)
 
     def reason(self, request_id: str) -> str | None:
-        job = self._jobs.get(request_id)
-        return job.reason if job else None
+        return next((job.reason for job in self._of(request_id) if job.reason), None)
 
     def request_ids(self) -> list[str]:
-        return list(self._jobs)
+        return list({job.request_id: None for job in self._jobs.values()})
 
     def by_entry(self) -> dict[str, InFlight]:
-        return {job.entry_id: job for job in self._jobs.values()}
+        return dict(self._jobs)

@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 
 from faststream.redis.message import RedisStreamMessage
 
+from echotune.worker.inflight import InFlight
+
 log = logging.getLogger(__name__)
 
 Run = Callable[[], Awaitable[bool]]
@@ -30,7 +32,7 @@ class JobPool:
         return len(self._tasks)
 
     async def admit(
-        self, run: Run, message: RedisStreamMessage, release: Callable[[], None]
+        self, run: Run, message: RedisStreamMessage, held: InFlight, release: Callable[[], None]
     ) -> None:
         """Wait for a free slot, then run the job in the background; ``release`` when it ends."""
         try:
@@ -38,17 +40,18 @@ class JobPool:
         except BaseException:
             release()
             raise
-        task = asyncio.create_task(self._run(run, message, release))
+        task = asyncio.create_task(self._run(run, message, held, release))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _run(
-        self, run: Run, message: RedisStreamMessage, release: Callable[[], None]
+        self, run: Run, message: RedisStreamMessage, held: InFlight, release: Callable[[], None]
     ) -> None:
         try:
             acknowledge = await run()
         except asyncio.CancelledError:
-            await asyncio.shield(_ack(message))  # its stream already ended with an error
+            if held.taken:  # its answer was ended (shutdown) before the cancellation went on
+                await asyncio.shield(_ack(message))
             raise
         except Exception:
             log.exception("job failed unexpectedly; left pending for another worker")

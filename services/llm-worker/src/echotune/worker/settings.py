@@ -24,7 +24,9 @@ class WorkerSettings(ServiceSettings, ProviderSettings):
 
     consumer: str = Field(default_factory=_consumer_name, description="Consumer name in the group")
     concurrency: int = Field(64, ge=1, le=10_000, description="Jobs one process runs at once")
-    events_maxlen: int = Field(10_000, ge=100, description="Bound of a per-request stream")
+    events_maxlen: int = Field(
+        50_000, ge=100, description="Bound of a per-request stream (above the longest answer)"
+    )
     telemetry_maxlen: int = Field(1_000_000, ge=1000, description="Bound of the telemetry stream")
     reader_check_s: float = Field(1.0, gt=0, description="How often abandoned streams are sought")
     retry_attempts: int = Field(3, ge=1, le=10, description="Attempts per provider")

@@ -27,12 +27,24 @@ log = logging.getLogger(__name__)
 StreamId = tuple[int, int]
 
 
+MAX_ID_PART = 2**64 - 1
+_ASCII_DIGITS = frozenset("0123456789")
+
+
 def parse_stream_id(value: str) -> StreamId:
-    """``"1700000000000-3"`` → ``(1700000000000, 3)``; raises ``ValueError`` if malformed."""
+    """``"1700000000000-3"`` → ``(1700000000000, 3)``; ``ValueError`` unless Redis would take it.
+
+    Only ASCII digits, each part at most 2^64 − 1: one id Redis refuses in the multiplexed
+    XREAD would fail the read of every stream of the process.
+    """
     ms, _, seq = value.partition("-")
-    if not ms.isdigit() or not (seq or "0").isdigit():
+    seq = seq or "0"
+    if not (ms and set(ms) <= _ASCII_DIGITS and set(seq) <= _ASCII_DIGITS):
         raise ValueError(f"malformed stream id {value!r}")
-    return int(ms), int(seq or 0)
+    parsed = int(ms), int(seq)
+    if max(parsed) > MAX_ID_PART:
+        raise ValueError(f"stream id out of range {value!r}")
+    return parsed
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ async def _respond(service: ChatServiceDep, chat: ChatInput, last_event_id: str 
     stream = await service.open(chat, last_event_id)
     if stream is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    return SSEResponse(service.frames(stream), headers={})
+    return SSEResponse(service.frames(stream), headers={}, on_close=lambda: service.release(stream))
 
 
 def _chat_input(request: Request, user_id: str, **fields: Any) -> ChatInput:

@@ -15,7 +15,7 @@ from echotune.common.messages import (
     StartEvent,
 )
 
-STREAM_ID_PATTERN = r"^\d{1,20}-\d{1,20}$"
+STREAM_ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
 
 
 class ChatStreamRequest(BaseModel):

@@ -105,6 +105,9 @@ class OpenStream:
     provider: str = ""
     model: str = ""
     opened_at: float = 0.0
+    ended: bool = False
+    """The final event was relayed."""
+    released: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,14 +313,6 @@ class ChatService:
             chat.request_id, subscription, first, provider=config.name, model=model
         ), True
 
-    async def _check_pickup(self, request_id: str) -> float | None:
-        """No worker took the job yet: end it if none is alive; when to check again."""
-        alive = await job_queue.workers_alive(self.redis, self.keys, WORKER_SEEN_S)
-        if alive:  # busy workers: the backlog is bounded at the door (429), keep waiting
-            return time.monotonic() + self.settings.pickup_timeout_s
-        await self._end_untaken(request_id, "no worker is running; try again later")
-        return None
-
     async def _end_untaken(self, request_id: str, message: str) -> Final:
         """End the answer with a retryable ``no_worker`` error unless a worker took it."""
         error = ErrorEvent(code=ErrorCode.NO_WORKER, message=message, retryable=True)
@@ -335,7 +330,11 @@ class ChatService:
         self, request_id: str, last_event_id: str | None, final_id: str | None
     ) -> OpenStream | None:
         after = last_event_id or "0-0"
-        if final_id and parse_stream_id(after) >= parse_stream_id(final_id):
+        try:
+            position = parse_stream_id(after)
+        except ValueError as exc:
+            raise ApiError(422, "invalid_last_event_id", str(exc)) from exc
+        if final_id and position >= parse_stream_id(final_id):
             return None
         log.info("client attached after %s", after)
         return OpenStream(request_id, self.relay.subscribe(request_id, after))
@@ -375,16 +374,15 @@ class ChatService:
     async def entries(self, stream: OpenStream) -> AsyncIterator[Entry | None]:
         """Relayed events until the final one; ``None`` after each ``heartbeat_s`` of silence.
 
-        A job not taken within ``pickup_timeout_s`` while no worker is alive ends with a
-        retryable ``no_worker`` error. A stream that outlives ``max_stream_s`` plus the resume
-        window ends with a ``deadline_exceeded`` error that is not stored (it has no id):
-        nothing hangs forever.
+        After ``pickup_timeout_s`` without any event the workers are checked: with none alive,
+        a job nobody took ends with a retryable ``no_worker`` error and one whose worker died
+        with ``worker_lost``. A stream that outlives ``max_stream_s`` plus the resume window
+        ends with a ``deadline_exceeded`` error that is not stored (it has no id): nothing
+        hangs forever.
         """
         sub, settings = stream.subscription, self.settings
-        now = time.monotonic()
-        deadline = now + settings.max_stream_s + settings.resume_window_s
-        pickup_at: float | None = now + settings.pickup_timeout_s
-        ended = False
+        deadline = time.monotonic() + settings.max_stream_s + settings.resume_window_s
+        check_at = time.monotonic() + settings.pickup_timeout_s
         watch = self.metrics.watch(
             bool(stream.first_frame), stream.opened_at, stream.provider, stream.model
         )
@@ -396,23 +394,21 @@ class ChatService:
                     entry = None
                 try:
                     if entry is None:
-                        wait = settings.heartbeat_s
-                        if pickup_at is not None:
-                            wait = max(min(wait, pickup_at - time.monotonic()), 0.0)
+                        wait = max(min(settings.heartbeat_s, check_at - time.monotonic()), 0.0)
                         async with asyncio.timeout(wait):
                             entry = await sub.queue.get()
                 except TimeoutError:
-                    if pickup_at is not None and time.monotonic() >= pickup_at:
-                        pickup_at = await self._check_pickup(sub.request_id)
+                    if time.monotonic() >= check_at:
+                        await self._check_workers(sub.request_id)
+                        check_at = time.monotonic() + settings.pickup_timeout_s
                         continue
                     yield None
                     continue
-                if entry.type != "start":
-                    pickup_at = None
-                ended = entry.is_terminal
+                check_at = time.monotonic() + settings.pickup_timeout_s
+                stream.ended = entry.is_terminal
                 yield entry
                 watch.sent(entry)
-                if ended:
+                if stream.ended:
                     return
             error = ErrorEvent(code=ErrorCode.DEADLINE_EXCEEDED, message="the answer took too long")
             late = Entry("", error.type, encode_event(error)["data"])
@@ -420,11 +416,32 @@ class ChatService:
             watch.sent(late)
         finally:
             watch.end()
-            self.relay.unsubscribe(sub)
-            if not ended:
-                self._soon(self.streams.reader_left(sub.request_id))
-            self._open_streams.pop(stream.stream_key, None)
-            self._take_back_soon([(self.keys.open_streams(stream.owner), stream.stream_key)])
+            self.release(stream)
+
+    def release(self, stream: OpenStream) -> None:
+        """Stop relaying ``stream`` and give its slot back (once; the response may end before
+        its body ever started)."""
+        if stream.released:
+            return
+        stream.released = True
+        self.relay.unsubscribe(stream.subscription)
+        if not stream.ended:
+            self._soon(self.streams.reader_left(stream.request_id))
+        self._open_streams.pop(stream.stream_key, None)
+        self._take_back_soon([(self.keys.open_streams(stream.owner), stream.stream_key)])
+
+    async def _check_workers(self, request_id: str) -> None:
+        """A silent answer while no worker is alive: end it rather than wait for nothing."""
+        if await job_queue.workers_alive(self.redis, self.keys, WORKER_SEEN_S):
+            return  # busy or slow: the backlog is bounded at the door, a lost one is reclaimed
+        untaken = await self._end_untaken(request_id, "no worker is running; try again later")
+        if untaken is Final.TAKEN:
+            error = ErrorEvent(
+                code=ErrorCode.WORKER_LOST,
+                message="the worker answering was lost and no other is running",
+                retryable=True,
+            )
+            await self.streams.append_final(request_id, FORCE, 0, encode_event(error))
 
     def _take_back_soon(self, taken: Sequence[tuple[str, str]]) -> None:
         """Forget counted starts or open streams, off the response path (Redis may be down)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import anyio
 from starlette.responses import StreamingResponse
@@ -36,18 +36,29 @@ class SSEResponse(StreamingResponse):
     media_type = "text/event-stream"
 
     def __init__(
-        self, content: AsyncIterator[bytes], headers: dict[str, str], status_code: int = 200
+        self,
+        content: AsyncIterator[bytes],
+        headers: dict[str, str],
+        status_code: int = 200,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(content, status_code, headers={**SSE_HEADERS, **headers})
+        self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with anyio.create_task_group() as group:
+        """Stream until the body ends or the client leaves; ``on_close`` runs either way, even
+        when the client left before the body's first step (its ``finally`` never runs then)."""
+        try:
+            async with anyio.create_task_group() as group:
 
-            async def stream_then_stop() -> None:
-                with contextlib.suppress(OSError):  # the client went away mid-write
-                    await self.stream_response(send)
+                async def stream_then_stop() -> None:
+                    with contextlib.suppress(OSError):  # the client went away mid-write
+                        await self.stream_response(send)
+                    group.cancel_scope.cancel()
+
+                group.start_soon(stream_then_stop)
+                await self.listen_for_disconnect(receive)
                 group.cancel_scope.cancel()
-
-            group.start_soon(stream_then_stop)
-            await self.listen_for_disconnect(receive)
-            group.cancel_scope.cancel()
+        finally:
+            if self.on_close is not None:
+                self.on_close()

@@ -51,9 +51,19 @@ async def chat_completions(
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         chunks = chunk_stream(completion, entries, include_usage)
-        relayed = _cancel_unless_finished(chat, request_id, user, completion, chunks)
-        return SSEResponse(relayed, headers={})
-    return await _complete(request, chat, request_id, user, completion, entries)
+
+        def closed() -> None:
+            """A client that leaves early cancels the answer (OpenAI clients never resume),
+            and so does a stream ended early because the answer restarted."""
+            chat.release(stream)
+            if not stream.ended or completion.restarted:
+                chat.cancel_soon(request_id, user)
+
+        return SSEResponse(chunks, headers={}, on_close=closed)
+    try:
+        return await _complete(request, chat, request_id, user, completion, entries)
+    finally:
+        chat.release(stream)
 
 
 async def _complete(
@@ -72,6 +82,8 @@ async def _complete(
         await chat.cancel(request_id, user)
         return Response(status_code=499)
     gone.cancel()
+    if (failure := collect.exception()) is not None:
+        raise ApiError(502, "relay_failed", "the answer could not be relayed") from failure
     if completion.error:
         status, code, message = completion.error
         raise ApiError(status, code, message)
@@ -87,25 +99,6 @@ async def _collect(completion: Completion, entries: AsyncIterator[Entry | None])
 async def _disconnected(request: Request) -> None:
     while (await request.receive())["type"] != "http.disconnect":
         pass
-
-
-async def _cancel_unless_finished(
-    chat: ChatService,
-    request_id: str,
-    user: str,
-    completion: Completion,
-    body: AsyncIterator[bytes],
-) -> AsyncIterator[bytes]:
-    """A client that closes the stream early cancels the answer (OpenAI clients never resume),
-    and so does a stream ended early because the answer restarted."""
-    finished = False
-    try:
-        async for chunk in body:
-            yield chunk
-        finished = True
-    finally:
-        if not finished or completion.restarted:
-            chat.cancel_soon(request_id, user)
 
 
 @router.get("/models", summary="Configured models, in OpenAI's list format")
