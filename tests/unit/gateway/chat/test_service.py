@@ -164,3 +164,23 @@ async def test_a_silent_answer_whose_worker_died_with_no_other_alive_ends(
                 seen.append(entry)
     assert [e.type for e in seen] == ["error"]
     assert '"code":"worker_lost"' in seen[0].data
+
+
+async def test_an_answer_past_its_deadline_is_ended_for_everyone(
+    gateway: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway said `deadline_exceeded` to its client only: the answer itself never
+    ended (found by the chaos run, seed 4242)."""
+    service: ChatService = gateway.state.chat
+    stream = await service.open(chat_input("late-0001"), None)
+    assert stream is not None
+    await service.streams.take("late-0001", "a-worker-that-never-answers")
+    monkeypatch.setattr(service.settings, "max_stream_s", 0.2)
+    monkeypatch.setattr(service.settings, "resume_window_s", 0.1)
+    async with asyncio.timeout(5):
+        seen = [e async for e in service.entries(stream) if e is not None]
+    assert [e.type for e in seen] == ["error"]
+    assert seen[0].id, "stored in the answer's stream"
+    assert '"code":"deadline_exceeded"' in seen[0].data
+    final = await final_of(service, "late-0001")
+    assert final["code"] == "deadline_exceeded"

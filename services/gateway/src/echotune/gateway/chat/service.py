@@ -19,6 +19,7 @@ from typing import Any
 
 from faststream.redis import RedisBroker
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from echotune.common import job_queue
 from echotune.common.completion import CompletionFeatures
@@ -410,13 +411,26 @@ class ChatService:
                 watch.sent(entry)
                 if stream.ended:
                     return
-            error = ErrorEvent(code=ErrorCode.DEADLINE_EXCEEDED, message="the answer took too long")
-            late = Entry("", error.type, encode_event(error)["data"])
-            yield late
-            watch.sent(late)
+            async for entry in self._end_late(stream):
+                yield entry
+                watch.sent(entry)
         finally:
             watch.end()
             self.release(stream)
+
+    async def _end_late(self, stream: OpenStream) -> AsyncIterator[Entry]:
+        """The answer outlived its deadline: end it for everyone (stored, fencing off whoever
+        holds it), then relay that final; if Redis cannot take it, say so unstored."""
+        error = ErrorEvent(code=ErrorCode.DEADLINE_EXCEEDED, message="the answer took too long")
+        try:
+            await self.streams.append_final(stream.request_id, FORCE, 0, encode_event(error))
+            async with asyncio.timeout(self.settings.heartbeat_s):
+                while not (entry := await stream.subscription.queue.get()).is_terminal:
+                    yield entry
+            stream.ended = True
+            yield entry
+        except (TimeoutError, RedisError):
+            yield Entry("", error.type, encode_event(error)["data"])
 
     def release(self, stream: OpenStream) -> None:
         """Stop relaying ``stream`` and give its slot back (once; the response may end before
