@@ -131,6 +131,7 @@ def designed_ttls(settings: dict[str, str]) -> dict[str, float]:
         "breaker-window": float(settings["ECHOTUNE_BREAKER_WINDOW_S"]),  # common breaker.py
         "live-stats": 600,  # common live_stats.py RETENTION_MIN
         "gateway-wakeup": 3600,  # gateway chat/relay.py (a gateway killed before its stop)
+        "listening-profile": float(settings.get("ECHOTUNE_WORKER_PROFILE_CACHE_S", 60)),
     }
 
 

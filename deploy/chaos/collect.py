@@ -139,6 +139,7 @@ def key_families(keys: Keys) -> list[tuple[str, str]]:
         (keys.api_keys, "api-keys"),
         (keys.sessions("*"), "sessions"),
         (keys.workers_alive, "workers-alive"),
+        (keys.profile("*", "*"), "listening-profile"),
         (keys.provider_selection, "provider-selection"),
     ]
 
