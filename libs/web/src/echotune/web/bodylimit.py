@@ -29,7 +29,7 @@ class BodySizeLimitMiddleware:
         if declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(send)
             return
-        seen, started = 0, False
+        seen = 0
 
         async def counting_receive() -> Message:
             nonlocal seen
@@ -40,16 +40,12 @@ class BodySizeLimitMiddleware:
                     raise BodyTooLarge
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        # ``send`` is not wrapped: every frame of a stream would pay for it, and a body is read
+        # in full before any answer to it starts.
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, send)
         except BodyTooLarge:
-            if not started:
-                await self._refuse(send)
+            await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
         error = {"code": "body_too_large", "message": f"the body exceeds {self.max_bytes} bytes"}
