@@ -91,8 +91,6 @@ class Provider(Protocol):
     def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamItem, None]: ...
 
 
-ProviderFactory = type[Provider]
-
 
 def make_client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
     """The HTTP client a worker process shares between its provider calls."""
