@@ -91,7 +91,6 @@ class Provider(Protocol):
     def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamItem, None]: ...
 
 
-
 def make_client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
     """The HTTP client a worker process shares between its provider calls."""
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
