@@ -30,23 +30,33 @@ from echotune.worker.resources import open_worker
 from echotune.worker.settings import WorkerSettings
 from echotune.worker.upkeep import Subscriber, keep_consuming
 
+IDLE_BLOCK_MS = 5000
+
 
 def subscribe(broker: RedisBroker, settings: WorkerSettings) -> list[Subscriber]:
     """Register the handlers; the two job subscribers (new and reclaimed jobs)."""
     keys = settings.keys
-    # One entry per read, and none before a slot is free (see pool.py).
+    # One entry per read, and none before a slot is free (see pool.py). The read blocks until
+    # a job comes (a new entry ends the block at once): an idle worker wakes rarely.
     jobs = broker.subscriber(
-        stream=StreamSub(keys.jobs, group=JOBS_GROUP, consumer=settings.consumer, max_records=1),
+        stream=StreamSub(
+            keys.jobs,
+            group=JOBS_GROUP,
+            consumer=settings.consumer,
+            max_records=1,
+            polling_interval=IDLE_BLOCK_MS,
+        ),
         ack_policy=AckPolicy.MANUAL,
     )
-    # Jobs left pending by a dead worker (its entries stop being refreshed) come back here.
+    # Jobs left pending by a dead worker (its entries stop being refreshed) come back here;
+    # looked for four times per reclaim period.
     reclaimed = broker.subscriber(
         stream=StreamSub(
             keys.jobs,
             group=JOBS_GROUP,
             consumer=settings.consumer,
             min_idle_time=int(settings.reclaim_idle_s * 1000),
-            polling_interval=500,
+            polling_interval=max(int(settings.reclaim_idle_s * 250), 100),
         ),
         ack_policy=AckPolicy.MANUAL,
     )
