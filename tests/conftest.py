@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -10,7 +11,14 @@ import pytest
 from redis.asyncio import Redis
 
 from deploy.local import local_model
-from deploy.local.servers import mongo_url, redis_url
+from deploy.local.servers import (
+    RedisClusterServers,
+    local_redis_cluster,
+    mongo_url,
+    redis_url,
+    wanted_cluster,
+)
+from echotune.common.redis import create_redis, is_cluster
 from tests.support.processes import start_fake_llm
 from tests.support.stack import AUTH, Stack, start_stack
 
@@ -32,14 +40,35 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def redis_server_url() -> Iterator[str]:
+def redis_server_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """``REDIS_URL``, else the local cluster when ECHOTUNE_REDIS_CLUSTER=1, else a Redis."""
+    if wanted_cluster() and not os.environ.get("REDIS_URL"):
+        yield request.getfixturevalue("redis_cluster").url
+        return
     with redis_url() as url:
         yield url
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A local Redis Cluster: 3 primaries, a replica each (the session's Redis in cluster mode).
+
+    A test that kills a node brings it back (``restore``) before it ends."""
+    with local_redis_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(autouse=True)
+def _skip_single_node_only(request: pytest.FixtureRequest) -> None:
+    """Skip ``single_node`` tests when the session's Redis is a cluster, giving the reason."""
+    marker = request.node.get_closest_marker("single_node")
+    if marker is not None and is_cluster(request.getfixturevalue("redis_server_url")):
+        pytest.skip(f"needs a single Redis: {marker.kwargs.get('reason', '')}")
+
+
 @pytest.fixture
 async def redis(redis_server_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server_url, decode_responses=True)
+    client = create_redis(redis_server_url, max_connections=16)
     yield client
     await client.aclose()
 

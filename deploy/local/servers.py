@@ -15,7 +15,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
@@ -57,14 +58,29 @@ def wait_until_ready(proc: subprocess.Popen[str]) -> None:
     raise RuntimeError(f"Redis exited with {proc.wait()} before it was ready")
 
 
+def redis_cli(server_binary: str) -> str:
+    """The command-line client that comes with ``server_binary`` (it creates clusters)."""
+    for name in ("redis-cli", "valkey-cli"):
+        beside = Path(server_binary).parent / name
+        if beside.exists():
+            return str(beside)
+    found = shutil.which("redis-cli")
+    if found is None:
+        raise RuntimeError(f"no redis-cli or valkey-cli beside {server_binary}")
+    return found
+
+
 class RedisServer:
     """A ``redis-server`` (or Valkey) process that can be stopped and started on the same port."""
 
-    def __init__(self, workdir: str, *, appendonly: bool = False) -> None:
+    def __init__(
+        self, workdir: str, *, appendonly: bool = False, extra_args: Sequence[str] = ()
+    ) -> None:
         binary = redis_binary()
         if binary is None:
             raise RuntimeError("no Redis: set REDIS_URL, install redis-server, or uv sync")
         self.binary, self.workdir, self.appendonly = binary, workdir, appendonly
+        self.extra_args = list(extra_args)
         self.port = free_port()
         self.proc: subprocess.Popen[str] | None = None
 
@@ -84,6 +100,7 @@ class RedisServer:
             self.workdir,
         ]
         args += ["--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always"]
+        args += self.extra_args
         self.proc = subprocess.Popen(
             [self.binary, *args],
             stdout=subprocess.PIPE,
@@ -109,6 +126,149 @@ class RedisServer:
             self.proc.wait(10)
 
 
+class RedisClusterServers:
+    """A local Redis/Valkey Cluster: ``primaries`` primaries with ``replicas`` replicas each.
+
+    Each node is a :class:`RedisServer` with ``cluster-enabled yes`` in its own directory;
+    ``redis-cli --cluster create`` assigns the slots. ``node_timeout_ms`` is how long a
+    primary may be unreachable before its replica takes over.
+    """
+
+    def __init__(
+        self, workdir: str, *, primaries: int = 3, replicas: int = 1, node_timeout_ms: int = 2000
+    ) -> None:
+        self.primaries, self.replicas = primaries, replicas
+        self.nodes: list[RedisServer] = []
+        for index in range(primaries * (1 + replicas)):
+            node_dir = Path(workdir) / f"node{index}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            args += ["--cluster-node-timeout", str(node_timeout_ms)]
+            args += ["--cluster-port", str(free_port())]  # not port + 10000: may exceed 65535
+            self.nodes.append(RedisServer(str(node_dir), extra_args=args))
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self, timeout: float = 60.0) -> str:
+        """Start every node, create the cluster, wait until it serves every slot; its URL."""
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        cli = redis_cli(self.nodes[0].binary)
+        create = [cli, "--cluster", "create", *addresses]
+        create += ["--cluster-replicas", str(self.replicas), "--cluster-yes"]
+        subprocess.run(create, check=True, capture_output=True, text=True, timeout=timeout)
+        self.wait_until_healthy(timeout)
+        return self.url
+
+    def cli(self, node: RedisServer, *args: str) -> str:
+        command = [redis_cli(node.binary), "-p", str(node.port), *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=10).stdout
+
+    def wait_until_healthy(self, timeout: float = 60.0) -> None:
+        """Every running node says the cluster is ok and every replica is in sync."""
+        deadline = time.monotonic() + timeout
+        while not self.healthy():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the local Redis Cluster did not become healthy")
+            time.sleep(0.1)
+
+    def healthy(self) -> bool:
+        running = [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+        for node in running:
+            if "cluster_state:ok" not in self.cli(node, "cluster", "info"):
+                return False
+            replication = self.cli(node, "info", "replication")
+            if "role:slave" in replication and "master_link_status:up" not in replication:
+                return False
+        roles = [self.role(n) for n in running]
+        return roles.count("master") == self.primaries
+
+    def role(self, node: RedisServer) -> str:
+        """``master`` or ``slave``, as the node says."""
+        match = re.search(r"role:(\w+)", self.cli(node, "info", "replication"))
+        return match.group(1) if match else "unknown"
+
+    def primary_of(self, key: str) -> RedisServer:
+        """The running node that serves ``key``'s slot now."""
+        slot = int(self.cli(self.nodes[0], "cluster", "keyslot", key).strip() or -1)
+        for node in self.nodes:
+            if node.proc is None or node.proc.poll() is not None:
+                continue
+            for line in self.cli(node, "cluster", "nodes").splitlines():
+                fields = line.split()
+                if "myself" in fields[2] and "master" in fields[2] and _serves(fields[8:], slot):
+                    return node
+        raise RuntimeError(f"no running primary serves slot {slot}")
+
+    def node_id(self, node: RedisServer) -> str:
+        return self.cli(node, "cluster", "myid").strip()
+
+    def move_slot_begin(self, key: str, target: RedisServer) -> tuple[RedisServer, int]:
+        """Start migrating ``key``'s slot to ``target`` and move the keys it holds (``ASK``)."""
+        source = self.primary_of(key)
+        slot = int(self.cli(source, "cluster", "keyslot", key).strip())
+        self.cli(target, "cluster", "setslot", str(slot), "importing", self.node_id(source))
+        self.cli(source, "cluster", "setslot", str(slot), "migrating", self.node_id(target))
+        while names := self.cli(source, "cluster", "getkeysinslot", str(slot), "100").split():
+            migrate = ["migrate", "127.0.0.1", str(target.port), "", "0", "5000", "keys", *names]
+            self.cli(source, *migrate)
+        return source, slot
+
+    def move_slot_end(self, slot: int, target: RedisServer) -> None:
+        """Finish a migration: every primary says ``target`` serves ``slot`` (``MOVED``)."""
+        target_id = self.node_id(target)
+        for node in sorted(self.nodes, key=lambda n: n is not target):  # the target first
+            if node.proc is not None and node.proc.poll() is None and self.role(node) == "master":
+                self.cli(node, "cluster", "setslot", str(slot), "node", target_id)
+
+    def kill_primary(self, key: str, timeout: float = 60.0) -> RedisServer:
+        """SIGKILL the primary serving ``key``; return once its replica has taken over."""
+        node = self.primary_of(key)
+        node.kill()
+        self.wait_until_healthy(timeout)
+        return node
+
+    def restore(self, timeout: float = 60.0) -> None:
+        """Start the nodes that were stopped (they rejoin as replicas) and wait until healthy."""
+        for node in self.nodes:
+            if node.proc is None or node.proc.poll() is not None:
+                node.start()
+        self.wait_until_healthy(timeout)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+def _serves(ranges: list[str], slot: int) -> bool:
+    for item in ranges:
+        if item.startswith("["):  # a slot being migrated
+            continue
+        first, _, last = item.partition("-")
+        if int(first) <= slot <= int(last or first):
+            return True
+    return False
+
+
+def wanted_cluster() -> bool:
+    """``ECHOTUNE_REDIS_CLUSTER=1``: run a local Redis Cluster instead of one Redis."""
+    return os.environ.get("ECHOTUNE_REDIS_CLUSTER", "").lower() in ("1", "true", "yes")
+
+
+@contextlib.contextmanager
+def local_redis_cluster(primaries: int = 3, replicas: int = 1) -> Iterator[RedisClusterServers]:
+    with tempfile.TemporaryDirectory() as workdir:
+        cluster = RedisClusterServers(workdir, primaries=primaries, replicas=replicas)
+        try:
+            cluster.start()
+            yield cluster
+        finally:
+            cluster.stop()
+
+
 @contextlib.contextmanager
 def local_redis() -> Iterator[str]:
     with tempfile.TemporaryDirectory() as workdir:
@@ -123,6 +283,9 @@ def local_redis() -> Iterator[str]:
 def redis_url() -> Iterator[str]:
     if url := os.environ.get("REDIS_URL"):
         yield url
+    elif wanted_cluster():
+        with local_redis_cluster() as cluster:
+            yield cluster.url
     elif docker_available():
         from testcontainers.redis import RedisContainer
 

@@ -76,7 +76,7 @@ FAMILIES = [
     ),
     Family("workers", r"workers", "one sorted set; a member per worker seen in the last 60 s"),
     Family("telemetry", r"telemetry", "≈ TELEMETRY_MAXLEN entries (approximate MAXLEN)"),
-    Family("telemetry:dlq", r"telemetry:dlq", "≈ TELEMETRY_DLQ_MAXLEN entries"),
+    Family("telemetry:dlq{…}", r"telemetry:dlq\{[^}]+\}", "≈ TELEMETRY_DLQ_MAXLEN entries"),
     Family("api-keys", r"api-keys", "one hash; a field per API key created"),
     Family("provider-selection", r"provider-selection", "one hash; a field per user who chose"),
     Family(

@@ -111,6 +111,7 @@ async def test_cancel_and_attach_know_only_the_owner(streams: RequestStreams) ->
     assert await streams.attach("never-seen-1", "alice") == (False, None)
 
 
+@pytest.mark.single_node(reason="a proxy in front of the one Redis")
 async def test_an_open_whose_reply_was_lost_is_still_started(
     redis_server_url: str, streams: RequestStreams
 ) -> None:

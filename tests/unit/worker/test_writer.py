@@ -66,6 +66,7 @@ async def deltas(redis: Redis, keys: Keys, rid: str) -> list[str]:
     return [json.loads(f["data"])["delta"] for _, f in entries if f["type"] == "delta"]
 
 
+@pytest.mark.single_node(reason="a proxy in front of the one Redis")
 async def test_an_append_whose_reply_was_lost_is_applied_once(
     redis_server_url: str, redis: Redis, keys: Keys
 ) -> None:

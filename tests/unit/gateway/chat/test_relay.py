@@ -29,6 +29,7 @@ async def take(sub: Subscription, n: int) -> list[Entry]:
         return [await sub.queue.get() for _ in range(n)]
 
 
+@pytest.mark.single_node(reason="watches the one blocked XREAD; test_cluster_reads.py on a cluster")
 async def test_a_reader_joining_behind_another_gets_every_entry(
     redis_server_url: str, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -63,6 +63,7 @@ def round_trips() -> Iterator[list[int]]:
         yield counted
 
 
+@pytest.mark.single_node(reason="a proxy in front of the one Redis")
 async def test_a_new_start_costs_three_round_trips(gateway: FastAPI) -> None:
     service: ChatService = gateway.state.chat
     await service.open(chat_input("warm-up-0001"), None)  # connections and scripts ready

@@ -1,7 +1,8 @@
 """Every Redis key, stream, group and channel name used by echotune, in one place.
 
-Per-request keys share a hash tag (``{request_id}``) so that scripts touching several of
-them stay valid on Redis Cluster.
+Keys used together (in one script or transaction) share a hash tag, so that they live in one
+Redis Cluster slot: per request ``{request_id}``, per provider's breaker ``{provider}``, the
+telemetry stream and its dead letters. Every other script and transaction uses one key.
 
 All names live under a namespace (``ECHOTUNE_NAMESPACE``, default ``echotune``) so that
 several deployments, or several tests, can share one Redis without seeing each other.
@@ -33,8 +34,12 @@ class Keys:
 
     @property
     def telemetry_dead_letters(self) -> str:
-        """Telemetry events that failed validation, with the reason."""
-        return f"{self.namespace}:telemetry:dlq"
+        """Telemetry events that failed validation, with the reason.
+
+        Its hash tag is the telemetry stream's whole name: both live in one cluster slot, so
+        dead letters and the acknowledgement of their batch are written in one transaction.
+        """
+        return f"{self.namespace}:telemetry:dlq{{{self.telemetry}}}"
 
     @property
     def workers_alive(self) -> str:

@@ -1,13 +1,72 @@
-"""Redis client factory used in service lifespans."""
+"""Redis client factory used in service lifespans: one Redis, or a Redis/Valkey Cluster.
+
+``ECHOTUNE_REDIS_URL`` names a single server (``redis://host:port/db``, ``rediss://`` for
+TLS) or a cluster: ``redis+cluster://[user:password@]host:port[,host:port…]`` (TLS:
+``rediss+cluster://``), any reachable nodes as seeds - the others are discovered.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
 
+from faststream.redis import RedisBroker, RedisClusterBroker
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+
+CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
+CLUSTER_CONNECTIONS_PER_NODE = 1024
+"""A cluster client fails (``MaxConnectionsError``) rather than waits beyond its per-node limit;
+connections are opened only when needed, so the limit is set well above any burst."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterAddress:
+    """What a cluster URL says: seed nodes and credentials."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = None
+    ssl: bool = False
+
+    def node_url(self, host: str, port: int) -> str:
+        """A single-server URL of one node (for connections pinned to it)."""
+        auth = ""
+        if self.password is not None:
+            auth = f"{self.username or ''}:{self.password}@"
+        return f"{'rediss' if self.ssl else 'redis'}://{auth}{host}:{port}/0"
+
+
+def cluster_address(url: str) -> ClusterAddress | None:
+    """The cluster a ``redis+cluster://`` URL names; ``None`` for a single-server URL."""
+    scheme, _, rest = url.partition("://")
+    if scheme not in CLUSTER_SCHEMES:
+        return None
+    parts = urlsplit(f"redis://{rest}")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    nodes = []
+    for item in hosts.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"a cluster URL lists host:port pairs, not {item!r}")
+        nodes.append((host, int(port)))
+    if parts.path not in ("", "/", "/0"):
+        raise ValueError("a cluster has only database 0")
+    return ClusterAddress(
+        tuple(nodes),
+        unquote(username) or None,
+        unquote(password) if userinfo else None,
+        CLUSTER_SCHEMES[scheme],
+    )
+
+
+def is_cluster(url: str) -> bool:
+    return cluster_address(url) is not None
 
 
 def retry_options() -> dict[str, Any]:
@@ -31,7 +90,13 @@ def create_redis(
     Commands (pipelines too) are retried on a fresh connection after a connection error,
     so a restarted Redis is picked up without a failed request; a write whose reply was
     lost may then be applied twice (a rare duplicate, never a loss).
+
+    For a cluster URL: a ``RedisCluster`` (typed as ``Redis``: it offers the same commands;
+    pipelines are split by node, never transactional across slots). It follows ``MOVED`` and
+    ``ASK`` and re-reads the slot map after a failover.
     """
+    if (cluster := cluster_address(url)) is not None:
+        return cast(Redis, _create_cluster(cluster, socket_timeout=socket_timeout))
     pool = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -54,3 +119,31 @@ async def ensure_group(redis: Redis, stream: str, group: str) -> bool:
             raise
         return False
     return True
+
+
+def _create_cluster(cluster: ClusterAddress, *, socket_timeout: float | None) -> RedisCluster:
+    return RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in cluster.nodes],
+        username=cluster.username,
+        password=cluster.password,
+        ssl=cluster.ssl,
+        max_connections=CLUSTER_CONNECTIONS_PER_NODE,
+        socket_timeout=socket_timeout,
+        decode_responses=True,
+        **retry_options(),
+    )
+
+
+def create_broker(url: str, **options: Any) -> RedisBroker:
+    """A FastStream broker for ``url`` (``RedisClusterBroker`` on a cluster), retrying commands."""
+    if (cluster := cluster_address(url)) is None:
+        return RedisBroker(url, **retry_options(), **options)
+    (host, port), *_ = cluster.nodes
+    return RedisClusterBroker(
+        cluster.node_url(host, port).removesuffix("/0"),
+        startup_nodes=list(cluster.nodes),
+        ssl=cluster.ssl,
+        max_connections=CLUSTER_CONNECTIONS_PER_NODE,
+        **retry_options(),
+        **options,
+    )

@@ -31,7 +31,7 @@ from redis.asyncio.client import Pipeline
 
 from echotune.common.keys import Keys
 from echotune.common.messages import SCHEMA_VERSION, StartEvent, encode_event
-from echotune.common.scripts import Arg, Script, execute
+from echotune.common.scripts import Arg, Script, execute, load_all
 
 _OPEN = Script("""
 local meta, events, reader = KEYS[1], KEYS[2], KEYS[3]
@@ -253,10 +253,7 @@ class RequestStreams:
 
     async def load_scripts(self) -> None:
         """Load every script up front (they are reloaded on ``NOSCRIPT`` anyway)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for script in SCRIPTS:
-                pipe.script_load(script.source)
-            await pipe.execute()
+        await load_all(self.redis, SCRIPTS)
 
     def events_key(self, request_id: str) -> str:
         return self.keys.events(request_id)

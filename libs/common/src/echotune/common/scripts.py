@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import NoScriptError
 
 Arg = str | int | float
@@ -33,7 +35,28 @@ class Script:
 
     def queue(self, pipe: Pipeline, keys: list[str], args: list[Arg]) -> None:
         """Add a call to ``pipe``; run the pipeline with :func:`execute`."""
-        pipe.evalsha(self.sha, len(keys), *keys, *args)
+        # Not pipe.evalsha: a cluster pipeline refuses it, while the raw command is routed
+        # by its keys' slot like any other.
+        pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+async def load_all(redis: Redis, scripts: Sequence[Script]) -> None:
+    """Load ``scripts`` (on every primary of a cluster: one may be asked any of them)."""
+    if isinstance(redis, RedisCluster):  # SCRIPT LOAD goes to all primaries, not pipelined
+        for script in scripts:
+            await redis.script_load(script.source)
+        return
+    async with redis.pipeline(transaction=False) as pipe:
+        for script in scripts:
+            pipe.script_load(script.source)
+        await pipe.execute()
+
+
+def _queued(pipe: Pipeline) -> list[tuple[Any, ...]]:
+    """The arguments of each command queued in ``pipe`` (a cluster pipeline keeps its own)."""
+    if isinstance(pipe, ClusterPipeline):
+        return [command.args for command in pipe._execution_strategy._command_queue]
+    return [args for args, _ in pipe.command_stack]
 
 
 async def execute(redis: Redis, pipe: Pipeline, scripts: list[Script | None]) -> list[Any]:
@@ -42,12 +65,12 @@ async def execute(redis: Redis, pipe: Pipeline, scripts: list[Script | None]) ->
     A script call answered ``NOSCRIPT`` is loaded and run again on its own; other errors are
     returned in place, as with ``raise_on_error=False``.
     """
-    commands = list(pipe.command_stack)
+    commands = _queued(pipe)
     results: list[Any] = await pipe.execute(raise_on_error=False)
     for index, result in enumerate(results):
         script = scripts[index] if index < len(scripts) else None
         if isinstance(result, NoScriptError) and script is not None:
-            args = commands[index][0]  # ("EVALSHA", sha, numkeys, *keys, *args)
+            args = commands[index]  # ("EVALSHA", sha, numkeys, *keys, *args)
             numkeys = int(args[2])
             keys = [str(k) for k in args[3 : 3 + numkeys]]
             rest: list[Arg] = [str(a) for a in args[3 + numkeys :]]

@@ -10,11 +10,10 @@ from contextlib import asynccontextmanager
 import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from faststream.redis import RedisBroker
 
 from echotune.common import job_queue, tracing
 from echotune.common.breaker import CircuitBreakers
-from echotune.common.redis import create_redis, retry_options
+from echotune.common.redis import create_broker, create_redis
 from echotune.common.request_stream import RequestStreams
 from echotune.gateway import analytics_docs, health, metrics, observability, proxy
 from echotune.gateway.auth import routes as auth_routes
@@ -45,8 +44,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     relay = StreamRelay(
         settings.redis_url, keys, block_ms=settings.relay_block_ms, batch=settings.relay_batch
     )
-    broker = RedisBroker(
-        settings.redis_url, **retry_options(), logger=logging.getLogger("echotune.gateway.broker")
+    broker = create_broker(
+        settings.redis_url, logger=logging.getLogger("echotune.gateway.broker")
     )
     await broker.connect()
     await job_queue.ensure_group(redis, keys)

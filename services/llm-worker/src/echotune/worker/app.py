@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from echotune.common import tracing
 from echotune.common.keys import JOBS_GROUP
 from echotune.common.logs import configure_logging
-from echotune.common.redis import retry_options
+from echotune.common.redis import create_broker
 from echotune.worker import handlers
 from echotune.worker.handlers import WorkerDep
 from echotune.worker.metrics import WorkerMetrics
@@ -71,9 +71,8 @@ def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
     configure_logging("llm-worker", settings.log_level, settings.log_format)
     tracing.configure_tracing("echotune-llm-worker")
     metrics = WorkerMetrics()
-    broker = RedisBroker(
+    broker = create_broker(
         settings.redis_url,
-        **retry_options(),
         middlewares=[ExceptionMiddleware(handlers={ValidationError: handlers.refuse_unreadable})],
         logger=logging.getLogger("echotune.worker.broker"),
         graceful_timeout=settings.drain_s,

@@ -23,7 +23,7 @@ from faststream.redis import RedisBroker, StreamSub
 
 from echotune.common.keys import TELEMETRY_GROUP
 from echotune.common.logs import configure_logging
-from echotune.common.redis import retry_options
+from echotune.common.redis import create_broker
 from echotune.telemetry import handlers
 from echotune.telemetry.consumer import reclaimer_of
 from echotune.telemetry.metrics import Metrics
@@ -60,9 +60,8 @@ def create_app(settings: TelemetrySettings | None = None) -> AsgiFastStream:
     """The telemetry writer as an ASGI FastStream app."""
     settings = settings or TelemetrySettings()
     configure_logging("telemetry", settings.log_level, settings.log_format)
-    broker = RedisBroker(
+    broker = create_broker(
         settings.redis_url,
-        **retry_options(),
         logger=logging.getLogger("echotune.telemetry.broker"),
         log_level=logging.DEBUG,  # one line per batch is noise; anomalies are logged anyway
         graceful_timeout=settings.shutdown_grace_s,

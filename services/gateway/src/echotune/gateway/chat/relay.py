@@ -3,7 +3,8 @@
 Each open SSE response subscribes to its request's stream; a single task issues one
 blocking ``XREAD`` over all subscribed streams on a dedicated connection and fans the
 entries out to the subscribers' queues. A new subscription wakes the blocked read by
-writing to this process's own wake-up stream, which is part of every ``XREAD``.
+writing to this process's own wake-up stream, which is part of every ``XREAD``. On a Redis
+Cluster the reads go per node instead (``cluster_reads.py``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from redis.exceptions import RedisError
 
 from echotune.common.keys import Keys
 from echotune.common.messages import EventType
-from echotune.common.redis import create_redis
+from echotune.common.redis import create_redis, is_cluster
+from echotune.gateway.chat.cluster_reads import ClusterReads
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,11 @@ class StreamRelay:
     """Multiplexes the XREADs of all open streams of this process onto one connection."""
 
     def __init__(self, redis_url: str, keys: Keys, *, block_ms: int, batch: int) -> None:
+        self._cluster: ClusterReads | None = None
+        if is_cluster(redis_url):
+            self._cluster = ClusterReads(
+                redis_url, self._position, self._deliver, batch=batch, resync_s=block_ms / 1000
+            )
         self._redis: Redis = create_redis(
             redis_url, max_connections=1, socket_timeout=block_ms / 1000 + 5
         )
@@ -94,11 +101,16 @@ class StreamRelay:
         return [next(iter(subs)).request_id for subs in self._subs.values() if subs]
 
     async def start(self) -> None:
+        if self._cluster is not None:
+            await self._cluster.start()
+            return
         self._task = asyncio.create_task(self._run(), name="stream-relay")
 
     async def stop(self) -> None:
         self._stopping = True
-        if self._task:
+        if self._cluster is not None:
+            await self._cluster.stop()
+        elif self._task:
             # redis-py can swallow a cancellation that lands as it sends a command (its
             # wait_for, Python 3.11): then the flag ends the loop once a wake-up ends the read.
             self._task.cancel()
@@ -106,8 +118,9 @@ class StreamRelay:
             if pending:
                 await self._wake()
                 await asyncio.wait(pending, timeout=self._block_ms / 1000 + 1)
-        with contextlib.suppress(RedisError):
-            await self._waker.delete(self._wakeup_key)
+        if self._cluster is None:
+            with contextlib.suppress(RedisError):
+                await self._waker.delete(self._wakeup_key)
         await self._redis.aclose()
         await self._waker.aclose()
 
@@ -115,7 +128,9 @@ class StreamRelay:
         """Relay the events after ``after_id``; the blocked read is woken in the background."""
         sub = Subscription(request_id, self._keys.events(request_id), after_id)
         self._subs.setdefault(sub.key, set()).add(sub)
-        if not self._wake_pending:
+        if self._cluster is not None:
+            self._cluster.watch(sub.key)
+        elif not self._wake_pending:
             self._wake_pending = True
             task = asyncio.create_task(self._wake())
             self._waking.add(task)
@@ -166,6 +181,14 @@ class StreamRelay:
                     self._wakeup_last = entries[-1][0]
                 else:
                     self._dispatch(key, entries, parse_stream_id(positions[key]))
+
+    def _position(self, key: str) -> str | None:
+        """Where the slowest reader of ``key`` is (``None``: nobody reads it)."""
+        subs = self._subs.get(key)
+        return min((s.last_id for s in subs), key=parse_stream_id) if subs else None
+
+    def _deliver(self, key: str, entries: list[tuple[str, dict[str, str]]], after: str) -> None:
+        self._dispatch(key, entries, parse_stream_id(after))
 
     def _dispatch(
         self, key: str, entries: list[tuple[str, dict[str, str]]], read_after: StreamId
