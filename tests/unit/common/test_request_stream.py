@@ -7,6 +7,7 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 
+from deploy.local.servers import RedisClusterServers
 from echotune.common.keys import Keys
 from echotune.common.messages import (
     DoneEvent,
@@ -18,7 +19,7 @@ from echotune.common.messages import (
     encode_event,
 )
 from echotune.common.redis import create_redis
-from echotune.common.request_stream import UNTAKEN, Final, Opened, RequestStreams, Take
+from echotune.common.request_stream import UNTAKEN, Batch, Final, Opened, RequestStreams, Take
 from tests.support.flaky_proxy import reply_dropping_proxy
 
 
@@ -128,3 +129,27 @@ async def test_an_open_whose_reply_was_lost_is_still_started(
     assert proxy.dropped == 1
     assert opened.state is Opened.STARTED
     assert opened.start_id
+
+
+@pytest.mark.cluster
+async def test_appends_of_many_requests_in_one_pipeline_on_a_cluster(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    """The worker's flusher appends to requests in every slot with one pipelined call."""
+    namespace = f"t{uuid.uuid4().hex[:8]}"
+    cluster_redis = create_redis(redis_cluster.url)
+    streams = RequestStreams(
+        cluster_redis, Keys(namespace), request_ttl_s=60, final_ttl_s=60, reader_ttl_ms=5000
+    )
+    await streams.load_scripts()
+    rids = [f"r-{n}-{uuid.uuid4().hex[:6]}" for n in range(10)]
+    start = StartEvent(request_id="x", provider="demo", model="m")
+    for rid in rids:
+        await streams.open(rid, "fp", "u", start)
+        assert (await streams.take(rid, "w")).epoch == 1
+    batches = [Batch(rid, 1, 1, [("delta", '{"delta": "a"}'), ("delta", "{}")]) for rid in rids]
+    results = await streams.append_many(batches)
+    assert [r for r in results if isinstance(r, Exception) or r.refused] == [], results
+    for rid in rids:
+        assert await cluster_redis.xlen(Keys(namespace).events(rid)) == 3
+    await cluster_redis.aclose()

@@ -1,0 +1,68 @@
+"""Client factories: one Redis or a cluster, by URL; a cluster broker hears every node."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from deploy.local.servers import RedisClusterServers
+from echotune.common.keys import Keys
+from echotune.common.messages import StartEvent
+from echotune.common.redis import ClusterAddress, cluster_address, create_broker, create_redis
+from echotune.common.request_stream import RequestStreams
+
+
+@pytest.fixture
+async def cluster_redis(redis_cluster: RedisClusterServers) -> AsyncIterator[Redis]:
+    client = create_redis(redis_cluster.url)
+    yield client
+    await client.aclose()
+
+
+def test_a_cluster_url_names_its_seed_nodes_and_credentials() -> None:
+    assert cluster_address("redis://127.0.0.1:6379/0") is None
+    assert cluster_address("redis+cluster://a:7000,b:7001") == ClusterAddress(
+        (("a", 7000), ("b", 7001))
+    )
+    tls = cluster_address("rediss+cluster://me:s%40cret@10.0.0.1:6380/")
+    assert tls == ClusterAddress((("10.0.0.1", 6380),), "me", "s@cret", ssl=True)
+    assert tls.node_url("10.0.0.2", 6381) == "rediss://me:s@cret@10.0.0.2:6381/0"
+    with pytest.raises(ValueError, match="host:port"):
+        cluster_address("redis+cluster://nohostport")
+    with pytest.raises(ValueError, match="database 0"):
+        cluster_address("redis+cluster://a:7000/3")
+
+
+@pytest.mark.cluster
+async def test_a_cancel_announced_from_a_script_reaches_a_cluster_broker_subscriber(
+    redis_cluster: RedisClusterServers, cluster_redis: Redis
+) -> None:
+    """PUBLISH inside the cancel script goes to every node: a worker subscribed through any
+    node hears it."""
+    namespace = f"t{uuid.uuid4().hex[:8]}"
+    keys = Keys(namespace)
+    streams = RequestStreams(
+        cluster_redis, keys, request_ttl_s=60, final_ttl_s=60, reader_ttl_ms=5000
+    )
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    broker = create_broker(redis_cluster.url)
+
+    @broker.subscriber(channel=keys.cancel_channel)
+    async def on_cancel(body: str) -> None:
+        await heard.put(body)
+
+    await broker.start()
+    try:
+        for n in range(6):  # requests in slots of every node
+            rid = f"c-{n}-{uuid.uuid4().hex[:6]}"
+            start = StartEvent(request_id=rid, provider="demo", model="m")
+            await streams.open(rid, "fp", "u", start)
+            assert (await streams.cancel(rid, "u")).state == "cancelling"
+            async with asyncio.timeout(10):
+                assert await heard.get() == rid
+    finally:
+        await broker.stop()
