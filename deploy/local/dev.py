@@ -1,6 +1,7 @@
 """`make dev`: the whole system on this machine, no Docker needed; Ctrl-C stops it all.
 
-Redis comes from ECHOTUNE_REDIS_URL if set, else a local server process is started; MongoDB
+Redis comes from ECHOTUNE_REDIS_URL if set, else a local server process is started (with
+ECHOTUNE_REDIS_CLUSTER=1: a local Redis Cluster of 3 primaries and 3 replicas); MongoDB
 (for the telemetry writer) from ECHOTUNE_MONGODB_URL if set, else a SecantusDB process. With
 ECHOTUNE_LOCAL_MODEL=1 (`make dev-local`) a local model answers too (deploy/local/local_model.py).
 
@@ -30,7 +31,12 @@ from deploy.local.processes import (
     start_telemetry,
     start_worker,
 )
-from deploy.local.servers import RedisServer, SecantusServer
+from deploy.local.servers import (
+    RedisClusterServers,
+    RedisServer,
+    SecantusServer,
+    wanted_cluster,
+)
 from echotune.gateway.auth.keys import PREFIX, parse_key_id
 
 HOST = os.environ.get("ECHOTUNE_DEV_HOST", "127.0.0.1")
@@ -81,7 +87,7 @@ class DevStack:
         self.env = {"ECHOTUNE_DEV_API_KEY": api_key}
         self.urls: dict[str, str] = {}
         self.services: list[ServiceProcess] = []
-        self.servers: list[RedisServer | SecantusServer] = []
+        self.servers: list[RedisServer | RedisClusterServers | SecantusServer] = []
         self.dirs = contextlib.ExitStack()
 
     async def start(self) -> None:
@@ -107,7 +113,8 @@ class DevStack:
     async def _infrastructure(self) -> None:
         redis_url = os.environ.get("ECHOTUNE_REDIS_URL")
         if not redis_url:
-            redis = RedisServer(self.dirs.enter_context(tempfile.TemporaryDirectory()))
+            workdir = self.dirs.enter_context(tempfile.TemporaryDirectory())
+            redis = RedisClusterServers(workdir) if wanted_cluster() else RedisServer(workdir)
             self.servers.append(redis)
             redis_url = await _in_thread(redis.start)
         mongodb_url = os.environ.get("ECHOTUNE_MONGODB_URL")
