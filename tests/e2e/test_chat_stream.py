@@ -31,6 +31,7 @@ def assert_well_formed(result: StreamResult, rid: str) -> None:
     assert ids == sorted(set(ids)), "ids strictly increase"
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("provider", ["fake-openai", "fake-anthropic", "fake-gemini"])
 async def test_answer_streams_token_by_token(
     stack: Stack, client: httpx.AsyncClient, upstream: FakeUpstream, rid: str, provider: str
@@ -60,6 +61,7 @@ async def test_answer_streams_token_by_token(
     assert seen[0]["headers"]["x-request-id"] == rid
 
 
+@pytest.mark.cluster
 async def test_post_with_json_body(
     stack: Stack, client: httpx.AsyncClient, upstream: FakeUpstream, rid: str
 ) -> None:
@@ -94,6 +96,7 @@ async def cancel(client: httpx.AsyncClient, stack: Stack, rid: str) -> tuple[int
     return stamp, response
 
 
+@pytest.mark.cluster
 async def test_cancel_closes_the_upstream_connection_at_once(
     stack: Stack, client: httpx.AsyncClient, upstream: FakeUpstream, rid: str
 ) -> None:
@@ -123,6 +126,7 @@ async def test_cancel_closes_the_upstream_connection_at_once(
     assert 0 < delay_ms < 500
 
 
+@pytest.mark.cluster
 async def test_cancel_before_the_first_token(
     stack: Stack, client: httpx.AsyncClient, upstream: FakeUpstream, rid: str, redis: Redis
 ) -> None:
@@ -154,6 +158,7 @@ async def upstream_connected(upstream: FakeUpstream, rid: str) -> None:
     assert await upstream.requests(rid, until="started")
 
 
+@pytest.mark.cluster
 async def test_resume_on_another_gateway_loses_and_repeats_nothing(
     stack: Stack, client: httpx.AsyncClient, upstream: FakeUpstream, rid: str
 ) -> None:
@@ -185,6 +190,7 @@ async def test_resume_on_another_gateway_loses_and_repeats_nothing(
     assert len(await upstream.requests(rid)) == 1, "a reconnect starts no new job"
 
 
+@pytest.mark.cluster
 async def test_request_id_reused_for_another_message_is_refused(
     stack: Stack, client: httpx.AsyncClient, rid: str
 ) -> None:
@@ -200,6 +206,7 @@ async def test_request_id_reused_for_another_message_is_refused(
     assert clash.json()["error"]["code"] == "request_id_conflict"
 
 
+@pytest.mark.cluster
 async def test_disconnect_is_not_a_cancel_but_an_abandoned_stream_stops(
     stack: Stack, client: httpx.AsyncClient, upstream: FakeUpstream, rid: str, redis: Redis
 ) -> None:

@@ -6,6 +6,7 @@ import signal
 import time
 
 import httpx
+import pytest
 
 from echotune.fake_llm import FakeUpstream
 from tests.support.sse import Frame, frames, read_stream
@@ -34,6 +35,7 @@ async def stream_until(
     return collected, acted_at
 
 
+@pytest.mark.cluster
 async def test_killed_worker_job_is_reclaimed_and_restarted(
     redis_server_url: str,
     fake_llm: str,

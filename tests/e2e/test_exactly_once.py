@@ -80,6 +80,7 @@ async def test_jobs_held_under_a_backlog_are_never_run_twice(
         await stack.stop()
 
 
+@pytest.mark.cluster
 async def test_a_cancel_whose_announcement_was_lost_still_stops_the_answer(
     stack: Stack, client: httpx.AsyncClient, upstream: FakeUpstream, redis: Redis, rid: str
 ) -> None:
@@ -105,6 +106,7 @@ async def test_a_cancel_whose_announcement_was_lost_still_stops_the_answer(
     assert took < 5.0, "a lost announcement delays a cancel by about a second, not 10 s"
 
 
+@pytest.mark.cluster
 async def test_identical_starts_racing_all_get_the_one_answer(
     stack: Stack, client: httpx.AsyncClient, upstream: FakeUpstream, rid: str
 ) -> None:

@@ -14,6 +14,7 @@ TOKENS = ["Blue", " in", " Green"]
 ASK = [{"role": "user", "content": "a jazz album?"}]
 
 
+@pytest.mark.cluster
 async def test_streaming(sdk: AsyncOpenAI, upstream: FakeUpstream, rid: str) -> None:
     await upstream.script(rid, {"tokens": TOKENS})
     stream = await sdk.chat.completions.create(
@@ -34,6 +35,7 @@ async def test_streaming(sdk: AsyncOpenAI, upstream: FakeUpstream, rid: str) -> 
     assert seen["json"]["messages"][-1] == {"role": "user", "content": "a jazz album?"}
 
 
+@pytest.mark.cluster
 async def test_non_streaming_with_history(
     sdk: AsyncOpenAI, upstream: FakeUpstream, rid: str
 ) -> None:
@@ -66,6 +68,7 @@ async def test_rate_limit_is_absorbed_by_our_retry(
     assert len(await upstream.requests(rid, count=2)) == 2
 
 
+@pytest.mark.cluster
 async def test_failover_is_invisible_to_the_client(
     sdk: AsyncOpenAI, upstream: FakeUpstream, rid: str
 ) -> None:
@@ -81,6 +84,7 @@ async def test_failover_is_invisible_to_the_client(
     assert paths[-1] == "/v1/messages", "the anthropic fallback answered"
 
 
+@pytest.mark.cluster
 async def test_closing_the_stream_cancels_upstream(
     sdk: AsyncOpenAI, upstream: FakeUpstream, rid: str
 ) -> None:

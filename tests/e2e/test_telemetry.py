@@ -176,6 +176,7 @@ async def test_duplicates_are_stored_and_counted_once(
     assert after[name] - before[name] == 2
 
 
+@pytest.mark.cluster
 async def test_malformed_events_are_dead_lettered_with_a_reason(
     harness: TelemetryHarness, writer: str
 ) -> None:

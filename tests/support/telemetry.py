@@ -22,6 +22,7 @@ from echotune.common.histogram import merge, quantile
 from echotune.common.keys import TELEMETRY_GROUP, Keys
 from echotune.common.messages import TelemetryEvent
 from echotune.common.mongo import PROVIDER_ROLLUPS, PROVIDER_TELEMETRY, create_mongo
+from echotune.common.redis import create_broker, create_redis
 from echotune.common.rollup_layout import minute_of, rollup_id
 
 Document = dict[str, Any]
@@ -72,11 +73,11 @@ class TelemetryHarness:
     @classmethod
     async def create(cls, redis_url: str, mongo_server_url: str) -> TelemetryHarness:
         namespace = f"t{uuid.uuid4().hex[:10]}"
-        broker = RedisBroker(redis_url)
+        broker = create_broker(redis_url)
         await broker.connect()
         mongo_url = with_database(mongo_server_url, namespace)
         mongo = create_mongo(mongo_url)
-        redis = Redis.from_url(redis_url, decode_responses=True)
+        redis = create_redis(redis_url, max_connections=8)
         return cls(redis_url, mongo_url, namespace, redis, broker, mongo)
 
     async def close(self) -> None:
