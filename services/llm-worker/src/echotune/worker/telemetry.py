@@ -19,6 +19,9 @@ from echotune.common.messages import (
 )
 
 log = logging.getLogger(__name__)
+PUBLISH_FOR_S = 60.0
+"""How long an event is offered to Redis before it is given up: longer than a Redis Cluster
+failover (node timeout + election). A retry may publish it twice; the writer stores it once."""
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -106,13 +109,25 @@ class TelemetryPublisher:
         task.add_done_callback(self._pending.discard)
 
     async def _send(self, event: TelemetryEvent) -> None:
-        try:
-            body = event.model_dump(mode="json", by_alias=True)
-            await self._broker.publish(body, stream=self._stream, maxlen=self._maxlen)
-        except Exception:
-            log.exception("telemetry event %s not published", event.event_id)
+        body = event.model_dump(mode="json", by_alias=True)
+        give_up_at, pause = time.monotonic() + PUBLISH_FOR_S, 0.25
+        while True:
+            try:
+                await self._broker.publish(body, stream=self._stream, maxlen=self._maxlen)
+                return
+            except Exception as exc:
+                if time.monotonic() + pause > give_up_at:
+                    log.exception("telemetry event %s not published", event.event_id)
+                    return
+                log.warning("telemetry event %s not published yet: %s", event.event_id, exc)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 4.0)
 
-    async def flush(self) -> None:
-        """Wait for events still being published (at shutdown)."""
+    async def flush(self, timeout_s: float = 10.0) -> None:
+        """Wait for events still being published (at shutdown), ``timeout_s`` at most."""
         if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+            _, late = await asyncio.wait(self._pending, timeout=timeout_s)
+            for task in late:
+                task.cancel()
+            if late:
+                log.error("%d telemetry events not published before shutdown", len(late))
