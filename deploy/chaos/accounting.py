@@ -130,6 +130,7 @@ def designed_ttls(settings: dict[str, str]) -> dict[str, float]:
         "open-streams": int(2 * window) + 60,  # gateway limits.py: lapse_s + 60
         "breaker-window": float(settings["ECHOTUNE_BREAKER_WINDOW_S"]),  # common breaker.py
         "live-stats": 600,  # common live_stats.py RETENTION_MIN
+        "profile-cache": 60,  # worker settings.py profile_cache_s
         "gateway-wakeup": 3600,  # gateway chat/relay.py (a gateway killed before its stop)
         "listening-profile": float(settings.get("ECHOTUNE_WORKER_PROFILE_CACHE_S", 60)),
     }

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, ResponseError
 
 from echotune.common.keys import TELEMETRY_GROUP, Keys
@@ -132,6 +133,7 @@ def key_families(keys: Keys) -> list[tuple[str, str]]:
         (keys.breaker("*") + ":fail", "breaker-window"),
         (keys.breaker("*"), "breaker"),
         (f"{keys.namespace}:live:*", "live-stats"),
+        (keys.profile("*", "*"), "profile-cache"),
         (keys.gateway_wakeup("*"), "gateway-wakeup"),
         (keys.telemetry_dead_letters, "telemetry-dlq"),
         (keys.telemetry, "telemetry-stream"),
@@ -170,13 +172,18 @@ async def snapshot(redis: Redis, keys: Keys) -> dict[str, Any]:
         found[name]["family"] = family_of(name, families)
         if kind == "stream":
             found[name]["length"] = await redis.xlen(name)
+    memory = await memory_figures(redis)
+    return {"t": time.time(), "keys": found, **memory}
+
+
+async def memory_figures(redis: Redis) -> dict[str, int]:
+    """``used_memory`` and ``used_memory_dataset`` (summed over the primaries of a cluster)."""
+    names = ("used_memory", "used_memory_dataset")
+    if isinstance(redis, RedisCluster):
+        nodes = await redis.info("memory", target_nodes=RedisCluster.PRIMARIES)
+        return {name: sum(int(info[name]) for info in nodes.values()) for name in names}
     memory = await redis.info("memory")
-    return {
-        "t": time.time(),
-        "keys": found,
-        "used_memory": memory["used_memory"],
-        "used_memory_dataset": memory["used_memory_dataset"],
-    }
+    return {name: int(memory[name]) for name in names}
 
 
 LINGERING = ("live-stats", "gateway-wakeup")  # designed TTLs longer than any wait here

@@ -53,6 +53,11 @@ class FaultInjector:
             record.target = "redis"
             graceful = fault.kind == "redis_restart"
             await self._restart(record, lambda: stack.restart_redis(graceful=graceful))
+        elif fault.kind == "redis_failover":
+            record.target = "redis"
+            what, took_s = await stack.fail_over_redis(fault.target)
+            record.note = f"{what} {took_s:.1f} s"
+            record.t_up_ns = now_ns()
         elif fault.kind == "mongo_restart":
             record.target = "mongodb"
             await stack.stop_mongo()

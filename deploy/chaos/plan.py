@@ -20,6 +20,12 @@ FAULT_KINDS = (
     "mongo_restart",  # stop the MongoDB server, start it again a few seconds later
     "breaker_trip",  # the fake upstream answers 503 to one provider's model for a while
 )
+# On a Redis Cluster (--redis-cluster) a Redis fault is a failover: SIGKILL a primary, its
+# replica takes over, the killed node comes back as a replica.
+CLUSTER_FAULT_KINDS = (
+    *(k for k in FAULT_KINDS if k not in ("redis_restart", "redis_kill")),
+    "redis_failover",
+)
 WORDS = (
     "amber", "bass", "cello", "drum", "echo", "flute", "groove", "harp", "indie", "jazz",
     "kora", "lute", "mellow", "noise", "oboe", "piano", "quiet", "reed", "swing", "tempo",
@@ -28,6 +34,9 @@ PROMPTS = (
     "music for a rainy evening", "three albums to focus", "something like Nick Drake",
     "a playlist for a long drive", "jazz for beginners", "songs about the sea",
 )  # fmt: skip
+
+
+PRIMARIES = 3  # of the local Redis Cluster of a --redis-cluster run
 
 
 def model_of(provider: str) -> str:
@@ -107,10 +116,17 @@ class Plan:
 
 
 def make_plan(
-    seed: int, duration_s: float, *, rate: float = 1.2, workers: int = 3, gateways: int = 2
+    seed: int,
+    duration_s: float,
+    *,
+    rate: float = 1.2,
+    workers: int = 3,
+    gateways: int = 2,
+    fault_kinds: tuple[str, ...] = FAULT_KINDS,
 ) -> Plan:
     """Requests arrive as a Poisson process of ``rate`` per second with occasional bursts
-    (which fill the workers' slots); a fault every 4–9 s, every kind once before any repeats."""
+    (which fill the workers' slots); a fault every 4–9 s, every kind of ``fault_kinds`` once
+    before any repeats."""
     rng = random.Random(seed)
     requests: list[RequestPlan] = []
     t = 0.5
@@ -118,7 +134,8 @@ def make_plan(
         for _ in range(rng.randint(6, 10) if rng.random() < 0.06 else 1):
             requests.append(_request(rng, seed, len(requests), t, gateways))
         t += rng.expovariate(rate)
-    return Plan(seed, duration_s, requests, _faults(rng, duration_s, workers, gateways))
+    faults = _faults(rng, duration_s, workers, gateways, fault_kinds)
+    return Plan(seed, duration_s, requests, faults)
 
 
 def _request(rng: random.Random, seed: int, index: int, at_s: float, gateways: int) -> RequestPlan:
@@ -199,19 +216,22 @@ def _fault_step(rng: random.Random) -> dict[str, Any]:
     return {**answer, "malformed_after": rng.randint(0, 6)}
 
 
-def _faults(rng: random.Random, duration_s: float, workers: int, gateways: int) -> list[FaultPlan]:
+def _faults(
+    rng: random.Random, duration_s: float, workers: int, gateways: int, fault_kinds: tuple[str, ...]
+) -> list[FaultPlan]:
     faults: list[FaultPlan] = []
     kinds: list[str] = []
     t = rng.uniform(3, 6)
     while t < duration_s - 3:
         if not kinds:
-            kinds = rng.sample(FAULT_KINDS, len(FAULT_KINDS))
+            kinds = rng.sample(fault_kinds, len(fault_kinds))
         kind = kinds.pop()
         target = {
             "worker_kill": workers,
             "worker_term": workers,
             "gateway_kill": gateways,
             "breaker_trip": len(PROVIDERS),
+            "redis_failover": PRIMARIES,
         }.get(kind, 1)
         down = rng.uniform(4, 8) if kind == "breaker_trip" else rng.uniform(0.5, 3.0)
         faults.append(FaultPlan(len(faults), round(t, 3), kind, rng.randrange(target), down))

@@ -11,7 +11,7 @@ from typing import Any
 from deploy.chaos.evidence import Evidence
 from deploy.chaos.findings import INVARIANTS, Findings, final_of, label
 from deploy.chaos.history import History
-from deploy.chaos.plan import FAULT_KINDS
+from deploy.chaos.plan import CLUSTER_FAULT_KINDS, FAULT_KINDS
 
 SHOWN_PER_INVARIANT = 25
 
@@ -74,12 +74,29 @@ def summary(history: History, evidence: Evidence, findings: Findings) -> dict[st
     }
 
 
+_KIND_ORDER = [*FAULT_KINDS, *(k for k in CLUSTER_FAULT_KINDS if k not in FAULT_KINDS)]
+DURABILITY = (
+    "  (Redis restarts keep every acknowledged write: AOF with appendfsync always, SIGTERM "
+    "or kill -9; Redis losing data is a different fault and is not injected)"
+)
+CLUSTER_DURABILITY = (
+    "  (Redis Cluster: 3 primaries with a replica each, asynchronous replication; a failover "
+    "SIGKILLs a primary and its replica takes over: a write acknowledged within the "
+    "replication lag before the kill could be lost - none is, when this run passes)"
+)
+
+
 def render(history: History, evidence: Evidence, findings: Findings) -> str:
     s = summary(history, evidence, findings)
     seed, duration = history.seed, history.duration_s
+    cluster = history.redis.get("mode") == "cluster"
+    kinds = sorted({f["kind"] for f in history.plan["faults"]}, key=_KIND_ORDER.index)
+    replay = f"--seed {seed} --duration {duration:.0f}"
+    if cluster:
+        replay += f" --redis-cluster --faults {','.join(kinds)}"
     lines = [
         f"echotune chaos run: seed {seed}, {duration:.0f} s of traffic "
-        f'(replay: make chaos ARGS="--seed {seed} --duration {duration:.0f}")',
+        f'(replay: make chaos ARGS="{replay}")',
         _machine(history.load),
         f"requests: {s['requests']} ({_counts(s['requests_by_kind'])}); sessions "
         f"{s['sessions']} ({s['duplicates']} duplicate starts); {s['with_cancel']} with a "
@@ -88,9 +105,8 @@ def render(history: History, evidence: Evidence, findings: Findings) -> str:
         f"upstream attempts: {s['attempts']} ({_counts(s['attempts_by_outcome'])}); reclaimed "
         f"jobs {s['reclaims']}; restarts with discard_partial {s['discarded']}; breaker: "
         f"{_counts(s['breaker'])}",
-        "faults: " + ", ".join(f"{k} {s['faults'].get(k, 0)}" for k in FAULT_KINDS),
-        "  (Redis restarts keep every acknowledged write: AOF with appendfsync always, SIGTERM "
-        "or kill -9; Redis losing data is a different fault and is not injected)",
+        "faults: " + ", ".join(f"{k} {s['faults'].get(k, 0)}" for k in kinds),
+        CLUSTER_DURABILITY if cluster else DURABILITY,
     ]
     t0 = history.t0_ns
     lines += [

@@ -1,7 +1,8 @@
 """Runs a chaos run end to end: plan, stack, traffic and faults, drain, collection, checks.
 
-``python -m deploy.chaos [--seed N] [--duration S] [--out DIR] [--ttl-wait full|skip]``, or
-``--recheck DIR`` to check a recorded ``history.json`` again. Exit status: 0 without a
+``python -m deploy.chaos [--seed N] [--duration S] [--out DIR] [--ttl-wait full|skip]
+[--redis-cluster] [--faults KIND,…]``, or ``--recheck DIR`` to check a recorded ``history.json``
+again. Exit status: 0 without a
 violation, 1 with violations, 2 when the run itself could not be carried out.
 """
 
@@ -32,7 +33,7 @@ from deploy.chaos.evidence import Evidence
 from deploy.chaos.faults import FaultInjector
 from deploy.chaos.findings import Findings
 from deploy.chaos.history import History, now_ns
-from deploy.chaos.plan import make_plan
+from deploy.chaos.plan import CLUSTER_FAULT_KINDS, FAULT_KINDS, make_plan
 from deploy.chaos.report import render, summary
 from deploy.chaos.stack import NAMESPACE, TUNING, ChaosStack
 from deploy.local.processes import ROOT
@@ -55,7 +56,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ttl-wait", choices=("full", "skip"), default="full", help="wait for the TTLs"
     )
     parser.add_argument("--recheck", type=Path, default=None, help="check a recorded run")
+    parser.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="a local Redis Cluster (3 primaries, 3 replicas); Redis faults are failovers",
+    )
+    parser.add_argument(
+        "--faults", default=None, help="only these fault kinds (comma-separated); default: all"
+    )
     return parser.parse_args(argv)
+
+
+def fault_kinds(args: argparse.Namespace) -> tuple[str, ...]:
+    """The fault kinds of the run: every kind of its Redis mode, or those ``--faults`` names."""
+    every = CLUSTER_FAULT_KINDS if args.redis_cluster else FAULT_KINDS
+    if args.faults is None:
+        return every
+    chosen = tuple(k.strip() for k in args.faults.split(",") if k.strip())
+    if unknown := [k for k in chosen if k not in every]:
+        raise SystemExit(f"unknown fault kinds {unknown}; choose among {', '.join(every)}")
+    return chosen
 
 
 def check(history: History) -> tuple[Evidence, Findings]:
@@ -92,10 +112,11 @@ def conclude(history: History, out: Path) -> int:
 
 
 async def execute(args: argparse.Namespace, seed: int, workdir: Path) -> History:
-    plan = make_plan(seed, args.duration, rate=args.rate)
+    plan = make_plan(seed, args.duration, rate=args.rate, fault_kinds=fault_kinds(args))
     history = History(seed, args.duration, time.time() - time.monotonic(), 0, plan.to_dict())
     history.load["tuning"] = TUNING
-    stack = ChaosStack(workdir)
+    history.redis["mode"] = "cluster" if args.redis_cluster else "single"
+    stack = ChaosStack(workdir, cluster=args.redis_cluster)
     keys = Keys(NAMESPACE)
     began = time.monotonic()
     try:

@@ -3,6 +3,9 @@
 Redis runs with an append-only file and ``appendfsync always``: a graceful restart and a
 ``kill -9`` both keep every acknowledged write. Losing data (``everysec``, no persistence) is a
 different fault, "Redis lost data", that this run does not inject.
+
+With ``cluster=True`` Redis is a local Redis Cluster (3 primaries, a replica each) and its
+fault is a failover: a primary is SIGKILLed, its replica takes over, it comes back as a replica.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from deploy.local.processes import (
     start_telemetry,
     start_worker,
 )
-from deploy.local.servers import RedisServer, SecantusServer, free_port
+from deploy.local.servers import RedisClusterServers, RedisServer, SecantusServer, free_port
 from echotune.common.keys import JOBS_GROUP, Keys
 from echotune.common.redis import create_redis
 
@@ -86,10 +89,16 @@ def stack_env(redis_url: str, mongodb_url: str, fake_url: str, api_key: str) -> 
 class ChaosStack:
     """2 gateways, 3 workers, telemetry, Redis, SecantusDB and the fake upstream by default."""
 
-    def __init__(self, workdir: Path, *, gateways: int = 2, workers: int = 3) -> None:
+    def __init__(
+        self, workdir: Path, *, gateways: int = 2, workers: int = 3, cluster: bool = False
+    ) -> None:
         self.workdir = workdir
         self.api_key = f"et_chaos{secrets.token_hex(4)}_{secrets.token_urlsafe(24)}"
-        self.redis = RedisServer(str(workdir / "redis"), appendonly=True)
+        self.redis: RedisServer | RedisClusterServers
+        if cluster:
+            self.redis = RedisClusterServers(str(workdir / "redis"))
+        else:
+            self.redis = RedisServer(str(workdir / "redis"), appendonly=True)
         self.mongo = SecantusServer(str(workdir / "mongo"))
         self.lives: list[ProcessLife] = []
         self.env: dict[str, str] = {}
@@ -234,8 +243,23 @@ class ChaosStack:
 
     async def restart_redis(self, *, graceful: bool) -> None:
         """SIGTERM (AOF flushed) or SIGKILL (appendfsync always), then start at once."""
+        assert isinstance(self.redis, RedisServer)
         await asyncio.to_thread(self.redis.stop if graceful else self.redis.kill)
         await asyncio.to_thread(self.redis.start)
+
+    async def fail_over_redis(self, target: int) -> tuple[str, float]:
+        """SIGKILL primary number ``target`` (by port), wait until its replica took over, start
+        it again (it rejoins as a replica); (what happened, seconds until the takeover)."""
+        cluster = self.redis
+        assert isinstance(cluster, RedisClusterServers)
+        primaries = [n for n in cluster.nodes if n.proc is not None and cluster.role(n) == "master"]
+        node = sorted(primaries, key=lambda n: n.port)[target % len(primaries)]
+        began = now_ns()
+        await asyncio.to_thread(node.kill)
+        await asyncio.to_thread(cluster.wait_until_healthy)
+        took_over_s = (now_ns() - began) / 1e9
+        await asyncio.to_thread(cluster.restore)
+        return f"primary :{node.port} SIGKILLed; its replica served after", took_over_s
 
     async def stop_mongo(self) -> None:
         await asyncio.to_thread(self.mongo.stop)
