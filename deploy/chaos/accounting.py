@@ -37,7 +37,11 @@ DESIGNED_TO_LIVE = {
 
 def check_telemetry(history: History, evidence: Evidence, findings: Findings) -> None:
     if not history.telemetry_drained:
-        findings.add("telemetry", None, "the telemetry stream was not drained into MongoDB")
+        backlog = history.redis.get("telemetry_backlog")
+        state = ""
+        if backlog:
+            state = f" (length {backlog[0]}, undelivered {backlog[1]}, unacknowledged {backlog[2]})"
+        findings.add("telemetry", None, f"the telemetry stream was not drained into MongoDB{state}")
     docs: dict[str, list[dict[str, Any]]] = {}
     for doc in history.telemetry:
         docs.setdefault(doc["requestId"], []).append(doc)

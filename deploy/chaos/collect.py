@@ -76,7 +76,10 @@ async def upstream_attempts(
 
 
 async def telemetry_backlog(redis: Redis, keys: Keys) -> tuple[int, int, int]:
-    """(stream length, entries not yet delivered to the writers, delivered but not acked)."""
+    """(stream length, entries not yet delivered to the writers, delivered but not acked).
+
+    Undelivered entries are counted after the group's last-delivered id: its ``lag`` can be
+    wrong after a failover (a replica's entries-read counter lags behind)."""
     try:
         groups = await redis.xinfo_groups(keys.telemetry)
         length = await redis.xlen(keys.telemetry)
@@ -84,23 +87,27 @@ async def telemetry_backlog(redis: Redis, keys: Keys) -> tuple[int, int, int]:
         return 0, 0, 0
     for group in groups:
         if group["name"] == TELEMETRY_GROUP:
-            return length, int(group["lag"] or 0), int(group["pending"])
+            after = await redis.xrange(keys.telemetry, f"({group['last-delivered-id']}", "+")
+            return length, len(after), int(group["pending"])
     return length, length, 0
 
 
-async def wait_telemetry_drained(redis: Redis, keys: Keys, timeout_s: float) -> bool:
-    """Until the telemetry stream is written and acknowledged and stays so for 2 s."""
+async def wait_telemetry_drained(
+    redis: Redis, keys: Keys, timeout_s: float
+) -> tuple[bool, tuple[int, int, int] | None]:
+    """Until the telemetry stream is written and acknowledged and stays so for 2 s; whether it
+    was, and the last (length, undelivered, unacknowledged)."""
     deadline, calm_since, last = time.monotonic() + timeout_s, None, None
     while time.monotonic() < deadline:
         state = await telemetry_backlog(redis, keys)
         drained = state[1:] == (0, 0)
         if drained and state == last and calm_since and time.monotonic() - calm_since >= 2:
-            return True
+            return True, state
         if not drained or state != last:
             calm_since = time.monotonic() if drained else None
         last = state
         await asyncio.sleep(0.5)  # acks push nothing one could wait on
-    return False
+    return False, last
 
 
 async def telemetry_documents(mongodb_url: str, request_ids: list[str]) -> list[dict[str, Any]]:

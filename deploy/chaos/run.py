@@ -166,7 +166,8 @@ async def _collect(
 ) -> None:
     request_ids = [r["request_id"] for r in history.plan["requests"]]
     history.upstream = await collect.upstream_attempts(upstream, set(request_ids))
-    history.telemetry_drained = await collect.wait_telemetry_drained(redis, keys, 60.0)
+    history.telemetry_drained, backlog = await collect.wait_telemetry_drained(redis, keys, 60.0)
+    history.redis["telemetry_backlog"] = backlog
     history.telemetry = await collect.telemetry_documents(stack.mongodb_url, request_ids)
     history.redis["t_drained"] = time.time()
     wait = TTL_WAIT_S if ttl_wait == "full" else 0.0
