@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from deploy.bench import measure
+from deploy.bench import measure, redis_nodes
 from deploy.bench.client import A, B, Stream
 
 SERVICE_ORDER = ("gateway", "worker", "redis", "fake-llm", "client", "bench")
@@ -132,6 +132,11 @@ def aggregate(
                 else None,
                 "client_saturated": client_sat,
                 "machine_saturated": max(a["machine_busy_pct"], b["machine_busy_pct"]) >= 90,
+                "redis_nodes": redis_nodes.aggregate(
+                    [r for r in rounds if r["level"] == level and r["arm"] == B],
+                    b["tokens"],
+                    b["streams"],
+                ),
             }
         )
     results: dict[str, Any] = {
@@ -399,6 +404,8 @@ def markdown(results: dict[str, Any]) -> str:
     errors = {k: v for k, v in errors.items() if v}
     if errors:
         lines += ["", f"Errors by kind: `{json.dumps(errors)}`"]
+    if per_node := redis_nodes.markdown(results["levels"]):
+        lines += ["", per_node]
     for name, prof in (results.get("profiles") or {}).items():
         if "self_pct" not in prof:
             continue

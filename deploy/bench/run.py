@@ -3,7 +3,9 @@
 Run: ``make bench [ARGS="..."]`` or ``python -m deploy.bench [--levels 1,10,50,100,500]
 [--tokens 64] [--pace-ms 20] [--ttft-ms 50] [--workers 2] [--rounds 3] [--clients 2]
 [--trials 30] [--quick] [--tracing] [--out DIR] [--profile gateway,worker1 --profile-level 100]
-[--upstream fake|local]``. ``--upstream local`` measures llama.cpp with SmolLM2 instead of the
+[--upstream fake|local] [--redis-cluster]``. ``--redis-cluster`` runs the stack on a local
+Redis Cluster (3 primaries, a replica each) and reports how the load spreads over its nodes.
+``--upstream local`` measures llama.cpp with SmolLM2 instead of the
 fake upstream (:mod:`deploy.bench.local`).
 ``--quick`` (levels 1 and 5, one round, 5 trials) is the smoke run. ``--compare OLD NEW``
 prints two ``results.json`` side by side (:mod:`deploy.bench.compare`). Results: ``results.json``,
@@ -42,12 +44,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from redis.asyncio import Redis
 
-from deploy.bench import compare, measure, report
+from deploy.bench import compare, measure, redis_nodes, report
 from deploy.bench.client import A, B, Stream, Target, client_main
 from deploy.local.processes import PYTHON, ROOT, ServiceProcess, start_gateway, start_worker
-from deploy.local.servers import local_redis
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -69,6 +69,7 @@ class Bench:
     gateway_pid: int
     clients: list[tuple[multiprocessing.process.BaseProcess, Connection]]
     http: httpx.AsyncClient
+    nodes: list[redis_nodes.Node] = field(default_factory=list)
     rounds: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -103,6 +104,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--tracing", action="store_true", help="OpenTelemetry on, spans to a counting sink"
+    )
+    parser.add_argument(
+        "--redis-cluster", action="store_true", help="a local Redis Cluster instead of one Redis"
     )
     parser.add_argument(
         "--compare",
@@ -160,15 +164,6 @@ def stack_env(
         "ECHOTUNE_WORKER_CONCURRENCY": str(max(args.levels) + 16),
         "ECHOTUNE_WORKER_STAMP_TOKENS": "true",
     }
-
-
-async def redis_pid(url: str) -> int:
-    client = Redis.from_url(url)
-    try:
-        info = await client.info("server")
-        return int(info["process_id"])
-    finally:
-        await client.aclose()
 
 
 def start_clients(count: int) -> list[tuple[multiprocessing.process.BaseProcess, Connection]]:
@@ -232,6 +227,7 @@ async def run_round(
         }
         for c in range(len(clients))
     ]
+    before_nodes = await redis_nodes.snapshot(bench.nodes)
     before_cpu, before_machine = cpu_snapshot(bench.procs), measure.machine_cpu()
     rss_before = measure.rss_kib(bench.gateway_pid)
     samples: list[tuple[int, dict[str, float]]] = []
@@ -252,6 +248,7 @@ async def run_round(
     finally:
         sampler.cancel()
     after_cpu, after_machine = cpu_snapshot(bench.procs), measure.machine_cpu()
+    nodes_did = redis_nodes.difference(before_nodes, await redis_nodes.snapshot(bench.nodes))
     streams: list[Stream] = [s for r in replies for s in r["streams"]]
     # when each request reached the upstream (the fake records it by X-Request-Id)
     upstream = (await bench.http.get(f"{bench.fake_url}/_control/requests")).json()
@@ -282,6 +279,7 @@ async def run_round(
         "machine_busy_pct": 100 * busy / total,
         "ours_pct": 100 * sum(cpu.values()) / total,
         "client_util_max": max_util(samples, client_names),
+        "redis_nodes": nodes_did,
     }
     if record:
         bench.rounds.append(result)
@@ -453,7 +451,7 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
     services: list[ServiceProcess] = []
     clients = start_clients(args.clients)
     started = time.monotonic()
-    with local_redis() as redis_url:
+    with redis_nodes.redis_for_bench(args.redis_cluster) as (redis_url, ports):
         fake = ServiceProcess(
             "fake-llm",
             [
@@ -493,11 +491,13 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
             target = Target("127.0.0.1", port, gw_host, int(gw_port), api_key, "gpt-fake", "bench")
             procs = [Proc("gateway", gateway.pid)]
             procs += [Proc(w.name, w.pid) for w in workers]
-            procs += [Proc("redis", await redis_pid(redis_url)), Proc("fake-llm", fake.pid)]
+            nodes = await redis_nodes.nodes_of(ports, args.redis_cluster)
+            procs += [Proc(node.name, node.pid) for node in nodes]
+            procs.append(Proc("fake-llm", fake.pid))
             procs += [Proc(f"client{i + 1}", p.pid or 0) for i, (p, _) in enumerate(clients)]
             procs.append(Proc("bench", os.getpid()))
             async with httpx.AsyncClient(timeout=30) as http:
-                bench = Bench(args, target, fake_url, procs, gateway.pid, clients, http)
+                bench = Bench(args, target, fake_url, procs, gateway.pid, clients, http, nodes)
                 results = await drive(bench, out)
                 if sink_url is not None:
                     await asyncio.sleep(6)  # the batch processors export every 5 s
