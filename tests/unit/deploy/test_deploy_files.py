@@ -602,6 +602,9 @@ def test_ci_runs_the_suite_against_real_servers_and_smoke_tests_the_stack() -> N
     assert any(
         str(step.get("uses", "")).startswith("astral-sh/setup-uv@") for step in test["steps"]
     )
+    cluster = workflow["jobs"]["cluster"]
+    assert "REDIS_URL" not in cluster["env"], "the cluster subset starts its own cluster"
+    assert "make test-cluster" in "\n".join(step.get("run", "") for step in cluster["steps"])
     steps = "\n".join(step.get("run", "") for step in stack["steps"])
     assert "docker compose build" in steps
     assert "up -d --wait" in steps
