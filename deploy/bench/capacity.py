@@ -35,6 +35,7 @@ import httpx
 from deploy.bench import measure, redis_nodes
 from deploy.local.processes import ServiceProcess, start_fake_llm, start_gateway, start_worker
 
+IDLE_S = 5.0  # the idle baseline is measured this long
 NODE_BUDGET = 0.5  # of one core: the headroom a node keeps for bursts, failovers, rewrites
 LOADS = (10_000, 1_000_000)  # concurrent answers
 TOKENS_PER_S = 50  # per answer
@@ -132,8 +133,10 @@ async def costs(
     per_answer = {
         k: (one[k] - per_token[k] * one["tokens"]) / args.answers for k in ("commands", "bytes")
     }
-    commands = {}
+    commands: dict[str, float] = {}
     for name, did in many["by_node"].items():
+        if name not in primaries:
+            continue
         for command, calls in did["calls"].items():
             base = one["by_node"].get(name, {}).get("calls", {}).get(command, 0)
             commands[command] = commands.get(command, 0) + (calls - base) / extra_tokens
@@ -151,8 +154,12 @@ async def costs(
 async def cpu(
     http: httpx.AsyncClient, gateway: str, nodes: list[redis_nodes.Node], args: argparse.Namespace
 ) -> dict[str, Any]:
-    """Redis CPU per relayed token, per node, over ``sustain_s`` of steady load."""
+    """Redis CPU per relayed token, per node, over ``sustain_s`` of steady load, less what the
+    node spends idle (cron, cluster bus, the services' polling) in as much time."""
     await lane_warmup(http, gateway)
+    idle_from = {n.name: measure.cpu_seconds(n.pid) for n in nodes}
+    await asyncio.sleep(IDLE_S)
+    idle_rate = {n.name: (measure.cpu_seconds(n.pid) - idle_from[n.name]) / IDLE_S for n in nodes}
     began, deadline = time.monotonic(), time.monotonic() + args.sustain_s
     relayed = 0
 
@@ -166,13 +173,17 @@ async def cpu(
     await asyncio.gather(*(lane() for _ in range(args.concurrency)))
     wall = time.monotonic() - began
     used = {n.name: measure.cpu_seconds(n.pid) - before[n.name] for n in nodes}
-    total = sum(used.values()) or 1e-9
+    marginal = {name: max(sec - idle_rate[name] * wall, 0.0) for name, sec in used.items()}
+    total = sum(marginal.values()) or 1e-9
     return {
         "tokens": relayed,
         "tokens_per_s": round(relayed / wall, 1),
-        "us_per_token": {name: round(1e6 * sec / max(relayed, 1), 2) for name, sec in used.items()},
-        "share_pct": {name: round(100 * sec / total, 1) for name, sec in used.items()},
-        "busiest_core_pct": round(100 * max(used.values()) / wall, 1),
+        "idle_pct": {name: round(100 * rate, 2) for name, rate in idle_rate.items()},
+        "busy_pct": {name: round(100 * sec / wall, 1) for name, sec in used.items()},
+        "us_per_token": {
+            name: round(1e6 * sec / max(relayed, 1), 2) for name, sec in marginal.items()
+        },
+        "share_pct": {name: round(100 * sec / total, 1) for name, sec in marginal.items()},
     }
 
 
@@ -220,9 +231,10 @@ def markdown(result: dict[str, Any]) -> str:
         "Per token by command: "
         + ", ".join(f"{k} {v}" for k, v in c["per_token_by_command"].items()),
         "",
-        f"CPU at {p['tokens_per_s']} tokens/s: "
+        f"CPU at {p['tokens_per_s']} tokens/s, beyond each node's idle use: "
         + ", ".join(
-            f"{name} {us} µs/token ({p['share_pct'][name]} %)"
+            f"{name} {us} µs/token ({p['share_pct'][name]} % of the Redis CPU; busy "
+            f"{p['busy_pct'][name]} %, idle {p['idle_pct'][name]} %)"
             for name, us in p["us_per_token"].items()
         ),
         "",
