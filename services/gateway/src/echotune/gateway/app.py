@@ -44,9 +44,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     relay = StreamRelay(
         settings.redis_url, keys, block_ms=settings.relay_block_ms, batch=settings.relay_batch
     )
-    broker = create_broker(
-        settings.redis_url, logger=logging.getLogger("echotune.gateway.broker")
-    )
+    broker = create_broker(settings.redis_url, logger=logging.getLogger("echotune.gateway.broker"))
     await broker.connect()
     await job_queue.ensure_group(redis, keys)
     await relay.start()
