@@ -275,6 +275,10 @@ async def capacity_main(args: argparse.Namespace) -> dict[str, Any]:
                     "costs": await costs(http, gateway_url, nodes, args),
                     "cpu": await cpu(http, gateway_url, nodes, args),
                 }
+        except Exception:
+            for proc in services:  # what the services said, to tell why
+                print(f"--- {proc.name}\n" + "\n".join(proc.lines[-60:]), file=sys.stderr)
+            raise
         finally:
             for proc in reversed(services):
                 await proc.stop()

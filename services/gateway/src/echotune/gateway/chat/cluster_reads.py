@@ -31,7 +31,13 @@ from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection
-from redis.exceptions import AskError, MovedError, RedisError, ResponseError
+from redis.exceptions import (
+    AskError,
+    MovedError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 
 from echotune.common.redis import ClusterAddress, cluster_address, create_redis
 
@@ -82,12 +88,16 @@ class ClusterReads:
         """Read ``key`` now and whenever it changes (until nobody reads it)."""
         self._node_for(key).watch(key)
 
-    def node_names(self) -> list[str]:
-        return sorted(self._nodes)
-
     def _node_for(self, key: str) -> NodeReads:
-        node = self._topology.get_node_from_key(key)
-        assert node is not None
+        """The reads of the node serving ``key``'s slot, as the slot map says (a slot no node
+        serves, during a failover: any primary, whose ``MOVED`` will tell)."""
+        try:
+            node = self._topology.get_node_from_key(key)
+        except RedisClusterException:
+            node = None
+        if node is None:
+            node = self._topology.get_random_node()
+            self.refresh()
         return self._node(node.host, int(node.port))
 
     def _node(self, host: str, port: int) -> NodeReads:
@@ -116,7 +126,7 @@ class ClusterReads:
     async def _refresh(self) -> None:
         try:
             await self._topology.nodes_manager.initialize()
-        except RedisError as exc:
+        except (RedisError, RedisClusterException) as exc:
             log.warning("could not read the cluster's slot map: %s", exc)
             return
         for name, reads in list(self._nodes.items()):
@@ -299,8 +309,9 @@ class NodeReads:
                 self.forget(key)
                 self.owner.asked(key, error)
                 continue
-            except ResponseError as error:  # read again at the next resync
+            except ResponseError as error:  # CLUSTERDOWN, TRYAGAIN…: again at the next resync
                 log.warning("relay read of %s failed: %s", key, error)
+                self.owner.refresh()
                 continue
             entries = _entries(raw)
             if entries:
