@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from echotune.common import tracing
 from echotune.common.keys import JOBS_GROUP
 from echotune.common.logs import configure_logging
-from echotune.common.redis import create_broker
+from echotune.common.redis import create_broker, is_cluster
 from echotune.worker import handlers
 from echotune.worker.handlers import WorkerDep
 from echotune.worker.metrics import WorkerMetrics
@@ -62,7 +62,8 @@ def subscribe(broker: RedisBroker, settings: WorkerSettings) -> list[Subscriber]
     )
     jobs(handlers.handle_job)
     reclaimed(handlers.reclaim_job)
-    broker.subscriber(channel=keys.cancel_channel)(handlers.handle_cancel)
+    if not is_cluster(settings.redis_url):  # on a cluster: cancels.py (resources.py starts it)
+        broker.subscriber(channel=keys.cancel_channel)(handlers.handle_cancel)
     return [jobs, reclaimed]
 
 

@@ -17,10 +17,11 @@ from echotune.common.breaker import CircuitBreakers
 from echotune.common.live_stats import LiveStats
 from echotune.common.mongo import create_mongo
 from echotune.common.providers import ProviderRegistry
-from echotune.common.redis import create_redis
+from echotune.common.redis import create_redis, is_cluster
 from echotune.common.request_stream import RequestStreams
+from echotune.worker.cancels import ClusterCancels
 from echotune.worker.conversations import ConversationStore, migrate_when_possible
-from echotune.worker.inflight import InFlightJobs
+from echotune.worker.inflight import CANCELLED, InFlightJobs
 from echotune.worker.metrics import WorkerMetrics
 from echotune.worker.observability import instrument
 from echotune.worker.pool import JobPool
@@ -129,6 +130,11 @@ async def open_worker(
     worker.spawn(sweep(worker, settings.reader_check_s))
     worker.spawn(keep_held(worker))
     worker.spawn(migrate_when_possible(worker.conversations))
+    if is_cluster(settings.redis_url):
+        cancels = ClusterCancels(
+            settings.redis_url, keys.cancel_channel, lambda rid: worker.jobs.stop(rid, CANCELLED)
+        )
+        worker.spawn(cancels.run())
     try:
         yield worker
     finally:
