@@ -22,6 +22,9 @@ CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
 CLUSTER_CONNECTIONS_PER_NODE = 1024
 """A cluster client fails (``MaxConnectionsError``) rather than waits beyond its per-node limit;
 connections are opened only when needed, so the limit is set well above any burst."""
+CLUSTER_BROKER_SOCKET_TIMEOUT_S = 30.0
+"""Well above the longest blocking read of a subscriber (the worker's jobs read blocks 5 s):
+FastStream drops a ``None``, and redis-py's cluster default (5 s) is the block itself."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +147,7 @@ def create_broker(url: str, **options: Any) -> RedisBroker:
         startup_nodes=list(cluster.nodes),
         ssl=cluster.ssl,
         max_connections=CLUSTER_CONNECTIONS_PER_NODE,
+        socket_timeout=CLUSTER_BROKER_SOCKET_TIMEOUT_S,
         **retry_options(),
         **options,
     )
