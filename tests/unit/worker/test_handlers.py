@@ -7,6 +7,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -15,6 +16,7 @@ from redis.asyncio import Redis
 
 from echotune.common.messages import ChatJob, ChatMessage, Role, StartEvent
 from echotune.common.request_stream import RequestStreams
+from echotune.worker import handlers
 from echotune.worker.app import create_app
 from echotune.worker.resources import Worker, open_worker
 from echotune.worker.settings import WorkerSettings
@@ -187,3 +189,41 @@ async def test_a_job_published_twice_is_answered_once(
     kinds = [f["type"] for _, f in await redis.xrange(key)]
     assert "failover" not in kinds, "the answer restarted"
     assert kinds.count("done") == 1
+
+
+async def test_a_job_this_worker_holds_is_not_reclaimed_by_itself(
+    settings: WorkerSettings, redis: Redis
+) -> None:
+    """Redis away longer than the reclaim period (a cluster failover) left the running job's
+    entry idle: the same worker's reclaimer took it and ran it a second time (a new epoch
+    fenced the first run off; the client saw the answer restart)."""
+    broker = create_app(settings).broker
+    async with open_worker(settings, broker) as running:
+        broker.context.set_global("worker", running)
+        await broker.start()
+        try:
+            rid = await opened(running)
+            job = ChatJob(
+                request_id=rid,
+                user_id="u1",
+                messages=[ChatMessage(role=Role.USER, content="a long answer please " * 5)],
+                provider="demo",
+                model="demo-1",
+                deadline_at=time.time() + 30,
+            )
+            key = settings.keys.events(rid)
+            await broker.publish(job, stream=settings.keys.jobs)
+            async with asyncio.timeout(5):
+                while not [f for _, f in await redis.xrange(key) if f["type"] == "delta"]:
+                    await redis.xread({key: "$"}, block=1000)
+            (entry,) = running.jobs.by_entry()
+            idle_entry = SimpleNamespace(raw_message={"message_ids": [entry.encode()]})
+            await handlers.reclaim_job(job, running, idle_entry)  # type: ignore[arg-type]
+            final = await wait_for_final(redis, settings.namespace, rid)
+        finally:
+            await broker.stop()
+    assert final["type"] == "done"
+    kinds = [f["type"] for _, f in await redis.xrange(key)]
+    assert "failover" not in kinds, "the answer restarted"
+    assert kinds.count("done") == 1
+    assert await redis.hget(settings.keys.meta(rid), "epoch") == "1"

@@ -28,7 +28,13 @@ async def handle_job(job: ChatJob, worker: WorkerDep, message: MessageDep) -> No
 
 
 async def reclaim_job(job: ChatJob, worker: WorkerDep, message: MessageDep) -> None:
-    """Take over a job whose worker died (its entry stopped being refreshed)."""
+    """Take over a job whose worker died (its entry stopped being refreshed).
+
+    An entry this process holds itself looked idle only because Redis was away longer than
+    the reclaim period (a cluster failover): it is not run a second time."""
+    if worker.jobs.holds(entry_id(message)):
+        log.warning("reclaimed a job this worker holds (Redis was away); it goes on as it was")
+        return
     await _admit(job, worker, message, first=False)
 
 

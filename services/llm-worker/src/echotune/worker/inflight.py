@@ -54,6 +54,9 @@ class InFlightJobs:
         job = self._jobs[entry_id] = InFlight(request_id, entry_id)
         return job
 
+    def holds(self, entry_id: str) -> bool:
+        return entry_id in self._jobs
+
     def release(self, job: InFlight) -> None:
         if self._jobs.get(job.entry_id) is job:
             del self._jobs[job.entry_id]
