@@ -35,7 +35,7 @@ from deploy.chaos.findings import Findings
 from deploy.chaos.history import History, now_ns
 from deploy.chaos.plan import CLUSTER_FAULT_KINDS, FAULT_KINDS, make_plan
 from deploy.chaos.report import render, summary
-from deploy.chaos.stack import NAMESPACE, TUNING, ChaosStack
+from deploy.chaos.stack import NAMESPACE, ChaosStack, tuning
 from deploy.local.processes import ROOT
 from echotune.common.keys import Keys
 from echotune.common.redis import create_redis
@@ -114,7 +114,7 @@ def conclude(history: History, out: Path) -> int:
 async def execute(args: argparse.Namespace, seed: int, workdir: Path) -> History:
     plan = make_plan(seed, args.duration, rate=args.rate, fault_kinds=fault_kinds(args))
     history = History(seed, args.duration, time.time() - time.monotonic(), 0, plan.to_dict())
-    history.load["tuning"] = TUNING
+    history.load["tuning"] = tuning(args.redis_cluster)
     history.redis["mode"] = "cluster" if args.redis_cluster else "single"
     stack = ChaosStack(workdir, cluster=args.redis_cluster)
     keys = Keys(NAMESPACE)

@@ -30,7 +30,7 @@ from deploy.local.processes import (
 )
 from deploy.local.servers import RedisClusterServers, RedisServer, SecantusServer, free_port
 from echotune.common.keys import JOBS_GROUP, Keys
-from echotune.common.redis import create_redis
+from echotune.common.redis import create_redis, is_cluster
 
 NAMESPACE = "chaos"
 TIMEOUTS = {"connect": 2, "first_token": 3, "idle": 2, "total": 15}
@@ -54,7 +54,14 @@ TUNING = {
     "ECHOTUNE_TELEMETRY_RETRY_CAP_S": "1",
     "ECHOTUNE_TELEMETRY_MONGO_TIMEOUT_MS": "1000",
 }
+# On a cluster a failover keeps the jobs stream's slot unwritable for the node timeout (2 s)
+# plus an election (3.3-5 s measured): the reclaim period exceeds it, as the README says.
+CLUSTER_TUNING = {**TUNING, "ECHOTUNE_WORKER_RECLAIM_IDLE_S": "8"}
 UNLIMITED = "1000000"
+
+
+def tuning(cluster: bool) -> dict[str, str]:
+    return CLUSTER_TUNING if cluster else TUNING
 
 
 def stack_env(redis_url: str, mongodb_url: str, fake_url: str, api_key: str) -> dict[str, str]:
@@ -82,7 +89,7 @@ def stack_env(redis_url: str, mongodb_url: str, fake_url: str, api_key: str) -> 
         "ECHOTUNE_GATEWAY_CHAT_STARTS_PER_MINUTE_USER": UNLIMITED,
         "ECHOTUNE_GATEWAY_CHAT_STARTS_PER_MINUTE_IP": UNLIMITED,
         "ECHOTUNE_GATEWAY_MAX_OPEN_STREAMS_PER_USER": UNLIMITED,
-        **TUNING,
+        **tuning(is_cluster(redis_url)),
     }
 
 
