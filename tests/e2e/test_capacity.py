@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -22,6 +23,22 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError("no VmRSS")
+
+
+async def _until_opened(
+    opened: asyncio.Event, tasks: list[asyncio.Task[str]], timeout_s: float
+) -> None:
+    """Wait until every stream has started; a stream that failed fails the test at once."""
+    waiter = asyncio.create_task(opened.wait())
+    pending: set[asyncio.Task[Any]] = {waiter, *tasks}
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not opened.is_set():
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()  # a failed stream raises its own error, not a timeout
+    finally:
+        waiter.cancel()
 
 
 async def test_one_gateway_holds_a_thousand_streams(redis_server_url: str, fake_llm: str) -> None:
@@ -76,7 +93,7 @@ async def test_one_gateway_holds_a_thousand_streams(redis_server_url: str, fake_
                 return text
 
             tasks = [asyncio.create_task(one(rid)) for rid in rids]
-            await asyncio.wait_for(opened.wait(), 240)  # generous: a loaded machine is slow
+            await _until_opened(opened, tasks, timeout_s=240)  # generous: a loaded machine is slow
             during = rss_kib(gateway.pid)
             texts = await asyncio.gather(*tasks)
         per_stream = (during - before) / STREAMS
