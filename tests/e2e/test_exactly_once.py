@@ -6,10 +6,8 @@ Each test reproduces one defect of the per-request protocol found by reading the
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -149,18 +147,6 @@ async def test_another_users_request_id_is_unknown_not_taken(
             assert reuse.json()["error"]["code"] == "unknown_request"
     finally:
         await stack.stop()
-
-
-@pytest.fixture
-def volatile_redis() -> Iterator[RedisServer]:
-    """A Redis without persistence: a restart loses every key, groups included."""
-    with tempfile.TemporaryDirectory() as workdir:
-        server = RedisServer(workdir)
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
 
 
 async def test_redis_losing_its_data_does_not_stop_the_answers(

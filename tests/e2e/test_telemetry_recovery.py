@@ -18,7 +18,7 @@ import pytest
 from bson import ObjectId
 from redis.asyncio import Redis
 
-from deploy.local.servers import SecantusServer
+from deploy.local.servers import RedisServer, SecantusServer
 from echotune.common.keys import TELEMETRY_GROUP
 from echotune.common.mongo import PROVIDER_TELEMETRY
 from echotune.common.redis import ensure_group
@@ -165,6 +165,31 @@ async def test_reclaimer_counts_what_a_crash_left_uncounted_once(
             (poison_id.decode(), "too_many_deliveries")
         ]
         assert poison.event_id in letters[0][1]["payload"]
+    finally:
+        await proc.stop()
+        await harness.close()
+
+
+async def test_redis_losing_its_data_does_not_stop_the_writer(
+    volatile_redis: RedisServer, mongo_server_url: str, client: httpx.AsyncClient
+) -> None:
+    """FastStream stopped the writer's subscribers for good once the telemetry group vanished."""
+    harness = await TelemetryHarness.create(volatile_redis.url, mongo_server_url)
+    proc, url = await harness.start("telemetry-redis-loss")
+    try:
+        rng, provider = random.Random(9), "redis-loss"
+        await harness.publish([make_event(provider, rng)])
+        await harness.wait_drained()
+        volatile_redis.stop()
+        volatile_redis.start()  # empty: no stream, no consumer group
+        after = [make_event(provider, rng) for _ in range(5)]
+        await harness.publish(after)
+        async with asyncio.timeout(20):  # documents and health push nothing to block on
+            while len(await harness.documents(provider)) < 1 + len(after):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            # Each subscriber is restarted once it has stopped: the reclaimer may stop later.
+            while (await client.get(f"{url}/healthz")).status_code != 204:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
     finally:
         await proc.stop()
         await harness.close()

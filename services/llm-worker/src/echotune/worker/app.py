@@ -22,13 +22,13 @@ from pydantic import ValidationError
 from echotune.common import tracing
 from echotune.common.keys import JOBS_GROUP
 from echotune.common.logs import configure_logging
-from echotune.common.redis import create_broker, is_cluster
+from echotune.common.redis import Subscriber, create_broker, is_cluster
 from echotune.worker import handlers
 from echotune.worker.handlers import WorkerDep
 from echotune.worker.metrics import WorkerMetrics
 from echotune.worker.resources import open_worker
 from echotune.worker.settings import WorkerSettings
-from echotune.worker.upkeep import Subscriber, keep_consuming
+from echotune.worker.upkeep import keep_consuming
 
 IDLE_BLOCK_MS = 5000
 

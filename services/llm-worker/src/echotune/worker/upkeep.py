@@ -6,9 +6,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from functools import partial
+from typing import TYPE_CHECKING
 
 from echotune.common import job_queue
+from echotune.common.redis import Subscriber, restart_stopped
 from echotune.worker.inflight import CANCELLED, CLIENT_GONE, FENCED
 
 if TYPE_CHECKING:
@@ -19,15 +21,6 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 5.0
 FORGET_S = 60.0
 CHECK_S = 1.0
-
-
-class Subscriber(Protocol):
-    @property
-    def running(self) -> bool: ...
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
 
 
 async def sweep(ctx: Worker, every_s: float) -> None:
@@ -81,11 +74,9 @@ async def keep_consuming(ctx: Worker, subscribers: Sequence[Subscriber]) -> None
             if time.monotonic() >= beat_at:
                 await job_queue.heartbeat(ctx.redis, settings.keys, settings.consumer, FORGET_S)
                 beat_at = time.monotonic() + HEARTBEAT_S
-            for subscriber in subscribers:
-                if not subscriber.running:
-                    await job_queue.ensure_group(ctx.redis, settings.keys)
-                    await subscriber.start()
-                    log.warning("restarted a subscriber of %s", settings.keys.jobs)
+            recreate = partial(job_queue.ensure_group, ctx.redis, settings.keys)
+            if await restart_stopped(subscribers, recreate):
+                log.warning("restarted the subscribers of %s", settings.keys.jobs)
         except Exception:
             log.exception("could not check the subscribers")
         await asyncio.sleep(CHECK_S)

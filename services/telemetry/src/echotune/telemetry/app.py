@@ -13,26 +13,30 @@ in ``handlers.py``; what they share is opened in ``resources.py``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from faststream import AckPolicy, ContextRepo
-from faststream.asgi import AsgiFastStream, make_ping_asgi
+from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.redis import RedisBroker, StreamSub
 
 from echotune.common.keys import TELEMETRY_GROUP
 from echotune.common.logs import configure_logging
-from echotune.common.redis import create_broker
+from echotune.common.redis import Subscriber, create_broker
 from echotune.telemetry import handlers
 from echotune.telemetry.consumer import reclaimer_of
+from echotune.telemetry.handlers import ConsumerDep
 from echotune.telemetry.metrics import Metrics
 from echotune.telemetry.resources import open_consumer
 from echotune.telemetry.settings import TelemetrySettings
+from echotune.telemetry.upkeep import keep_consuming
 
 
-def subscribe(broker: RedisBroker, settings: TelemetrySettings) -> None:
-    """Register the two batch handlers on the telemetry stream."""
+def subscribe(broker: RedisBroker, settings: TelemetrySettings) -> list[Subscriber]:
+    """Register the two batch handlers on the telemetry stream; their subscribers."""
     keys = settings.keys
     new = StreamSub(
         keys.telemetry,
@@ -50,10 +54,14 @@ def subscribe(broker: RedisBroker, settings: TelemetrySettings) -> None:
         min_idle_time=settings.claim_idle_ms,
         polling_interval=settings.claim_poll_ms,
     )
+    subscribers: list[Subscriber] = []
     for stream, handler in ((new, handlers.write_batch), (idle, handlers.reclaim_batch)):
-        broker.subscriber(stream=stream, ack_policy=AckPolicy.MANUAL, parser=handlers.raw_batch)(
-            handler
+        subscriber = broker.subscriber(
+            stream=stream, ack_policy=AckPolicy.MANUAL, parser=handlers.raw_batch
         )
+        subscriber(handler)
+        subscribers.append(subscriber)
+    return subscribers
 
 
 def create_app(settings: TelemetrySettings | None = None) -> AsgiFastStream:
@@ -66,9 +74,10 @@ def create_app(settings: TelemetrySettings | None = None) -> AsgiFastStream:
         log_level=logging.DEBUG,  # one line per batch is noise; anomalies are logged anyway
         graceful_timeout=settings.shutdown_grace_s,
     )
-    subscribe(broker, settings)
+    subscribers = subscribe(broker, settings)
     keys = settings.keys
     metrics = Metrics(keys.telemetry, TELEMETRY_GROUP, keys.telemetry_dead_letters)
+    supervisors: list[asyncio.Task[None]] = []
 
     @asynccontextmanager
     async def lifespan(context: ContextRepo) -> AsyncIterator[None]:
@@ -76,11 +85,33 @@ def create_app(settings: TelemetrySettings | None = None) -> AsgiFastStream:
             context.set_global("telemetry", consumer)
             yield
 
-    return AsgiFastStream(
+    async def supervise(telemetry: ConsumerDep) -> None:
+        """After start-up: restart a subscriber stopped by a lost group."""
+        supervisors.append(
+            asyncio.create_task(keep_consuming(telemetry.redis, keys.telemetry, subscribers))
+        )
+
+    async def stop_supervising() -> None:
+        for task in supervisors:
+            task.cancel()
+
+    @get(include_in_schema=False)
+    async def healthz(scope: Any) -> AsgiResponse:
+        """204 while Redis answers and both subscribers read; 503 otherwise."""
+        try:
+            alive = await broker.ping(timeout=2.0) and all(s.running for s in subscribers)
+        except Exception:
+            alive = False
+        return AsgiResponse(b"", status_code=204 if alive else 503)
+
+    app = AsgiFastStream(
         broker,
-        asgi_routes=[
-            ("/metrics", metrics.route()),
-            ("/healthz", make_ping_asgi(broker, timeout=2.0)),
-        ],
+        asgi_routes=[("/metrics", metrics.route()), ("/healthz", healthz)],
         lifespan=lifespan,
+        after_startup=[supervise],
+        on_shutdown=[stop_supervising],
     )
+    # FastStream stops the whole application when the group vanishes (NOGROUP: Redis lost
+    # its data); this writer recreates the group and restarts the subscribers instead.
+    app.context.reset_global("app")
+    return app
