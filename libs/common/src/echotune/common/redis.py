@@ -7,9 +7,8 @@ TLS) or a cluster: ``redis+cluster://[user:password@]host:port[,host:port…]`` 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 from faststream.redis import RedisBroker, RedisClusterBroker
@@ -123,32 +122,6 @@ async def ensure_group(redis: Redis, stream: str, group: str) -> bool:
             raise
         return False
     return True
-
-
-class Subscriber(Protocol):
-    """What of a FastStream subscriber the supervisors use."""
-
-    @property
-    def running(self) -> bool: ...
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
-
-
-async def restart_stopped(
-    subscribers: Sequence[Subscriber], recreate_group: Callable[[], Awaitable[object]]
-) -> int:
-    """Recreate the group and start again every subscriber FastStream stopped; how many.
-
-    FastStream stops a group's subscriber for good when the group vanishes (``NOGROUP``:
-    Redis lost its data, or the stream was deleted) and asks for a restart of the process."""
-    stopped = [subscriber for subscriber in subscribers if not subscriber.running]
-    if stopped:
-        await recreate_group()
-        for subscriber in stopped:
-            await subscriber.start()
-    return len(stopped)
 
 
 def _create_cluster(cluster: ClusterAddress, *, socket_timeout: float | None) -> RedisCluster:

@@ -11,18 +11,18 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from faststream import AckPolicy, ContextRepo
-from faststream.asgi import AsgiFastStream, AsgiResponse, get
+from faststream.asgi import AsgiFastStream
 from faststream.middlewares import ExceptionMiddleware
 from faststream.redis import RedisBroker, StreamSub
 from pydantic import ValidationError
 
 from echotune.common import tracing
+from echotune.common.consuming import Subscriber, health_route
 from echotune.common.keys import JOBS_GROUP
 from echotune.common.logs import configure_logging
-from echotune.common.redis import Subscriber, create_broker, is_cluster
+from echotune.common.redis import create_broker, is_cluster
 from echotune.worker import handlers
 from echotune.worker.handlers import WorkerDep
 from echotune.worker.metrics import WorkerMetrics
@@ -98,21 +98,15 @@ def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
         await worker.pool.drain(settings.drain_s)
         await worker.telemetry.flush()
 
-    @get(include_in_schema=False)
-    async def healthz(scope: Any) -> AsgiResponse:
-        """204 while Redis answers and both job subscribers read; 503 otherwise."""
-        try:
-            alive = await broker.ping(timeout=2.0) and all(s.running for s in job_subscribers)
-        except Exception:
-            alive = False
-        return AsgiResponse(b"", status_code=204 if alive else 503)
-
     app = AsgiFastStream(
         broker,
         lifespan=lifespan,
         after_startup=[supervise],
         on_shutdown=[drain],
-        asgi_routes=[("/healthz", healthz), ("/metrics", metrics.route())],
+        asgi_routes=[
+            ("/healthz", health_route(broker, job_subscribers)),
+            ("/metrics", metrics.route()),
+        ],
     )
     # FastStream stops the whole application when the jobs group vanishes (NOGROUP: Redis
     # lost its data); this worker recreates the group and restarts the subscriber instead.

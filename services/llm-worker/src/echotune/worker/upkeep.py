@@ -10,7 +10,7 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from echotune.common import job_queue
-from echotune.common.redis import Subscriber, restart_stopped
+from echotune.common.consuming import Subscriber, restart_stopped
 from echotune.worker.inflight import CANCELLED, CLIENT_GONE, FENCED
 
 if TYPE_CHECKING:

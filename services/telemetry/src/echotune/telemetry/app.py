@@ -17,15 +17,15 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from faststream import AckPolicy, ContextRepo
-from faststream.asgi import AsgiFastStream, AsgiResponse, get
+from faststream.asgi import AsgiFastStream
 from faststream.redis import RedisBroker, StreamSub
 
+from echotune.common.consuming import Subscriber, health_route
 from echotune.common.keys import TELEMETRY_GROUP
 from echotune.common.logs import configure_logging
-from echotune.common.redis import Subscriber, create_broker
+from echotune.common.redis import create_broker
 from echotune.telemetry import handlers
 from echotune.telemetry.consumer import reclaimer_of
 from echotune.telemetry.handlers import ConsumerDep
@@ -95,18 +95,12 @@ def create_app(settings: TelemetrySettings | None = None) -> AsgiFastStream:
         for task in supervisors:
             task.cancel()
 
-    @get(include_in_schema=False)
-    async def healthz(scope: Any) -> AsgiResponse:
-        """204 while Redis answers and both subscribers read; 503 otherwise."""
-        try:
-            alive = await broker.ping(timeout=2.0) and all(s.running for s in subscribers)
-        except Exception:
-            alive = False
-        return AsgiResponse(b"", status_code=204 if alive else 503)
-
     app = AsgiFastStream(
         broker,
-        asgi_routes=[("/metrics", metrics.route()), ("/healthz", healthz)],
+        asgi_routes=[
+            ("/metrics", metrics.route()),
+            ("/healthz", health_route(broker, subscribers)),
+        ],
         lifespan=lifespan,
         after_startup=[supervise],
         on_shutdown=[stop_supervising],

@@ -13,9 +13,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 from redis.asyncio import Redis
 
+from echotune.common.consuming import Subscriber, restart_stopped
 from echotune.common.keys import TELEMETRY_GROUP
 from echotune.common.mongo import PROVIDER_ROLLUPS, until_done
-from echotune.common.redis import Subscriber, ensure_group, restart_stopped
+from echotune.common.redis import ensure_group
 from echotune.telemetry.migrations import migrate
 from echotune.telemetry.rollups import forget_old_batches
 from echotune.telemetry.settings import TelemetrySettings

@@ -1,0 +1,51 @@
+"""Keeping FastStream stream subscribers consuming: restarted after a lost group, and health.
+
+FastStream stops a group's subscriber for good when the group vanishes (``NOGROUP``: Redis
+lost its data, or the stream was deleted) and asks for a restart of the process; the worker
+and telemetry services restart the subscriber instead and report it down meanwhile."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+from faststream.asgi import AsgiResponse, get
+from faststream.asgi.handlers import GetHandler
+from faststream.redis import RedisBroker
+
+
+class Subscriber(Protocol):
+    """What of a FastStream subscriber is used here."""
+
+    @property
+    def running(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+async def restart_stopped(
+    subscribers: Sequence[Subscriber], recreate_group: Callable[[], Awaitable[object]]
+) -> int:
+    """Recreate the group and start again every subscriber FastStream stopped; how many."""
+    stopped = [subscriber for subscriber in subscribers if not subscriber.running]
+    if stopped:
+        await recreate_group()
+        for subscriber in stopped:
+            await subscriber.start()
+    return len(stopped)
+
+
+def health_route(broker: RedisBroker, subscribers: Sequence[Subscriber]) -> GetHandler:
+    """``/healthz``: 204 while Redis answers and every subscriber reads; 503 otherwise."""
+
+    @get(include_in_schema=False)
+    async def healthz(scope: Any) -> AsgiResponse:
+        try:
+            alive = await broker.ping(timeout=2.0) and all(s.running for s in subscribers)
+        except Exception:
+            alive = False
+        return AsgiResponse(b"", status_code=204 if alive else 503)
+
+    return healthz
