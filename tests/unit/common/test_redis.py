@@ -66,3 +66,18 @@ async def test_a_cancel_announced_from_a_script_reaches_a_cluster_broker_subscri
                 assert await heard.get() == rid
     finally:
         await broker.stop()
+
+
+@pytest.mark.single_node
+async def test_a_burst_of_broker_commands_waits_for_a_connection_instead_of_failing(
+    redis_server_url: str,
+) -> None:
+    """redis-py's default pool refused the 101st concurrent command (MaxConnectionsError): a
+    burst of chat starts on one gateway (each publishes its job) answered 500."""
+    broker = create_broker(redis_server_url)
+    client = await broker.connect()
+    try:
+        waits = [client.blpop([f"absent-{uuid.uuid4().hex}"], timeout=0.2) for _ in range(150)]
+        assert await asyncio.gather(*waits) == [None] * 150
+    finally:
+        await broker.stop()

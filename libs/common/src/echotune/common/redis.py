@@ -12,6 +12,7 @@ from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 from faststream.redis import RedisBroker, RedisClusterBroker
+from faststream.redis.configs.state import RedisConnectionState
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
@@ -19,6 +20,9 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
+BROKER_CONNECTIONS = 256
+BROKER_POOL_WAIT_S = 10.0
+"""A broker command waits this long for one of its ``BROKER_CONNECTIONS`` (one Redis)."""
 CLUSTER_CONNECTIONS_PER_NODE = 1024
 """A cluster client fails (``MaxConnectionsError``) rather than waits beyond its per-node limit;
 connections are opened only when needed, so the limit is set well above any burst."""
@@ -137,10 +141,32 @@ def _create_cluster(cluster: ClusterAddress, *, socket_timeout: float | None) ->
     )
 
 
+class _WaitingPoolState(RedisConnectionState):
+    """The broker's connections come from a pool that waits for a free one.
+
+    FastStream builds redis-py's plain pool, which refuses a command past 100 in flight
+    (``MaxConnectionsError``): a burst of chat starts, acks or telemetry failed instead."""
+
+    async def connect(self) -> Redis:
+        pool = BlockingConnectionPool(
+            max_connections=BROKER_CONNECTIONS, timeout=BROKER_POOL_WAIT_S, **self._options
+        )
+        self._client = Redis.from_pool(pool)
+        self._connected = True
+        return self._client
+
+
+class _WaitingBroker(RedisBroker):
+    def _make_connection_state(
+        self, connection_options: dict[str, Any], kwargs: dict[str, Any]
+    ) -> RedisConnectionState:
+        return _WaitingPoolState(connection_options)
+
+
 def create_broker(url: str, **options: Any) -> RedisBroker:
     """A FastStream broker for ``url`` (``RedisClusterBroker`` on a cluster), retrying commands."""
     if (cluster := cluster_address(url)) is None:
-        return RedisBroker(url, **retry_options(), **options)
+        return _WaitingBroker(url, **retry_options(), **options)
     (host, port), *_ = cluster.nodes
     return RedisClusterBroker(
         cluster.node_url(host, port).removesuffix("/0"),
