@@ -24,7 +24,7 @@ from echotune.gateway.chat import routes as chat_routes
 from echotune.gateway.chat.relay import StreamRelay
 from echotune.gateway.chat.service import ChatService
 from echotune.gateway.chat.upkeep import keep_streams_alive, trim_jobs
-from echotune.gateway.errors import render
+from echotune.gateway.errors import install_store_errors, render
 from echotune.gateway.limits import ChatLimits
 from echotune.gateway.metrics import GatewayMetrics
 from echotune.gateway.openai_compat import routes as openai_routes
@@ -122,6 +122,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         render=render,
         middleware=middleware,
     )
+    install_store_errors(app)
     app.state.metrics = GatewayMetrics(settings.registry())
     app.state.analytics_docs = analytics_docs.AnalyticsDocs()
     analytics_docs.install(app, app.state.analytics_docs)

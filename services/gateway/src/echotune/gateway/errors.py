@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 
 from echotune.web.errors import ApiError, render_error
+
+log = logging.getLogger(__name__)
 
 OPENAI_ERROR_TYPES = {
     400: "invalid_request_error",
@@ -18,6 +22,7 @@ OPENAI_ERROR_TYPES = {
     409: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
+    503: "service_unavailable_error",
 }
 
 
@@ -43,3 +48,14 @@ def render(request: Request, error: ApiError) -> JSONResponse:
     if request.url.path.startswith("/v1/"):
         return openai_error(error)
     return render_error(request, error)
+
+
+def install_store_errors(app: FastAPI) -> None:
+    """Redis failing a request (down past the retries, or no free connection in time) is a
+    503 the client may retry, not a 500."""
+
+    @app.exception_handler(RedisError)
+    async def _store_unavailable(request: Request, exc: RedisError) -> JSONResponse:
+        log.warning("Redis failed %s %s: %r", request.method, request.url.path, exc)
+        message = "the gateway cannot reach its store; retry shortly"
+        return render(request, ApiError(503, "unavailable", message, headers={"Retry-After": "1"}))

@@ -1,0 +1,37 @@
+"""Redis failing a request is a 503 the client may retry, in each door's error format."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from redis.exceptions import ConnectionError, MaxConnectionsError
+
+from echotune.gateway.errors import install_store_errors
+from echotune.web.errors import install_error_handlers
+
+
+def app_failing_with_redis() -> FastAPI:
+    app = FastAPI()
+    install_error_handlers(app)
+    install_store_errors(app)
+
+    @app.get("/api/thing")
+    async def thing() -> None:
+        raise MaxConnectionsError("Too many connections")
+
+    @app.get("/v1/thing")
+    async def openai_thing() -> None:
+        raise ConnectionError("Connection refused")
+
+    return app
+
+
+def test_redis_failures_are_503s_to_retry_not_500s() -> None:
+    client = TestClient(app_failing_with_redis())
+    api = client.get("/api/thing")
+    assert api.status_code == 503
+    assert api.headers["retry-after"] == "1"
+    assert api.json()["error"]["code"] == "unavailable"
+    door = client.get("/v1/thing")
+    assert door.status_code == 503
+    assert door.json()["error"]["type"] == "service_unavailable_error"
