@@ -12,12 +12,20 @@ from echotune.common.keys import Keys
 from echotune.gateway.chat.relay import Entry, StreamRelay, Subscription
 
 
-async def relay_blocked(redis: Redis) -> None:
-    """Wait until a client of this Redis is blocked in XREAD (the relay's read is in flight)."""
+async def client_ids(redis: Redis) -> set[str]:
+    return {str(c["id"]) for c in await redis.client_list()}
+
+
+async def relay_blocked(redis: Redis, others: set[str]) -> None:
+    """Wait until a client of this Redis, not one of ``others`` (there before the relay), is
+    blocked in XREAD: the relay's read is in flight."""
 
     async def blocked() -> bool:
         clients = await redis.client_list()
-        return any(c.get("cmd") == "xread" and "b" in c.get("flags", "") for c in clients)
+        return any(
+            c.get("cmd") == "xread" and "b" in c.get("flags", "") and str(c["id"]) not in others
+            for c in clients
+        )
 
     async with asyncio.timeout(5):
         while not await blocked():  # noqa: ASYNC110 - Redis pushes no signal to wait on
@@ -39,12 +47,13 @@ async def test_a_reader_joining_behind_another_gets_every_entry(
     key = keys.events(rid)
     ids = [await redis.xadd(key, {"type": "delta", "data": str(n)}) for n in range(5)]
     relay = StreamRelay(redis_server_url, keys, block_ms=5000, batch=100)
+    others = await client_ids(redis)
     await relay.start()
     try:
         first = relay.subscribe(rid, ids[-1])
         await redis.xadd(key, {"type": "delta", "data": "5"})
         await take(first, 1)
-        await relay_blocked(redis)  # reading this stream after entry 5, for `first` only
+        await relay_blocked(redis, others)  # reading this stream after entry 5, for `first` only
 
         async def slow_wake() -> None:  # the wake-up of the next subscription comes late
             await asyncio.sleep(0.5)
