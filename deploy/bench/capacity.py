@@ -33,6 +33,7 @@ from typing import Any
 import httpx
 
 from deploy.bench import measure, redis_nodes
+from deploy.bench.run import bench_env
 from deploy.local.processes import ServiceProcess, start_fake_llm, start_gateway, start_worker
 
 IDLE_S = 5.0  # the idle baseline is measured this long
@@ -50,33 +51,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pace-ms", type=float, default=20.0, help="upstream time between tokens")
     parser.add_argument("--out", type=Path, default=None, help="write capacity.json here")
     return parser.parse_args(argv)
-
-
-def stack_env(redis_url: str, fake_url: str, api_key: str, concurrency: int) -> dict[str, str]:
-    provider = {
-        "name": "bench",
-        "kind": "openai",
-        "base_url": f"{fake_url}/v1",
-        "api_key": "sk-bench-0123456789",
-        "models": ["gpt-fake"],
-        "timeouts": {"connect": 5, "first_token": 30, "idle": 30, "total": 600},
-    }
-    huge = "1000000"
-    return {
-        "ECHOTUNE_REDIS_URL": redis_url,
-        "ECHOTUNE_NAMESPACE": f"cap{uuid.uuid4().hex[:8]}",
-        "ECHOTUNE_PROVIDERS": json.dumps([provider]),
-        "ECHOTUNE_DEFAULT_PROVIDER": "bench",
-        "ECHOTUNE_FALLBACKS": "[]",
-        "ECHOTUNE_LOG_LEVEL": "WARNING",
-        "ECHOTUNE_DEV_API_KEY": api_key,
-        "ECHOTUNE_GATEWAY_SESSION_SECRET": secrets.token_urlsafe(16),
-        "ECHOTUNE_GATEWAY_CHAT_STARTS_PER_MINUTE_USER": huge,
-        "ECHOTUNE_GATEWAY_CHAT_STARTS_PER_MINUTE_IP": huge,
-        "ECHOTUNE_GATEWAY_MAX_OPEN_STREAMS_PER_USER": huge,
-        "ECHOTUNE_GATEWAY_MAX_BACKLOG": huge,
-        "ECHOTUNE_WORKER_CONCURRENCY": str(concurrency + 16),
-    }
 
 
 async def answer(http: httpx.AsyncClient, gateway: str, tokens: int) -> int:
@@ -260,7 +234,14 @@ async def capacity_main(args: argparse.Namespace) -> dict[str, Any]:
                 "--pace-ms", str(args.pace_ms), "--ttft-ms", "20", "--tokens", "64"
             )
             services.append(fake)
-            env = stack_env(redis_url, fake_url, api_key, args.concurrency)
+            env = bench_env(
+                redis_url,
+                fake_url,
+                api_key,
+                log_level="WARNING",
+                concurrency=args.concurrency,
+                name="cap",
+            )
             gateway, gateway_url = await start_gateway(env)
             services.append(gateway)
             services += [await start_worker(env, name=f"worker{i + 1}") for i in range(2)]

@@ -135,9 +135,10 @@ def nominal_s(args: argparse.Namespace) -> float:
 # --- the stack ------------------------------------------------------------------------------
 
 
-def stack_env(
-    args: argparse.Namespace, redis_url: str, fake_url: str, api_key: str
+def bench_env(
+    redis_url: str, fake_url: str, api_key: str, *, log_level: str, concurrency: int, name: str
 ) -> dict[str, str]:
+    """The stack's settings for a benchmark: one provider on the fake upstream, no limits."""
     provider = {
         "name": "bench",
         "kind": "openai",
@@ -149,21 +150,34 @@ def stack_env(
     huge = "1000000"
     return {
         "ECHOTUNE_REDIS_URL": redis_url,
-        "ECHOTUNE_NAMESPACE": f"bench{uuid.uuid4().hex[:8]}",
+        "ECHOTUNE_NAMESPACE": f"{name}{uuid.uuid4().hex[:8]}",
         "ECHOTUNE_PROVIDERS": json.dumps([provider]),
         "ECHOTUNE_DEFAULT_PROVIDER": "bench",
         "ECHOTUNE_FALLBACKS": "[]",
-        "ECHOTUNE_LOG_LEVEL": args.log_level,
+        "ECHOTUNE_LOG_LEVEL": log_level,
         "ECHOTUNE_DEV_API_KEY": api_key,
         "ECHOTUNE_GATEWAY_SESSION_SECRET": secrets.token_urlsafe(16),
         "ECHOTUNE_GATEWAY_CHAT_STARTS_PER_MINUTE_USER": huge,
         "ECHOTUNE_GATEWAY_CHAT_STARTS_PER_MINUTE_IP": huge,
         "ECHOTUNE_GATEWAY_MAX_OPEN_STREAMS_PER_USER": huge,
         "ECHOTUNE_GATEWAY_MAX_BACKLOG": huge,
-        # every worker must be able to take all the streams of the largest level
-        "ECHOTUNE_WORKER_CONCURRENCY": str(max(args.levels) + 16),
-        "ECHOTUNE_WORKER_STAMP_TOKENS": "true",
+        "ECHOTUNE_WORKER_CONCURRENCY": str(concurrency + 16),
     }
+
+
+def stack_env(
+    args: argparse.Namespace, redis_url: str, fake_url: str, api_key: str
+) -> dict[str, str]:
+    # every worker must be able to take all the streams of the largest level
+    env = bench_env(
+        redis_url,
+        fake_url,
+        api_key,
+        log_level=args.log_level,
+        concurrency=max(args.levels),
+        name="bench",
+    )
+    return {**env, "ECHOTUNE_WORKER_STAMP_TOKENS": "true"}
 
 
 def start_clients(count: int) -> list[tuple[multiprocessing.process.BaseProcess, Connection]]:
