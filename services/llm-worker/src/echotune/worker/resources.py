@@ -98,7 +98,7 @@ async def open_worker(
         events_maxlen=settings.events_maxlen,
     )
     await streams.load_scripts()
-    http = make_client(transport)
+    http = make_client(transport, settings.http_transport)
     instrument(redis, http)
     context_ms = int(settings.context_timeout_s * 1000)
     mongo = create_mongo(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -56,5 +57,10 @@ class WorkerSettings(ServiceSettings, ProviderSettings):
     profile_top: int = Field(5, ge=1, le=20, description="Artists, genres, recent tracks listed")
     profile_max_chars: int = Field(
         1200, ge=0, description="Bound of the profile's part of the system prompt"
+    )
+    http_transport: Literal["lean", "httpx"] = Field(
+        "lean",
+        description="Providers' HTTP/1.1 transport: lean (httptools, providers/transport.py) "
+        "or httpx's own (httpcore)",
     )
     stamp_tokens: bool = Field(False, description="Stamp each delta with monotonic_ns (bench)")

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,14 +63,81 @@ class Entry:
         return self.type in (EventType.DONE, EventType.ERROR)
 
 
+class Inbox:
+    """The entries relayed to one reader, in order; a timed wait arms no timer per entry."""
+
+    def __init__(self) -> None:
+        self._items: deque[Entry] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    def put_nowait(self, entry: Entry) -> None:
+        self._items.append(entry)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    async def get(self) -> Entry:
+        while not self._items:
+            await self._wait()
+        return self._items.popleft()
+
+    async def get_within(self, timeout: float) -> Entry | None:
+        """The next entry, or ``None`` if none comes within ``timeout`` seconds."""
+        if not self._items:
+            loop = asyncio.get_running_loop()
+            self._due = loop.time() + timeout
+            # one timer, moved later lazily (it fires once per period at most), earlier at once
+            if self._timer is not None and self._timer.when() > self._due:
+                self._timer.cancel()
+                self._timer = None
+            if self._timer is None:
+                self._timer = loop.call_at(self._due, self._expire, loop)
+            await self._wait()
+        return self._items.popleft() if self._items else None
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    async def _wait(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        if self._waiter is None or self._waiter.done():
+            return
+        if loop.time() < self._due:
+            self._timer = loop.call_at(self._due, self._expire, loop)
+        else:
+            self._waiter.set_result(None)
+
+
 @dataclass(eq=False, slots=True)
 class Subscription:
-    """A reader of one request's events after ``last_id``."""
+    """A reader of one request's events after ``last_id`` (``after``: the same, parsed)."""
 
     request_id: str
     key: str
     last_id: str
-    queue: asyncio.Queue[Entry] = field(default_factory=asyncio.Queue)
+    after: StreamId = (0, 0)
+    queue: Inbox = field(default_factory=lambda: Inbox())
+
+    def __post_init__(self) -> None:
+        self.after = parse_stream_id(self.last_id)
+
+
+def _as_is(response: Any, **_: Any) -> Any:
+    """The XREAD reply as hiredis parsed it (redis-py would rebuild it entry by entry)."""
+    return response
 
 
 class StreamRelay:
@@ -84,6 +152,7 @@ class StreamRelay:
         self._redis: Redis = create_redis(
             redis_url, max_connections=1, socket_timeout=block_ms / 1000 + 5
         )
+        self._redis.set_response_callback("XREAD", _as_is)
         self._waker: Redis = create_redis(redis_url, max_connections=2)
         self._keys = keys
         self._block_ms = block_ms
@@ -138,6 +207,7 @@ class StreamRelay:
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
+        sub.queue.close()
         subs = self._subs.get(sub.key)
         if subs is not None:
             subs.discard(sub)
@@ -154,20 +224,23 @@ class StreamRelay:
         except RedisError:
             log.warning("could not wake the relay; it wakes by itself within its block time")
 
-    def _read_positions(self) -> dict[str, str]:
+    def _read_positions(self) -> dict[str, Subscription | None]:
+        """The slowest reader of every stream read (``None``: the wake-up stream)."""
         self._wake_pending = False
-        positions = {self._wakeup_key: self._wakeup_last}
+        positions: dict[str, Subscription | None] = {self._wakeup_key: None}
         for key, subs in self._subs.items():
-            positions[key] = min((s.last_id for s in subs), key=parse_stream_id)
+            positions[key] = min(subs, key=_position_of) if len(subs) > 1 else next(iter(subs))
         return positions
 
     async def _run(self) -> None:
         while not self._stopping:
             try:
-                positions: Any = self._read_positions()
-                reply: Any = await self._redis.xread(
-                    positions, count=self._batch, block=self._block_ms
-                )
+                positions = self._read_positions()
+                ids = [self._wakeup_last if s is None else s.last_id for s in positions.values()]
+                reply: Any = await self._redis.execute_command(  # type: ignore[no-untyped-call]
+                    "XREAD", "COUNT", self._batch, "BLOCK", self._block_ms, "STREAMS",
+                    *positions, *ids,
+                )  # fmt: skip
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -176,16 +249,20 @@ class StreamRelay:
                 log.exception("relay read failed; retrying in 0.5 s")
                 await asyncio.sleep(0.5)
                 continue
-            for key, entries in reply or ():
-                if key == self._wakeup_key:
+            # RESP3: a map of stream → entries; RESP2: a list of [stream, entries]
+            streams = reply.items() if isinstance(reply, dict) else reply or ()
+            for key, entries in streams:
+                slowest = positions.get(key)
+                if slowest is not None:
+                    read = [(i, dict(zip(f[::2], f[1::2], strict=True))) for i, f in entries if f]
+                    self._dispatch(key, read, slowest.after)
+                elif key == self._wakeup_key:
                     self._wakeup_last = entries[-1][0]
-                else:
-                    self._dispatch(key, entries, parse_stream_id(positions[key]))
 
     def _position(self, key: str) -> str | None:
         """Where the slowest reader of ``key`` is (``None``: nobody reads it)."""
         subs = self._subs.get(key)
-        return min((s.last_id for s in subs), key=parse_stream_id) if subs else None
+        return min(subs, key=_position_of).last_id if subs else None
 
     def _deliver(self, key: str, entries: list[tuple[str, dict[str, str]]], after: str) -> None:
         self._dispatch(key, entries, parse_stream_id(after))
@@ -198,14 +275,21 @@ class StreamRelay:
         One that subscribed meanwhile at an earlier position is served by the next read
         (from its own position): handing it these would skip what lies in between.
         """
-        for sub in tuple(self._subs.get(key, ())):
-            after = parse_stream_id(sub.last_id)
-            if after < read_after:
+        subs = self._subs.get(key)
+        if not subs:
+            return
+        parsed = [(parse_stream_id(i), i, fields) for i, fields in entries]
+        for sub in tuple(subs):
+            if sub.after < read_after:
                 continue
-            for entry_id, fields in entries:
-                if parse_stream_id(entry_id) <= after:
+            for position, entry_id, fields in parsed:
+                if position <= sub.after:
                     continue
                 sub.queue.put_nowait(
                     Entry(entry_id, fields.get("type", ""), fields.get("data", ""))
                 )
-                sub.last_id = entry_id
+                sub.last_id, sub.after = entry_id, position
+
+
+def _position_of(sub: Subscription) -> StreamId:
+    return sub.after

@@ -389,16 +389,9 @@ class ChatService:
         )
         try:
             while time.monotonic() < deadline:
-                try:
-                    entry = sub.queue.get_nowait()  # queued: no timer needed
-                except asyncio.QueueEmpty:
-                    entry = None
-                try:
-                    if entry is None:
-                        wait = max(min(settings.heartbeat_s, check_at - time.monotonic()), 0.0)
-                        async with asyncio.timeout(wait):
-                            entry = await sub.queue.get()
-                except TimeoutError:
+                wait = max(min(settings.heartbeat_s, check_at - time.monotonic()), 0.0)
+                entry = await sub.queue.get_within(wait)
+                if entry is None:
                     if time.monotonic() >= check_at:
                         await self._check_workers(sub.request_id)
                         check_at = time.monotonic() + settings.pickup_timeout_s

@@ -9,6 +9,8 @@ import anyio
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from echotune.web.app import RAW_SEND
+
 HEARTBEAT = b": keepalive\n\n"
 SSE_HEADERS = {
     "Cache-Control": "no-cache",
@@ -53,7 +55,7 @@ class SSEResponse(StreamingResponse):
 
                 async def stream_then_stop() -> None:
                     with contextlib.suppress(OSError):  # the client went away mid-write
-                        await self.stream_response(send)
+                        await self._stream(send, scope.get(RAW_SEND, send))
                     group.cancel_scope.cancel()
 
                 group.start_soon(stream_then_stop)
@@ -62,3 +64,13 @@ class SSEResponse(StreamingResponse):
         finally:
             if self.on_close is not None:
                 self.on_close()
+
+    async def _stream(self, send: Send, raw_send: Send) -> None:
+        """The start and the end through the middlewares; the frames straight to the server
+        (no middleware acts on them, and every frame would pay for each wrapper)."""
+        start = {"type": "http.response.start", "status": self.status_code}
+        await send({**start, "headers": self.raw_headers})
+        async for chunk in self.body_iterator:
+            body = chunk.encode() if isinstance(chunk, str) else bytes(chunk)
+            await raw_send({"type": "http.response.body", "body": body, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

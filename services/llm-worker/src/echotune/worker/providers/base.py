@@ -12,8 +12,11 @@ from echotune.common.completion import CompletionFeatures, TokenLogprob, ToolCal
 from echotune.common.listening_profile import ListeningProfile
 from echotune.common.messages import ChatMessage, FinishReason, Usage
 from echotune.common.providers import ProviderConfig
+from echotune.worker.providers.transport import LeanTransport
 
 REQUEST_ID_HEADER = "X-Request-Id"
+MAX_IDLE_CONNECTIONS = 100
+"""Idle provider connections a worker process keeps (per origin with the lean transport)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +94,12 @@ class Provider(Protocol):
     def stream(self, request: ProviderRequest) -> AsyncGenerator[StreamItem, None]: ...
 
 
-def make_client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
-    """The HTTP client a worker process shares between its provider calls."""
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+def make_client(
+    transport: httpx.AsyncBaseTransport | None = None, kind: str = "lean"
+) -> httpx.AsyncClient:
+    """The HTTP client a worker process shares between its provider calls (``transport``: a
+    test's seam; else ``kind`` chooses the lean transport or httpx's own)."""
+    if transport is None and kind == "lean":
+        transport = LeanTransport(max_idle=MAX_IDLE_CONNECTIONS)
+    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=MAX_IDLE_CONNECTIONS)
     return httpx.AsyncClient(transport=transport, limits=limits, timeout=None)
