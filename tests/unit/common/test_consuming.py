@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from echotune.common.consuming import restart_stopped
+from typing import Annotated, Any
+
+import anyio.to_thread
+import pytest
+from faststream import Context
+from faststream.redis import RedisBroker, TestRedisBroker
+from faststream.redis.message import RedisMessage
+
+from echotune.common.consuming import InlineContext, restart_stopped
 
 
 class FakeSubscriber:
@@ -28,3 +36,34 @@ async def test_only_stopped_subscribers_restart_after_the_group_is_recreated() -
     assert log == ["group", "start reclaim"]
     assert await restart_stopped(subscribers, recreate) == 0
     assert log == ["group", "start reclaim"]
+
+
+@pytest.mark.parametrize(("field", "hops"), [(Context, 2), (InlineContext, 0)])
+async def test_inline_context_is_resolved_without_a_thread_hop(
+    field: Any, hops: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FastStream's ``Context`` resolves each parameter in a worker thread, per message."""
+    calls: list[object] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counting(func: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(func)
+        return await run_sync(func, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counting)
+    broker = RedisBroker()
+    seen: list[tuple[str, str]] = []
+
+    @broker.subscriber("jobs")
+    async def handle(
+        body: str,
+        service: Annotated[str, field("service")],
+        message: Annotated[RedisMessage, field("message")],
+    ) -> None:
+        seen.append((body, service))
+
+    async with TestRedisBroker(broker) as test_broker:
+        test_broker.context.set_global("service", "worker")
+        await test_broker.publish("hello", channel="jobs")
+    assert seen == [("hello", "worker")]
+    assert len(calls) == hops

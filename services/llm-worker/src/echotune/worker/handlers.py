@@ -6,10 +6,10 @@ import json
 import logging
 from typing import Annotated
 
-from faststream import Context
 from faststream.redis.message import RedisStreamMessage
 from pydantic import ValidationError
 
+from echotune.common.consuming import InlineContext
 from echotune.common.messages import ChatJob, ErrorCode, ErrorEvent, encode_event
 from echotune.common.request_stream import Take
 from echotune.worker.execute import execute
@@ -18,8 +18,8 @@ from echotune.worker.resources import Worker
 
 log = logging.getLogger(__name__)
 
-WorkerDep = Annotated[Worker, Context("worker")]
-MessageDep = Annotated[RedisStreamMessage, Context("message")]
+WorkerDep = Annotated[Worker, InlineContext("worker")]
+MessageDep = Annotated[RedisStreamMessage, InlineContext("message")]
 
 
 async def handle_job(job: ChatJob, worker: WorkerDep, message: MessageDep) -> None:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from faststream import Context
 from faststream.redis.annotations import RedisBatchStreamMessage
 from faststream.redis.message import FAKE_CONSUMER, BatchStreamMessage
 from faststream.redis.message import RedisBatchStreamMessage as BatchMessage
 
+from echotune.common.consuming import InlineContext
 from echotune.common.keys import TELEMETRY_GROUP
 from echotune.telemetry.consumer import BatchConsumer
 
-ConsumerDep = Annotated[BatchConsumer, Context("telemetry")]
+ConsumerDep = Annotated[BatchConsumer, InlineContext("telemetry")]
 
 
 async def raw_batch(message: BatchStreamMessage) -> BatchMessage:
