@@ -6,7 +6,6 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -128,39 +127,3 @@ async def test_a_cancel_flag_is_reported_by_the_next_append(
     writer.delta("x")
     await writer.flush()
     assert running.cancelled == [True]
-
-
-async def test_busy_rounds_are_paced_and_a_token_after_a_quiet_spell_is_not(
-    redis: Redis, keys: Keys
-) -> None:
-    """Rounds start ``min_gap_s`` apart at least; the first after a quiet spell goes at once."""
-    producer = Producer(redis, keys)
-    producer.flusher.min_gap_s = 0.5
-    rounds: list[float] = []
-    loop = asyncio.get_running_loop()
-    append_many = producer.streams.append_many
-
-    async def timed(batches: Any) -> Any:
-        rounds.append(loop.time())
-        return await append_many(batches)
-
-    producer.streams.append_many = timed  # type: ignore[method-assign]
-    flushing = asyncio.create_task(producer.flusher.run())
-    writer = await producer.writer(await opened(redis, keys))
-    marked = loop.time()
-    writer.delta("one ")
-    await writer.flush()
-    writer.delta("two ")
-    await asyncio.sleep(0.01)
-    writer.delta("three ")
-    await writer.flush()
-    await asyncio.sleep(0.6)  # quiet
-    quiet_marked = loop.time()
-    writer.delta("four")
-    await writer.flush()
-    flushing.cancel()
-    assert len(rounds) == 3, rounds
-    assert rounds[0] - marked < 0.25  # idle: at once
-    assert rounds[1] - rounds[0] >= 0.49  # busy: "two" waited and "three" joined it
-    assert rounds[2] - quiet_marked < 0.25  # after the quiet spell: at once
-    assert await deltas(redis, keys, writer.request_id) == ["one ", "two three ", "four"]

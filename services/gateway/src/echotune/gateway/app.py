@@ -42,11 +42,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     keys = settings.keys
     redis = create_redis(settings.redis_url)
     relay = StreamRelay(
-        settings.redis_url,
-        keys,
-        block_ms=settings.relay_block_ms,
-        batch=settings.relay_batch,
-        gap_s=settings.relay_gap_ms / 1000,
+        settings.redis_url, keys, block_ms=settings.relay_block_ms, batch=settings.relay_batch
     )
     broker = create_broker(settings.redis_url, logger=logging.getLogger("echotune.gateway.broker"))
     await broker.connect()

@@ -46,11 +46,4 @@ class GatewaySettings(ServiceSettings, ProviderSettings):
     )
     jobs_trim_s: float = Field(30.0, gt=0, description="How often acknowledged jobs are trimmed")
     relay_block_ms: int = Field(5000, ge=10, description="Longest blocking XREAD of the relay")
-    relay_gap_ms: float = Field(
-        2.0,
-        ge=0,
-        le=50,
-        description="Least time between two relay reads: busy, entries wait up to this long "
-        "to share a read; after a quiet spell none waits",
-    )
     relay_batch: int = Field(256, ge=1, description="Entries read per stream per XREAD")

@@ -58,13 +58,6 @@ class WorkerSettings(ServiceSettings, ProviderSettings):
     profile_max_chars: int = Field(
         1200, ge=0, description="Bound of the profile's part of the system prompt"
     )
-    flush_gap_ms: float = Field(
-        2.0,
-        ge=0,
-        le=50,
-        description="Least time between two appends of the process's tokens to Redis: busy, "
-        "tokens wait up to this long to share a write; after a quiet spell none waits",
-    )
     http_transport: Literal["lean", "httpx"] = Field(
         "lean",
         description="Providers' HTTP/1.1 transport: lean (httptools, providers/transport.py) "

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 
@@ -158,16 +157,10 @@ class EventWriter:
 
 
 class AppendFlusher:
-    """Appends the buffered entries of every request of this process, one pipeline a round.
+    """Appends the buffered entries of every request of this process, one pipeline a round."""
 
-    Rounds start at least ``min_gap_s`` apart: after a quiet spell a token goes out at once,
-    while busy the tokens of the next ``min_gap_s`` join the same round (fewer, larger
-    writes: a round costs two syscalls and a Redis round trip whatever it carries).
-    """
-
-    def __init__(self, streams: RequestStreams, min_gap_s: float = 0.0) -> None:
+    def __init__(self, streams: RequestStreams) -> None:
         self.streams = streams
-        self.min_gap_s = min_gap_s
         self._dirty: dict[int, EventWriter] = {}
         self._wake = asyncio.Event()
 
@@ -176,15 +169,10 @@ class AppendFlusher:
         self._wake.set()
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        last = -math.inf
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._dirty:
-                if (wait := last + self.min_gap_s - loop.time()) > 0:
-                    await asyncio.sleep(wait)
-                last = loop.time()
                 writers = list(self._dirty.values())
                 self._dirty.clear()
                 await self._send(writers)

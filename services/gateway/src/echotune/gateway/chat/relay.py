@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -144,9 +143,7 @@ def _as_is(response: Any, **_: Any) -> Any:
 class StreamRelay:
     """Multiplexes the XREADs of all open streams of this process onto one connection."""
 
-    def __init__(
-        self, redis_url: str, keys: Keys, *, block_ms: int, batch: int, gap_s: float = 0.0
-    ) -> None:
+    def __init__(self, redis_url: str, keys: Keys, *, block_ms: int, batch: int) -> None:
         self._cluster: ClusterReads | None = None
         if is_cluster(redis_url):
             self._cluster = ClusterReads(
@@ -160,7 +157,6 @@ class StreamRelay:
         self._keys = keys
         self._block_ms = block_ms
         self._batch = batch
-        self._gap_s = gap_s
         self.gateway_id = uuid.uuid4().hex
         self._wakeup_key = keys.gateway_wakeup(self.gateway_id)
         self._wakeup_last = "0-0"
@@ -237,13 +233,7 @@ class StreamRelay:
         return positions
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        last = -math.inf
         while not self._stopping:
-            # busy (the last read returned at once): let entries gather for ``gap_s``
-            if (wait := last + self._gap_s - loop.time()) > 0:
-                await asyncio.sleep(wait)
-            last = loop.time()
             try:
                 positions = self._read_positions()
                 ids = [self._wakeup_last if s is None else s.last_id for s in positions.values()]
