@@ -11,7 +11,7 @@ import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from echotune.common import job_queue, tracing
+from echotune.common import heap, job_queue, tracing
 from echotune.common.breaker import CircuitBreakers
 from echotune.common.redis import create_broker, create_redis
 from echotune.common.request_stream import RequestStreams
@@ -87,6 +87,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     ]
     app.state.redis, app.state.chat, app.state.providers = redis, chat, providers
     try:
+        heap.settle()
         yield
     finally:
         for task in background:

@@ -18,7 +18,7 @@ from faststream.middlewares import ExceptionMiddleware
 from faststream.redis import RedisBroker, StreamSub
 from pydantic import ValidationError
 
-from echotune.common import tracing
+from echotune.common import heap, tracing
 from echotune.common.consuming import Subscriber, health_route
 from echotune.common.keys import JOBS_GROUP
 from echotune.common.logs import configure_logging
@@ -84,6 +84,7 @@ def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
     async def lifespan(context: ContextRepo) -> AsyncIterator[None]:
         async with open_worker(settings, broker, metrics) as worker:
             context.set_global("worker", worker)
+            heap.settle()
             yield
 
     async def supervise(worker: WorkerDep) -> None:

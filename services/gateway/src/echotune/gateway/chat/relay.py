@@ -121,23 +121,32 @@ class Inbox:
             self._waiter.set_result(None)
 
 
+def bulk(value: str) -> bytes:
+    """``value`` as a RESP bulk string."""
+    raw = value.encode()
+    return b"$%d\r\n%s\r\n" % (len(raw), raw)
+
+
 @dataclass(eq=False, slots=True)
 class Subscription:
-    """A reader of one request's events after ``last_id`` (``after``: the same, parsed)."""
+    """A reader of one request's events after ``last_id`` (``after``: the same, parsed).
+
+    ``key_arg`` and ``id_arg`` are its XREAD arguments, packed once, not on every read."""
 
     request_id: str
     key: str
     last_id: str
     after: StreamId = (0, 0)
     queue: Inbox = field(default_factory=lambda: Inbox())
+    key_arg: bytes = b""
+    id_arg: bytes = b""
 
     def __post_init__(self) -> None:
-        self.after = parse_stream_id(self.last_id)
+        self.moved(self.last_id, parse_stream_id(self.last_id))
+        self.key_arg = bulk(self.key)
 
-
-def _as_is(response: Any, **_: Any) -> Any:
-    """The XREAD reply as hiredis parsed it (redis-py would rebuild it entry by entry)."""
-    return response
+    def moved(self, last_id: str, after: StreamId) -> None:
+        self.last_id, self.after, self.id_arg = last_id, after, bulk(last_id)
 
 
 class StreamRelay:
@@ -152,7 +161,6 @@ class StreamRelay:
         self._redis: Redis = create_redis(
             redis_url, max_connections=1, socket_timeout=block_ms / 1000 + 5
         )
-        self._redis.set_response_callback("XREAD", _as_is)
         self._waker: Redis = create_redis(redis_url, max_connections=2)
         self._keys = keys
         self._block_ms = block_ms
@@ -160,6 +168,9 @@ class StreamRelay:
         self.gateway_id = uuid.uuid4().hex
         self._wakeup_key = keys.gateway_wakeup(self.gateway_id)
         self._wakeup_last = "0-0"
+        self._xread = b"".join(
+            map(bulk, ["XREAD", "COUNT", str(batch), "BLOCK", str(block_ms), "STREAMS"])
+        )
         self._subs: dict[str, set[Subscription]] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake_pending = False
@@ -236,11 +247,7 @@ class StreamRelay:
         while not self._stopping:
             try:
                 positions = self._read_positions()
-                ids = [self._wakeup_last if s is None else s.last_id for s in positions.values()]
-                reply: Any = await self._redis.execute_command(  # type: ignore[no-untyped-call]
-                    "XREAD", "COUNT", self._batch, "BLOCK", self._block_ms, "STREAMS",
-                    *positions, *ids,
-                )  # fmt: skip
+                reply = await self._read(self._command(positions))
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -255,9 +262,36 @@ class StreamRelay:
                 slowest = positions.get(key)
                 if slowest is not None:
                     read = [(i, dict(zip(f[::2], f[1::2], strict=True))) for i, f in entries if f]
-                    self._dispatch(key, read, slowest.after)
+                    self._dispatch(key, read, slowest.after, slowest)
                 elif key == self._wakeup_key:
                     self._wakeup_last = entries[-1][0]
+
+    def _command(self, positions: dict[str, Subscription | None]) -> bytes:
+        """``XREAD COUNT … BLOCK … STREAMS keys… ids…`` in RESP, from the packed pieces."""
+        subs = positions.values()
+        wakeup_key, wakeup_id = bulk(self._wakeup_key), bulk(self._wakeup_last)
+        return b"".join(
+            [
+                b"*%d\r\n" % (6 + 2 * len(positions)),
+                self._xread,
+                *[wakeup_key if s is None else s.key_arg for s in subs],
+                *[wakeup_id if s is None else s.id_arg for s in subs],
+            ]
+        )
+
+    async def _read(self, command: bytes) -> Any:
+        """Send a packed command on the relay's connection; its reply as hiredis parsed it
+        (redis-py would pack the arguments and rebuild the reply entry by entry)."""
+        pool = self._redis.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.send_packed_command(command, check_health=False)
+            return await connection.read_response()
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
 
     def _position(self, key: str) -> str | None:
         """Where the slowest reader of ``key`` is (``None``: nobody reads it)."""
@@ -268,15 +302,28 @@ class StreamRelay:
         self._dispatch(key, entries, parse_stream_id(after))
 
     def _dispatch(
-        self, key: str, entries: list[tuple[str, dict[str, str]]], read_after: StreamId
+        self,
+        key: str,
+        entries: list[tuple[str, dict[str, str]]],
+        read_after: StreamId,
+        reader: Subscription | None = None,
     ) -> None:
         """Hand entries read after ``read_after`` to the subscribers that had read that far.
 
         One that subscribed meanwhile at an earlier position is served by the next read
-        (from its own position): handing it these would skip what lies in between.
+        (from its own position): handing it these would skip what lies in between. The
+        ``reader`` whose position was read gets every entry, unparsed (the usual case).
         """
         subs = self._subs.get(key)
-        if not subs:
+        if not subs or not entries:
+            return
+        if len(subs) == 1 and reader in subs and reader.after == read_after:
+            for entry_id, fields in entries:
+                reader.queue.put_nowait(
+                    Entry(entry_id, fields.get("type", ""), fields.get("data", ""))
+                )
+            last = entries[-1][0]
+            reader.moved(last, parse_stream_id(last))
             return
         parsed = [(parse_stream_id(i), i, fields) for i, fields in entries]
         for sub in tuple(subs):
@@ -288,7 +335,7 @@ class StreamRelay:
                 sub.queue.put_nowait(
                     Entry(entry_id, fields.get("type", ""), fields.get("data", ""))
                 )
-                sub.last_id, sub.after = entry_id, position
+                sub.moved(entry_id, position)
 
 
 def _position_of(sub: Subscription) -> StreamId:
