@@ -67,6 +67,8 @@ class Inbox:
     """The entries relayed to one reader, in order; a timed wait arms no timer per entry."""
 
     def __init__(self) -> None:
+        # asyncio.get_running_loop() costs a getpid() syscall on Python 3.11: looked up once
+        self._loop = asyncio.get_running_loop()
         self._items: deque[Entry] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -88,7 +90,7 @@ class Inbox:
     async def get_within(self, timeout: float) -> Entry | None:
         """The next entry, or ``None`` if none comes within ``timeout`` seconds."""
         if not self._items:
-            loop = asyncio.get_running_loop()
+            loop = self._loop
             self._due = loop.time() + timeout
             # one timer, moved later lazily (it fires once per period at most), earlier at once
             if self._timer is not None and self._timer.when() > self._due:
@@ -105,7 +107,7 @@ class Inbox:
             self._timer = None
 
     async def _wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._loop.create_future()
         try:
             await self._waiter
         finally:
