@@ -197,3 +197,53 @@ async def test_a_connection_the_server_closed_is_not_reused() -> None:
         assert transport.idle_connections() == 0
         assert (await client.get(second.url)).text == "2"
         assert transport.idle_connections() == 1
+
+
+async def test_a_body_closed_unread_never_reaches_the_next_request(kind: str) -> None:
+    """Review finding: a response closed after its body arrived, unread (a cancel after a
+    short answer, a bounded error read), left that body queued for the connection's next
+    request, maybe another user's."""
+    replies = fixed(200, b"body-1"), fixed(200, b"body-2")
+    async with serve(*replies) as server, make_client(kind=kind) as client:
+        async with client.stream("POST", server.url, json={}) as response:
+            await asyncio.sleep(0.05)  # the whole body is in, nobody reads it
+            assert response.status_code == 200
+        second = await client.post(server.url, json={})
+    assert second.content == b"body-2"
+
+
+async def test_a_shorter_read_timeout_on_a_reused_connection_holds(kind: str) -> None:
+    """Review finding: the timer of an earlier, longer timeout was kept, not moved earlier."""
+    hold = asyncio.Event()
+    replies = fixed(200, b"1"), chunked(b"data: a\n\n", end=False, pause=hold)
+    async with serve(*replies) as server, make_client(kind=kind) as client:
+        first = await client.post(server.url, json={}, timeout=httpx.Timeout(5.0, read=30))
+        assert first.content == b"1"
+        started = asyncio.get_running_loop().time()
+        timeout = httpx.Timeout(5.0, read=0.2)
+        async with client.stream("POST", server.url, json={}, timeout=timeout) as response:
+            with pytest.raises(httpx.ReadTimeout):
+                await drain(response)
+        assert asyncio.get_running_loop().time() - started < 5
+        hold.set()
+    assert server.connections == 1
+
+
+async def test_an_interim_response_is_skipped(kind: str) -> None:
+    async def early_hints(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.02)
+        await fixed(200, b"ok")(_, writer)
+
+    async with serve(early_hints) as server, make_client(kind=kind) as client:
+        response = await client.post(server.url, json={})
+    assert (response.status_code, response.content) == (200, b"ok")
+    assert "link" not in response.headers
+
+
+async def test_a_header_with_a_line_break_is_refused(kind: str) -> None:
+    async with serve(fixed(200, b"")) as server, make_client(kind=kind) as client:
+        with pytest.raises(httpx.LocalProtocolError):
+            await client.post(server.url, json={}, headers={"Authorization": "Bearer k\n"})
+    assert server.requests == []

@@ -67,7 +67,10 @@ class SSEResponse(StreamingResponse):
 
     async def _stream(self, send: Send, raw_send: Send) -> None:
         """The start and the end through the middlewares; the frames straight to the server
-        (no middleware acts on them, and every frame would pay for each wrapper)."""
+        (no middleware acts on them, and every frame would pay for each wrapper).
+
+        Valid while every middleware passes the start on when it gets it: one that holds it
+        back (GZip, ``BaseHTTPMiddleware``) would let frames reach the server first."""
         start = {"type": "http.response.start", "status": self.status_code}
         await send({**start, "headers": self.raw_headers})
         async for chunk in self.body_iterator:

@@ -11,6 +11,7 @@ responses, decoding, errors) is plain httpx. Proxies from the environment keep h
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 from collections import deque
@@ -26,6 +27,7 @@ HIGH_WATER = 256 * 1024
 """Unread body bytes at which the socket stops being read."""
 
 Origin = tuple[str, str, int]
+_UNSAFE = re.compile(rb"[\r\n\x00]")
 
 
 class _Connection(asyncio.Protocol):
@@ -47,6 +49,8 @@ class _Connection(asyncio.Protocol):
         self.head_done = False
         self.complete = False
         self._keep_alive = False
+        self._drained = False  # the body was read to its end
+        self._busy = False  # a request is in flight
         self.idle_since = 0.0
 
     # -- asyncio.Protocol -----------------------------------------------------------------
@@ -54,10 +58,15 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
 
     def data_received(self, data: bytes) -> None:
+        if not self._busy:  # bytes nobody asked for: this connection cannot be trusted
+            self._fail(httpx.RemoteProtocolError("data on an idle connection"))
+            self.close()
+            return
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(httpx.RemoteProtocolError(f"invalid HTTP response: {exc}"))
+            self.close()
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -78,6 +87,9 @@ class _Connection(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self._interim():
+            self.headers = []  # a 1xx before the response: skipped
+            return
         self.head_done = True
         self._wake()
 
@@ -90,16 +102,23 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self._interim():
+            return
         self._keep_alive = self._parser.should_keep_alive()  # reset once the call returns
         self.complete = True
         self._wake()
 
+    def _interim(self) -> bool:
+        return 100 <= self._parser.get_status_code() < 200
+
     # -- used by the transport and the response stream -------------------------------------
     @property
     def reusable(self) -> bool:
+        """Whether the next request may use this connection: the response was read to its
+        end (nothing of it left to be taken for the next one) and the server keeps it open."""
         transport = self._transport
         return (
-            self.complete
+            self._drained
             and self._error is None
             and transport is not None
             and not transport.is_closing()
@@ -113,7 +132,8 @@ class _Connection(asyncio.Protocol):
             raise httpx.WriteError("connection closed")
         self._parser = httptools.HttpResponseParser(self)
         self.headers, self.head_done, self.complete = [], False, False
-        self._keep_alive = False
+        self._keep_alive = self._drained = False
+        self._busy = True
         self._read_timeout = read_timeout
         transport.write(head + body if len(body) < 65536 else head)
         if len(body) >= 65536:
@@ -129,6 +149,7 @@ class _Connection(asyncio.Protocol):
         """The next piece of the body; ``b""`` once it is complete."""
         while not self._chunks:
             if self.complete:
+                self._drained = True
                 return b""
             await self._wait()
         chunk = self._chunks.popleft()
@@ -138,7 +159,15 @@ class _Connection(asyncio.Protocol):
             self._transport.resume_reading()
         return chunk
 
+    def idle(self) -> None:
+        """Back in the pool: no request in flight, no timer."""
+        self._busy = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def close(self) -> None:
+        self._busy = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -153,6 +182,9 @@ class _Connection(asyncio.Protocol):
         if self._read_timeout is not None:
             # one timer re-armed lazily, not a new timer per read
             self._read_by = self._loop.time() + self._read_timeout
+            if self._timer is not None and self._timer.when() > self._read_by:
+                self._timer.cancel()  # set for a longer timeout: moved earlier at once
+                self._timer = None
             if self._timer is None:
                 self._timer = self._loop.call_at(self._read_by, self._check_timeout)
         try:
@@ -240,6 +272,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         """Keep a finished connection for the next request to ``origin``, or close it."""
         idle = self._idle.setdefault(origin, [])
         if connection.reusable and len(idle) < self._max_idle:
+            connection.idle()
             connection.idle_since = time.monotonic()
             idle.append(connection)
         else:
@@ -287,6 +320,8 @@ def _head(request: httpx.Request, body: bytes) -> bytes:
     lines = [b"%s %s HTTP/1.1\r\n" % (request.method.encode("ascii"), request.url.raw_path)]
     chunked = False
     for name, value in request.headers.raw:
+        if _UNSAFE.search(name) or _UNSAFE.search(value):  # h11 refuses these too
+            raise httpx.LocalProtocolError(f"illegal header {name!r}", request=request)
         if name.lower() == b"transfer-encoding":
             chunked = True
             continue
