@@ -4,7 +4,8 @@ A cancel is *lost* when upstream work went on after it and the answer ended othe
 than 1 s later; an answer that ended by itself first (or within the bound: a race with its
 natural end) is excused. A slow `cancelled` says why: the worker running it did not stop in
 time, no worker had taken the job yet (queued, or held by a worker), or its worker was killed.
-Only a Redis restart meanwhile excuses a slow one: nobody can write then.
+Only Redis restarting or blocked (its latency monitor: an fsync waiting for the disk) meanwhile
+excuses a slow one: nobody can write then.
 """
 
 from __future__ import annotations
@@ -82,6 +83,15 @@ class CancelChecks:
                 rid,
                 f"cancelled after {latency:.0f} ms: Redis was "
                 "restarting meanwhile (no one can write)",
+            )
+            return
+        stalled_ms = self.ev.redis_stalled_ms(call.t_sent_ns, final.t_ns)
+        if stalled_ms >= latency - CANCEL_BOUND_MS:
+            self.f.excuse(
+                "cancel",
+                rid,
+                f"cancelled after {latency:.0f} ms: Redis was blocked {stalled_ms} ms meanwhile "
+                "(its latency monitor: no one can write then)",
             )
             return
         self.f.add(

@@ -100,6 +100,13 @@ class Evidence:
     def redis_restarting(self, start_ns: int, end_ns: int) -> bool:
         return any(down <= end_ns and up >= start_ns for down, up in self.redis_down)
 
+    def redis_stalled_ms(self, start_ns: int, end_ns: int) -> int:
+        """How long Redis' main thread was blocked (its latency monitor) between the two
+        times; the monitor keeps the worst stall of each second, stamped in whole seconds."""
+        begin, end = int(self.history.wall(start_ns)), self.history.wall(end_ns) + 1
+        stalls = self.history.redis.get("stalls", [])
+        return sum(int(ms) for at, ms in stalls if begin <= at <= end)
+
     def describe_runs(self, request_id: str) -> str:
         runs = self.runs.get(request_id, [])
         t0 = self.history.wall(self.history.t0_ns)

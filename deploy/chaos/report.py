@@ -171,7 +171,18 @@ def _redis_lines(audit: dict[str, Any]) -> list[str]:
             ", ".join(f"{k} ({i['family']})" for k, i in end["keys"].items() if i["ttl_ms"] == -1)
             or "none"
         ),
+        _stalls_line(audit.get("stalls", [])),
     ]
+
+
+def _stalls_line(stalls: list[tuple[float, int]]) -> str:
+    if not stalls:
+        return "  stalls: Redis' main thread was never blocked 100 ms or more"
+    worst = max(ms for _, ms in stalls)
+    return (
+        f"  stalls: Redis' main thread was blocked 100 ms or more in {len(stalls)} seconds "
+        f"(worst {worst} ms)"
+    )
 
 
 def _machine(load: dict[str, Any]) -> str:

@@ -144,6 +144,8 @@ async def execute(args: argparse.Namespace, seed: int, workdir: Path) -> History
             finally:
                 history.sessions, history.faults = traffic.sessions, injector.records
             history.t_end_ns = now_ns()
+            await stack.keep_redis_stalls()
+            history.redis["stalls"] = stack.redis_stalls
             history.load["loadavg_after_traffic"] = os.getloadavg()
             history.load["drain_s"] = round((history.t_end_ns - until) / 1e9, 1)
             await stored.read_unfinished(r.request_id for r in plan.requests)

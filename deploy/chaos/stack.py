@@ -59,6 +59,9 @@ TUNING = {
 # plus an election (3.3-5 s measured): the reclaim period exceeds it, as the README says.
 CLUSTER_TUNING = {**TUNING, "ECHOTUNE_WORKER_RECLAIM_IDLE_S": "8"}
 UNLIMITED = "1000000"
+# Redis records each time its main thread was blocked this long (ms): with `appendfsync always`
+# an fsync waits for the disk, which the SecantusDB restarts share (222 ms measured while idle).
+_LATENCY_MONITOR = ("--latency-monitor-threshold", "100")
 
 
 def tuning(cluster: bool) -> dict[str, str]:
@@ -106,12 +109,15 @@ class ChaosStack:
         if cluster:
             self.redis = RedisClusterServers(str(workdir / "redis"))
         else:
-            self.redis = RedisServer(str(workdir / "redis"), appendonly=True)
+            self.redis = RedisServer(
+                str(workdir / "redis"), appendonly=True, extra_args=_LATENCY_MONITOR
+            )
         self.mongo = SecantusServer(str(workdir / "mongo"))
         self.lives: list[ProcessLife] = []
         self.env: dict[str, str] = {}
         self.fake_url = ""
         self.redis_client: Redis | None = None
+        self.redis_stalls: list[tuple[float, int]] = []  # (Unix time, ms) from Redis' monitor
         self.mongodb_url = ""
         self.gateway_ports = [free_port() for _ in range(gateways)]
         self.gateways: list[ServiceProcess | None] = [None] * gateways
@@ -252,8 +258,23 @@ class ChaosStack:
     async def restart_redis(self, *, graceful: bool) -> None:
         """SIGTERM (AOF flushed) or SIGKILL (appendfsync always), then start at once."""
         assert isinstance(self.redis, RedisServer)
+        await self.keep_redis_stalls()  # a restart forgets them
         await asyncio.to_thread(self.redis.stop if graceful else self.redis.kill)
         await asyncio.to_thread(self.redis.start)
+
+    async def keep_redis_stalls(self) -> None:
+        """Move what Redis' latency monitor saw (its main thread blocked, e.g. on an fsync)
+        into :attr:`redis_stalls`."""
+        if not isinstance(self.redis, RedisServer) or self.redis_client is None:
+            return
+        try:
+            latest = await self.redis_client.execute_command("LATENCY", "LATEST")
+            for event in latest:
+                history = await self.redis_client.execute_command("LATENCY", "HISTORY", event[0])
+                self.redis_stalls += [(float(at), int(ms)) for at, ms in history]
+            await self.redis_client.execute_command("LATENCY", "RESET")
+        except RedisError:
+            pass  # Redis is down: nothing to read
 
     async def fail_over_redis(self, target: int) -> tuple[str, float]:
         """SIGKILL primary number ``target`` (by port), wait until its replica took over, start

@@ -251,6 +251,16 @@ def test_a_slow_cancel_says_why_and_only_a_redis_restart_excuses_it() -> None:
     assert [e[0] for e in findings.excused] == ["cancel"]
 
 
+def test_a_slow_cancel_while_redis_was_blocked_long_enough_is_excused() -> None:
+    upstream = {RID: [attempt(0.2, 0.9, "a b c ", "closed_by_client")]}
+    for stall_ms, excused in ((700, True), (300, False)):
+        h = history(sessions=[cancelled_session(2.0)], upstream=upstream)
+        h.redis["stalls"] = [(WALL + 1, stall_ms), (WALL + 30, 5000)]  # the second is later
+        _, findings = check(h)
+        assert [e[0] for e in findings.excused] == (["cancel"] if excused else [])
+        assert [v.invariant for v in findings.violations] == ([] if excused else ["cancel"])
+
+
 def test_a_cancel_the_worker_ignored_is_lost() -> None:
     lost = history(
         sessions=[cancelled_session(2.0, "stop")],
