@@ -128,10 +128,11 @@ def designed_ttls(settings: dict[str, str]) -> dict[str, float]:
     (the chaos run's tuning); the sources are named beside each figure."""
     window = float(settings["ECHOTUNE_RESUME_WINDOW_S"])
     max_stream = float(settings["ECHOTUNE_GATEWAY_MAX_STREAM_S"])
+    grace = float(settings.get("ECHOTUNE_KEY_GRACE_S", 60))  # common settings.py key_grace_s
     return {
-        "per-request": max_stream + window + 60,  # gateway app.py: request_ttl_s
+        "per-request": max_stream + window + grace,  # gateway app.py: request_ttl_s
         "rate-limit": 60,  # gateway limits.py WINDOW_S
-        "open-streams": int(2 * window) + 60,  # gateway limits.py: lapse_s + 60
+        "open-streams": int(2 * window),  # gateway limits.py: lapse_s
         "breaker-window": float(settings["ECHOTUNE_BREAKER_WINDOW_S"]),  # common breaker.py
         "live-stats": 600,  # common live_stats.py RETENTION_MIN
         "profile-cache": 60,  # worker settings.py profile_cache_s

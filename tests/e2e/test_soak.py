@@ -38,8 +38,12 @@ SECONDS = float(os.environ.get("ECHOTUNE_SOAK_SECONDS", "30"))
 CONCURRENCY = int(os.environ.get("ECHOTUNE_SOAK_CONCURRENCY", "12"))
 PHASE_S = 10.0
 RESUME_WINDOW_S = 3
-MAX_STREAM_S = 15  # per-request keys (a cancel flag) live up to MAX_STREAM_S+RESUME_WINDOW_S+60 s
-SETTLE_S = MAX_STREAM_S + RESUME_WINDOW_S + 60 + 10
+MAX_STREAM_S = 15
+KEY_GRACE_S = 5  # per-request keys (a cancel flag) live up to MAX_STREAM_S+RESUME_WINDOW_S+this
+SETTLE_S = MAX_STREAM_S + RESUME_WINDOW_S + KEY_GRACE_S + 10
+# Rate-limit windows last the limit's fixed minute: their TTL is checked, not waited for.
+RATE = "rate:{scope}:{subject}"
+RATE_WINDOW_MS = 60_000
 TELEMETRY_MAXLEN = 1000
 PROVIDERS = ["steady", "flaky"]
 FLAKY_TIMEOUTS = {"connect": 1, "first_token": 1, "idle": 1, "total": 10}
@@ -62,6 +66,7 @@ FAMILY_LIMITS = {
     "provider-selection": 1,
     "gateway:{id}:wakeup": 1,
     "workers": 1,
+    RATE: 2,  # one user, one client address
 }
 
 pytestmark = pytest.mark.timeout(SECONDS + 420)
@@ -85,6 +90,7 @@ class Soak:
     drained_s: float = 0.0
     leftovers: list[tuple[str, int]] = field(default_factory=list)
     """Per-request keys still there after the drain, with their TTL (ms)."""
+    rate_ttls_ms: list[int] = field(default_factory=list)
 
     @property
     def requests(self) -> int:
@@ -128,6 +134,11 @@ async def sample(redis: Redis, namespace: str, started: float) -> Sample:
     return Sample(time.monotonic() - started, census, int(jobs or 0))
 
 
+async def ttls(redis: Redis, match: str) -> AsyncIterator[int]:
+    async for key in redis.scan_iter(match=match, count=1000):
+        yield int(await redis.pttl(key))
+
+
 async def leftovers(redis: Redis, namespace: str) -> list[tuple[str, int]]:
     found = []
     async for key in redis.scan_iter(match=f"{namespace}:req:*", count=1000):
@@ -166,7 +177,9 @@ async def run_soak(stack: Stack, flaky_url: str) -> Soak:
         soak.end_of_load = await take_census(redis, stack.namespace, measure=True)
         load_ended = time.monotonic()
         drain_deadline = load_ended + SETTLE_S + 60
-        while soak.samples[-1].census.per_request_keys() or time.monotonic() < load_ended + 5:
+        while (
+            soak.samples[-1].census.per_request_keys(but=RATE) or time.monotonic() < load_ended + 5
+        ):
             if time.monotonic() > drain_deadline:
                 break
             await asyncio.sleep(2)
@@ -176,6 +189,7 @@ async def run_soak(stack: Stack, flaky_url: str) -> Soak:
         await sampling
         soak.after = await take_census(redis, stack.namespace, measure=True)
         soak.leftovers = await leftovers(redis, stack.namespace)
+        soak.rate_ttls_ms = [ttl async for ttl in ttls(redis, f"{stack.namespace}:rate:*")]
     await redis.aclose()
     return soak
 
@@ -199,6 +213,7 @@ async def soak() -> AsyncIterator[Soak]:
             ECHOTUNE_FALLBACKS=json.dumps(["steady"]),
             ECHOTUNE_RESUME_WINDOW_S=str(RESUME_WINDOW_S),
             ECHOTUNE_GATEWAY_MAX_STREAM_S=str(MAX_STREAM_S),
+            ECHOTUNE_KEY_GRACE_S=str(KEY_GRACE_S),
             ECHOTUNE_BREAKER_COOLDOWN_S="1",
             ECHOTUNE_BREAKER_COOLDOWN_CAP_S="4",
             ECHOTUNE_WORKER_RETRY_BASE_S="0.05",
@@ -261,7 +276,9 @@ def test_redis_memory_and_keys_level_off(soak: Soak) -> None:
     assert soak.phases["healthy"]
     assert soak.phases["failing"]
     assert not {o for o in soak.outcomes if not o.startswith(("done:", "error:", "abandoned"))}
-    assert soak.after.per_request_keys() == 0, f"left after their TTLs: {soak.leftovers}"
+    assert soak.after.per_request_keys(but=RATE) == 0, f"left after their TTLs: {soak.leftovers}"
+    assert soak.rate_ttls_ms, "the load counted no chat start"
+    assert all(0 < ttl <= RATE_WINDOW_MS for ttl in soak.rate_ttls_ms), soak.rate_ttls_ms
     for pattern, count in soak.after.keys.items():
         assert count <= FAMILY_LIMITS[pattern], (pattern, count)
     assert soak.after.lengths["telemetry"] <= TELEMETRY_MAXLEN + 200  # approximate trimming

@@ -26,8 +26,8 @@ FAMILIES = [
     Family(
         "req:{id}:events",
         r"req:\{[^}]+\}:events",
-        "≤ EVENTS_MAXLEN entries; TTL MAX_STREAM_S+RESUME_WINDOW_S+60 s, RESUME_WINDOW_S+60 s "
-        "after the final event",
+        "≤ EVENTS_MAXLEN entries; TTL MAX_STREAM_S+RESUME_WINDOW_S+KEY_GRACE_S, "
+        "RESUME_WINDOW_S+KEY_GRACE_S after the final event",
         per_request=True,
     ),
     Family(
@@ -37,7 +37,7 @@ FAMILIES = [
     Family(
         "req:{id}:cancel",
         r"req:\{[^}]+\}:cancel",
-        "TTL MAX_STREAM_S+RESUME_WINDOW_S+60 s",
+        "TTL MAX_STREAM_S+RESUME_WINDOW_S+KEY_GRACE_S",
         per_request=True,
     ),
     Family(
@@ -49,7 +49,7 @@ FAMILIES = [
     Family(
         "open-streams:{user}",
         r"open-streams:.+",
-        "≤ MAX_OPEN_STREAMS_PER_USER members; TTL 2·RESUME_WINDOW_S+60 s",
+        "≤ MAX_OPEN_STREAMS_PER_USER members; TTL 2·RESUME_WINDOW_S (its last member's lapse)",
         per_request=True,
     ),
     Family(
@@ -112,8 +112,9 @@ class Census:
     def total_keys(self) -> int:
         return sum(self.keys.values()) + len(self.unknown)
 
-    def per_request_keys(self) -> int:
-        return sum(n for name, n in self.keys.items() if _family(name).per_request)
+    def per_request_keys(self, *, but: str = "") -> int:
+        """Keys of per-request families (but the family ``but``)."""
+        return sum(n for name, n in self.keys.items() if _family(name).per_request and name != but)
 
 
 def _family(pattern: str) -> Family:

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from echotune.common.keys import Keys
 from echotune.common.scripts import execute
-from echotune.gateway.limits import ADMIT_START, ChatLimits
+from echotune.gateway.limits import ADMIT_START, OPEN_STREAMS, ChatLimits
 from echotune.web.errors import ApiError
 
 
@@ -79,3 +79,18 @@ async def test_retry_after_says_when_a_slot_frees(redis: Redis) -> None:
     with pytest.raises(ApiError) as refused:
         await check_start(limits, "u", "ip", "second")
     assert 59 <= int(refused.value.headers["Retry-After"]) <= 60
+
+
+async def test_a_users_open_streams_expire_with_their_last_member(redis: Redis) -> None:
+    limits = make_limits(redis)  # members lapse 5 s after their last refresh
+    async with redis.pipeline(transaction=False) as pipe:
+        limits.queue_open_stream(pipe, "u", "stream-1")
+        assert limits.open_stream_refusal((await execute(redis, pipe, [OPEN_STREAMS]))[0]) is None
+    await limits.refresh({"u": ["stream-1"]})
+    key = limits.keys.open_streams("u")
+    (_, lapses_at), ttl_ms = (
+        (await redis.zrange(key, 0, -1, withscores=True))[0],
+        await redis.pttl(key),
+    )
+    assert 4000 < ttl_ms <= 5000
+    assert lapses_at >= time.time() * 1000 + ttl_ms - 100  # no longer than its member

@@ -47,6 +47,12 @@ class ServiceSettings(BaseSettings):
         validation_alias=shared("RESUME_WINDOW_S"),
         description="How long an answer keeps streaming into Redis without a reader",
     )
+    key_grace_s: int = Field(
+        60,
+        ge=1,
+        validation_alias=shared("KEY_GRACE_S"),
+        description="How long a request's keys outlive the longest time they can be used",
+    )
 
     @property
     def keys(self) -> Keys:

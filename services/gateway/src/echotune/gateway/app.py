@@ -51,8 +51,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     streams = RequestStreams(
         redis,
         keys,
-        request_ttl_s=int(settings.max_stream_s + settings.resume_window_s + 60),
-        final_ttl_s=int(settings.resume_window_s + 60),
+        request_ttl_s=int(settings.max_stream_s + settings.resume_window_s) + settings.key_grace_s,
+        final_ttl_s=int(settings.resume_window_s) + settings.key_grace_s,
         reader_ttl_ms=int(settings.resume_window_s * 1000),
     )
     await streams.load_scripts()

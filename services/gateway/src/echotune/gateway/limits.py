@@ -52,7 +52,7 @@ if cap > 0 and redis.call('ZCARD', KEYS[1]) >= cap then return 0 end
 for i = 3, #ARGV do
   redis.call('ZADD', KEYS[1], cap > 0 and 'NX' or 'XX', now + lapse, ARGV[i])
 end
-redis.call('PEXPIRE', KEYS[1], lapse + 60000)
+redis.call('PEXPIRE', KEYS[1], lapse)  -- as long as its last member
 return 1
 """)
 

@@ -92,8 +92,8 @@ async def open_worker(
     streams = RequestStreams(
         redis,
         keys,
-        request_ttl_s=int(settings.resume_window_s + 60),
-        final_ttl_s=int(settings.resume_window_s + 60),
+        request_ttl_s=int(settings.resume_window_s) + settings.key_grace_s,
+        final_ttl_s=int(settings.resume_window_s) + settings.key_grace_s,
         reader_ttl_ms=int(settings.resume_window_s * 1000),
         events_maxlen=settings.events_maxlen,
     )
