@@ -28,10 +28,11 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 
 from echotune.common.keys import Keys
 from echotune.common.messages import SCHEMA_VERSION, StartEvent, encode_event
-from echotune.common.scripts import Arg, Script, execute, load_all
+from echotune.common.scripts import Arg, Script, execute, execute_packed, load_all
 
 _OPEN = Script("""
 local meta, events, reader = KEYS[1], KEYS[2], KEYS[3]
@@ -354,27 +355,29 @@ class RequestStreams:
             return Taken(state)
         return Taken(state, int(reply[1]), bool(int(reply[2])), bool(int(reply[3])))
 
-    async def append_many(self, batch: Sequence[Batch]) -> list[Appended | Exception]:
-        """Append each batch's entries in one pipeline (one round trip for many requests).
+    async def append_many(self, batches: Sequence[Batch]) -> list[Appended | Exception]:
+        """Append each batch's entries in one round trip (for many requests).
 
         Entry ``i`` of a batch has sequence number ``first_seq + i``: a retried batch is
         applied once, and a producer whose epoch is no longer current is refused.
         """
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for batch_of in batch:
-                args: list[Arg] = [
-                    batch_of.epoch,
-                    batch_of.first_seq,
-                    self.events_maxlen,
-                    SCHEMA_VERSION,
-                ]
-                for kind, data in batch_of.entries:
-                    args += [kind, data]
-                _APPEND.queue(
-                    pipe, self._keys(batch_of.request_id, "meta", "events", "cancel"), args
-                )
-            replies = await execute(self.redis, pipe, [_APPEND] * len(batch))
+        calls = [
+            (self._keys(b.request_id, "meta", "events", "cancel"), self._args(b)) for b in batches
+        ]
+        if isinstance(self.redis, RedisCluster):  # routed by slot, command by command
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    _APPEND.queue(pipe, keys, args)
+                replies = await execute(self.redis, pipe, [_APPEND] * len(calls))
+        else:
+            replies = await execute_packed(self.redis, _APPEND, calls)
         return [r if isinstance(r, Exception) else _appended(r) for r in replies]
+
+    def _args(self, batch: Batch) -> list[Arg]:
+        args: list[Arg] = [batch.epoch, batch.first_seq, self.events_maxlen, SCHEMA_VERSION]
+        for kind, data in batch.entries:
+            args += [kind, data]
+        return args
 
     async def append_final(
         self, request_id: str, epoch: int | str, seq: int, fields: dict[str, str]

@@ -11,6 +11,8 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import NoScriptError
 
+from echotune.common import resp
+
 Arg = str | int | float
 
 
@@ -32,6 +34,10 @@ class Script:
         except NoScriptError:
             await redis.script_load(self.source)
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
+
+    def packed(self, keys: list[str], args: list[Arg]) -> bytes:
+        """A call in RESP, for :func:`execute_packed`."""
+        return resp.command("EVALSHA", self.sha, len(keys), *keys, *args)
 
     def queue(self, pipe: Pipeline, keys: list[str], args: list[Arg]) -> None:
         """Add a call to ``pipe``; run the pipeline with :func:`execute`."""
@@ -75,4 +81,17 @@ async def execute(redis: Redis, pipe: Pipeline, scripts: list[Script | None]) ->
             keys = [str(k) for k in args[3 : 3 + numkeys]]
             rest: list[Arg] = [str(a) for a in args[3 + numkeys :]]
             results[index] = await script(redis, keys, rest)
+    return results
+
+
+async def execute_packed(
+    redis: Redis, script: Script, calls: Sequence[tuple[list[str], list[Arg]]]
+) -> list[Any]:
+    """Call ``script`` once per (keys, args) in one round trip, packed by hand (single-node
+    Redis); as :func:`execute`, ``NOSCRIPT`` reloads it and other errors come back in place."""
+    packed = b"".join([script.packed(keys, args) for keys, args in calls])
+    results = await resp.send(redis, packed, len(calls))
+    for index, result in enumerate(results):
+        if isinstance(result, NoScriptError):
+            results[index] = await script(redis, *calls[index])
     return results

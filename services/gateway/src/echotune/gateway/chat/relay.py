@@ -20,6 +20,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from echotune.common import resp
 from echotune.common.keys import Keys
 from echotune.common.messages import EventType
 from echotune.common.redis import create_redis, is_cluster
@@ -123,12 +124,6 @@ class Inbox:
             self._waiter.set_result(None)
 
 
-def bulk(value: str) -> bytes:
-    """``value`` as a RESP bulk string."""
-    raw = value.encode()
-    return b"$%d\r\n%s\r\n" % (len(raw), raw)
-
-
 @dataclass(eq=False, slots=True)
 class Subscription:
     """A reader of one request's events after ``last_id`` (``after``: the same, parsed).
@@ -145,10 +140,10 @@ class Subscription:
 
     def __post_init__(self) -> None:
         self.moved(self.last_id, parse_stream_id(self.last_id))
-        self.key_arg = bulk(self.key)
+        self.key_arg = resp.bulk(self.key)
 
     def moved(self, last_id: str, after: StreamId) -> None:
-        self.last_id, self.after, self.id_arg = last_id, after, bulk(last_id)
+        self.last_id, self.after, self.id_arg = last_id, after, resp.bulk(last_id)
 
 
 class StreamRelay:
@@ -171,7 +166,7 @@ class StreamRelay:
         self._wakeup_key = keys.gateway_wakeup(self.gateway_id)
         self._wakeup_last = "0-0"
         self._xread = b"".join(
-            map(bulk, ["XREAD", "COUNT", str(batch), "BLOCK", str(block_ms), "STREAMS"])
+            map(resp.bulk, ["XREAD", "COUNT", str(batch), "BLOCK", str(block_ms), "STREAMS"])
         )
         self._subs: dict[str, set[Subscription]] = {}
         self._task: asyncio.Task[None] | None = None
@@ -271,7 +266,7 @@ class StreamRelay:
     def _command(self, positions: dict[str, Subscription | None]) -> bytes:
         """``XREAD COUNT … BLOCK … STREAMS keys… ids…`` in RESP, from the packed pieces."""
         subs = positions.values()
-        wakeup_key, wakeup_id = bulk(self._wakeup_key), bulk(self._wakeup_last)
+        wakeup_key, wakeup_id = resp.bulk(self._wakeup_key), resp.bulk(self._wakeup_last)
         return b"".join(
             [
                 b"*%d\r\n" % (6 + 2 * len(positions)),
@@ -284,16 +279,10 @@ class StreamRelay:
     async def _read(self, command: bytes) -> Any:
         """Send a packed command on the relay's connection; its reply as hiredis parsed it
         (redis-py would pack the arguments and rebuild the reply entry by entry)."""
-        pool = self._redis.connection_pool
-        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
-        try:
-            await connection.send_packed_command(command, check_health=False)
-            return await connection.read_response()
-        except BaseException:
-            await connection.disconnect()
-            raise
-        finally:
-            await pool.release(connection)
+        (reply,) = await resp.send(self._redis, command, 1)
+        if isinstance(reply, Exception):  # an error reply
+            raise reply
+        return reply
 
     def _position(self, key: str) -> str | None:
         """Where the slowest reader of ``key`` is (``None``: nobody reads it)."""

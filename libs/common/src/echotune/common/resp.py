@@ -1,0 +1,52 @@
+"""Redis commands packed by hand and sent on a pool connection, for the per-token paths.
+
+redis-py packs each argument in Python and passes each reply through its callbacks; on a
+path that runs for every relayed token that costs more than the command itself (issue 15).
+Single-node Redis only: a cluster client routes commands by slot, these bytes are not routed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from redis.asyncio import Redis
+
+Arg = str | bytes | int | float
+
+
+def bulk(value: Arg) -> bytes:
+    """``value`` as a RESP bulk string."""
+    raw = value if isinstance(value, bytes) else str(value).encode()
+    return b"$%d\r\n%s\r\n" % (len(raw), raw)
+
+
+def command(*args: Arg) -> bytes:
+    """One command in RESP."""
+    return b"*%d\r\n%s" % (len(args), b"".join([bulk(a) for a in args]))
+
+
+async def send(redis: Redis, packed: bytes, replies: int) -> list[Any]:
+    """Send ``packed`` (``replies`` commands) on one pool connection, again on a fresh one as
+    the client's retry policy says; the replies as hiredis parsed them, an error reply in its
+    place as a ``ResponseError``. Only for commands that may be applied twice."""
+    pool = redis.connection_pool
+    connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+
+    async def exchange() -> list[Any]:
+        await connection.send_packed_command(packed, check_health=False)
+        # One timeout for all the replies, not one per reply as connection.read_response;
+        # the parser leaves an error reply in place.
+        async with asyncio.timeout(connection.socket_timeout):
+            return [await connection._parser.read_response() for _ in range(replies)]
+
+    async def failed(_: BaseException) -> None:
+        await connection.disconnect()
+
+    try:
+        return await connection.retry.call_with_retry(exchange, failed)  # type: ignore[no-any-return]
+    except BaseException:
+        await connection.disconnect()  # replies may be left unread on it
+        raise
+    finally:
+        await pool.release(connection)
