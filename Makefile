@@ -10,7 +10,7 @@ LOCAL_MODEL := $(if $(filter 0 false no,$(ECHOTUNE_LOCAL_MODEL)),,$(or \
   $(filter 1 true yes,$(ECHOTUNE_LOCAL_MODEL)),$(findstring --upstream local,$(ARGS)),$(LOCAL_MODEL_INSTALLED)))
 SYNC_GROUPS := $(if $(LOCAL_MODEL),--group local-model)
 
-.PHONY: help uv sync dev dev-local test test-cluster capacity test-fast lint fmt clean vendor-ui soak
+.PHONY: help uv sync dev dev-local test test-cluster capacity test-fast lint fmt clean vendor-ui soak load
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -36,6 +36,11 @@ SOAK_SECONDS ?= 240
 
 soak: sync  ## Soak: SOAK_SECONDS of chats with and without failures; Redis memory levels off
 	ECHOTUNE_SOAK_SECONDS=$(SOAK_SECONDS) $(UV) run --frozen pytest tests/e2e/test_soak.py -s
+
+LOAD_SECONDS ?= 300
+
+load: sync  ## 500 concurrent streams for LOAD_SECONDS through one gateway: no error, memory flat
+	ECHOTUNE_LOAD_SECONDS=$(LOAD_SECONDS) $(UV) run --frozen pytest tests/e2e/test_load.py -s
 
 test-cluster: sync  ## The `cluster` subset against a local Redis Cluster (3 primaries, 3 replicas)
 	env -u REDIS_URL ECHOTUNE_REDIS_CLUSTER=1 $(UV) run --frozen pytest -m cluster tests/unit tests/e2e

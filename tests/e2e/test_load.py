@@ -1,4 +1,6 @@
-"""500 concurrent streams for a minute through one gateway: no error, memory flat."""
+"""500 concurrent streams through one gateway: no error, memory flat after the warm-up.
+
+``make load`` runs it for ``LOAD_SECONDS`` (300); ``make test`` for 30 s."""
 
 from __future__ import annotations
 
@@ -15,13 +17,15 @@ from tests.support.sse import read_stream
 from tests.support.stack import AUTH, start_stack
 
 STREAMS = 500
-SECONDS = float(os.environ.get("ECHOTUNE_LOAD_SECONDS", "60"))
+SECONDS = float(os.environ.get("ECHOTUNE_LOAD_SECONDS", "30"))
 TOKENS = [f"t{i} " for i in range(30)]
 
-pytestmark = pytest.mark.load
+pytestmark = [pytest.mark.load, pytest.mark.timeout(SECONDS + 120)]
 
 
-async def test_500_streams_for_a_minute(redis_server_url: str, fake_llm: str) -> None:
+async def test_500_streams_without_error_and_flat_memory(
+    redis_server_url: str, fake_llm: str
+) -> None:
     stack = await start_stack(
         redis_server_url,
         fake_llm,

@@ -303,12 +303,13 @@ class StreamRelay:
 
         One that subscribed meanwhile at an earlier position is served by the next read
         (from its own position): handing it these would skip what lies in between. The
-        ``reader`` whose position was read gets every entry, unparsed (the usual case).
+        ``reader``, whose position ``read_after`` is, gets every entry unparsed when it is the
+        only subscriber (the usual case).
         """
         subs = self._subs.get(key)
         if not subs or not entries:
             return
-        if len(subs) == 1 and reader in subs and reader.after == read_after:
+        if len(subs) == 1 and reader in subs:
             for entry_id, fields in entries:
                 reader.queue.put_nowait(
                     Entry(entry_id, fields.get("type", ""), fields.get("data", ""))
