@@ -132,7 +132,7 @@ def designed_ttls(settings: dict[str, str]) -> dict[str, float]:
     return {
         "per-request": max_stream + window + grace,  # gateway app.py: request_ttl_s
         "rate-limit": 60,  # gateway limits.py WINDOW_S
-        "open-streams": int(2 * window),  # gateway limits.py: lapse_s
+        "open-streams": 2 * window,  # gateway limits.py: lapse_s
         "breaker-window": float(settings["ECHOTUNE_BREAKER_WINDOW_S"]),  # common breaker.py
         "live-stats": 600,  # common live_stats.py RETENTION_MIN
         "profile-cache": 60,  # worker settings.py profile_cache_s

@@ -85,13 +85,14 @@ class CancelChecks:
                 "restarting meanwhile (no one can write)",
             )
             return
-        stalled_ms = self.ev.redis_stalled_ms(call.t_sent_ns, final.t_ns)
-        if stalled_ms >= latency - CANCEL_BOUND_MS:
+        # Measured from the 202: a stall before it delayed the 202 as much as the cancel.
+        stalled_ms = self.ev.redis_stalled_ms(call.t_returned_ns, final.t_ns)
+        if stalled_ms is not None and stalled_ms >= latency - CANCEL_BOUND_MS:
             self.f.excuse(
                 "cancel",
                 rid,
-                f"cancelled after {latency:.0f} ms: Redis was blocked {stalled_ms} ms meanwhile "
-                "(its latency monitor: no one can write then)",
+                f"cancelled after {latency:.0f} ms: Redis was blocked up to {stalled_ms} ms "
+                "meanwhile (its latency monitor: no one can write then)",
             )
             return
         self.f.add(

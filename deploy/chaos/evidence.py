@@ -100,12 +100,24 @@ class Evidence:
     def redis_restarting(self, start_ns: int, end_ns: int) -> bool:
         return any(down <= end_ns and up >= start_ns for down, up in self.redis_down)
 
-    def redis_stalled_ms(self, start_ns: int, end_ns: int) -> int:
-        """How long Redis' main thread was blocked (its latency monitor) between the two
-        times; the monitor keeps the worst stall of each second, stamped in whole seconds."""
-        begin, end = int(self.history.wall(start_ns)), self.history.wall(end_ns) + 1
-        stalls = self.history.redis.get("stalls", [])
-        return sum(int(ms) for at, ms in stalls if begin <= at <= end)
+    def redis_stalled_ms(self, start_ns: int, end_ns: int) -> int | None:
+        """At most how long Redis' main thread was blocked between the two times, by its
+        latency monitor (``None``: not monitored).
+
+        Each event keeps its worst stall per second, stamped with the whole second it ended
+        in; events overlap (``aof-write`` holds every ``aof-write-*``), so a second counts its
+        worst stall once. A stall stamped in the first second may have ended before
+        ``start_ns``: an upper bound, as an excuse may use.
+        """
+        stalls = self.history.redis.get("stalls")
+        if stalls is None:
+            return None
+        begin, end = int(self.history.wall(start_ns)), self.history.wall(end_ns)
+        worst: dict[int, int] = {}
+        for at, ms in stalls:
+            if begin <= at <= end:
+                worst[int(at)] = min(max(worst.get(int(at), 0), int(ms)), 1000)
+        return sum(worst.values())
 
     def describe_runs(self, request_id: str) -> str:
         runs = self.runs.get(request_id, [])

@@ -171,16 +171,19 @@ def _redis_lines(audit: dict[str, Any]) -> list[str]:
             ", ".join(f"{k} ({i['family']})" for k, i in end["keys"].items() if i["ttl_ms"] == -1)
             or "none"
         ),
-        _stalls_line(audit.get("stalls", [])),
+        _stalls_line(audit.get("stalls")),
     ]
 
 
-def _stalls_line(stalls: list[tuple[float, int]]) -> str:
+def _stalls_line(stalls: list[tuple[float, int]] | None) -> str:
+    if stalls is None:
+        return "  stalls: not recorded (Redis' latency monitor is on for a single Redis only)"
     if not stalls:
         return "  stalls: Redis' main thread was never blocked 100 ms or more"
+    seconds = {int(at) for at, _ in stalls}
     worst = max(ms for _, ms in stalls)
     return (
-        f"  stalls: Redis' main thread was blocked 100 ms or more in {len(stalls)} seconds "
+        f"  stalls: Redis' main thread was blocked 100 ms or more in {len(seconds)} seconds "
         f"(worst {worst} ms)"
     )
 

@@ -42,7 +42,7 @@ from echotune.common.redis import create_redis
 from echotune.fake_llm import FakeUpstream
 
 RESULTS = ROOT / "chaos" / "results"
-TTL_WAIT_S = 150.0  # longest designed TTL of a per-request key: MAX_STREAM_S + window + 60
+TTL_WAIT_S = 150.0  # longest designed TTL of a per-request key: MAX_STREAM_S + window + grace
 log = logging.getLogger("chaos")
 
 

@@ -117,7 +117,8 @@ class ChaosStack:
         self.env: dict[str, str] = {}
         self.fake_url = ""
         self.redis_client: Redis | None = None
-        self.redis_stalls: list[tuple[float, int]] = []  # (Unix time, ms) from Redis' monitor
+        # (Unix time, ms) from Redis' latency monitor; None: not monitored (a cluster)
+        self.redis_stalls: list[tuple[float, int]] | None = None if cluster else []
         self.mongodb_url = ""
         self.gateway_ports = [free_port() for _ in range(gateways)]
         self.gateways: list[ServiceProcess | None] = [None] * gateways
@@ -264,15 +265,17 @@ class ChaosStack:
 
     async def keep_redis_stalls(self) -> None:
         """Move what Redis' latency monitor saw (its main thread blocked, e.g. on an fsync)
-        into :attr:`redis_stalls`."""
-        if not isinstance(self.redis, RedisServer) or self.redis_client is None:
+        into :attr:`redis_stalls`. Lossy, never inflating: Redis keeps 160 samples per event,
+        and one taken between HISTORY and RESET is dropped."""
+        stalls, client = self.redis_stalls, self.redis_client
+        if stalls is None or client is None:
             return
         try:
-            latest = await self.redis_client.execute_command("LATENCY", "LATEST")
+            latest = await client.execute_command("LATENCY", "LATEST")
             for event in latest:
-                history = await self.redis_client.execute_command("LATENCY", "HISTORY", event[0])
-                self.redis_stalls += [(float(at), int(ms)) for at, ms in history]
-            await self.redis_client.execute_command("LATENCY", "RESET")
+                history = await client.execute_command("LATENCY", "HISTORY", event[0])
+                stalls += [(float(at), int(ms)) for at, ms in history]
+            await client.execute_command("LATENCY", "RESET")
         except RedisError:
             pass  # Redis is down: nothing to read
 

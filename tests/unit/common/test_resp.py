@@ -7,6 +7,7 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from echotune.common import resp
 from echotune.common.redis import create_redis
@@ -50,5 +51,18 @@ async def test_a_connection_the_server_closed_is_replaced(
         assert pong in (b"PONG", "PONG", True)
         (second_id,) = await resp.send(client, resp.command("CLIENT", "ID"), 1)
         assert second_id != client_id
+    finally:
+        await client.aclose()
+
+
+async def test_a_reply_that_never_comes_is_redis_pys_timeout(redis_server_url: str) -> None:
+    """A RedisError (what callers catch), retried as the client's policy says, then raised."""
+    client = create_redis(redis_server_url, max_connections=1, socket_timeout=0.05)
+    try:
+        key = f"t:{uuid.uuid4().hex}"
+        with pytest.raises(RedisTimeoutError):
+            await resp.send(client, resp.command("BLPOP", key, 1), 1)
+        (pong,) = await resp.send(client, resp.command("PING"), 1)  # a fresh connection
+        assert pong in (b"PONG", "PONG", True)
     finally:
         await client.aclose()

@@ -230,7 +230,7 @@ def test_cancel_latency_and_its_bound() -> None:
     assert invariants(slow) == {"cancel"}
 
 
-def test_a_slow_cancel_says_why_and_only_a_redis_restart_excuses_it() -> None:
+def test_a_slow_cancel_says_why_and_a_redis_restart_excuses_it() -> None:
     upstream = {RID: [attempt(0.2, 0.9, "a b c ", "closed_by_client")]}
     killed = worker("worker1#1", [log(0.1, "job taken (epoch 1) x")], "SIGKILL", 0.9)
     h = history(sessions=[cancelled_session(4.0)], upstream=upstream, processes=[killed])
@@ -252,12 +252,23 @@ def test_a_slow_cancel_says_why_and_only_a_redis_restart_excuses_it() -> None:
 
 
 def test_a_slow_cancel_while_redis_was_blocked_long_enough_is_excused() -> None:
+    """The cancel is acknowledged at 0.6 s and ends at 2.0 s: 400 ms over the bound. Stalls
+    count once per second (events overlap), and only those stamped from the 202's second
+    until the end: a later one ended after the final arrived."""
     upstream = {RID: [attempt(0.2, 0.9, "a b c ", "closed_by_client")]}
-    for stall_ms, excused in ((700, True), (300, False)):
+    cases = [
+        ([(WALL + 1, 450)], True),
+        ([(WALL + 1, 300)], False),
+        ([(WALL + 1, 250), (WALL + 1, 250)], False),  # aof-write and aof-write-alone: one stall
+        ([(WALL + 0, 200), (WALL + 1, 250)], True),
+        ([(WALL + 3, 5000)], False),  # stamped after the final arrived
+        (None, False),  # not monitored
+    ]
+    for stalls, excused in cases:
         h = history(sessions=[cancelled_session(2.0)], upstream=upstream)
-        h.redis["stalls"] = [(WALL + 1, stall_ms), (WALL + 30, 5000)]  # the second is later
+        h.redis["stalls"] = stalls
         _, findings = check(h)
-        assert [e[0] for e in findings.excused] == (["cancel"] if excused else [])
+        assert [e[0] for e in findings.excused] == (["cancel"] if excused else []), stalls
         assert [v.invariant for v in findings.violations] == ([] if excused else ["cancel"])
 
 

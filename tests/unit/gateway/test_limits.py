@@ -94,3 +94,14 @@ async def test_a_users_open_streams_expire_with_their_last_member(redis: Redis) 
     )
     assert 4000 < ttl_ms <= 5000
     assert lapses_at >= time.time() * 1000 + ttl_ms - 100  # no longer than its member
+
+
+async def test_a_shorter_lapse_does_not_expire_a_longer_ones_member(redis: Redis) -> None:
+    """Gateways with different windows (a rolling deploy): the set lives as its latest member."""
+    short = make_limits(redis)  # 5 s
+    long = ChatLimits(redis, short.keys, per_user=30, per_ip=1000, open_streams=5, lapse_s=60)
+    async with redis.pipeline(transaction=False) as pipe:
+        long.queue_open_stream(pipe, "u", "stream-long")
+        short.queue_open_stream(pipe, "u", "stream-short")
+        await execute(redis, pipe, [OPEN_STREAMS, OPEN_STREAMS])
+    assert await redis.pttl(short.keys.open_streams("u")) > 55_000

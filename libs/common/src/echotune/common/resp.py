@@ -11,6 +11,8 @@ import asyncio
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Arg = str | bytes | int | float
 
@@ -36,9 +38,15 @@ async def send(redis: Redis, packed: bytes, replies: int) -> list[Any]:
     async def exchange() -> list[Any]:
         await connection.send_packed_command(packed, check_health=False)
         # One timeout for all the replies, not one per reply as connection.read_response;
-        # the parser leaves an error reply in place.
-        async with asyncio.timeout(connection.socket_timeout):
-            return [await connection._parser.read_response() for _ in range(replies)]
+        # the parser leaves an error reply in place. Failures become redis-py's own errors,
+        # as read_response makes them: those are what the retry policy retries.
+        try:
+            async with asyncio.timeout(connection.socket_timeout):
+                return [await connection._parser.read_response() for _ in range(replies)]
+        except TimeoutError as error:
+            raise RedisTimeoutError("Timeout reading from Redis") from error
+        except OSError as error:
+            raise RedisConnectionError(f"Error reading from Redis: {error!r}") from error
 
     async def failed(_: BaseException) -> None:
         await connection.disconnect()

@@ -52,7 +52,8 @@ if cap > 0 and redis.call('ZCARD', KEYS[1]) >= cap then return 0 end
 for i = 3, #ARGV do
   redis.call('ZADD', KEYS[1], cap > 0 and 'NX' or 'XX', now + lapse, ARGV[i])
 end
-redis.call('PEXPIRE', KEYS[1], lapse)  -- as long as its last member
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')[2]
+if last then redis.call('PEXPIREAT', KEYS[1], last) end  -- as long as its latest member
 return 1
 """)
 
