@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import shutil
 import socket
@@ -32,9 +33,31 @@ def docker_available() -> bool:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port free now and outside the kernel's ephemeral range: a port bound to 0 comes from
+    that range, and an outgoing connection could take it as its source port before the
+    process it is meant for binds it (a chaos run's gateway once lost its port so)."""
+    low = ephemeral_ports()[0]
+    for _ in range(200):
+        port = random.randint(PORTS_FROM, low - 1) if low - PORTS_FROM > 1000 else 0
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise RuntimeError("no free port below the ephemeral range")
+
+
+PORTS_FROM = 10_000
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range of source ports for outgoing connections (Linux; else IANA's)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49152, 65535
 
 
 def redis_binary() -> str | None:

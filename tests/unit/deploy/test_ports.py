@@ -1,0 +1,16 @@
+"""Ports picked for processes started later: free, and never an outgoing connection's."""
+
+from __future__ import annotations
+
+import socket
+
+from deploy.local.servers import ephemeral_ports, free_port
+
+
+def test_a_picked_port_is_free_and_below_the_ephemeral_range() -> None:
+    low, _ = ephemeral_ports()
+    ports = {free_port() for _ in range(50)}
+    assert all(port < low for port in ports), sorted(ports)
+    for port in ports:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
