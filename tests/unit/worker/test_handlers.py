@@ -227,3 +227,31 @@ async def test_a_job_this_worker_holds_is_not_reclaimed_by_itself(
     assert "failover" not in kinds, "the answer restarted"
     assert kinds.count("done") == 1
     assert await redis.hget(settings.keys.meta(rid), "epoch") == "1"
+
+
+async def test_an_answer_past_its_deadline_says_its_text_is_partial(
+    settings: WorkerSettings, redis: Redis
+) -> None:
+    """The deadline's error said ``partial=False`` after text was stored (found by the
+    cluster chaos run, seed 20261201): a client would take the cut answer for a whole one."""
+    fields = settings.model_dump(exclude={"providers"})
+    slow = {**DEMO, "token_pace_ms": 50}
+    settings = WorkerSettings(**{**fields, "profile_timeout_s": 0.05}, providers=[slow])
+    broker = create_app(settings).broker
+    async with open_worker(settings, broker) as running, TestRedisBroker(broker) as test:
+        broker.context.set_global("worker", running)
+        rid = await opened(running)
+        job = ChatJob(
+            request_id=rid,
+            user_id="u1",
+            messages=[ChatMessage(role=Role.USER, content="a long answer please " * 5)],
+            provider="demo",
+            model="demo-1",
+            deadline_at=time.time() + 1.0,
+        )
+        await test.publish(job, stream=settings.keys.jobs)
+        final = await wait_for_final(redis, settings.namespace, rid)
+    kinds = [f["type"] for _, f in await redis.xrange(settings.keys.events(rid))]
+    assert "delta" in kinds, "text was stored before the deadline"
+    assert (final["type"], final["code"]) == ("error", "deadline_exceeded")
+    assert final["partial"] is True

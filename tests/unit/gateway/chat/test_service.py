@@ -11,6 +11,8 @@ import pytest
 from fastapi import FastAPI
 from redis.asyncio.connection import AbstractConnection
 
+from echotune.common.messages import DeltaEvent, encode_event
+from echotune.common.request_stream import Batch
 from echotune.gateway.chat.service import ChatInput, ChatService
 from echotune.web.errors import ApiError
 from tests.support.streams import wait_for_final
@@ -185,3 +187,27 @@ async def test_an_answer_past_its_deadline_is_ended_for_everyone(
     assert '"code":"deadline_exceeded"' in seen[0].data
     final = await final_of(service, "late-0001")
     assert final["code"] == "deadline_exceeded"
+
+
+async def test_an_answer_ended_late_says_its_stored_text_is_partial(
+    gateway: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's own ``deadline_exceeded`` said ``partial=False`` after the worker had
+    stored text: a client would take the cut answer for a whole one."""
+    service: ChatService = gateway.state.chat
+    stream = await service.open(chat_input("late-0002"), None)
+    assert stream is not None
+    taken = await service.streams.take("late-0002", "a-worker-that-stops-mid-answer")
+    delta = encode_event(DeltaEvent(delta="half an answer"))
+    [appended] = await service.streams.append_many(
+        [Batch("late-0002", taken.epoch, 1, [(delta["type"], delta["data"])])]
+    )
+    assert not isinstance(appended, Exception)
+    assert appended.refused is None
+    monkeypatch.setattr(service.settings, "max_stream_s", 0.2)
+    monkeypatch.setattr(service.settings, "resume_window_s", 0.1)
+    async with asyncio.timeout(5):
+        seen = [e async for e in service.entries(stream) if e is not None]
+    assert [e.type for e in seen] == ["delta", "error"]
+    final = await final_of(service, "late-0002")
+    assert (final["code"], final["partial"]) == ("deadline_exceeded", True)

@@ -31,7 +31,7 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
 
 from echotune.common.keys import Keys
-from echotune.common.messages import SCHEMA_VERSION, StartEvent, encode_event
+from echotune.common.messages import SCHEMA_VERSION, ErrorEvent, StartEvent, encode_event
 from echotune.common.scripts import Arg, Script, execute, execute_packed, load_all
 
 _OPEN = Script("""
@@ -94,11 +94,12 @@ if streamed and not m[4] then redis.call('HSET', KEYS[1], 'streamed', 1) end
 return {written, redis.call('EXISTS', KEYS[3])}
 """)
 
-# ARGV: epoch, seq, ttl, version, type, data. The epoch 'untaken' writes only while no worker
-# took the job; 'force' fences off whoever holds it (the gateway ending a cancelled answer).
+# ARGV: epoch, seq, ttl, version, type, data[, the data instead when text was streamed]. The
+# epoch 'untaken' writes only while no worker took the job; 'force' fences off whoever holds
+# it (the gateway ending an answer that is cancelled, late or lost).
 _FINAL = Script("""
 local meta, events, flag, reader = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local m = redis.call('HMGET', meta, 'epoch', 'final_id', 'final_epoch', 'final_seq')
+local m = redis.call('HMGET', meta, 'epoch', 'final_id', 'final_epoch', 'final_seq', 'streamed')
 if not m[1] then return {'gone'} end
 if m[2] then
   if m[3] == ARGV[1] and m[4] == ARGV[2] then return {'written', m[2]} end
@@ -111,7 +112,9 @@ elseif ARGV[1] == 'force' then
 elseif m[1] ~= ARGV[1] then
   return {'fenced'}
 end
-local id = redis.call('XADD', events, '*', 'v', ARGV[4], 'type', ARGV[5], 'data', ARGV[6])
+local data = ARGV[6]
+if ARGV[7] and m[5] then data = ARGV[7] end
+local id = redis.call('XADD', events, '*', 'v', ARGV[4], 'type', ARGV[5], 'data', data)
 redis.call('HSET', meta, 'final_id', id, 'final_epoch', ARGV[1], 'final_seq', ARGV[2])
 for _, key in ipairs({meta, events, flag, reader}) do
   if redis.call('EXISTS', key) == 1 then redis.call('EXPIRE', key, ARGV[3]) end
@@ -388,6 +391,19 @@ class RequestStreams:
             self._keys(request_id, "meta", "events", "cancel", "reader"),
             [epoch, seq, self.final_ttl_s, fields["v"], fields["type"], fields["data"]],
         )
+        return Final(_text(reply[0]))
+
+    async def force_error(self, request_id: str, error: ErrorEvent) -> Final:
+        """End the answer with ``error`` over whoever holds it; the error says ``partial``
+        when text was streamed (decided in the script: no token slips in between)."""
+        fields = encode_event(error.model_copy(update={"partial": False}))
+        streamed = encode_event(error.model_copy(update={"partial": True}))
+        reply = await _FINAL(
+            self.redis,
+            self._keys(request_id, "meta", "events", "cancel", "reader"),
+            [FORCE, 0, self.final_ttl_s, fields["v"], fields["type"], fields["data"],
+             streamed["data"]],
+        )  # fmt: skip
         return Final(_text(reply[0]))
 
     def queue_probe(self, pipe: Pipeline, request_id: str) -> None:

@@ -416,7 +416,7 @@ class ChatService:
         holds it), then relay that final; if Redis cannot take it, say so unstored."""
         error = ErrorEvent(code=ErrorCode.DEADLINE_EXCEEDED, message="the answer took too long")
         try:
-            await self.streams.append_final(stream.request_id, FORCE, 0, encode_event(error))
+            await self.streams.force_error(stream.request_id, error)
             async with asyncio.timeout(self.settings.heartbeat_s):
                 while not (entry := await stream.subscription.queue.get()).is_terminal:
                     yield entry
@@ -448,7 +448,7 @@ class ChatService:
                 message="the worker answering was lost and no other is running",
                 retryable=True,
             )
-            await self.streams.append_final(request_id, FORCE, 0, encode_event(error))
+            await self.streams.force_error(request_id, error)
 
     def _take_back_soon(self, taken: Sequence[tuple[str, str]]) -> None:
         """Forget counted starts or open streams, off the response path (Redis may be down)."""
