@@ -67,3 +67,44 @@ async def test_a_reader_joining_behind_another_gets_every_entry(
     finally:
         monkeypatch.undo()
         await relay.stop()
+
+
+@pytest.mark.single_node(reason="watches the one blocked XREAD; test_cluster_reads.py on a cluster")
+async def test_busy_reads_are_spaced_and_shared_while_an_idle_entry_is_read_at_once(
+    redis_server_url: str, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read per few entries, each naming every open stream, cost the gateway and Redis most
+    of their relay CPU at 100 streams: entries that come within ``round_s`` share one read."""
+    keys = Keys(f"t{uuid.uuid4().hex[:8]}")
+    rids = [f"r-{uuid.uuid4().hex}" for _ in range(3)]
+    relay = StreamRelay(redis_server_url, keys, block_ms=5000, batch=100, round_s=0.5)
+    replies: list[str] = []
+    read = relay._read
+
+    async def recorded(command: bytes) -> object:
+        reply = await read(command)
+        streams = reply.items() if isinstance(reply, dict) else reply or ()
+        replies.append(" ".join(sorted(str(key) for key, _ in streams)))
+        return reply
+
+    monkeypatch.setattr(relay, "_read", recorded)
+    others = await client_ids(redis)
+    await relay.start()
+    try:
+        subs = [relay.subscribe(rid, "0-0") for rid in rids]
+        await relay_blocked(redis, others)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await redis.xadd(keys.events(rids[0]), {"type": "delta", "data": "idle"})
+        await take(subs[0], 1)
+        assert loop.time() - began < 0.4, "idle: read as it came"
+        for rid in rids[1:]:  # each a little later, both within the spacing
+            await redis.xadd(keys.events(rid), {"type": "delta", "data": "busy"})
+            await asyncio.sleep(0.02)
+        for sub in subs[1:]:
+            await take(sub, 1)
+        both = " ".join(sorted(keys.events(rid) for rid in rids[1:]))
+        assert replies[-1] == both, replies
+    finally:
+        monkeypatch.undo()
+        await relay.stop()

@@ -42,7 +42,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     keys = settings.keys
     redis = create_redis(settings.redis_url)
     relay = StreamRelay(
-        settings.redis_url, keys, block_ms=settings.relay_block_ms, batch=settings.relay_batch
+        settings.redis_url,
+        keys,
+        block_ms=settings.relay_block_ms,
+        batch=settings.relay_batch,
+        round_s=settings.relay_round_ms / 1000,
     )
     broker = create_broker(settings.redis_url, logger=logging.getLogger("echotune.gateway.broker"))
     await broker.connect()

@@ -47,3 +47,10 @@ class GatewaySettings(ServiceSettings, ProviderSettings):
     jobs_trim_s: float = Field(30.0, gt=0, description="How often acknowledged jobs are trimmed")
     relay_block_ms: int = Field(5000, ge=10, description="Longest blocking XREAD of the relay")
     relay_batch: int = Field(256, ge=1, description="Entries read per stream per XREAD")
+    relay_round_ms: float = Field(
+        5.0,
+        ge=0,
+        le=100,
+        description="Least time between two reads of the relay (one Redis): busy, one read "
+        "brings the entries of many streams; idle, an entry is read as it comes",
+    )

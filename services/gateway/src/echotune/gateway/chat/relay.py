@@ -3,7 +3,10 @@
 Each open SSE response subscribes to its request's stream; a single task issues one
 blocking ``XREAD`` over all subscribed streams on a dedicated connection and fans the
 entries out to the subscribers' queues. A new subscription wakes the blocked read by
-writing to this process's own wake-up stream, which is part of every ``XREAD``. On a Redis
+writing to this process's own wake-up stream, which is part of every ``XREAD``. Reads start
+at least ``round_s`` apart: idle, an entry is read as it comes (the read was waiting for
+it); busy, one read brings what many streams got meanwhile, rather than one read (and one
+``XREAD`` naming every open stream) per few entries. On a Redis
 Cluster the reads go per node instead (``cluster_reads.py``).
 """
 
@@ -149,7 +152,9 @@ class Subscription:
 class StreamRelay:
     """Multiplexes the XREADs of all open streams of this process onto one connection."""
 
-    def __init__(self, redis_url: str, keys: Keys, *, block_ms: int, batch: int) -> None:
+    def __init__(
+        self, redis_url: str, keys: Keys, *, block_ms: int, batch: int, round_s: float = 0.0
+    ) -> None:
         self._cluster: ClusterReads | None = None
         if is_cluster(redis_url):
             self._cluster = ClusterReads(
@@ -161,7 +166,7 @@ class StreamRelay:
         self._waker: Redis = create_redis(redis_url, max_connections=2)
         self._keys = keys
         self._block_ms = block_ms
-        self._batch = batch
+        self._batch, self._round_s = batch, round_s
         self.gateway_id = uuid.uuid4().hex
         self._wakeup_key = keys.gateway_wakeup(self.gateway_id)
         self._wakeup_last = "0-0"
@@ -241,8 +246,12 @@ class StreamRelay:
         return positions
 
     async def _run(self) -> None:
+        loop, began = asyncio.get_running_loop(), 0.0
         while not self._stopping:
             try:
+                if (wait := began + self._round_s - loop.time()) > 0:
+                    await asyncio.sleep(wait)  # busy: what comes meanwhile joins this read
+                began = loop.time()
                 positions = self._read_positions()
                 reply = await self._read(self._command(positions))
             except asyncio.CancelledError:
