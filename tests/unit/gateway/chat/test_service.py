@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from echotune.common.messages import DeltaEvent, encode_event
 from echotune.common.request_stream import Batch
@@ -211,3 +213,30 @@ async def test_an_answer_ended_late_says_its_stored_text_is_partial(
     assert [e.type for e in seen] == ["delta", "error"]
     final = await final_of(service, "late-0002")
     assert (final["code"], final["partial"]) == ("deadline_exceeded", True)
+
+
+async def test_a_late_answer_redis_cannot_end_tells_its_client_the_text_is_partial(
+    gateway: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis refusing the late final left the unstored error saying ``partial=False`` to a
+    client that had been sent text."""
+    service: ChatService = gateway.state.chat
+    stream = await service.open(chat_input("late-0003"), None)
+    assert stream is not None
+    taken = await service.streams.take("late-0003", "a-worker-that-stops-mid-answer")
+    delta = encode_event(DeltaEvent(delta="half an answer"))
+    await service.streams.append_many(
+        [Batch("late-0003", taken.epoch, 1, [(delta["type"], delta["data"])])]
+    )
+
+    async def unreachable(*args: object) -> None:
+        raise RedisConnectionError("Redis went away")
+
+    monkeypatch.setattr(service.streams, "force_error", unreachable)
+    monkeypatch.setattr(service.settings, "max_stream_s", 0.2)
+    monkeypatch.setattr(service.settings, "resume_window_s", 0.1)
+    async with asyncio.timeout(5):
+        seen = [e async for e in service.entries(stream) if e is not None]
+    assert [e.type for e in seen] == ["delta", "error"]
+    assert seen[-1].id == "", "not stored"
+    assert json.loads(seen[-1].data)["partial"] is True

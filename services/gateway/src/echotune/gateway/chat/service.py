@@ -109,6 +109,8 @@ class OpenStream:
     ended: bool = False
     """The final event was relayed."""
     released: bool = False
+    streamed: bool = False
+    """Text was relayed to this client."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,6 +402,7 @@ class ChatService:
                     continue
                 check_at = time.monotonic() + settings.pickup_timeout_s
                 stream.ended = entry.is_terminal
+                stream.streamed = stream.streamed or entry.type == "delta"
                 yield entry
                 watch.sent(entry)
                 if stream.ended:
@@ -423,7 +426,10 @@ class ChatService:
             stream.ended = True
             yield entry
         except (TimeoutError, RedisError):
-            yield Entry("", error.type, encode_event(error)["data"])
+            # unstored: partial unless this client got no text (one that attached may hold some)
+            partial = stream.streamed or stream.first_frame is None
+            unstored = error.model_copy(update={"partial": partial})
+            yield Entry("", error.type, encode_event(unstored)["data"])
 
     def release(self, stream: OpenStream) -> None:
         """Stop relaying ``stream`` and give its slot back (once; the response may end before
