@@ -56,6 +56,18 @@ async def opened(worker: Worker, user: str = "u1") -> str:
     return rid
 
 
+def long_job(request_id: str, deadline_s: float = 30) -> ChatJob:
+    """A job for the demo provider whose answer takes a while."""
+    return ChatJob(
+        request_id=request_id,
+        user_id="u1",
+        messages=[ChatMessage(role=Role.USER, content="a long answer please " * 5)],
+        provider="demo",
+        model="demo-1",
+        deadline_at=time.time() + deadline_s,
+    )
+
+
 async def test_a_job_is_answered_and_ends_once(
     worker: tuple[Worker, TestRedisBroker], redis: Redis
 ) -> None:
@@ -168,14 +180,7 @@ async def test_a_job_published_twice_is_answered_once(
         await broker.start()
         try:
             rid = await opened(running)
-            job = ChatJob(
-                request_id=rid,
-                user_id="u1",
-                messages=[ChatMessage(role=Role.USER, content="a long answer please " * 5)],
-                provider="demo",
-                model="demo-1",
-                deadline_at=time.time() + 30,
-            )
+            job = long_job(rid)
             key = settings.keys.events(rid)
             await broker.publish(job, stream=settings.keys.jobs)
             async with asyncio.timeout(5):  # the first entry is streaming when the second comes
@@ -203,14 +208,7 @@ async def test_a_job_this_worker_holds_is_not_reclaimed_by_itself(
         await broker.start()
         try:
             rid = await opened(running)
-            job = ChatJob(
-                request_id=rid,
-                user_id="u1",
-                messages=[ChatMessage(role=Role.USER, content="a long answer please " * 5)],
-                provider="demo",
-                model="demo-1",
-                deadline_at=time.time() + 30,
-            )
+            job = long_job(rid)
             key = settings.keys.events(rid)
             await broker.publish(job, stream=settings.keys.jobs)
             async with asyncio.timeout(5):
@@ -241,14 +239,7 @@ async def test_an_answer_past_its_deadline_says_its_text_is_partial(
     async with open_worker(settings, broker) as running, TestRedisBroker(broker) as test:
         broker.context.set_global("worker", running)
         rid = await opened(running)
-        job = ChatJob(
-            request_id=rid,
-            user_id="u1",
-            messages=[ChatMessage(role=Role.USER, content="a long answer please " * 5)],
-            provider="demo",
-            model="demo-1",
-            deadline_at=time.time() + 1.0,
-        )
+        job = long_job(rid, deadline_s=1.0)
         await test.publish(job, stream=settings.keys.jobs)
         final = await wait_for_final(redis, settings.namespace, rid)
     kinds = [f["type"] for _, f in await redis.xrange(settings.keys.events(rid))]
