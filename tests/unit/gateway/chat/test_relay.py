@@ -77,7 +77,7 @@ async def test_busy_reads_are_spaced_and_shared_while_an_idle_entry_is_read_at_o
     of their relay CPU at 100 streams: entries that come within ``round_s`` share one read."""
     keys = Keys(f"t{uuid.uuid4().hex[:8]}")
     rids = [f"r-{uuid.uuid4().hex}" for _ in range(3)]
-    relay = StreamRelay(redis_server_url, keys, block_ms=5000, batch=100, round_s=0.5)
+    relay = StreamRelay(redis_server_url, keys, block_ms=5000, batch=100, round_s=0.5, full_at=3)
     replies: list[str] = []
     read = relay._read
 
@@ -108,3 +108,17 @@ async def test_busy_reads_are_spaced_and_shared_while_an_idle_entry_is_read_at_o
     finally:
         monkeypatch.undo()
         await relay.stop()
+
+
+def test_reads_are_spaced_in_proportion_to_the_open_streams_up_to_round_s(
+    redis_server_url: str,
+) -> None:
+    """Full spacing at 10 streams cost those streams' readers latency for little CPU: an
+    ``XREAD`` naming few streams is cheap."""
+    keys = Keys(f"t{uuid.uuid4().hex[:8]}")
+    relay = StreamRelay(redis_server_url, keys, block_ms=5000, batch=100, round_s=0.005)
+    spacing = {}
+    for n in (1, 10, 100, 500):
+        relay._subs = {f"s{i}": set() for i in range(n)}
+        spacing[n] = relay._spacing()
+    assert spacing == pytest.approx({1: 0.00005, 10: 0.0005, 100: 0.005, 500: 0.005})

@@ -51,6 +51,7 @@ class GatewaySettings(ServiceSettings, ProviderSettings):
         5.0,
         ge=0,
         le=100,
-        description="Least time between two reads of the relay (one Redis): busy, one read "
-        "brings the entries of many streams; idle, an entry is read as it comes",
+        description="Least time between two reads of the relay (one Redis) from 100 open "
+        "streams on, proportionally less below: busy, one read brings the entries of many "
+        "streams; idle, an entry is read as it comes",
     )

@@ -3,11 +3,12 @@
 Each open SSE response subscribes to its request's stream; a single task issues one
 blocking ``XREAD`` over all subscribed streams on a dedicated connection and fans the
 entries out to the subscribers' queues. A new subscription wakes the blocked read by
-writing to this process's own wake-up stream, which is part of every ``XREAD``. Reads start
-at least ``round_s`` apart: idle, an entry is read as it comes (the read was waiting for
-it); busy, one read brings what many streams got meanwhile, rather than one read (and one
-``XREAD`` naming every open stream) per few entries. On a Redis
-Cluster the reads go per node instead (``cluster_reads.py``).
+writing to this process's own wake-up stream, which is part of every ``XREAD``.
+
+An ``XREAD`` names every open stream, so its cost grows with them: reads start at least
+``round_s`` apart from ``full_at`` open streams on, proportionally less below. Idle, an entry
+is read as it comes (the read was waiting for it); busy, one read brings what many streams
+got meanwhile. On a Redis Cluster the reads go per node instead (``cluster_reads.py``).
 """
 
 from __future__ import annotations
@@ -153,7 +154,14 @@ class StreamRelay:
     """Multiplexes the XREADs of all open streams of this process onto one connection."""
 
     def __init__(
-        self, redis_url: str, keys: Keys, *, block_ms: int, batch: int, round_s: float = 0.0
+        self,
+        redis_url: str,
+        keys: Keys,
+        *,
+        block_ms: int,
+        batch: int,
+        round_s: float = 0.0,
+        full_at: int = 100,
     ) -> None:
         self._cluster: ClusterReads | None = None
         if is_cluster(redis_url):
@@ -166,7 +174,7 @@ class StreamRelay:
         self._waker: Redis = create_redis(redis_url, max_connections=2)
         self._keys = keys
         self._block_ms = block_ms
-        self._batch, self._round_s = batch, round_s
+        self._batch, self._round_s, self._full_at = batch, round_s, full_at
         self.gateway_id = uuid.uuid4().hex
         self._wakeup_key = keys.gateway_wakeup(self.gateway_id)
         self._wakeup_last = "0-0"
@@ -249,7 +257,7 @@ class StreamRelay:
         loop, began = asyncio.get_running_loop(), 0.0
         while not self._stopping:
             try:
-                if (wait := began + self._round_s - loop.time()) > 0:
+                if (wait := began + self._spacing() - loop.time()) > 0:
                     await asyncio.sleep(wait)  # busy: what comes meanwhile joins this read
                 began = loop.time()
                 positions = self._read_positions()
@@ -271,6 +279,10 @@ class StreamRelay:
                     self._dispatch(key, read, slowest.after, slowest)
                 elif key == self._wakeup_key:
                     self._wakeup_last = entries[-1][0]
+
+    def _spacing(self) -> float:
+        """Least time between two reads: ``round_s`` from ``full_at`` open streams on."""
+        return self._round_s * min(len(self._subs) / self._full_at, 1.0)
 
     def _command(self, positions: dict[str, Subscription | None]) -> bytes:
         """``XREAD COUNT … BLOCK … STREAMS keys… ids…`` in RESP, from the packed pieces."""
