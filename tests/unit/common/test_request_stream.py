@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -10,16 +11,26 @@ from redis.asyncio import Redis
 from deploy.local.servers import RedisClusterServers
 from echotune.common.keys import Keys
 from echotune.common.messages import (
+    DeltaEvent,
     DoneEvent,
     ErrorCode,
     ErrorEvent,
     FinishReason,
+    RetryEvent,
     StartEvent,
     Timings,
     encode_event,
 )
 from echotune.common.redis import create_redis
-from echotune.common.request_stream import UNTAKEN, Batch, Final, Opened, RequestStreams, Take
+from echotune.common.request_stream import (
+    FORCE,
+    UNTAKEN,
+    Batch,
+    Final,
+    Opened,
+    RequestStreams,
+    Take,
+)
 from tests.support.flaky_proxy import reply_dropping_proxy
 
 
@@ -33,10 +44,10 @@ def start(rid: str) -> StartEvent:
     return StartEvent(request_id=rid, provider="p", model="m")
 
 
-DONE = encode_event(
-    DoneEvent(finish_reason=FinishReason.STOP, provider="p", model="m", timings=Timings(total_ms=1))
+DONE = DoneEvent(
+    finish_reason=FinishReason.STOP, provider="p", model="m", timings=Timings(total_ms=1)
 )
-NO_WORKER = encode_event(ErrorEvent(code=ErrorCode.NO_WORKER, message="none"))
+NO_WORKER = ErrorEvent(code=ErrorCode.NO_WORKER, message="none")
 
 
 async def ttls(redis: Redis, streams: RequestStreams, rid: str) -> dict[str, int]:
@@ -102,6 +113,27 @@ async def test_the_gateway_ends_only_a_job_nobody_took(streams: RequestStreams) 
     await streams.open("r6-abcdefgh", "fp", "alice", start("r6-abcdefgh"))
     await streams.take("r6-abcdefgh", "w1")
     assert await streams.append_final("r6-abcdefgh", UNTAKEN, 0, NO_WORKER) is Final.TAKEN
+
+
+async def test_an_error_final_says_partial_exactly_when_text_was_streamed(
+    redis: Redis, streams: RequestStreams
+) -> None:
+    """Errors ending an answer said ``partial=False`` after text was stored (chaos run)."""
+    late = ErrorEvent(code=ErrorCode.DEADLINE_EXCEEDED, message="late")
+    for rid, text in (("r8-abcdefgh", False), ("r9-abcdefgh", True)):
+        await streams.open(rid, "fp", "alice", start(rid))
+        taken = await streams.take(rid, "w1")
+        entry = encode_event(
+            DeltaEvent(delta="half")
+            if text
+            else RetryEvent(provider="p", attempt=1, delay_ms=1, reason="busy")
+        )
+        await streams.append_many([Batch(rid, taken.epoch, 1, [(entry["type"], entry["data"])])])
+        assert await streams.append_final(rid, FORCE, 0, late) is Final.WRITTEN
+        assert await streams.append_final(rid, FORCE, 0, late) is Final.WRITTEN  # a retry
+        entries = await redis.xrange(streams.keys.events(rid))
+        assert [f["type"] for _, f in entries][-2:] == [entry["type"], "error"]
+        assert json.loads(entries[-1][1]["data"])["partial"] is text
 
 
 async def test_cancel_and_attach_know_only_the_owner(streams: RequestStreams) -> None:

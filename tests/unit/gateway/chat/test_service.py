@@ -13,9 +13,10 @@ from fastapi import FastAPI
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from echotune.common.messages import DeltaEvent, encode_event
+from echotune.common.messages import DeltaEvent, DoneEvent, FinishReason, Timings, encode_event
 from echotune.common.request_stream import Batch
-from echotune.gateway.chat.service import ChatInput, ChatService
+from echotune.gateway.chat.relay import Entry
+from echotune.gateway.chat.service import ChatInput, ChatService, OpenStream
 from echotune.web.errors import ApiError
 from tests.support.streams import wait_for_final
 
@@ -103,7 +104,9 @@ async def test_a_cancel_whose_worker_is_gone_ends_after_the_grace(gateway: FastA
     waited = asyncio.get_running_loop().time() - began
     assert (final["type"], final["finish_reason"]) == ("done", "cancelled")
     assert service.settings.cancel_grace_s <= waited < 3
-    late = {"v": "1", "type": "done", "data": "{}"}
+    late = DoneEvent(
+        finish_reason=FinishReason.STOP, provider="p", model="m", timings=Timings(total_ms=1)
+    )
     refused = await service.streams.append_final("orphan-0001", taken.epoch, 9, late)
     assert refused.value == "ended"
 
@@ -171,72 +174,67 @@ async def test_a_silent_answer_whose_worker_died_with_no_other_alive_ends(
     assert '"code":"worker_lost"' in seen[0].data
 
 
-async def test_an_answer_past_its_deadline_is_ended_for_everyone(
-    gateway: FastAPI, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The gateway said `deadline_exceeded` to its client only: the answer itself never
-    ended (found by the chaos run, seed 4242)."""
-    service: ChatService = gateway.state.chat
-    stream = await service.open(chat_input("late-0001"), None)
-    assert stream is not None
-    await service.streams.take("late-0001", "a-worker-that-never-answers")
-    monkeypatch.setattr(service.settings, "max_stream_s", 0.2)
-    monkeypatch.setattr(service.settings, "resume_window_s", 0.1)
-    async with asyncio.timeout(5):
-        seen = [e async for e in service.entries(stream) if e is not None]
-    assert [e.type for e in seen] == ["error"]
-    assert seen[0].id, "stored in the answer's stream"
-    assert '"code":"deadline_exceeded"' in seen[0].data
-    final = await final_of(service, "late-0001")
-    assert final["code"] == "deadline_exceeded"
-
-
-async def test_an_answer_ended_late_says_its_stored_text_is_partial(
-    gateway: FastAPI, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The gateway's own ``deadline_exceeded`` said ``partial=False`` after the worker had
-    stored text: a client would take the cut answer for a whole one."""
-    service: ChatService = gateway.state.chat
-    stream = await service.open(chat_input("late-0002"), None)
-    assert stream is not None
-    taken = await service.streams.take("late-0002", "a-worker-that-stops-mid-answer")
+async def stored_half_answer(service: ChatService, request_id: str) -> None:
+    """A worker takes the job, stores some text, then goes silent."""
+    taken = await service.streams.take(request_id, "a-worker-that-stops-mid-answer")
     delta = encode_event(DeltaEvent(delta="half an answer"))
     [appended] = await service.streams.append_many(
-        [Batch("late-0002", taken.epoch, 1, [(delta["type"], delta["data"])])]
+        [Batch(request_id, taken.epoch, 1, [(delta["type"], delta["data"])])]
     )
     assert not isinstance(appended, Exception)
     assert appended.refused is None
-    monkeypatch.setattr(service.settings, "max_stream_s", 0.2)
+
+
+async def late_entries(
+    service: ChatService, stream: OpenStream, monkeypatch: pytest.MonkeyPatch
+) -> list[Entry]:
+    """What the client gets once the answer outlives a short deadline."""
+    monkeypatch.setattr(service.settings, "max_stream_s", 0.5)
     monkeypatch.setattr(service.settings, "resume_window_s", 0.1)
     async with asyncio.timeout(5):
-        seen = [e async for e in service.entries(stream) if e is not None]
-    assert [e.type for e in seen] == ["delta", "error"]
-    final = await final_of(service, "late-0002")
-    assert (final["code"], final["partial"]) == ("deadline_exceeded", True)
+        return [e async for e in service.entries(stream) if e is not None]
 
 
-async def test_a_late_answer_redis_cannot_end_tells_its_client_the_text_is_partial(
-    gateway: FastAPI, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("text", [False, True], ids=["no text", "text stored"])
+async def test_an_answer_past_its_deadline_is_ended_for_everyone(
+    gateway: FastAPI, monkeypatch: pytest.MonkeyPatch, text: bool
+) -> None:
+    """The gateway said `deadline_exceeded` to its client only: the answer itself never
+    ended (found by the chaos run, seed 4242). Then it said ``partial=False`` after the
+    worker had stored text: a client would take the cut answer for a whole one."""
+    service: ChatService = gateway.state.chat
+    rid = f"late-000{int(text)}"
+    stream = await service.open(chat_input(rid), None)
+    assert stream is not None
+    if text:
+        await stored_half_answer(service, rid)
+    else:
+        await service.streams.take(rid, "a-worker-that-never-answers")
+    seen = await late_entries(service, stream, monkeypatch)
+    assert [e.type for e in seen] == (["delta", "error"] if text else ["error"])
+    assert seen[-1].id, "stored in the answer's stream"
+    final = await final_of(service, rid)
+    assert (final["code"], final["partial"]) == ("deadline_exceeded", text)
+
+
+@pytest.mark.parametrize("text", [False, True], ids=["no text", "text sent"])
+async def test_a_late_answer_redis_cannot_end_tells_its_client_whether_it_is_partial(
+    gateway: FastAPI, monkeypatch: pytest.MonkeyPatch, text: bool
 ) -> None:
     """Redis refusing the late final left the unstored error saying ``partial=False`` to a
     client that had been sent text."""
     service: ChatService = gateway.state.chat
-    stream = await service.open(chat_input("late-0003"), None)
+    rid = f"late-001{int(text)}"
+    stream = await service.open(chat_input(rid), None)
     assert stream is not None
-    taken = await service.streams.take("late-0003", "a-worker-that-stops-mid-answer")
-    delta = encode_event(DeltaEvent(delta="half an answer"))
-    await service.streams.append_many(
-        [Batch("late-0003", taken.epoch, 1, [(delta["type"], delta["data"])])]
-    )
+    if text:
+        await stored_half_answer(service, rid)
 
     async def unreachable(*args: object) -> None:
         raise RedisConnectionError("Redis went away")
 
-    monkeypatch.setattr(service.streams, "force_error", unreachable)
-    monkeypatch.setattr(service.settings, "max_stream_s", 0.2)
-    monkeypatch.setattr(service.settings, "resume_window_s", 0.1)
-    async with asyncio.timeout(5):
-        seen = [e async for e in service.entries(stream) if e is not None]
-    assert [e.type for e in seen] == ["delta", "error"]
+    monkeypatch.setattr(service.streams, "append_final", unreachable)
+    seen = await late_entries(service, stream, monkeypatch)
+    assert [e.type for e in seen] == (["delta", "error"] if text else ["error"])
     assert seen[-1].id == "", "not stored"
-    assert json.loads(seen[-1].data)["partial"] is True
+    assert json.loads(seen[-1].data)["partial"] is text

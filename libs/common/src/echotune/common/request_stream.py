@@ -31,7 +31,13 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
 
 from echotune.common.keys import Keys
-from echotune.common.messages import SCHEMA_VERSION, ErrorEvent, StartEvent, encode_event
+from echotune.common.messages import (
+    SCHEMA_VERSION,
+    ChatEvent,
+    ErrorEvent,
+    StartEvent,
+    encode_event,
+)
 from echotune.common.scripts import Arg, Script, execute, execute_packed, load_all
 
 _OPEN = Script("""
@@ -94,7 +100,7 @@ if streamed and not m[4] then redis.call('HSET', KEYS[1], 'streamed', 1) end
 return {written, redis.call('EXISTS', KEYS[3])}
 """)
 
-# ARGV: epoch, seq, ttl, version, type, data[, the data instead when text was streamed]. The
+# ARGV: epoch, seq, ttl, version, type, data[, the data when text was streamed]. The
 # epoch 'untaken' writes only while no worker took the job; 'force' fences off whoever holds
 # it (the gateway ending an answer that is cancelled, late or lost).
 _FINAL = Script("""
@@ -383,27 +389,25 @@ class RequestStreams:
         return args
 
     async def append_final(
-        self, request_id: str, epoch: int | str, seq: int, fields: dict[str, str]
+        self, request_id: str, epoch: int | str, seq: int, event: ChatEvent
     ) -> Final:
-        """Write the final event, once; ``epoch`` :data:`UNTAKEN` for the gateway's own."""
+        """Write the final event, once; ``epoch`` :data:`UNTAKEN` or :data:`FORCE` for the
+        gateway's own. An error says ``partial`` whenever text was streamed in the answer,
+        whatever ``event.partial`` says: the script decides, so no token slips in between."""
+        fields = encode_event(event)
+        args: list[Arg] = [
+            epoch,
+            seq,
+            self.final_ttl_s,
+            fields["v"],
+            fields["type"],
+            fields["data"],
+        ]
+        if isinstance(event, ErrorEvent) and not event.partial:
+            args.append(encode_event(event.model_copy(update={"partial": True}))["data"])
         reply = await _FINAL(
-            self.redis,
-            self._keys(request_id, "meta", "events", "cancel", "reader"),
-            [epoch, seq, self.final_ttl_s, fields["v"], fields["type"], fields["data"]],
+            self.redis, self._keys(request_id, "meta", "events", "cancel", "reader"), args
         )
-        return Final(_text(reply[0]))
-
-    async def force_error(self, request_id: str, error: ErrorEvent) -> Final:
-        """End the answer with ``error`` over whoever holds it; the error says ``partial``
-        when text was streamed (decided in the script: no token slips in between)."""
-        fields = encode_event(error.model_copy(update={"partial": False}))
-        streamed = encode_event(error.model_copy(update={"partial": True}))
-        reply = await _FINAL(
-            self.redis,
-            self._keys(request_id, "meta", "events", "cancel", "reader"),
-            [FORCE, 0, self.final_ttl_s, fields["v"], fields["type"], fields["data"],
-             streamed["data"]],
-        )  # fmt: skip
         return Final(_text(reply[0]))
 
     def queue_probe(self, pipe: Pipeline, request_id: str) -> None:

@@ -10,7 +10,7 @@ from faststream.redis.message import RedisStreamMessage
 from pydantic import ValidationError
 
 from echotune.common.consuming import InlineContext
-from echotune.common.messages import ChatJob, ErrorCode, ErrorEvent, encode_event
+from echotune.common.messages import ChatJob, ErrorCode, ErrorEvent
 from echotune.common.request_stream import Take
 from echotune.worker.execute import execute
 from echotune.worker.inflight import CANCELLED
@@ -62,7 +62,7 @@ async def refuse_unreadable(exc: ValidationError, worker: WorkerDep, message: Me
         taken = await worker.streams.take(request_id, worker.settings.consumer)
         if taken.state is Take.TAKEN:
             error = ErrorEvent(code=ErrorCode.INVALID_JOB, message="the chat job could not be read")
-            await worker.streams.append_final(request_id, taken.epoch, 1, encode_event(error))
+            await worker.streams.append_final(request_id, taken.epoch, 1, error)
     await message.ack()
 
 

@@ -100,7 +100,7 @@ class EventWriter:
         """Flush, then write ``event`` as the last entry (once, even if retried)."""
         await self.flush()
         return await self._flusher.streams.append_final(
-            self.request_id, self.epoch, self._next_seq, encode_event(event)
+            self.request_id, self.epoch, self._next_seq, event
         )
 
     def close(self) -> None:

@@ -109,8 +109,14 @@ class OpenStream:
     ended: bool = False
     """The final event was relayed."""
     released: bool = False
-    streamed: bool = False
-    """Text was relayed to this client."""
+    client_text: bool = False
+    """The client may hold text of this answer: a delta was relayed to it, or it resumed
+    after an event it had."""
+
+    def relayed(self, entry: Entry) -> None:
+        """``entry`` went to the client."""
+        self.ended = entry.is_terminal
+        self.client_text = self.client_text or entry.type == "delta"
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +325,7 @@ class ChatService:
     async def _end_untaken(self, request_id: str, message: str) -> Final:
         """End the answer with a retryable ``no_worker`` error unless a worker took it."""
         error = ErrorEvent(code=ErrorCode.NO_WORKER, message=message, retryable=True)
-        return await self.streams.append_final(request_id, UNTAKEN, 0, encode_event(error))
+        return await self.streams.append_final(request_id, UNTAKEN, 0, error)
 
     async def _attach(
         self, request_id: str, user_id: str, last_event_id: str | None
@@ -340,7 +346,8 @@ class ChatService:
         if final_id and position >= parse_stream_id(final_id):
             return None
         log.info("client attached after %s", after)
-        return OpenStream(request_id, self.relay.subscribe(request_id, after))
+        subscription = self.relay.subscribe(request_id, after)
+        return OpenStream(request_id, subscription, client_text=last_event_id is not None)
 
     async def cancel(self, request_id: str, user_id: str) -> str:
         """Stop an answer: the worker holding it ends it ``cancelled`` within moments; one that
@@ -367,7 +374,7 @@ class ChatService:
             timings=Timings(total_ms=total_ms),
             attempts=0,
         )
-        outcome = await self.streams.append_final(request_id, epoch, 0, encode_event(done))
+        outcome = await self.streams.append_final(request_id, epoch, 0, done)
         return outcome in (Final.WRITTEN, Final.ENDED, Final.GONE)
 
     async def _end_cancelled_later(self, request_id: str, found: Cancel) -> None:
@@ -380,8 +387,8 @@ class ChatService:
         After ``pickup_timeout_s`` without any event the workers are checked: with none alive,
         a job nobody took ends with a retryable ``no_worker`` error and one whose worker died
         with ``worker_lost``. A stream that outlives ``max_stream_s`` plus the resume window
-        ends with a ``deadline_exceeded`` error that is not stored (it has no id): nothing
-        hangs forever.
+        is ended with ``deadline_exceeded`` for everyone (stored; unstored, without an id,
+        only when Redis cannot take it): nothing hangs forever.
         """
         sub, settings = stream.subscription, self.settings
         deadline = time.monotonic() + settings.max_stream_s + settings.resume_window_s
@@ -401,8 +408,7 @@ class ChatService:
                     yield None
                     continue
                 check_at = time.monotonic() + settings.pickup_timeout_s
-                stream.ended = entry.is_terminal
-                stream.streamed = stream.streamed or entry.type == "delta"
+                stream.relayed(entry)
                 yield entry
                 watch.sent(entry)
                 if stream.ended:
@@ -419,16 +425,15 @@ class ChatService:
         holds it), then relay that final; if Redis cannot take it, say so unstored."""
         error = ErrorEvent(code=ErrorCode.DEADLINE_EXCEEDED, message="the answer took too long")
         try:
-            await self.streams.force_error(stream.request_id, error)
+            await self.streams.append_final(stream.request_id, FORCE, 0, error)
             async with asyncio.timeout(self.settings.heartbeat_s):
                 while not (entry := await stream.subscription.queue.get()).is_terminal:
+                    stream.relayed(entry)
                     yield entry
-            stream.ended = True
+            stream.relayed(entry)
             yield entry
         except (TimeoutError, RedisError):
-            # unstored: partial unless this client got no text (one that attached may hold some)
-            partial = stream.streamed or stream.first_frame is None
-            unstored = error.model_copy(update={"partial": partial})
+            unstored = error.model_copy(update={"partial": stream.client_text})
             yield Entry("", error.type, encode_event(unstored)["data"])
 
     def release(self, stream: OpenStream) -> None:
@@ -454,7 +459,7 @@ class ChatService:
                 message="the worker answering was lost and no other is running",
                 retryable=True,
             )
-            await self.streams.force_error(request_id, error)
+            await self.streams.append_final(request_id, FORCE, 0, error)
 
     def _take_back_soon(self, taken: Sequence[tuple[str, str]]) -> None:
         """Forget counted starts or open streams, off the response path (Redis may be down)."""
