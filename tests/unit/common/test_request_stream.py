@@ -25,6 +25,8 @@ from echotune.common.redis import create_redis
 from echotune.common.request_stream import (
     FORCE,
     UNTAKEN,
+    Appended,
+    AppendRefused,
     Batch,
     Final,
     Opened,
@@ -134,6 +136,35 @@ async def test_an_error_final_says_partial_exactly_when_text_was_streamed(
         entries = await redis.xrange(streams.keys.events(rid))
         assert [f["type"] for _, f in entries][-2:] == [entry["type"], "error"]
         assert json.loads(entries[-1][1]["data"])["partial"] is text
+
+
+@pytest.mark.cluster
+async def test_one_append_call_answers_each_request_for_itself(
+    redis: Redis, streams: RequestStreams
+) -> None:
+    """Batches of many requests go out together; each is applied or refused on its own."""
+    rids = {name: f"{name}-{uuid.uuid4().hex[:8]}" for name in ("ok", "fenced", "ended", "gone")}
+    for name, rid in rids.items():
+        if name != "gone":
+            await streams.open(rid, "fp", "u", start(rid))
+            await streams.take(rid, "w")
+    await streams.take(rids["fenced"], "w2")  # epoch 2: the epoch-1 producer is fenced off
+    assert await streams.append_final(rids["ended"], 1, 1, DONE) is Final.WRITTEN
+    await streams.cancel(rids["ok"], "u")
+    text = [("delta", '{"delta":"a"}'), ("delta", '{"delta":"b"}')]
+    batches = [Batch(rid, 1, 1, text) for rid in rids.values()]
+    retried = Batch(rids["ok"], 1, 2, [*text[1:], ("delta", '{"delta":"c"}')])
+
+    first = await streams.append_many(batches)
+    again = await streams.append_many([retried, batches[1]])
+
+    refusals = [r.refused if isinstance(r, Appended) else r for r in first]
+    assert refusals == [None, AppendRefused.FENCED, AppendRefused.ENDED, AppendRefused.GONE]
+    assert [r.cancelled for r in first if isinstance(r, Appended)] == [True, False, False, False]
+    assert [r.refused for r in again if isinstance(r, Appended)] == [None, AppendRefused.FENCED]
+    entries = await redis.xrange(streams.keys.events(rids["ok"]))
+    assert [json.loads(f["data"])["delta"] for _, f in entries[1:]] == ["a", "b", "c"]
+    assert await redis.xlen(streams.keys.events(rids["fenced"])) == 1  # its start only
 
 
 async def test_cancel_and_attach_know_only_the_owner(streams: RequestStreams) -> None:

@@ -59,6 +59,8 @@ async def running(redis: Redis, keys: Keys) -> AsyncIterator[Producer]:
     task = asyncio.create_task(producer.flusher.run())
     yield producer
     task.cancel()
+    await asyncio.wait({task})
+    await producer.flusher.aclose()
 
 
 async def deltas(redis: Redis, keys: Keys, rid: str) -> list[str]:
@@ -83,6 +85,8 @@ async def test_an_append_whose_reply_was_lost_is_applied_once(
             writer.delta(text)
             await writer.flush()
         flushing.cancel()
+        await asyncio.wait({flushing})
+        await producer.flusher.aclose()
         await client.aclose()
     assert proxy.dropped == 1
     assert await deltas(redis, keys, rid) == ["one ", "two ", "three"]

@@ -30,6 +30,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
 
+from echotune.common import resp
 from echotune.common.keys import Keys
 from echotune.common.messages import (
     SCHEMA_VERSION,
@@ -77,27 +78,43 @@ redis.call('HSET', KEYS[1], 'seq', 0, 'owner', ARGV[1])
 return {'taken', epoch, m[3] and 1 or 0, redis.call('EXISTS', KEYS[2])}
 """)
 
-# ARGV: epoch, first seq, maxlen, schema version, then (type, data) per entry.
-# Returns {written, cancelled}; written = -1 fenced, -2 ended, -3 gone.
+# Appends of any number of requests (one on a cluster: their keys share no slot). KEYS:
+# meta, events, cancel flag per request. ARGV: maxlen, schema version, then per request its
+# epoch, first seq, entry count and (type, data) per entry. Returns {written, cancelled} per
+# request; written = -1 fenced, -2 ended, -3 gone.
 _APPEND = Script("""
-local m = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'final_id', 'streamed')
-if not m[1] then return {-3, 0} end
-if m[3] then return {-2, 0} end
-if m[1] ~= ARGV[1] then return {-1, 0} end
-local last, first, written = tonumber(m[2]), tonumber(ARGV[2]), 0
-local streamed = false
-for i = 5, #ARGV, 2 do
-  local seq = first + (i - 5) / 2
-  if seq > last then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*',
-               'v', ARGV[4], 'type', ARGV[i], 'data', ARGV[i + 1])
-    last, written = seq, written + 1
-    if ARGV[i] == 'delta' then streamed = true end
+local maxlen, version, out, a = ARGV[1], ARGV[2], {}, 3
+for k = 1, #KEYS, 3 do
+  local epoch, first, count = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local entries = a + 3
+  a = entries + 2 * count
+  local m = redis.call('HMGET', KEYS[k], 'epoch', 'seq', 'final_id', 'streamed')
+  local written, cancelled = 0, 0
+  if not m[1] then written = -3
+  elseif m[3] then written = -2
+  elseif m[1] ~= epoch then written = -1
+  else
+    local last, streamed = tonumber(m[2]), false
+    for i = 0, count - 1 do
+      local e = entries + 2 * i
+      if first + i > last then
+        redis.call('XADD', KEYS[k + 1], 'MAXLEN', '~', maxlen, '*',
+                   'v', version, 'type', ARGV[e], 'data', ARGV[e + 1])
+        last, written = first + i, written + 1
+        if ARGV[e] == 'delta' then streamed = true end
+      end
+    end
+    if streamed and not m[4] then
+      redis.call('HSET', KEYS[k], 'seq', last, 'streamed', 1)
+    elseif written > 0 then
+      redis.call('HSET', KEYS[k], 'seq', last)
+    end
+    cancelled = redis.call('EXISTS', KEYS[k + 2])
   end
+  out[#out + 1] = written
+  out[#out + 1] = cancelled
 end
-redis.call('HSET', KEYS[1], 'seq', last)
-if streamed and not m[4] then redis.call('HSET', KEYS[1], 'streamed', 1) end
-return {written, redis.call('EXISTS', KEYS[3])}
+return out
 """)
 
 # ARGV: epoch, seq, ttl, version, type, data[, the data when text was streamed]. The
@@ -235,9 +252,9 @@ class Batch:
     entries: Sequence[tuple[str, str]]
 
 
-def _appended(reply: Sequence[Any]) -> Appended:
-    written, cancelled = int(reply[0]), bool(int(reply[1]))
-    return Appended(_REFUSALS.get(written), cancelled)
+def _appended(reply: Sequence[Any], at: int) -> Appended:
+    """The result of the batch whose pair of numbers starts at ``reply[at]``."""
+    return Appended(_REFUSALS.get(int(reply[at])), bool(int(reply[at + 1])))
 
 
 def _text(value: Any) -> str:
@@ -364,26 +381,42 @@ class RequestStreams:
             return Taken(state)
         return Taken(state, int(reply[1]), bool(int(reply[2])), bool(int(reply[3])))
 
-    async def append_many(self, batches: Sequence[Batch]) -> list[Appended | Exception]:
+    def own_connection(self) -> resp.OwnConnection | None:
+        """A connection for :meth:`append_many` of one appender (``None`` on a cluster)."""
+        return None if isinstance(self.redis, RedisCluster) else resp.OwnConnection(self.redis)
+
+    async def append_many(
+        self, batches: Sequence[Batch], own: resp.OwnConnection | None = None
+    ) -> list[Appended | Exception]:
         """Append each batch's entries in one round trip (for many requests).
 
         Entry ``i`` of a batch has sequence number ``first_seq + i``: a retried batch is
-        applied once, and a producer whose epoch is no longer current is refused.
+        applied once, and a producer whose epoch is no longer current is refused. One Redis
+        runs one script call for them all (on ``own`` connection if given); a cluster, one
+        per batch (routed by slot).
         """
-        calls = [
-            (self._keys(b.request_id, "meta", "events", "cancel"), self._args(b)) for b in batches
-        ]
-        if isinstance(self.redis, RedisCluster):  # routed by slot, command by command
+        if not batches:
+            return []
+        head: list[Arg] = [self.events_maxlen, SCHEMA_VERSION]
+        if isinstance(self.redis, RedisCluster):
             async with self.redis.pipeline(transaction=False) as pipe:
-                for keys, args in calls:
-                    _APPEND.queue(pipe, keys, args)
-                replies = await execute(self.redis, pipe, [_APPEND] * len(calls))
-        else:
-            replies = await execute_packed(self.redis, _APPEND, calls)
-        return [r if isinstance(r, Exception) else _appended(r) for r in replies]
+                for batch in batches:
+                    _APPEND.queue(pipe, self._append_keys(batch), [*head, *self._args(batch)])
+                replies = await execute(self.redis, pipe, [_APPEND] * len(batches))
+            return [r if isinstance(r, Exception) else _appended(r, 0) for r in replies]
+        keys = [key for batch in batches for key in self._append_keys(batch)]
+        args = head + [arg for batch in batches for arg in self._args(batch)]
+        [reply] = await execute_packed(self.redis, _APPEND, [(keys, args)], own)
+        if isinstance(reply, Exception):
+            return [reply] * len(batches)
+        return [_appended(reply, 2 * i) for i in range(len(batches))]
 
-    def _args(self, batch: Batch) -> list[Arg]:
-        args: list[Arg] = [batch.epoch, batch.first_seq, self.events_maxlen, SCHEMA_VERSION]
+    def _append_keys(self, batch: Batch) -> list[str]:
+        return self._keys(batch.request_id, "meta", "events", "cancel")
+
+    @staticmethod
+    def _args(batch: Batch) -> list[Arg]:
+        args: list[Arg] = [batch.epoch, batch.first_seq, len(batch.entries)]
         for kind, data in batch.entries:
             args += [kind, data]
         return args

@@ -85,12 +85,19 @@ async def execute(redis: Redis, pipe: Pipeline, scripts: list[Script | None]) ->
 
 
 async def execute_packed(
-    redis: Redis, script: Script, calls: Sequence[tuple[list[str], list[Arg]]]
+    redis: Redis,
+    script: Script,
+    calls: Sequence[tuple[list[str], list[Arg]]],
+    own: resp.OwnConnection | None = None,
 ) -> list[Any]:
     """Call ``script`` once per (keys, args) in one round trip, packed by hand (single-node
-    Redis); as :func:`execute`, ``NOSCRIPT`` reloads it and other errors come back in place."""
+    Redis), on ``own`` connection if given; as :func:`execute`, ``NOSCRIPT`` reloads it and
+    other errors come back in place."""
     packed = b"".join([script.packed(keys, args) for keys, args in calls])
-    results = await resp.send(redis, packed, len(calls))
+    if own is not None:
+        results = await own.send(packed, len(calls))
+    else:
+        results = await resp.send(redis, packed, len(calls))
     for index, result in enumerate(results):
         if isinstance(result, NoScriptError):
             results[index] = await script(redis, *calls[index])

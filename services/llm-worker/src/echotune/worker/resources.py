@@ -139,6 +139,7 @@ async def open_worker(
         yield worker
     finally:
         worker.close()
+        await worker.flusher.aclose()
         await worker.telemetry.flush()
         await http.aclose()
         await mongo.close()

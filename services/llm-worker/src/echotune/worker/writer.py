@@ -161,8 +161,14 @@ class AppendFlusher:
 
     def __init__(self, streams: RequestStreams) -> None:
         self.streams = streams
+        self._own = streams.own_connection()
         self._dirty: dict[int, EventWriter] = {}
         self._wake = asyncio.Event()
+
+    async def aclose(self) -> None:
+        """Close the flusher's connection (after its task was cancelled)."""
+        if self._own is not None:
+            await self._own.aclose()
 
     def mark(self, writer: EventWriter) -> None:
         self._dirty[id(writer)] = writer
@@ -182,7 +188,7 @@ class AppendFlusher:
         if not sending:
             return
         try:
-            results = await self.streams.append_many([b for _, b in sending])
+            results = await self.streams.append_many([b for _, b in sending], self._own)
         except Exception as exc:  # Redis unreachable even after the client's own retries
             log.warning("appending %d batches failed, retrying: %s", len(sending), exc)
             results = [exc] * len(sending)

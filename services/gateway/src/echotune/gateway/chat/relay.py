@@ -171,6 +171,7 @@ class StreamRelay:
         self._redis: Redis = create_redis(
             redis_url, max_connections=1, socket_timeout=block_ms / 1000 + 5
         )
+        self._connection = resp.OwnConnection(self._redis)
         self._waker: Redis = create_redis(redis_url, max_connections=2)
         self._keys = keys
         self._block_ms = block_ms
@@ -211,6 +212,7 @@ class StreamRelay:
         if self._cluster is None:
             with contextlib.suppress(RedisError):
                 await self._waker.delete(self._wakeup_key)
+        await self._connection.aclose()
         await self._redis.aclose()
         await self._waker.aclose()
 
@@ -300,7 +302,7 @@ class StreamRelay:
     async def _read(self, command: bytes) -> Any:
         """Send a packed command on the relay's connection; its reply as hiredis parsed it
         (redis-py would pack the arguments and rebuild the reply entry by entry)."""
-        (reply,) = await resp.send(self._redis, command, 1)
+        (reply,) = await self._connection.send(command, 1)
         if isinstance(reply, Exception):  # an error reply
             raise reply
         return reply
