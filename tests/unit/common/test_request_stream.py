@@ -143,7 +143,8 @@ async def test_one_append_call_answers_each_request_for_itself(
     redis: Redis, streams: RequestStreams
 ) -> None:
     """Batches of many requests go out together; each is applied or refused on its own."""
-    rids = {name: f"{name}-{uuid.uuid4().hex[:8]}" for name in ("ok", "fenced", "ended", "gone")}
+    names = ("ok", "fenced", "ended", "gone", "ok2")
+    rids = {name: f"{name}-{uuid.uuid4().hex[:8]}" for name in names}
     for name, rid in rids.items():
         if name != "gone":
             await streams.open(rid, "fp", "u", start(rid))
@@ -153,18 +154,42 @@ async def test_one_append_call_answers_each_request_for_itself(
     await streams.cancel(rids["ok"], "u")
     text = [("delta", '{"delta":"a"}'), ("delta", '{"delta":"b"}')]
     batches = [Batch(rid, 1, 1, text) for rid in rids.values()]
+    batches[-1] = Batch(rids["ok2"], 1, 1, [("retry", "{}"), *text, ("delta", '{"delta":"z"}')])
     retried = Batch(rids["ok"], 1, 2, [*text[1:], ("delta", '{"delta":"c"}')])
 
     first = await streams.append_many(batches)
     again = await streams.append_many([retried, batches[1]])
 
     refusals = [r.refused if isinstance(r, Appended) else r for r in first]
-    assert refusals == [None, AppendRefused.FENCED, AppendRefused.ENDED, AppendRefused.GONE]
-    assert [r.cancelled for r in first if isinstance(r, Appended)] == [True, False, False, False]
+    assert refusals == [None, AppendRefused.FENCED, AppendRefused.ENDED, AppendRefused.GONE, None]
+    cancelled = [r.cancelled for r in first if isinstance(r, Appended)]
+    assert cancelled == [True, False, False, False, False]
     assert [r.refused for r in again if isinstance(r, Appended)] == [None, AppendRefused.FENCED]
-    entries = await redis.xrange(streams.keys.events(rids["ok"]))
-    assert [json.loads(f["data"])["delta"] for _, f in entries[1:]] == ["a", "b", "c"]
+    for name, deltas, seq in (("ok", ["a", "b", "c"], "3"), ("ok2", ["a", "b", "z"], "4")):
+        entries = await redis.xrange(streams.keys.events(rids[name]))
+        got = [json.loads(f["data"])["delta"] for _, f in entries if f["type"] == "delta"]
+        assert got == deltas
+        assert await redis.hmget(streams.keys.meta(rids[name]), ["seq", "streamed"]) == [seq, "1"]
     assert await redis.xlen(streams.keys.events(rids["fenced"])) == 1  # its start only
+
+
+@pytest.mark.cluster
+async def test_a_request_the_append_script_fails_on_fails_alone(
+    redis: Redis, streams: RequestStreams
+) -> None:
+    rids = [f"r-{n}-{uuid.uuid4().hex[:8]}" for n in range(3)]
+    for rid in rids:
+        await streams.open(rid, "fp", "u", start(rid))
+        await streams.take(rid, "w")
+    await redis.hset(streams.keys.meta(rids[1]), "seq", "garbled")  # the script errs on it
+    text = [("delta", '{"delta":"a"}')]
+
+    results = await streams.append_many([Batch(rid, 1, 1, text) for rid in rids])
+
+    assert isinstance(results[1], Exception)
+    assert [r.refused for r in (results[0], results[2]) if isinstance(r, Appended)] == [None] * 2
+    for rid in (rids[0], rids[2]):
+        assert await redis.xlen(streams.keys.events(rid)) == 2  # start + "a", once
 
 
 async def test_cancel_and_attach_know_only_the_owner(streams: RequestStreams) -> None:

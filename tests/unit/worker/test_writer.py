@@ -131,3 +131,16 @@ async def test_a_cancel_flag_is_reported_by_the_next_append(
     writer.delta("x")
     await writer.flush()
     assert running.cancelled == [True]
+
+
+async def test_requests_flushed_in_one_round_each_get_their_own_text(
+    redis: Redis, keys: Keys, running: Producer
+) -> None:
+    rids = [await opened(redis, keys) for _ in range(3)]
+    writers = [await running.writer(rid) for rid in rids]
+    for n in range(20):
+        for i, writer in enumerate(writers):
+            writer.delta(f"{i}.{n} ")
+    await asyncio.gather(*(writer.flush() for writer in writers))
+    for i, rid in enumerate(rids):
+        assert "".join(await deltas(redis, keys, rid)) == "".join(f"{i}.{n} " for n in range(20))

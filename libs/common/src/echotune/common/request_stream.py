@@ -407,9 +407,15 @@ class RequestStreams:
         keys = [key for batch in batches for key in self._append_keys(batch)]
         args = head + [arg for batch in batches for arg in self._args(batch)]
         [reply] = await execute_packed(self.redis, _APPEND, [(keys, args)], own)
-        if isinstance(reply, Exception):
-            return [reply] * len(batches)
-        return [_appended(reply, 2 * i) for i in range(len(batches))]
+        if not isinstance(reply, Exception):
+            return [_appended(reply, 2 * i) for i in range(len(batches))]
+        if len(batches) == 1:
+            return [reply]
+        # An error reply: one call per batch, so one failing request fails alone (what the
+        # failed call applied is skipped by sequence number).
+        calls = [(self._append_keys(b), [*head, *self._args(b)]) for b in batches]
+        replies = await execute_packed(self.redis, _APPEND, calls, own)
+        return [r if isinstance(r, Exception) else _appended(r, 0) for r in replies]
 
     def _append_keys(self, batch: Batch) -> list[str]:
         return self._keys(batch.request_id, "meta", "events", "cancel")

@@ -1,4 +1,5 @@
-"""Redis commands packed by hand and sent on a pool connection, for the per-token paths.
+"""Redis commands packed by hand and sent on a pool connection or one's own, for the
+per-token paths.
 
 redis-py packs each argument in Python and passes each reply through its callbacks; on a
 path that runs for every relayed token that costs more than the command itself (issue 15).
@@ -49,14 +50,18 @@ class OwnConnection:
     def __init__(self, redis: Redis) -> None:
         self._redis = redis
         self._connection: AbstractConnection | None = None
+        self._closed = False
 
     async def send(self, packed: bytes, replies: int) -> list[Any]:
         """As :func:`send`; calls must not overlap."""
+        if self._closed:
+            raise RedisConnectionError("this connection was closed")
         if self._connection is None:
             self._connection = self._redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
         return await _exchange(self._connection, packed, replies)
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._connection is not None:
             await self._connection.disconnect()
             self._connection = None

@@ -46,12 +46,16 @@ class InFlightJobs:
 
     def __init__(self) -> None:
         self._jobs: dict[str, InFlight] = {}
+        self._by_request: dict[str, list[InFlight]] = {}  # read for every token: no scan
 
     def __len__(self) -> int:
         return len(self._jobs)
 
     def hold(self, request_id: str, entry_id: str) -> InFlight:
+        if (old := self._jobs.get(entry_id)) is not None:
+            self.release(old)
         job = self._jobs[entry_id] = InFlight(request_id, entry_id)
+        self._by_request.setdefault(request_id, []).append(job)
         return job
 
     def holds(self, entry_id: str) -> bool:
@@ -60,9 +64,13 @@ class InFlightJobs:
     def release(self, job: InFlight) -> None:
         if self._jobs.get(job.entry_id) is job:
             del self._jobs[job.entry_id]
+            same = self._by_request[job.request_id]
+            same.remove(job)
+            if not same:
+                del self._by_request[job.request_id]
 
     def _of(self, request_id: str) -> list[InFlight]:
-        return [job for job in self._jobs.values() if job.request_id == request_id]
+        return self._by_request.get(request_id, [])
 
     def stop(self, request_id: str, reason: str) -> None:
         for job in self._of(request_id):

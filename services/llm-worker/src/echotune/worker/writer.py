@@ -2,7 +2,7 @@
 
 A token never waits for Redis: :meth:`EventWriter.delta` buffers it and wakes the
 process's :class:`AppendFlusher`, which appends whatever every request accumulated in one
-pipeline, while the previous one was in flight. Idle, that is one entry per token as soon
+round trip, while the previous one was in flight. Idle, that is one entry per token as soon
 as it comes; busy, fewer and larger writes (consecutive deltas of a request merge into one
 entry). Entries carry the producer's epoch and sequence numbers (``request_stream.py``), so
 a retried append is applied once and a producer that lost the job is refused.
@@ -157,7 +157,7 @@ class EventWriter:
 
 
 class AppendFlusher:
-    """Appends the buffered entries of every request of this process, one pipeline a round."""
+    """Appends the buffered entries of every request of this process, one round trip a round."""
 
     def __init__(self, streams: RequestStreams) -> None:
         self.streams = streams
@@ -190,8 +190,9 @@ class AppendFlusher:
         try:
             results = await self.streams.append_many([b for _, b in sending], self._own)
         except Exception as exc:  # Redis unreachable even after the client's own retries
-            log.warning("appending %d batches failed, retrying: %s", len(sending), exc)
             results = [exc] * len(sending)
-            await asyncio.sleep(RETRY_S)
         for (writer, batch), result in zip(sending, results, strict=True):
             writer.sent(batch, result)
+        if failed := [r for r in results if isinstance(r, Exception)]:
+            log.warning("appending %d batches failed, retrying: %s", len(failed), failed[0])
+            await asyncio.sleep(RETRY_S)  # they are sent again, not at once
