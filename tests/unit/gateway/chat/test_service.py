@@ -185,6 +185,15 @@ async def stored_half_answer(service: ChatService, request_id: str) -> None:
     assert appended.refused is None
 
 
+async def opened_late(service: ChatService, request_id: str, *, text: bool) -> OpenStream:
+    """An answer just started; with half its text stored by a worker if ``text``."""
+    stream = await service.open(chat_input(request_id), None)
+    assert stream is not None
+    if text:
+        await stored_half_answer(service, request_id)
+    return stream
+
+
 async def late_entries(
     service: ChatService, stream: OpenStream, monkeypatch: pytest.MonkeyPatch
 ) -> list[Entry]:
@@ -204,11 +213,8 @@ async def test_an_answer_past_its_deadline_is_ended_for_everyone(
     worker had stored text: a client would take the cut answer for a whole one."""
     service: ChatService = gateway.state.chat
     rid = f"late-000{int(text)}"
-    stream = await service.open(chat_input(rid), None)
-    assert stream is not None
-    if text:
-        await stored_half_answer(service, rid)
-    else:
+    stream = await opened_late(service, rid, text=text)
+    if not text:
         await service.streams.take(rid, "a-worker-that-never-answers")
     seen = await late_entries(service, stream, monkeypatch)
     assert [e.type for e in seen] == (["delta", "error"] if text else ["error"])
@@ -224,11 +230,7 @@ async def test_a_late_answer_redis_cannot_end_tells_its_client_whether_it_is_par
     """Redis refusing the late final left the unstored error saying ``partial=False`` to a
     client that had been sent text."""
     service: ChatService = gateway.state.chat
-    rid = f"late-001{int(text)}"
-    stream = await service.open(chat_input(rid), None)
-    assert stream is not None
-    if text:
-        await stored_half_answer(service, rid)
+    stream = await opened_late(service, f"late-001{int(text)}", text=text)
 
     async def unreachable(*args: object) -> None:
         raise RedisConnectionError("Redis went away")

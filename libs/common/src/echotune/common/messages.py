@@ -315,6 +315,13 @@ class ErrorEvent(Contract):
     retryable: bool = False
 
 
+def deadline_exceeded(*, partial: bool = False) -> ErrorEvent:
+    """The error an answer ends with when it outlives its deadline (worker's or gateway's)."""
+    return ErrorEvent(
+        code=ErrorCode.DEADLINE_EXCEEDED, message="the answer took too long", partial=partial
+    )
+
+
 ChatEvent = Annotated[
     StartEvent | DeltaEvent | RetryEvent | FailoverEvent | DoneEvent | ErrorEvent,
     Field(discriminator="type"),

@@ -15,10 +15,11 @@ from echotune.common.messages import (
     DoneEvent,
     FailoverEvent,
     FinishReason,
+    deadline_exceeded,
 )
 from echotune.common.request_stream import AppendRefused, Final, Take, Taken
 from echotune.worker.inflight import CANCELLED, ENDED, FENCED, InFlight
-from echotune.worker.jobs import JobRunner, deadline_error, shutdown_error
+from echotune.worker.jobs import JobRunner, shutdown_error
 from echotune.worker.observability import job_ended, job_span, job_taken
 from echotune.worker.resources import Worker
 from echotune.worker.writer import EventWriter, Refused
@@ -113,7 +114,7 @@ async def _produce(
         async with asyncio.timeout(max(job.deadline_at - time.time(), 0.001)):
             return await task
     except TimeoutError:
-        return deadline_error(bool(runner.partial))
+        return deadline_exceeded(partial=bool(runner.partial))
     except asyncio.CancelledError:
         if held.reason is None:  # the worker is shutting down (see _run)
             raise

@@ -280,12 +280,6 @@ def _partial_error(provider: str, reason: str) -> ErrorEvent:
     )
 
 
-def deadline_error(partial: bool) -> ErrorEvent:
-    return ErrorEvent(
-        code=ErrorCode.DEADLINE_EXCEEDED, message="the answer took too long", partial=partial
-    )
-
-
 def shutdown_error(partial: bool) -> ErrorEvent:
     return ErrorEvent(
         code=ErrorCode.SHUTDOWN,

@@ -34,6 +34,7 @@ from echotune.common.messages import (
     Role,
     StartEvent,
     Timings,
+    deadline_exceeded,
     encode_event,
     new_request_id,
 )
@@ -423,7 +424,7 @@ class ChatService:
     async def _end_late(self, stream: OpenStream) -> AsyncIterator[Entry]:
         """The answer outlived its deadline: end it for everyone (stored, fencing off whoever
         holds it), then relay that final; if Redis cannot take it, say so unstored."""
-        error = ErrorEvent(code=ErrorCode.DEADLINE_EXCEEDED, message="the answer took too long")
+        error = deadline_exceeded()
         try:
             await self.streams.append_final(stream.request_id, FORCE, 0, error)
             async with asyncio.timeout(self.settings.heartbeat_s):
