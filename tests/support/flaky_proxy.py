@@ -1,4 +1,5 @@
-"""A TCP proxy in front of Redis that can lose the reply of one command, as a network can."""
+"""A TCP proxy in front of Redis that can lose the reply of one command or stop taking what
+clients send, as a network can."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from urllib.parse import urlsplit
 
 class ReplyDroppingProxy:
     """Forwards bytes both ways; when armed, the next request containing ``marker`` reaches
-    Redis (and is applied) but the client's connection is cut before the reply comes back."""
+    Redis (and is applied) but the client's connection is cut before the reply comes back;
+    after :meth:`stop_reading`, nothing clients send is read any more (their sends block)."""
 
     def __init__(self, target_url: str) -> None:
         parts = urlsplit(target_url)
@@ -19,6 +21,8 @@ class ReplyDroppingProxy:
         self.dropped = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reading = asyncio.Event()
+        self._reading.set()
 
     @property
     def url(self) -> str:
@@ -28,6 +32,9 @@ class ReplyDroppingProxy:
 
     def drop_next_reply(self, marker: bytes) -> None:
         self._marker = marker
+
+    def stop_reading(self) -> None:
+        self._reading.clear()
 
     async def __aenter__(self) -> ReplyDroppingProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -47,7 +54,7 @@ class ReplyDroppingProxy:
         upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
         back = asyncio.create_task(_pump(upstream_reader, writer))
         try:
-            while data := await reader.read(65536):
+            while await self._reading.wait() and (data := await reader.read(65536)):
                 upstream_writer.write(data)
                 await upstream_writer.drain()
                 if self._marker is not None and self._marker in data:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from deploy.local.servers import RedisClusterServers
 from echotune.common.keys import Keys
 from echotune.common.messages import StartEvent
 from echotune.common.redis import ClusterAddress, cluster_address, create_broker, create_redis
 from echotune.common.request_stream import RequestStreams
+from tests.support.flaky_proxy import reply_dropping_proxy
 
 
 @pytest.fixture
@@ -81,3 +84,46 @@ async def test_a_burst_of_broker_commands_waits_for_a_connection_instead_of_fail
         assert await asyncio.gather(*waits) == [None] * 150
     finally:
         await broker.stop()
+
+
+@pytest.mark.single_node(reason="a cluster client's nodes keep redis-py's connection class")
+async def test_a_command_is_sent_without_a_task_of_its_own(redis_server_url: str) -> None:
+    """redis-py sends through ``asyncio.wait_for`` when a socket timeout is set: one task per
+    command, ~15 % of a round trip's client CPU (issue 15)."""
+    client = create_redis(redis_server_url, max_connections=1)
+    loop = asyncio.get_running_loop()
+    made: list[object] = []
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+        made.append(coro)
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    try:
+        await client.ping()
+        loop.set_task_factory(counting)
+        try:
+            for _ in range(20):
+                await client.get(f"absent-{uuid.uuid4().hex}")
+        finally:
+            loop.set_task_factory(None)
+    finally:
+        await client.aclose()
+    assert made == []
+
+
+@pytest.mark.single_node(reason="the proxy stands in front of one Redis")
+async def test_a_send_the_server_does_not_take_times_out(redis_server_url: str) -> None:
+    """Large sends wait for the socket as long as Redis reads; one it stops reading fails
+    with redis-py's timeout (what callers catch) instead of hanging."""
+    async with reply_dropping_proxy(redis_server_url) as proxy:
+        client = create_redis(proxy.url, max_connections=1, socket_timeout=0.2)
+        try:
+            key, value = f"t:{uuid.uuid4().hex}", b"v" * (16 << 20)
+            await client.set(key, value)
+            assert await client.strlen(key) == len(value)
+            proxy.stop_reading()
+            async with asyncio.timeout(10):
+                with pytest.raises(RedisTimeoutError):
+                    await client.set(key, value * 4)
+        finally:
+            await client.aclose()

@@ -128,8 +128,8 @@ class Attempt:
         async with contextlib.aclosing(provider.stream(request)) as items:
             while True:
                 if self.ctx.jobs.reason(self.job.request_id) is not None:
-                    # cancelled, but a Redis call swallowed the CancelledError (redis-py sends
-                    # through asyncio.wait_for, which on 3.11 can drop a cancellation)
+                    # cancelled, but a Redis call swallowed the CancelledError (a cluster
+                    # client sends through asyncio.wait_for, which on 3.11 can drop one)
                     raise asyncio.CancelledError
                 wait = timeouts.first_token if self.clock.tokens == 0 else timeouts.idle
                 deadline.move(min(loop.time() + wait, ends_at))
