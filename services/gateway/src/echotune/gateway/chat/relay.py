@@ -202,8 +202,8 @@ class StreamRelay:
         if self._cluster is not None:
             await self._cluster.stop()
         elif self._task:
-            # redis-py can swallow a cancellation that lands as it sends a command (its
-            # wait_for, Python 3.11): then the flag ends the loop once a wake-up ends the read.
+            # Should a cancellation ever be swallowed (redis-py's asyncio.wait_for did, on
+            # Python 3.11), the flag ends the loop once a wake-up ends the read.
             self._task.cancel()
             _, pending = await asyncio.wait({self._task}, timeout=0.2)
             if pending:
