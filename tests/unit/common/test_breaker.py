@@ -14,9 +14,11 @@ import uuid
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from echotune.common.breaker import BreakerPolicy, CircuitBreakers, Outcome, Permit
 from echotune.common.keys import Keys
+from echotune.common.live_stats import LiveStats
 from echotune.common.messages import BreakerState
 
 POLICY = BreakerPolicy(cooldown_s=30, cooldown_cap_s=100, consecutive_failures=4)
@@ -294,3 +296,28 @@ async def test_breaker_time_is_redis_time_not_the_workers(
         await asyncio.sleep(0.1)
     assert permit.probe
     assert snap.opened_at == pytest.approx(await redis_now(redis), abs=20)
+
+
+async def test_commands_queued_along_go_in_the_record_round_trip(
+    breakers: CircuitBreakers, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker counts an attempt's live figures with its breaker record: one round trip.
+    A failing command queued along is logged; the breaker's answer still counts."""
+    live = LiveStats(breakers.redis, breakers.keys)
+
+    def count(pipe: Pipeline) -> None:
+        live.queue_record(pipe, "p", success=False, rate_limited=False, latency_ms=5, ttft_ms=2)
+
+    for _ in range(3):
+        assert await breakers.record("p", Outcome.FAILURE, along=count) is None
+    figures = await live.window("p")
+    assert (figures.requests, figures.successes, figures.ttft_p50_ms is not None) == (3, 0, True)
+
+    wrong = f"{breakers.keys.breaker('p')}:not-a-hash"
+    await breakers.redis.set(wrong, "text")
+    transition = await breakers.record(
+        "p", Outcome.FAILURE, along=lambda pipe: pipe.hincrby(wrong, "n", 1)
+    )
+    assert transition is not None
+    assert transition.new is BreakerState.OPEN
+    assert "WRONGTYPE" in caplog.text

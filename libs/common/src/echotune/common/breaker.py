@@ -28,15 +28,17 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from echotune.common.keys import Keys
 from echotune.common.messages import BreakerState
+from echotune.common.scripts import Arg, Script, execute
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +199,8 @@ return {state, state}
 """
 )
 
+_RECORD_SCRIPT = Script(_RECORD)
+
 # KEYS: hash, ok window, fail window. ARGV: window ms. → {now, fields..., ok count, fail count}
 _SNAPSHOT = (
     _NOW
@@ -216,7 +220,6 @@ class CircuitBreakers:
         self.policy = policy or BreakerPolicy()
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
-        self._record = redis.register_script(_RECORD)
         self._snapshot = redis.register_script(_SNAPSHOT)
 
     def _keys(self, provider: str) -> list[str]:
@@ -283,23 +286,34 @@ class CircuitBreakers:
         *,
         token: int | None = None,
         retry_after_s: float = 0,
+        along: Callable[[Pipeline], object] | None = None,
     ) -> Transition | None:
-        """Record a call's outcome (``token``: its probe's); the state change it caused."""
+        """Record a call's outcome (``token``: its probe's); the state change it caused.
+
+        ``along`` queues more commands into the same round trip; their failures are logged.
+        """
         p = self.policy
-        old, new = await self._record(
-            keys=self._keys(provider),
-            args=[
-                outcome.value,
-                "" if token is None else token,
-                int(retry_after_s * 1000),
-                int(p.window_s * 1000),
-                p.failure_rate,
-                p.min_calls,
-                p.consecutive_failures,
-                int(p.cooldown_s * 1000),
-                int(p.cooldown_cap_s * 1000),
-            ],
-        )
+        args: list[Arg] = [
+            outcome.value,
+            "" if token is None else token,
+            int(retry_after_s * 1000),
+            int(p.window_s * 1000),
+            p.failure_rate,
+            p.min_calls,
+            p.consecutive_failures,
+            int(p.cooldown_s * 1000),
+            int(p.cooldown_cap_s * 1000),
+        ]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            _RECORD_SCRIPT.queue(pipe, self._keys(provider), args)
+            if along is not None:
+                along(pipe)
+            reply, *others = await execute(self.redis, pipe, [_RECORD_SCRIPT])
+        for error in [r for r in others if isinstance(r, Exception)][:1]:
+            log.warning("a command recorded with the outcome of %s failed: %s", provider, error)
+        if isinstance(reply, Exception):
+            raise reply
+        old, new = (str(state) for state in reply)
         if old == new:
             return None
         return Transition(provider, BreakerState(old), BreakerState(new))

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from echotune.common import histogram
 from echotune.common.keys import Keys
@@ -45,8 +46,9 @@ class LiveStats:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self.redis, self.keys = redis, keys
 
-    async def record(
+    def queue_record(
         self,
+        pipe: Pipeline,
         provider: str,
         *,
         success: bool,
@@ -54,18 +56,17 @@ class LiveStats:
         latency_ms: float,
         ttft_ms: float | None,
     ) -> None:
+        """Queue the count of one attempt into ``pipe`` (sent with other work)."""
         key = self.keys.live_stats(provider, _minute())
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hincrby(key, "requests", 1)
-            if success:
-                pipe.hincrby(key, "successes", 1)
-            if rate_limited:
-                pipe.hincrby(key, "rate_limited", 1)
-            pipe.hincrby(key, f"lat:{histogram.bucket_of(latency_ms)}", 1)
-            if ttft_ms is not None:
-                pipe.hincrby(key, f"ttft:{histogram.bucket_of(ttft_ms)}", 1)
-            pipe.expire(key, RETENTION_MIN * 60)
-            await pipe.execute()
+        pipe.hincrby(key, "requests", 1)
+        if success:
+            pipe.hincrby(key, "successes", 1)
+        if rate_limited:
+            pipe.hincrby(key, "rate_limited", 1)
+        pipe.hincrby(key, f"lat:{histogram.bucket_of(latency_ms)}", 1)
+        if ttft_ms is not None:
+            pipe.hincrby(key, f"ttft:{histogram.bucket_of(ttft_ms)}", 1)
+        pipe.expire(key, RETENTION_MIN * 60)
 
     async def window(self, provider: str, minutes: int = 5) -> LiveFigures:
         """Figures of the last ``minutes`` minutes (the current one included)."""
