@@ -21,7 +21,7 @@ fencing token of the current producer: 0 until a worker takes the job, +1 at eve
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -261,6 +261,14 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+_KEY_OF: dict[str, Callable[[Keys, str], str]] = {
+    "meta": Keys.meta,
+    "events": Keys.events,
+    "cancel": Keys.cancel_flag,
+    "reader": Keys.reader,
+}
+
+
 class RequestStreams:
     """The per-request protocol of one namespace."""
 
@@ -286,14 +294,7 @@ class RequestStreams:
         return self.keys.events(request_id)
 
     def _keys(self, request_id: str, *names: str) -> list[str]:
-        k = self.keys
-        table = {
-            "meta": k.meta,
-            "events": k.events,
-            "cancel": k.cancel_flag,
-            "reader": k.reader,
-        }
-        return [table[name](request_id) for name in names]
+        return [_KEY_OF[name](self.keys, request_id) for name in names]
 
     # --- gateway ------------------------------------------------------------------------
 
@@ -418,7 +419,8 @@ class RequestStreams:
         return [r if isinstance(r, Exception) else _appended(r, 0) for r in replies]
 
     def _append_keys(self, batch: Batch) -> list[str]:
-        return self._keys(batch.request_id, "meta", "events", "cancel")
+        k, request_id = self.keys, batch.request_id  # for every request of every flush
+        return [k.meta(request_id), k.events(request_id), k.cancel_flag(request_id)]
 
     @staticmethod
     def _args(batch: Batch) -> list[Arg]:
