@@ -29,6 +29,8 @@ from echotune.common.request_stream import (
 log = logging.getLogger(__name__)
 
 RETRY_S = 0.2
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+"""One encoder for every delta (``json.dumps`` with options builds one per call)."""
 TEXT = "text"
 """A buffered plain text delta, merged with the next until sent."""
 
@@ -136,7 +138,7 @@ class EventWriter:
         payload: dict[str, object] = {"delta": value}
         if self._stamp:
             payload["t"] = time.monotonic_ns()
-        return "delta", json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+        return "delta", _encode(payload)
 
     def sent(self, batch: Batch, result: Appended | Exception) -> None:
         self._in_flight = False
