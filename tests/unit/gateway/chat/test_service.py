@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from echotune.common.messages import DeltaEvent, DoneEvent, FinishReason, Timings, encode_event
+from echotune.common.redis import timed_sends
 from echotune.common.request_stream import Batch
 from echotune.gateway.chat.relay import Entry
 from echotune.gateway.chat.service import ChatInput, ChatService, OpenStream
@@ -56,15 +57,22 @@ def round_trips() -> Iterator[list[int]]:
     """Count the Redis requests sent by the current task (a pipeline is one request)."""
     counted: list[int] = [0]
     me = asyncio.current_task()
-    original = AbstractConnection.send_packed_command
+    # the broker's connections send as redis-py does; the clients' as common.redis does
+    senders = {
+        cls: cls.send_packed_command for cls in (AbstractConnection, timed_sends(Connection))
+    }
 
-    async def counting(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
-        if asyncio.current_task() is me:
-            counted[0] += 1
-        await original(self, *args, **kwargs)
+    def counting(cls: type[AbstractConnection]) -> Any:
+        async def send(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+            if asyncio.current_task() is me:
+                counted[0] += 1
+            await senders[cls](self, *args, **kwargs)
+
+        return send
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(AbstractConnection, "send_packed_command", counting)
+        for cls in senders:
+            patch.setattr(cls, "send_packed_command", counting(cls))
         yield counted
 
 
