@@ -212,11 +212,43 @@ async def test_an_open_whose_reply_was_lost_is_still_started(
             client, streams.keys, request_ttl_s=600, final_ttl_s=90, reader_ttl_ms=30_000
         )
         proxy.drop_next_reply(b"r8-abcdefgh")
-        opened = await via_proxy.open("r8-abcdefgh", "fp", "alice", start("r8-abcdefgh"))
+        job = (streams.keys.jobs, ["__data__", b"the job"])
+        opened = await via_proxy.open("r8-abcdefgh", "fp", "alice", start("r8-abcdefgh"), job)
         await client.aclose()
     assert proxy.dropped == 1
     assert opened.state is Opened.STARTED
     assert opened.start_id
+    assert opened.job_queued
+    assert await streams.redis.xlen(streams.keys.jobs) == 1  # queued once, not per call
+
+
+@pytest.mark.single_node(reason="the jobs stream and a request's keys share no cluster slot")
+async def test_a_job_is_queued_with_the_start_of_its_answer_only(
+    streams: RequestStreams,
+) -> None:
+    """Queued in the open script: a twin or a foreign request's open queues nothing."""
+    jobs = streams.keys.jobs
+    job = (jobs, ["__data__", b"job of r9"])
+    first = await streams.open("r9-abcdefgh", "fp", "alice", start("r9-abcdefgh"), job)
+    twin = await streams.open("r9-abcdefgh", "fp", "alice", start("r9-abcdefgh"), job)
+    foreign = await streams.open("r9-abcdefgh", "fp", "bob", start("r9-abcdefgh"), job)
+    assert (first.state, first.job_queued) == (Opened.STARTED, True)
+    assert (twin.state, twin.job_queued, foreign.state) == (Opened.EXISTS, False, Opened.FOREIGN)
+    [(_, fields)] = await streams.redis.xrange(jobs)
+    assert fields == {"__data__": "job of r9"}
+
+
+@pytest.mark.cluster
+async def test_a_cluster_leaves_the_job_to_its_caller(redis_cluster: RedisClusterServers) -> None:
+    cluster_redis = create_redis(redis_cluster.url)
+    keys = Keys(f"t{uuid.uuid4().hex[:8]}")
+    streams = RequestStreams(cluster_redis, keys, request_ttl_s=60, final_ttl_s=60, reader_ttl_ms=1)
+    try:
+        opened = await streams.open("r10-abcdefg", "fp", "u", start("r10-abcdefg"), (keys.jobs, []))
+        assert (opened.state, opened.job_queued) == (Opened.STARTED, False)
+        assert await cluster_redis.exists(keys.jobs) == 0
+    finally:
+        await cluster_redis.aclose()
 
 
 @pytest.mark.cluster

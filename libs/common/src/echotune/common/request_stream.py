@@ -57,6 +57,7 @@ redis.call('HSET', meta, 'fingerprint', ARGV[1], 'user_id', ARGV[2], 'start_id',
 redis.call('EXPIRE', meta, ARGV[3])
 redis.call('EXPIRE', events, ARGV[3])
 redis.call('SET', reader, '1', 'PX', ARGV[4])
+if KEYS[4] then redis.call('XADD', KEYS[4], '*', unpack(ARGV, 11)) end  -- the job, queued
 return {'started', id}
 """)
 
@@ -170,6 +171,8 @@ class OpenResult:
     state: Opened
     start_id: str = ""
     final_id: str | None = None
+    job_queued: bool = False
+    """The job given to :meth:`RequestStreams.open` was queued with the start."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,33 +310,42 @@ class RequestStreams:
         return Lookup(fingerprint, user_id, final_id)
 
     async def open(
-        self, request_id: str, fingerprint: str, user_id: str, start: StartEvent
+        self,
+        request_id: str,
+        fingerprint: str,
+        user_id: str,
+        start: StartEvent,
+        job: tuple[str, Sequence[str | bytes]] | None = None,
     ) -> OpenResult:
         """Claim ``request_id`` and write its start event, atomically (or find it taken).
 
         A nonce tells a retry of this very call (its reply was lost) from an identical
-        request: the retry answers ``started`` again.
+        request: the retry answers ``started`` again. ``job`` (stream, flat fields): an entry
+        queued with the start, on one Redis (a cluster keeps the jobs stream in another slot;
+        ``job_queued`` says whether it was).
         """
         fields = encode_event(start)
-        reply = await _OPEN(
-            self.redis,
-            self._keys(request_id, "meta", "events", "reader"),
-            [
-                fingerprint,
-                user_id,
-                self.request_ttl_s,
-                self.reader_ttl_ms,
-                fields["v"],
-                fields["type"],
-                fields["data"],
-                uuid.uuid4().hex,
-                start.provider,
-                start.model,
-            ],
-        )
+        keys = self._keys(request_id, "meta", "events", "reader")
+        args: list[Arg] = [
+            fingerprint,
+            user_id,
+            self.request_ttl_s,
+            self.reader_ttl_ms,
+            fields["v"],
+            fields["type"],
+            fields["data"],
+            uuid.uuid4().hex,
+            start.provider,
+            start.model,
+        ]
+        queued = job is not None and not isinstance(self.redis, RedisCluster)
+        if job is not None and queued:
+            keys.append(job[0])
+            args += job[1]
+        reply = await _OPEN(self.redis, keys, args)
         state = Opened(_text(reply[0]))
         if state is Opened.STARTED:
-            return OpenResult(state, start_id=_text(reply[1]))
+            return OpenResult(state, start_id=_text(reply[1]), job_queued=queued)
         if state is Opened.EXISTS:
             return OpenResult(state, final_id=_text(reply[1]) or None)
         return OpenResult(state)

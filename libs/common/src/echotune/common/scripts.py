@@ -13,7 +13,7 @@ from redis.exceptions import NoScriptError
 
 from echotune.common import resp
 
-Arg = str | int | float
+Arg = str | bytes | int | float
 
 
 class Script:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, cast
+
 from faststream.redis import RedisBroker
 from opentelemetry.trace import SpanKind
 
@@ -9,10 +13,11 @@ from echotune.common import tracing
 from echotune.common.messages import ChatJob
 
 
-async def publish_job(broker: RedisBroker, job: ChatJob, stream: str) -> None:
-    """``XADD`` the job; traced, as a ``send`` span whose ``traceparent`` the job carries."""
+@contextmanager
+def sending(job: ChatJob, stream: str) -> Iterator[ChatJob]:
+    """The job to send: traced, inside a ``send`` span whose ``traceparent`` it carries."""
     if not tracing.enabled():
-        await broker.publish(job, stream=stream)
+        yield job
         return
     if (request_span := tracing.current()) is not None:
         request_span.set_attributes(
@@ -29,5 +34,29 @@ async def publish_job(broker: RedisBroker, job: ChatJob, stream: str) -> None:
         "echotune.request_id": job.request_id,
     }
     with tracing.span(f"send {stream}", kind=SpanKind.PRODUCER, attributes=attributes):
-        traced = job.model_copy(update={"traceparent": tracing.traceparent()})
-        await broker.publish(traced, stream=stream)
+        yield job.model_copy(update={"traceparent": tracing.traceparent()})
+
+
+async def publish_job(broker: RedisBroker, job: ChatJob, stream: str) -> None:
+    """``XADD`` the job (FastStream's publish)."""
+    await broker.publish(job, stream=stream)
+
+
+class _Capture:
+    """Stands in for the pipeline FastStream's publish may write to: keeps the entry."""
+
+    fields: dict[str, Any] | None = None
+
+    async def xadd(self, name: str, fields: dict[str, Any], maxlen: int | None = None) -> bytes:
+        self.fields = fields
+        return b""
+
+
+async def job_fields(broker: RedisBroker, job: ChatJob) -> list[str | bytes]:
+    """The fields of the jobs-stream entry FastStream's publish would ``XADD`` for ``job``
+    (flat: name, value…), for a script that writes it along with other work."""
+    capture = _Capture()
+    await broker.publish(job, stream="-", pipeline=cast(Any, capture))
+    if capture.fields is None:
+        raise RuntimeError("FastStream's publish wrote no stream entry")
+    return [part for item in capture.fields.items() for part in item]

@@ -1,8 +1,10 @@
 """Chat use cases: start a job, attach to its stream, cancel it.
 
-A new start costs three sequential Redis round trips: the checks (request lookup, provider
-selection, backlog, open-stream cap and rate limits in one pipeline), the open script
-(claim, start event, TTLs, reader marker), and the job's publication.
+A new start costs two sequential Redis round trips: the checks (request lookup, provider
+selection, backlog, open-stream cap and rate limits in one pipeline), then the open script
+(claim, start event, TTLs, reader marker and, on one Redis, the job itself: queued only if
+the answer was started, and once even if the call is retried). A cluster keeps the jobs
+stream in another slot: there the job is published in a third round trip.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from echotune.common.request_stream import (
     RequestStreams,
 )
 from echotune.common.scripts import execute
-from echotune.gateway.chat.publish import publish_job
+from echotune.gateway.chat.publish import job_fields, publish_job, sending
 from echotune.gateway.chat.relay import Entry, StreamRelay, Subscription, parse_stream_id
 from echotune.gateway.chat.sse import HEARTBEAT, frame
 from echotune.gateway.limits import ADMIT_START, OPEN_STREAMS, Admission, ChatLimits
@@ -290,38 +292,46 @@ class ChatService:
     async def _start(
         self, chat: ChatInput, config: ProviderConfig, model: str, *, group_missing: bool
     ) -> tuple[OpenStream | None, bool]:
-        job = self._job(chat, config, model)
         start = StartEvent(
             request_id=chat.request_id,
-            conversation_id=job.conversation_id,
+            conversation_id=(job := self._job(chat, config, model)).conversation_id,
             provider=config.name,
             model=model,
             provider_is_demo=config.is_demo,
         )
-        opened = await self.streams.open(chat.request_id, chat.fingerprint(), chat.user_id, start)
-        if opened.state is Opened.FOREIGN:
-            raise _unknown()
-        if opened.state is Opened.CONFLICT:
-            raise ApiError(
-                409, "request_id_conflict", "this request id is in use for a different request"
+        if group_missing:
+            await job_queue.ensure_group(self.redis, self.keys)
+        with sending(job, self.keys.jobs) as job:
+            entry = (self.keys.jobs, await job_fields(self.broker, job))
+            opened = await self.streams.open(
+                chat.request_id, chat.fingerprint(), chat.user_id, start, entry
             )
-        if opened.state is Opened.EXISTS:  # an identical request won the race
-            return self._subscribe(chat.request_id, None, opened.final_id), False
-        subscription = self.relay.subscribe(chat.request_id, opened.start_id)
-        try:
-            if group_missing:
-                await job_queue.ensure_group(self.redis, self.keys)
-            await publish_job(self.broker, job, self.keys.jobs)
-        except Exception:
-            self.relay.unsubscribe(subscription)
-            await self._end_untaken(chat.request_id, "could not queue the job")
-            raise
+            if opened.state is Opened.FOREIGN:
+                raise _unknown()
+            if opened.state is Opened.CONFLICT:
+                raise ApiError(
+                    409, "request_id_conflict", "this request id is in use for a different request"
+                )
+            if opened.state is Opened.EXISTS:  # an identical request won the race
+                return self._subscribe(chat.request_id, None, opened.final_id), False
+            subscription = self.relay.subscribe(chat.request_id, opened.start_id)
+            if not opened.job_queued:
+                await self._publish(job, subscription)
         log.info("queued chat job provider=%s model=%s", config.name, model)
         data = encode_event(start)["data"]
         first = frame(start.type, data, opened.start_id, self.settings.stream_retry_ms)
         return OpenStream(
             chat.request_id, subscription, first, provider=config.name, model=model
         ), True
+
+    async def _publish(self, job: ChatJob, subscription: Subscription) -> None:
+        """Queue the job apart from its start (a cluster); if it cannot be, end the answer."""
+        try:
+            await publish_job(self.broker, job, self.keys.jobs)
+        except Exception:
+            self.relay.unsubscribe(subscription)
+            await self._end_untaken(job.request_id, "could not queue the job")
+            raise
 
     async def _end_untaken(self, request_id: str, message: str) -> Final:
         """End the answer with a retryable ``no_worker`` error unless a worker took it."""
