@@ -309,6 +309,11 @@ class RequestStreams:
         fingerprint, user_id, final_id = (None if v is None else _text(v) for v in reply)
         return Lookup(fingerprint, user_id, final_id)
 
+    @property
+    def queues_jobs(self) -> bool:
+        """Whether :meth:`open` queues a job given to it (one Redis; not a cluster)."""
+        return not isinstance(self.redis, RedisCluster)
+
     async def open(
         self,
         request_id: str,
@@ -338,7 +343,7 @@ class RequestStreams:
             start.provider,
             start.model,
         ]
-        queued = job is not None and not isinstance(self.redis, RedisCluster)
+        queued = job is not None and self.queues_jobs
         if job is not None and queued:
             keys.append(job[0])
             args += job[1]

@@ -302,7 +302,9 @@ class ChatService:
         if group_missing:
             await job_queue.ensure_group(self.redis, self.keys)
         with sending(job, self.keys.jobs) as job:
-            entry = (self.keys.jobs, await job_fields(self.broker, job))
+            entry = None
+            if self.streams.queues_jobs:
+                entry = (self.keys.jobs, await job_fields(self.broker, job))
             opened = await self.streams.open(
                 chat.request_id, chat.fingerprint(), chat.user_id, start, entry
             )
