@@ -33,19 +33,29 @@ def docker_available() -> bool:
 
 
 def free_port() -> int:
-    """A port free now and outside the kernel's ephemeral range: a port bound to 0 comes from
-    that range, and an outgoing connection could take it as its source port before the
-    process it is meant for binds it (a chaos run's gateway once lost its port so)."""
+    """A port free now, outside the kernel's ephemeral range and never handed out before by
+    this process: a port bound to 0 comes from that range, and an outgoing connection could
+    take it as its source port before the process it is meant for binds it (a chaos run's
+    gateway once lost its port so); and two ports picked before either is bound must differ
+    (`make dev`'s gateway and telemetry once got the same one)."""
     low = ephemeral_ports()[0]
     for _ in range(200):
         port = random.randint(PORTS_FROM, low - 1) if low - PORTS_FROM > 1000 else 0
+        if port in _handed_out:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return int(sock.getsockname()[1])
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
     raise RuntimeError("no free port below the ephemeral range")
+
+
+_handed_out: set[int] = set()
 
 
 PORTS_FROM = 10_000

@@ -11,10 +11,11 @@ from urllib.parse import parse_qs, urlsplit
 from playwright.async_api import expect
 from redis.asyncio import Redis
 
+from deploy.local.servers import free_port
 from echotune.common.keys import Keys
 from echotune.fake_llm import FakeUpstream
 from echotune.gateway.auth.keys import ApiKeyStore
-from tests.browser.conftest import free_port, open_ui
+from tests.browser.conftest import open_ui
 from tests.browser.ui import STREAM_URL, UI
 from tests.support.processes import start_gateway
 from tests.support.stack import API_KEY, Stack

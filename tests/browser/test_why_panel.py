@@ -16,10 +16,11 @@ import pytest
 from playwright.async_api import expect
 from pymongo import AsyncMongoClient
 
+from deploy.local.servers import free_port
 from echotune.analytics.documents import play_document
 from echotune.common.mongo import LISTENING_HISTORY
 from echotune.fake_llm import FakeUpstream
-from tests.browser.conftest import free_port, open_ui
+from tests.browser.conftest import open_ui
 from tests.browser.test_accessibility import assert_no_violations
 from tests.browser.ui import UI
 from tests.support.stack import Stack, providers_config, start_stack

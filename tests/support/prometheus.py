@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -16,14 +15,9 @@ import httpx
 import yaml
 
 from deploy.local.processes import ServiceProcess
+from deploy.local.servers import free_port
 
 READY = r"Server is ready to receive web requests"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def scrape_config(targets: Mapping[str, list[str]], interval_s: float) -> dict[str, Any]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import socket
+
+import pytest
 
 from deploy.local.servers import ephemeral_ports, free_port
 
@@ -14,3 +17,11 @@ def test_a_picked_port_is_free_and_below_the_ephemeral_range() -> None:
     for port in ports:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))
+
+
+def test_a_port_is_never_handed_out_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ports picked one after another, none bound yet, all differ (the dev stack's gateway
+    and telemetry once got the same port and one of them could not start)."""
+    picks = iter([23456, 23456, 23456, 23457])
+    monkeypatch.setattr(random, "randint", lambda low, high: next(picks))
+    assert [free_port(), free_port()] == [23456, 23457]
