@@ -31,7 +31,9 @@ async def rstack(redis_server_url: str, fake_llm: str) -> AsyncIterator[Stack]:
             openai_provider(
                 fake_llm,
                 "slow",
-                timeouts={"connect": 1, "first_token": 0.5, "idle": 0.4, "total": 30},
+                # generous enough that a retry's fresh connection makes it on a loaded machine
+                # (CI once saw the retried attempt time out as well)
+                timeouts={"connect": 1, "first_token": 1.0, "idle": 0.8, "total": 30},
             ),
         ],
         ECHOTUNE_DEFAULT_PROVIDER="backup",
@@ -233,14 +235,14 @@ async def test_switch_validates_and_persists_across_gateway_restarts(
 async def test_first_token_timeout_is_retried(
     rstack: Stack, client: httpx.AsyncClient, upstream: FakeUpstream, rid: str
 ) -> None:
-    await upstream.script(rid, {"tokens": ["never"], "ttft_ms": 3000}, {"tokens": ["quick"]})
+    await upstream.script(rid, {"tokens": ["never"], "ttft_ms": 5000}, {"tokens": ["quick"]})
     result = await chat(client, rstack, rid, "slow")
     (retry,) = result.of("retry")
     assert retry.json["reason"] == "timeout"
     assert result.text == "quick"
     first, _ = await upstream.requests(rid, count=2)
     assert first["closed_by_client"] is True
-    assert (first["ended_ns"] - first["started_ns"]) / 1e9 < 1.5
+    assert (first["ended_ns"] - first["started_ns"]) / 1e9 < 2.5
 
 
 async def test_idle_gap_timeout_ends_a_started_answer(
