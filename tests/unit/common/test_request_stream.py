@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from deploy.local.servers import RedisClusterServers
 from echotune.common.keys import Keys
@@ -236,6 +237,21 @@ async def test_a_job_is_queued_with_the_start_of_its_answer_only(
     assert (twin.state, twin.job_queued, foreign.state) == (Opened.EXISTS, False, Opened.FOREIGN)
     [(_, fields)] = await streams.redis.xrange(jobs)
     assert fields == {"__data__": "job of r9"}
+
+
+@pytest.mark.single_node(reason="the jobs stream and a request's keys share no cluster slot")
+async def test_a_job_that_cannot_be_queued_leaves_no_started_request(
+    streams: RequestStreams,
+) -> None:
+    """The job was the script's last write, and a script's error undoes nothing: the request
+    stayed started, with no job for any worker to take."""
+    await streams.redis.set(streams.keys.jobs, "not a stream")
+    job = (streams.keys.jobs, ["__data__", b"job of r11"])
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        await streams.open("r11-abcdefg", "fp", "alice", start("r11-abcdefg"), job)
+    k = streams.keys
+    names = [k.meta("r11-abcdefg"), k.events("r11-abcdefg"), k.reader("r11-abcdefg")]
+    assert await streams.redis.exists(*names) == 0
 
 
 @pytest.mark.cluster

@@ -13,8 +13,6 @@ from deploy.local.servers import RedisClusterServers
 from echotune.common.redis import create_redis
 from echotune.common.scripts import Script, execute
 
-pytestmark = pytest.mark.cluster
-
 
 @pytest.fixture
 async def cluster_redis(redis_cluster: RedisClusterServers) -> AsyncIterator[Redis]:
@@ -23,6 +21,7 @@ async def cluster_redis(redis_cluster: RedisClusterServers) -> AsyncIterator[Red
     await client.aclose()
 
 
+@pytest.mark.cluster
 async def test_scripts_in_a_pipeline_spanning_nodes_are_reloaded_after_noscript(
     cluster_redis: Redis,
 ) -> None:
@@ -39,3 +38,13 @@ async def test_scripts_in_a_pipeline_spanning_nodes_are_reloaded_after_noscript(
             pipe.get(keys[0])
             replies = await execute(cluster_redis, pipe, [incr] * len(keys) + [None])
         assert replies[:-1] == [round_] * len(keys)
+
+
+async def test_a_script_run_again_after_noscript_gets_its_bytes_arguments_as_sent(
+    redis: Redis,
+) -> None:
+    """A bytes argument was sent again as its Python repr (``"b'...'"``) after NOSCRIPT."""
+    length = Script(f"-- {uuid.uuid4().hex}\nreturn string.len(ARGV[1])")  # never loaded
+    async with redis.pipeline(transaction=False) as pipe:
+        length.queue(pipe, ["t:length"], [b"\xff\x00ab"])
+        assert await execute(redis, pipe, [length]) == [4]

@@ -51,13 +51,15 @@ if m[1] then
   if not m[3] then redis.call('SET', reader, '1', 'PX', ARGV[4]) end
   return {'exists', m[3] or ''}
 end
+-- the job first: a script's error does not undo its earlier writes, so a job that cannot be
+-- queued must leave no started request behind
+if KEYS[4] then redis.call('XADD', KEYS[4], '*', unpack(ARGV, 11)) end
 local id = redis.call('XADD', events, '*', 'v', ARGV[5], 'type', ARGV[6], 'data', ARGV[7])
 redis.call('HSET', meta, 'fingerprint', ARGV[1], 'user_id', ARGV[2], 'start_id', id,
            'epoch', 0, 'seq', 0, 'opener', ARGV[8], 'provider', ARGV[9], 'model', ARGV[10])
 redis.call('EXPIRE', meta, ARGV[3])
 redis.call('EXPIRE', events, ARGV[3])
 redis.call('SET', reader, '1', 'PX', ARGV[4])
-if KEYS[4] then redis.call('XADD', KEYS[4], '*', unpack(ARGV, 11)) end  -- the job, queued
 return {'started', id}
 """)
 

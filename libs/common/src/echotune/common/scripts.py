@@ -79,7 +79,7 @@ async def execute(redis: Redis, pipe: Pipeline, scripts: list[Script | None]) ->
             args = commands[index]  # ("EVALSHA", sha, numkeys, *keys, *args)
             numkeys = int(args[2])
             keys = [str(k) for k in args[3 : 3 + numkeys]]
-            rest: list[Arg] = [str(a) for a in args[3 + numkeys :]]
+            rest: list[Arg] = [a if isinstance(a, bytes) else str(a) for a in args[3 + numkeys :]]
             results[index] = await script(redis, keys, rest)
     return results
 

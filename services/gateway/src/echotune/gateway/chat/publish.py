@@ -54,7 +54,10 @@ class _Capture:
 
 async def job_fields(broker: RedisBroker, job: ChatJob) -> list[str | bytes]:
     """The fields of the jobs-stream entry FastStream's publish would ``XADD`` for ``job``
-    (flat: name, value…), for a script that writes it along with other work."""
+    (flat: name, value…), for a script that writes it along with other work.
+
+    The publish runs for real, into a capture: a publish middleware added to the gateway's
+    broker one day would count it (and its trace would name the stream ``-``)."""
     capture = _Capture()
     await broker.publish(job, stream="-", pipeline=cast(Any, capture))
     if capture.fields is None:
