@@ -30,7 +30,9 @@ BROKER_POOL_WAIT_S = 10.0
 CLUSTER_CONNECTIONS_PER_NODE = 1024
 """A cluster client fails (``MaxConnectionsError``) rather than waits beyond its per-node limit;
 connections are opened only when needed, so the limit is set well above any burst."""
-CLUSTER_BROKER_SOCKET_TIMEOUT_S = 30.0
+BROKER_SOCKET_TIMEOUT_S = 30.0
+"""A broker's reads outlast the longest blocking subscriber read (redis-py's default is 5 s:
+the workers' 5 s jobs read timed out, and a job delivered as it did waited for a reclaim)."""
 """Well above the longest blocking read of a subscriber (the worker's jobs read blocks 5 s):
 FastStream drops a ``None``, and redis-py's cluster default (5 s) is the block itself."""
 
@@ -219,14 +221,16 @@ class _WaitingBroker(RedisBroker):
 def create_broker(url: str, **options: Any) -> RedisBroker:
     """A FastStream broker for ``url`` (``RedisClusterBroker`` on a cluster), retrying commands."""
     if (cluster := cluster_address(url)) is None:
-        return _WaitingBroker(url, **retry_options(), **options)
+        return _WaitingBroker(
+            url, socket_timeout=BROKER_SOCKET_TIMEOUT_S, **retry_options(), **options
+        )
     (host, port), *_ = cluster.nodes
     return RedisClusterBroker(
         cluster.node_url(host, port).removesuffix("/0"),
         startup_nodes=list(cluster.nodes),
         ssl=cluster.ssl,
         max_connections=CLUSTER_CONNECTIONS_PER_NODE,
-        socket_timeout=CLUSTER_BROKER_SOCKET_TIMEOUT_S,
+        socket_timeout=BROKER_SOCKET_TIMEOUT_S,
         **retry_options(),
         **options,
     )
