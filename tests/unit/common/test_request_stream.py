@@ -223,6 +223,28 @@ async def test_an_open_whose_reply_was_lost_is_still_started(
     assert await streams.redis.xlen(streams.keys.jobs) == 1  # queued once, not per call
 
 
+@pytest.mark.single_node(reason="a proxy in front of the one Redis")
+async def test_a_first_take_whose_reply_was_lost_is_still_taken(
+    redis_server_url: str, streams: RequestStreams
+) -> None:
+    """The retried take must not call the job a duplicate: it would be acknowledged unrun."""
+    rid = "r9-abcdefgh"
+    await streams.load_scripts()  # so that the dropped call is the one Redis applies
+    await streams.open(rid, "fp", "alice", start(rid))
+    async with reply_dropping_proxy(redis_server_url) as proxy:
+        client = create_redis(proxy.url)
+        worker = RequestStreams(
+            client, streams.keys, request_ttl_s=600, final_ttl_s=90, reader_ttl_ms=30_000
+        )
+        proxy.drop_next_reply(rid.encode())
+        taken = await worker.take(rid, "w1", first=True)
+        await client.aclose()
+    assert proxy.dropped == 1
+    assert taken.state is Take.TAKEN
+    assert taken.epoch == 1  # taken once, not once per call
+    assert (await streams.take(rid, "w2", first=True)).state is Take.DUPLICATE
+
+
 @pytest.mark.single_node(reason="the jobs stream and a request's keys share no cluster slot")
 async def test_a_job_is_queued_with_the_start_of_its_answer_only(
     streams: RequestStreams,

@@ -70,14 +70,18 @@ if not m[2] then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
 return {'attached', m[2] or ''}
 """)
 
-# ARGV: owner, 'first' (a first delivery: only while nobody took the job) or 'again'.
+# ARGV: owner, 'first' (a first delivery: only while nobody took the job) or 'again', and
+# the take's own nonce: a call retried after a lost reply finds its take done and returns it.
 _TAKE = Script("""
-local m = redis.call('HMGET', KEYS[1], 'fingerprint', 'final_id', 'streamed', 'epoch')
+local m = redis.call('HMGET', KEYS[1], 'fingerprint', 'final_id', 'streamed', 'epoch', 'taker')
 if not m[1] then return {'gone'} end
 if m[2] then return {'ended'} end
-if ARGV[2] == 'first' and m[4] ~= '0' then return {'duplicate'} end
-local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
-redis.call('HSET', KEYS[1], 'seq', 0, 'owner', ARGV[1])
+local epoch = m[4]
+if m[5] ~= ARGV[3] then
+  if ARGV[2] == 'first' and epoch ~= '0' then return {'duplicate'} end
+  epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+  redis.call('HSET', KEYS[1], 'seq', 0, 'owner', ARGV[1], 'taker', ARGV[3])
+end
 return {'taken', epoch, m[3] and 1 or 0, redis.call('EXISTS', KEYS[2])}
 """)
 
@@ -395,7 +399,8 @@ class RequestStreams:
         is a duplicate entry, not one to take over (only a reclaimed entry takes over).
         """
         mode = "first" if first else "again"
-        reply = await _TAKE(self.redis, self._keys(request_id, "meta", "cancel"), [owner, mode])
+        args = [owner, mode, uuid.uuid4().hex]
+        reply = await _TAKE(self.redis, self._keys(request_id, "meta", "cancel"), args)
         state = Take(_text(reply[0]))
         if state is not Take.TAKEN:
             return Taken(state)
