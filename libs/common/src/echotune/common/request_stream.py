@@ -399,7 +399,7 @@ class RequestStreams:
         is a duplicate entry, not one to take over (only a reclaimed entry takes over).
         """
         mode = "first" if first else "again"
-        args = [owner, mode, uuid.uuid4().hex]
+        args: list[Arg] = [owner, mode, uuid.uuid4().hex]
         reply = await _TAKE(self.redis, self._keys(request_id, "meta", "cancel"), args)
         state = Take(_text(reply[0]))
         if state is not Take.TAKEN:

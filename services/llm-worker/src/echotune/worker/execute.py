@@ -49,7 +49,6 @@ async def _execute(ctx: Worker, job: ChatJob, held: InFlight, first: bool) -> bo
     if taken.state is not Take.TAKEN:
         log.info("job %s before it started; acknowledging it", taken.state.value)
         return True
-    held.taken = True
     log.info("job taken (epoch %d) provider=%s model=%s", taken.epoch, job.provider, job.model)
     job_taken(ctx.metrics, held.entry_id, taken.epoch)
     writer = EventWriter(
@@ -86,10 +85,12 @@ async def _run(
         return refused.why is not AppendRefused.FENCED
     except asyncio.CancelledError:
         # The worker is shutting down, wherever this run was: end the answer first.
-        if held.reason not in (FENCED, ENDED):
+        if held.reason == ENDED:
+            held.ended = True
+        elif held.reason != FENCED:
             end = runner.cancelled() if held.reason else shutdown_error(bool(runner.partial))
             job_ended(ctx.metrics, end, held.reason)
-            await asyncio.shield(_end(writer, end, job.deadline_at))
+            held.ended = await asyncio.shield(_end(writer, end, job.deadline_at))
         raise
 
 

@@ -30,8 +30,10 @@ class InFlight:
     entry_id: str
     task: asyncio.Task[Any] | None = None
     reason: str | None = None
-    taken: bool = False
-    """This worker took the job (its answer ends before the entry is acknowledged)."""
+    ended: bool = False
+    """The answer ended (this worker's shutdown wrote its end, or it was ended elsewhere), so
+    the entry may be acknowledged although its run was cancelled (not when fenced off: the
+    entry is then the new owner's)."""
 
     def stop(self, reason: str) -> None:
         if self.reason is None:

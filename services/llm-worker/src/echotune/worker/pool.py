@@ -50,7 +50,7 @@ class JobPool:
         try:
             acknowledge = await run()
         except asyncio.CancelledError:
-            if held.taken:  # its answer was ended (shutdown) before the cancellation went on
+            if held.ended:
                 await asyncio.shield(_ack(message))
             raise
         except Exception:

@@ -1,0 +1,109 @@
+"""A worker shut down mid-answer ends the answer and acknowledges its entry, unless the job was
+taken over meanwhile: the entry is then the new owner's."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from faststream.redis import RedisBroker
+from redis.asyncio import Redis
+
+from echotune.common import job_queue
+from echotune.common.keys import JOBS_GROUP
+from echotune.common.messages import ChatJob, ChatMessage, Role, StartEvent
+from echotune.common.request_stream import RequestStreams
+from echotune.worker.app import create_app
+from echotune.worker.resources import Worker, open_worker
+from echotune.worker.settings import WorkerSettings
+
+SLOW = {"name": "demo", "kind": "demo", "models": ["demo-1"], "token_pace_ms": 4000}
+
+
+@pytest.fixture
+async def worker(redis_server_url: str) -> AsyncIterator[tuple[Worker, RedisBroker]]:
+    """Worker A, streaming slowly; its own refresh does not run during a test."""
+    settings = WorkerSettings(
+        redis_url=redis_server_url,
+        mongodb_url="mongodb://127.0.0.1:1/none",
+        namespace=f"t{uuid.uuid4().hex[:10]}",
+        providers=[SLOW],
+        default_provider="demo",
+        context_timeout_s=0.05,
+        profile_timeout_s=0.05,
+        reclaim_idle_s=60,
+    )
+    broker = create_app(settings).broker
+    async with open_worker(settings, broker) as a:
+        broker.context.set_global("worker", a)
+        await broker.start()
+        try:
+            yield a, broker
+        finally:
+            await broker.stop()
+
+
+async def streaming(
+    worker: tuple[Worker, RedisBroker], redis: Redis
+) -> tuple[RequestStreams, str, str]:
+    """A job that worker A took and streams: its request id and entry id."""
+    a, broker = worker
+    keys = a.settings.keys
+    gateway = RequestStreams(redis, keys, request_ttl_s=60, final_ttl_s=60, reader_ttl_ms=60_000)
+    rid = f"r-{uuid.uuid4().hex}"
+    await gateway.open(rid, "fp", "u1", StartEvent(request_id=rid, provider="demo", model="demo-1"))
+    job = ChatJob(
+        request_id=rid,
+        user_id="u1",
+        messages=[ChatMessage(role=Role.USER, content="a long answer please")],
+        provider="demo",
+        model="demo-1",
+        deadline_at=time.time() + 60,
+    )
+    await broker.publish(job, stream=keys.jobs)
+    await first(redis, keys.events(rid), "delta")
+    (entry,) = a.jobs.by_entry()
+    return gateway, rid, entry
+
+
+async def first(redis: Redis, stream: str, kind: str) -> dict[str, str]:
+    """The first entry of type ``kind`` in ``stream``, waited for with a blocking read."""
+    last = "0"
+    async with asyncio.timeout(10):
+        while True:
+            for _, entries in await redis.xread({stream: last}, block=1000):
+                for entry_id, fields in entries:
+                    if fields["type"] == kind:
+                        return dict(fields)
+                    last = entry_id
+
+
+async def test_a_worker_shut_down_mid_answer_ends_it_and_acknowledges_its_entry(
+    worker: tuple[Worker, RedisBroker], redis: Redis
+) -> None:
+    _, rid, entry = await streaming(worker, redis)
+    a = worker[0]
+    await a.pool.drain(0.01)  # SIGTERM, drain deadline reached
+    keys = a.settings.keys
+    assert (await first(redis, keys.events(rid), "error"))["type"] == "error"
+    assert not await redis.xpending_range(keys.jobs, JOBS_GROUP, entry, entry, 1)
+
+
+async def test_a_worker_shut_down_after_a_takeover_leaves_the_new_owners_entry_pending(
+    worker: tuple[Worker, RedisBroker], redis: Redis
+) -> None:
+    gateway, rid, entry = await streaming(worker, redis)
+    a = worker[0]
+    keys = a.settings.keys
+    # Worker B reclaims the entry (A looked dead for reclaim_idle_s) and takes the job ...
+    await redis.xclaim(keys.jobs, JOBS_GROUP, "worker-b", 0, [entry], justid=True)
+    assert (await gateway.take(rid, "worker-b")).epoch == 2
+    # ... and A is shut down (drain deadline reached) before it noticed the fence.
+    await a.pool.drain(0.01)
+    pending = await redis.xpending_range(keys.jobs, JOBS_GROUP, entry, entry, 1)
+    assert pending, "A acknowledged B's entry"
+    assert pending[0]["consumer"] == "worker-b"
+    assert await job_queue.refresh_held(redis, keys, "worker-b", [entry]) == []
