@@ -42,7 +42,7 @@ async def test_an_api_error_is_the_json_body_with_the_request_id() -> None:
     }
 
 
-@pytest.mark.parametrize(
+SERVICES = pytest.mark.parametrize(
     "app",
     [
         tiny_app(),
@@ -51,8 +51,20 @@ async def test_an_api_error_is_the_json_body_with_the_request_id() -> None:
     ],
     ids=["kit", "gateway", "analytics"],
 )
+
+
+@SERVICES
 async def test_every_service_refuses_a_malformed_request_id_alike(app: FastAPI) -> None:
     """The gateway answered 422; analytics silently replaced the id."""
     response = await call(app, "/healthz", {"X-Request-Id": "no spaces allowed!"})
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "invalid_request_id"
+
+
+@SERVICES
+async def test_a_request_id_with_a_trailing_newline_is_refused(app: FastAPI) -> None:
+    """`$` also matches before a final newline: such an id was taken, then broke the response's
+    header (the server dropped the connection) or the chat job's validation (a 500)."""
+    response = await call(app, "/healthz?request_id=abcdefgh%0A")
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "invalid_request_id"

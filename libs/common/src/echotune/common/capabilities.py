@@ -131,7 +131,7 @@ def _gemini_refusals(features: CompletionFeatures) -> list[Refusal]:
     if features.seed is not None and not -INT32 <= features.seed < INT32:
         found.append(Refusal("seed", "gemini providers take a 32-bit seed"))
     for index, tool in enumerate(features.tools or []):
-        if not GEMINI_NAME.match(tool.function.name):
+        if not GEMINI_NAME.fullmatch(tool.function.name):
             found.append(
                 Refusal(
                     f"tools.{index}.function.name",

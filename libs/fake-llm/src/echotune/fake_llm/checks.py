@@ -82,7 +82,7 @@ def anthropic_problem(body: dict[str, Any]) -> str | None:
         if message.get("role") == "user" and answered != asked:
             return f"messages.{index}: tool_result blocks must answer the tool_use blocks before"
         asked = {b.get("id") for b in blocks if b.get("type") == "tool_use"}  # type: ignore[misc]
-        if any(not ANTHROPIC_ID.match(str(i)) for i in asked):
+        if any(not ANTHROPIC_ID.fullmatch(str(i)) for i in asked):
             return f"messages.{index}: tool_use ids must match ^[a-zA-Z0-9_-]+$"
     return "tool_use blocks were not answered" if asked else None
 

@@ -36,7 +36,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = requested_id(scope) or new_request_id()
-        if not _VALID.match(request_id):
+        if not _VALID.fullmatch(request_id):
             await _reject(send, request_id)
             return
         scope.setdefault("state", {})["request_id"] = request_id
