@@ -96,6 +96,22 @@ async def test_a_users_open_streams_expire_with_their_last_member(redis: Redis) 
     assert lapses_at >= time.time() * 1000 + ttl_ms - 100  # no longer than its member
 
 
+async def open_stream(limits: ChatLimits, stream_key: str) -> ApiError | None:
+    async with limits.redis.pipeline(transaction=False) as pipe:
+        limits.queue_open_stream(pipe, "u", stream_key)
+        return limits.open_stream_refusal((await execute(limits.redis, pipe, [OPEN_STREAMS]))[0])
+
+
+async def test_an_open_stream_admitted_again_is_still_admitted(redis: Redis) -> None:
+    """A call retried after a lost reply: it counted its own stream against the cap (a 429 for
+    a stream that was admitted, whose slot stayed taken until it lapsed)."""
+    limits = make_limits(redis)  # 5 open streams per user
+    assert [await open_stream(limits, f"s{n}") for n in range(5)] == [None] * 5
+    assert await open_stream(limits, "s4") is None
+    assert await open_stream(limits, "s5") is not None
+    assert await redis.zcard(limits.keys.open_streams("u")) == 5
+
+
 async def test_a_shorter_lapse_does_not_expire_a_longer_ones_member(redis: Redis) -> None:
     """Gateways with different windows (a rolling deploy): the set lives as its latest member."""
     short = make_limits(redis)  # 5 s

@@ -42,13 +42,16 @@ return 0
 """)
 
 # KEYS[1]: sorted set of a user's open responses scored by when they lapse (Redis ms).
-# ARGV: cap (0: refresh only, never admit), lapse ms, then stream keys. Returns 1 or 0.
+# ARGV: cap (0: refresh only, never admit), lapse ms, then stream keys (one to admit).
+# Returns 1 or 0.
 OPEN_STREAMS = Script("""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local cap, lapse = tonumber(ARGV[1]), tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if cap > 0 and redis.call('ZCARD', KEYS[1]) >= cap then return 0 end
+-- a retried admission (its reply was lost) finds its stream in: admitted, not counted twice
+if cap > 0 and not redis.call('ZSCORE', KEYS[1], ARGV[3])
+   and redis.call('ZCARD', KEYS[1]) >= cap then return 0 end
 for i = 3, #ARGV do
   redis.call('ZADD', KEYS[1], cap > 0 and 'NX' or 'XX', now + lapse, ARGV[i])
 end
