@@ -56,14 +56,14 @@ def to_document(event: TelemetryEvent, batch: ObjectId) -> Document:
 
 
 def split_unstorable(docs: list[Document]) -> tuple[list[Document], dict[str, str]]:
-    """Split off the documents BSON cannot hold (e.g. lone surrogates, over 16 MiB): retrying
-    them would block the stream forever, so they go to the DLQ."""
+    """Split off the documents BSON cannot hold (lone surrogates, ints past 64 bits, over
+    16 MiB): retrying them would block the stream forever, so they go to the DLQ."""
     storable: list[Document] = []
     rejected: dict[str, str] = {}
     for doc in docs:
         try:
             size = len(bson.encode(doc))
-        except (bson.errors.BSONError, UnicodeError) as exc:
+        except (bson.errors.BSONError, UnicodeError, OverflowError) as exc:
             rejected[doc["_id"]] = f"not storable as BSON: {exc}"
             continue
         if size > MAX_DOCUMENT_BYTES:
