@@ -4,6 +4,7 @@ taken over meanwhile: the entry is then the new owner's."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,15 +20,16 @@ from echotune.common.request_stream import RequestStreams
 from echotune.worker.app import create_app
 from echotune.worker.resources import Worker, open_worker
 from echotune.worker.settings import WorkerSettings
+from tests.support.flaky_proxy import reply_dropping_proxy
 
 SLOW = {"name": "demo", "kind": "demo", "models": ["demo-1"], "token_pace_ms": 4000}
 
 
-@pytest.fixture
-async def worker(redis_server_url: str) -> AsyncIterator[tuple[Worker, RedisBroker]]:
+@contextlib.asynccontextmanager
+async def started_worker(redis_url: str) -> AsyncIterator[tuple[Worker, RedisBroker]]:
     """Worker A, streaming slowly; its own refresh does not run during a test."""
     settings = WorkerSettings(
-        redis_url=redis_server_url,
+        redis_url=redis_url,
         mongodb_url="mongodb://127.0.0.1:1/none",
         namespace=f"t{uuid.uuid4().hex[:10]}",
         providers=[SLOW],
@@ -44,6 +46,12 @@ async def worker(redis_server_url: str) -> AsyncIterator[tuple[Worker, RedisBrok
             yield a, broker
         finally:
             await broker.stop()
+
+
+@pytest.fixture
+async def worker(redis_server_url: str) -> AsyncIterator[tuple[Worker, RedisBroker]]:
+    async with started_worker(redis_server_url) as worker:
+        yield worker
 
 
 async def streaming(
@@ -107,3 +115,18 @@ async def test_a_worker_shut_down_after_a_takeover_leaves_the_new_owners_entry_p
     assert pending, "A acknowledged B's entry"
     assert pending[0]["consumer"] == "worker-b"
     assert await job_queue.refresh_held(redis, keys, "worker-b", [entry]) == []
+
+
+async def test_a_worker_shut_down_while_redis_takes_nothing_still_stops(
+    redis_server_url: str, redis: Redis
+) -> None:
+    """Its end of the answer cannot be written: the drain gives up on it after a grace (the
+    entry stays pending for a reclaim) instead of waiting for Redis forever."""
+    async with reply_dropping_proxy(redis_server_url) as proxy:
+        async with started_worker(proxy.url) as worker:
+            _, _, entry = await streaming(worker, redis)
+            proxy.stop_reading()
+            async with asyncio.timeout(10):
+                await worker[0].pool.drain(0.01, end_grace_s=0.5)
+        keys = worker[0].settings.keys
+    assert await redis.xpending_range(keys.jobs, JOBS_GROUP, entry, entry, 1)

@@ -19,6 +19,9 @@ from echotune.worker.inflight import InFlight
 
 log = logging.getLogger(__name__)
 
+END_GRACE_S = 5.0
+"""On shutdown, how long cancelled jobs may take to write the end of their answers."""
+
 Run = Callable[[], Awaitable[bool]]
 """A job's run; ``True`` when its entry may be acknowledged."""
 
@@ -62,16 +65,23 @@ class JobPool:
             self._slots.release()
             release()
 
-    async def drain(self, timeout_s: float) -> None:
-        """Let running jobs finish for up to ``timeout_s``, then cancel what is left."""
+    async def drain(self, timeout_s: float, end_grace_s: float = END_GRACE_S) -> None:
+        """Let running jobs finish for up to ``timeout_s``, then cancel what is left: each ends
+        its answer, given ``end_grace_s`` to write it (Redis may be unreachable: a job still
+        ending then is left behind, its entry pending for a reclaim)."""
         if not self._tasks:
             return
         _, late = await asyncio.wait(set(self._tasks), timeout=timeout_s)
         for task in late:
             task.cancel()
-        if late:
-            log.warning("cancelling %d jobs still running after the drain deadline", len(late))
-            await asyncio.gather(*late, return_exceptions=True)
+        if not late:
+            return
+        log.warning("cancelling %d jobs still running after the drain deadline", len(late))
+        _, stuck = await asyncio.wait(late, timeout=end_grace_s)
+        if stuck:
+            log.error("%d jobs could not end their answers; left pending for a reclaim", len(stuck))
+            for task in stuck:
+                task.cancel()
 
 
 async def _ack(message: RedisStreamMessage) -> None:
