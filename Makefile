@@ -10,7 +10,7 @@ LOCAL_MODEL := $(if $(filter 0 false no,$(ECHOTUNE_LOCAL_MODEL)),,$(or \
   $(filter 1 true yes,$(ECHOTUNE_LOCAL_MODEL)),$(findstring --upstream local,$(ARGS)),$(LOCAL_MODEL_INSTALLED)))
 SYNC_GROUPS := $(if $(LOCAL_MODEL),--group local-model)
 
-.PHONY: help uv sync dev dev-local test test-cluster capacity test-fast lint fmt clean vendor-ui soak load
+.PHONY: help uv sync dev dev-local test test-cluster capacity test-fast lint fmt clean vendor-ui soak load fuzz
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -38,6 +38,17 @@ soak: sync  ## Soak: SOAK_SECONDS of chats with and without failures; Redis memo
 	ECHOTUNE_SOAK_SECONDS=$(SOAK_SECONDS) $(UV) run --frozen pytest tests/e2e/test_soak.py -s
 
 LOAD_SECONDS ?= 300
+FUZZ_EXAMPLES ?= 100
+# evaluated once, so the seed printed is the seed used
+ifndef FUZZ_SEED
+FUZZ_SEED := $(shell date +%s)
+endif
+
+fuzz: sync  ## Schemathesis on every door, FUZZ_EXAMPLES per operation (make test: 25), seed FUZZ_SEED
+	@echo "fuzzing with seed $(FUZZ_SEED) (FUZZ_SEED=$(FUZZ_SEED) replays it)"
+	ECHOTUNE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ECHOTUNE_FUZZ_SEED=$(FUZZ_SEED) $(UV) run --frozen \
+	  pytest tests/e2e/test_fuzz.py tests/e2e/test_analytics_door.py -k fuzzing -s
+
 
 load: sync  ## 500 concurrent streams for LOAD_SECONDS through one gateway: no error, memory flat
 	ECHOTUNE_LOAD_SECONDS=$(LOAD_SECONDS) $(UV) run --frozen pytest tests/e2e/test_load.py -s
