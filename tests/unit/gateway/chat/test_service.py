@@ -52,6 +52,30 @@ async def test_a_twin_arriving_while_the_first_start_is_half_done_attaches(
     assert (await first) is not None
 
 
+async def test_a_resume_that_loses_the_start_race_keeps_its_last_event_id(
+    gateway: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A twin started the answer between this call's lookup and its open ("exists"): the
+    client's Last-Event-ID was dropped and it was sent the whole answer again."""
+    service: ChatService = gateway.state.chat
+    looked_up = service._checks
+
+    async def twin_wins(chat: ChatInput, stream_key: str) -> Any:
+        checks = await looked_up(chat, stream_key)  # the lookup found nothing yet ...
+        monkeypatch.setattr(service, "_checks", looked_up)
+        twin = await service.open(chat_input(chat.request_id), None)  # ... then the twin opened
+        assert twin is not None
+        service.release(twin)
+        return checks
+
+    monkeypatch.setattr(service, "_checks", twin_wins)
+    stream = await service.open(chat_input("race-0000001"), "1-5")
+    assert stream is not None
+    assert stream.subscription.last_id == "1-5"
+    assert stream.client_text
+    service.release(stream)
+
+
 @contextlib.contextmanager
 def round_trips() -> Iterator[list[int]]:
     """Count the Redis requests sent by the current task (a pipeline is one request)."""

@@ -240,7 +240,9 @@ class ChatService:
             raise checks.admission.refusal
         self._check_backlog(checks.backlog)
         config, model = self.providers.choose_from(checks.selection, chat.provider, chat.model)
-        return await self._start(chat, config, model, group_missing=checks.backlog is None)
+        return await self._start(
+            chat, config, model, last_event_id, group_missing=checks.backlog is None
+        )
 
     def _check_same(self, lookup: Lookup, chat: ChatInput) -> None:
         """404 for someone else's request id (its existence is not told), 409 for new input."""
@@ -290,7 +292,13 @@ class ChatService:
         )
 
     async def _start(
-        self, chat: ChatInput, config: ProviderConfig, model: str, *, group_missing: bool
+        self,
+        chat: ChatInput,
+        config: ProviderConfig,
+        model: str,
+        last_event_id: str | None,
+        *,
+        group_missing: bool,
     ) -> tuple[OpenStream | None, bool]:
         start = StartEvent(
             request_id=chat.request_id,
@@ -315,7 +323,7 @@ class ChatService:
                     409, "request_id_conflict", "this request id is in use for a different request"
                 )
             if opened.state is Opened.EXISTS:  # an identical request won the race
-                return self._subscribe(chat.request_id, None, opened.final_id), False
+                return self._subscribe(chat.request_id, last_event_id, opened.final_id), False
             subscription = self.relay.subscribe(chat.request_id, opened.start_id)
             if not opened.job_queued:
                 await self._publish(job, subscription)
