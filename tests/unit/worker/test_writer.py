@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from echotune.common.keys import Keys
 from echotune.common.messages import StartEvent
 from echotune.common.redis import create_redis
-from echotune.common.request_stream import AppendRefused, Batch, RequestStreams
+from echotune.common.request_stream import AppendRefused, RequestStreams
 from echotune.worker.writer import AppendFlusher, EventWriter, Refused
 from tests.support.flaky_proxy import reply_dropping_proxy
 
@@ -144,64 +144,3 @@ async def test_requests_flushed_in_one_round_each_get_their_own_text(
     await asyncio.gather(*(writer.flush() for writer in writers))
     for i, rid in enumerate(rids):
         assert "".join(await deltas(redis, keys, rid)) == "".join(f"{i}.{n} " for n in range(20))
-
-
-async def test_busy_rounds_are_spaced_and_shared_while_an_idle_token_goes_at_once(
-    redis: Redis, keys: Keys, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A round per token or two cost a worker a write, a read and a script call each at 100
-    streams: tokens that come within ``round_s`` of the last round share the next one."""
-    producer = Producer(redis, keys)
-    producer.flusher = AppendFlusher(producer.streams, round_s=0.3, full_at=2)
-    rounds: list[list[str]] = []
-    append_many = producer.streams.append_many
-
-    async def recorded(batches: list[Batch], own: object = None) -> object:
-        rounds.append(sorted(batch.request_id for batch in batches))
-        return await append_many(batches, own)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(producer.streams, "append_many", recorded)
-    rids = sorted([await opened(redis, keys) for _ in range(2)])
-    first, second = [await producer.writer(rid) for rid in rids]
-    flushing = asyncio.create_task(producer.flusher.run())
-    try:
-        loop = asyncio.get_running_loop()
-        began = loop.time()
-        first.delta("idle ")
-        await first.flush()
-        assert loop.time() - began < 0.2, "the first token went at once"
-        first.delta("busy ")
-        await asyncio.sleep(0.05)  # within the spacing
-        second.delta("busy ")
-        await asyncio.gather(first.flush(), second.flush())
-        assert loop.time() - began >= 0.3, "the next round waited for the spacing"
-        assert rounds == [[rids[0]], rids]
-        assert await deltas(redis, keys, rids[0]) == ["idle ", "busy "]
-    finally:
-        flushing.cancel()
-        await asyncio.wait({flushing})
-        await producer.flusher.aclose()
-
-
-def test_rounds_are_spaced_in_proportion_to_the_writing_requests_up_to_round_s() -> None:
-    """Full spacing for a few answers would cost their tokens latency for little CPU."""
-    streams = RequestStreams(
-        create_redis("redis://127.0.0.1:1"),
-        Keys("t"),
-        request_ttl_s=60,
-        final_ttl_s=60,
-        reader_ttl_ms=5000,
-    )
-    flusher = AppendFlusher(streams, round_s=0.004, full_at=4)
-    writers = [
-        EventWriter(flusher, f"r{n}", 1, on_cancel=lambda: None, on_refused=lambda _: None)
-        for n in range(6)
-    ]
-    assert flusher._spacing() == pytest.approx(0.004)  # capped at full_at
-    for writer in writers[:4]:
-        writer.close()
-    writers[0].close()  # closing twice counts once
-    assert flusher._spacing() == pytest.approx(0.002)
-    for writer in writers[4:]:
-        writer.close()
-    assert flusher._spacing() == 0

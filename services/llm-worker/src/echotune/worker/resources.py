@@ -113,7 +113,7 @@ async def open_worker(
         providers=build_providers(registry, http),
         jobs=InFlightJobs(),
         streams=streams,
-        flusher=AppendFlusher(streams, round_s=settings.flush_round_ms / 1000),
+        flusher=AppendFlusher(streams),
         telemetry=TelemetryPublisher(broker, keys.telemetry, settings.telemetry_maxlen),
         breakers=CircuitBreakers(redis, keys, settings.breaker.policy()),
         live=LiveStats(redis, keys),

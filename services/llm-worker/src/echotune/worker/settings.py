@@ -63,12 +63,4 @@ class WorkerSettings(ServiceSettings, ProviderSettings):
         description="Providers' HTTP/1.1 transport: lean (httptools, providers/transport.py) "
         "or httpx's own (httpcore)",
     )
-    flush_round_ms: float = Field(
-        2.0,
-        ge=0,
-        le=100,
-        description="Least time between two rounds of appends of a worker from 50 answers "
-        "streaming on, proportionally less below: busy, one round carries the tokens of many "
-        "answers; idle, a token is appended as it comes",
-    )
     stamp_tokens: bool = Field(False, description="Stamp each delta with monotonic_ns (bench)")

@@ -66,7 +66,6 @@ class EventWriter:
         self._idle.set()
         self._closed = False
         self.refused: AppendRefused | None = None
-        flusher.writers += 1
 
     def delta(self, text: str) -> None:
         """Buffer a piece of text; merged with the previous one if it was not sent yet."""
@@ -108,8 +107,6 @@ class EventWriter:
 
     def close(self) -> None:
         """Drop whatever was not sent: the producer is gone (its job ended or was taken)."""
-        if not self._closed:
-            self._flusher.writers -= 1
         self._closed = True
         self._pending, self._retry = [], None
         self._idle.set()
@@ -162,20 +159,13 @@ class EventWriter:
 
 
 class AppendFlusher:
-    """Appends the buffered entries of every request of this process, one round trip a round.
+    """Appends the buffered entries of every request of this process, one round trip a round."""
 
-    Rounds start at least ``round_s`` apart from ``full_at`` writing requests on,
-    proportionally less below: idle, a token goes as it comes; busy, a round carries what
-    many requests got meanwhile (each round costs a write, a read and a script call)."""
-
-    def __init__(self, streams: RequestStreams, round_s: float = 0.0, full_at: int = 50) -> None:
+    def __init__(self, streams: RequestStreams) -> None:
         self.streams = streams
         self._own = streams.own_connection()
         self._dirty: dict[int, EventWriter] = {}
         self._wake = asyncio.Event()
-        self._round_s, self._full_at = round_s, full_at
-        self.writers = 0
-        """Requests writing now (their writers are open)."""
 
     async def aclose(self) -> None:
         """Close the flusher's connection (after its task was cancelled)."""
@@ -187,20 +177,13 @@ class AppendFlusher:
         self._wake.set()
 
     async def run(self) -> None:
-        loop, began = asyncio.get_running_loop(), 0.0
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._dirty:
-                if (wait := began + self._spacing() - loop.time()) > 0:
-                    await asyncio.sleep(wait)  # busy: what comes meanwhile joins this round
-                began = loop.time()
                 writers = list(self._dirty.values())
                 self._dirty.clear()
                 await self._send(writers)
-
-    def _spacing(self) -> float:
-        return self._round_s * min(self.writers / self._full_at, 1.0)
 
     async def _send(self, writers: list[EventWriter]) -> None:
         sending = [(w, b) for w in writers if (b := w.take_batch()) is not None]
