@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -15,12 +14,11 @@ from redis.asyncio import Redis
 
 from echotune.common import job_queue
 from echotune.common.keys import JOBS_GROUP
-from echotune.common.messages import ChatJob, ChatMessage, Role, StartEvent
-from echotune.common.request_stream import RequestStreams
 from echotune.worker.app import create_app
 from echotune.worker.resources import Worker, open_worker
 from echotune.worker.settings import WorkerSettings
 from tests.support.flaky_proxy import reply_dropping_proxy
+from tests.unit.worker.test_handlers import long_job, opened
 
 SLOW = {"name": "demo", "kind": "demo", "models": ["demo-1"], "token_pace_ms": 4000}
 
@@ -54,27 +52,14 @@ async def worker(redis_server_url: str) -> AsyncIterator[tuple[Worker, RedisBrok
         yield worker
 
 
-async def streaming(
-    worker: tuple[Worker, RedisBroker], redis: Redis
-) -> tuple[RequestStreams, str, str]:
+async def streaming(worker: tuple[Worker, RedisBroker], redis: Redis) -> tuple[str, str]:
     """A job that worker A took and streams: its request id and entry id."""
     a, broker = worker
-    keys = a.settings.keys
-    gateway = RequestStreams(redis, keys, request_ttl_s=60, final_ttl_s=60, reader_ttl_ms=60_000)
-    rid = f"r-{uuid.uuid4().hex}"
-    await gateway.open(rid, "fp", "u1", StartEvent(request_id=rid, provider="demo", model="demo-1"))
-    job = ChatJob(
-        request_id=rid,
-        user_id="u1",
-        messages=[ChatMessage(role=Role.USER, content="a long answer please")],
-        provider="demo",
-        model="demo-1",
-        deadline_at=time.time() + 60,
-    )
-    await broker.publish(job, stream=keys.jobs)
-    await first(redis, keys.events(rid), "delta")
+    rid = await opened(a)
+    await broker.publish(long_job(rid, deadline_s=60), stream=a.settings.keys.jobs)
+    await first(redis, a.settings.keys.events(rid), "delta")
     (entry,) = a.jobs.by_entry()
-    return gateway, rid, entry
+    return rid, entry
 
 
 async def first(redis: Redis, stream: str, kind: str) -> dict[str, str]:
@@ -92,7 +77,7 @@ async def first(redis: Redis, stream: str, kind: str) -> dict[str, str]:
 async def test_a_worker_shut_down_mid_answer_ends_it_and_acknowledges_its_entry(
     worker: tuple[Worker, RedisBroker], redis: Redis
 ) -> None:
-    _, rid, entry = await streaming(worker, redis)
+    rid, entry = await streaming(worker, redis)
     a = worker[0]
     await a.pool.drain(0.01)  # SIGTERM, drain deadline reached
     keys = a.settings.keys
@@ -103,12 +88,12 @@ async def test_a_worker_shut_down_mid_answer_ends_it_and_acknowledges_its_entry(
 async def test_a_worker_shut_down_after_a_takeover_leaves_the_new_owners_entry_pending(
     worker: tuple[Worker, RedisBroker], redis: Redis
 ) -> None:
-    gateway, rid, entry = await streaming(worker, redis)
+    rid, entry = await streaming(worker, redis)
     a = worker[0]
     keys = a.settings.keys
     # Worker B reclaims the entry (A looked dead for reclaim_idle_s) and takes the job ...
     await redis.xclaim(keys.jobs, JOBS_GROUP, "worker-b", 0, [entry], justid=True)
-    assert (await gateway.take(rid, "worker-b")).epoch == 2
+    assert (await a.streams.take(rid, "worker-b")).epoch == 2
     # ... and A is shut down (drain deadline reached) before it noticed the fence.
     await a.pool.drain(0.01)
     pending = await redis.xpending_range(keys.jobs, JOBS_GROUP, entry, entry, 1)
@@ -124,7 +109,7 @@ async def test_a_worker_shut_down_while_redis_takes_nothing_still_stops(
     entry stays pending for a reclaim) instead of waiting for Redis forever."""
     async with reply_dropping_proxy(redis_server_url) as proxy:
         async with started_worker(proxy.url) as worker:
-            _, _, entry = await streaming(worker, redis)
+            _, entry = await streaming(worker, redis)
             proxy.stop_reading()
             async with asyncio.timeout(10):
                 await worker[0].pool.drain(0.01, end_grace_s=0.5)
