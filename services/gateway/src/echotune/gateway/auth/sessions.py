@@ -57,6 +57,8 @@ def issue(secret: bytes, session: Session) -> str:
 
 def verify(secret: bytes, token: str) -> Session | None:
     """The session of a well-signed, unexpired cookie (not yet checked against Redis)."""
+    if not token.isascii():  # compare_digest takes no other text
+        return None
     payload, _, signature = token.rpartition(".")
     parts = payload.split(".")
     if len(parts) != 4 or not hmac.compare_digest(signature, _sign(secret, payload)):
