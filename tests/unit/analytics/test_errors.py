@@ -38,6 +38,15 @@ BAD = [
     ("/api/insights/engagement", {"session_gap_min": "-5"}, "invalid_request"),
     ("/api/insights/engagement", {"fields": "kpis,secrets"}, "unknown_field"),
     ("/api/insights/engagement", {"to": "2024-01-01T00:00:00+25:00"}, "invalid_datetime"),
+    # past the ends of Python's dates: OverflowError was a 500
+    ("/api/insights/engagement", {"from": "0001-01-01T00:00:00+01:00"}, "invalid_datetime"),
+    ("/api/analytics/providers", {"to": "9999-12-31T23:00:00-05:00"}, "invalid_datetime"),
+    (
+        "/api/analytics/listening-patterns",
+        {"from": "0001-01-01", "tz": "Asia/Tokyo"},
+        "invalid_datetime",
+    ),
+    ("/api/analytics/providers", {"to": "0001-01-02T00:00:00Z", "window": "7d"}, "invalid_range"),
     ("/api/conversations", {}, "invalid_request"),
     ("/api/conversations", {"user_id": "alice", "limit": "201"}, "limit_too_large"),
     ("/api/conversations/bad%20id", {}, "invalid_request"),

@@ -62,7 +62,11 @@ def parse_datetime(param: str, value: str, tz: zoneinfo.ZoneInfo) -> datetime:
         raise bad_parameter(param, "invalid_datetime", message, value) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=tz)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # within a day of year 1 or 9999
+        message = f"{param!r} is out of range"
+        raise bad_parameter(param, "invalid_datetime", message, value) from None
 
 
 def time_range(
@@ -79,7 +83,7 @@ def time_range(
     tz = time_zone(tz_name)
     upper = parse_datetime("to", end, tz) if end else (now or datetime.now(UTC))
     span = WINDOWS[window]
-    default = EPOCH if span is None else upper - span
+    default = EPOCH if span is None or upper - EPOCH < span else upper - span
     lower = parse_datetime("from", start, tz) if start else default
     if lower >= upper:
         message = "'from' must be before 'to'"
