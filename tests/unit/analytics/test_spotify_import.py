@@ -15,7 +15,13 @@ from pymongo.asynchronous.database import AsyncDatabase
 from echotune.analytics.documents import artist_id
 from echotune.analytics.importer import cli
 from echotune.analytics.importer.cli import import_spotify
-from echotune.analytics.importer.spotify import GenreMap, iter_records
+from echotune.analytics.importer.spotify import (
+    GenreMap,
+    Rejected,
+    basic_play,
+    extended_play,
+    iter_records,
+)
 from echotune.common.mongo import LISTENING_HISTORY
 from tests.unit.analytics.conftest import with_database
 
@@ -122,3 +128,25 @@ def test_command_line(
     assert "genre map" in capsys.readouterr().err
     with MongoClient[Document](url) as client:
         client.drop_database(client.get_default_database().name)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"ts": "0001-01-01T00:00:00Z", "ms_played": 1000},  # started before year 1
+        {"ts": "0001-01-01T00:00:00+01:00", "ms_played": 0},  # before year 1 in UTC
+        {"endTime": "0001-01-01 00:00", "msPlayed": 1000},
+    ],
+    ids=["extended-minus-ms", "extended-offset", "basic-minus-ms"],
+)
+def test_a_record_at_the_edge_of_time_is_rejected_alone(record: Document) -> None:
+    """OverflowError escaped as no rejection: it stopped the whole import, with a traceback."""
+    track = (
+        {"master_metadata_track_name": "T", "master_metadata_album_artist_name": "A"}
+        if "ts" in record
+        else {"trackName": "T", "artistName": "A"}
+    )
+    play = extended_play if "ts" in record else basic_play
+    with pytest.raises(Rejected) as rejected:
+        play({**record, **track}, "alice", GenreMap({}))
+    assert rejected.value.reason == "invalid_timestamp"

@@ -120,9 +120,21 @@ def _instant(value: Any, fmt: str | None = None) -> datetime:
         raise Rejected("invalid_timestamp", f"timestamp {value!r} is not a string")
     try:
         parsed = datetime.strptime(value, fmt) if fmt else datetime.fromisoformat(value)
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
     except ValueError:
         raise Rejected("invalid_timestamp", f"timestamp {value!r} cannot be parsed") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:
+        raise Rejected("invalid_timestamp", f"timestamp {value!r} is out of range") from None
+
+
+def _started(stopped: datetime, ms: int) -> datetime:
+    """When a play of ``ms`` that stopped at ``stopped`` began."""
+    try:
+        return stopped - timedelta(milliseconds=ms)
+    except OverflowError:
+        raise Rejected(
+            "invalid_timestamp", f"a play stopping at {stopped} began before year 1"
+        ) from None
 
 
 def extended_play(record: Mapping[str, Any], user_id: str, genres: GenreMap) -> Document:
@@ -143,7 +155,7 @@ def extended_play(record: Mapping[str, Any], user_id: str, genres: GenreMap) -> 
     track_id = uri[len(TRACK_URI_PREFIX) :] if uri.startswith(TRACK_URI_PREFIX) else ""
     return play_document(
         user_id=user_id,
-        played_at=stopped - timedelta(milliseconds=ms),
+        played_at=_started(stopped, ms),
         track_id=track_id or derived_track_id(artist, track),
         track_name=track,
         artist_names=[artist],
@@ -173,7 +185,7 @@ def basic_play(record: Mapping[str, Any], user_id: str, genres: GenreMap) -> Doc
         raise Rejected("missing_artist", f"no artist for track {track!r}")
     return play_document(
         user_id=user_id,
-        played_at=stopped - timedelta(milliseconds=ms),
+        played_at=_started(stopped, ms),
         track_id=derived_track_id(artist, track),
         track_name=track,
         artist_names=[artist],
