@@ -592,3 +592,11 @@ async def test_demo_cancellation_is_prompt() -> None:
 
 def test_tokenize_keeps_spaces() -> None:
     assert tokenize("a bc  d") == ["a ", "bc  ", "d"]
+
+
+@pytest.mark.parametrize("kind", HTTP_KINDS)
+async def test_an_event_without_data_does_not_fail_the_stream(kind: ProviderKind) -> None:
+    """A proxy's ``event: keepalive`` block was parsed as JSON "": a malformed stream."""
+    items, _ = await collect(kind, lambda _: sse("event: keepalive\n\n" + RECORDED[kind][0]))
+    assert "".join(texts(items))
+    assert isinstance(items[-1], Finish)

@@ -8,6 +8,9 @@ import pytest
 from echotune.worker.providers.sse import SseEvent, sse_events
 
 BODY = (
+    b"\xef\xbb\xbf"  # a byte order mark (skipped: it hid the first field's name)
+    b"data: first\n\n"
+    b"event: keepalive\n\n"  # no data: not dispatched (the parsers failed on its "")
     b": a comment\r\n\r\n"
     b'event: message_start\r\ndata: {"a": 1}\r\n\r\n'
     b"data: line one\ndata:line two\n\n"
@@ -15,6 +18,7 @@ BODY = (
     b"data: no final blank line"
 )
 EXPECTED = [
+    SseEvent("message", "first"),
     SseEvent("message_start", '{"a": 1}'),
     SseEvent("message", "line one\nline two"),
     SseEvent("message", "[DONE]"),

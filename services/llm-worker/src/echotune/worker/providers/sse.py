@@ -16,8 +16,12 @@ class SseEvent:
     data: str
 
 
+BOM = b"\xef\xbb\xbf"
+
+
 def decode_block(block: bytes) -> SseEvent | None:
-    """The event of one block (lines up to a blank line); ``None`` for a comment-only block."""
+    """The event of one block (lines up to a blank line); ``None`` for a block without data
+    (comments, a lone ``event:``), as the standard says."""
     event, data, seen = "message", [], False
     for line in block.split(b"\n"):
         name, colon, value = line.partition(b":")
@@ -30,15 +34,17 @@ def decode_block(block: bytes) -> SseEvent | None:
             seen = True
         elif name == b"event":
             event = value.decode("utf-8", "replace") or "message"
-            seen = True
     return SseEvent(event, "\n".join(data)) if seen else None
 
 
 async def sse_events(response: httpx.Response) -> AsyncGenerator[SseEvent, None]:
     """The events of ``response``'s body, as they arrive."""
-    pending = b""
+    pending, started = b"", False
     async for chunk in response.aiter_bytes():
         pending += chunk
+        if not started and (len(pending) >= len(BOM) or not BOM.startswith(pending)):
+            started = True
+            pending = pending.removeprefix(BOM)
         if b"\r" in pending:
             keep = pending.endswith(b"\r")  # its "\n" may come with the next chunk
             body = pending[:-1] if keep else pending
