@@ -168,6 +168,20 @@ async def test_rate_limit_is_a_cooldown_not_a_failure(breakers: CircuitBreakers)
     assert (await breakers.acquire("p")).allowed
 
 
+@pytest.mark.parametrize("retry_after_s", [1e308, 365 * 86400.0])
+async def test_a_rate_limit_cooldown_lasts_at_most_the_longest_cooldown(
+    breakers: CircuitBreakers, retry_after_s: float
+) -> None:
+    """A huge Retry-After raised OverflowError (the call's outcome was lost, a probe's lease
+    left held), or skipped the provider for a year."""
+    await breakers.record("p", Outcome.RATE_LIMITED, retry_after_s=retry_after_s)
+    permit = await breakers.acquire("p")
+    assert permit.reason == "rate_limited"
+    assert permit.retry_at == pytest.approx(time.time() + POLICY.cooldown_cap_s, abs=0.5)
+    await travel(breakers, POLICY.cooldown_cap_s)
+    assert (await breakers.acquire("p")).allowed
+
+
 async def test_providers_are_independent(breakers: CircuitBreakers) -> None:
     await record(breakers, "fffff", provider="a")
     assert not (await breakers.acquire("a")).allowed

@@ -15,8 +15,8 @@ every time is Redis' own (``TIME``): workers' clocks may disagree, Redis' is the
   breaker, never flip a half-open one.
 * The lease lasts ``probe_timeout_s`` and its holder renews it while the probe runs
   (:meth:`CircuitBreakers.holding`), so a long answer keeps it and a dead holder loses it.
-* A 429 is not a failure: it sets a rate-limit cool-down of its ``Retry-After`` during which
-  the provider is skipped. A cancelled call counts for nothing (and frees a probe lease).
+* A 429 is not a failure: it sets a rate-limit cool-down of its ``Retry-After`` (at most
+  ``cooldown_cap_s``) during which the provider is skipped. A cancelled call counts for nothing (and frees a probe lease).
 
 Memory: the hash is one per provider; the ``:ok``/``:fail`` windows are pruned to
 ``window_s`` on every record and expire ``window_s`` after the last one.
@@ -296,7 +296,7 @@ class CircuitBreakers:
         args: list[Arg] = [
             outcome.value,
             "" if token is None else token,
-            int(retry_after_s * 1000),
+            int(min(retry_after_s, p.cooldown_cap_s) * 1000),
             int(p.window_s * 1000),
             p.failure_rate,
             p.min_calls,
