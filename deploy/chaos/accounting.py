@@ -18,6 +18,7 @@ from deploy.chaos.collect import LINGERING
 from deploy.chaos.evidence import Evidence
 from deploy.chaos.findings import Findings
 from deploy.chaos.history import History
+from echotune.common.breaker import CALLS_KEPT_MS
 
 MATCH_SLACK_S = 0.05  # BSON dates keep milliseconds; both clocks are read around the events
 PUBLISH_GRACE_NS = 1_000_000_000
@@ -134,6 +135,7 @@ def designed_ttls(settings: dict[str, str]) -> dict[str, float]:
         "rate-limit": 60,  # gateway limits.py WINDOW_S
         "open-streams": 2 * window,  # gateway limits.py: lapse_s
         "breaker-window": float(settings["ECHOTUNE_BREAKER_WINDOW_S"]),  # common breaker.py
+        "breaker-calls": CALLS_KEPT_MS / 1000,  # common breaker.py
         "live-stats": 600,  # common live_stats.py RETENTION_MIN
         "profile-cache": 60,  # worker settings.py profile_cache_s
         "gateway-wakeup": 3600,  # gateway chat/relay.py (a gateway killed before its stop)

@@ -127,8 +127,8 @@ async def telemetry_documents(mongodb_url: str, request_ids: list[str]) -> list[
 
 
 def key_families(keys: Keys) -> list[tuple[str, str]]:
-    """(pattern, family) of every key name in ``echotune.common.keys`` (and the breaker's two
-    window sets beside its hash), the more specific patterns first."""
+    """(pattern, family) of every key name in ``echotune.common.keys`` (and the breaker's
+    sets beside its hash), the more specific patterns first."""
     return [
         (keys.events("*"), "per-request"),
         (keys.meta("*"), "per-request"),
@@ -138,6 +138,7 @@ def key_families(keys: Keys) -> list[tuple[str, str]]:
         (keys.open_streams("*"), "open-streams"),
         (keys.breaker("*") + ":ok", "breaker-window"),
         (keys.breaker("*") + ":fail", "breaker-window"),
+        (keys.breaker("*") + ":calls", "breaker-calls"),
         (keys.breaker("*"), "breaker"),
         (f"{keys.namespace}:live:*", "live-stats"),
         (keys.profile("*", "*"), "profile-cache"),

@@ -59,6 +59,7 @@ FAILURES: list[list[dict[str, Any]]] = [
 FAMILY_LIMITS = {
     "breaker:{provider}": 2,
     "breaker:{provider}:ok|fail": 4,
+    "breaker:{provider}:calls": 2,
     "live:{provider}:{minute}": 2 * 11,
     "jobs": 1,
     "telemetry": 1,

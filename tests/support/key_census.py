@@ -65,6 +65,11 @@ FAMILIES = [
         "calls of the last WINDOW_S (pruned on every record); TTL WINDOW_S",
     ),
     Family(
+        "breaker:{provider}:calls",
+        r"breaker:\{[^}]+\}:calls",
+        "ids of the last minute's records (pruned on every record); TTL 60 s",
+    ),
+    Family(
         "live:{provider}:{minute}",
         r"live:[^:]+:\d+",
         "one hash of ≤ ~60 fields per provider and minute; TTL 10 min",

@@ -7,10 +7,12 @@ stored time of the breaker back (:func:`travel`); production code has no clock s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
@@ -20,6 +22,8 @@ from echotune.common.breaker import BreakerPolicy, CircuitBreakers, Outcome, Per
 from echotune.common.keys import Keys
 from echotune.common.live_stats import LiveStats
 from echotune.common.messages import BreakerState
+from echotune.common.redis import create_redis
+from tests.support.flaky_proxy import ReplyDroppingProxy, reply_dropping_proxy
 
 POLICY = BreakerPolicy(cooldown_s=30, cooldown_cap_s=100, consecutive_failures=4)
 
@@ -335,3 +339,49 @@ async def test_commands_queued_along_go_in_the_record_round_trip(
     assert transition is not None
     assert transition.new is BreakerState.OPEN
     assert "WRONGTYPE" in caplog.text
+
+
+@contextlib.asynccontextmanager
+async def losing_replies(
+    redis_server_url: str, breakers: CircuitBreakers
+) -> AsyncIterator[tuple[CircuitBreakers, ReplyDroppingProxy]]:
+    """The breakers seen through a proxy that can lose a reply (redis-py then sends the call
+    again); the scripts are loaded first, so the call whose reply is lost is applied."""
+    await breakers.record("warm-up", Outcome.SUCCESS)
+    await breakers.acquire("warm-up")
+    async with reply_dropping_proxy(redis_server_url) as proxy:
+        client = create_redis(proxy.url)
+        try:
+            yield CircuitBreakers(client, breakers.keys, POLICY), proxy
+        finally:
+            await client.aclose()
+
+
+@pytest.mark.single_node(reason="a proxy in front of the one Redis")
+async def test_failures_whose_replies_were_lost_count_once(
+    redis_server_url: str, breakers: CircuitBreakers
+) -> None:
+    """Each counted twice: two failures tripped a breaker that trips at four in a row."""
+    async with losing_replies(redis_server_url, breakers) as (via_proxy, proxy):
+        for _ in range(2):
+            proxy.drop_next_reply(b"EVALSHA")
+            await via_proxy.record("p", Outcome.FAILURE)
+    assert proxy.dropped == 2
+    snap = await breakers.snapshot("p")
+    assert (snap.calls, snap.consecutive_failures) == (2, 2)
+    assert snap.state is BreakerState.CLOSED
+
+
+@pytest.mark.single_node(reason="a proxy in front of the one Redis")
+async def test_a_probe_grant_whose_reply_was_lost_is_still_granted(
+    redis_server_url: str, breakers: CircuitBreakers
+) -> None:
+    """The retry found its own lease and answered probe_in_flight: nobody probed for a lease."""
+    await record(breakers, "ffff")
+    await travel(breakers, 30)
+    async with losing_replies(redis_server_url, breakers) as (via_proxy, proxy):
+        proxy.drop_next_reply(b"EVALSHA")
+        permit = await via_proxy.acquire("p")
+    assert proxy.dropped == 1
+    assert permit.probe
+    assert not (await breakers.acquire("p")).allowed  # still the only one

@@ -16,10 +16,15 @@ every time is Redis' own (``TIME``): workers' clocks may disagree, Redis' is the
 * The lease lasts ``probe_timeout_s`` and its holder renews it while the probe runs
   (:meth:`CircuitBreakers.holding`), so a long answer keeps it and a dead holder loses it.
 * A 429 is not a failure: it sets a rate-limit cool-down of its ``Retry-After`` (at most
-  ``cooldown_cap_s``) during which the provider is skipped. A cancelled call counts for nothing (and frees a probe lease).
+  ``cooldown_cap_s``) during which the provider is skipped. A cancelled call counts for
+  nothing (and frees a probe lease).
+* Every call carries an id, so one that redis-py sends again after a lost reply is applied
+  once: a record is skipped when its id is in ``:calls`` (the last minute's ids), a probe
+  grant found again by its id is returned again.
 
 Memory: the hash is one per provider; the ``:ok``/``:fail`` windows are pruned to
-``window_s`` on every record and expire ``window_s`` after the last one.
+``window_s`` on every record and expire ``window_s`` after the last one; ``:calls`` holds the
+ids of the last ``CALLS_KEPT_MS`` of records and expires as long after the last one.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -96,6 +102,9 @@ class BreakerSnapshot:
     rate_limited_until: float | None
 
 
+CALLS_KEPT_MS = 60_000
+"""How long a record's id is kept: longer than redis-py's retries of one call."""
+
 # Redis' clock in ms; scripts are replicated by effects (Redis ≥ 5 default, 7 only), so
 # reading TIME before writing is allowed.
 _NOW = """
@@ -103,7 +112,8 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: hash. ARGV: lease ms. → {0 refused | 1 allowed | 2 probe, state, reason, wait ms, token}
+# KEYS: hash. ARGV: lease ms, call id. → {0 refused | 1 allowed | 2 probe, state, reason,
+# wait ms, token}
 _ACQUIRE = (
     _NOW
     + """
@@ -119,10 +129,15 @@ if state == 'open' then
   if now < until_ms then return {0, state, 'breaker_open', until_ms - now, 0} end
 else
   local lease = tonumber(redis.call('HGET', h, 'probe_until') or '0')
-  if now < lease then return {0, state, 'probe_in_flight', lease - now, 0} end
+  if now < lease then
+    if redis.call('HGET', h, 'probe_call') == ARGV[2] then  -- this call's grant, asked again
+      return {2, state, '', 0, tonumber(redis.call('HGET', h, 'probe_token'))}
+    end
+    return {0, state, 'probe_in_flight', lease - now, 0}
+  end
 end
 local token = redis.call('HINCRBY', h, 'probe_token', 1)
-redis.call('HSET', h, 'state', 'half_open', 'probe_until', now + lease_ms)
+redis.call('HSET', h, 'state', 'half_open', 'probe_until', now + lease_ms, 'probe_call', ARGV[2])
 return {2, 'half_open', '', 0, token}
 """
 )
@@ -141,16 +156,21 @@ return 1
 """
 )
 
-# KEYS: hash, ok window, fail window. ARGV: outcome, token ('' if none), retry ms, window ms,
-# failure rate, min calls, consecutive failures, cool-down ms, cap ms. → {old state, new state}
+# KEYS: hash, ok window, fail window, call ids. ARGV: outcome, token ('' if none), retry ms,
+# window ms, failure rate, min calls, consecutive failures, cool-down ms, cap ms, call id, ms
+# call ids are kept. → {old state, new state} (a call seen before changes nothing)
 _RECORD = (
     _NOW
     + """
-local h, ok, fail = KEYS[1], KEYS[2], KEYS[3]
+local h, ok, fail, calls = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local outcome, token, retry_ms, window_ms = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local rate, min_calls, max_consecutive = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local cooldown_ms, cap_ms = tonumber(ARGV[8]), tonumber(ARGV[9])
 local state = redis.call('HGET', h, 'state') or 'closed'
+if redis.call('ZSCORE', calls, ARGV[10]) then return {state, state} end
+redis.call('ZADD', calls, now, ARGV[10])
+redis.call('ZREMRANGEBYSCORE', calls, '-inf', now - tonumber(ARGV[11]))
+redis.call('PEXPIRE', calls, ARGV[11])
 local function trip()
   local trips = tonumber(redis.call('HGET', h, 'trips') or '0') + 1
   local wait = math.min(cooldown_ms * 2 ^ (trips - 1), cap_ms)
@@ -224,7 +244,7 @@ class CircuitBreakers:
 
     def _keys(self, provider: str) -> list[str]:
         key = self.keys.breaker(provider)
-        return [key, f"{key}:ok", f"{key}:fail"]
+        return [key, f"{key}:ok", f"{key}:fail", f"{key}:calls"]
 
     @property
     def _lease_ms(self) -> int:
@@ -233,7 +253,7 @@ class CircuitBreakers:
     async def acquire(self, provider: str) -> Permit:
         """May ``provider`` be called now? A granted probe must be followed by ``record``."""
         allowed, state, reason, wait_ms, token = await self._acquire(
-            keys=[self.keys.breaker(provider)], args=[self._lease_ms]
+            keys=[self.keys.breaker(provider)], args=[self._lease_ms, uuid.uuid4().hex]
         )
         return Permit(
             provider=provider,
@@ -303,6 +323,8 @@ class CircuitBreakers:
             p.consecutive_failures,
             int(p.cooldown_s * 1000),
             int(p.cooldown_cap_s * 1000),
+            uuid.uuid4().hex,
+            CALLS_KEPT_MS,
         ]
         async with self.redis.pipeline(transaction=False) as pipe:
             _RECORD_SCRIPT.queue(pipe, self._keys(provider), args)

@@ -68,7 +68,8 @@ class Keys:
         return f"{self.namespace}:req:{{{request_id}}}:reader"
 
     def breaker(self, provider: str) -> str:
-        """Hash with a provider's circuit-breaker state; ``:ok``/``:fail`` sorted sets beside it."""
+        """Hash with a provider's circuit-breaker state; ``:ok``/``:fail``/``:calls`` sorted
+        sets beside it."""
         return f"{self.namespace}:breaker:{{{provider}}}"
 
     def live_stats(self, provider: str, minute: int) -> str:
