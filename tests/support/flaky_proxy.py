@@ -61,6 +61,7 @@ class ReplyDroppingProxy:
                     self._marker = None
                     self.dropped += 1
                     back.cancel()
+                    await asyncio.wait({back})  # its read must end before this one starts
                     await upstream_reader.read(65536)  # applied by Redis; the reply is lost
                     break
         finally:
