@@ -88,7 +88,7 @@ def _load(path: Path) -> Asset:
 def _resolve(relative: str) -> Path:
     """The static file at ``relative``, or a 404 (no traversal, only known file types)."""
     parts = PurePosixPath(relative).parts
-    if not parts or any(p in ("..", ".") or p.startswith(".") for p in parts):
+    if not parts or any(p in ("..", ".") or p.startswith(".") or "\0" in p for p in parts):
         raise _not_found()
     path = STATIC_DIR.joinpath(*parts).resolve()
     if not path.is_relative_to(STATIC_DIR) or not path.is_file() or path.suffix not in MEDIA_TYPES:
