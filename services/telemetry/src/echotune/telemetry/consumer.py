@@ -4,7 +4,8 @@ A batch is acknowledged only once MongoDB accepted it. While MongoDB is down or 
 handler backs off (bounded exponential, with jitter) and keeps retrying, so the events stay
 pending in the consumer group and no new ones are read; meanwhile it keeps re-claiming its
 own entries so that no other process mistakes it for a crashed consumer. Dead letters are
-written in the same MULTI/EXEC as the ack: a crash cannot lose one nor write it twice.
+written in the same script as the ack, each only while its entry is pending: a crash cannot
+lose one, nor can a call sent again after a lost reply write one twice.
 
 An entry that keeps failing for another reason than MongoDB (a bug, a crash it causes) is
 redelivered by the reclaimer each ``claim_idle_ms``; past ``max_deliveries`` it is
@@ -29,6 +30,7 @@ from redis.exceptions import RedisError
 from echotune.common.keys import TELEMETRY_GROUP, Keys
 from echotune.common.messages import TelemetryEvent
 from echotune.common.mongo import backoff_s
+from echotune.common.scripts import Arg, Script
 from echotune.telemetry.decode import DeadLetter, decode_batch, payload_text
 from echotune.telemetry.metrics import Metrics
 from echotune.telemetry.rollups import RollupClashError
@@ -36,6 +38,24 @@ from echotune.telemetry.settings import TelemetrySettings
 from echotune.telemetry.writer import TelemetryWriter, WriteResult
 
 log = logging.getLogger(__name__)
+
+# KEYS: telemetry stream, dead letters. ARGV: group, dead letters' MAXLEN, count, then per
+# letter its entry id and 6 field pairs, then the ids to acknowledge. A letter is written only
+# while its entry is pending: a call sent again after a lost reply writes none twice.
+_DEAD_LETTER_AND_ACK = Script("""
+local group, n, a = ARGV[1], tonumber(ARGV[3]), 4
+for _ = 1, n do
+  local entry = ARGV[a]
+  if #redis.call('XPENDING', KEYS[1], group, entry, entry, 1) > 0 then
+    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, a + 1, a + 12))
+  end
+  a = a + 13
+end
+for first = a, #ARGV, 1000 do  -- unpack takes at most ~8,000 values
+  redis.call('XACK', KEYS[1], group, unpack(ARGV, first, math.min(first + 999, #ARGV)))
+end
+return n
+""")
 
 
 def _safe(text: str) -> str:
@@ -179,20 +199,11 @@ class BatchConsumer:
 
     async def _ack(self, entry_ids: list[str], dead: list[DeadLetter]) -> None:
         """Append the dead letters and acknowledge the whole batch, atomically."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for letter in dead:
-                pipe.xadd(
-                    self.keys.telemetry_dead_letters,
-                    {
-                        "reason": _safe(letter.reason),
-                        "kind": letter.kind,
-                        "payload": _safe(letter.payload),
-                        "entryId": letter.entry_id,
-                        "stream": self.keys.telemetry,
-                        "deadAt": datetime.now(UTC).isoformat(),
-                    },
-                    maxlen=self.settings.dlq_maxlen,
-                    approximate=True,
-                )
-            pipe.xack(self.keys.telemetry, TELEMETRY_GROUP, *entry_ids)
-            await pipe.execute()
+        args: list[Arg] = [TELEMETRY_GROUP, self.settings.dlq_maxlen, len(dead)]
+        dead_at = datetime.now(UTC).isoformat()
+        for letter in dead:
+            args += [letter.entry_id, "reason", _safe(letter.reason), "kind", letter.kind]
+            args += ["payload", _safe(letter.payload), "entryId", letter.entry_id]
+            args += ["stream", self.keys.telemetry, "deadAt", dead_at]
+        keys = [self.keys.telemetry, self.keys.telemetry_dead_letters]
+        await _DEAD_LETTER_AND_ACK(self.redis, keys, [*args, *entry_ids])
