@@ -3,6 +3,9 @@
 Provider health must work when analytics or MongoDB is down, so workers count every
 attempt in one hash per provider and minute (expiring after ``RETENTION_MIN``), with
 latency and time-to-first-token histograms in the layout of ``echotune.common.histogram``.
+
+The counts are at least once: a round trip that redis-py sends again after a lost reply
+counts its attempt twice (telemetry's figures are the exact ones: it deduplicates by event).
 """
 
 from __future__ import annotations
