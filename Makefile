@@ -27,10 +27,22 @@ dev: sync  ## Run the whole system locally (gateway on :8080)
 dev-local:  ## `make dev` with a local LLM (llama.cpp + SmolLM2-135M, offline; first build ~8 min)
 	@ECHOTUNE_LOCAL_MODEL=1 $(MAKE) --no-print-directory dev
 
-test: sync  ## Run the whole test suite (fast tests first, then end-to-end, then in a browser)
-	@# pytest exits 5 when it collected no test: that is a failure too, said plainly
-	$(UV) run --frozen pytest tests/unit tests/e2e tests/browser --durations=25; code=$$?; \
-	  if [ $$code -eq 5 ]; then echo 'no tests were collected'; fi; exit $$code
+# `make test` in two phases. First everything but the `serial` tests on TEST_WORKERS pytest
+# workers (pytest-xdist; a test file stays on one worker, with its module's stack; each worker
+# starts its own Redis, fake upstream, SecantusDB and shared stack). Then the `serial` tests
+# (load, soak, capacity, chaos run, benchmarks, llama.cpp) alone: they load the machine or
+# measure it. Both phases run; the first failure's code is the exit code. pytest exits 5 when it
+# collected no test: that is a failure too, said plainly.
+TEST_WORKERS ?= 2
+PYTEST := $(UV) run --frozen pytest
+
+test: sync  ## Run the whole test suite (unit, end-to-end and browser tests in parallel, then the serial ones)
+	@$(PYTEST) tests/unit tests/e2e tests/browser -m "not serial" -n $(TEST_WORKERS) \
+	    --dist loadfile --durations=20; first=$$?; \
+	  if [ $$first -eq 5 ]; then echo 'no tests were collected'; fi; \
+	  $(PYTEST) tests/unit tests/e2e tests/browser -m serial --durations=10; second=$$?; \
+	  if [ $$second -eq 5 ]; then echo 'no serial tests were collected'; fi; \
+	  if [ $$first -ne 0 ]; then exit $$first; fi; exit $$second
 
 SOAK_SECONDS ?= 240
 

@@ -11,7 +11,7 @@ import pytest
 
 from deploy.local.processes import ROOT
 
-pytestmark = [pytest.mark.e2e, pytest.mark.local_model, pytest.mark.timeout(660)]
+pytestmark = [pytest.mark.local_model, pytest.mark.serial, pytest.mark.timeout(660)]
 
 
 def test_quick_local_benchmark_reports_both_arms_and_the_cancels(tmp_path: Path) -> None:

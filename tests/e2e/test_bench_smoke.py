@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from deploy.local.processes import ROOT
 
 ARM_FIELDS = {
@@ -24,6 +26,8 @@ LEVEL_FIELDS = {
     "gateway_rss_kib_per_stream", "client_saturated", "machine_saturated",
 }  # fmt: skip
 PROCESSES = {"gateway", "worker1", "redis", "fake-llm", "client1"}
+
+pytestmark = pytest.mark.serial
 
 
 def test_quick_benchmark_reports_every_metric_without_errors(tmp_path: Path) -> None:

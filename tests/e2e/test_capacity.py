@@ -14,7 +14,7 @@ import pytest
 from tests.support.stack import AUTH, start_stack
 
 STREAMS = 1000
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.serial, pytest.mark.timeout(400)]
 TOKENS = ["slow", " and", " steady"]
 
 

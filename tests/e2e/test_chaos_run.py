@@ -20,6 +20,8 @@ from deploy.local.servers import wanted_cluster
 
 SEED = 20261201
 
+pytestmark = pytest.mark.serial
+
 
 @pytest.mark.timeout(600)
 def test_a_short_chaos_run_keeps_every_invariant(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ STREAMS = 500
 SECONDS = float(os.environ.get("ECHOTUNE_LOAD_SECONDS", "30"))
 TOKENS = [f"t{i} " for i in range(30)]
 
-pytestmark = [pytest.mark.load, pytest.mark.timeout(SECONDS + 120)]
+pytestmark = [pytest.mark.load, pytest.mark.serial, pytest.mark.timeout(SECONDS + 120)]
 
 
 async def test_500_streams_without_error_and_flat_memory(

@@ -22,7 +22,7 @@ from tests.support.stack import Stack, start_stack
 from tests.support.telemetry import TelemetryHarness
 
 # start-up loads the model; answers take seconds on a busy 2-core machine
-pytestmark = [pytest.mark.e2e, pytest.mark.local_model, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.local_model, pytest.mark.serial, pytest.mark.timeout(300)]
 
 # At temperature 0 SmolLM2-135M goes on with this far beyond LONG_TOKENS (checked by the test).
 LONG_PROMPT = "Write a very long story about a musician who travels the world, with many chapters."

@@ -70,7 +70,7 @@ FAMILY_LIMITS = {
     RATE: 2,  # one user, one client address
 }
 
-pytestmark = pytest.mark.timeout(SECONDS + 420)
+pytestmark = [pytest.mark.serial, pytest.mark.timeout(SECONDS + 420)]
 
 
 @dataclass
