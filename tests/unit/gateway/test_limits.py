@@ -10,9 +10,11 @@ import pytest
 from redis.asyncio import Redis
 
 from echotune.common.keys import Keys
-from echotune.common.scripts import execute
+from echotune.common.redis import create_redis
+from echotune.common.scripts import execute, load_all
 from echotune.gateway.limits import ADMIT_START, OPEN_STREAMS, ChatLimits
 from echotune.web.errors import ApiError
+from tests.support.flaky_proxy import reply_dropping_proxy
 
 
 def make_limits(redis: Redis, *, per_user: int = 30, per_ip: int = 1000) -> ChatLimits:
@@ -66,11 +68,34 @@ async def test_a_refused_start_does_not_use_up_the_other_limit(redis: Redis) -> 
     assert await accepted(limits, 2, user="b") == 1  # it did not count against the address
 
 
-async def test_a_retried_start_counts_once(redis: Redis) -> None:
+async def test_a_check_sent_again_counts_once(redis: Redis) -> None:
     limits = make_limits(redis, per_user=2)
     for _ in range(5):
-        await check_start(limits, "u", "ip", "same-request")
+        await check_start(limits, "u", "ip", "same-call")
     assert await accepted(limits, 2) == 1
+
+
+@pytest.mark.single_node(reason="a proxy in front of the one Redis")
+async def test_a_refused_start_sent_again_after_a_lost_reply_gives_its_slot_back(
+    redis_server_url: str, redis: Redis
+) -> None:
+    """The retried check found its own member and answered "counted before": not taken, so a
+    start refused by the address limit held a slot of the user's for a minute."""
+    limits = make_limits(redis, per_user=2, per_ip=1)
+    await load_all(redis, [ADMIT_START])  # the call sent again is the script's, not a NOSCRIPT's
+    await redis.zadd(limits.keys.rate_limit("ip", "ip"), {"someone-else": time.time() * 1000})
+    async with reply_dropping_proxy(redis_server_url) as proxy:
+        client = create_redis(proxy.url)
+        proxy.drop_next_reply(b"call-lost-reply")
+        async with client.pipeline(transaction=False) as pipe:
+            limits.queue_start(pipe, "u", "ip", "call-lost-reply")
+            replies = await execute(client, pipe, [ADMIT_START, ADMIT_START])
+        await client.aclose()
+    assert proxy.dropped == 1
+    admission = limits.start_admission(replies, "u", "ip", "call-lost-reply")
+    assert admission.refusal is not None and admission.refusal.details == {"scope": "ip"}
+    await limits.take_back(admission.taken)
+    assert await redis.zcard(limits.keys.rate_limit("user", "u")) == 0
 
 
 async def test_retry_after_says_when_a_slot_frees(redis: Redis) -> None:

@@ -76,6 +76,34 @@ async def test_a_resume_that_loses_the_start_race_keeps_its_last_event_id(
     service.release(stream)
 
 
+async def test_an_answer_its_twin_started_stays_counted(
+    gateway: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twins counted one member, the request id: the twin that lost the start race took back
+    the count of the answer that did start, so twins started answers no limit counted."""
+    service: ChatService = gateway.state.chat
+    looked_up = service._checks
+    twins: list[OpenStream] = []
+
+    async def twin_wins(chat: ChatInput, stream_key: str) -> Any:
+        checks = await looked_up(chat, stream_key)  # this call counted its start ...
+        monkeypatch.setattr(service, "_checks", looked_up)
+        twin = await service.open(chat_input(chat.request_id), None)  # ... the twin started
+        assert twin is not None and twin.first_frame
+        twins.append(twin)
+        return checks
+
+    monkeypatch.setattr(service, "_checks", twin_wins)
+    stream = await service.open(chat_input("race-0000002"), None)  # "exists": it attaches
+    assert stream is not None and not stream.first_frame
+    await asyncio.gather(*service._background)  # the take-backs
+    for scope, who in (("user", "anonymous"), ("ip", "127.0.0.1")):
+        counted = await service.redis.zrange(service.keys.rate_limit(scope, who), 0, -1)
+        assert counted == [twins[0].stream_key], scope  # the twin's start, once
+    service.release(stream)
+    service.release(twins[0])
+
+
 @contextlib.contextmanager
 def round_trips() -> Iterator[list[int]]:
     """Count the Redis requests sent by the current task (a pipeline is one request)."""

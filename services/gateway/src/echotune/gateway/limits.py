@@ -2,7 +2,10 @@
 
 Each check is one single-key script timed by Redis' own clock. They are queued into the
 pipeline of the chat service's first round trip; a start refused for one reason is taken
-back from the others, so it costs nothing.
+back from the others, so it costs nothing. A start is counted under its call's own id (the
+open-stream key), not its request id: a check sent again after a lost reply finds its own
+count, and twins (one request id, two calls) count apart, so the one whose answer did not
+start takes back only its own.
 """
 
 from __future__ import annotations
@@ -21,17 +24,17 @@ from echotune.web.errors import ApiError
 
 WINDOW_S = 60
 WHO = {"user": "this user", "ip": "this address"}
-ADMITTED, COUNTED_BEFORE = 0, -1
+ADMITTED = 0
 
 # Sliding-window log: at most ARGV[1] starts in any ARGV[2] ms. KEYS[1]: sorted set of one
-# subject's starts. ARGV[3]: the start's request id (a retried call finds it counted).
-# Returns 0 (admitted now), -1 (counted before), else the ms until a slot frees.
+# subject's starts. ARGV[3]: the call's id (the same call sent again finds itself counted).
+# Returns 0 (admitted), else the ms until a slot frees.
 ADMIT_START = Script("""
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZSCORE', KEYS[1], ARGV[3]) then return -1 end
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then return 0 end
 if redis.call('ZCARD', KEYS[1]) >= limit then
   local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
   return math.max(tonumber(oldest[2]) + window - now, 1)
@@ -93,17 +96,17 @@ class ChatLimits:
             (self.keys.rate_limit("ip", ip), self.per_ip, "ip"),
         ]
 
-    def queue_start(self, pipe: Pipeline, user_id: str, ip: str, request_id: str) -> None:
+    def queue_start(self, pipe: Pipeline, user_id: str, ip: str, call_id: str) -> None:
         """Queue the start checks (two replies, read by :meth:`start_admission`)."""
         for key, limit, _ in self._subjects(user_id, ip):
-            ADMIT_START.queue(pipe, [key], [limit, WINDOW_S * 1000, request_id])
+            ADMIT_START.queue(pipe, [key], [limit, WINDOW_S * 1000, call_id])
 
     def start_admission(
-        self, replies: Sequence[Any], user_id: str, ip: str, request_id: str
+        self, replies: Sequence[Any], user_id: str, ip: str, call_id: str
     ) -> Admission:
         subjects = self._subjects(user_id, ip)
         waits = [int(r) for r in replies]
-        taken = [(s[0], request_id) for s, w in zip(subjects, waits, strict=True) if w == ADMITTED]
+        taken = [(s[0], call_id) for s, w in zip(subjects, waits, strict=True) if w == ADMITTED]
         refused = [(w, s[2]) for s, w in zip(subjects, waits, strict=True) if w > 0]
         if not refused:
             return Admission(taken=taken)

@@ -212,7 +212,7 @@ class ChatService:
             self.providers.queue_selection(pipe, user)
             job_queue.queue_backlog(pipe, self.keys)
             self.limits.queue_open_stream(pipe, user, stream_key)
-            self.limits.queue_start(pipe, user, ip, rid)
+            self.limits.queue_start(pipe, user, ip, stream_key)
             scripts = [None, None, None, None, OPEN_STREAMS, ADMIT_START, ADMIT_START]
             replies = await execute(self.redis, pipe, scripts)
         for reply in (replies[0], replies[1], replies[4], replies[5], replies[6]):
@@ -223,7 +223,7 @@ class ChatService:
             selection=replies[1],
             backlog=job_queue.backlog(replies[2], replies[3]),
             open_refusal=self.limits.open_stream_refusal(replies[4]),
-            admission=self.limits.start_admission(replies[5:7], user, ip, rid),
+            admission=self.limits.start_admission(replies[5:7], user, ip, stream_key),
         )
 
     async def _decide(
