@@ -93,7 +93,8 @@ async def test_a_refused_start_sent_again_after_a_lost_reply_gives_its_slot_back
         await client.aclose()
     assert proxy.dropped == 1
     admission = limits.start_admission(replies, "u", "ip", "call-lost-reply")
-    assert admission.refusal is not None and admission.refusal.details == {"scope": "ip"}
+    assert admission.refusal is not None
+    assert admission.refusal.details == {"scope": "ip"}
     await limits.take_back(admission.taken)
     assert await redis.zcard(limits.keys.rate_limit("user", "u")) == 0
 

@@ -52,30 +52,6 @@ async def test_a_twin_arriving_while_the_first_start_is_half_done_attaches(
     assert (await first) is not None
 
 
-async def test_a_resume_that_loses_the_start_race_keeps_its_last_event_id(
-    gateway: FastAPI, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A twin started the answer between this call's lookup and its open ("exists"): the
-    client's Last-Event-ID was dropped and it was sent the whole answer again."""
-    service: ChatService = gateway.state.chat
-    looked_up = service._checks
-
-    async def twin_wins(chat: ChatInput, stream_key: str) -> Any:
-        checks = await looked_up(chat, stream_key)  # the lookup found nothing yet ...
-        monkeypatch.setattr(service, "_checks", looked_up)
-        twin = await service.open(chat_input(chat.request_id), None)  # ... then the twin opened
-        assert twin is not None
-        service.release(twin)
-        return checks
-
-    monkeypatch.setattr(service, "_checks", twin_wins)
-    stream = await service.open(chat_input("race-0000001"), "1-5")
-    assert stream is not None
-    assert stream.subscription.last_id == "1-5"
-    assert stream.client_text
-    service.release(stream)
-
-
 async def test_an_answer_its_twin_started_stays_counted(
     gateway: FastAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -89,19 +65,42 @@ async def test_an_answer_its_twin_started_stays_counted(
         checks = await looked_up(chat, stream_key)  # this call counted its start ...
         monkeypatch.setattr(service, "_checks", looked_up)
         twin = await service.open(chat_input(chat.request_id), None)  # ... the twin started
-        assert twin is not None and twin.first_frame
+        assert twin is not None
+        assert twin.first_frame
         twins.append(twin)
         return checks
 
     monkeypatch.setattr(service, "_checks", twin_wins)
     stream = await service.open(chat_input("race-0000002"), None)  # "exists": it attaches
-    assert stream is not None and not stream.first_frame
+    assert stream is not None
+    assert not stream.first_frame
     await asyncio.gather(*service._background)  # the take-backs
     for scope, who in (("user", "anonymous"), ("ip", "127.0.0.1")):
         counted = await service.redis.zrange(service.keys.rate_limit(scope, who), 0, -1)
         assert counted == [twins[0].stream_key], scope  # the twin's start, once
     service.release(stream)
     service.release(twins[0])
+
+
+async def test_a_reconnect_to_an_answer_that_lapsed_does_not_start_it_again(
+    gateway: FastAPI,
+) -> None:
+    """An EventSource reconnects to its first URL (message included) with Last-Event-ID: once
+    the answer's keys had lapsed, a whole new answer started under the same request id, and
+    the page appended it to the part it had."""
+    service: ChatService = gateway.state.chat
+    first = await service.open(chat_input("lapsed-000001"), None)
+    assert first is not None
+    assert first.first_frame
+    service.release(first)
+    keys, rid = service.keys, "lapsed-000001"
+    await service.redis.delete(keys.events(rid), keys.meta(rid), keys.reader(rid))  # lapsed
+    with pytest.raises(ApiError) as gone:
+        await service.open(chat_input(rid), "1700000000000-3")
+    assert (gone.value.status, gone.value.code) == (404, "unknown_request")
+    await asyncio.gather(*service._background)  # the take-backs
+    counted = await service.redis.zrange(keys.rate_limit("user", "anonymous"), 0, -1)
+    assert counted == [first.stream_key], "the refused reconnect is not counted"
 
 
 @contextlib.contextmanager

@@ -236,13 +236,13 @@ class ChatService:
         if lookup.fingerprint is not None:
             self._check_same(lookup, chat)
             return await self._attach(chat.request_id, chat.user_id, last_event_id), False
+        if last_event_id is not None:  # a reconnect: its answer lapsed; never start it again
+            raise _unknown()
         if checks.admission.refusal is not None:
             raise checks.admission.refusal
         self._check_backlog(checks.backlog)
         config, model = self.providers.choose_from(checks.selection, chat.provider, chat.model)
-        return await self._start(
-            chat, config, model, last_event_id, group_missing=checks.backlog is None
-        )
+        return await self._start(chat, config, model, group_missing=checks.backlog is None)
 
     def _check_same(self, lookup: Lookup, chat: ChatInput) -> None:
         """404 for someone else's request id (its existence is not told), 409 for new input."""
@@ -296,7 +296,6 @@ class ChatService:
         chat: ChatInput,
         config: ProviderConfig,
         model: str,
-        last_event_id: str | None,
         *,
         group_missing: bool,
     ) -> tuple[OpenStream | None, bool]:
@@ -323,7 +322,7 @@ class ChatService:
                     409, "request_id_conflict", "this request id is in use for a different request"
                 )
             if opened.state is Opened.EXISTS:  # an identical request won the race
-                return self._subscribe(chat.request_id, last_event_id, opened.final_id), False
+                return self._subscribe(chat.request_id, None, opened.final_id), False
             subscription = self.relay.subscribe(chat.request_id, opened.start_id)
             if not opened.job_queued:
                 await self._publish(job, subscription)
