@@ -246,3 +246,21 @@ async def test_an_answer_past_its_deadline_says_its_text_is_partial(
     assert "delta" in kinds, "text was stored before the deadline"
     assert (final["type"], final["code"]) == ("error", "deadline_exceeded")
     assert final["partial"] is True
+
+
+async def test_a_job_that_fails_unexpectedly_ends_its_answer_with_an_error(
+    worker: tuple[Worker, TestRedisBroker], redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in building the prompt (a play dated near year 1 overflowed) left the job pending:
+    every worker that reclaimed it failed the same way, and the client waited for its
+    deadline."""
+
+    def broken(*_: object) -> None:
+        raise OverflowError("date value out of range")
+
+    monkeypatch.setattr("echotune.worker.jobs.build_prompt", broken)
+    running, broker = worker
+    rid = await opened(running)
+    await broker.publish(long_job(rid), stream=running.settings.keys.jobs)
+    final = await wait_for_final(redis, running.settings.namespace, rid, timeout=5)
+    assert (final["type"], final["code"], final["partial"]) == ("error", "internal_error", False)

@@ -67,6 +67,26 @@ def test_the_profile_goes_into_our_system_prompt() -> None:
     assert (summary.messages, summary.chars) == (2, len(system.content) + len("jazz for tonight"))
 
 
+@pytest.mark.parametrize(
+    ("played", "zone"),
+    [
+        (datetime(1, 1, 1, 1, tzinfo=UTC), "America/New_York"),
+        (datetime(9999, 12, 31, 23, tzinfo=UTC), "Asia/Tokyo"),
+    ],
+)
+def test_a_play_whose_local_day_is_out_of_range_keeps_its_utc_day(
+    played: datetime, zone: str
+) -> None:
+    """The importer takes such plays; their local day overflowed and failed every prompt."""
+    profile = PROFILE.model_copy(
+        update={"plays": 1, "first_play": played, "last_play": played, "time_zone": zone}
+    )
+    loaded = LoadedProfile(ProfileUse(status=ProfileStatus.USED, source="cache"), profile)
+    system = build_prompt(job(), ConversationContext(), loaded, max_chars=2000).messages[0]
+    day = f"{played:%Y-%m-%d}"
+    assert f"- Plays: 1 plays, {day} to {day}" in system.content
+
+
 @pytest.mark.parametrize("bound", [0, 200, 300, 400, 600])
 def test_the_profile_stays_within_its_bound_and_records_what_it_states(bound: int) -> None:
     block, features = profile_block(PROFILE, bound)

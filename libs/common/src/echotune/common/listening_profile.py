@@ -78,7 +78,7 @@ class ListeningProfile(BaseModel):
     def features(self) -> list[ProfileFeature]:
         """The profile as named features, in :data:`FEATURES` order; empty ones left out."""
         zone = ZoneInfo(self.time_zone)
-        first, last = self.first_play.astimezone(zone), self.last_play.astimezone(zone)
+        first, last = _local(self.first_play, zone), _local(self.last_play, zone)
         values: dict[str, Any] = {
             "period": f"{self.plays} plays, {first:%Y-%m-%d} to {last:%Y-%m-%d}",
             "top_artists": [_ranked(r) for r in self.top_artists],
@@ -93,6 +93,14 @@ class ListeningProfile(BaseModel):
             for name in FEATURES
             if values[name] not in (None, [])
         ]
+
+
+def _local(moment: datetime, zone: ZoneInfo) -> datetime:
+    """``moment`` in ``zone``; in UTC when its local day is past year 1 or 9999."""
+    try:
+        return moment.astimezone(zone)
+    except OverflowError:
+        return moment
 
 
 def _ranked(item: Ranked) -> str:

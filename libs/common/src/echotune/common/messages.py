@@ -302,6 +302,7 @@ class ErrorCode(StrEnum):
     SHUTDOWN = "shutdown"
     INVALID_JOB = "invalid_job"
     NO_WORKER = "no_worker"
+    INTERNAL = "internal_error"
 
 
 class ErrorEvent(Contract):
@@ -313,6 +314,13 @@ class ErrorEvent(Contract):
     partial: bool = Field(False, description="Text was streamed before the failure")
     provider: str | None = None
     retryable: bool = False
+
+
+def internal_error(*, partial: bool = False) -> ErrorEvent:
+    """The error an answer ends with when its job failed on a bug (not a provider's fault)."""
+    return ErrorEvent(
+        code=ErrorCode.INTERNAL, message="the answer failed on an internal error", partial=partial
+    )
 
 
 def deadline_exceeded(*, partial: bool = False) -> ErrorEvent:

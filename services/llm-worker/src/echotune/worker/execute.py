@@ -16,6 +16,7 @@ from echotune.common.messages import (
     FailoverEvent,
     FinishReason,
     deadline_exceeded,
+    internal_error,
 )
 from echotune.common.request_stream import AppendRefused, Final, Take, Taken
 from echotune.worker.inflight import CANCELLED, ENDED, FENCED, InFlight
@@ -120,6 +121,11 @@ async def _produce(
         if held.reason is None:  # the worker is shutting down (see _run)
             raise
         return runner.cancelled()
+    except (Refused, RedisError):  # fenced or ended elsewhere; Redis away: left for a reclaim
+        raise
+    except Exception:  # a bug fails every worker alike: end the answer, do not leave it pending
+        log.exception("the answer failed on an internal error")
+        return internal_error(partial=bool(runner.partial))
 
 
 async def _end(writer: EventWriter, final: ChatEvent, deadline_at: float) -> bool:

@@ -29,6 +29,7 @@ ERROR_STATUS = {
     "worker_lost": 503,
     "no_worker": 503,
     "invalid_job": 500,
+    "internal_error": 500,
 }
 
 
