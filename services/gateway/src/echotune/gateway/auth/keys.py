@@ -54,16 +54,16 @@ class ApiKeyStore:
         return record, plaintext
 
     async def install(self, plaintext: str, user_id: str, name: str) -> None:
-        """Register a key chosen elsewhere (the dev key); idempotent."""
+        """Register a key chosen elsewhere (the dev key, at every gateway start); installing the
+        same key again changes nothing, so a revoked key stays revoked."""
         key_id = parse_key_id(plaintext)
         if key_id is None:
             raise ValueError(f"an API key must look like {PREFIX}<id>_<secret>")
-        record = {
-            "user_id": user_id,
-            "name": name,
-            "created": time.time(),
-            "hash": _digest(plaintext),
-        }
+        digest = _digest(plaintext)
+        raw = await self.redis.hget(self.hash_key, key_id)
+        if raw is not None and _same(json.loads(raw), digest, user_id):
+            return
+        record = {"user_id": user_id, "name": name, "created": time.time(), "hash": digest}
         await self.redis.hset(self.hash_key, key_id, json.dumps(record))
 
     async def get(self, key_id: str) -> ApiKey | None:
@@ -103,6 +103,10 @@ class ApiKeyStore:
         records = await self.redis.hgetall(self.hash_key)
         found = [await self.get(str(key_id)) for key_id in sorted(records)]
         return [record for record in found if record is not None]
+
+
+def _same(record: dict[str, object], digest: str, user_id: str) -> bool:
+    return record.get("hash") == digest and record.get("user_id") == user_id
 
 
 def public(record: ApiKey) -> dict[str, object]:
