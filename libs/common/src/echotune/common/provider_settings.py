@@ -13,7 +13,9 @@ from echotune.common.settings import shared
 class BreakerSettings(BaseSettings):
     """Circuit-breaker policy (``ECHOTUNE_BREAKER_…``), the same for every provider."""
 
-    model_config = SettingsConfigDict(env_prefix="ECHOTUNE_BREAKER_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="ECHOTUNE_BREAKER_", extra="ignore", allow_inf_nan=False
+    )
 
     failure_rate: float = Field(0.5, gt=0, le=1)
     min_calls: int = Field(5, ge=1)
@@ -32,7 +34,7 @@ class BreakerSettings(BaseSettings):
 class ProviderSettings(BaseSettings):
     """The provider list, read by the gateway and the workers alike."""
 
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, allow_inf_nan=False)
 
     providers: list[ProviderConfig] = Field(
         default_factory=list, validation_alias=shared("PROVIDERS")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from enum import StrEnum
 
-from pydantic import BaseModel, Field, HttpUrl, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, SecretStr, model_validator
 
 DEMO_PROVIDER = "demo"
 
@@ -22,6 +22,8 @@ class ProviderKind(StrEnum):
 class ProviderTimeouts(BaseModel):
     """Timeouts of one provider, in seconds."""
 
+    model_config = ConfigDict(allow_inf_nan=False)
+
     connect: float = Field(5.0, gt=0)
     first_token: float = Field(30.0, gt=0)
     idle: float = Field(30.0, gt=0, description="Longest gap between two tokens")
@@ -30,6 +32,8 @@ class ProviderTimeouts(BaseModel):
 
 class ProviderConfig(BaseModel):
     """One configured provider: ``ECHOTUNE_PROVIDERS`` holds a JSON list of these."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
     kind: ProviderKind

@@ -21,7 +21,8 @@ def shared(name: str) -> AliasChoices:
 class ServiceSettings(BaseSettings):
     """Infrastructure settings common to all services."""
 
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+    # "inf" is a float: it passed every bound, then failed a service at start (int(inf))
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, allow_inf_nan=False)
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", validation_alias=shared("REDIS_URL"))
     mongodb_url: str = Field(

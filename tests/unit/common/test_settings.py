@@ -1,0 +1,51 @@
+"""Settings refuse what would break a service later."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+from pydantic_settings import BaseSettings
+
+from echotune.analytics.settings import AnalyticsSettings
+from echotune.common.provider_settings import BreakerSettings
+from echotune.gateway.settings import GatewaySettings
+from echotune.telemetry.settings import TelemetrySettings
+from echotune.worker.settings import WorkerSettings
+
+KINDS: list[type[BaseSettings]] = [
+    GatewaySettings, WorkerSettings, TelemetrySettings, AnalyticsSettings, BreakerSettings,
+]  # fmt: skip
+FLOATS = [
+    (kind, name)
+    for kind in KINDS
+    for name, field in kind.model_fields.items()
+    if field.annotation in (float, float | None)
+]
+
+
+def test_there_are_float_settings_to_check() -> None:
+    assert len(FLOATS) > 20
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan"])
+@pytest.mark.parametrize(("kind", "name"), FLOATS, ids=[f"{k.__name__}.{n}" for k, n in FLOATS])
+def test_a_float_setting_refuses_infinity_and_nan(
+    kind: type[BaseSettings], name: str, value: str
+) -> None:
+    """``RESUME_WINDOW_S=inf`` passed ``gt=0``, then the gateway's start failed on int(inf)."""
+    with pytest.raises(ValidationError):
+        kind(**{name: value})
+
+
+@pytest.mark.parametrize(
+    "provider",
+    [
+        '{"name": "demo", "kind": "demo", "models": ["m"], "token_pace_ms": Infinity}',
+        '{"name": "demo", "kind": "demo", "models": ["m"], "timeouts": {"total": Infinity}}',
+    ],
+)
+def test_a_provider_refuses_infinity(provider: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """JSON as Python reads it has ``Infinity``: a demo paced by it never answered."""
+    monkeypatch.setenv("ECHOTUNE_PROVIDERS", f"[{provider}]")
+    with pytest.raises(ValidationError):
+        WorkerSettings()
