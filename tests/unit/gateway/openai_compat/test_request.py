@@ -142,10 +142,20 @@ def test_developer_is_system() -> None:
         ),
         ({"messages": ROUND_TRIP[:2] + ASK}, "messages.1.tool_calls"),
         ({"messages": [*ROUND_TRIP, ROUND_TRIP[2]]}, "messages.3.tool_call_id"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),  # was ignored
     ],
 )
 def test_inconsistent_requests_name_the_field(fields: dict[str, Any], param: str) -> None:
     assert refused_param(**fields) == param
+
+
+@pytest.mark.parametrize("model", ["nope", "oa/nope"])
+def test_a_model_no_provider_offers_is_404_model_not_found(model: str) -> None:
+    """``provider/unknown`` passed here, then the chat service's check made it a 400."""
+    body = ChatCompletionRequest.model_validate({"model": model, "messages": ASK})
+    with pytest.raises(ApiError) as refused:
+        to_chat_input(body, "r-0000001", "u", REGISTRY)
+    assert (refused.value.status, refused.value.code) == (404, "model_not_found")
 
 
 @pytest.mark.parametrize(

@@ -190,7 +190,7 @@ class ChatService:
     async def _start_or_attach(
         self, chat: ChatInput, stream_key: str, last_event_id: str | None
     ) -> OpenStream | None:
-        self._check_message(chat.message or "")
+        self._check_message(chat.message or "", tool_result=chat.final is not None)
         if chat.provider is not None:
             self.providers.validate(chat.provider, chat.model)
         checks = await self._checks(chat, stream_key)
@@ -253,8 +253,9 @@ class ChatService:
                 409, "request_id_conflict", "this request id is in use for a different request"
             )
 
-    def _check_message(self, message: str) -> None:
-        if not message.strip():
+    def _check_message(self, message: str, *, tool_result: bool = False) -> None:
+        """A tool result may be empty (a function that returned nothing); a message may not."""
+        if not message.strip() and not tool_result:
             raise ApiError(422, "empty_message", "the message is empty")
         if len(message) > self.settings.max_message_chars:
             raise ApiError(

@@ -27,7 +27,7 @@ def to_chat_input(
     provider, model = resolve_model(registry, request.model)
     messages = [_message(m) for m in request.messages]
     _check_turns(messages)
-    _check_tool_fields(request)
+    _check_paired_fields(request)
     features = features_of(request)
     config = registry.get(provider)
     assert config is not None  # resolve_model found it
@@ -101,7 +101,7 @@ def _check_answered(pending: dict[str, int]) -> None:
         )
 
 
-def _check_tool_fields(request: ChatCompletionRequest) -> None:
+def _check_paired_fields(request: ChatCompletionRequest) -> None:
     if request.tools is None:
         for name in ("tool_choice", "parallel_tool_calls"):
             if getattr(request, name) is not None:
@@ -113,6 +113,8 @@ def _check_tool_fields(request: ChatCompletionRequest) -> None:
             raise bad_param("tool_choice", "`tool_choice` names a function that is not in tools")
     if request.top_logprobs is not None and not request.logprobs:
         raise bad_param("top_logprobs", "`top_logprobs` needs `logprobs: true`")
+    if request.stream_options is not None and not request.stream:
+        raise bad_param("stream_options", "`stream_options` is only allowed when `stream` is true")
 
 
 def _unsupported(refusal: Refusal, provider: str) -> ApiError:

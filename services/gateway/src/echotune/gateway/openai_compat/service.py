@@ -36,7 +36,9 @@ ERROR_STATUS = {
 def resolve_model(registry: ProviderRegistry, model: str) -> tuple[str, str]:
     """Provider and model named by an OpenAI ``model`` string (see ``MODEL_RULE``)."""
     provider, _, name = model.partition("/")
-    if name and provider in registry:
+    if name and (config := registry.get(provider)):
+        if name not in config.models:
+            raise ApiError(404, "model_not_found", f"The model `{model}` does not exist")
         return provider, name
     if config := registry.get(model):
         return config.name, config.model
