@@ -411,6 +411,18 @@ async def test_garbage_data_is_malformed(kind: ProviderKind) -> None:
     assert "".join(texts(seen)).rstrip(".") == "Try some jazz"
 
 
+@pytest.mark.parametrize(
+    "reason", ["MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS"]
+)
+async def test_a_gemini_tool_call_that_failed_is_not_an_empty_answer(reason: str) -> None:
+    """These ended as an empty answer with ``stop``, and the breaker counted a success."""
+    error, _ = await failure(
+        ProviderKind.GEMINI, lambda _: sse(GEMINI_STREAM.replace("STOP", reason))
+    )
+    assert error.code == "malformed_stream"
+    assert reason in str(error)
+
+
 @pytest.mark.parametrize("kind", HTTP_KINDS)
 async def test_stream_without_end_marker_is_malformed(kind: ProviderKind) -> None:
     error, seen = await failure(kind, lambda _: sse(TRUNCATED[kind]))

@@ -45,6 +45,9 @@ FILTERED = frozenset(
     }
 )
 
+FAILED_CALLS = frozenset({"MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "TOO_MANY_TOOL_CALLS"})
+"""Finish reasons of a function call the model got wrong: a failed attempt, not an answer."""
+
 
 def finish_reason(value: str) -> FinishReason:
     """Our FinishReason for a Gemini ``finishReason``."""
@@ -75,6 +78,8 @@ class GeminiParser:
         items = self._parts(as_list(as_dict(candidate.get("content")).get("parts")))
         items = _with_logprobs(items, _logprobs(as_dict(candidate.get("logprobsResult"))))
         reason = candidate.get("finishReason")
+        if reason in FAILED_CALLS:
+            raise malformed(self.provider, f"the answer ended with {reason}")
         if isinstance(reason, str) and reason != "FINISH_REASON_UNSPECIFIED":
             self.reason = finish_reason(reason)
         if as_dict(chunk.get("promptFeedback")).get("blockReason"):
