@@ -244,3 +244,10 @@ def test_logprobs_ride_with_their_text() -> None:
         token
     ]
     assert completion.whole()["choices"][0]["message"]["content"] == "Hi"
+
+
+def test_max_completion_tokens_keeps_its_name_for_openai_providers() -> None:
+    body = {"model": "oa/m", "messages": ASK, "max_completion_tokens": 100}
+    chat = to_chat_input(ChatCompletionRequest.model_validate(body), "r-0000001", "u", REGISTRY)
+    assert chat.features is not None
+    assert (chat.features.max_completion_tokens, chat.options.max_tokens) == (100, 100)

@@ -89,6 +89,19 @@ async def test_openai_passes_every_field_through() -> None:
     assert {key: body[key] for key in wanted} == wanted
 
 
+@pytest.mark.parametrize("kind", [ProviderKind.ANTHROPIC, ProviderKind.GEMINI])
+async def test_max_completion_tokens_goes_to_openai_by_its_name(kind: ProviderKind) -> None:
+    """It went as ``max_tokens``, which OpenAI's reasoning models refuse; others take their own
+    field from the options' ``max_tokens``."""
+    wanted = features(max_completion_tokens=100)
+    body = await sent(ProviderKind.OPENAI, OPENAI_STREAM, max_tokens=100, features=wanted)
+    assert (body["max_completion_tokens"], "max_tokens" in body) == (100, False)
+    stream = {ProviderKind.ANTHROPIC: ANTHROPIC_STREAM, ProviderKind.GEMINI: GEMINI_STREAM}[kind]
+    body = await sent(kind, stream, max_tokens=100, features=wanted)
+    assert "max_completion_tokens" not in json.dumps(body)
+    assert "100" in json.dumps(body)
+
+
 async def test_openai_history_with_tool_calls_goes_as_sent() -> None:
     body = await sent(ProviderKind.OPENAI, OPENAI_STREAM, messages=TOOL_HISTORY)
     assert body["messages"][2] == {

@@ -98,6 +98,9 @@ class CompletionFeatures(Shape):
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     user: str | None = Field(None, max_length=256)
+    max_completion_tokens: int | None = Field(None, ge=1, le=32_768)
+    """Sent by this name to openai providers (their reasoning models refuse ``max_tokens``);
+    the others take it from ``ChatOptions.max_tokens``, which the door sets to it."""
 
     @property
     def wants_json(self) -> bool:

@@ -129,12 +129,14 @@ class OpenAIProvider(HttpProvider):
         }
         if request.temperature is not None:
             body["temperature"] = request.temperature
-        if request.max_tokens is not None:
+        if request.max_tokens is not None:  # or its newer name, among the features
             body["max_tokens"] = request.max_tokens
         if request.stop:
             body["stop"] = list(request.stop)
         if request.features is not None:  # its fields are Chat Completions fields: sent as is
             body.update(request.features.model_dump(exclude_none=True))
+            if "max_completion_tokens" in body:
+                body.pop("max_tokens", None)
         headers = {"Authorization": f"Bearer {self.secret}"} if self.secret else {}
         return HttpCall(join_url(self.config, "/chat/completions"), body, headers)
 
