@@ -264,3 +264,49 @@ async def test_a_job_that_fails_unexpectedly_ends_its_answer_with_an_error(
     await broker.publish(long_job(rid), stream=running.settings.keys.jobs)
     final = await wait_for_final(redis, running.settings.namespace, rid, timeout=5)
     assert (final["type"], final["code"], final["partial"]) == ("error", "internal_error", False)
+
+
+@pytest.mark.parametrize(
+    ("second", "code", "retryable"),
+    [(400, "request_refused", False), (503, "all_providers_failed", True)],
+)
+async def test_a_request_every_provider_refuses_is_not_retryable(
+    settings: WorkerSettings, redis: Redis, second: int, code: str, retryable: bool
+) -> None:
+    """An upstream 400 (context too long) ended as a retryable ``all_providers_failed``: the
+    OpenAI door made it a 502, and the SDK sent the same bad request twice more. When another
+    provider failed otherwise, the answer may well come on a second try."""
+    calls: list[str] = []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.host)
+        refusal = {"message": "maximum context length exceeded", "code": "context_length_exceeded"}
+        status = 400 if request.url.host == "up.test" else second
+        return httpx.Response(status, json={"error": refusal})
+
+    fallback = {**UPSTREAM, "name": "up2", "base_url": "http://up2.test/v1"}
+    fields = settings.model_dump(exclude={"providers", "fallbacks"})
+    settings = WorkerSettings(
+        **{**fields, "default_provider": "up", "retry_base_s": 0.01, "retry_attempts": 1},
+        providers=[UPSTREAM, fallback],
+    )
+    broker = create_app(settings).broker
+    async with (
+        open_worker(settings, broker, transport=httpx.MockTransport(upstream)) as running,
+        TestRedisBroker(broker) as test,
+    ):
+        broker.context.set_global("worker", running)
+        rid = await opened(running)
+        job = ChatJob(
+            request_id=rid,
+            user_id="u1",
+            messages=[ChatMessage(role=Role.USER, content="hi")],
+            provider="up",
+            model="m1",
+            fallbacks=["up2"],
+            deadline_at=time.time() + 30,
+        )
+        await test.publish(job, stream=settings.keys.jobs)
+        final = await wait_for_final(redis, settings.namespace, rid)
+    assert (final["type"], final["code"], final["retryable"]) == ("error", code, retryable)
+    assert calls == ["up.test", "up2.test"]

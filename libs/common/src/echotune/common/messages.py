@@ -303,6 +303,7 @@ class ErrorCode(StrEnum):
     INVALID_JOB = "invalid_job"
     NO_WORKER = "no_worker"
     INTERNAL = "internal_error"
+    REQUEST_REFUSED = "request_refused"
 
 
 class ErrorEvent(Contract):

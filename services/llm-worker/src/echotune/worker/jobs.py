@@ -34,7 +34,7 @@ from echotune.worker.observability import failed_over, retried, skipped, waited
 from echotune.worker.prompt import Prompt, build_prompt
 from echotune.worker.providers.base import ProviderError, ProviderRequest
 from echotune.worker.resources import Worker
-from echotune.worker.retry import backoff_delay, is_retryable
+from echotune.worker.retry import backoff_delay, is_retryable, refused_the_request
 from echotune.worker.writer import EventWriter
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,7 @@ class JobRunner:
     async def _produce(self) -> ChatEvent:
         """Try each provider of the chain in turn; the final event to write."""
         chain, reason, continuing = self._chain(), "unavailable", False
+        refusal: tuple[str, ProviderError] | None = None  # while every provider refused it
         for index, (config, model) in enumerate(chain):
             if index > 0:
                 previous = chain[index - 1][0].name
@@ -154,6 +155,7 @@ class JobRunner:
                         continues_partial=continuing,
                     )
                 )
+            refused, refusal = refusal is not None or index == 0, None
             try:
                 return await self._with_retries(config, model, index > 0, continuing)
             except Skip as skip:
@@ -161,12 +163,16 @@ class JobRunner:
                 skipped(self.ctx.metrics, config.name, reason)
             except ProviderError as error:
                 reason = error.code
+                if refused and refused_the_request(error):
+                    refusal = (config.name, error)
             except MidStreamFailure as failure:
                 reason = failure.error.code
                 if not (self._continue_on_failure and index + 1 < len(chain)):
                     return _partial_error(config.name, reason)
                 continuing = True
             log.warning("provider %s gave up: %s", config.name, reason)
+        if refusal is not None:
+            return _refused(*refusal, partial=bool(self.partial))
         return ErrorEvent(
             code=ErrorCode.ALL_PROVIDERS_FAILED,
             message=f"no provider could answer (last reason: {reason})",
@@ -277,6 +283,17 @@ def _partial_error(provider: str, reason: str) -> ErrorEvent:
         message=f"the provider failed mid-answer ({reason}); the answer is incomplete",
         partial=True,
         provider=provider,
+    )
+
+
+def _refused(provider: str, error: ProviderError, *, partial: bool) -> ErrorEvent:
+    """Every provider refused the request itself: sending it again as is cannot help."""
+    return ErrorEvent(
+        code=ErrorCode.REQUEST_REFUSED,
+        message=f"the provider refused the request (HTTP {error.status})",
+        provider=provider,
+        partial=partial,
+        retryable=False,
     )
 
 

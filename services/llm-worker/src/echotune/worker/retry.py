@@ -8,10 +8,16 @@ from echotune.worker.providers.base import ProviderError
 
 RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504, 529})
 RETRYABLE_CODES = frozenset({"timeout", "connect_error", "disconnected"})
+REFUSED_STATUS = frozenset({400, 413, 422})
+"""The request itself was refused (too long, a bad field): no provider will take it as is."""
 
 
 def is_retryable(error: ProviderError) -> bool:
     return error.status in RETRYABLE_STATUS or error.code in RETRYABLE_CODES
+
+
+def refused_the_request(error: ProviderError) -> bool:
+    return error.status in REFUSED_STATUS
 
 
 def backoff_delay(

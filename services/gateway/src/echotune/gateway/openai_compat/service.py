@@ -30,6 +30,7 @@ ERROR_STATUS = {
     "no_worker": 503,
     "invalid_job": 500,
     "internal_error": 500,
+    "request_refused": 400,
 }
 
 
