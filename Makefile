@@ -29,7 +29,9 @@ dev-local:  ## `make dev` with a local LLM (llama.cpp + SmolLM2-135M, offline; f
 
 # `make test` in two phases. First everything but the `serial` tests on TEST_WORKERS pytest
 # workers (pytest-xdist; a test file stays on one worker, with its module's stack; each worker
-# starts its own Redis, fake upstream, SecantusDB and shared stack). Then the `serial` tests
+# starts its own fake upstream and shared stack, and its own Redis and SecantusDB unless
+# REDIS_URL / MONGODB_URL name shared ones: tests keep to namespaces of their own). Then the
+# `serial` tests
 # (load, soak, capacity, chaos run, benchmarks, llama.cpp) alone: they load the machine or
 # measure it. Both phases run; the first failure's code is the exit code. pytest exits 5 when it
 # collected no test: that is a failure too, said plainly.

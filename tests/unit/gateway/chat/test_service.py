@@ -12,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from echotune.common.completion import FunctionCall, ToolCall
 from echotune.common.messages import (
@@ -89,6 +90,20 @@ async def test_an_answer_its_twin_started_stays_counted(
         assert counted == [twins[0].stream_key], scope  # the twin's start, once
     service.release(stream)
     service.release(twins[0])
+
+
+async def test_a_start_whose_checks_failed_leaves_nothing_counted(gateway: FastAPI) -> None:
+    """A reply in error after the checks had counted the start: its count stayed a minute."""
+    service: ChatService = gateway.state.chat
+    rid = "checks-failed-1"
+    await service.redis.set(service.keys.meta(rid), "x")  # the lookup's reply is an error
+    for _ in range(3):  # the page sends the same request again
+        with pytest.raises(ResponseError):
+            await service.open(chat_input(rid), None)
+    await asyncio.gather(*service._background)  # the take-backs
+    for scope, who in (("user", "anonymous"), ("ip", "127.0.0.1")):
+        assert await service.redis.zcard(service.keys.rate_limit(scope, who)) == 0, scope
+    assert await service.redis.zcard(service.keys.open_streams("anonymous")) == 0
 
 
 async def test_a_reconnect_to_an_answer_that_lapsed_does_not_start_it_again(

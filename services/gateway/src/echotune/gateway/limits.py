@@ -96,6 +96,10 @@ class ChatLimits:
             (self.keys.rate_limit("ip", ip), self.per_ip, "ip"),
         ]
 
+    def start_members(self, user_id: str, ip: str, call_id: str) -> list[tuple[str, str]]:
+        """(key, member) of every count a start check of ``call_id`` may have made."""
+        return [(key, call_id) for key, _, _ in self._subjects(user_id, ip)]
+
     def queue_start(self, pipe: Pipeline, user_id: str, ip: str, call_id: str) -> None:
         """Queue the start checks (two replies, read by :meth:`start_admission`)."""
         for key, limit, _ in self._subjects(user_id, ip):

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from echotune.common.logs import request_id_var
 from echotune.common.messages import (
@@ -121,8 +121,8 @@ async def _produce(
         if held.reason is None:  # the worker is shutting down (see _run)
             raise
         return runner.cancelled()
-    except (Refused, RedisError):  # fenced or ended elsewhere; Redis away: left for a reclaim
-        raise
+    except (Refused, RedisError, RedisClusterException):  # fenced or ended elsewhere; Redis
+        raise  # away (a cluster's slot too): left for a reclaim
     except Exception:  # a bug fails every worker alike: end the answer, do not leave it pending
         log.exception("the answer failed on an internal error")
         return internal_error(partial=bool(runner.partial))

@@ -193,9 +193,13 @@ class ChatService:
         self._check_message(chat.message or "", tool_result=chat.final is not None)
         if chat.provider is not None:
             self.providers.validate(chat.provider, chat.model)
-        checks = await self._checks(chat, stream_key)
-        undo = [(self.keys.open_streams(chat.user_id), stream_key), *checks.admission.taken]
+        # what this call may have counted: its own members, so taking back is always safe
+        undo = [
+            (self.keys.open_streams(chat.user_id), stream_key),
+            *self.limits.start_members(chat.user_id, chat.client_ip, stream_key),
+        ]
         try:
+            checks = await self._checks(chat, stream_key)
             stream, started = await self._decide(chat, checks, last_event_id)
         except BaseException:
             self._take_back_soon(undo)
