@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -10,18 +9,13 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import SlotNotCoveredError
 
-from echotune.common.messages import ChatJob, ChatMessage, ErrorEvent, Role
+from echotune.common.messages import ErrorEvent
 from echotune.common.request_stream import Take, Taken
 from echotune.worker.execute import _produce
 from echotune.worker.inflight import InFlight
+from tests.unit.worker.test_handlers import long_job
 
-JOB = ChatJob(
-    request_id="r-00000001",
-    messages=[ChatMessage(role=Role.USER, content="hi")],
-    provider="demo",
-    model="m",
-    deadline_at=time.time() + 60,
-)
+JOB = long_job("r-00000001")
 
 
 def failing(exc: Exception) -> Any:

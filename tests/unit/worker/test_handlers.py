@@ -6,8 +6,9 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
@@ -122,6 +123,45 @@ def sse_answer(tokens: list[str]) -> httpx.Response:
     return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
 
 
+def through_upstreams(
+    settings: WorkerSettings, *providers: dict[str, Any], **fields: Any
+) -> WorkerSettings:
+    """``settings`` with these providers (the first the default) and these fields."""
+    values = settings.model_dump(exclude={"providers", "fallbacks"})
+    return WorkerSettings(
+        **{**values, "default_provider": providers[0]["name"], **fields}, providers=list(providers)
+    )
+
+
+async def answer_from(
+    settings: WorkerSettings,
+    redis: Redis,
+    upstream: Callable[[httpx.Request], httpx.Response],
+    **job: Any,
+) -> tuple[str, dict[str, Any]]:
+    """One job for provider ``up`` run in-process, httpx's MockTransport standing in for the
+    providers; its request id and final event."""
+    broker = create_app(settings).broker
+    async with (
+        open_worker(settings, broker, transport=httpx.MockTransport(upstream)) as running,
+        TestRedisBroker(broker) as test,
+    ):
+        broker.context.set_global("worker", running)
+        rid = await opened(running)
+        question = [ChatMessage(role=Role.USER, content="hi")]
+        chat = ChatJob(
+            request_id=rid,
+            user_id="u1",
+            messages=question,
+            provider="up",
+            model="m1",
+            deadline_at=time.time() + 30,
+            **job,
+        )
+        await test.publish(chat, stream=settings.keys.jobs)
+        return rid, await wait_for_final(redis, settings.namespace, rid)
+
+
 async def test_a_failed_call_is_retried_through_the_transport_seam(
     settings: WorkerSettings, redis: Redis
 ) -> None:
@@ -134,28 +174,8 @@ async def test_a_failed_call_is_retried_through_the_transport_seam(
             return httpx.Response(503, json={"error": {"message": "busy"}})
         return sse_answer(["one ", "two"])
 
-    fields = settings.model_dump(exclude={"providers"})
-    settings = WorkerSettings(
-        **{**fields, "default_provider": "up", "retry_base_s": 0.01}, providers=[UPSTREAM]
-    )
-    broker = create_app(settings).broker
-    transport = httpx.MockTransport(upstream)
-    async with (
-        open_worker(settings, broker, transport=transport) as running,
-        TestRedisBroker(broker) as test,
-    ):
-        broker.context.set_global("worker", running)
-        rid = await opened(running)
-        job = ChatJob(
-            request_id=rid,
-            user_id="u1",
-            messages=[ChatMessage(role=Role.USER, content="hi")],
-            provider="up",
-            model="m1",
-            deadline_at=time.time() + 30,
-        )
-        await test.publish(job, stream=settings.keys.jobs)
-        final = await wait_for_final(redis, settings.namespace, rid)
+    settings = through_upstreams(settings, UPSTREAM, retry_base_s=0.01)
+    rid, final = await answer_from(settings, redis, upstream)
     entries = await redis.xrange(settings.keys.events(rid))
     kinds = [f["type"] for _, f in entries]
     assert kinds[0] == "start"
@@ -285,28 +305,7 @@ async def test_a_request_every_provider_refuses_is_not_retryable(
         return httpx.Response(status, json={"error": refusal})
 
     fallback = {**UPSTREAM, "name": "up2", "base_url": "http://up2.test/v1"}
-    fields = settings.model_dump(exclude={"providers", "fallbacks"})
-    settings = WorkerSettings(
-        **{**fields, "default_provider": "up", "retry_base_s": 0.01, "retry_attempts": 1},
-        providers=[UPSTREAM, fallback],
-    )
-    broker = create_app(settings).broker
-    async with (
-        open_worker(settings, broker, transport=httpx.MockTransport(upstream)) as running,
-        TestRedisBroker(broker) as test,
-    ):
-        broker.context.set_global("worker", running)
-        rid = await opened(running)
-        job = ChatJob(
-            request_id=rid,
-            user_id="u1",
-            messages=[ChatMessage(role=Role.USER, content="hi")],
-            provider="up",
-            model="m1",
-            fallbacks=["up2"],
-            deadline_at=time.time() + 30,
-        )
-        await test.publish(job, stream=settings.keys.jobs)
-        final = await wait_for_final(redis, settings.namespace, rid)
+    settings = through_upstreams(settings, UPSTREAM, fallback, retry_attempts=1)
+    _, final = await answer_from(settings, redis, upstream, fallbacks=["up2"])
     assert (final["type"], final["code"], final["retryable"]) == ("error", code, retryable)
     assert calls == ["up.test", "up2.test"]

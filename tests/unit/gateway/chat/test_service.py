@@ -14,16 +14,7 @@ from redis.asyncio.connection import AbstractConnection, Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from echotune.common.completion import FunctionCall, ToolCall
-from echotune.common.messages import (
-    ChatMessage,
-    DeltaEvent,
-    DoneEvent,
-    FinishReason,
-    Role,
-    Timings,
-    encode_event,
-)
+from echotune.common.messages import DeltaEvent, DoneEvent, FinishReason, Timings, encode_event
 from echotune.common.redis import timed_sends
 from echotune.common.request_stream import Batch
 from echotune.gateway.chat.relay import Entry
@@ -125,26 +116,6 @@ async def test_a_reconnect_to_an_answer_that_lapsed_does_not_start_it_again(
     await asyncio.gather(*service._background)  # the take-backs
     counted = await service.redis.zrange(keys.rate_limit("user", "anonymous"), 0, -1)
     assert counted == [first.stream_key], "the refused reconnect is not counted"
-
-
-async def test_a_tool_result_with_no_content_is_a_message(gateway: FastAPI) -> None:
-    """A function that returned nothing is a valid OpenAI tool message: it was 400 empty."""
-    service: ChatService = gateway.state.chat
-    call = ToolCall(id="call_1", function=FunctionCall(name="f", arguments="{}"))
-    chat = ChatInput(
-        request_id="tool-result-01",
-        user_id="anonymous",
-        message="",
-        history=(
-            ChatMessage(role=Role.USER, content="call f"),
-            ChatMessage(role=Role.ASSISTANT, content="", tool_calls=[call]),
-        ),
-        final=ChatMessage(role=Role.TOOL, content="", tool_call_id="call_1"),
-    )
-    stream = await service.open(chat, None)
-    assert stream is not None
-    assert stream.first_frame
-    service.release(stream)
 
 
 @contextlib.contextmanager
