@@ -75,6 +75,11 @@ async def upstream_attempts(
     }
 
 
+# Counted in Redis: the entries are binary FastStream messages, which a decoding client
+# cannot read.
+_COUNT_AFTER = "return #redis.call('XRANGE', KEYS[1], ARGV[1], '+')"
+
+
 async def telemetry_backlog(redis: Redis, keys: Keys) -> tuple[int, int, int]:
     """(stream length, entries not yet delivered to the writers, delivered but not acked).
 
@@ -87,8 +92,9 @@ async def telemetry_backlog(redis: Redis, keys: Keys) -> tuple[int, int, int]:
         return 0, 0, 0
     for group in groups:
         if group["name"] == TELEMETRY_GROUP:
-            after = await redis.xrange(keys.telemetry, f"({group['last-delivered-id']}", "+")
-            return length, len(after), int(group["pending"])
+            start = f"({group['last-delivered-id']}"
+            after = await redis.eval(_COUNT_AFTER, 1, keys.telemetry, start)
+            return length, int(after), int(group["pending"])
     return length, length, 0
 
 
