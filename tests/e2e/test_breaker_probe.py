@@ -10,12 +10,16 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 
 from echotune.fake_llm import FakeUpstream
 from tests.support.sse import StreamResult, read_stream
 from tests.support.stack import openai_provider, start_stack
 
 LEASE_S = 1.0  # ECHOTUNE_BREAKER_PROBE_TIMEOUT_S
+
+# the probe's 1 s lease must be renewed on time: a machine shared with other tests starves it
+pytestmark = pytest.mark.serial
 PROBE_TOKENS, PROBE_PACE_MS = 12, 300  # the probe streams for ~3.6 s: over 3 leases
 WAVES, PER_WAVE, WAVE_GAP_S = 8, 3, 0.4
 
