@@ -15,8 +15,6 @@ from echotune.worker.execute import _produce
 from echotune.worker.inflight import InFlight
 from tests.unit.worker.test_handlers import long_job
 
-JOB = long_job("r-00000001")
-
 
 def failing(exc: Exception) -> Any:
     async def produce() -> None:
@@ -26,8 +24,9 @@ def failing(exc: Exception) -> Any:
 
 
 async def end_of(exc: Exception) -> Any:
+    """Built per call: a module-level job's 30 s deadline had passed when xdist ran it later."""
     held, taken = InFlight("r-00000001", "1-1"), Taken(Take.TAKEN, epoch=1)
-    return await _produce(JOB, held, taken, failing(exc), SimpleNamespace())
+    return await _produce(long_job("r-00000001"), held, taken, failing(exc), SimpleNamespace())
 
 
 async def test_a_bug_ends_the_answer_with_an_internal_error() -> None:
