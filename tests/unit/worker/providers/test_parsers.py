@@ -423,6 +423,16 @@ async def test_a_gemini_tool_call_that_failed_is_not_an_empty_answer(reason: str
     assert reason in str(error)
 
 
+async def test_an_openai_refusal_is_the_answer_text() -> None:
+    """A refusal came in ``delta.refusal``, not ``content``: the answer was empty."""
+    chunks = [{"delta": {"role": "assistant", "refusal": ""}}, {"delta": {"refusal": "I can"}}]
+    chunks += [{"delta": {"refusal": "not help."}}, {"delta": {}, "finish_reason": "stop"}]
+    body = "".join(f"data: {json.dumps({'choices': [c]})}\n\n" for c in chunks)
+    items, _ = await collect(ProviderKind.OPENAI, lambda _: sse(body + "data: [DONE]\n\n"))
+    assert texts(items) == ["I can", "not help."]
+    assert items[-1] == Finish(FinishReason.STOP, Usage())
+
+
 @pytest.mark.parametrize("kind", HTTP_KINDS)
 async def test_stream_without_end_marker_is_malformed(kind: ProviderKind) -> None:
     error, seen = await failure(kind, lambda _: sse(TRUNCATED[kind]))

@@ -65,6 +65,7 @@ class OpenAIParser:
             delta = as_dict(choice.get("delta"))
             logprobs = as_dict(choice.get("logprobs")).get("content")
             items += _text(self.provider, delta.get("content"), logprobs)
+            items += _text(self.provider, delta.get("refusal"), None)  # shown as the answer
             items += _tool_calls(self.provider, delta.get("tool_calls"))
             reason = choice.get("finish_reason")
             if isinstance(reason, str):
