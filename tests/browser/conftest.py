@@ -15,11 +15,15 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.async_api import expect
 
 from deploy.local.servers import free_port
 from echotune.fake_llm import FakeUpstream
 from tests.browser.ui import UI, ScriptedAnswers
 from tests.support.stack import AUTH, Stack, start_stack
+
+# Playwright waits 5 s by default; a page on a loaded machine (phase 1 of make test) needs more.
+expect.set_options(timeout=15_000)
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"

@@ -56,6 +56,7 @@ async def door(
         fake_llm,
         workers=0,
         ECHOTUNE_GATEWAY_ANALYTICS_URL=analytics_url[0],
+        ECHOTUNE_GATEWAY_ANALYTICS_TIMEOUT_S="60",  # the test server is slow on a busy machine
         ECHOTUNE_MONGODB_URL=analytics_url[1],
     )
     yield running

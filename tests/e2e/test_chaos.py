@@ -124,6 +124,7 @@ async def test_redis_restart_during_traffic(
         await stack.stop()
 
 
+@pytest.mark.serial  # 1000 starts at once load the machine (and must land within the minute)
 async def test_a_flood_of_chat_starts_is_limited_and_others_are_served(
     redis_server_url: str,
     fake_llm: str,

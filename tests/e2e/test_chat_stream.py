@@ -123,7 +123,7 @@ async def test_cancel_closes_the_upstream_connection_at_once(
     assert record["closed_by_client"] is True
     delay_ms = (record["ended_ns"] - cancelled_at) / 1e6
     print(f"cancel -> upstream close: {delay_ms:.1f} ms")
-    assert 0 < delay_ms < 500
+    assert 0 < delay_ms < 2000  # at once (the answer had 10 s to go); slack for a loaded machine
 
 
 @pytest.mark.cluster
@@ -146,7 +146,7 @@ async def test_cancel_before_the_first_token(
     (record,) = await upstream.requests(rid)
     assert record["closed_by_client"] is True
     assert record["tokens_sent"] == 0
-    assert (record["ended_ns"] - cancelled_at) / 1e6 < 500
+    assert (record["ended_ns"] - cancelled_at) / 1e6 < 2000  # the first token was 10 s away
     # A cancel after the end changes nothing.
     _, again = await cancel(client, stack, rid)
     assert again.status_code == 200
@@ -221,7 +221,8 @@ async def test_disconnect_is_not_a_cancel_but_an_abandoned_stream_stops(
     (record,) = await upstream.requests(rid)
     assert record["closed_by_client"] is True
     waited_s = (record["ended_ns"] - left_at) / 1e9
-    assert 3.0 <= waited_s < 6.0, waited_s  # resume window 3 s, checked every second
+    # The resume window is 3 s, checked every second (slack both ways for a loaded machine).
+    assert 2.0 <= waited_s < 8.0, waited_s
     assert record["tokens_sent"] > 3 + 40, "it kept streaming for a returning reader"
     assert left.events[0].event == "start"
 

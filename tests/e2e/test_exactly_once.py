@@ -28,7 +28,10 @@ async def test_a_chat_started_before_any_worker_exists_is_answered_once_one_star
     redis_server_url: str, fake_llm: str, client: httpx.AsyncClient, upstream: FakeUpstream
 ) -> None:
     """The jobs group used to be created at ``$`` by the first worker: earlier jobs were lost."""
-    stack = await start_stack(redis_server_url, fake_llm, workers=0)
+    # The gateway waits for the worker's cold start (slow on a loaded machine) before it checks.
+    stack = await start_stack(
+        redis_server_url, fake_llm, workers=0, ECHOTUNE_GATEWAY_PICKUP_TIMEOUT_S="60"
+    )
     try:
         rid = f"early-{uuid.uuid4().hex}"
         await upstream.script(rid, {"tokens": ["worth ", "the ", "wait"]})
@@ -55,13 +58,15 @@ async def test_jobs_held_under_a_backlog_are_never_run_twice(
         fake_llm,
         workers=2,
         ECHOTUNE_WORKER_CONCURRENCY="1",
-        ECHOTUNE_WORKER_RECLAIM_IDLE_S="1",
+        # Refreshed every 1 s; the last job of each worker waits 7 s for its slot. (A 1 s idle
+        # let a worker stalled for 0.7 s by a loaded machine lose a job it was running.)
+        ECHOTUNE_WORKER_RECLAIM_IDLE_S="3",
     )
     try:
         rids = [f"backlog-{n}-{uuid.uuid4().hex}" for n in range(6)]
         tokens = [f"t{i} " for i in range(12)]
         for rid in rids:
-            await upstream.script(rid, {"tokens": tokens, "pace_ms": 100})
+            await upstream.script(rid, {"tokens": tokens, "pace_ms": 300})
         results = await asyncio.gather(
             *(
                 read_stream(

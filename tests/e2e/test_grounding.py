@@ -352,8 +352,9 @@ async def test_mongodb_down_the_answer_starts_within_the_bound(
               f"time to first token {ttft:.0f} ms")  # fmt: skip
     assert reasons[0] in ("timeout", "mongodb_unavailable")
     assert reasons[-1] == "mongodb_paused", "a failure leaves MongoDB alone for a while"
-    # the bound, plus scheduling slack on a busy machine
-    assert max(loads) <= PROFILE_BOUND_S * 1000 + 250, loads
+    # the bound, plus scheduling slack on a busy machine (unbounded, MongoDB's server
+    # selection would wait 30 s)
+    assert max(loads) <= PROFILE_BOUND_S * 1000 + 1000, loads
 
 
 async def test_an_unknown_time_zone_is_a_clear_422(gstack: Stack, rid: str) -> None:
@@ -400,6 +401,7 @@ ZONES = ["UTC", "Europe/Paris", "Asia/Tokyo", "America/New_York", "Australia/Syd
          "Europe/Madrid", "Asia/Seoul"]  # fmt: skip
 
 
+@pytest.mark.serial  # a measurement, and its bound check needs a machine not shared
 async def test_what_the_profile_adds_to_time_to_first_token(
     bound_stack: Stack, upstream: FakeUpstream, rid: str
 ) -> None:

@@ -103,7 +103,7 @@ async def test_closing_the_stream_cancels_upstream(
     assert record["closed_by_client"] is True
     delay_ms = (record["ended_ns"] - closed_ns) / 1e6
     print(f"openai door: client close -> upstream close {delay_ms:.1f} ms")
-    assert delay_ms < 500
+    assert delay_ms < 2000  # at once (100 tokens to go); slack for a loaded machine
     assert record["tokens_sent"] < 100
 
 

@@ -34,6 +34,8 @@ async def pstack(
         ECHOTUNE_NAMESPACE=harness.namespace,
         ECHOTUNE_MONGODB_URL=harness.mongo_url,
         ECHOTUNE_WORKER_CONTEXT_MAX_CHARS=str(CONTEXT_BOUND),
+        # The test server is slow on a loaded machine; one slow read would pause the context.
+        ECHOTUNE_WORKER_CONTEXT_TIMEOUT_S="5",
     )
     telemetry, _ = await harness.start()
     yield running

@@ -39,7 +39,8 @@ async def rstack(redis_server_url: str, fake_llm: str) -> AsyncIterator[Stack]:
         ECHOTUNE_DEFAULT_PROVIDER="backup",
         ECHOTUNE_FALLBACKS=json.dumps(["backup"]),
         ECHOTUNE_BREAKER_CONSECUTIVE_FAILURES="3",
-        ECHOTUNE_BREAKER_COOLDOWN_S="1",
+        # Long enough that a loaded machine checks an open breaker before it half-opens.
+        ECHOTUNE_BREAKER_COOLDOWN_S="5",
         ECHOTUNE_WORKER_RETRY_BASE_S="0.1",
         ECHOTUNE_WORKER_RETRY_CAP_S="0.4",
     )
@@ -143,7 +144,8 @@ async def test_half_open_lets_one_probe_through_across_workers(
     await asyncio.sleep(max(health["breaker"]["next_probe_at"] - time.time(), 0) + 0.05)
     rids = [new_rid() for _ in range(8)]
     for rid in rids:
-        await upstream.script(rid, {"tokens": ["slow probe"], "ttft_ms": 800})
+        # The probe holds the half-open breaker for 3 s, so every job meets it in flight.
+        await upstream.script(rid, {"tokens": ["slow probe"], "ttft_ms": 3000})
     results = await asyncio.gather(*(chat(client, rstack, rid, "probe") for rid in rids))
     models = [r["json"]["model"] for rid in rids for r in await upstream.requests(rid)]
     workers = [w for w in rstack.workers if any(f"[rid={rid}]" in w.output() for rid in rids)]

@@ -168,7 +168,7 @@ async def test_open_streams_per_user_are_capped(
     key = await new_key(redis, secure, f"hoarder-{uuid.uuid4().hex[:6]}")
     rids = [f"hold-{uuid.uuid4().hex}" for _ in range(2)]
     for rid in rids:
-        await upstream.script(rid, {"tokens": ["x"], "ttft_ms": 1500})
+        await upstream.script(rid, {"tokens": ["x"], "ttft_ms": 4000})  # held past the third
     async with httpx.AsyncClient(base_url=secure.url, headers=bearer(key), timeout=10) as http:
         holders = [
             asyncio.create_task(

@@ -42,8 +42,11 @@ async def harness(redis_server_url: str, mongo_server_url: str) -> AsyncIterator
 
 @pytest.fixture(scope="module")
 async def writer(harness: TelemetryHarness) -> AsyncIterator[str]:
-    """One telemetry process on the harness's namespace and database; its HTTP URL."""
-    proc, url = await harness.start()
+    """One telemetry process on the harness's namespace and database; its HTTP URL. No test
+    here needs a quick reclaim or timeout: on a loaded machine they counted a write twice."""
+    proc, url = await harness.start(
+        ECHOTUNE_TELEMETRY_CLAIM_IDLE_MS="10000", ECHOTUNE_TELEMETRY_MONGO_TIMEOUT_MS="10000"
+    )
     yield url
     await proc.stop()
 

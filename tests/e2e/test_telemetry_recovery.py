@@ -151,7 +151,13 @@ async def test_reclaimer_counts_what_a_crash_left_uncounted_once(
     await harness.db[PROVIDER_TELEMETRY].insert_many(uncounted)  # stored, died before counting
     assert await harness.rollup_count(provider) == 30
 
-    proc, url = await harness.start("telemetry-successor")
+    # Slow enough that it never reclaims its own entries or times out a write on a loaded
+    # machine (either would count twice); the ghost's entries wait 4 s for it.
+    proc, url = await harness.start(
+        "telemetry-successor",
+        ECHOTUNE_TELEMETRY_CLAIM_IDLE_MS="4000",
+        ECHOTUNE_TELEMETRY_MONGO_TIMEOUT_MS="10000",
+    )
     try:
         await harness.wait_drained()
         metrics = await scrape(client, url)

@@ -33,7 +33,7 @@ async def relay_blocked(redis: Redis, others: set[str]) -> None:
 
 
 async def take(sub: Subscription, n: int) -> list[Entry]:
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(10):
         return [await sub.queue.get() for _ in range(n)]
 
 
@@ -77,7 +77,8 @@ async def test_busy_reads_are_spaced_and_shared_while_an_idle_entry_is_read_at_o
     of their relay CPU at 100 streams: entries that come within ``round_s`` share one read."""
     keys = Keys(f"t{uuid.uuid4().hex[:8]}")
     rids = [f"r-{uuid.uuid4().hex}" for _ in range(3)]
-    relay = StreamRelay(redis_server_url, keys, block_ms=5000, batch=100, round_s=1.0, full_at=3)
+    # A 3 s spacing: an idle entry read within 1.5 s was read at once, on a loaded machine too.
+    relay = StreamRelay(redis_server_url, keys, block_ms=5000, batch=100, round_s=3.0, full_at=3)
     replies: list[str] = []
     read = relay._read
 
@@ -98,7 +99,7 @@ async def test_busy_reads_are_spaced_and_shared_while_an_idle_entry_is_read_at_o
         began = loop.time()
         await redis.xadd(keys.events(rids[0]), {"type": "delta", "data": "idle"})
         await take(subs[0], 1)
-        assert loop.time() - began < 0.8, "idle: read as it came"
+        assert loop.time() - began < 1.5, "idle: read as it came"
         for rid in rids[1:]:  # each a little later, both within the spacing
             await redis.xadd(keys.events(rid), {"type": "delta", "data": "busy"})
             await asyncio.sleep(0.02)
