@@ -11,9 +11,15 @@ import pytest
 from redis.asyncio import Redis
 
 from echotune.common.keys import Keys
-from echotune.common.messages import StartEvent
+from echotune.common.messages import (
+    DoneEvent,
+    FailoverEvent,
+    FinishReason,
+    StartEvent,
+    Timings,
+)
 from echotune.common.redis import create_redis
-from echotune.common.request_stream import AppendRefused, RequestStreams
+from echotune.common.request_stream import AppendRefused, Final, RequestStreams
 from echotune.worker.writer import AppendFlusher, EventWriter, Refused
 from tests.support.flaky_proxy import reply_dropping_proxy
 
@@ -37,7 +43,16 @@ class Producer:
             taken.epoch,
             on_cancel=lambda: self.cancelled.append(True),
             on_refused=self.refused.append,
+            restart=RESTART,
         )
+
+
+RESTART = FailoverEvent(
+    from_provider="p", to_provider="p", to_model="m", reason="events_lost", discard_partial=True
+)
+DONE = DoneEvent(
+    finish_reason=FinishReason.STOP, provider="p", model="m", timings=Timings(total_ms=1)
+)
 
 
 async def opened(redis: Redis, keys: Keys) -> str:
@@ -90,6 +105,62 @@ async def test_an_append_whose_reply_was_lost_is_applied_once(
         await client.aclose()
     assert proxy.dropped == 1
     assert await deltas(redis, keys, rid) == ["one ", "two ", "three"]
+
+
+async def lose_the_last_entry(redis: Redis, keys: Keys, rid: str) -> None:
+    """What a failover does to a write the old primary acknowledged and never replicated."""
+    [(entry_id, _)] = await redis.xrevrange(keys.events(rid), count=1)
+    await redis.xdel(keys.events(rid), entry_id)
+    await redis.hincrby(keys.meta(rid), "seq", -1)
+
+
+async def as_read(redis: Redis, keys: Keys, rid: str) -> tuple[list[str], str]:
+    """The stored entries' types, and the text a client reading them ends with."""
+    kinds, text = [], ""
+    for _, fields in await redis.xrange(keys.events(rid)):
+        kinds.append(fields["type"])
+        data = json.loads(fields["data"])
+        if fields["type"] == "delta":
+            text += data["delta"]
+        elif fields["type"] == "failover" and data["discard_partial"]:
+            text = ""
+    return kinds, text
+
+
+async def test_entries_redis_lost_are_replayed_behind_a_restart(
+    redis: Redis, keys: Keys, running: Producer
+) -> None:
+    """A failover lost acknowledged entries; the next append went on after the hole, and the
+    stored answer had a gap (cluster chaos run, CI stop 30)."""
+    rid = await opened(redis, keys)
+    writer = await running.writer(rid)
+    for text in ("one ", "two "):
+        writer.delta(text)
+        await writer.flush()
+    await lose_the_last_entry(redis, keys, rid)
+    writer.delta("three")
+    await writer.flush()
+    kinds, text = await as_read(redis, keys, rid)
+    assert kinds == ["start", "delta", "failover", "delta", "delta", "delta"]
+    assert text == "one two three"
+    writer.delta(" four")  # and it goes on after the replay
+    assert await writer.final(DONE) is Final.WRITTEN
+    assert (await as_read(redis, keys, rid))[1] == "one two three four"
+
+
+async def test_entries_lost_just_before_the_final_are_replayed_before_it(
+    redis: Redis, keys: Keys, running: Producer
+) -> None:
+    rid = await opened(redis, keys)
+    writer = await running.writer(rid)
+    for text in ("one ", "two"):
+        writer.delta(text)
+        await writer.flush()
+    await lose_the_last_entry(redis, keys, rid)
+    assert await writer.final(DONE) is Final.WRITTEN
+    kinds, text = await as_read(redis, keys, rid)
+    assert kinds == ["start", "delta", "failover", "delta", "delta", "done"]
+    assert text == "one two"
 
 
 async def test_text_buffered_while_a_write_is_in_flight_is_merged(

@@ -14,6 +14,9 @@ fencing token of the current producer: 0 until a worker takes the job, +1 at eve
 * A worker **takes** the job: a new epoch fences off any earlier producer. Its appends
   carry (epoch, seq): a stale producer is refused, a retried append is applied once.
 * The **final** event is written once; the TTLs shrink to the resume window with it.
+* A producer's next entry must follow the last one stored: a gap means Redis lost entries
+  it had acknowledged (a failover's asynchronous replication), and the producer replays its
+  answer behind a ``discard_partial`` failover (``worker/writer.py``).
 * A **cancel** sets the flag and announces it; appends and the worker's sweep read the flag,
   so a lost announcement delays a cancel by about a second, never forever.
 """
@@ -88,7 +91,8 @@ return {'taken', epoch, m[3] and 1 or 0, redis.call('EXISTS', KEYS[2])}
 # Appends of any number of requests (one on a cluster: their keys share no slot). KEYS:
 # meta, events, cancel flag per request. ARGV: maxlen, schema version, then per request its
 # epoch, first seq, entry count and (type, data) per entry. Returns {written, cancelled} per
-# request; written = -1 fenced, -2 ended, -3 gone.
+# request; written = -1 fenced, -2 ended, -3 gone, -4 lost (then the second number is the
+# last seq stored: entries after it were acknowledged, then lost).
 _APPEND = Script("""
 local maxlen, version, out, a = ARGV[1], ARGV[2], {}, 3
 for k = 1, #KEYS, 3 do
@@ -100,6 +104,7 @@ for k = 1, #KEYS, 3 do
   if not m[1] then written = -3
   elseif m[3] then written = -2
   elseif m[1] ~= epoch then written = -1
+  elseif first > tonumber(m[2]) + 1 then written, cancelled = -4, tonumber(m[2])
   else
     local last, streamed = tonumber(m[2]), false
     for i = 0, count - 1 do
@@ -126,10 +131,12 @@ return out
 
 # ARGV: epoch, seq, ttl, version, type, data[, the data when text was streamed]. The
 # epoch 'untaken' writes only while no worker took the job; 'force' fences off whoever holds
-# it (the gateway ending an answer that is cancelled, late or lost).
+# it (the gateway ending an answer that is cancelled, late or lost). A producer's final whose
+# seq does not follow the last entry stored is 'lost' (its entries were lost: it replays).
 _FINAL = Script("""
 local meta, events, flag, reader = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local m = redis.call('HMGET', meta, 'epoch', 'final_id', 'final_epoch', 'final_seq', 'streamed')
+local m = redis.call('HMGET', meta, 'epoch', 'final_id', 'final_epoch', 'final_seq', 'streamed',
+                     'seq')
 if not m[1] then return {'gone'} end
 if m[2] then
   if m[3] == ARGV[1] and m[4] == ARGV[2] then return {'written', m[2]} end
@@ -141,6 +148,8 @@ elseif ARGV[1] == 'force' then
   redis.call('HINCRBY', meta, 'epoch', 1)
 elseif m[1] ~= ARGV[1] then
   return {'fenced'}
+elseif tonumber(ARGV[2]) > tonumber(m[6]) + 1 then
+  return {'lost'}
 end
 local data = ARGV[6]
 if ARGV[7] and m[5] then data = ARGV[7] end
@@ -218,12 +227,15 @@ class AppendRefused(StrEnum):
 
 
 _REFUSALS = {-1: AppendRefused.FENCED, -2: AppendRefused.ENDED, -3: AppendRefused.GONE}
+_LOST = -4
 
 
 @dataclass(frozen=True, slots=True)
 class Appended:
     refused: AppendRefused | None
     cancelled: bool
+    stored_seq: int | None = None
+    """Set when entries were lost: the producer's last entry Redis still holds."""
 
 
 class Final(StrEnum):
@@ -232,6 +244,8 @@ class Final(StrEnum):
     FENCED = "fenced"
     TAKEN = "taken"
     GONE = "gone"
+    LOST = "lost"
+    """Entries the producer appended were lost: it replays them before its final."""
 
 
 UNTAKEN = "untaken"
@@ -263,7 +277,10 @@ class Batch:
 
 def _appended(reply: Sequence[Any], at: int) -> Appended:
     """The result of the batch whose pair of numbers starts at ``reply[at]``."""
-    return Appended(_REFUSALS.get(int(reply[at])), bool(int(reply[at + 1])))
+    written, second = int(reply[at]), int(reply[at + 1])
+    if written == _LOST:
+        return Appended(None, False, stored_seq=second)
+    return Appended(_REFUSALS.get(written), bool(second))
 
 
 def _text(value: Any) -> str:
@@ -474,6 +491,10 @@ class RequestStreams:
             self.redis, self._keys(request_id, "meta", "events", "cancel", "reader"), args
         )
         return Final(_text(reply[0]))
+
+    async def stored_seq(self, request_id: str) -> int:
+        """The current producer's last entry Redis holds (after a :data:`Final.LOST`)."""
+        return int(await self.redis.hget(self.keys.meta(request_id), "seq") or 0)
 
     def queue_probe(self, pipe: Pipeline, request_id: str) -> None:
         """Queue: is a reader attached, was a cancel asked (two replies)."""

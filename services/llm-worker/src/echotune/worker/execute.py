@@ -58,6 +58,13 @@ async def _execute(ctx: Worker, job: ChatJob, held: InFlight, first: bool) -> bo
         taken.epoch,
         on_cancel=lambda: held.stop(CANCELLED),
         on_refused=lambda why: held.stop(FENCED if why is AppendRefused.FENCED else ENDED),
+        restart=FailoverEvent(
+            from_provider=job.provider,
+            to_provider=job.provider,
+            to_model=job.model,
+            reason="events_lost",
+            discard_partial=True,
+        ),
         stamp=ctx.settings.stamp_tokens,
     )
     try:

@@ -5,7 +5,10 @@ process's :class:`AppendFlusher`, which appends whatever every request accumulat
 round trip, while the previous one was in flight. Idle, that is one entry per token as soon
 as it comes; busy, fewer and larger writes (consecutive deltas of a request merge into one
 entry). Entries carry the producer's epoch and sequence numbers (``request_stream.py``), so
-a retried append is applied once and a producer that lost the job is refused.
+a retried append is applied once and a producer that lost the job is refused. When Redis
+lost entries it had acknowledged (a failover's asynchronous replication), the writer appends
+its ``restart`` event (a ``discard_partial`` failover) and everything it wrote again: a
+client that saw the lost entries and one that never did both end with the whole answer.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from echotune.common.request_stream import (
 log = logging.getLogger(__name__)
 
 RETRY_S = 0.2
+REPLAYS = 3
+"""Finals tried after replays (each a failover losing entries) before giving up."""
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 """One encoder for every delta (``json.dumps`` with options builds one per call)."""
 TEXT = "text"
@@ -54,10 +59,14 @@ class EventWriter:
         *,
         on_cancel: Callable[[], None],
         on_refused: Callable[[AppendRefused], None],
+        restart: ChatEvent,
         stamp: bool = False,
     ) -> None:
         self._flusher, self.request_id, self.epoch = flusher, request_id, epoch
         self._on_cancel, self._on_refused, self._stamp = on_cancel, on_refused, stamp
+        fields = encode_event(restart)
+        self._restart = (fields["type"], fields["data"])
+        self._history: list[tuple[str, str]] = []  # every entry taken, for a replay
         self._pending: list[list[str]] = []  # [type, data] or ["delta", text] (TEXT: merged)
         self._retry: Batch | None = None
         self._in_flight = False
@@ -100,10 +109,15 @@ class EventWriter:
 
     async def final(self, event: ChatEvent) -> Final:
         """Flush, then write ``event`` as the last entry (once, even if retried)."""
-        await self.flush()
-        return await self._flusher.streams.append_final(
-            self.request_id, self.epoch, self._next_seq, event
-        )
+        streams = self._flusher.streams
+        for _ in range(REPLAYS):
+            await self.flush()
+            outcome = await streams.append_final(self.request_id, self.epoch, self._next_seq, event)
+            if outcome is not Final.LOST:
+                return outcome
+            self._retry = self._replay(await streams.stored_seq(self.request_id))
+            self._changed()
+        return Final.LOST
 
     def close(self) -> None:
         """Drop whatever was not sent: the producer is gone (its job ended or was taken)."""
@@ -126,6 +140,7 @@ class EventWriter:
         batch, self._retry = self._retry, None
         if batch is None and self._pending:
             entries = [self._entry(kind, value) for kind, value in self._pending]
+            self._history += entries
             batch = Batch(self.request_id, self.epoch, self._next_seq, entries)
             self._next_seq += len(entries)
             self._pending = []
@@ -140,10 +155,19 @@ class EventWriter:
             payload["t"] = time.monotonic_ns()
         return "delta", _encode(payload)
 
+    def _replay(self, stored_seq: int) -> Batch:
+        """The restart event and every entry again, after the last one Redis still holds."""
+        log.warning("Redis lost entries after seq %d (a failover): replaying them", stored_seq)
+        entries = [self._restart, *self._history]
+        self._next_seq = stored_seq + 1 + len(entries)
+        return Batch(self.request_id, self.epoch, stored_seq + 1, entries)
+
     def sent(self, batch: Batch, result: Appended | Exception) -> None:
         self._in_flight = False
         if isinstance(result, Exception):
             self._retry = batch
+        elif result.stored_seq is not None:
+            self._retry = self._replay(result.stored_seq)
         elif result.refused is not None:
             self.refused = result.refused
             self._pending = []
