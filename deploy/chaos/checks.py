@@ -103,7 +103,7 @@ class RequestChecks:
             if got != wanted:
                 missed = [i for i in wanted if i not in got]
                 extra = [i for i in got if i not in wanted]
-                if not missed and self._replayed(s, index, extra):
+                if not missed and self._replayed(s, set(stored)):
                     self.f.excuse(
                         "event_ids",
                         s.request_id,
@@ -122,15 +122,20 @@ class RequestChecks:
                 )
 
     @staticmethod
-    def _replayed(s: Session, index: int, lost: list[str]) -> bool:
-        """Every delivered entry Redis no longer holds came before an ``events_lost`` restart
-        on the same connection (Redis lost them after acknowledging: see request_stream.py)."""
-        events = [e for e in s.events if e.conn == index and e.id]
-        last_lost = max(i for i, e in enumerate(events) if e.id in lost)
-        return any(
-            e.type == "failover" and (e.data or {}).get("reason") == "events_lost"
-            for e in events[last_lost + 1 :]
-        )
+    def _replayed(s: Session, stored: set[str]) -> bool:
+        """Each delivered entry Redis no longer holds is followed, next among the stored ones
+        the client got (on its connection or the one that resumed after it), by the worker's
+        ``events_lost`` restart: Redis lost them after acknowledging (request_stream.py)."""
+        events = [e for e in s.events if e.id]
+        for n, event in enumerate(events):
+            if event.id in stored:
+                continue
+            after = next((e for e in events[n + 1 :] if e.id in stored), None)
+            if after is None or after.type != "failover":
+                return False
+            if (after.data or {}).get("reason") != "events_lost":
+                return False
+        return True
 
     def _sharing(self, s: Session, index: int) -> str:
         """Other clients of the same request on the same gateway at the same time."""

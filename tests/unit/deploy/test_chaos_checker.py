@@ -212,6 +212,26 @@ def test_entries_lost_by_a_failover_and_replayed_are_excused_not_skipped() -> No
     assert any("1 not stored ['1002-0']" in d for d in found), found
 
 
+def test_an_unstored_event_long_before_a_replay_is_not_excused() -> None:
+    """An invented id, then stored events, then a genuine loss and its replay."""
+    h = replayed_after_a_loss(restart=True)
+    session = h.sessions[0]
+    session.events.insert(1, Seen(int(0.3 * S), 0, "delta", "1000-5", {"delta": ""}))
+    found = [d for name, d in violations(h) if name == "event_ids"]
+    assert len(found) == 1
+    assert "not stored ['1000-5'" in found[0]
+
+
+def test_a_loss_whose_replay_came_on_the_resumed_connection_is_excused() -> None:
+    h = replayed_after_a_loss(restart=True)
+    session = h.sessions[0]
+    session.connections.append(Connection("resume", 0, 1, last_event_id="1002-0"))
+    for event in session.events[3:]:
+        event.conn = 1
+    _, findings = check(h)
+    assert findings.violations == []
+
+
 def test_a_partial_error_may_end_a_prefix_but_must_say_so() -> None:
     upstream = {RID: [attempt(0.2, 0.7, "a b c ", "disconnected_by_server")]}
     partial = (0.8, "error", {"code": "partial_answer", "partial": True})

@@ -161,6 +161,10 @@ class RetryEvent(Contract):
     reason: str
 
 
+EVENTS_LOST = "events_lost"
+"""A failover's reason when Redis lost entries and the worker replays its whole answer."""
+
+
 class FailoverEvent(Contract):
     """The answer moves on to another provider."""
 

@@ -10,6 +10,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from echotune.common.logs import request_id_var
 from echotune.common.messages import (
+    EVENTS_LOST,
     ChatEvent,
     ChatJob,
     DoneEvent,
@@ -62,7 +63,7 @@ async def _execute(ctx: Worker, job: ChatJob, held: InFlight, first: bool) -> bo
             from_provider=job.provider,
             to_provider=job.provider,
             to_model=job.model,
-            reason="events_lost",
+            reason=EVENTS_LOST,
             discard_partial=True,
         ),
         stamp=ctx.settings.stamp_tokens,
@@ -153,4 +154,4 @@ async def _end(writer: EventWriter, final: ChatEvent, deadline_at: float) -> boo
             await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
     if outcome is not Final.WRITTEN:
         log.warning("final %s not written: %s", final.type, outcome.value)
-    return outcome is not Final.FENCED
+    return outcome not in (Final.FENCED, Final.LOST)  # lost again and again: left for a reclaim

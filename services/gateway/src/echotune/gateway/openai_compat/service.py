@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from echotune.common.messages import (
+    EVENTS_LOST,
     SCHEMA_VERSION,
     DeltaEvent,
     DoneEvent,
@@ -63,16 +64,19 @@ class Completion:
     error: tuple[int, str, str] | None = None
     restarted: bool = False
     """The answer started over (``discard_partial``): the text so far is void."""
+    replayed: bool = False
+    """The restart replays the same answer (Redis lost entries): the text so far comes again."""
 
     def absorb(self, entry: Entry) -> Piece | None:
         """Take in one event; the piece of the answer it carries, if any."""
         fields = {"v": str(SCHEMA_VERSION), "type": entry.type, "data": entry.data}
         match decode_event(fields):
-            case FailoverEvent(discard_partial=True):
+            case FailoverEvent(discard_partial=True) as failover:
                 self.text.clear()
                 self.tool_calls.clear()
                 self.logprobs = None
                 self.restarted = True
+                self.replayed = failover.reason == EVENTS_LOST
             case DeltaEvent() as delta:
                 return self._piece(delta)
             case DoneEvent() as done:
@@ -175,24 +179,74 @@ def sse_data(payload: dict[str, Any] | str) -> bytes:
     return f"data: {text}\n\n".encode()
 
 
+INTERRUPTED = (503, "worker_lost", "the answer was interrupted; retry the request")
+
+
+@dataclass
+class Sent:
+    """The text a streaming client already has, so that a replay of it is not sent again."""
+
+    text: str = ""
+    any: bool = False
+    plain: bool = True
+    """Only text was sent (no tool calls, no logprobs): a replay of it can be matched."""
+    echo: str = ""
+    """After a replay's restart, the sent text the replay has still to repeat."""
+    diverged: bool = False
+
+    def add(self, piece: Piece) -> None:
+        self.any = True
+        self.plain = self.plain and piece.logprobs is None and set(piece.delta) <= {"content"}
+        self.text += piece.delta.get("content", "")
+
+    def replay(self) -> bool:
+        """A replay of the answer begins: whether what was sent can be matched against it."""
+        self.echo = self.text
+        return self.plain
+
+    def repeats(self, piece: Piece) -> bool:
+        """Whether ``piece`` only repeats sent text; trims the part past it off ``piece``."""
+        if not self.echo:
+            return False
+        content = piece.delta.get("content", "")
+        if piece.logprobs is not None or set(piece.delta) - {"content"}:
+            self.diverged = True
+            return False
+        if self.echo.startswith(content):
+            self.echo = self.echo[len(content) :]
+            return True
+        if not content.startswith(self.echo):
+            self.diverged = True
+            return False
+        piece.delta["content"] = content[len(self.echo) :]
+        self.echo = ""
+        return False
+
+
 async def chunk_stream(
     completion: Completion, entries: AsyncIterator[Entry | None], include_usage: bool
 ) -> AsyncIterator[bytes]:
     """``chat.completion.chunk`` frames: role first, then content, finish, usage, ``[DONE]``."""
     yield sse_data(completion.chunk({"role": "assistant", "content": ""}))
-    sent = False
+    sent = Sent()
     async for entry in entries:
         if entry is None:
             yield b": keepalive\n\n"
             continue
         piece = completion.absorb(entry)
-        if completion.restarted and sent:
-            # Text already sent cannot be taken back: end rather than repeat it.
-            completion.error = (503, "worker_lost", "the answer was interrupted; retry the request")
+        if completion.restarted and sent.any and not (completion.replayed and sent.replay()):
+            # Text already sent cannot be taken back: end rather than repeat it (and the
+            # answer is cancelled when the stream closes: see routes.py).
+            completion.error = INTERRUPTED
             break
         completion.restarted = False
+        if piece is not None and sent.repeats(piece):
+            continue
         if piece is not None:
-            sent = True
+            if sent.diverged:
+                completion.error, completion.restarted = INTERRUPTED, True
+                break
+            sent.add(piece)
             yield sse_data(completion.chunk(piece.delta, logprobs=piece.logprobs))
     if completion.error:
         _, code, message = completion.error
