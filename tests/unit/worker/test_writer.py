@@ -127,17 +127,25 @@ async def as_read(redis: Redis, keys: Keys, rid: str) -> tuple[list[str], str]:
     return kinds, text
 
 
+async def written_then_lost(
+    redis: Redis, keys: Keys, running: Producer, *texts: str
+) -> tuple[str, EventWriter]:
+    """A request whose writer appended ``texts``, one at a time; Redis then lost the last."""
+    rid = await opened(redis, keys)
+    writer = await running.writer(rid)
+    for text in texts:
+        writer.delta(text)
+        await writer.flush()
+    await lose_the_last_entry(redis, keys, rid)
+    return rid, writer
+
+
 async def test_entries_redis_lost_are_replayed_behind_a_restart(
     redis: Redis, keys: Keys, running: Producer
 ) -> None:
     """A failover lost acknowledged entries; the next append went on after the hole, and the
-    stored answer had a gap (cluster chaos run, CI stop 30)."""
-    rid = await opened(redis, keys)
-    writer = await running.writer(rid)
-    for text in ("one ", "two "):
-        writer.delta(text)
-        await writer.flush()
-    await lose_the_last_entry(redis, keys, rid)
+    stored answer had a gap (the cluster chaos run of a fresh-clone CI run)."""
+    rid, writer = await written_then_lost(redis, keys, running, "one ", "two ")
     writer.delta("three")
     await writer.flush()
     kinds, text = await as_read(redis, keys, rid)
@@ -151,12 +159,7 @@ async def test_entries_redis_lost_are_replayed_behind_a_restart(
 async def test_entries_lost_just_before_the_final_are_replayed_before_it(
     redis: Redis, keys: Keys, running: Producer
 ) -> None:
-    rid = await opened(redis, keys)
-    writer = await running.writer(rid)
-    for text in ("one ", "two"):
-        writer.delta(text)
-        await writer.flush()
-    await lose_the_last_entry(redis, keys, rid)
+    rid, writer = await written_then_lost(redis, keys, running, "one ", "two")
     assert await writer.final(DONE) is Final.WRITTEN
     kinds, text = await as_read(redis, keys, rid)
     assert kinds == ["start", "delta", "failover", "delta", "delta", "done"]
