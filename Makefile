@@ -31,8 +31,9 @@ dev-local:  ## `make dev` with a local LLM (llama.cpp + SmolLM2-135M, offline; f
 # workers (pytest-xdist; a test file stays on one worker, with its module's stack; each worker
 # starts its own fake upstream and shared stack, and its own Redis and SecantusDB unless
 # REDIS_URL / MONGODB_URL name shared ones: tests keep to namespaces of their own). Then the
-# `serial` tests (load, soak, capacity, chaos run, benchmarks, llama.cpp, the breaker probe)
-# alone: they load the machine or measure it. Both phases run; the first failure's code is the exit code. pytest exits 5 when it
+# `serial` tests (load, soak, capacity, chaos runs and the start flood, benchmarks, llama.cpp,
+# the breaker probe, the profile's TTFT measurement) alone: they load the machine or measure
+# it. Both phases run; the first failure's code is the exit code. pytest exits 5 when it
 # collected no test: that is a failure too, said plainly.
 TEST_WORKERS ?= 2
 PYTEST := $(UV) run --frozen pytest
