@@ -15,31 +15,28 @@ def entry(n: int, kind: str, **data: object) -> Entry:
     return Entry(f"1-{n}", kind, json.dumps(data))
 
 
+def restart(n: int, reason: str) -> Entry:
+    return entry(
+        n, "failover", from_provider="p", to_provider="p", to_model="m", reason=reason,
+        discard_partial=True,
+    )  # fmt: skip
+
+
+DONE = entry(
+    9, "done", finish_reason="stop", provider="p", model="m", timings={"total_ms": 1},
+    usage={"prompt_tokens": 1, "completion_tokens": 2},
+)  # fmt: skip
+
+
 def test_text_discarded_by_a_restart_is_not_repeated() -> None:
     """A reclaimed job starts over with ``discard_partial``: its text was returned twice."""
     completion = Completion(id="chatcmpl-x", model="p/m")
     events = [
         entry(1, "delta", delta="Hel"),
-        entry(
-            2,
-            "failover",
-            from_provider="p",
-            to_provider="p",
-            to_model="m",
-            reason="worker_lost",
-            discard_partial=True,
-        ),
+        restart(2, "worker_lost"),
         entry(3, "delta", delta="Hello"),
         entry(4, "delta", delta=" there"),
-        entry(
-            5,
-            "done",
-            finish_reason="stop",
-            provider="p",
-            model="m",
-            timings={"total_ms": 1},
-            usage={"prompt_tokens": 1, "completion_tokens": 2},
-        ),
+        DONE,
     ]
     for event in events:
         completion.absorb(event)
@@ -65,19 +62,6 @@ async def streamed(events: list[Entry]) -> tuple[str, list[dict[str, Any]]]:
         for choice in payload.get("choices", []):
             content += choice["delta"].get("content") or ""
     return content, errors
-
-
-def restart(n: int, reason: str) -> Entry:
-    return entry(
-        n, "failover", from_provider="p", to_provider="p", to_model="m", reason=reason,
-        discard_partial=True,
-    )  # fmt: skip
-
-
-DONE = entry(
-    9, "done", finish_reason="stop", provider="p", model="m", timings={"total_ms": 1},
-    usage={"prompt_tokens": 1, "completion_tokens": 2},
-)  # fmt: skip
 
 
 async def test_a_replay_after_redis_lost_entries_goes_on_without_repeating_the_text() -> None:
