@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import time
 from collections.abc import AsyncIterator, Callable
@@ -622,3 +623,27 @@ async def test_an_event_without_data_does_not_fail_the_stream(kind: ProviderKind
     items, _ = await collect(kind, lambda _: sse("event: keepalive\n\n" + RECORDED[kind][0]))
     assert "".join(texts(items))
     assert isinstance(items[-1], Finish)
+
+
+@pytest.mark.parametrize("kind", HTTP_KINDS)
+async def test_a_compressed_stream_is_decoded(kind: ProviderKind) -> None:
+    """The body is read raw unless content-encoded: a gzip body still gives the answer."""
+    body, _ = RECORDED[kind]
+    packed = gzip.compress(body.encode())
+    headers = {"content-type": "text/event-stream", "content-encoding": "gzip"}
+
+    def reply(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers=headers, stream=ChunkedStream(packed, size=7))
+
+    items, _ = await collect(kind, reply)
+    assert "".join(texts(items)) == "Try some jazz."
+
+
+@pytest.mark.parametrize("value", ["NaN", '"\\ud800"'])
+async def test_json_only_pythons_reader_takes_is_still_read(value: str) -> None:
+    """orjson refuses these; they were read before it, and still are (the slow way)."""
+    first = '{"choices":[{"index":0,"delta":{"content":"ok"}}],"x":' + value + "}"
+    last = json.dumps({"choices": [{"delta": {}, "finish_reason": "stop"}]})
+    body = f"data: {first}\n\ndata: {last}\n\n"
+    items, _ = await collect(ProviderKind.OPENAI, lambda _: sse(body + "data: [DONE]\n\n"))
+    assert texts(items) == ["ok"]

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
+import orjson
 
 from echotune.common.providers import ProviderConfig
 from echotune.worker.providers.base import REQUEST_ID_HEADER, ProviderRequest, StreamItem
@@ -28,9 +29,12 @@ DRAIN_TIMEOUT_S = 0.5
 def load_json(provider: str, data: str) -> dict[str, Any]:
     """The JSON object carried by an SSE ``data`` field, or a malformed_stream error."""
     try:
-        value = json.loads(data)
-    except ValueError as exc:
-        raise malformed(provider, f"unparsable data {data[:80]!r}") from exc
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:  # what orjson refuses and Python's reader takes (NaN, a lone surrogate)
+            value = json.loads(data)
+        except ValueError as exc:
+            raise malformed(provider, f"unparsable data {data[:80]!r}") from exc
     if not isinstance(value, dict):
         raise malformed(provider, f"data is not an object: {data[:80]!r}")
     return value

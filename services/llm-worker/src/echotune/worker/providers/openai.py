@@ -86,6 +86,8 @@ class OpenAIParser:
 def _text(provider: str, content: Any, logprobs: Any) -> list[StreamItem]:
     """The text of a delta, with the logprobs of its tokens when they came."""
     text = content if isinstance(content, str) else ""
+    if logprobs is None:  # nearly every delta: no logprobs asked
+        return [TextChunk(text, ())] if text else []
     try:
         tokens = tuple(TokenLogprob.model_validate(t) for t in as_list(logprobs))
     except ValueError as exc:

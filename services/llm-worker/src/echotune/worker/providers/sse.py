@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 import httpx
@@ -22,6 +22,8 @@ BOM = b"\xef\xbb\xbf"
 def decode_block(block: bytes) -> SseEvent | None:
     """The event of one block (lines up to a blank line); ``None`` for a block without data
     (comments, a lone ``event:``), as the standard says."""
+    if block.startswith(b"data: ") and b"\n" not in block:  # nearly every event: one line
+        return SseEvent("message", block[6:].decode("utf-8", "replace"))
     event, data, seen = "message", [], False
     for line in block.split(b"\n"):
         name, colon, value = line.partition(b":")
@@ -37,10 +39,18 @@ def decode_block(block: bytes) -> SseEvent | None:
     return SseEvent(event, "\n".join(data)) if seen else None
 
 
+def body_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body as it arrives: httpx's raw chunks (a layer less per chunk) unless it is
+    content-encoded or already read (httpx decodes it, or hands over what it read)."""
+    if "content-encoding" in response.headers or response.is_stream_consumed:
+        return response.aiter_bytes()
+    return response.aiter_raw()
+
+
 async def sse_events(response: httpx.Response) -> AsyncGenerator[SseEvent, None]:
     """The events of ``response``'s body, as they arrive."""
     pending, started = b"", False
-    async for chunk in response.aiter_bytes():
+    async for chunk in body_chunks(response):
         pending += chunk
         if not started and (len(pending) >= len(BOM) or not BOM.startswith(pending)):
             started = True
