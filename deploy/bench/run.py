@@ -435,6 +435,8 @@ class Profiler:
                 "--format",
                 "raw",
                 "--nonblocking",
+                "--gil",  # on-CPU only: uvloop waits for I/O without the GIL, which py-spy's
+                # idle detection missed (a quarter of a worker's samples were waits)
                 "--output",
                 str(self.out / f"profile-{name}.txt"),
                 stdout=asyncio.subprocess.DEVNULL,
