@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -30,7 +29,11 @@ def percentile(values: list[float], q: float) -> float | None:
         return None
     if len(values) == 1:
         return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
+    # statistics.quantiles(values, n=100, method="inclusive")[i - 1], without the 98 other
+    # cut points it computes (1 % of a worker's CPU at 100 streams)
+    data = sorted(values)
+    j, delta = divmod(round(q * 100) * (len(data) - 1), 100)
+    return (data[j] * (100 - delta) + data[j + 1] * delta) / 100
 
 
 @dataclass(slots=True)
