@@ -309,3 +309,18 @@ async def test_a_request_every_provider_refuses_is_not_retryable(
     _, final = await answer_from(settings, redis, upstream, fallbacks=["up2"])
     assert (final["type"], final["code"], final["retryable"]) == ("error", code, retryable)
     assert calls == ["up.test", "up2.test"]
+
+
+async def test_half_a_surrogate_pair_from_the_provider_does_not_stall_the_answer(
+    settings: WorkerSettings, redis: Redis
+) -> None:
+    """JSON may escape half a surrogate pair, which UTF-8 (and Redis' client) cannot carry:
+    the flusher failed that round and sent it again forever, and every answer of the process
+    batched with it stalled. The provider's text now reads it as U+FFFD."""
+    settings = through_upstreams(settings, UPSTREAM)
+    answer = sse_answer(["one ", "\ud800", " two"])
+    rid, final = await answer_from(settings, redis, lambda _: answer)
+    assert final["type"] == "done"
+    entries = await redis.xrange(settings.keys.events(rid))
+    text = "".join(json.loads(f["data"])["delta"] for _, f in entries if f["type"] == "delta")
+    assert text == "one \ufffd two"

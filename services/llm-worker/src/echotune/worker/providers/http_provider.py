@@ -31,12 +31,24 @@ def load_json(provider: str, data: str) -> dict[str, Any]:
     try:
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
-        try:  # what orjson refuses and Python's reader takes (NaN, a lone surrogate)
-            value = json.loads(data)
+        try:  # what orjson refuses and Python's reader takes (NaN, half a surrogate pair)
+            value = _whole_text(json.loads(data))
         except ValueError as exc:
             raise malformed(provider, f"unparsable data {data[:80]!r}") from exc
     if not isinstance(value, dict):
         raise malformed(provider, f"data is not an object: {data[:80]!r}")
+    return value
+
+
+def _whole_text(value: Any) -> Any:
+    """``value`` with each half of a surrogate pair in its strings as U+FFFD: UTF-8, hence
+    Redis and the clients, cannot carry one (an escape in JSON can)."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {_whole_text(k): _whole_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_text(v) for v in value]
     return value
 
 
