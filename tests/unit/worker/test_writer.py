@@ -218,3 +218,19 @@ async def test_requests_flushed_in_one_round_each_get_their_own_text(
     await asyncio.gather(*(writer.flush() for writer in writers))
     for i, rid in enumerate(rids):
         assert "".join(await deltas(redis, keys, rid)) == "".join(f"{i}.{n} " for n in range(20))
+
+
+@pytest.mark.cluster
+async def test_text_utf8_cannot_carry_holds_up_no_other_answer(
+    running: Producer, redis: Redis, keys: Keys
+) -> None:
+    """Half a surrogate pair in a delta failed the whole append round, and the flusher sent
+    the round again forever: each answer batched with it stalled. It is stored as ``?``."""
+    bad, good = await opened(redis, keys), await opened(redis, keys)
+    bad_writer, good_writer = await running.writer(bad), await running.writer(good)
+    bad_writer.delta("a\ud800b")
+    good_writer.delta("fine")
+    async with asyncio.timeout(10):
+        await asyncio.gather(bad_writer.flush(), good_writer.flush())
+    assert await deltas(redis, keys, good) == ["fine"]
+    assert await deltas(redis, keys, bad) == ["a?b"]

@@ -90,6 +90,11 @@ def retry_options() -> dict[str, Any]:
     }
 
 
+ENCODING_ERRORS = "replace"
+"""Text UTF-8 cannot carry (half a surrogate pair) is sent as ``?``: raising instead failed
+every later try of the same write (a worker's append round was retried forever)."""
+
+
 def create_redis(
     url: str,
     *,
@@ -116,6 +121,7 @@ def create_redis(
         timeout=timeout,
         socket_timeout=socket_timeout,
         decode_responses=True,
+        encoding_errors=ENCODING_ERRORS,
         **retry_options(),
     )
     pool.connection_class = timed_sends(pool.connection_class)
@@ -192,6 +198,7 @@ def _create_cluster(cluster: ClusterAddress, *, socket_timeout: float | None) ->
         max_connections=CLUSTER_CONNECTIONS_PER_NODE,
         socket_timeout=socket_timeout,
         decode_responses=True,
+        encoding_errors=ENCODING_ERRORS,
         **retry_options(),
     )
 
