@@ -435,8 +435,9 @@ class Profiler:
                 "--format",
                 "raw",
                 "--nonblocking",
-                "--gil",  # on-CPU only: uvloop waits for I/O without the GIL, which py-spy's
-                # idle detection missed (a quarter of a worker's samples were waits)
+                "--gil",  # samples holding the GIL: uvloop waits for I/O without it, and
+                # py-spy's idle detection missed those waits (a quarter of a worker's samples;
+                # C that releases the GIL, as TLS or zlib, is left out too)
                 "--output",
                 str(self.out / f"profile-{name}.txt"),
                 stdout=asyncio.subprocess.DEVNULL,

@@ -225,7 +225,7 @@ async def test_text_utf8_cannot_carry_holds_up_no_other_answer(
     running: Producer, redis: Redis, keys: Keys
 ) -> None:
     """Half a surrogate pair in a delta failed the whole append round, and the flusher sent
-    the round again forever: each answer batched with it stalled. It is stored as ``?``."""
+    the round again forever: each answer batched with it stalled. It is stored as U+FFFD."""
     bad, good = await opened(redis, keys), await opened(redis, keys)
     bad_writer, good_writer = await running.writer(bad), await running.writer(good)
     bad_writer.delta("a\ud800b")
@@ -233,4 +233,4 @@ async def test_text_utf8_cannot_carry_holds_up_no_other_answer(
     async with asyncio.timeout(10):
         await asyncio.gather(bad_writer.flush(), good_writer.flush())
     assert await deltas(redis, keys, good) == ["fine"]
-    assert await deltas(redis, keys, bad) == ["a?b"]
+    assert await deltas(redis, keys, bad) == ["a\ufffdb"]

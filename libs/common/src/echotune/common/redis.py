@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import codecs
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -90,9 +91,19 @@ def retry_options() -> dict[str, Any]:
     }
 
 
-ENCODING_ERRORS = "replace"
-"""Text UTF-8 cannot carry (half a surrogate pair) is sent as ``?``: raising instead failed
-every later try of the same write (a worker's append round was retried forever)."""
+def _replacement_character(error: UnicodeError) -> tuple[str | bytes, int]:
+    if isinstance(error, UnicodeEncodeError):  # UTF-8's encoder takes bytes or ASCII text
+        return "\ufffd".encode() * (error.end - error.start), error.end
+    if isinstance(error, UnicodeDecodeError):
+        return "\ufffd", error.end
+    raise error
+
+
+ENCODING_ERRORS = "echotune-replace"
+"""Text UTF-8 cannot carry (half a surrogate pair) is sent as U+FFFD, and bytes that are not
+UTF-8 are read as U+FFFD: raising instead failed every later try of the same write (a
+worker's append round was retried forever)."""
+codecs.register_error(ENCODING_ERRORS, _replacement_character)
 
 
 def create_redis(

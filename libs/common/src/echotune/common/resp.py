@@ -16,12 +16,14 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from echotune.common.redis import ENCODING_ERRORS
+
 Arg = str | bytes | int | float
 
 
 def bulk(value: Arg) -> bytes:
     """``value`` as a RESP bulk string (text UTF-8 cannot carry, such as half a surrogate
-    pair, as ``?``: as the clients' ``encoding_errors``, so that it fails no round)."""
+    pair, as U+FFFD, as the clients' ``encoding_errors``: so that it fails no round)."""
     if isinstance(value, bytes):
         raw = value
     else:
@@ -29,7 +31,7 @@ def bulk(value: Arg) -> bytes:
         try:
             raw = text.encode()
         except UnicodeEncodeError:  # rare: naming the handler up front costs 40 % per call
-            raw = text.encode("utf-8", "replace")
+            raw = text.encode("utf-8", ENCODING_ERRORS)
     return b"$%d\r\n%s\r\n" % (len(raw), raw)
 
 

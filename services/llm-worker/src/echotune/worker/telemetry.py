@@ -24,7 +24,8 @@ failover (node timeout + election). A retry may publish it twice; the writer sto
 
 
 def percentile(values: list[float], q: float) -> float | None:
-    """The ``q``-quantile (0–1) of ``values`` by linear interpolation; ``None`` if empty."""
+    """The ``q``-quantile (0.01–0.99) of ``values`` by linear interpolation; ``None`` if
+    empty."""
     if not values:
         return None
     if len(values) == 1:

@@ -29,15 +29,22 @@ DRAIN_TIMEOUT_S = 0.5
 def load_json(provider: str, data: str) -> dict[str, Any]:
     """The JSON object carried by an SSE ``data`` field, or a malformed_stream error."""
     try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        try:  # what orjson refuses and Python's reader takes (NaN, half a surrogate pair)
-            value = _whole_text(json.loads(data))
-        except ValueError as exc:
-            raise malformed(provider, f"unparsable data {data[:80]!r}") from exc
+        value = _parse(data)
+    except ValueError as exc:
+        raise malformed(provider, f"unparsable data {data[:80]!r}") from exc
     if not isinstance(value, dict):
         raise malformed(provider, f"data is not an object: {data[:80]!r}")
     return value
+
+
+def _parse(data: str) -> Any:
+    """orjson's reading, or Python's for what orjson refuses (NaN, half a surrogate pair:
+    read as U+FFFD). Unlike Python's, an integer past 64 bits comes as a float (finding one
+    first would cost more than the parse; providers send ids past 2^53 as strings)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return _whole_text(json.loads(data))
 
 
 def _whole_text(value: Any) -> Any:
