@@ -30,8 +30,8 @@ def percentile(values: list[float], q: float) -> float | None:
         return None
     if len(values) == 1:
         return values[0]
-    # statistics.quantiles(values, n=100, method="inclusive")[i - 1], without the 98 other
-    # cut points it computes (1 % of a worker's CPU at 100 streams)
+    # statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1], without
+    # the 98 other cut points it computes (1 % of a worker's CPU at 100 streams)
     data = sorted(values)
     j, delta = divmod(round(q * 100) * (len(data) - 1), 100)
     return (data[j] * (100 - delta) + data[j + 1] * delta) / 100
