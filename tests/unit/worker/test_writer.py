@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, ResponseError
 
+from echotune.common import resp
 from echotune.common.keys import Keys
 from echotune.common.messages import (
     DoneEvent,
@@ -19,18 +22,24 @@ from echotune.common.messages import (
     Timings,
 )
 from echotune.common.redis import create_redis
-from echotune.common.request_stream import AppendRefused, Final, RequestStreams
-from echotune.worker.writer import AppendFlusher, EventWriter, Refused
+from echotune.common.request_stream import (
+    Appended,
+    AppendRefused,
+    Batch,
+    Final,
+    RequestStreams,
+)
+from echotune.worker.writer import AppendFlusher, EventWriter, Refused, WriteFailed, redis_away
 from tests.support.flaky_proxy import reply_dropping_proxy
 
 
 class Producer:
     """A flusher over ``redis`` and the writer of one taken request."""
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
-        self.streams = RequestStreams(
-            redis, keys, request_ttl_s=60, final_ttl_s=60, reader_ttl_ms=5000
-        )
+    def __init__(
+        self, redis: Redis, keys: Keys, kind: type[RequestStreams] = RequestStreams
+    ) -> None:
+        self.streams = kind(redis, keys, request_ttl_s=60, final_ttl_s=60, reader_ttl_ms=5000)
         self.flusher = AppendFlusher(self.streams)
         self.cancelled: list[bool] = []
         self.refused: list[AppendRefused] = []
@@ -234,3 +243,90 @@ async def test_text_utf8_cannot_carry_holds_up_no_other_answer(
         await asyncio.gather(bad_writer.flush(), good_writer.flush())
     assert await deltas(redis, keys, good) == ["fine"]
     assert await deltas(redis, keys, bad) == ["a\ufffdb"]
+
+
+class PackingBug(RequestStreams):
+    """Packing the batches of request ``bad`` raises, as a bug in the packing code would."""
+
+    bad = ""
+
+    async def append_many(
+        self, batches: Sequence[Batch], own: resp.OwnConnection | None = None
+    ) -> list[Appended | Exception]:
+        if any(batch.request_id == self.bad for batch in batches):
+            raise TypeError("a bug while packing")
+        return await super().append_many(batches, own)
+
+
+async def stored(redis: Redis, keys: Keys, rid: str) -> list[tuple[str, dict[str, object]]]:
+    return [(f["type"], json.loads(f["data"])) for _, f in await redis.xrange(keys.events(rid))]
+
+
+@pytest.mark.cluster
+async def test_a_batch_that_keeps_failing_ends_its_answer_and_holds_up_no_other(
+    redis: Redis, keys: Keys
+) -> None:
+    """The flusher took any failed round for Redis being away and sent it again forever: a
+    bug in one request's batch stalled every answer batched with it, and the worker."""
+    producer = Producer(redis, keys, PackingBug)
+    streams = producer.streams
+    assert isinstance(streams, PackingBug)
+    flushing = asyncio.create_task(producer.flusher.run())
+    try:
+        bad, good = await opened(redis, keys), await opened(redis, keys)
+        streams.bad = bad
+        bad_writer, good_writer = await producer.writer(bad), await producer.writer(good)
+        bad_writer.delta("lost")
+        good_writer.delta("fine")
+        async with asyncio.timeout(10):
+            await good_writer.flush()
+            with pytest.raises(WriteFailed):
+                await bad_writer.flush()
+            with pytest.raises(WriteFailed):  # the producer stops at its next piece
+                bad_writer.delta("more")
+            streams.bad = ""  # the final goes by another path; it may be written
+            assert await bad_writer.final(DONE) is Final.WRITTEN
+            good_writer.delta(" still")
+            assert await good_writer.final(DONE) is Final.WRITTEN
+    finally:
+        flushing.cancel()
+        await asyncio.wait({flushing})
+        await producer.flusher.aclose()
+    [_start, (kind, error)] = await stored(redis, keys, bad)
+    assert (kind, error["code"], error["partial"]) == ("error", "internal_error", True)
+    assert await deltas(redis, keys, good) == ["fine", " still"]
+
+
+@pytest.mark.cluster
+async def test_an_error_reply_for_one_request_ends_that_answer_only(
+    redis: Redis, keys: Keys, running: Producer
+) -> None:
+    """Its keys broken (here: its stream is not a stream), one request's append answers an
+    error every time; it was sent again forever and its answer never ended."""
+    bad, good = await opened(redis, keys), await opened(redis, keys)
+    bad_writer, good_writer = await running.writer(bad), await running.writer(good)
+    await redis.delete(keys.events(bad))
+    await redis.set(keys.events(bad), "not a stream")
+    bad_writer.delta("lost")
+    good_writer.delta("fine")
+    async with asyncio.timeout(10):
+        await good_writer.flush()
+        with pytest.raises(WriteFailed):
+            await bad_writer.flush()
+    assert await deltas(redis, keys, good) == ["fine"]
+
+
+@pytest.mark.parametrize(
+    ("error", "away"),
+    [
+        (RedisConnectionError("gone"), True),
+        (TimeoutError(), True),
+        (ReadOnlyError("a replica now"), True),
+        (ResponseError("WRONGTYPE Operation against a key"), False),
+        (TypeError("a bug"), False),
+    ],
+)
+def test_only_errors_that_say_redis_is_away_are_retried_without_end(
+    error: Exception, away: bool
+) -> None:
+    assert redis_away(error) is away

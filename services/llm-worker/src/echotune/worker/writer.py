@@ -19,8 +19,18 @@ import logging
 import time
 from collections.abc import Callable
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from echotune.common.completion import TokenLogprob, ToolCallDelta
-from echotune.common.messages import ChatEvent, DeltaEvent, encode_event
+from echotune.common.messages import (
+    ChatEvent,
+    DeltaEvent,
+    ErrorEvent,
+    encode_event,
+    internal_error,
+)
 from echotune.common.request_stream import (
     Appended,
     AppendRefused,
@@ -34,6 +44,8 @@ log = logging.getLogger(__name__)
 RETRY_S = 0.2
 REPLAYS = 3
 """Finals tried after replays (each a failover losing entries) before giving up."""
+ATTEMPTS = 3
+"""Rounds a batch fails in a row, Redis reachable, before its answer ends with an error."""
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 """One encoder for every delta (``json.dumps`` with options builds one per call)."""
 TEXT = "text"
@@ -46,6 +58,20 @@ class Refused(Exception):
     def __init__(self, why: AppendRefused) -> None:
         super().__init__(f"append refused: {why.value}")
         self.why = why
+
+
+class WriteFailed(Exception):
+    """A batch of this request failed again and again with Redis reachable: the answer ends."""
+
+
+def redis_away(error: Exception) -> bool:
+    """Whether ``error`` says Redis cannot take commands now (a round to send again), rather
+    than that something in the round is wrong (a plain error reply, a bug while packing)."""
+    if isinstance(error, ResponseError):  # READONLY, LOADING, TRYAGAIN, OOM...: named ones
+        return type(error) is not ResponseError
+    return isinstance(
+        error, OSError | RedisConnectionError | RedisTimeoutError | RedisClusterException
+    )
 
 
 class EventWriter:
@@ -74,7 +100,9 @@ class EventWriter:
         self._idle = asyncio.Event()
         self._idle.set()
         self._closed = False
+        self._failures = 0  # rounds in a row this writer's batch failed, Redis reachable
         self.refused: AppendRefused | None = None
+        self.failed: Exception | None = None
 
     def delta(self, text: str) -> None:
         """Buffer a piece of text; merged with the previous one if it was not sent yet."""
@@ -103,15 +131,21 @@ class EventWriter:
         self._changed()
 
     async def flush(self) -> None:
-        """Wait until everything buffered is in Redis; raises :class:`Refused`."""
+        """Wait until everything buffered is in Redis; raises :class:`Refused` or
+        :class:`WriteFailed`."""
         await self._idle.wait()
         self._check()
 
     async def final(self, event: ChatEvent) -> Final:
-        """Flush, then write ``event`` as the last entry (once, even if retried)."""
+        """Flush, then write ``event`` as the last entry (once, even if retried); after a
+        :class:`WriteFailed`, an internal error instead (the answer misses a batch)."""
         streams = self._flusher.streams
         for _ in range(REPLAYS):
-            await self.flush()
+            await self._idle.wait()
+            if self.refused is not None:
+                raise Refused(self.refused)
+            if self.failed is not None and not isinstance(event, ErrorEvent):
+                event = internal_error(partial=True)
             outcome = await streams.append_final(self.request_id, self.epoch, self._next_seq, event)
             if outcome is not Final.LOST:
                 return outcome
@@ -128,6 +162,8 @@ class EventWriter:
     def _check(self) -> None:
         if self.refused is not None:
             raise Refused(self.refused)
+        if self.failed is not None:
+            raise WriteFailed(f"appending to {self.request_id} failed: {self.failed!r}")
 
     def _changed(self) -> None:
         self._idle.clear()
@@ -164,8 +200,13 @@ class EventWriter:
 
     def sent(self, batch: Batch, result: Appended | Exception) -> None:
         self._in_flight = False
+        failed = isinstance(result, Exception) and not redis_away(result)
+        self._failures = self._failures + 1 if failed else 0
         if isinstance(result, Exception):
-            self._retry = batch
+            if self._failures < ATTEMPTS:
+                self._retry = batch
+            else:
+                self._fail(batch, result)
         elif result.stored_seq is not None:
             self._retry = self._replay(result.stored_seq)
         elif result.refused is not None:
@@ -180,6 +221,18 @@ class EventWriter:
             self._flusher.mark(self)
         else:
             self._idle.set()
+
+    def _fail(self, batch: Batch, error: Exception) -> None:
+        """Give up ``batch`` and what follows it; the final goes where the batch would have."""
+        log.error(
+            "appending to %s failed %d times: the answer ends",
+            self.request_id,
+            ATTEMPTS,
+            exc_info=error,
+        )
+        self.failed = error
+        self._next_seq = batch.first_seq
+        self._pending = []
 
 
 class AppendFlusher:
@@ -213,12 +266,23 @@ class AppendFlusher:
         sending = [(w, b) for w in writers if (b := w.take_batch()) is not None]
         if not sending:
             return
+        batches = [b for _, b in sending]
         try:
-            results = await self.streams.append_many([b for _, b in sending], self._own)
-        except Exception as exc:  # Redis unreachable even after the client's own retries
-            results = [exc] * len(sending)
+            results = await self.streams.append_many(batches, self._own)
+        except Exception as exc:  # Redis unreachable even after the client's own retries,
+            if redis_away(exc) or len(batches) == 1:  # or something in one batch is wrong
+                results = [exc] * len(batches)
+            else:  # each alone, so that only that one fails
+                results = [await self._append_one(batch) for batch in batches]
         for (writer, batch), result in zip(sending, results, strict=True):
             writer.sent(batch, result)
         if failed := [r for r in results if isinstance(r, Exception)]:
             log.warning("appending %d batches failed, retrying: %s", len(failed), failed[0])
             await asyncio.sleep(RETRY_S)  # they are sent again, not at once
+
+    async def _append_one(self, batch: Batch) -> Appended | Exception:
+        try:
+            [result] = await self.streams.append_many([batch], self._own)
+        except Exception as exc:
+            return exc
+        return result
