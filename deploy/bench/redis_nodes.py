@@ -123,7 +123,7 @@ def aggregate(rounds: list[dict[str, Any]], tokens: int, streams: int) -> dict[s
             "cpu_us_per_token": round(1e6 * node["cpu_s"] / tokens, 2),
             "share_of_commands_pct": round(100 * calls / all_calls, 1),
             "share_of_cpu_pct": round(100 * node["cpu_s"] / all_cpu, 1),
-            "top_commands": dict(sorted(node["calls"].items(), key=lambda kv: -kv[1])[:6]),
+            "commands": dict(sorted(node["calls"].items(), key=lambda kv: -kv[1])),
         }
     return table
 
@@ -141,11 +141,11 @@ def markdown(levels: list[dict[str, Any]]) -> str:
         "Redis per node (arm B): commands, bytes and CPU per relayed token, share of the load",
         "",
         "| streams | node | commands/token | bytes in / out per token | µs CPU/token "
-        "| share of commands | share of CPU | top commands (calls) |",
+        "| share of commands | share of CPU | top 8 commands (calls) |",
         "|---:|---|---:|---|---:|---:|---:|---|",
     ]
     for level, name, node in rows:
-        top = ", ".join(f"{c} {n}" for c, n in node["top_commands"].items())
+        top = ", ".join(f"{c} {n}" for c, n in list(node["commands"].items())[:8])
         lines.append(
             f"| {level} | {name} | {node['commands_per_token']} | {node['bytes_in_per_token']:.0f}"
             f" / {node['bytes_out_per_token']:.0f} | {node['cpu_us_per_token']} "

@@ -55,7 +55,7 @@ async def test_a_reader_joining_behind_another_gets_every_entry(
         await take(first, 1)
         await relay_blocked(redis, others)  # reading this stream after entry 5, for `first` only
 
-        async def slow_wake() -> None:  # the wake-up of the next subscription comes late
+        async def slow_wake(*_: object) -> None:  # the wake-up of the next subscription comes late
             await asyncio.sleep(0.5)
 
         monkeypatch.setattr(relay, "_wake", slow_wake)
@@ -122,3 +122,46 @@ def test_reads_are_spaced_in_proportion_to_the_open_streams_up_to_round_s() -> N
         relay._subs = {f"s{i}": set() for i in range(n)}
         spacing[n] = relay._spacing()
     assert spacing == pytest.approx({1: 0.00005, 10: 0.0005, 100: 0.005, 500: 0.005})
+
+
+async def wake_ups(redis: Redis, relay: StreamRelay) -> int:
+    """The wake-ups written to the relay's wake-up stream so far."""
+    key = relay._wakeup_key
+    return int((await redis.xinfo_stream(key))["entries-added"]) if await redis.exists(key) else 0
+
+
+@pytest.mark.single_node(
+    reason="counts the one relay's wake-ups; test_cluster_reads.py on a cluster"
+)
+async def test_a_new_answer_wakes_an_idle_read_but_not_one_that_begins_anyway(
+    redis_server_url: str, redis: Redis
+) -> None:
+    """Every new answer woke the read (a round trip, and a read naming every open stream), at
+    100 streams too, where a read begins every few ms anyway."""
+    keys = Keys(f"t{uuid.uuid4().hex[:8]}")
+    relay = StreamRelay(redis_server_url, keys, block_ms=5000, batch=100, round_s=0.005, full_at=1)
+    others = await client_ids(redis)
+    await relay.start()
+    try:
+        idle = relay.subscribe("idle", "0-0", new=True)
+        await redis.xadd(keys.events("idle"), {"type": "delta", "data": "x"})
+        async with asyncio.timeout(2):  # not the 5 s block: the idle read was woken
+            await idle.queue.get()
+        await asyncio.gather(*relay._waking)
+        await relay_blocked(redis, others)
+        before = await wake_ups(redis, relay)
+
+        async def busy() -> None:  # entries every ms: reads begin every round_s
+            while True:
+                await redis.xadd(keys.events("idle"), {"type": "delta", "data": "y"})
+                await asyncio.sleep(0.001)
+
+        feeding = asyncio.create_task(busy())
+        for n in range(20):
+            relay.subscribe(f"new-{n}", "0-0", new=True)
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*relay._waking)
+        feeding.cancel()
+        assert await wake_ups(redis, relay) - before <= 5  # 20 before; 0 in 10 runs here
+    finally:
+        await relay.stop()

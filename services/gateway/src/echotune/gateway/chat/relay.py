@@ -3,7 +3,10 @@
 Each open SSE response subscribes to its request's stream; a single task issues one
 blocking ``XREAD`` over all subscribed streams on a dedicated connection and fans the
 entries out to the subscribers' queues. A new subscription wakes the blocked read by
-writing to this process's own wake-up stream, which is part of every ``XREAD``.
+writing to this process's own wake-up stream, which is part of every ``XREAD``: at once for
+a reader that resumes or attaches (its entries are stored already), and for a new answer
+only if no read began within a round (busy, reads begin every few ms anyway; its first entry
+is a worker's round trips and a provider's first token away).
 
 An ``XREAD`` names every open stream, so its cost grows with them: reads start at least
 ``round_s`` apart from ``full_at`` open streams on, proportionally less below. Idle, an entry
@@ -36,6 +39,8 @@ StreamId = tuple[int, int]
 
 
 MAX_ID_PART = 2**64 - 1
+WAKE_AFTER_S = 0.001
+"""A new answer's wake-up waits this long past the read spacing for a read to begin."""
 _ASCII_DIGITS = frozenset("0123456789")
 
 
@@ -184,7 +189,8 @@ class StreamRelay:
         )
         self._subs: dict[str, set[Subscription]] = {}
         self._task: asyncio.Task[None] | None = None
-        self._wake_pending = False
+        self._cycle = 0  # reads begun
+        self._wake_in: float | None = None  # the delay of this cycle's wake-up, if one is due
         self._stopping = False
         self._waking: set[asyncio.Task[None]] = set()
 
@@ -207,7 +213,7 @@ class StreamRelay:
             self._task.cancel()
             _, pending = await asyncio.wait({self._task}, timeout=0.2)
             if pending:
-                await self._wake()
+                await self._wake(self._cycle, 0.0)
                 await asyncio.wait(pending, timeout=self._block_ms / 1000 + 1)
         if self._cluster is None:
             with contextlib.suppress(RedisError):
@@ -216,17 +222,20 @@ class StreamRelay:
         await self._redis.aclose()
         await self._waker.aclose()
 
-    def subscribe(self, request_id: str, after_id: str) -> Subscription:
-        """Relay the events after ``after_id``; the blocked read is woken in the background."""
+    def subscribe(self, request_id: str, after_id: str, *, new: bool = False) -> Subscription:
+        """Relay the events after ``after_id``; the blocked read is woken in the background
+        (``new``: a new answer's, woken only if no read begins meanwhile)."""
         sub = Subscription(request_id, self._keys.events(request_id), after_id)
         self._subs.setdefault(sub.key, set()).add(sub)
         if self._cluster is not None:
             self._cluster.watch(sub.key)
-        elif not self._wake_pending:
-            self._wake_pending = True
-            task = asyncio.create_task(self._wake())
-            self._waking.add(task)
-            task.add_done_callback(self._waking.discard)
+        else:
+            delay = self._spacing() + WAKE_AFTER_S if new else 0.0
+            if self._wake_in is None or delay < self._wake_in:
+                self._wake_in = delay
+                task = asyncio.create_task(self._wake(self._cycle, delay))
+                self._waking.add(task)
+                task.add_done_callback(self._waking.discard)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -237,8 +246,13 @@ class StreamRelay:
             if not subs:
                 del self._subs[sub.key]
 
-    async def _wake(self) -> None:
-        """Wake the blocked read once per read cycle, however many streams subscribe meanwhile."""
+    async def _wake(self, cycle: int, delay: float) -> None:
+        """Wake the blocked read after ``delay`` unless a read began since ``cycle`` (it names
+        the new streams); once per read cycle, however many streams subscribe meanwhile."""
+        if delay > 0:
+            await asyncio.sleep(delay)
+            if self._cycle != cycle:
+                return
         try:
             async with self._waker.pipeline(transaction=False) as pipe:
                 pipe.xadd(self._wakeup_key, {"w": "1"}, maxlen=16, approximate=True)
@@ -249,7 +263,8 @@ class StreamRelay:
 
     def _read_positions(self) -> dict[str, Subscription | None]:
         """The slowest reader of every stream read (``None``: the wake-up stream)."""
-        self._wake_pending = False
+        self._cycle += 1
+        self._wake_in = None
         positions: dict[str, Subscription | None] = {self._wakeup_key: None}
         for key, subs in self._subs.items():
             positions[key] = min(subs, key=_position_of) if len(subs) > 1 else next(iter(subs))

@@ -328,7 +328,7 @@ class ChatService:
                 )
             if opened.state is Opened.EXISTS:  # an identical request won the race
                 return self._subscribe(chat.request_id, None, opened.final_id), False
-            subscription = self.relay.subscribe(chat.request_id, opened.start_id)
+            subscription = self.relay.subscribe(chat.request_id, opened.start_id, new=True)
             if not opened.job_queued:
                 await self._publish(job, subscription)
         log.info("queued chat job provider=%s model=%s", config.name, model)
