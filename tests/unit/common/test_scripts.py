@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.crc import key_slot
+from redis.exceptions import ResponseError
 
 from deploy.local.servers import RedisClusterServers
 from echotune.common.redis import create_redis
@@ -48,3 +50,62 @@ async def test_a_script_run_again_after_noscript_gets_its_bytes_arguments_as_sen
     async with redis.pipeline(transaction=False) as pipe:
         length.queue(pipe, ["t:length"], [b"\xff\x00ab"])
         assert await execute(redis, pipe, [length]) == [4]
+
+
+def _queue_mixed(pipe: Pipeline, tag: str, script: Script) -> None:
+    """Commands whose replies redis-py turns into bools, floats, dicts, tuples or errors."""
+    pipe.set(f"t:{tag}:s", "v", px=60_000)
+    pipe.get(f"t:{tag}:s")
+    pipe.incr(f"t:{tag}:s")  # an error reply: not an integer
+    pipe.hset(f"t:{tag}:h", mapping={"a": "1", "b": "é"})
+    pipe.hmget(f"t:{tag}:h", ["a", "b", "c"])
+    pipe.hgetall(f"t:{tag}:h")
+    pipe.exists(f"t:{tag}:h", f"t:{tag}:none")
+    pipe.zadd(f"t:{tag}:z", {"m": 1.5, "n": 2})
+    pipe.zscore(f"t:{tag}:z", "m")
+    pipe.zrange(f"t:{tag}:z", 0, -1, withscores=True)
+    pipe.xadd(f"t:{tag}:x", {"type": "delta", "data": "x"}, id="1-1")
+    pipe.xrange(f"t:{tag}:x")
+    pipe.expire(f"t:{tag}:x", 60)
+    pipe.script_exists("0" * 40)  # a command name of two words
+    script.queue(pipe, [f"t:{tag}:n"], [2])
+
+
+def _same(reply: object) -> object:
+    return (type(reply), str(reply)) if isinstance(reply, Exception) else reply
+
+
+@pytest.mark.single_node(
+    reason="the hand-packed path is for one Redis; a cluster's goes by redis-py"
+)
+async def test_a_pipeline_sent_packed_gets_the_replies_redis_py_gives(redis: Redis) -> None:
+    """The same commands through redis-py's pipeline and through the hand-packed path."""
+    got = {}
+    for way in ("redis-py", "packed"):
+        tag = uuid.uuid4().hex
+        incr = Script(f"-- {tag}\nreturn redis.call('INCRBY', KEYS[1], ARGV[1])")
+        async with redis.pipeline(transaction=False) as pipe:
+            _queue_mixed(pipe, tag, incr)
+            if way == "packed":  # the script is not loaded: NOSCRIPT, then reloaded
+                pipe.execute = None  # type: ignore[method-assign,assignment]  # never called
+                got[way] = await execute(redis, pipe, [None] * 14 + [incr])
+            else:
+                await redis.script_load(incr.source)
+                got[way] = await pipe.execute(raise_on_error=False)
+            assert len(pipe) == 0  # left empty, as redis-py leaves it
+    assert [_same(r) for r in got["packed"]] == [_same(r) for r in got["redis-py"]]
+    assert got["packed"][-1] == 2
+    assert isinstance(got["packed"][2], ResponseError)
+
+
+@pytest.mark.single_node(
+    reason="the hand-packed path is for one Redis; a cluster's goes by redis-py"
+)
+async def test_a_script_called_alone_is_reloaded_after_noscript_and_raises_its_errors(
+    redis: Redis,
+) -> None:
+    fail = Script(f"-- {uuid.uuid4().hex}\nreturn redis.error_reply('ERR ' .. ARGV[1])")
+    echo = Script(f"-- {uuid.uuid4().hex}\nreturn {{ARGV[1], tonumber(ARGV[2])}}")  # never loaded
+    assert await echo(redis, ["t:echo"], ["é", 3]) == ["é", 3]
+    with pytest.raises(ResponseError, match="no good"):
+        await fail(redis, ["t:fail"], ["no good"])

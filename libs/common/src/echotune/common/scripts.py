@@ -1,14 +1,25 @@
-"""Lua scripts called by SHA, loaded on first use and again after Redis forgot them."""
+"""Lua scripts called by SHA, loaded on first use and again after Redis forgot them; script
+calls and pipelines sent packed by hand on a single Redis (``resp.py``).
+
+redis-py's command and pipeline layers (retry wrapper, a timed read per reply, callbacks,
+observability hooks) cost more per call than the round trip's own packing and parsing: these
+run for every answer (issue 15). The replies are the same: redis-py's response callbacks are
+applied as its pipeline applies them; what this path does not cover (a cluster, a
+transaction, options that change how a reply is read, arguments redis-py's encoder refuses)
+goes through redis-py.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 from redis.exceptions import NoScriptError
 
 from echotune.common import resp
@@ -29,11 +40,20 @@ class Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
     async def __call__(self, redis: Redis, keys: list[str], args: list[Arg]) -> Any:
-        try:
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
+        if isinstance(redis, RedisCluster):
+            try:
+                return await redis.evalsha(self.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                await redis.script_load(self.source)
+                return await redis.evalsha(self.sha, len(keys), *keys, *args)
+        packed = self.packed(keys, args)
+        [reply] = await resp.send(redis, packed, 1)
+        if isinstance(reply, NoScriptError):
             await redis.script_load(self.source)
-            return await redis.evalsha(self.sha, len(keys), *keys, *args)
+            [reply] = await resp.send(redis, packed, 1)
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
 
     def packed(self, keys: list[str], args: list[Arg]) -> bytes:
         """A call in RESP, for :func:`execute_packed`."""
@@ -72,7 +92,11 @@ async def execute(redis: Redis, pipe: Pipeline, scripts: list[Script | None]) ->
     returned in place, as with ``raise_on_error=False``.
     """
     commands = _queued(pipe)
-    results: list[Any] = await pipe.execute(raise_on_error=False)
+    results: list[Any]
+    if _packable(pipe):
+        results = await _send_packed(redis, pipe)
+    else:
+        results = await pipe.execute(raise_on_error=False)
     for index, result in enumerate(results):
         script = scripts[index] if index < len(scripts) else None
         if isinstance(result, NoScriptError) and script is not None:
@@ -81,6 +105,42 @@ async def execute(redis: Redis, pipe: Pipeline, scripts: list[Script | None]) ->
             keys = [str(k) for k in args[3 : 3 + numkeys]]
             rest: list[Arg] = [a if isinstance(a, bytes) else str(a) for a in args[3 + numkeys :]]
             results[index] = await script(redis, keys, rest)
+    return results
+
+
+_ENCODABLE = frozenset({str, bytes, int, float})
+"""Argument types packed by hand as redis-py's encoder packs them (exactly: not ``bool``)."""
+
+
+def _packable(pipe: Pipeline) -> bool:
+    """Whether ``pipe``'s commands may be sent packed by hand (see the module's docstring)."""
+    if isinstance(pipe, ClusterPipeline) or not pipe.command_stack:
+        return False
+    if pipe.is_transaction or pipe.explicit_transaction or pipe.watching or pipe.scripts:
+        return False
+    for args, options in pipe.command_stack:
+        if NEVER_DECODE in options or EMPTY_RESPONSE in options:
+            return False
+        if not all(type(arg) in _ENCODABLE for arg in args):
+            return False
+    return True
+
+
+async def _send_packed(redis: Redis, pipe: Pipeline) -> list[Any]:
+    """Send ``pipe``'s commands in one round trip; the replies as its ``execute`` gives them
+    with ``raise_on_error=False``."""
+    stack, callbacks = pipe.command_stack, pipe.response_callbacks
+    packed = b"".join([resp.command(*args[0].split(), *args[1:]) for args, _ in stack])
+    replies = await resp.send(redis, packed, len(stack))
+    await pipe.reset()  # type: ignore[no-untyped-call]
+    results: list[Any] = []
+    for (args, options), reply in zip(stack, replies, strict=True):
+        callback = callbacks.get(args[0])
+        if callback is not None and not isinstance(reply, Exception):
+            reply = callback(reply, **{k: v for k, v in options.items() if k != "keys"})
+            if inspect.isawaitable(reply):
+                reply = await reply
+        results.append(reply)
     return results
 
 

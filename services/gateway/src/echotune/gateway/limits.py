@@ -146,7 +146,9 @@ class ChatLimits:
         async with self.redis.pipeline(transaction=False) as pipe:
             for key, member in taken:
                 pipe.zrem(key, member)
-            await pipe.execute()
+            replies = await execute(self.redis, pipe, [])
+        if failed := [reply for reply in replies if isinstance(reply, Exception)]:
+            raise failed[0]
 
     async def refresh(self, streams: dict[str, list[str]]) -> None:
         """Keep this process's open streams (user id -> stream keys) from lapsing."""
