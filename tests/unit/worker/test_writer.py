@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ClusterCrossSlotError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, ResponseError
 
 from echotune.common import resp
 from echotune.common.keys import Keys
@@ -293,7 +293,7 @@ async def test_a_batch_that_keeps_failing_ends_its_answer_and_holds_up_no_other(
         await asyncio.wait({flushing})
         await producer.flusher.aclose()
     [_start, (kind, error)] = await stored(redis, keys, bad)
-    assert (kind, error["code"], error["partial"]) == ("error", "internal_error", True)
+    assert (kind, error["code"], error["partial"]) == ("error", "internal_error", False)
     assert await deltas(redis, keys, good) == ["fine", " still"]
 
 
@@ -302,7 +302,7 @@ async def test_an_error_reply_for_one_request_ends_that_answer_only(
     redis: Redis, keys: Keys, running: Producer
 ) -> None:
     """Its keys broken (here: its stream is not a stream), one request's append answers an
-    error every time; it was sent again forever and its answer never ended."""
+    error every time; it was sent again forever and its producer never heard of it."""
     bad, good = await opened(redis, keys), await opened(redis, keys)
     bad_writer, good_writer = await running.writer(bad), await running.writer(good)
     await redis.delete(keys.events(bad))
@@ -316,12 +316,42 @@ async def test_an_error_reply_for_one_request_ends_that_answer_only(
     assert await deltas(redis, keys, good) == ["fine"]
 
 
+async def test_text_given_up_is_not_brought_back_by_a_replay(redis: Redis, keys: Keys) -> None:
+    """A replay (Redis lost entries) sent every entry taken, the one given up too."""
+    producer = Producer(redis, keys, PackingBug)
+    streams = producer.streams
+    assert isinstance(streams, PackingBug)
+    flushing = asyncio.create_task(producer.flusher.run())
+    try:
+        rid = await opened(redis, keys)
+        writer = await producer.writer(rid)
+        writer.delta("kept ")
+        await writer.flush()
+        streams.bad = rid
+        writer.delta("given up")
+        async with asyncio.timeout(10):
+            with pytest.raises(WriteFailed):
+                await writer.flush()
+            streams.bad = ""
+            await lose_the_last_entry(redis, keys, rid)  # the final finds entries lost
+            assert await writer.final(DONE) is Final.WRITTEN
+    finally:
+        flushing.cancel()
+        await asyncio.wait({flushing})
+        await producer.flusher.aclose()
+    kinds, text = await as_read(redis, keys, rid)
+    assert kinds == ["start", "failover", "delta", "error"]
+    assert text == "kept "
+
+
 @pytest.mark.parametrize(
     ("error", "away"),
     [
         (RedisConnectionError("gone"), True),
         (TimeoutError(), True),
         (ReadOnlyError("a replica now"), True),
+        (ResponseError("BUSY Redis is busy running a script"), True),
+        (ClusterCrossSlotError(), False),
         (ResponseError("WRONGTYPE Operation against a key"), False),
         (TypeError("a bug"), False),
     ],

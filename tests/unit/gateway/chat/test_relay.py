@@ -142,7 +142,9 @@ async def test_a_new_answer_wakes_an_idle_read_but_not_one_that_begins_anyway(
     relay = StreamRelay(redis_server_url, keys, block_ms=5000, batch=100, round_s=0.005, full_at=1)
     others = await client_ids(redis)
     await relay.start()
+    feeding: asyncio.Task[None] | None = None
     try:
+        await relay_blocked(redis, others)  # idle: the read blocks, naming no answer yet
         idle = relay.subscribe("idle", "0-0", new=True)
         await redis.xadd(keys.events("idle"), {"type": "delta", "data": "x"})
         async with asyncio.timeout(2):  # not the 5 s block: the idle read was woken
@@ -161,7 +163,9 @@ async def test_a_new_answer_wakes_an_idle_read_but_not_one_that_begins_anyway(
             relay.subscribe(f"new-{n}", "0-0", new=True)
             await asyncio.sleep(0.01)
         await asyncio.gather(*relay._waking)
-        feeding.cancel()
         assert await wake_ups(redis, relay) - before <= 5  # 20 before; 0 in 10 runs here
     finally:
+        if feeding is not None:
+            feeding.cancel()
+            await asyncio.wait({feeding})
         await relay.stop()

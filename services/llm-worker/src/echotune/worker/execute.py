@@ -24,7 +24,7 @@ from echotune.worker.inflight import CANCELLED, ENDED, FENCED, InFlight
 from echotune.worker.jobs import JobRunner, shutdown_error
 from echotune.worker.observability import job_ended, job_span, job_taken
 from echotune.worker.resources import Worker
-from echotune.worker.writer import EventWriter, Refused
+from echotune.worker.writer import EventWriter, Refused, WriteFailed
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,10 @@ async def _run(
     runner = JobRunner(ctx, job, writer)
     try:
         final = await _produce(job, held, taken, runner, writer)
+        try:  # all of it stored before the turn is recorded and the final chosen
+            await writer.flush()
+        except WriteFailed:  # some text was given up: the answer is not whole
+            final = internal_error(partial=bool(runner.partial))
         if held.reason in (FENCED, ENDED):
             log.warning("the answer was ended or taken over elsewhere; this run stops")
             return held.reason == ENDED

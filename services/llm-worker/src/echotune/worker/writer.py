@@ -19,8 +19,16 @@ import logging
 import time
 from collections.abc import Callable
 
+from redis.exceptions import (
+    AskError,
+    ClusterError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from echotune.common.completion import TokenLogprob, ToolCallDelta
@@ -64,14 +72,27 @@ class WriteFailed(Exception):
     """A batch of this request failed again and again with Redis reachable: the answer ends."""
 
 
+_AWAY = (
+    OSError,
+    RedisConnectionError,  # LOADING too
+    RedisTimeoutError,
+    ReadOnlyError,  # a failover: the primary became a replica
+    OutOfMemoryError,
+    TryAgainError,
+    AskError,  # MOVED too: slots migrating
+    ClusterError,  # CLUSTERDOWN, MASTERDOWN, a cluster client out of redirects
+    RedisClusterException,
+)
+_AWAY_REPLIES = ("BUSY ", "MISCONF ")
+"""Error replies redis-py names no class for that pass (a long script, a failing disk)."""
+
+
 def redis_away(error: Exception) -> bool:
     """Whether ``error`` says Redis cannot take commands now (a round to send again), rather
     than that something in the round is wrong (a plain error reply, a bug while packing)."""
-    if isinstance(error, ResponseError):  # READONLY, LOADING, TRYAGAIN, OOM...: named ones
-        return type(error) is not ResponseError
-    return isinstance(
-        error, OSError | RedisConnectionError | RedisTimeoutError | RedisClusterException
-    )
+    if isinstance(error, _AWAY):
+        return True
+    return isinstance(error, ResponseError) and str(error).startswith(_AWAY_REPLIES)
 
 
 class EventWriter:
@@ -93,6 +114,7 @@ class EventWriter:
         fields = encode_event(restart)
         self._restart = (fields["type"], fields["data"])
         self._history: list[tuple[str, str]] = []  # every entry taken, for a replay
+        self._taken_from = 0  # where the batch in flight begins in _history
         self._pending: list[list[str]] = []  # [type, data] or ["delta", text] (TEXT: merged)
         self._retry: Batch | None = None
         self._in_flight = False
@@ -145,7 +167,7 @@ class EventWriter:
             if self.refused is not None:
                 raise Refused(self.refused)
             if self.failed is not None and not isinstance(event, ErrorEvent):
-                event = internal_error(partial=True)
+                event = internal_error()  # the script says partial if text was stored
             outcome = await streams.append_final(self.request_id, self.epoch, self._next_seq, event)
             if outcome is not Final.LOST:
                 return outcome
@@ -176,6 +198,7 @@ class EventWriter:
         batch, self._retry = self._retry, None
         if batch is None and self._pending:
             entries = [self._entry(kind, value) for kind, value in self._pending]
+            self._taken_from = len(self._history)
             self._history += entries
             batch = Batch(self.request_id, self.epoch, self._next_seq, entries)
             self._next_seq += len(entries)
@@ -195,6 +218,7 @@ class EventWriter:
         """The restart event and every entry again, after the last one Redis still holds."""
         log.warning("Redis lost entries after seq %d (a failover): replaying them", stored_seq)
         entries = [self._restart, *self._history]
+        self._taken_from = len(self._history)  # a replay given up trims no history
         self._next_seq = stored_seq + 1 + len(entries)
         return Batch(self.request_id, self.epoch, stored_seq + 1, entries)
 
@@ -230,8 +254,9 @@ class EventWriter:
             ATTEMPTS,
             exc_info=error,
         )
-        self.failed = error
+        self.failed, self._failures = error, 0
         self._next_seq = batch.first_seq
+        del self._history[self._taken_from :]  # a replay must not bring it back
         self._pending = []
 
 

@@ -205,6 +205,8 @@ class StreamRelay:
 
     async def stop(self) -> None:
         self._stopping = True
+        for task in self._waking:  # a delayed wake-up would write after the clean-up
+            task.cancel()
         if self._cluster is not None:
             await self._cluster.stop()
         elif self._task:
@@ -248,7 +250,8 @@ class StreamRelay:
 
     async def _wake(self, cycle: int, delay: float) -> None:
         """Wake the blocked read after ``delay`` unless a read began since ``cycle`` (it names
-        the new streams); once per read cycle, however many streams subscribe meanwhile."""
+        the new streams). A cycle has one wake-up however many streams subscribe in it, two
+        when a resume comes after a new answer's (it cannot wait)."""
         if delay > 0:
             await asyncio.sleep(delay)
             if self._cycle != cycle:
