@@ -302,8 +302,9 @@ class AppendFlusher:
         for (writer, batch), result in zip(sending, results, strict=True):
             writer.sent(batch, result)
         if failed := [r for r in results if isinstance(r, Exception)]:
-            log.warning("appending %d batches failed, retrying: %s", len(failed), failed[0])
-            await asyncio.sleep(RETRY_S)  # they are sent again, not at once
+            log.warning("appending %d batches failed: %s", len(failed), failed[0])
+            if any(redis_away(error) for error in failed):  # else ATTEMPTS rounds end them
+                await asyncio.sleep(RETRY_S)  # sent again, not at once
 
     async def _append_one(self, batch: Batch) -> Appended | Exception:
         try:
