@@ -324,3 +324,23 @@ async def test_half_a_surrogate_pair_from_the_provider_does_not_stall_the_answer
     entries = await redis.xrange(settings.keys.events(rid))
     text = "".join(json.loads(f["data"])["delta"] for _, f in entries if f["type"] == "delta")
     assert text == "one \ufffd two"
+
+
+async def test_an_answer_whose_appends_keep_failing_ends_with_an_error_not_done(
+    worker: tuple[Worker, TestRedisBroker], redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its append rounds were sent again forever (the answer never ended); given up, the
+    answer must not end ``done`` (its text is not whole)."""
+    running, broker = worker
+    rid = await opened(running)
+    append_many = running.streams.append_many
+
+    async def failing(batches: Any, own: Any = None) -> Any:
+        if any(batch.request_id == rid for batch in batches):
+            raise TypeError("a bug while packing")
+        return await append_many(batches, own)
+
+    monkeypatch.setattr(running.streams, "append_many", failing)
+    await broker.publish(long_job(rid), stream=running.settings.keys.jobs)
+    final = await wait_for_final(redis, running.settings.namespace, rid, timeout=10)
+    assert (final["type"], final["code"]) == ("error", "internal_error")
