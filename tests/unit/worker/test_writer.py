@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -77,14 +78,29 @@ def keys() -> Keys:
     return Keys(f"t{uuid.uuid4().hex[:8]}")
 
 
+@contextlib.asynccontextmanager
+async def flushing(producer: Producer) -> AsyncIterator[Producer]:
+    task = asyncio.create_task(producer.flusher.run())
+    try:
+        yield producer
+    finally:
+        task.cancel()
+        await asyncio.wait({task})
+        await producer.flusher.aclose()
+
+
 @pytest.fixture
 async def running(redis: Redis, keys: Keys) -> AsyncIterator[Producer]:
-    producer = Producer(redis, keys)
-    task = asyncio.create_task(producer.flusher.run())
-    yield producer
-    task.cancel()
-    await asyncio.wait({task})
-    await producer.flusher.aclose()
+    async with flushing(Producer(redis, keys)) as producer:
+        yield producer
+
+
+@pytest.fixture
+async def buggy(redis: Redis, keys: Keys) -> AsyncIterator[tuple[Producer, PackingBug]]:
+    """A running producer whose streams fail the batches of their ``bad`` request."""
+    async with flushing(Producer(redis, keys, PackingBug)) as producer:
+        assert isinstance(producer.streams, PackingBug)
+        yield producer, producer.streams
 
 
 async def deltas(redis: Redis, keys: Keys, rid: str) -> list[str]:
@@ -258,40 +274,38 @@ class PackingBug(RequestStreams):
         return await super().append_many(batches, own)
 
 
+async def fails_alone(bad: EventWriter, good: EventWriter) -> None:
+    """Text buffered by both in one round: ``good``'s is stored, ``bad``'s is given up."""
+    bad.delta("lost")
+    good.delta("fine")
+    async with asyncio.timeout(10):
+        await good.flush()
+        with pytest.raises(WriteFailed):
+            await bad.flush()
+
+
 async def stored(redis: Redis, keys: Keys, rid: str) -> list[tuple[str, dict[str, object]]]:
     return [(f["type"], json.loads(f["data"])) for _, f in await redis.xrange(keys.events(rid))]
 
 
 @pytest.mark.cluster
 async def test_a_batch_that_keeps_failing_ends_its_answer_and_holds_up_no_other(
-    redis: Redis, keys: Keys
+    redis: Redis, keys: Keys, buggy: tuple[Producer, PackingBug]
 ) -> None:
     """The flusher took any failed round for Redis being away and sent it again forever: a
     bug in one request's batch stalled every answer batched with it, and the worker."""
-    producer = Producer(redis, keys, PackingBug)
-    streams = producer.streams
-    assert isinstance(streams, PackingBug)
-    flushing = asyncio.create_task(producer.flusher.run())
-    try:
-        bad, good = await opened(redis, keys), await opened(redis, keys)
-        streams.bad = bad
-        bad_writer, good_writer = await producer.writer(bad), await producer.writer(good)
-        bad_writer.delta("lost")
-        good_writer.delta("fine")
-        async with asyncio.timeout(10):
-            await good_writer.flush()
-            with pytest.raises(WriteFailed):
-                await bad_writer.flush()
-            with pytest.raises(WriteFailed):  # the producer stops at its next piece
-                bad_writer.delta("more")
-            streams.bad = ""  # the final goes by another path; it may be written
-            assert await bad_writer.final(DONE) is Final.WRITTEN
-            good_writer.delta(" still")
-            assert await good_writer.final(DONE) is Final.WRITTEN
-    finally:
-        flushing.cancel()
-        await asyncio.wait({flushing})
-        await producer.flusher.aclose()
+    producer, streams = buggy
+    bad, good = await opened(redis, keys), await opened(redis, keys)
+    streams.bad = bad
+    bad_writer, good_writer = await producer.writer(bad), await producer.writer(good)
+    await fails_alone(bad_writer, good_writer)
+    async with asyncio.timeout(10):
+        with pytest.raises(WriteFailed):  # the producer stops at its next piece
+            bad_writer.delta("more")
+        streams.bad = ""  # the final goes by another path; it may be written
+        assert await bad_writer.final(DONE) is Final.WRITTEN
+        good_writer.delta(" still")
+        assert await good_writer.final(DONE) is Final.WRITTEN
     [_start, (kind, error)] = await stored(redis, keys, bad)
     assert (kind, error["code"], error["partial"]) == ("error", "internal_error", False)
     assert await deltas(redis, keys, good) == ["fine", " still"]
@@ -307,38 +321,27 @@ async def test_an_error_reply_for_one_request_ends_that_answer_only(
     bad_writer, good_writer = await running.writer(bad), await running.writer(good)
     await redis.delete(keys.events(bad))
     await redis.set(keys.events(bad), "not a stream")
-    bad_writer.delta("lost")
-    good_writer.delta("fine")
-    async with asyncio.timeout(10):
-        await good_writer.flush()
-        with pytest.raises(WriteFailed):
-            await bad_writer.flush()
+    await fails_alone(bad_writer, good_writer)
     assert await deltas(redis, keys, good) == ["fine"]
 
 
-async def test_text_given_up_is_not_brought_back_by_a_replay(redis: Redis, keys: Keys) -> None:
+async def test_text_given_up_is_not_brought_back_by_a_replay(
+    redis: Redis, keys: Keys, buggy: tuple[Producer, PackingBug]
+) -> None:
     """A replay (Redis lost entries) sent every entry taken, the one given up too."""
-    producer = Producer(redis, keys, PackingBug)
-    streams = producer.streams
-    assert isinstance(streams, PackingBug)
-    flushing = asyncio.create_task(producer.flusher.run())
-    try:
-        rid = await opened(redis, keys)
-        writer = await producer.writer(rid)
-        writer.delta("kept ")
-        await writer.flush()
-        streams.bad = rid
-        writer.delta("given up")
-        async with asyncio.timeout(10):
-            with pytest.raises(WriteFailed):
-                await writer.flush()
-            streams.bad = ""
-            await lose_the_last_entry(redis, keys, rid)  # the final finds entries lost
-            assert await writer.final(DONE) is Final.WRITTEN
-    finally:
-        flushing.cancel()
-        await asyncio.wait({flushing})
-        await producer.flusher.aclose()
+    producer, streams = buggy
+    rid = await opened(redis, keys)
+    writer = await producer.writer(rid)
+    writer.delta("kept ")
+    await writer.flush()
+    streams.bad = rid
+    writer.delta("given up")
+    async with asyncio.timeout(10):
+        with pytest.raises(WriteFailed):
+            await writer.flush()
+        streams.bad = ""
+        await lose_the_last_entry(redis, keys, rid)  # the final finds entries lost
+        assert await writer.final(DONE) is Final.WRITTEN
     kinds, text = await as_read(redis, keys, rid)
     assert kinds == ["start", "failover", "delta", "error"]
     assert text == "kept "
