@@ -363,3 +363,32 @@ def test_only_errors_that_say_redis_is_away_are_retried_without_end(
     error: Exception, away: bool
 ) -> None:
     assert redis_away(error) is away
+
+
+class _Marks:
+    """A flusher stand-in that only records which writers have something to send."""
+
+    def mark(self, writer: EventWriter) -> None:
+        pass
+
+
+@pytest.mark.parametrize("stamp", [False, True])
+@pytest.mark.parametrize("text", [' "quoted" \\ \n\t\x00\x1f', "é🎵\u2028", "plain"])
+def test_a_text_delta_is_the_json_a_json_encoder_writes(text: str, stamp: bool) -> None:
+    writer = EventWriter(
+        _Marks(),  # type: ignore[arg-type]
+        "r-1",
+        1,
+        on_cancel=lambda: None,
+        on_refused=lambda why: None,
+        restart=RESTART,
+        stamp=stamp,
+    )
+    writer.delta(text)
+    batch = writer.take_batch()
+    assert batch is not None
+    [(kind, data)] = batch.entries
+    payload = json.loads(data)
+    expected = {"delta": text, "t": payload["t"]} if stamp else {"delta": text}
+    assert kind == "delta"
+    assert data == json.dumps(expected, ensure_ascii=False, separators=(",", ":"))

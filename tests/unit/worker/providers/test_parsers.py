@@ -647,3 +647,37 @@ async def test_json_only_pythons_reader_takes_is_still_read(value: str) -> None:
     body = f"data: {first}\n\ndata: {last}\n\n"
     items, _ = await collect(ProviderKind.OPENAI, lambda _: sse(body + "data: [DONE]\n\n"))
     assert texts(items) == ["ok"]
+
+
+_TEXT_CHUNKS = [
+    {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]},
+    {"choices": [{"delta": {"role": "assistant", "content": ""}}], "usage": None},
+    {"choices": [{"delta": {"content": "hi"}, "finish_reason": "length"}]},
+    {"choices": [{"delta": {"content": "hi", "refusal": "no"}}]},
+    {"choices": [{"delta": {"content": None, "refusal": "no"}}]},
+    {"choices": [{"delta": {"role": None, "content": "hi"}}]},
+    {"choices": [{"delta": {"content": "hi"}}], "usage": {"completion_tokens": 3}},
+    {"choices": [{"delta": {"content": "hi"}}], "x_groq": {"usage": {"prompt_tokens": 2}}},
+    {"choices": [{"index": 1, "delta": {"content": "other choice"}}]},
+    {"choices": [{"delta": {"content": "a"}}, {"index": 1, "delta": {"content": "b"}}]},
+    {"choices": [{"delta": {"content": "hi", "tool_calls": [{"function": {"name": "f"}}]}}]},
+    {"choices": [{"delta": {"content": "hi"}, "logprobs": {"content": []}}]},
+    {"choices": [{"delta": {"content": 5}}]},
+    {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1}},
+]
+
+
+@pytest.mark.parametrize("chunk", _TEXT_CHUNKS)
+def test_a_chunk_read_by_the_short_path_gives_what_the_long_one_does(
+    chunk: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from echotune.worker.providers import openai
+    from echotune.worker.providers.sse import SseEvent
+
+    def read(parser: openai.OpenAIParser) -> tuple[list[StreamItem], FinishReason, Usage]:
+        items = parser.feed(SseEvent("", json.dumps(chunk)))
+        return items, parser.reason, parser.usage
+
+    short = read(openai.OpenAIParser("p"))
+    monkeypatch.setattr(openai, "_plain_text", lambda chunk: None)
+    assert short == read(openai.OpenAIParser("p"))

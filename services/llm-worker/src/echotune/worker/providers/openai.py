@@ -55,6 +55,8 @@ class OpenAIParser:
             self.done = True
             return [Finish(self.reason, self.usage)]
         chunk = load_json(self.provider, event.data)
+        if (text := _plain_text(chunk)) is not None:
+            return [TextChunk(text, ())] if text else []
         if "error" in chunk:
             raise payload_error(self.provider, chunk)
         items: list[StreamItem] = []
@@ -81,6 +83,26 @@ class OpenAIParser:
     def end(self) -> list[StreamItem]:
         """The body ended before ``[DONE]``: the stream is malformed."""
         raise malformed(self.provider, "the stream ended without data: [DONE]")
+
+
+def _plain_text(chunk: dict[str, Any]) -> str | None:
+    """The text of nearly every chunk (one choice carrying text only, no usage), read with
+    fewer steps than :meth:`OpenAIParser.feed` takes; ``None`` for any other chunk."""
+    choices = chunk.get("choices")
+    if type(choices) is not list or len(choices) != 1 or chunk.get("usage") is not None:
+        return None
+    choice = choices[0]
+    if type(choice) is not dict or choice.get("index", 0) != 0:
+        return None
+    if choice.get("finish_reason") is not None or choice.get("logprobs") is not None:
+        return None
+    delta = choice.get("delta")
+    if type(delta) is not dict or len(delta) > 2 or "error" in chunk or "x_groq" in chunk:
+        return None
+    content = delta.get("content")
+    if type(content) is not str or (len(delta) == 2 and delta.get("role") is None):
+        return None
+    return content
 
 
 def _text(provider: str, content: Any, logprobs: Any) -> list[StreamItem]:
