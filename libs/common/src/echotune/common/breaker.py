@@ -219,6 +219,8 @@ return {state, state}
 """
 )
 
+_ACQUIRE_SCRIPT = Script(_ACQUIRE)
+_RENEW_SCRIPT = Script(_RENEW)
 _RECORD_SCRIPT = Script(_RECORD)
 
 # KEYS: hash, ok window, fail window. ARGV: window ms. → {now, fields..., ok count, fail count}
@@ -230,6 +232,7 @@ return {now, redis.call('HGETALL', KEYS[1]),
         redis.call('ZCOUNT', KEYS[2], since, '+inf'), redis.call('ZCOUNT', KEYS[3], since, '+inf')}
 """
 )
+_SNAPSHOT_SCRIPT = Script(_SNAPSHOT)
 
 
 class CircuitBreakers:
@@ -238,9 +241,6 @@ class CircuitBreakers:
     def __init__(self, redis: Redis, keys: Keys, policy: BreakerPolicy | None = None) -> None:
         self.redis, self.keys = redis, keys
         self.policy = policy or BreakerPolicy()
-        self._acquire = redis.register_script(_ACQUIRE)
-        self._renew = redis.register_script(_RENEW)
-        self._snapshot = redis.register_script(_SNAPSHOT)
 
     def _keys(self, provider: str) -> list[str]:
         key = self.keys.breaker(provider)
@@ -252,8 +252,8 @@ class CircuitBreakers:
 
     async def acquire(self, provider: str) -> Permit:
         """May ``provider`` be called now? A granted probe must be followed by ``record``."""
-        allowed, state, reason, wait_ms, token = await self._acquire(
-            keys=[self.keys.breaker(provider)], args=[self._lease_ms, uuid.uuid4().hex]
+        allowed, state, reason, wait_ms, token = await _ACQUIRE_SCRIPT(
+            self.redis, [self.keys.breaker(provider)], [self._lease_ms, uuid.uuid4().hex]
         )
         return Permit(
             provider=provider,
@@ -268,8 +268,8 @@ class CircuitBreakers:
         """Extend a probe's lease; ``False`` when it no longer holds it (or is no probe)."""
         if permit.token is None:
             return False
-        held = await self._renew(
-            keys=[self.keys.breaker(permit.provider)], args=[permit.token, self._lease_ms]
+        held = await _RENEW_SCRIPT(
+            self.redis, [self.keys.breaker(permit.provider)], [permit.token, self._lease_ms]
         )
         return bool(int(held))
 
@@ -341,8 +341,8 @@ class CircuitBreakers:
         return Transition(provider, BreakerState(old), BreakerState(new))
 
     async def snapshot(self, provider: str) -> BreakerSnapshot:
-        now, flat, ok, fail = await self._snapshot(
-            keys=self._keys(provider), args=[int(self.policy.window_s * 1000)]
+        now, flat, ok, fail = await _SNAPSHOT_SCRIPT(
+            self.redis, self._keys(provider), [int(self.policy.window_s * 1000)]
         )
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
         return _snapshot(fields, int(ok), int(fail), int(now))
