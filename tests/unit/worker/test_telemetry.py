@@ -2,39 +2,90 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import statistics
+import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from faststream.redis import RedisBroker
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError
 
+from echotune.common.messages import TelemetryEvent
+from echotune.common.redis import create_broker
+from echotune.common.scripts import execute
+from echotune.worker import telemetry
 from echotune.worker.telemetry import TelemetryPublisher, percentile
 from tests.support.telemetry import make_event
 
 
-class AwayForAWhile:
-    """A broker whose Redis refuses the first ``failures`` publishes, then takes them."""
-
-    def __init__(self, failures: int) -> None:
-        self.failures, self.published = failures, list[Any]()
-
-    async def publish(self, body: Any, **options: Any) -> None:
-        if self.failures > 0:
-            self.failures -= 1
-            raise ConnectionError("slot not served: its primary fails over")
-        self.published.append(body)
-
-
-async def test_an_event_is_published_once_redis_is_back() -> None:
+async def test_an_event_is_published_once_redis_is_back(
+    redis: Redis, redis_server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """It was given up at the first failure (the client's own retries last about a second;
     a failover takes the node timeout plus an election): the attempt had no document."""
-    broker = AwayForAWhile(failures=3)
-    publisher = TelemetryPublisher(broker, "ns:telemetry", 1000)  # type: ignore[arg-type]
-    event = make_event("p", random.Random(1))
-    publisher.publish(event)
-    await publisher.flush(timeout_s=30)
-    assert [body["eventId"] for body in broker.published] == [event.event_id]
+    failures = 3
+
+    async def away_for_a_while(*args: Any) -> list[Any]:
+        nonlocal failures
+        if failures > 0:
+            failures -= 1
+            raise ConnectionError("slot not served: its primary fails over")
+        return await execute(*args)
+
+    monkeypatch.setattr(telemetry, "execute", away_for_a_while)
+    monkeypatch.setattr(telemetry, "PAUSE_S", 0.01)
+    stream = f"t{uuid.uuid4().hex[:8]}:telemetry"
+    async with connected(redis_server_url) as broker:
+        publisher = TelemetryPublisher(broker, redis, stream, 1000)
+        event = make_event("p", random.Random(1))
+        publisher.publish(event)
+        await publisher.flush(timeout_s=30)
+        assert await published(broker, redis_server_url, stream) == [event.event_id]
+    assert failures == 0
+
+
+async def test_events_published_together_share_one_round_trip(
+    redis: Redis, redis_server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rounds: list[int] = []
+
+    async def counted(redis: Redis, pipe: Any, scripts: list[Any]) -> list[Any]:
+        rounds.append(len(scripts))
+        return await execute(redis, pipe, scripts)
+
+    monkeypatch.setattr(telemetry, "execute", counted)
+    stream = f"t{uuid.uuid4().hex[:8]}:telemetry"
+    events = [make_event("p", random.Random(seed)) for seed in range(5)]
+    async with connected(redis_server_url) as broker:
+        publisher = TelemetryPublisher(broker, redis, stream, 1000)
+        for event in events:
+            publisher.publish(event)
+        await publisher.flush()
+        assert await published(broker, redis_server_url, stream) == [e.event_id for e in events]
+    assert rounds == [5]
+
+
+@contextlib.asynccontextmanager
+async def connected(url: str) -> AsyncIterator[RedisBroker]:
+    broker = create_broker(url)  # as the worker's: connected
+    await broker.connect()
+    try:
+        yield broker
+    finally:
+        await broker.stop()
+
+
+async def published(broker: RedisBroker, url: str, stream: str) -> list[str]:
+    """The event ids of the entries of ``stream``, read as FastStream's subscriber reads them
+    (its entries are binary: the fixture's client would decode them as text)."""
+    async with Redis.from_url(url) as raw:
+        entries = await raw.xrange(stream)
+    bodies = [broker.message_format.parse(fields[b"__data__"])[0] for _, fields in entries]
+    return [TelemetryEvent.model_validate_json(body).event_id for body in bodies]
 
 
 @pytest.mark.parametrize("seed", range(40))

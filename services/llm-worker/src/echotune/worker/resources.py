@@ -114,7 +114,7 @@ async def open_worker(
         jobs=InFlightJobs(),
         streams=streams,
         flusher=AppendFlusher(streams),
-        telemetry=TelemetryPublisher(broker, keys.telemetry, settings.telemetry_maxlen),
+        telemetry=TelemetryPublisher(broker, redis, keys.telemetry, settings.telemetry_maxlen),
         breakers=CircuitBreakers(redis, keys, settings.breaker.policy()),
         live=LiveStats(redis, keys),
         pool=JobPool(settings.concurrency),

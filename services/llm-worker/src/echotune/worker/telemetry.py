@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from faststream.redis import RedisBroker
+from redis.asyncio import Redis
 
 from echotune.common.messages import (
     BreakerState,
@@ -16,8 +17,14 @@ from echotune.common.messages import (
     Grounding,
     TelemetryEvent,
 )
+from echotune.common.scripts import execute
+from echotune.common.stream_entry import entry_fields
 
 log = logging.getLogger(__name__)
+BATCH_WAIT_S = 0.05
+"""An event waits this long for others to share its round trip (nobody waits for it)."""
+PAUSE_S = 0.25
+"""The first pause after a failed batch; it doubles up to 4 s."""
 PUBLISH_FOR_S = 60.0
 """How long an event is offered to Redis before it is given up: longer than a Redis Cluster
 failover (node timeout + election). A retry may publish it twice; the writer stores it once."""
@@ -101,37 +108,66 @@ class AttemptClock:
 
 
 class TelemetryPublisher:
-    """Publishes telemetry in the background: a slow or failing Redis never slows a stream."""
+    """Publishes telemetry in the background, the events of ``BATCH_WAIT_S`` in one round trip:
+    a slow or failing Redis never slows a stream, and a busy worker pays one round trip per
+    batch, not per event."""
 
-    def __init__(self, broker: RedisBroker, stream: str, maxlen: int) -> None:
-        self._broker, self._stream, self._maxlen = broker, stream, maxlen
-        self._pending: set[asyncio.Task[None]] = set()
+    def __init__(self, broker: RedisBroker, redis: Redis, stream: str, maxlen: int) -> None:
+        self._broker, self._redis, self._stream, self._maxlen = broker, redis, stream, maxlen
+        self._queued: list[tuple[TelemetryEvent, float]] = []  # with the time it is given up
+        self._task: asyncio.Task[None] | None = None
 
     def publish(self, event: TelemetryEvent) -> None:
-        task = asyncio.create_task(self._send(event))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        self._queued.append((event, time.monotonic() + PUBLISH_FOR_S))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
 
-    async def _send(self, event: TelemetryEvent) -> None:
-        body = event.model_dump(mode="json", by_alias=True)
-        give_up_at, pause = time.monotonic() + PUBLISH_FOR_S, 0.25
+    async def _run(self) -> None:
+        """Send what was queued meanwhile, every ``BATCH_WAIT_S``, until nothing is; a failed
+        batch again after a growing pause (each event until its time is up)."""
+        wait, pause = BATCH_WAIT_S, PAUSE_S
         while True:
-            try:
-                await self._broker.publish(body, stream=self._stream, maxlen=self._maxlen)
+            await asyncio.sleep(wait)
+            if not self._queued:
                 return
+            batch, self._queued = self._queued, []
+            try:
+                await self._send([event for event, _ in batch])
+                wait, pause = BATCH_WAIT_S, PAUSE_S
             except Exception as exc:
-                if time.monotonic() + pause > give_up_at:
-                    log.exception("telemetry event %s not published", event.event_id)
-                    return
-                log.warning("telemetry event %s not published yet: %s", event.event_id, exc)
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 4.0)
+                self._queued = self._keep(batch, time.monotonic() + pause, exc) + self._queued
+                wait, pause = pause, min(pause * 2, 4.0)
+
+    async def _send(self, events: list[TelemetryEvent]) -> None:
+        """One pipeline of the events' entries, as FastStream's publish writes them."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                body = event.model_dump(mode="json", by_alias=True)
+                fields = await entry_fields(self._broker, body)
+                pipe.xadd(self._stream, fields, maxlen=self._maxlen)
+            replies = await execute(self._redis, pipe, [None] * len(events))
+        for event, reply in zip(events, replies, strict=True):
+            if isinstance(reply, Exception):  # refused for good (a damaged key): not retried
+                log.error("telemetry event %s not published: %s", event.event_id, reply)
+
+    def _keep(
+        self, batch: list[tuple[TelemetryEvent, float]], retry_at: float, error: Exception
+    ) -> list[tuple[TelemetryEvent, float]]:
+        """The events of a failed batch still worth sending at ``retry_at``."""
+        for event, until in batch:
+            if until <= retry_at:
+                log.error("telemetry event %s not published: %r", event.event_id, error)
+        kept = [(event, until) for event, until in batch if until > retry_at]
+        if kept:
+            log.warning("%d telemetry events not published yet: %s", len(kept), error)
+        return kept
 
     async def flush(self, timeout_s: float = 10.0) -> None:
         """Wait for events still being published (at shutdown), ``timeout_s`` at most."""
-        if self._pending:
-            _, late = await asyncio.wait(self._pending, timeout=timeout_s)
-            for task in late:
-                task.cancel()
-            if late:
-                log.error("%d telemetry events not published before shutdown", len(late))
+        if self._task is None or self._task.done():
+            return
+        _, late = await asyncio.wait({self._task}, timeout=timeout_s)
+        for task in late:
+            task.cancel()
+        if late:
+            log.error("%d telemetry events not published before shutdown", len(self._queued))

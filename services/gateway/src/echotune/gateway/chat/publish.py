@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, cast
 
 from faststream.redis import RedisBroker
 from opentelemetry.trace import SpanKind
 
 from echotune.common import tracing
 from echotune.common.messages import ChatJob
+from echotune.common.stream_entry import entry_fields
 
 
 @contextmanager
@@ -42,24 +42,8 @@ async def publish_job(broker: RedisBroker, job: ChatJob, stream: str) -> None:
     await broker.publish(job, stream=stream)
 
 
-class _Capture:
-    """Stands in for the pipeline FastStream's publish may write to: keeps the entry."""
-
-    fields: dict[str, Any] | None = None
-
-    async def xadd(self, name: str, fields: dict[str, Any], maxlen: int | None = None) -> bytes:
-        self.fields = fields
-        return b""
-
-
 async def job_fields(broker: RedisBroker, job: ChatJob) -> list[str | bytes]:
     """The fields of the jobs-stream entry FastStream's publish would ``XADD`` for ``job``
-    (flat: name, value…), for a script that writes it along with other work.
-
-    The publish runs for real, into a capture: a publish middleware added to the gateway's
-    broker one day would count it (and its trace would name the stream ``-``)."""
-    capture = _Capture()
-    await broker.publish(job, stream="-", pipeline=cast(Any, capture))
-    if capture.fields is None:
-        raise RuntimeError("FastStream's publish wrote no stream entry")
-    return [part for item in capture.fields.items() for part in item]
+    (flat: name, value…), for a script that writes it along with other work."""
+    fields = await entry_fields(broker, job)
+    return [part for item in fields.items() for part in item]
