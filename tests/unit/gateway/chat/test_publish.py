@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
+from faststream.redis import RedisClusterBroker
+
 from echotune.common.messages import ChatJob, ChatMessage, Role
 from echotune.common.redis import create_broker
+from echotune.common.stream_entry import entry_fields
 from echotune.gateway.chat.publish import job_fields
 
 
@@ -33,3 +37,10 @@ async def test_a_job_entry_is_faststreams_message_for_the_job(redis_server_url: 
     body, headers = broker.message_format.parse(data)
     assert headers["content-type"] == "application/json"
     assert ChatJob.model_validate_json(body) == job
+
+
+async def test_a_cluster_broker_is_refused_it_would_publish_past_the_capture() -> None:
+    """FastStream's cluster broker ignores a pipeline: the capture would miss the entry and a
+    real one would be written to a stream named ``-``."""
+    with pytest.raises(TypeError):
+        await entry_fields(RedisClusterBroker("redis://127.0.0.1:1"), {"a": 1})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from faststream.redis import RedisBroker
+from faststream.redis import RedisBroker, RedisClusterBroker
 
 
 class _Capture:
@@ -22,7 +22,10 @@ async def entry_fields(broker: RedisBroker, body: Any) -> dict[Any, Any]:
     """The fields of the entry ``broker.publish(body, stream=...)`` would add.
 
     The publish runs for real, into a capture: a publish middleware added to the broker one
-    day would count it (and its trace would name the stream ``-``)."""
+    day would count it (and its trace would name the stream ``-``). Not on a cluster: its
+    broker ignores a pipeline (it would publish to ``-``)."""
+    if isinstance(broker, RedisClusterBroker):
+        raise TypeError("a cluster broker publishes past a pipeline; publish each entry")
     capture = _Capture()
     await broker.publish(body, stream="-", pipeline=cast(Any, capture))
     if capture.fields is None:

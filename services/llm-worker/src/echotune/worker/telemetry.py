@@ -7,7 +7,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from faststream.redis import RedisBroker
+from faststream.redis import RedisBroker, RedisClusterBroker
 from redis.asyncio import Redis
 
 from echotune.common.messages import (
@@ -139,10 +139,15 @@ class TelemetryPublisher:
                 wait, pause = pause, min(pause * 2, 4.0)
 
     async def _send(self, events: list[TelemetryEvent]) -> None:
-        """One pipeline of the events' entries, as FastStream's publish writes them."""
+        """One pipeline of the events' entries, as FastStream's publish writes them (a cluster
+        broker ignores a pipeline: there, one publish each)."""
+        bodies = [event.model_dump(mode="json", by_alias=True) for event in events]
+        if isinstance(self._broker, RedisClusterBroker):
+            for body in bodies:  # again after a failure: the writer stores an event once
+                await self._broker.publish(body, stream=self._stream, maxlen=self._maxlen)
+            return
         async with self._redis.pipeline(transaction=False) as pipe:
-            for event in events:
-                body = event.model_dump(mode="json", by_alias=True)
+            for body in bodies:
                 fields = await entry_fields(self._broker, body)
                 pipe.xadd(self._stream, fields, maxlen=self._maxlen)
             replies = await execute(self._redis, pipe, [None] * len(events))
