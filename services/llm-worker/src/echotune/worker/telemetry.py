@@ -116,6 +116,7 @@ class TelemetryPublisher:
         self._broker, self._redis, self._stream, self._maxlen = broker, redis, stream, maxlen
         self._queued: list[tuple[TelemetryEvent, float]] = []  # with the time it is given up
         self._task: asyncio.Task[None] | None = None
+        self._sending = 0  # events of the batch in flight
 
     def publish(self, event: TelemetryEvent) -> None:
         self._queued.append((event, time.monotonic() + PUBLISH_FOR_S))
@@ -131,12 +132,15 @@ class TelemetryPublisher:
             if not self._queued:
                 return
             batch, self._queued = self._queued, []
+            self._sending = len(batch)
             try:
                 await self._send([event for event, _ in batch])
                 wait, pause = BATCH_WAIT_S, PAUSE_S
             except Exception as exc:
                 self._queued = self._keep(batch, time.monotonic() + pause, exc) + self._queued
                 wait, pause = pause, min(pause * 2, 4.0)
+            finally:
+                self._sending = 0
 
     async def _send(self, events: list[TelemetryEvent]) -> None:
         """One pipeline of the events' entries, as FastStream's publish writes them (a cluster
@@ -175,4 +179,5 @@ class TelemetryPublisher:
         for task in late:
             task.cancel()
         if late:
-            log.error("%d telemetry events not published before shutdown", len(self._queued))
+            unsent = len(self._queued) + self._sending
+            log.error("%d telemetry events not published before shutdown", unsent)
