@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from faststream.redis import RedisBroker
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError
+from redis.exceptions import ConnectionError, ReadOnlyError, ResponseError
 
 from echotune.common.messages import TelemetryEvent
 from echotune.common.redis import create_broker
@@ -22,6 +22,7 @@ from echotune.worker.telemetry import TelemetryPublisher, percentile
 from tests.support.telemetry import make_event
 
 
+@pytest.mark.single_node(reason="a cluster publishes each event, with no pipeline")
 async def test_an_event_is_published_once_redis_is_back(
     redis: Redis, redis_server_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -48,6 +49,7 @@ async def test_an_event_is_published_once_redis_is_back(
     assert failures == 0
 
 
+@pytest.mark.single_node(reason="a cluster publishes each event, with no pipeline")
 async def test_events_published_together_share_one_round_trip(
     redis: Redis, redis_server_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -69,6 +71,44 @@ async def test_events_published_together_share_one_round_trip(
     assert rounds == [5]
 
 
+@pytest.mark.single_node(reason="a cluster publishes each event, with no pipeline")
+async def test_an_entry_refused_while_redis_is_away_is_sent_again_one_refused_for_good_not(
+    redis: Redis, redis_server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """READONLY (a client still on a former primary) says Redis is away: the event goes in a
+    later round; WRONGTYPE (a damaged key) would be refused every time: it is given up."""
+    rounds: list[list[str]] = []
+    replies = [
+        [ReadOnlyError("You can't write against a read only replica."), "1-1", WRONGTYPE],
+        ["1-2"],
+    ]
+    async with connected(redis_server_url) as broker:
+
+        async def refusing(redis: Redis, pipe: Any, scripts: list[Any]) -> list[Any]:
+            datas = [args[args.index("__data__") + 1] for args, _ in pipe.command_stack]
+            rounds.append([event_id(broker, data) for data in datas])
+            return replies[len(rounds) - 1]
+
+        monkeypatch.setattr(telemetry, "execute", refusing)
+        monkeypatch.setattr(telemetry, "PAUSE_S", 0.01)
+        events = [make_event("p", random.Random(seed)) for seed in range(3)]
+        publisher = TelemetryPublisher(broker, redis, "t:telemetry", 1000)
+        for event in events:
+            publisher.publish(event)
+        await publisher.flush(timeout_s=10)
+    ids = [event.event_id for event in events]
+    assert rounds == [ids, ids[:1]]
+
+
+def event_id(broker: RedisBroker, data: bytes) -> str:
+    """The id of the event a stream entry's data carries."""
+    body, _ = broker.message_format.parse(data)
+    return TelemetryEvent.model_validate_json(body).event_id
+
+
+WRONGTYPE = ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+
+
 @contextlib.asynccontextmanager
 async def connected(url: str) -> AsyncIterator[RedisBroker]:
     broker = create_broker(url)  # as the worker's: connected
@@ -84,8 +124,7 @@ async def published(broker: RedisBroker, url: str, stream: str) -> list[str]:
     (its entries are binary: the fixture's client would decode them as text)."""
     async with Redis.from_url(url) as raw:
         entries = await raw.xrange(stream)
-    bodies = [broker.message_format.parse(fields[b"__data__"])[0] for _, fields in entries]
-    return [TelemetryEvent.model_validate_json(body).event_id for body in bodies]
+    return [event_id(broker, fields[b"__data__"]) for _, fields in entries]
 
 
 @pytest.mark.parametrize("seed", range(40))

@@ -42,5 +42,5 @@ async def test_a_job_entry_is_faststreams_message_for_the_job(redis_server_url: 
 async def test_a_cluster_broker_is_refused_it_would_publish_past_the_capture() -> None:
     """FastStream's cluster broker ignores a pipeline: the capture would miss the entry and a
     real one would be written to a stream named ``-``."""
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="cluster broker"):
         await entry_fields(RedisClusterBroker("redis://127.0.0.1:1"), {"a": 1})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,12 +20,15 @@ from echotune.common.messages import (
 )
 from echotune.common.scripts import execute
 from echotune.common.stream_entry import entry_fields
+from echotune.worker.writer import redis_away
 
 log = logging.getLogger(__name__)
 BATCH_WAIT_S = 0.05
 """An event waits this long for others to share its round trip (nobody waits for it)."""
 PAUSE_S = 0.25
 """The first pause after a failed batch; it doubles up to 4 s."""
+MAX_BATCH = 256
+"""Events sent in one round trip at most (a backlog after an outage goes in several)."""
 PUBLISH_FOR_S = 60.0
 """How long an event is offered to Redis before it is given up: longer than a Redis Cluster
 failover (node timeout + election). A retry may publish it twice; the writer stores it once."""
@@ -107,6 +111,10 @@ class AttemptClock:
         )
 
 
+Queued = tuple[TelemetryEvent, float]
+"""An event and the time it is given up."""
+
+
 class TelemetryPublisher:
     """Publishes telemetry in the background, the events of ``BATCH_WAIT_S`` in one round trip:
     a slow or failing Redis never slows a stream, and a busy worker pays one round trip per
@@ -114,65 +122,79 @@ class TelemetryPublisher:
 
     def __init__(self, broker: RedisBroker, redis: Redis, stream: str, maxlen: int) -> None:
         self._broker, self._redis, self._stream, self._maxlen = broker, redis, stream, maxlen
-        self._queued: list[tuple[TelemetryEvent, float]] = []  # with the time it is given up
+        self._queued: list[Queued] = []
         self._task: asyncio.Task[None] | None = None
         self._sending = 0  # events of the batch in flight
 
     def publish(self, event: TelemetryEvent) -> None:
         self._queued.append((event, time.monotonic() + PUBLISH_FOR_S))
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run())
+        self._start()
+
+    def _start(self) -> None:
+        """Run the sender unless it runs; in a context of its own (not the attempt's that
+        happened to start it: its request id and span would mark every later batch)."""
+        if self._queued and (self._task is None or self._task.done()):
+            self._task = asyncio.create_task(self._run(), context=contextvars.Context())
 
     async def _run(self) -> None:
-        """Send what was queued meanwhile, every ``BATCH_WAIT_S``, until nothing is; a failed
-        batch again after a growing pause (each event until its time is up)."""
+        """Send what was queued meanwhile, every ``BATCH_WAIT_S``, until nothing is; what
+        failed again after a growing pause (each event until its time is up)."""
         wait, pause = BATCH_WAIT_S, PAUSE_S
         while True:
             await asyncio.sleep(wait)
             if not self._queued:
                 return
-            batch, self._queued = self._queued, []
+            batch, self._queued = self._queued[:MAX_BATCH], self._queued[MAX_BATCH:]
             self._sending = len(batch)
             try:
-                await self._send([event for event, _ in batch])
-                wait, pause = BATCH_WAIT_S, PAUSE_S
-            except Exception as exc:
-                self._queued = self._keep(batch, time.monotonic() + pause, exc) + self._queued
-                wait, pause = pause, min(pause * 2, 4.0)
+                failed = await self._send(batch)
+            except Exception as exc:  # the round as a whole: Redis away
+                failed = [(queued, exc) for queued in batch]
             finally:
                 self._sending = 0
+            if not failed:
+                wait, pause = BATCH_WAIT_S, PAUSE_S
+                continue
+            self._queued = self._keep(failed, time.monotonic() + pause) + self._queued
+            wait, pause = pause, min(pause * 2, 4.0)
 
-    async def _send(self, events: list[TelemetryEvent]) -> None:
+    async def _send(self, batch: list[Queued]) -> list[tuple[Queued, Exception]]:
         """One pipeline of the events' entries, as FastStream's publish writes them (a cluster
-        broker ignores a pipeline: there, one publish each)."""
-        bodies = [event.model_dump(mode="json", by_alias=True) for event in events]
+        broker ignores a pipeline: there, one publish each); the events to send again."""
+        bodies = [event.model_dump(mode="json", by_alias=True) for event, _ in batch]
         if isinstance(self._broker, RedisClusterBroker):
-            for body in bodies:  # again after a failure: the writer stores an event once
-                await self._broker.publish(body, stream=self._stream, maxlen=self._maxlen)
-            return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for body in bodies:
-                fields = await entry_fields(self._broker, body)
-                pipe.xadd(self._stream, fields, maxlen=self._maxlen)
-            replies = await execute(self._redis, pipe, [None] * len(events))
-        for event, reply in zip(events, replies, strict=True):
-            if isinstance(reply, Exception):  # refused for good (a damaged key): not retried
-                log.error("telemetry event %s not published: %s", event.event_id, reply)
+            stream, maxlen = self._stream, self._maxlen
+            tries = [self._broker.publish(body, stream=stream, maxlen=maxlen) for body in bodies]
+            replies = await asyncio.gather(*tries, return_exceptions=True)
+        else:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for body in bodies:
+                    fields = await entry_fields(self._broker, body)
+                    pipe.xadd(self._stream, fields, maxlen=self._maxlen)
+                replies = await execute(self._redis, pipe, [None] * len(batch))
+        failed = []
+        for queued, reply in zip(batch, replies, strict=True):
+            if isinstance(reply, Exception) and redis_away(reply):  # READONLY, OOM, BUSY…
+                failed.append((queued, reply))
+            elif isinstance(reply, BaseException):  # a damaged key: sending again cannot help
+                log.error("telemetry event %s not published: %s", queued[0].event_id, reply)
+        return failed
 
-    def _keep(
-        self, batch: list[tuple[TelemetryEvent, float]], retry_at: float, error: Exception
-    ) -> list[tuple[TelemetryEvent, float]]:
-        """The events of a failed batch still worth sending at ``retry_at``."""
-        for event, until in batch:
-            if until <= retry_at:
+    def _keep(self, failed: list[tuple[Queued, Exception]], retry_at: float) -> list[Queued]:
+        """The failed events still worth sending at ``retry_at``."""
+        kept = []
+        for (event, until), error in failed:
+            if until > retry_at:
+                kept.append((event, until))
+            else:
                 log.error("telemetry event %s not published: %r", event.event_id, error)
-        kept = [(event, until) for event, until in batch if until > retry_at]
         if kept:
-            log.warning("%d telemetry events not published yet: %s", len(kept), error)
+            log.warning("%d telemetry events not published yet: %s", len(kept), failed[0][1])
         return kept
 
     async def flush(self, timeout_s: float = 10.0) -> None:
         """Wait for events still being published (at shutdown), ``timeout_s`` at most."""
+        self._start()  # one queued as an earlier flush cancelled the sender
         if self._task is None or self._task.done():
             return
         _, late = await asyncio.wait({self._task}, timeout=timeout_s)
