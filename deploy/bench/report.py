@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from deploy.bench import measure, redis_nodes
+from deploy.bench import measure, redis_nodes, timeline
 from deploy.bench.client import A, B, Stream
 
 SERVICE_ORDER = ("gateway", "worker", "redis", "fake-llm", "client", "bench")
@@ -413,6 +413,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", f"Errors by kind: `{json.dumps(errors)}`"]
     if per_node := redis_nodes.markdown(results["levels"]):
         lines += ["", per_node]
+    if first_token := timeline.markdown(results.get("timeline")):
+        lines += ["", first_token]
     for name, prof in (results.get("profiles") or {}).items():
         if "self_pct" not in prof:
             continue

@@ -45,7 +45,7 @@ from typing import Any
 
 import httpx
 
-from deploy.bench import compare, measure, redis_nodes, report
+from deploy.bench import compare, measure, redis_nodes, report, timeline
 from deploy.bench.client import A, B, Stream, Target, client_main
 from deploy.local.processes import PYTHON, ROOT, ServiceProcess, start_gateway, start_worker
 
@@ -70,6 +70,7 @@ class Bench:
     clients: list[tuple[multiprocessing.process.BaseProcess, Connection]]
     http: httpx.AsyncClient
     nodes: list[redis_nodes.Node] = field(default_factory=list)
+    redis_url: str = ""
     rounds: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -96,6 +97,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="py-spy these processes (gateway, worker1, ...) at --profile-level",
     )
     parser.add_argument("--profile-level", type=int, default=100)
+    parser.add_argument(
+        "--timeline",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N more answers at 1 stream with Redis MONITOR on: where the first token's time goes",
+    )
     parser.add_argument(
         "--upstream",
         choices=("fake", "local"),
@@ -125,6 +133,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.min_streams = args.min_streams or (4 if args.quick else 10)
     args.trials = args.trials if args.trials is not None else (5 if args.quick else 30)
     args.profile = [p for p in args.profile.split(",") if p]
+    if args.timeline and (args.redis_cluster or args.upstream == "local"):
+        parser.error("--timeline needs one Redis and the fake upstream")
     return args
 
 
@@ -266,9 +276,8 @@ async def run_round(
     streams: list[Stream] = [s for r in replies for s in r["streams"]]
     # when each request reached the upstream (the fake records it by X-Request-Id)
     upstream = (await bench.http.get(f"{bench.fake_url}/_control/requests")).json()
-    to_upstream = [
-        upstream[s.rid][0]["started_ns"] - s.start_ns for s in streams if upstream.get(s.rid)
-    ]
+    upstream_ns = {s.rid: upstream[s.rid][0]["started_ns"] for s in streams if upstream.get(s.rid)}
+    to_upstream = [upstream_ns[s.rid] - s.start_ns for s in streams if s.rid in upstream_ns]
     lag = [x for r in replies for x in r["lag_ns"]]
     started = min(s.start_ns for s in streams)
     ended = max(s.end_ns or s.start_ns for s in streams)
@@ -284,6 +293,7 @@ async def run_round(
         "streams": streams,
         "lag_ns": lag,
         "to_upstream_ns": to_upstream,
+        "upstream_ns": upstream_ns,
         "cpu_s": cpu,
         "wall_s": wall_s,
         "round_wall_s": (time.monotonic_ns() - t0) / 1e9,
@@ -514,7 +524,9 @@ async def bench_main(args: argparse.Namespace) -> dict[str, Any]:
             procs += [Proc(f"client{i + 1}", p.pid or 0) for i, (p, _) in enumerate(clients)]
             procs.append(Proc("bench", os.getpid()))
             async with httpx.AsyncClient(timeout=30) as http:
-                bench = Bench(args, target, fake_url, procs, gateway.pid, clients, http, nodes)
+                bench = Bench(
+                    args, target, fake_url, procs, gateway.pid, clients, http, nodes, redis_url
+                )
                 results = await drive(bench, out)
                 if sink_url is not None:
                     await asyncio.sleep(6)  # the batch processors export every 5 s
@@ -569,9 +581,25 @@ async def drive(bench: Bench, out: Path) -> dict[str, Any]:
         cancels = await cancel_trials(bench)
         say(f"resume trials ({args.trials})")
         resumes = await resume_trials(bench)
-    return report.aggregate(
+    results = report.aggregate(
         bench.rounds, cancels, resumes, profiles, vars(args) | {"out": str(out)}
     )
+    if args.timeline:
+        say(f"timeline ({args.timeline} answers at 1 stream, Redis MONITOR on)")
+        results["timeline"] = await first_token_timeline(bench, args.timeline)
+    return results
+
+
+async def first_token_timeline(bench: Bench, answers: int) -> dict[str, Any]:
+    """Extra rounds at 1 stream, kept out of every other figure, with Redis MONITOR on."""
+    streams: list[Stream] = []
+    upstream: dict[str, int] = {}
+    async with timeline.Monitor(bench.redis_url) as monitor:
+        while len(streams) < answers:
+            result = await run_round(bench, 1, B, len(streams), record=False)
+            streams += result["streams"]
+            upstream |= result["upstream_ns"]
+    return timeline.summarize(streams[:answers], monitor.commands, upstream)
 
 
 def say(text: str) -> None:

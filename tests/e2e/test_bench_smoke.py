@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from deploy.bench.timeline import STAGES
 from deploy.local.processes import ROOT
 
 ARM_FIELDS = {
@@ -34,7 +35,7 @@ def test_quick_benchmark_reports_every_metric_without_errors(tmp_path: Path) -> 
     command = [
         sys.executable, "-m", "deploy.bench", "--quick", "--levels", "1,5", "--tokens", "8",
         "--pace-ms", "5", "--ttft-ms", "10", "--workers", "1", "--clients", "1", "--trials", "3",
-        "--out", str(tmp_path),
+        "--timeline", "3", "--out", str(tmp_path),
     ]  # fmt: skip
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=100)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -58,6 +59,12 @@ def test_quick_benchmark_reports_every_metric_without_errors(tmp_path: Path) -> 
         assert level["arms"]["B"]["relay_leg_ms"]["n"] == level["arms"]["B"]["tokens"]
         assert level["added_ttft_ms"]["p50"] is not None
         assert level["added_itl_ms"]["p99"] is not None
+    # the timeline's rounds (Redis MONITOR on) found every stage of every answer
+    assert results["timeline"]["answers"] == 3
+    assert {name: q["n"] for name, q in results["timeline"]["stages"].items()} == dict.fromkeys(
+        (name for name, _ in STAGES), 3
+    )
+    assert "### Where the first token's time goes" in run.stdout
     for arm in ("A", "B"):
         assert results["cancel"][arm]["errors"] == 0, results["cancel"][arm]["error_kinds"]
         assert results["cancel"][arm]["upstream_close_ms"]["n"] == 3
