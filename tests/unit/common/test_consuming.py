@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import anyio.to_thread
+import faststream.redis.schemas.stream_sub
 import pytest
 from faststream import Context
-from faststream.redis import RedisBroker, TestRedisBroker
+from faststream.redis import RedisBroker, StreamSub, TestRedisBroker
 from faststream.redis.message import RedisMessage
 
-from echotune.common.consuming import InlineContext, restart_stopped
+from echotune.common.consuming import InlineContext, StreamSubscription, restart_stopped
 
 
 class FakeSubscriber:
@@ -67,3 +68,37 @@ async def test_inline_context_is_resolved_without_a_thread_hop(
         await test_broker.publish("hello", channel="jobs")
     assert seen == [("hello", "worker")]
     assert len(calls) == hops
+
+
+@pytest.mark.parametrize(("stream_sub", "copied"), [(StreamSub, True), (StreamSubscription, False)])
+async def test_a_stream_subscription_is_not_copied_per_message(
+    stream_sub: Any, copied: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FastStream adds the broker's prefix with a ``deepcopy`` each time it reads a field."""
+    broker = RedisBroker()
+    seen: list[str] = []
+
+    @broker.subscriber(stream=stream_sub("jobs", group="workers", consumer="w1"))
+    async def handle(body: str) -> None:
+        seen.append(body)
+
+    async with TestRedisBroker(broker) as test_broker:
+        copies: list[object] = []
+        deepcopy = faststream.redis.schemas.stream_sub.deepcopy
+
+        def counting(value: Any, *args: Any) -> Any:
+            copies.append(value)
+            return deepcopy(value, *args)
+
+        monkeypatch.setattr(faststream.redis.schemas.stream_sub, "deepcopy", counting)
+        for body in ("one", "two", "three"):
+            await test_broker.publish(body, stream="jobs")
+    assert seen == ["one", "two", "three"]
+    assert bool(copies) is copied
+
+
+def test_a_stream_subscription_with_a_prefix_is_a_prefixed_copy() -> None:
+    subscription = StreamSubscription("jobs", group="workers", consumer="w1")
+    assert subscription.add_prefix("") is subscription
+    prefixed = subscription.add_prefix("tenant:")
+    assert (prefixed.name, prefixed.group, subscription.name) == ("tenant:jobs", "workers", "jobs")

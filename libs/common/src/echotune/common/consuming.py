@@ -8,12 +8,12 @@ and telemetry services restart the subscriber instead and report it down meanwhi
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from faststream._internal.context import Context as ContextField
 from faststream.asgi import AsgiResponse, get
 from faststream.asgi.handlers import GetHandler
-from faststream.redis import RedisBroker
+from faststream.redis import RedisBroker, StreamSub
 
 
 class InlineContext(ContextField):
@@ -23,6 +23,15 @@ class InlineContext(ContextField):
 
     async def use(self, /, **kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
         return super().use(**kwargs)
+
+
+class StreamSubscription(StreamSub):
+    """``StreamSub`` that is not copied per message: FastStream adds the broker's prefix to its
+    subscription with a ``deepcopy`` each time it reads a field of it (twice per message);
+    without a prefix the subscription is itself."""
+
+    def add_prefix(self, prefix: str) -> Self:
+        return self if not prefix else super().add_prefix(prefix)
 
 
 class Subscriber(Protocol):

@@ -15,11 +15,11 @@ from contextlib import asynccontextmanager
 from faststream import AckPolicy, ContextRepo
 from faststream.asgi import AsgiFastStream
 from faststream.middlewares import ExceptionMiddleware
-from faststream.redis import RedisBroker, StreamSub
+from faststream.redis import RedisBroker
 from pydantic import ValidationError
 
 from echotune.common import heap, tracing
-from echotune.common.consuming import Subscriber, health_route
+from echotune.common.consuming import StreamSubscription, Subscriber, health_route
 from echotune.common.keys import JOBS_GROUP
 from echotune.common.logs import configure_logging
 from echotune.common.redis import create_broker, is_cluster
@@ -39,7 +39,7 @@ def subscribe(broker: RedisBroker, settings: WorkerSettings) -> list[Subscriber]
     # One entry per read, and none before a slot is free (see pool.py). The read blocks until
     # a job comes (a new entry ends the block at once): an idle worker wakes rarely.
     jobs = broker.subscriber(
-        stream=StreamSub(
+        stream=StreamSubscription(
             keys.jobs,
             group=JOBS_GROUP,
             consumer=settings.consumer,
@@ -51,7 +51,7 @@ def subscribe(broker: RedisBroker, settings: WorkerSettings) -> list[Subscriber]
     # Jobs left pending by a dead worker (its entries stop being refreshed) come back here;
     # looked for four times per reclaim period.
     reclaimed = broker.subscriber(
-        stream=StreamSub(
+        stream=StreamSubscription(
             keys.jobs,
             group=JOBS_GROUP,
             consumer=settings.consumer,

@@ -20,9 +20,9 @@ from contextlib import asynccontextmanager
 
 from faststream import AckPolicy, ContextRepo
 from faststream.asgi import AsgiFastStream
-from faststream.redis import RedisBroker, StreamSub
+from faststream.redis import RedisBroker
 
-from echotune.common.consuming import Subscriber, health_route
+from echotune.common.consuming import StreamSubscription, Subscriber, health_route
 from echotune.common.keys import TELEMETRY_GROUP
 from echotune.common.logs import configure_logging
 from echotune.common.redis import create_broker
@@ -38,7 +38,7 @@ from echotune.telemetry.upkeep import keep_consuming
 def subscribe(broker: RedisBroker, settings: TelemetrySettings) -> list[Subscriber]:
     """Register the two batch handlers on the telemetry stream; their subscribers."""
     keys = settings.keys
-    new = StreamSub(
+    new = StreamSubscription(
         keys.telemetry,
         group=TELEMETRY_GROUP,
         consumer=settings.consumer,
@@ -46,7 +46,7 @@ def subscribe(broker: RedisBroker, settings: TelemetrySettings) -> list[Subscrib
         max_records=settings.batch_size,
         polling_interval=settings.batch_wait_ms,
     )
-    idle = StreamSub(
+    idle = StreamSubscription(
         keys.telemetry,
         group=TELEMETRY_GROUP,
         consumer=reclaimer_of(settings.consumer),
