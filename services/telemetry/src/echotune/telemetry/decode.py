@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
 
 from faststream.redis.message import DATA_KEY
 from faststream.redis.parser import BinaryMessageFormatV1
@@ -12,13 +12,18 @@ from pydantic import ValidationError
 
 from echotune.common.messages import TelemetryEvent
 
+DeadLetterKind = Literal[
+    "bad_envelope", "bad_json", "bad_version", "invalid_event", "rejected", "too_many_deliveries"
+]
+DEAD_LETTER_KINDS: tuple[DeadLetterKind, ...] = get_args(DeadLetterKind)
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """An entry that cannot be written, with why and what it carried."""
 
     entry_id: str
-    kind: str
+    kind: DeadLetterKind
     reason: str
     payload: str
 

@@ -24,6 +24,8 @@ from prometheus_client import (
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from echotune.telemetry.decode import DEAD_LETTER_KINDS
+
 PREFIX = "echotune_telemetry"
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 
@@ -49,6 +51,8 @@ class Metrics:
         self.dead_letters = Counter(
             f"{PREFIX}_dead_letters", "Events sent to the DLQ", ["kind"], registry=r
         )
+        for kind in DEAD_LETTER_KINDS:  # each series exists from 0: a first letter is a rise
+            self.dead_letters.labels(kind)
         self.reclaimed = Counter(
             f"{PREFIX}_reclaimed_entries", "Entries reclaimed from idle consumers", registry=r
         )
