@@ -133,6 +133,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.min_streams = args.min_streams or (4 if args.quick else 10)
     args.trials = args.trials if args.trials is not None else (5 if args.quick else 30)
     args.profile = [p for p in args.profile.split(",") if p]
+    if args.timeline < 0:
+        parser.error("--timeline takes a number of answers (0: none)")
     if args.timeline and (args.redis_cluster or args.upstream == "local"):
         parser.error("--timeline needs one Redis and the fake upstream")
     return args
@@ -591,7 +593,7 @@ async def drive(bench: Bench, out: Path) -> dict[str, Any]:
 
 
 async def first_token_timeline(bench: Bench, answers: int) -> dict[str, Any]:
-    """Extra rounds at 1 stream, kept out of every other figure, with Redis MONITOR on."""
+    """Extra rounds at 1 stream with Redis MONITOR on, kept out of the latency and CPU figures."""
     streams: list[Stream] = []
     upstream: dict[str, int] = {}
     async with timeline.Monitor(bench.redis_url) as monitor:

@@ -62,7 +62,7 @@ def test_quick_benchmark_reports_every_metric_without_errors(tmp_path: Path) -> 
     # the timeline's rounds (Redis MONITOR on) found every stage of every answer
     assert results["timeline"]["answers"] == 3
     assert {name: q["n"] for name, q in results["timeline"]["stages"].items()} == dict.fromkeys(
-        (name for name, _ in STAGES), 3
+        (name for name, _, _ in STAGES), 3
     )
     assert "### Where the first token's time goes" in run.stdout
     for arm in ("A", "B"):

@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
+import time
+
+import pytest
+
 from deploy.bench.client import B, Stream
-from deploy.bench.timeline import Command, marks, summarize
+from deploy.bench.timeline import Command, Monitor, marks, summarize
 
 MS = 1_000_000
-RID, OTHER = "bench-B1r0-0-0-aaaa", "bench-B1r0-0-1-bbbb"
+RID, OTHER = "bench-B1r0-0-0-aaaaaaaa", "bench-B1r0-0-1-bbbbbbbb"
 
 
 def _commands(rid: str, t0: int) -> list[Command]:
     """What Redis runs for one answer, as redis-py's monitor gives it (arguments unquoted)."""
     meta, events = f"ns:req:{{{rid}}}:meta", f"ns:req:{{{rid}}}:events"
     return [
-        Command(t0 + 1 * MS, False, "HGET ns:api-keys bench1"),  # names no request: not a stage
-        Command(t0 + 2 * MS, False, f"HMGET {meta} fingerprint user_id final_id"),
-        Command(t0 + 3 * MS, False, f"EVALSHA abc 4 {meta} {events}"),
-        Command(t0 + 3 * MS + 10, True, f"HMGET {meta} fingerprint user_id"),
-        Command(t0 + 3 * MS + 20, True, f'XADD ns:jobs * __data__ {{"request_id":"{rid}"}}'),
-        Command(t0 + 3 * MS + 30, True, f"XADD {events} * v 1 type start data {{}}"),
-        Command(t0 + 5 * MS, True, f"HINCRBY {meta} epoch 1"),
-        Command(t0 + 60 * MS, True, f'XADD {events} * v 1 type delta data {{"d":"a type b"}}'),
-        Command(t0 + 61 * MS, True, f"XADD {events} MAXLEN ~ 9 * v 1 type delta data {{}}"),
-        Command(t0 + 80 * MS, True, f"XADD {events} * v 1 type done data {{}}"),
-    ]  # fmt: skip
+        Command(t0 + 1 * MS, "HGET ns:api-keys bench1"),  # names no request: not a stage
+        Command(t0 + 2 * MS, f"HMGET {meta} fingerprint user_id final_id"),
+        Command(t0 + 3 * MS, f"EVALSHA abc 4 {meta} {events}"),
+        Command(t0 + 3 * MS + 10, f"HMGET {meta} fingerprint user_id"),
+        Command(t0 + 3 * MS + 20, f'XADD ns:jobs * __data__ {{"request_id":"{rid}"}}'),
+        Command(t0 + 3 * MS + 30, f"XADD {events} * v 1 type start data {{}}"),
+        Command(t0 + 4 * MS, f'XADD ns:telemetry * __data__ {{"request_id":"{rid}"}}'),
+        Command(t0 + 5 * MS, f"HINCRBY {meta} epoch 1"),
+        Command(t0 + 60 * MS, f'XADD {events} * v 1 type delta data {{"d":"a type done"}}'),
+        Command(t0 + 61 * MS, f"XADD {events} MAXLEN ~ 9 * v 1 type delta data {{}}"),
+        Command(t0 + 80 * MS, f"XADD {events} * v 1 type done data {{}}"),
+    ]
 
 
 def _stream(rid: str, t0: int) -> Stream:
@@ -48,18 +53,22 @@ def test_each_stage_is_the_first_command_that_marks_it() -> None:
     }
 
 
-def test_answers_interleaved_keep_their_own_commands() -> None:
-    t1 = 1_000 * MS
-    commands = sorted(_commands(RID, 0) + _commands(OTHER, t1 - 30 * MS), key=lambda c: c.at_ns)
-    streams = [_stream(RID, 0), _stream(OTHER, t1 - 30 * MS)]
-    timeline = summarize(streams, commands, {RID: 7 * MS})
+def test_answers_interleaved_keep_their_own_commands_and_steps() -> None:
+    """The second answer starts while the first streams: each keeps its own stages."""
+    later = 30 * MS
+    commands = sorted(_commands(RID, 0) + _commands(OTHER, later), key=lambda c: c.at_ns)
+    streams = [_stream(RID, 0), _stream(OTHER, later)]
+    timeline = summarize(streams, commands, {RID: 7 * MS, OTHER: later + 9 * MS})
 
     assert timeline["answers"] == 2
-    stages = timeline["stages"]
+    stages, steps = timeline["stages"], timeline["steps"]
     assert stages["taken"]["n"] == 2
-    assert stages["taken"]["p50"] == 5.0
+    assert stages["taken"]["max"] == 5.0
     assert stages["first_append"]["max"] == 60.0
-    assert stages["upstream"]["n"] == 1  # the fake saw only one of them
+    assert stages["final"]["max"] == 80.0
+    assert steps["taken"]["max"] == 2.0  # job queued at 3 ms, taken at 5
+    assert (steps["upstream"]["p50"], steps["upstream"]["max"]) == (3.0, 4.0)
+    assert steps["checks"]["max"] == 2.0  # from the client's start
 
 
 def test_a_failed_answer_is_left_out() -> None:
@@ -68,3 +77,12 @@ def test_a_failed_answer_is_left_out() -> None:
     timeline = summarize([_stream(RID, 0), failed], _commands(RID, 0) + _commands(OTHER, 0), {})
     assert timeline["answers"] == 1
     assert timeline["stages"]["checks"]["n"] == 1
+    assert timeline["stages"]["upstream"]["n"] == 0
+
+
+async def test_a_monitor_that_cannot_start_says_so_at_once() -> None:
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="MONITOR did not start"):
+        async with Monitor("redis://127.0.0.1:1/0"):
+            pass
+    assert time.monotonic() - started < 5  # not the 10 s start-up limit

@@ -27,8 +27,10 @@ class InlineContext(ContextField):
 
 class StreamSubscription(StreamSub):
     """``StreamSub`` that is not copied per message: FastStream adds the broker's prefix to its
-    subscription with a ``deepcopy`` each time it reads a field of it (twice per message);
-    without a prefix the subscription is itself."""
+    subscription with a ``deepcopy`` each time it reads a field of it (on every read, twice
+    more per message); without a prefix the subscription is itself."""
+
+    __slots__ = ()
 
     def add_prefix(self, prefix: str) -> Self:
         return self if not prefix else super().add_prefix(prefix)
