@@ -1,4 +1,4 @@
-"""Runs last: no secret ever appears in logs, error bodies or telemetry of the whole run."""
+"""Runs last: no secret appears in the logs, error bodies or telemetry of its worker's run."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ async def test_no_secret_leaks_anywhere(
         params={"message": "hi", "request_id": rid, "provider": "flaky"},
     )
     assert result.last.event in ("error", "done")
+    # The worker's log of that leaking 401 (the last provider it tried) is read before looking.
+    await stack.wait_for_log(rf"\[rid={rid}\] provider fake-anthropic gave up: http_401")
     bodies = [result.last.data]
     async with httpx.AsyncClient(base_url=stack.url) as anonymous:
         wrong_key = {"Authorization": f"Bearer {API_KEY}x"}
@@ -38,7 +40,6 @@ async def test_no_secret_leaks_anywhere(
         "error bodies": "\n".join(bodies),
         "telemetry": repr(telemetry) + f" ({len(telemetry)} events)",
     }
-    assert stack.logs().count("\n") > 100, "the logs of the whole run are there"
     for where, text in haystacks.items():
         for secret in SECRETS:
             assert secret not in text, f"a secret leaked into {where}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -86,11 +87,28 @@ class Stack:
         return proc
 
     async def stop(self) -> None:
-        for proc in [*self.workers, *(p for p, _ in self.gateways)]:
+        for proc in self.processes():
             await proc.stop()
 
+    def processes(self) -> list[ServiceProcess]:
+        return [*self.workers, *(p for p, _ in self.gateways)]
+
     def logs(self) -> str:
-        return "\n".join(p.output() for p in [*self.workers, *(p for p, _ in self.gateways)])
+        return "\n".join(p.output() for p in self.processes())
+
+    async def wait_for_log(self, pattern: str, timeout: float = 10.0) -> str:
+        """The first line matching ``pattern`` that any process logs (kept or awaited)."""
+        waits = [asyncio.ensure_future(p.wait_for_line(pattern, timeout)) for p in self.processes()]
+        try:
+            for first in asyncio.as_completed(waits):
+                try:
+                    return (await first).group(0)
+                except RuntimeError:  # that process exited; another may still log it
+                    continue
+            raise TimeoutError(f"no process logged {pattern!r}")
+        finally:
+            for wait in waits:
+                wait.cancel()
 
 
 def stack_env(redis_url: str, fake_url: str, **overrides: str) -> dict[str, str]:
