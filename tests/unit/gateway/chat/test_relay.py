@@ -169,3 +169,29 @@ async def test_a_new_answer_wakes_an_idle_read_but_not_one_that_begins_anyway(
             feeding.cancel()
             await asyncio.wait({feeding})
         await relay.stop()
+
+
+async def test_entries_in_the_streams_layout_and_in_any_other_relay_their_type_and_data(
+    redis_server_url: str, redis: Redis
+) -> None:
+    """The request streams' own layout (``v``, ``type``, ``data``) is read in place, by position:
+    any other layout (fields missing, reordered or added) must still come through by name."""
+    keys, rid = Keys(f"t{uuid.uuid4().hex[:8]}"), f"r-{uuid.uuid4().hex}"
+    key = keys.events(rid)
+    layouts: list[dict[str, str]] = [
+        {"v": "1", "type": "delta", "data": '{"delta":"a"}'},
+        {"v": "1", "data": '{"delta":"b"}', "type": "delta"},
+        {"type": "delta", "data": '{"delta":"c"}'},
+        {"v": "1", "type": "delta", "data": '{"delta":"d"}', "extra": "x"},
+        {"v": "1", "kind": "delta", "data": '{"delta":"e"}'},
+        {"type": "done", "v": "1", "data": "{}"},
+    ]
+    ids = [await redis.xadd(key, fields) for fields in layouts]  # type: ignore[arg-type]
+    relay = StreamRelay(redis_server_url, keys, block_ms=5000, batch=100)
+    await relay.start()
+    try:
+        got = await take(relay.subscribe(rid, "0-0"), len(layouts))
+    finally:
+        await relay.stop()
+    expected = [Entry(i, f.get("type", ""), f["data"]) for i, f in zip(ids, layouts, strict=True)]
+    assert got == expected
