@@ -99,16 +99,22 @@ class Stack:
     async def wait_for_log(self, pattern: str, timeout: float = 10.0) -> str:
         """The first line matching ``pattern`` that any process logs (kept or awaited)."""
         waits = [asyncio.ensure_future(p.wait_for_line(pattern, timeout)) for p in self.processes()]
+        exited = 0
         try:
             for first in asyncio.as_completed(waits):
                 try:
                     return (await first).group(0)
                 except RuntimeError:  # that process exited; another may still log it
-                    continue
-            raise TimeoutError(f"no process logged {pattern!r}")
+                    exited += 1
+                except TimeoutError:
+                    break
+            raise AssertionError(
+                f"no process logged {pattern!r} within {timeout} s ({exited} exited)"
+            )
         finally:
             for wait in waits:
                 wait.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
 
 
 def stack_env(redis_url: str, fake_url: str, **overrides: str) -> dict[str, str]:
