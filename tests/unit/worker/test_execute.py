@@ -1,4 +1,5 @@
-"""How a held job's production ends: what becomes the answer's end, what is left for a reclaim."""
+"""How a held job's production goes: its take (with its provider's permit), what becomes the
+answer's end, what is left for a reclaim."""
 
 from __future__ import annotations
 
@@ -6,14 +7,21 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from faststream.redis import TestRedisBroker
+from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import SlotNotCoveredError
 
+from echotune.common import resp
+from echotune.common.breaker import ACQUIRE
+from echotune.common.logs import request_id_var
 from echotune.common.messages import ErrorEvent
-from echotune.common.request_stream import Take, Taken
+from echotune.common.request_stream import TAKE, UNTAKEN, RequestStreams, Take, Taken
 from echotune.worker.execute import _produce
 from echotune.worker.inflight import InFlight
-from tests.unit.worker.test_handlers import long_job
+from echotune.worker.resources import Worker
+from tests.support.streams import wait_for_final
+from tests.unit.worker.test_handlers import long_job, opened
 
 
 def failing(exc: Exception) -> Any:
@@ -42,3 +50,92 @@ async def test_redis_away_leaves_the_job_for_a_reclaim(exc: Exception) -> None:
     """A cluster's errors are not RedisErrors: a slot outage ended answers for good."""
     with pytest.raises(type(exc)):
         await end_of(exc)
+
+
+def spy_round_trips(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bytes]]:
+    """What each hand-packed round trip to Redis carried (every script call goes so), and for
+    which request."""
+    sent: list[tuple[str, bytes]] = []
+    real = resp.send
+
+    async def send(redis: Redis, packed: bytes, replies: int) -> list[Any]:
+        sent.append((request_id_var.get(), packed))
+        return await real(redis, packed, replies)
+
+    monkeypatch.setattr(resp, "send", send)
+    return sent
+
+
+async def cooled_down(running: Worker) -> None:
+    """The demo provider's breaker is open and its cool-down is over: the next ask is a probe."""
+    key = running.settings.keys.breaker("demo")
+    await running.redis.hset(key, mapping={"state": "open", "open_until": 0})
+
+
+def gateway_streams(running: Worker) -> RequestStreams:
+    keys = running.settings.keys
+    return RequestStreams(
+        running.redis, keys, request_ttl_s=60, final_ttl_s=60, reader_ttl_ms=60_000
+    )
+
+
+async def probe_is_free(running: Worker) -> bool:
+    """Whether another worker's ask would be granted the probe now."""
+    return (await running.breakers.acquire("demo")).probe
+
+
+async def test_the_take_and_the_providers_permit_cost_one_round_trip(
+    worker: tuple[Worker, TestRedisBroker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running, broker = worker
+    rid = await opened(running)
+    await running.breakers.acquire("demo")  # its script loaded, as after a first answer
+    sent = spy_round_trips(monkeypatch)
+    await broker.publish(long_job(rid, deadline_s=10), stream=running.settings.keys.jobs)
+    final = await wait_for_final(running.redis, running.settings.namespace, rid)
+    assert final["type"] == "done"
+    takes = [packed for of, packed in sent if of == rid and TAKE.sha.encode() in packed]
+    acquires = [packed for of, packed in sent if of == rid and ACQUIRE.sha.encode() in packed]
+    assert len(takes) == 1
+    assert acquires == takes, "the first attempt asked the breaker in a round trip of its own"
+
+
+async def test_a_probe_asked_with_the_take_is_the_first_attempts(
+    worker: tuple[Worker, TestRedisBroker],
+) -> None:
+    """Asked again by the attempt, the probe would be refused as in flight: no answer."""
+    running, broker = worker
+    await cooled_down(running)
+    rid = await opened(running)
+    await broker.publish(long_job(rid, deadline_s=10), stream=running.settings.keys.jobs)
+    final = await wait_for_final(running.redis, running.settings.namespace, rid)
+    assert final["type"] == "done"
+    assert (await running.breakers.snapshot("demo")).state.value == "closed"
+
+
+async def test_a_probe_asked_with_a_take_that_finds_the_answer_ended_is_given_back(
+    worker: tuple[Worker, TestRedisBroker],
+) -> None:
+    running, broker = worker
+    await cooled_down(running)
+    rid = await opened(running)
+    gateway = gateway_streams(running)
+    await gateway.append_final(rid, UNTAKEN, 0, ErrorEvent(code="no_worker", message="none"))
+    await broker.publish(long_job(rid, deadline_s=10), stream=running.settings.keys.jobs)
+    await running.pool.drain(5)
+    assert await probe_is_free(running), "the unused probe holds its lease until it lapses"
+
+
+async def test_a_probe_left_unused_by_an_answer_cancelled_before_its_take_is_given_back(
+    worker: tuple[Worker, TestRedisBroker],
+) -> None:
+    running, broker = worker
+    await cooled_down(running)
+    rid = await opened(running)
+    gateway = gateway_streams(running)
+    assert (await gateway.cancel(rid, "u1")).state == "cancelling"
+    await broker.publish(long_job(rid, deadline_s=10), stream=running.settings.keys.jobs)
+    final = await wait_for_final(running.redis, running.settings.namespace, rid)
+    assert final["finish_reason"] == "cancelled"
+    await running.pool.drain(5)
+    assert await probe_is_free(running), "the unused probe holds its lease until it lapses"

@@ -219,7 +219,7 @@ return {state, state}
 """
 )
 
-_ACQUIRE_SCRIPT = Script(_ACQUIRE)
+ACQUIRE = Script(_ACQUIRE)
 _RENEW_SCRIPT = Script(_RENEW)
 _RECORD_SCRIPT = Script(_RECORD)
 
@@ -251,10 +251,22 @@ class CircuitBreakers:
         return int(self.policy.probe_timeout_s * 1000)
 
     async def acquire(self, provider: str) -> Permit:
-        """May ``provider`` be called now? A granted probe must be followed by ``record``."""
-        allowed, state, reason, wait_ms, token = await _ACQUIRE_SCRIPT(
-            self.redis, [self.keys.breaker(provider)], [self._lease_ms, uuid.uuid4().hex]
-        )
+        """May ``provider`` be called now? A granted probe must be followed by ``record``
+        (or :meth:`give_back` when it goes unused)."""
+        key, args = self.keys.breaker(provider), self._acquire_args()
+        return self.permit(provider, await ACQUIRE(self.redis, [key], args))
+
+    def queue_acquire(self, pipe: Pipeline, provider: str) -> None:
+        """Queue :meth:`acquire` (script :data:`ACQUIRE`, one reply read by :meth:`permit`)."""
+        ACQUIRE.queue(pipe, [self.keys.breaker(provider)], self._acquire_args())
+
+    def _acquire_args(self) -> list[Arg]:
+        return [self._lease_ms, uuid.uuid4().hex]
+
+    @staticmethod
+    def permit(provider: str, reply: Any) -> Permit:
+        """The reply of an acquire."""
+        allowed, state, reason, wait_ms, token = reply
         return Permit(
             provider=provider,
             allowed=int(allowed) > 0,
@@ -263,6 +275,11 @@ class CircuitBreakers:
             reason=str(reason) or None,
             retry_at=time.time() + int(wait_ms) / 1000 if int(wait_ms) else None,
         )
+
+    async def give_back(self, permit: Permit) -> None:
+        """Free an unused probe's lease at once (else it lapses after the probe timeout)."""
+        if permit.token is not None:
+            await self.record(permit.provider, Outcome.IGNORED, token=permit.token)
 
     async def renew(self, permit: Permit) -> bool:
         """Extend a probe's lease; ``False`` when it no longer holds it (or is no probe)."""

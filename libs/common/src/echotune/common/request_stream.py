@@ -75,7 +75,7 @@ return {'attached', m[2] or ''}
 
 # ARGV: owner, 'first' (a first delivery: only while nobody took the job) or 'again', and
 # the take's own nonce: a call retried after a lost reply finds its take done and returns it.
-_TAKE = Script("""
+TAKE = Script("""
 local m = redis.call('HMGET', KEYS[1], 'fingerprint', 'final_id', 'streamed', 'epoch', 'taker')
 if not m[1] then return {'gone'} end
 if m[2] then return {'ended'} end
@@ -171,7 +171,7 @@ redis.call('PUBLISH', ARGV[3], ARGV[4])
 return {'cancelling', m[3], m[4] or '', m[5] or '', m[6] or ''}
 """)
 
-SCRIPTS = (_OPEN, _ATTACH, _TAKE, _APPEND, _FINAL, _CANCEL)
+SCRIPTS = (_OPEN, _ATTACH, TAKE, _APPEND, _FINAL, _CANCEL)
 
 
 class Opened(StrEnum):
@@ -415,9 +415,21 @@ class RequestStreams:
         ``first``: the entry is delivered for the first time, so a job someone already took
         is a duplicate entry, not one to take over (only a reclaimed entry takes over).
         """
-        mode = "first" if first else "again"
-        args: list[Arg] = [owner, mode, uuid.uuid4().hex]
-        reply = await _TAKE(self.redis, self._keys(request_id, "meta", "cancel"), args)
+        args = self._take_args(owner, first)
+        return self.taken(await TAKE(self.redis, self._keys(request_id, "meta", "cancel"), args))
+
+    def queue_take(self, pipe: Pipeline, request_id: str, owner: str, *, first: bool) -> None:
+        """Queue :meth:`take` (script :data:`TAKE`, one reply read by :meth:`taken`)."""
+        keys = self._keys(request_id, "meta", "cancel")
+        TAKE.queue(pipe, keys, self._take_args(owner, first))
+
+    @staticmethod
+    def _take_args(owner: str, first: bool) -> list[Arg]:
+        return [owner, "first" if first else "again", uuid.uuid4().hex]
+
+    @staticmethod
+    def taken(reply: Sequence[Any]) -> Taken:
+        """The reply of a take."""
         state = Take(_text(reply[0]))
         if state is not Take.TAKEN:
             return Taken(state)

@@ -8,6 +8,8 @@ import time
 
 from redis.exceptions import RedisClusterException, RedisError
 
+from echotune.common import scripts
+from echotune.common.breaker import ACQUIRE, Permit
 from echotune.common.logs import request_id_var
 from echotune.common.messages import (
     EVENTS_LOST,
@@ -19,7 +21,7 @@ from echotune.common.messages import (
     deadline_exceeded,
     internal_error,
 )
-from echotune.common.request_stream import AppendRefused, Final, Take, Taken
+from echotune.common.request_stream import TAKE, AppendRefused, Final, Take, Taken
 from echotune.worker.inflight import CANCELLED, ENDED, FENCED, InFlight
 from echotune.worker.jobs import JobRunner, shutdown_error
 from echotune.worker.observability import job_ended, job_span, job_taken
@@ -47,9 +49,11 @@ async def execute(ctx: Worker, job: ChatJob, held: InFlight, *, first: bool) -> 
 async def _execute(ctx: Worker, job: ChatJob, held: InFlight, first: bool) -> bool:
     if held.reason == FENCED:  # reclaimed by another worker while it waited for a slot
         return False
-    taken = await ctx.streams.take(job.request_id, ctx.settings.consumer, first=first)
+    taken, permit = await _take(ctx, job, first)
     if taken.state is not Take.TAKEN:
         log.info("job %s before it started; acknowledging it", taken.state.value)
+        if permit is not None:
+            await ctx.breakers.give_back(permit)
         return True
     log.info("job taken (epoch %d) provider=%s model=%s", taken.epoch, job.provider, job.model)
     job_taken(ctx.metrics, held.entry_id, taken.epoch)
@@ -69,17 +73,31 @@ async def _execute(ctx: Worker, job: ChatJob, held: InFlight, first: bool) -> bo
         stamp=ctx.settings.stamp_tokens,
     )
     try:
-        return await _run(ctx, job, held, taken, writer)
+        return await _run(ctx, job, held, taken, JobRunner(ctx, job, writer, permit))
     finally:
         writer.close()
 
 
-async def _run(
-    ctx: Worker, job: ChatJob, held: InFlight, taken: Taken, writer: EventWriter
-) -> bool:
+async def _take(ctx: Worker, job: ChatJob, first: bool) -> tuple[Taken, Permit | None]:
+    """Take the job and ask its provider's breaker in one round trip (the permit is ``None``
+    if that part failed: the first attempt asks again)."""
+    async with ctx.redis.pipeline(transaction=False) as pipe:
+        ctx.streams.queue_take(pipe, job.request_id, ctx.settings.consumer, first=first)
+        ctx.breakers.queue_acquire(pipe, job.provider)
+        took, acquired = await scripts.execute(ctx.redis, pipe, [TAKE, ACQUIRE])
+    if isinstance(took, Exception):
+        raise took
+    taken = ctx.streams.taken(took)
+    if isinstance(acquired, Exception):
+        log.warning("breaker of %s not asked with the take: %s", job.provider, acquired)
+        return taken, None
+    return taken, ctx.breakers.permit(job.provider, acquired)
+
+
+async def _run(ctx: Worker, job: ChatJob, held: InFlight, taken: Taken, runner: JobRunner) -> bool:
     if taken.cancelled:
         held.stop(CANCELLED)
-    runner = JobRunner(ctx, job, writer)
+    writer = runner.writer
     try:
         final = await _produce(job, held, taken, runner, writer)
         try:  # all of it stored before the turn is recorded and the final chosen
@@ -105,6 +123,8 @@ async def _run(
             job_ended(ctx.metrics, end, held.reason)
             held.ended = await asyncio.shield(_end(writer, end, job.deadline_at))
         raise
+    finally:
+        await runner.give_back()  # the permit asked with the take, when no attempt used it
 
 
 async def _produce(

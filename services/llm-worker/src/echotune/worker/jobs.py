@@ -53,8 +53,13 @@ class Skip(Exception):
 class JobRunner:
     """Produces the events of one ``ChatJob`` through the writer of the worker that holds it."""
 
-    def __init__(self, ctx: Worker, job: ChatJob, writer: EventWriter) -> None:
+    def __init__(
+        self, ctx: Worker, job: ChatJob, writer: EventWriter, permit: Permit | None = None
+    ) -> None:
+        """``permit``: the job provider's, asked along with the take (used by the first
+        attempt if it calls that provider, else given back)."""
         self.ctx, self.job, self.writer = ctx, job, writer
+        self._spare = permit
         self.context = ConversationContext()
         self.prompt: Prompt | None = None
         self.attempts = 0
@@ -213,10 +218,25 @@ class JobRunner:
         self.partial.extend(call.text)
         self.confidence.merge(call.confidence)
 
+    async def give_back(self) -> None:
+        """Give back the permit asked with the take if no attempt used it (a probe's lease
+        would otherwise hold off every other worker's probe until it lapses)."""
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return
+        try:
+            await self.ctx.breakers.give_back(spare)
+        except Exception as exc:  # its lease lapses by itself
+            log.warning("could not give back the probe permit of %s: %s", spare.provider, exc)
+
     async def _permit(self, provider: str) -> Permit:
         """The breaker's permit; waits out a short rate-limit cool-down, skips an open breaker."""
+        if self._spare is not None and self._spare.provider != provider:
+            await self.give_back()
         while True:
-            permit = await self.ctx.breakers.acquire(provider)
+            permit, self._spare = self._spare, None
+            if permit is None:
+                permit = await self.ctx.breakers.acquire(provider)
             if permit.allowed:
                 return permit
             wait = (permit.retry_at or 0) - time.time()
