@@ -3,6 +3,8 @@ answer's end, what is left for a reclaim."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,10 +17,12 @@ from redis.exceptions import SlotNotCoveredError
 from echotune.common import resp
 from echotune.common.breaker import ACQUIRE
 from echotune.common.logs import request_id_var
-from echotune.common.messages import ErrorEvent
+from echotune.common.messages import ChatJob, ErrorEvent
 from echotune.common.request_stream import TAKE, UNTAKEN, RequestStreams, Take, Taken
+from echotune.worker import jobs
 from echotune.worker.execute import _produce
 from echotune.worker.inflight import InFlight
+from echotune.worker.profile import LoadedProfile
 from echotune.worker.resources import Worker
 from tests.support.streams import wait_for_final
 from tests.unit.worker.test_handlers import long_job, opened
@@ -66,10 +70,24 @@ def spy_round_trips(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bytes]]:
     return sent
 
 
-async def cooled_down(running: Worker) -> None:
-    """The demo provider's breaker is open and its cool-down is over: the next ask is a probe."""
+async def cooled_down(running: Worker, until_ms: int = 0) -> None:
+    """The demo provider's breaker is open until ``until_ms`` (Redis ms; 0: its cool-down is
+    over, the next ask is a probe)."""
     key = running.settings.keys.breaker("demo")
-    await running.redis.hset(key, mapping={"state": "open", "open_until": 0})
+    await running.redis.hset(key, mapping={"state": "open", "open_until": until_ms})
+
+
+def during_the_prompts_build(
+    running: Worker, monkeypatch: pytest.MonkeyPatch, work: Callable[[], Awaitable[None]]
+) -> None:
+    """Run ``work`` while the job's listening profile loads (after the take)."""
+    load = running.profiles.load
+
+    async def load_after_work(job: ChatJob) -> LoadedProfile:
+        await work()
+        return await load(job)
+
+    monkeypatch.setattr(running.profiles, "load", load_after_work)
 
 
 def gateway_streams(running: Worker) -> RequestStreams:
@@ -84,12 +102,12 @@ async def probe_is_free(running: Worker) -> bool:
     return (await running.breakers.acquire("demo")).probe
 
 
+@pytest.mark.single_node  # the spy is on the single Redis's hand-packed round trips
 async def test_the_take_and_the_providers_permit_cost_one_round_trip(
     worker: tuple[Worker, TestRedisBroker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     running, broker = worker
     rid = await opened(running)
-    await running.breakers.acquire("demo")  # its script loaded, as after a first answer
     sent = spy_round_trips(monkeypatch)
     await broker.publish(long_job(rid, deadline_s=10), stream=running.settings.keys.jobs)
     final = await wait_for_final(running.redis, running.settings.namespace, rid)
@@ -139,3 +157,51 @@ async def test_a_probe_left_unused_by_an_answer_cancelled_before_its_take_is_giv
     assert final["finish_reason"] == "cancelled"
     await running.pool.drain(5)
     assert await probe_is_free(running), "the unused probe holds its lease until it lapses"
+
+
+async def test_a_refusal_asked_with_the_take_is_asked_again_at_the_call(
+    worker: tuple[Worker, TestRedisBroker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cool-down ended while the prompt was built: the stale refusal skipped the provider."""
+    running, broker = worker
+    await cooled_down(running, until_ms=int(time.time() * 1000) + 600_000)
+    during_the_prompts_build(running, monkeypatch, lambda: cooled_down(running))
+    rid = await opened(running)
+    await broker.publish(long_job(rid, deadline_s=10), stream=running.settings.keys.jobs)
+    final = await wait_for_final(running.redis, running.settings.namespace, rid)
+    assert final["type"] == "done", final
+
+
+async def test_a_probe_asked_with_a_take_that_fails_is_given_back(
+    worker: tuple[Worker, TestRedisBroker],
+) -> None:
+    running, broker = worker
+    await cooled_down(running)
+    rid = await opened(running)
+    meta = running.settings.keys.meta(rid)
+    await running.redis.delete(meta)
+    await running.redis.set(meta, "not a hash")  # the take's script fails (WRONGTYPE)
+    await broker.publish(long_job(rid, deadline_s=10), stream=running.settings.keys.jobs)
+    await running.pool.drain(5)
+    assert await probe_is_free(running), "the probe holds its lease until it lapses"
+
+
+async def test_no_probe_is_asked_with_the_take_for_a_provider_the_job_will_not_call(
+    worker: tuple[Worker, TestRedisBroker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's provider cannot honour it: its probe was held through the prompt's build,
+    refusing every other worker's."""
+    running, broker = worker
+    refused = [SimpleNamespace(param="tools")]
+    monkeypatch.setattr(jobs, "refusals", lambda kind, *_: refused if kind == "demo" else [])
+    await cooled_down(running)
+    free: list[bool] = []
+
+    async def ask() -> None:
+        free.append(await probe_is_free(running))
+
+    during_the_prompts_build(running, monkeypatch, ask)
+    rid = await opened(running)
+    await broker.publish(long_job(rid, deadline_s=10), stream=running.settings.keys.jobs)
+    await wait_for_final(running.redis, running.settings.namespace, rid)
+    assert free == [True]

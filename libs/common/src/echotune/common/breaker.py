@@ -44,7 +44,7 @@ from redis.asyncio.client import Pipeline
 
 from echotune.common.keys import Keys
 from echotune.common.messages import BreakerState
-from echotune.common.scripts import Arg, Script, execute
+from echotune.common.scripts import Arg, Script, execute, load_all
 
 log = logging.getLogger(__name__)
 
@@ -233,6 +233,7 @@ return {now, redis.call('HGETALL', KEYS[1]),
 """
 )
 _SNAPSHOT_SCRIPT = Script(_SNAPSHOT)
+SCRIPTS = (ACQUIRE, _RENEW_SCRIPT, _RECORD_SCRIPT, _SNAPSHOT_SCRIPT)
 
 
 class CircuitBreakers:
@@ -249,6 +250,10 @@ class CircuitBreakers:
     @property
     def _lease_ms(self) -> int:
         return int(self.policy.probe_timeout_s * 1000)
+
+    async def load_scripts(self) -> None:
+        """Load the scripts now: the first call of each, in a pipeline, would pay a reload."""
+        await load_all(self.redis, SCRIPTS)
 
     async def acquire(self, provider: str) -> Permit:
         """May ``provider`` be called now? A granted probe must be followed by ``record``
@@ -277,9 +282,14 @@ class CircuitBreakers:
         )
 
     async def give_back(self, permit: Permit) -> None:
-        """Free an unused probe's lease at once (else it lapses after the probe timeout)."""
-        if permit.token is not None:
+        """Free an unused probe's lease at once; if Redis cannot take it, it lapses after the
+        probe timeout (logged, not raised: the caller's work goes on)."""
+        if permit.token is None:
+            return
+        try:
             await self.record(permit.provider, Outcome.IGNORED, token=permit.token)
+        except Exception as exc:
+            log.warning("the unused probe of %s was not given back: %s", permit.provider, exc)
 
     async def renew(self, permit: Permit) -> bool:
         """Extend a probe's lease; ``False`` when it no longer holds it (or is no probe)."""

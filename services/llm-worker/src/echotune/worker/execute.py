@@ -23,7 +23,7 @@ from echotune.common.messages import (
 )
 from echotune.common.request_stream import TAKE, AppendRefused, Final, Take, Taken
 from echotune.worker.inflight import CANCELLED, ENDED, FENCED, InFlight
-from echotune.worker.jobs import JobRunner, shutdown_error
+from echotune.worker.jobs import JobRunner, calls_own_provider, shutdown_error
 from echotune.worker.observability import job_ended, job_span, job_taken
 from echotune.worker.resources import Worker
 from echotune.worker.writer import EventWriter, Refused, WriteFailed
@@ -79,19 +79,25 @@ async def _execute(ctx: Worker, job: ChatJob, held: InFlight, first: bool) -> bo
 
 
 async def _take(ctx: Worker, job: ChatJob, first: bool) -> tuple[Taken, Permit | None]:
-    """Take the job and ask its provider's breaker in one round trip (the permit is ``None``
-    if that part failed: the first attempt asks again)."""
+    """Take the job and, when the first attempt will call the job's provider, ask its breaker
+    in the same round trip (no permit if that part failed: the attempt asks again)."""
+    owner = ctx.settings.consumer
+    if not calls_own_provider(ctx, job):
+        return await ctx.streams.take(job.request_id, owner, first=first), None
     async with ctx.redis.pipeline(transaction=False) as pipe:
-        ctx.streams.queue_take(pipe, job.request_id, ctx.settings.consumer, first=first)
+        ctx.streams.queue_take(pipe, job.request_id, owner, first=first)
         ctx.breakers.queue_acquire(pipe, job.provider)
         took, acquired = await scripts.execute(ctx.redis, pipe, [TAKE, ACQUIRE])
-    if isinstance(took, Exception):
-        raise took
-    taken = ctx.streams.taken(took)
+    permit = None
     if isinstance(acquired, Exception):
         log.warning("breaker of %s not asked with the take: %s", job.provider, acquired)
-        return taken, None
-    return taken, ctx.breakers.permit(job.provider, acquired)
+    else:
+        permit = ctx.breakers.permit(job.provider, acquired)
+    if isinstance(took, Exception):
+        if permit is not None:
+            await ctx.breakers.give_back(permit)
+        raise took
+    return ctx.streams.taken(took), permit
 
 
 async def _run(ctx: Worker, job: ChatJob, held: InFlight, taken: Taken, runner: JobRunner) -> bool:

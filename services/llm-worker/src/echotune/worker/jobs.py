@@ -42,6 +42,13 @@ log = logging.getLogger(__name__)
 CONTINUE_PROMPT = "Continue your previous answer exactly where it stopped, without repeating it."
 
 
+def calls_own_provider(ctx: Worker, job: ChatJob) -> bool:
+    """Whether the job's first attempt calls the job's own provider (known, and able to
+    honour the job: else the chain starts further on)."""
+    config = ctx.registry.get(job.provider)
+    return config is not None and not refusals(config.kind, job.features, job.messages)
+
+
 class Skip(Exception):
     """The provider is not called now (open breaker, rate-limit cool-down)."""
 
@@ -57,7 +64,7 @@ class JobRunner:
         self, ctx: Worker, job: ChatJob, writer: EventWriter, permit: Permit | None = None
     ) -> None:
         """``permit``: the job provider's, asked along with the take (used by the first
-        attempt if it calls that provider, else given back)."""
+        attempt if it was granted, else dropped or given back)."""
         self.ctx, self.job, self.writer = ctx, job, writer
         self._spare = permit
         self.context = ConversationContext()
@@ -219,19 +226,18 @@ class JobRunner:
         self.confidence.merge(call.confidence)
 
     async def give_back(self) -> None:
-        """Give back the permit asked with the take if no attempt used it (a probe's lease
-        would otherwise hold off every other worker's probe until it lapses)."""
+        """Give back the permit asked with the take if no attempt used it."""
         spare, self._spare = self._spare, None
-        if spare is None:
-            return
-        try:
+        if spare is not None:
             await self.ctx.breakers.give_back(spare)
-        except Exception as exc:  # its lease lapses by itself
-            log.warning("could not give back the probe permit of %s: %s", spare.provider, exc)
 
     async def _permit(self, provider: str) -> Permit:
-        """The breaker's permit; waits out a short rate-limit cool-down, skips an open breaker."""
-        if self._spare is not None and self._spare.provider != provider:
+        """The breaker's permit; waits out a short rate-limit cool-down, skips an open breaker.
+
+        The permit asked with the take is used if it was granted for ``provider``; a refusal
+        is asked again (the prompt's build may have outlasted it)."""
+        spare = self._spare
+        if spare is not None and not (spare.allowed and spare.provider == provider):
             await self.give_back()
         while True:
             permit, self._spare = self._spare, None

@@ -98,6 +98,8 @@ async def open_worker(
         events_maxlen=settings.events_maxlen,
     )
     await streams.load_scripts()
+    breakers = CircuitBreakers(redis, keys, settings.breaker.policy())
+    await breakers.load_scripts()
     http = make_client(transport, settings.http_transport)
     instrument(redis, http)
     context_ms = int(settings.context_timeout_s * 1000)
@@ -115,7 +117,7 @@ async def open_worker(
         streams=streams,
         flusher=AppendFlusher(streams),
         telemetry=TelemetryPublisher(broker, redis, keys.telemetry, settings.telemetry_maxlen),
-        breakers=CircuitBreakers(redis, keys, settings.breaker.policy()),
+        breakers=breakers,
         live=LiveStats(redis, keys),
         pool=JobPool(settings.concurrency),
         conversations=ConversationStore(
