@@ -97,6 +97,29 @@ def gateway_streams(running: Worker) -> RequestStreams:
     )
 
 
+Probing = tuple[Worker, TestRedisBroker, str]
+
+
+@pytest.fixture
+async def probing(worker: tuple[Worker, TestRedisBroker]) -> Probing:
+    """A worker whose demo provider's next ask is a probe, and a request opened for a job."""
+    running, broker = worker
+    await cooled_down(running)
+    return running, broker, await opened(running)
+
+
+async def answered(running: Worker, broker: TestRedisBroker, rid: str) -> dict[str, Any]:
+    """The final event of the answer to a job for ``rid``, published now."""
+    await broker.publish(long_job(rid, deadline_s=10), stream=running.settings.keys.jobs)
+    return await wait_for_final(running.redis, running.settings.namespace, rid)
+
+
+async def handled(running: Worker, broker: TestRedisBroker, rid: str) -> None:
+    """A job for ``rid``, published now, run to its end (whatever the end)."""
+    await broker.publish(long_job(rid, deadline_s=10), stream=running.settings.keys.jobs)
+    await running.pool.drain(5)
+
+
 async def probe_is_free(running: Worker) -> bool:
     """Whether another worker's ask would be granted the probe now."""
     return (await running.breakers.acquire("demo")).probe
@@ -109,8 +132,7 @@ async def test_the_take_and_the_providers_permit_cost_one_round_trip(
     running, broker = worker
     rid = await opened(running)
     sent = spy_round_trips(monkeypatch)
-    await broker.publish(long_job(rid, deadline_s=10), stream=running.settings.keys.jobs)
-    final = await wait_for_final(running.redis, running.settings.namespace, rid)
+    final = await answered(running, broker, rid)
     assert final["type"] == "done"
     takes = [packed for of, packed in sent if of == rid and TAKE.sha.encode() in packed]
     acquires = [packed for of, packed in sent if of == rid and ACQUIRE.sha.encode() in packed]
@@ -119,41 +141,32 @@ async def test_the_take_and_the_providers_permit_cost_one_round_trip(
 
 
 async def test_a_probe_asked_with_the_take_is_the_first_attempts(
-    worker: tuple[Worker, TestRedisBroker],
+    probing: Probing,
 ) -> None:
     """Asked again by the attempt, the probe would be refused as in flight: no answer."""
-    running, broker = worker
-    await cooled_down(running)
-    rid = await opened(running)
-    await broker.publish(long_job(rid, deadline_s=10), stream=running.settings.keys.jobs)
-    final = await wait_for_final(running.redis, running.settings.namespace, rid)
+    running, broker, rid = probing
+    final = await answered(running, broker, rid)
     assert final["type"] == "done"
     assert (await running.breakers.snapshot("demo")).state.value == "closed"
 
 
 async def test_a_probe_asked_with_a_take_that_finds_the_answer_ended_is_given_back(
-    worker: tuple[Worker, TestRedisBroker],
+    probing: Probing,
 ) -> None:
-    running, broker = worker
-    await cooled_down(running)
-    rid = await opened(running)
+    running, broker, rid = probing
     gateway = gateway_streams(running)
     await gateway.append_final(rid, UNTAKEN, 0, ErrorEvent(code="no_worker", message="none"))
-    await broker.publish(long_job(rid, deadline_s=10), stream=running.settings.keys.jobs)
-    await running.pool.drain(5)
+    await handled(running, broker, rid)
     assert await probe_is_free(running), "the unused probe holds its lease until it lapses"
 
 
 async def test_a_probe_left_unused_by_an_answer_cancelled_before_its_take_is_given_back(
-    worker: tuple[Worker, TestRedisBroker],
+    probing: Probing,
 ) -> None:
-    running, broker = worker
-    await cooled_down(running)
-    rid = await opened(running)
+    running, broker, rid = probing
     gateway = gateway_streams(running)
     assert (await gateway.cancel(rid, "u1")).state == "cancelling"
-    await broker.publish(long_job(rid, deadline_s=10), stream=running.settings.keys.jobs)
-    final = await wait_for_final(running.redis, running.settings.namespace, rid)
+    final = await answered(running, broker, rid)
     assert final["finish_reason"] == "cancelled"
     await running.pool.drain(5)
     assert await probe_is_free(running), "the unused probe holds its lease until it lapses"
@@ -167,22 +180,18 @@ async def test_a_refusal_asked_with_the_take_is_asked_again_at_the_call(
     await cooled_down(running, until_ms=int(time.time() * 1000) + 600_000)
     during_the_prompts_build(running, monkeypatch, lambda: cooled_down(running))
     rid = await opened(running)
-    await broker.publish(long_job(rid, deadline_s=10), stream=running.settings.keys.jobs)
-    final = await wait_for_final(running.redis, running.settings.namespace, rid)
+    final = await answered(running, broker, rid)
     assert final["type"] == "done", final
 
 
 async def test_a_probe_asked_with_a_take_that_fails_is_given_back(
-    worker: tuple[Worker, TestRedisBroker],
+    probing: Probing,
 ) -> None:
-    running, broker = worker
-    await cooled_down(running)
-    rid = await opened(running)
+    running, broker, rid = probing
     meta = running.settings.keys.meta(rid)
     await running.redis.delete(meta)
     await running.redis.set(meta, "not a hash")  # the take's script fails (WRONGTYPE)
-    await broker.publish(long_job(rid, deadline_s=10), stream=running.settings.keys.jobs)
-    await running.pool.drain(5)
+    await handled(running, broker, rid)
     assert await probe_is_free(running), "the probe holds its lease until it lapses"
 
 
@@ -202,6 +211,5 @@ async def test_no_probe_is_asked_with_the_take_for_a_provider_the_job_will_not_c
 
     during_the_prompts_build(running, monkeypatch, ask)
     rid = await opened(running)
-    await broker.publish(long_job(rid, deadline_s=10), stream=running.settings.keys.jobs)
-    await wait_for_final(running.redis, running.settings.namespace, rid)
+    await answered(running, broker, rid)
     assert free == [True]
