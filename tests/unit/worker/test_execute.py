@@ -18,7 +18,7 @@ from echotune.common import resp
 from echotune.common.breaker import ACQUIRE
 from echotune.common.logs import request_id_var
 from echotune.common.messages import ChatJob, ErrorEvent
-from echotune.common.request_stream import TAKE, UNTAKEN, RequestStreams, Take, Taken
+from echotune.common.request_stream import TAKE, UNTAKEN, RequestStreams
 from echotune.worker import jobs
 from echotune.worker.execute import _produce
 from echotune.worker.inflight import InFlight
@@ -37,8 +37,8 @@ def failing(exc: Exception) -> Any:
 
 async def end_of(exc: Exception) -> Any:
     """Built per call: a module-level job's 30 s deadline had passed when xdist ran it later."""
-    held, taken = InFlight("r-00000001", "1-1"), Taken(Take.TAKEN, epoch=1)
-    return await _produce(long_job("r-00000001"), held, taken, failing(exc), SimpleNamespace())
+    held = InFlight("r-00000001", "1-1")
+    return await _produce(long_job("r-00000001"), held, failing(exc), SimpleNamespace())
 
 
 async def test_a_bug_ends_the_answer_with_an_internal_error() -> None:

@@ -323,3 +323,21 @@ async def test_an_answer_whose_appends_keep_failing_ends_with_an_error_not_done(
     await broker.publish(long_job(rid), stream=running.settings.keys.jobs)
     final = await wait_for_final(redis, running.settings.namespace, rid, timeout=10)
     assert (final["type"], final["code"]) == ("error", "internal_error")
+
+
+async def test_a_reclaimed_job_nobody_took_starts_its_answer_over(
+    worker: tuple[Worker, TestRedisBroker], redis: Redis
+) -> None:
+    """A failover lost the first worker's take and the entries it wrote, which a client had
+    seen (cluster chaos run, seed 20261201): the worker that reclaimed the job answered as if
+    nothing had been sent, and the client kept the lost entries."""
+    running, _ = worker
+    rid = await opened(running)
+    lost_entry = SimpleNamespace(raw_message={"message_ids": [b"1-1"]})
+    await handlers.reclaim_job(long_job(rid), running, lost_entry)  # type: ignore[arg-type]
+    final = await wait_for_final(redis, running.settings.namespace, rid)
+    assert final["type"] == "done"
+    entries = [f for _, f in await redis.xrange(running.settings.keys.events(rid))]
+    restart = json.loads(entries[1]["data"])
+    assert entries[1]["type"] == "failover"
+    assert (restart["reason"], restart["discard_partial"]) == ("events_lost", True)

@@ -72,10 +72,30 @@ async def _execute(ctx: Worker, job: ChatJob, held: InFlight, first: bool) -> bo
         ),
         stamp=ctx.settings.stamp_tokens,
     )
+    runner = JobRunner(ctx, job, writer, permit)
     try:
-        return await _run(ctx, job, held, taken, JobRunner(ctx, job, writer, permit))
+        return await _run(ctx, job, held, taken, runner, _restart(job, taken, first))
     finally:
         writer.close()
+
+
+def _restart(job: ChatJob, taken: Taken, first: bool) -> FailoverEvent | None:
+    """How a taken-over answer starts: ``worker_lost`` when its last worker had streamed; on a
+    reclaim the store says nobody took, ``events_lost``: a failover may have lost that take
+    and what its worker wrote, which clients may have seen."""
+    if taken.epoch > 1 and taken.streamed:
+        reason = "worker_lost"
+    elif not first and taken.epoch == 1:
+        reason = EVENTS_LOST
+    else:
+        return None
+    return FailoverEvent(
+        from_provider=job.provider,
+        to_provider=job.provider,
+        to_model=job.model,
+        reason=reason,
+        discard_partial=True,
+    )
 
 
 async def _take(ctx: Worker, job: ChatJob, first: bool) -> tuple[Taken, Permit | None]:
@@ -100,12 +120,19 @@ async def _take(ctx: Worker, job: ChatJob, first: bool) -> tuple[Taken, Permit |
     return ctx.streams.taken(took), permit
 
 
-async def _run(ctx: Worker, job: ChatJob, held: InFlight, taken: Taken, runner: JobRunner) -> bool:
+async def _run(
+    ctx: Worker,
+    job: ChatJob,
+    held: InFlight,
+    taken: Taken,
+    runner: JobRunner,
+    restart: FailoverEvent | None,
+) -> bool:
     if taken.cancelled:
         held.stop(CANCELLED)
     writer = runner.writer
     try:
-        final = await _produce(job, held, taken, runner, writer)
+        final = await _produce(job, held, runner, writer, restart)
         try:  # all of it stored before the turn is recorded and the final chosen
             await writer.flush()
         except WriteFailed:  # some text was given up: the answer is not whole
@@ -134,21 +161,17 @@ async def _run(ctx: Worker, job: ChatJob, held: InFlight, taken: Taken, runner: 
 
 
 async def _produce(
-    job: ChatJob, held: InFlight, taken: Taken, runner: JobRunner, writer: EventWriter
+    job: ChatJob,
+    held: InFlight,
+    runner: JobRunner,
+    writer: EventWriter,
+    restart: FailoverEvent | None = None,
 ) -> ChatEvent:
     """The final event; the answer is produced in a task that a cancel can stop at once."""
     if held.reason is not None:
         return runner.cancelled()
-    if taken.epoch > 1 and taken.streamed:  # a worker was lost: the answer starts over
-        writer.emit(
-            FailoverEvent(
-                from_provider=job.provider,
-                to_provider=job.provider,
-                to_model=job.model,
-                reason="worker_lost",
-                discard_partial=True,
-            )
-        )
+    if restart is not None:  # the answer starts over
+        writer.emit(restart)
     held.task = task = asyncio.create_task(runner.produce())
     try:
         async with asyncio.timeout(max(job.deadline_at - time.time(), 0.001)):
