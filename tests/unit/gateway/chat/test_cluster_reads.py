@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 
 import pytest
 from redis.asyncio import Redis
@@ -12,6 +14,7 @@ from redis.asyncio import Redis
 from deploy.local.servers import RedisClusterServers
 from echotune.common.keys import Keys
 from echotune.common.redis import create_redis
+from echotune.gateway.chat.cluster_reads import STOP_S, NodeReads
 from echotune.gateway.chat.relay import Entry, StreamRelay, Subscription
 
 pytestmark = pytest.mark.cluster
@@ -130,3 +133,25 @@ async def test_a_stream_is_still_read_after_its_primary_fails_over(
         assert [e.data for e in await take(sub, 1, timeout=30)] == ["1"]
     finally:
         await asyncio.to_thread(redis_cluster.restore)
+
+
+async def test_a_node_whose_reads_swallow_their_cancel_still_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """redis-py's connect under ``asyncio.wait_for`` can turn a cancel into a ``TimeoutError``
+    on Python 3.11: the reads took it for a failed read and went on, and the stop awaited them
+    for ever (a cluster test's teardown hung past its 120 s timeout, fresh-clone CI44)."""
+    reading = asyncio.Event()
+
+    async def reads_that_swallow_a_cancel(self: NodeReads) -> None:
+        while self.keys:
+            reading.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.01)
+
+    monkeypatch.setattr(NodeReads, "_run", reads_that_swallow_a_cancel)
+    node = NodeReads(SimpleNamespace(), "127.0.0.1", 1)  # type: ignore[arg-type]
+    node.watch("k")
+    await reading.wait()
+    async with asyncio.timeout(STOP_S + 5):
+        await node.stop()

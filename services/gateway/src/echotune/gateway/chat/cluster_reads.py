@@ -44,6 +44,8 @@ from echotune.common.redis import ClusterAddress, cluster_address, create_redis
 log = logging.getLogger(__name__)
 
 INVALIDATE = "__redis__:invalidate"
+STOP_S = 2.0
+"""How long a node's reads may take to stop."""
 Entries = list[tuple[str, dict[str, str]]]
 Position = Callable[[str], "str | None"]
 """Where to read a stream from (its slowest reader's last id); ``None``: nobody reads it."""
@@ -179,11 +181,20 @@ class NodeReads:
         self._asking.discard(key)
 
     async def stop(self) -> None:
-        for task in [*self._soon, self._task]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        """Stop reading, within ``STOP_S`` even if a cancellation is swallowed (redis-py's
+        connect under ``asyncio.wait_for`` can turn one into a ``TimeoutError`` on Python
+        3.11: the loop took it for a failed read and went on, and a gateway's stop hung)."""
+        self.keys.clear()  # the loop ends at its next turn whatever became of the cancel
+        tasks = [task for task in [*self._soon, self._task] if task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            done, late = await asyncio.wait(tasks, timeout=STOP_S)
+            for task in done:  # retrieved: an error of a read that was ending is no news
+                if not task.cancelled():
+                    task.exception()
+            if late:
+                log.warning("relay reads on %s:%d did not stop", self.host, self.port)
         self._task = None
 
     def _connection(self) -> Connection:
