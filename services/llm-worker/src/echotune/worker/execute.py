@@ -23,7 +23,7 @@ from echotune.common.messages import (
 )
 from echotune.common.request_stream import TAKE, AppendRefused, Final, Take, Taken
 from echotune.worker.inflight import CANCELLED, ENDED, FENCED, InFlight
-from echotune.worker.jobs import JobRunner, calls_own_provider, shutdown_error
+from echotune.worker.jobs import JobRunner, provider_chain, shutdown_error, starts_with_own
 from echotune.worker.observability import job_ended, job_span, job_taken
 from echotune.worker.resources import Worker
 from echotune.worker.writer import EventWriter, Refused, WriteFailed
@@ -49,7 +49,8 @@ async def execute(ctx: Worker, job: ChatJob, held: InFlight, *, first: bool) -> 
 async def _execute(ctx: Worker, job: ChatJob, held: InFlight, first: bool) -> bool:
     if held.reason == FENCED:  # reclaimed by another worker while it waited for a slot
         return False
-    taken, permit = await _take(ctx, job, first)
+    chain = provider_chain(ctx, job)
+    taken, permit = await _take(ctx, job, first, ask_breaker=starts_with_own(job, chain))
     if taken.state is not Take.TAKEN:
         log.info("job %s before it started; acknowledging it", taken.state.value)
         if permit is not None:
@@ -72,7 +73,7 @@ async def _execute(ctx: Worker, job: ChatJob, held: InFlight, first: bool) -> bo
         ),
         stamp=ctx.settings.stamp_tokens,
     )
-    runner = JobRunner(ctx, job, writer, permit)
+    runner = JobRunner(ctx, job, writer, chain, permit)
     try:
         return await _run(ctx, job, held, taken, runner, _restart(job, taken, first))
     finally:
@@ -98,11 +99,13 @@ def _restart(job: ChatJob, taken: Taken, first: bool) -> FailoverEvent | None:
     )
 
 
-async def _take(ctx: Worker, job: ChatJob, first: bool) -> tuple[Taken, Permit | None]:
-    """Take the job and, when the first attempt will call the job's provider, ask its breaker
-    in the same round trip (no permit if that part failed: the attempt asks again)."""
+async def _take(
+    ctx: Worker, job: ChatJob, first: bool, *, ask_breaker: bool
+) -> tuple[Taken, Permit | None]:
+    """Take the job and, with ``ask_breaker`` (the first attempt calls the job's provider), ask its
+    breaker in the same round trip (no permit if that part failed: the attempt asks again)."""
     owner = ctx.settings.consumer
-    if not calls_own_provider(ctx, job):
+    if not ask_breaker:
         return await ctx.streams.take(job.request_id, owner, first=first), None
     async with ctx.redis.pipeline(transaction=False) as pipe:
         ctx.streams.queue_take(pipe, job.request_id, owner, first=first)

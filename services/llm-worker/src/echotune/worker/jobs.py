@@ -42,11 +42,27 @@ log = logging.getLogger(__name__)
 CONTINUE_PROMPT = "Continue your previous answer exactly where it stopped, without repeating it."
 
 
-def calls_own_provider(ctx: Worker, job: ChatJob) -> bool:
-    """Whether the job's first attempt calls the job's own provider (known, and able to
-    honour the job: else the chain starts further on)."""
-    config = ctx.registry.get(job.provider)
-    return config is not None and not refusals(config.kind, job.features, job.messages)
+Chain = list[tuple[ProviderConfig, str]]
+
+
+def provider_chain(ctx: Worker, job: ChatJob) -> Chain:
+    """The providers the job may call, in order, each with its model: the job's own, then its
+    fallbacks; one unknown here or unable to honour the job is skipped."""
+    chain: Chain = []
+    for index, name in enumerate(dict.fromkeys([job.provider, *job.fallbacks])):
+        config = ctx.registry.get(name)
+        if config is None:
+            continue
+        if refused := refusals(config.kind, job.features, job.messages):
+            log.info("provider %s skipped: cannot honour %s", name, refused[0].param)
+            continue
+        chain.append((config, job.model if index == 0 else config.model))
+    return chain
+
+
+def starts_with_own(job: ChatJob, chain: Chain) -> bool:
+    """Whether the chain's first attempt calls the job's own provider."""
+    return bool(chain) and chain[0][0].name == job.provider
 
 
 class Skip(Exception):
@@ -61,11 +77,16 @@ class JobRunner:
     """Produces the events of one ``ChatJob`` through the writer of the worker that holds it."""
 
     def __init__(
-        self, ctx: Worker, job: ChatJob, writer: EventWriter, permit: Permit | None = None
+        self,
+        ctx: Worker,
+        job: ChatJob,
+        writer: EventWriter,
+        chain: Chain,
+        permit: Permit | None = None,
     ) -> None:
-        """``permit``: the job provider's, asked along with the take (used by the first
-        attempt if it was granted, else dropped or given back)."""
-        self.ctx, self.job, self.writer = ctx, job, writer
+        """``chain``: the job's ``provider_chain``; ``permit``: the job provider's, asked along
+        with the take (used by the first attempt if it was granted, else given back)."""
+        self.ctx, self.job, self.writer, self.chain = ctx, job, writer, chain
         self._spare = permit
         self.context = ConversationContext()
         self.prompt: Prompt | None = None
@@ -130,18 +151,6 @@ class JobRunner:
             confidence=self.confidence.result(),
         )
 
-    def _chain(self) -> list[tuple[ProviderConfig, str]]:
-        chain: list[tuple[ProviderConfig, str]] = []
-        for index, name in enumerate(dict.fromkeys([self.job.provider, *self.job.fallbacks])):
-            config = self.ctx.registry.get(name)
-            if config is None:
-                continue
-            if refused := refusals(config.kind, self.job.features, self.job.messages):
-                log.info("provider %s skipped: cannot honour %s", name, refused[0].param)
-                continue
-            chain.append((config, self.job.model if index == 0 else config.model))
-        return chain
-
     @property
     def _continue_on_failure(self) -> bool:
         features = self.job.features
@@ -152,7 +161,7 @@ class JobRunner:
 
     async def _produce(self) -> ChatEvent:
         """Try each provider of the chain in turn; the final event to write."""
-        chain, reason, continuing = self._chain(), "unavailable", False
+        chain, reason, continuing = self.chain, "unavailable", False
         refusal: tuple[str, ProviderError] | None = None  # while every provider refused it
         for index, (config, model) in enumerate(chain):
             if index > 0:
