@@ -49,3 +49,14 @@ def test_a_provider_refuses_infinity(provider: str, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("ECHOTUNE_PROVIDERS", f"[{provider}]")
     with pytest.raises(ValidationError):
         WorkerSettings()
+
+
+@pytest.mark.parametrize("wait", ["context_timeout_s", "profile_timeout_s"])
+def test_a_probe_lease_shorter_than_twice_the_prompts_build_is_refused(
+    wait: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe asked with the take would lapse while the prompt is built: two probes at once."""
+    monkeypatch.setenv("ECHOTUNE_BREAKER_PROBE_TIMEOUT_S", "3")
+    assert WorkerSettings(**{wait: 1.5}).breaker.probe_timeout_s == 3
+    with pytest.raises(ValidationError, match="PROBE_TIMEOUT_S"):
+        WorkerSettings(**{wait: 1.6})

@@ -7,7 +7,7 @@ import socket
 import uuid
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from echotune.common.provider_settings import ProviderSettings
@@ -64,3 +64,16 @@ class WorkerSettings(ServiceSettings, ProviderSettings):
         "or httpx's own (httpcore)",
     )
     stamp_tokens: bool = Field(False, description="Stamp each delta with monotonic_ns (bench)")
+
+    @model_validator(mode="after")
+    def _probe_outlives_the_prompts_build(self) -> WorkerSettings:
+        """A probe asked with the take is held through the prompt's build, and first renewed a
+        third of its lease into the call: a longer build would let the lease lapse."""
+        build_s = max(self.context_timeout_s, self.profile_timeout_s)
+        if build_s > self.breaker.probe_timeout_s / 2:
+            raise ValueError(
+                f"ECHOTUNE_BREAKER_PROBE_TIMEOUT_S ({self.breaker.probe_timeout_s:g}) must be at "
+                f"least twice the prompt's longest build ({build_s:g} s: "
+                "ECHOTUNE_WORKER_CONTEXT_TIMEOUT_S, ECHOTUNE_WORKER_PROFILE_TIMEOUT_S)"
+            )
+        return self
