@@ -3,6 +3,7 @@ answer's end, what is left for a reclaim."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
@@ -213,3 +214,40 @@ async def test_no_probe_is_asked_with_the_take_for_a_provider_the_job_will_not_c
     rid = await opened(running)
     await answered(running, broker, rid)
     assert free == [True]
+
+
+def stuck_in_the_prompts_build(running: Worker, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """The prompt's build never ends; the event is set once it began (after the take)."""
+    began = asyncio.Event()
+
+    async def forever() -> None:
+        began.set()
+        await asyncio.Event().wait()
+
+    during_the_prompts_build(running, monkeypatch, forever)
+    return began
+
+
+async def test_a_probe_left_unused_by_an_answer_past_its_deadline_is_given_back(
+    probing: Probing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running, broker, rid = probing
+    stuck_in_the_prompts_build(running, monkeypatch)
+    await broker.publish(long_job(rid, deadline_s=0.3), stream=running.settings.keys.jobs)
+    final = await wait_for_final(running.redis, running.settings.namespace, rid)
+    assert final["code"] == "deadline_exceeded", final
+    await running.pool.drain(5)
+    assert await probe_is_free(running), "the unused probe holds its lease until it lapses"
+
+
+async def test_a_probe_left_unused_by_a_worker_shutting_down_is_given_back(
+    probing: Probing, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    running, broker, rid = probing
+    began = stuck_in_the_prompts_build(running, monkeypatch)
+    await broker.publish(long_job(rid, deadline_s=10), stream=running.settings.keys.jobs)
+    await began.wait()
+    await running.pool.drain(0)  # the shutdown's drain: nothing finishes, the job is cancelled
+    final = await wait_for_final(running.redis, running.settings.namespace, rid)
+    assert final["code"] == "shutdown", final
+    assert await probe_is_free(running), "the unused probe holds its lease until it lapses"
