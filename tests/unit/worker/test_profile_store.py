@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 
 from echotune.common.keys import Keys
 from echotune.common.messages import ChatJob, ChatMessage, ChatOptions, ProfileStatus, Role
+from echotune.common.provider_settings import BreakerSettings
 from echotune.worker.profile import ProfileStore
 from echotune.worker.settings import WorkerSettings
 
@@ -74,6 +75,7 @@ async def store(redis_server_url: str, bound_s: float) -> AsyncIterator[ProfileS
         redis_url=redis_server_url,
         namespace=f"t{uuid.uuid4().hex[:10]}",
         profile_timeout_s=bound_s,
+        breaker=BreakerSettings(probe_timeout_s=max(2 * bound_s, 15)),
         mongodb_url="mongodb://127.0.0.1:1/unused",
     )
     redis = Redis.from_url(redis_server_url, decode_responses=True)
