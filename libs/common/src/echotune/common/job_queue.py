@@ -40,18 +40,20 @@ return redis.call('XTRIM', KEYS[1], 'MINID', keep)
 """)
 
 # Reset the idle time of the entries that consumer ARGV[2] still holds in group ARGV[1]
-# (ARGV[3..]); return those it holds no more (reclaimed by another worker, or acknowledged).
+# (ARGV[3..]); return those pending with another consumer (reclaimed by another worker). One
+# pending with nobody (acknowledged as a duplicate's, or lost with the stream's data) is not
+# taken over: its run goes on, fenced by the request's epoch if another worker took the job.
 _REFRESH = Script("""
-local lost = {}
+local taken = {}
 for i = 3, #ARGV do
   local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
   if p[1] and p[1][2] == ARGV[2] then
     redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
-  else
-    table.insert(lost, ARGV[i])
+  elseif p[1] then
+    table.insert(taken, ARGV[i])
   end
 end
-return lost
+return taken
 """)
 
 # KEYS[1]: sorted set consumer -> last heartbeat (Redis ms). ARGV: consumer, forget after ms.
@@ -118,11 +120,11 @@ async def trim(redis: Redis, keys: Keys) -> int:
 
 
 async def refresh_held(redis: Redis, keys: Keys, consumer: str, entry_ids: list[str]) -> list[str]:
-    """Keep ``consumer``'s entries from being reclaimed; the ids it no longer holds."""
+    """Keep ``consumer``'s entries from being reclaimed; the ids another consumer holds now."""
     if not entry_ids:
         return []
-    lost = await _REFRESH(redis, [keys.jobs], [JOBS_GROUP, consumer, *entry_ids])
-    return [str(entry_id) for entry_id in lost]
+    taken = await _REFRESH(redis, [keys.jobs], [JOBS_GROUP, consumer, *entry_ids])
+    return [str(entry_id) for entry_id in taken]
 
 
 async def heartbeat(redis: Redis, keys: Keys, consumer: str, forget_after_s: float) -> None:

@@ -48,19 +48,19 @@ async def sweep(ctx: Worker, every_s: float) -> None:
 
 
 async def keep_held(ctx: Worker) -> None:
-    """Keep every held entry fresh, so no other worker reclaims it; stop the ones lost."""
+    """Keep every held entry fresh, so no other worker reclaims it; stop the ones taken over."""
     settings = ctx.settings
     while True:
         await asyncio.sleep(settings.reclaim_idle_s / 3)
         held = ctx.jobs.by_entry()
         try:
-            lost = await job_queue.refresh_held(
+            taken = await job_queue.refresh_held(
                 ctx.redis, settings.keys, settings.consumer, list(held)
             )
         except Exception:
             log.exception("could not refresh the held jobs")
             continue
-        for entry_id in lost:
+        for entry_id in taken:
             if (job := held.get(entry_id)) is not None:
                 job.stop(FENCED)
 
