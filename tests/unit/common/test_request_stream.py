@@ -53,6 +53,10 @@ DONE = DoneEvent(
 NO_WORKER = ErrorEvent(code=ErrorCode.NO_WORKER, message="none")
 
 
+def delta(text: str) -> tuple[str, str]:
+    return "delta", json.dumps({"delta": text})
+
+
 async def ttls(redis: Redis, streams: RequestStreams, rid: str) -> dict[str, int]:
     k = streams.keys
     names = {"meta": k.meta(rid), "events": k.events(rid), "reader": k.reader(rid)}
@@ -91,9 +95,9 @@ async def test_the_final_is_written_once_and_shrinks_every_ttl(
     assert (await streams.cancel("r3-abcdefgh", "alice")).state == "cancelling"
     taken = await streams.take("r3-abcdefgh", "w1")
     assert (taken.state, taken.epoch, taken.cancelled) == (Take.TAKEN, 1, True)
-    assert await streams.append_final("r3-abcdefgh", 1, 1, DONE) is Final.WRITTEN
-    assert await streams.append_final("r3-abcdefgh", 1, 1, DONE) is Final.WRITTEN  # a retry
-    assert await streams.append_final("r3-abcdefgh", 1, 2, DONE) is Final.ENDED
+    assert await streams.append_final("r3-abcdefgh", taken.fence, 1, DONE) is Final.WRITTEN
+    assert await streams.append_final("r3-abcdefgh", taken.fence, 1, DONE) is Final.WRITTEN
+    assert await streams.append_final("r3-abcdefgh", taken.fence, 2, DONE) is Final.ENDED
     entries = await redis.xrange(streams.keys.events("r3-abcdefgh"))
     assert [f["type"] for _, f in entries] == ["start", "done"]
     assert all(0 < ttl <= 90 for ttl in (await ttls(redis, streams, "r3-abcdefgh")).values())
@@ -103,10 +107,10 @@ async def test_the_final_is_written_once_and_shrinks_every_ttl(
 
 async def test_a_stale_producer_cannot_end_the_answer(streams: RequestStreams) -> None:
     await streams.open("r4-abcdefgh", "fp", "alice", start("r4-abcdefgh"))
-    await streams.take("r4-abcdefgh", "w1")
-    await streams.take("r4-abcdefgh", "w2")
-    assert await streams.append_final("r4-abcdefgh", 1, 1, DONE) is Final.FENCED
-    assert await streams.append_final("r4-abcdefgh", 2, 1, DONE) is Final.WRITTEN
+    stale = await streams.take("r4-abcdefgh", "w1")
+    current = await streams.take("r4-abcdefgh", "w2")
+    assert await streams.append_final("r4-abcdefgh", stale.fence, 1, DONE) is Final.FENCED
+    assert await streams.append_final("r4-abcdefgh", current.fence, 1, DONE) is Final.WRITTEN
 
 
 async def test_the_gateway_ends_only_a_job_nobody_took(streams: RequestStreams) -> None:
@@ -131,7 +135,7 @@ async def test_an_error_final_says_partial_exactly_when_text_was_streamed(
             if text
             else RetryEvent(provider="p", attempt=1, delay_ms=1, reason="busy")
         )
-        await streams.append_many([Batch(rid, taken.epoch, 1, [(entry["type"], entry["data"])])])
+        await streams.append_many([Batch(rid, taken.fence, 1, [(entry["type"], entry["data"])])])
         assert await streams.append_final(rid, FORCE, 0, late) is Final.WRITTEN
         assert await streams.append_final(rid, FORCE, 0, late) is Final.WRITTEN  # a retry
         entries = await redis.xrange(streams.keys.events(rid))
@@ -146,17 +150,19 @@ async def test_one_append_call_answers_each_request_for_itself(
     """Batches of many requests go out together; each is applied or refused on its own."""
     names = ("ok", "fenced", "ended", "gone", "ok2")
     rids = {name: f"{name}-{uuid.uuid4().hex[:8]}" for name in names}
+    fence = {name: "never taken" for name in names}
     for name, rid in rids.items():
         if name != "gone":
             await streams.open(rid, "fp", "u", start(rid))
-            await streams.take(rid, "w")
-    await streams.take(rids["fenced"], "w2")  # epoch 2: the epoch-1 producer is fenced off
-    assert await streams.append_final(rids["ended"], 1, 1, DONE) is Final.WRITTEN
+            fence[name] = (await streams.take(rid, "w")).fence
+    await streams.take(rids["fenced"], "w2")  # the first take's producer is fenced off
+    assert await streams.append_final(rids["ended"], fence["ended"], 1, DONE) is Final.WRITTEN
     await streams.cancel(rids["ok"], "u")
     text = [("delta", '{"delta":"a"}'), ("delta", '{"delta":"b"}')]
-    batches = [Batch(rid, 1, 1, text) for rid in rids.values()]
-    batches[-1] = Batch(rids["ok2"], 1, 1, [("retry", "{}"), *text, ("delta", '{"delta":"z"}')])
-    retried = Batch(rids["ok"], 1, 2, [*text[1:], ("delta", '{"delta":"c"}')])
+    batches = [Batch(rid, fence[name], 1, text) for name, rid in rids.items()]
+    more = [("retry", "{}"), *text, ("delta", '{"delta":"z"}')]
+    batches[-1] = Batch(rids["ok2"], fence["ok2"], 1, more)
+    retried = Batch(rids["ok"], fence["ok"], 2, [*text[1:], ("delta", '{"delta":"c"}')])
 
     first = await streams.append_many(batches)
     again = await streams.append_many([retried, batches[1]])
@@ -179,13 +185,14 @@ async def test_a_request_the_append_script_fails_on_fails_alone(
     redis: Redis, streams: RequestStreams
 ) -> None:
     rids = [f"r-{n}-{uuid.uuid4().hex[:8]}" for n in range(3)]
+    fences = []
     for rid in rids:
         await streams.open(rid, "fp", "u", start(rid))
-        await streams.take(rid, "w")
+        fences.append((await streams.take(rid, "w")).fence)
     await redis.hset(streams.keys.meta(rids[1]), "seq", "garbled")  # the script errs on it
     text = [("delta", '{"delta":"a"}')]
 
-    results = await streams.append_many([Batch(rid, 1, 1, text) for rid in rids])
+    results = await streams.append_many([Batch(r, f, 1, text) for r, f in zip(rids, fences)])
 
     assert isinstance(results[1], Exception)
     assert [r.refused for r in (results[0], results[2]) if isinstance(r, Appended)] == [None] * 2
@@ -302,12 +309,40 @@ async def test_appends_of_many_requests_in_one_pipeline_on_a_cluster(
     await streams.load_scripts()
     rids = [f"r-{n}-{uuid.uuid4().hex[:6]}" for n in range(10)]
     start = StartEvent(request_id="x", provider="demo", model="m")
+    batches = []
     for rid in rids:
         await streams.open(rid, "fp", "u", start)
-        assert (await streams.take(rid, "w")).epoch == 1
-    batches = [Batch(rid, 1, 1, [("delta", '{"delta": "a"}'), ("delta", "{}")]) for rid in rids]
+        taken = await streams.take(rid, "w")
+        assert taken.epoch == 1
+        batches.append(Batch(rid, taken.fence, 1, [("delta", '{"delta": "a"}'), ("delta", "{}")]))
     results = await streams.append_many(batches)
     assert [r for r in results if isinstance(r, Exception) or r.refused] == [], results
     for rid in rids:
         assert await cluster_redis.xlen(Keys(namespace).events(rid)) == 3
     await cluster_redis.aclose()
+
+
+async def test_a_producer_whose_take_redis_lost_is_fenced_off_by_the_next_take(
+    redis: Redis, streams: RequestStreams
+) -> None:
+    """Redis lost its last writes (a restart, a failover), A's take among them: the entry was
+    delivered again and W took the job, epoch 0 to 1 again. A, on epoch 1 too, was not fenced
+    off, and W's entries of the same numbers were skipped as retries of A's."""
+    rid = f"r-{uuid.uuid4().hex[:8]}"
+    await streams.open(rid, "fp", "u", start(rid))
+    meta = streams.keys.meta(rid)
+    before = await redis.hgetall(meta)
+    a = await streams.take(rid, "worker-a", first=True)
+    await redis.delete(meta)  # the take is lost
+    await redis.hset(meta, mapping=before)
+    w = await streams.take(rid, "worker-w", first=True)
+    assert (a.epoch, w.epoch) == (1, 1)
+
+    [from_a] = await streams.append_many([Batch(rid, a.fence, 1, [delta("A's")])])
+    [from_w] = await streams.append_many([Batch(rid, w.fence, 1, [delta("W's")])])
+    assert await streams.append_final(rid, a.fence, 2, DONE) is Final.FENCED
+    assert await streams.append_final(rid, w.fence, 2, DONE) is Final.WRITTEN
+
+    assert (from_a.refused, from_w.refused) == (AppendRefused.FENCED, None)
+    entries = await redis.xrange(streams.keys.events(rid))
+    assert [json.loads(f["data"]).get("delta") for _, f in entries[1:]] == ["W's", None]

@@ -50,7 +50,7 @@ class Producer:
         return EventWriter(
             self.flusher,
             request_id,
-            taken.epoch,
+            taken.fence,
             on_cancel=lambda: self.cancelled.append(True),
             on_refused=self.refused.append,
             restart=RESTART,
@@ -378,7 +378,7 @@ def test_a_text_delta_is_the_json_a_json_encoder_writes(text: str, stamp: bool) 
     writer = EventWriter(
         _Marks(),  # type: ignore[arg-type]
         "r-1",
-        1,
+        "fence",
         on_cancel=lambda: None,
         on_refused=lambda why: None,
         restart=RESTART,

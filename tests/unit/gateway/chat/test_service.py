@@ -182,7 +182,7 @@ async def test_a_cancel_whose_worker_is_gone_ends_after_the_grace(gateway: FastA
     late = DoneEvent(
         finish_reason=FinishReason.STOP, provider="p", model="m", timings=Timings(total_ms=1)
     )
-    refused = await service.streams.append_final("orphan-0001", taken.epoch, 9, late)
+    refused = await service.streams.append_final("orphan-0001", taken.fence, 9, late)
     assert refused.value == "ended"
 
 
@@ -254,7 +254,7 @@ async def stored_half_answer(service: ChatService, request_id: str) -> None:
     taken = await service.streams.take(request_id, "a-worker-that-stops-mid-answer")
     delta = encode_event(DeltaEvent(delta="half an answer"))
     [appended] = await service.streams.append_many(
-        [Batch(request_id, taken.epoch, 1, [(delta["type"], delta["data"])])]
+        [Batch(request_id, taken.fence, 1, [(delta["type"], delta["data"])])]
     )
     assert not isinstance(appended, Exception)
     assert appended.refused is None

@@ -4,15 +4,18 @@ A request has four keys sharing the hash tag ``{request_id}`` (``keys.py``): its
 stream, its meta hash, its cancel flag and its reader marker. Every script here touches
 only those, so each runs on one Redis Cluster slot.
 
-Meta fields: ``fingerprint`` and ``user_id`` (who asked what), ``start_id``, ``epoch`` (the
-fencing token of the current producer: 0 until a worker takes the job, +1 at every take),
-``seq`` (the last entry the current producer appended), ``streamed`` (text was written),
-``final_id`` with ``final_epoch``/``final_seq`` (the one final event, and who wrote it).
+Meta fields: ``fingerprint`` and ``user_id`` (who asked what), ``start_id``, ``epoch`` (0
+until a worker takes the job, +1 at every take), ``taker`` (the current producer's fence: its
+take's nonce), ``seq`` (the last entry the current producer appended), ``streamed`` (text was
+written), ``final_id`` with ``final_fence``/``final_seq`` (the one final event, and who
+wrote it).
 
 * The gateway **opens** a request in one script: claim, meta, start event, TTLs, reader
   marker - nothing half-done is ever visible. Identical input attaches to the same answer.
-* A worker **takes** the job: a new epoch fences off any earlier producer. Its appends
-  carry (epoch, seq): a stale producer is refused, a retried append is applied once.
+* A worker **takes** the job: a new fence (and epoch) fences off any earlier producer. Its
+  appends carry (fence, seq): a stale producer is refused, a retried append is applied once.
+  The fence is unique to the take, not the epoch: when Redis loses a take the epoch counts
+  it again, and two producers would share it.
 * The **final** event is written once; the TTLs shrink to the resume window with it.
 * A producer's next entry must follow the last one stored: a gap means Redis lost entries
   it had acknowledged (a failover's asynchronous replication), and the producer replays its
@@ -75,6 +78,7 @@ return {'attached', m[2] or ''}
 
 # ARGV: owner, 'first' (a first delivery: only while nobody took the job) or 'again', and
 # the take's own nonce: a call retried after a lost reply finds its take done and returns it.
+# The nonce is the producer's fence: an epoch alone repeats once Redis lost a take.
 TAKE = Script("""
 local m = redis.call('HMGET', KEYS[1], 'fingerprint', 'final_id', 'streamed', 'epoch', 'taker')
 if not m[1] then return {'gone'} end
@@ -85,25 +89,26 @@ if m[5] ~= ARGV[3] then
   epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
   redis.call('HSET', KEYS[1], 'seq', 0, 'owner', ARGV[1], 'taker', ARGV[3])
 end
-return {'taken', epoch, m[3] and 1 or 0, redis.call('EXISTS', KEYS[2])}
+return {'taken', epoch, m[3] and 1 or 0, redis.call('EXISTS', KEYS[2]), ARGV[3]}
 """)
 
 # Appends of any number of requests (one on a cluster: their keys share no slot). KEYS:
 # meta, events, cancel flag per request. ARGV: maxlen, schema version, then per request its
-# epoch, first seq, entry count and (type, data) per entry. Returns {written, cancelled} per
-# request; written = -1 fenced, -2 ended, -3 gone, -4 lost (then the second number is the
-# last seq stored: entries after it were acknowledged, then lost).
+# producer's fence (its take's nonce), first seq, entry count and (type, data) per entry.
+# Returns {written, cancelled} per request; written = -1 fenced, -2 ended, -3 gone, -4 lost
+# (then the second number is the last seq stored: entries after it were acknowledged, then
+# lost).
 _APPEND = Script("""
 local maxlen, version, out, a = ARGV[1], ARGV[2], {}, 3
 for k = 1, #KEYS, 3 do
-  local epoch, first, count = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local fence, first, count = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   local entries = a + 3
   a = entries + 2 * count
-  local m = redis.call('HMGET', KEYS[k], 'epoch', 'seq', 'final_id', 'streamed')
+  local m = redis.call('HMGET', KEYS[k], 'epoch', 'seq', 'final_id', 'streamed', 'taker')
   local written, cancelled = 0, 0
   if not m[1] then written = -3
   elseif m[3] then written = -2
-  elseif m[1] ~= epoch then written = -1
+  elseif m[5] ~= fence then written = -1
   elseif first > tonumber(m[2]) + 1 then written, cancelled = -4, tonumber(m[2])
   else
     local last, streamed = tonumber(m[2]), false
@@ -129,14 +134,14 @@ end
 return out
 """)
 
-# ARGV: epoch, seq, ttl, version, type, data[, the data when text was streamed]. The
-# epoch 'untaken' writes only while no worker took the job; 'force' fences off whoever holds
+# ARGV: fence, seq, ttl, version, type, data[, the data when text was streamed]. The
+# fence 'untaken' writes only while no worker took the job; 'force' fences off whoever holds
 # it (the gateway ending an answer that is cancelled, late or lost). A producer's final whose
 # seq does not follow the last entry stored is 'lost' (its entries were lost: it replays).
 _FINAL = Script("""
 local meta, events, flag, reader = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local m = redis.call('HMGET', meta, 'epoch', 'final_id', 'final_epoch', 'final_seq', 'streamed',
-                     'seq')
+local m = redis.call('HMGET', meta, 'epoch', 'final_id', 'final_fence', 'final_seq', 'streamed',
+                     'seq', 'taker')
 if not m[1] then return {'gone'} end
 if m[2] then
   if m[3] == ARGV[1] and m[4] == ARGV[2] then return {'written', m[2]} end
@@ -146,7 +151,7 @@ if ARGV[1] == 'untaken' then
   if m[1] ~= '0' then return {'taken'} end
 elseif ARGV[1] == 'force' then
   redis.call('HINCRBY', meta, 'epoch', 1)
-elseif m[1] ~= ARGV[1] then
+elseif m[7] ~= ARGV[1] then
   return {'fenced'}
 elseif tonumber(ARGV[2]) > tonumber(m[6]) + 1 then
   return {'lost'}
@@ -154,7 +159,7 @@ end
 local data = ARGV[6]
 if ARGV[7] and m[5] then data = ARGV[7] end
 local id = redis.call('XADD', events, '*', 'v', ARGV[4], 'type', ARGV[5], 'data', data)
-redis.call('HSET', meta, 'final_id', id, 'final_epoch', ARGV[1], 'final_seq', ARGV[2])
+redis.call('HSET', meta, 'final_id', id, 'final_fence', ARGV[1], 'final_seq', ARGV[2])
 for _, key in ipairs({meta, events, flag, reader}) do
   if redis.call('EXISTS', key) == 1 then redis.call('EXPIRE', key, ARGV[3]) end
 end
@@ -212,12 +217,14 @@ class Take(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Taken:
-    """A worker's hold on a job: its fencing epoch, and what the stream already holds."""
+    """A worker's hold on a job: its epoch (how many takes), its fence (what its appends and
+    final carry: unique to this take), and what the stream already holds."""
 
     state: Take
     epoch: int = 0
     streamed: bool = False
     cancelled: bool = False
+    fence: str = ""
 
 
 class AppendRefused(StrEnum):
@@ -249,9 +256,9 @@ class Final(StrEnum):
 
 
 UNTAKEN = "untaken"
-"""The epoch of a final written by the gateway: only while no worker took the job."""
+"""The fence of a final written by the gateway: only while no worker took the job."""
 FORCE = "force"
-"""The epoch of a final the gateway writes over whoever holds the job (it is fenced off)."""
+"""The fence of a final the gateway writes over whoever holds the job (it is fenced off)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +277,7 @@ class Batch:
     """Entries (type, data) one producer appends to one request, numbered from ``first_seq``."""
 
     request_id: str
-    epoch: int
+    fence: str
     first_seq: int
     entries: Sequence[tuple[str, str]]
 
@@ -410,7 +417,7 @@ class RequestStreams:
     # --- worker ---------------------------------------------------------------------------
 
     async def take(self, request_id: str, owner: str, *, first: bool = False) -> Taken:
-        """Become the job's producer: a new epoch that fences off every earlier one.
+        """Become the job's producer: a new fence that fences off every earlier one.
 
         ``first``: the entry is delivered for the first time, so a job someone already took
         is a duplicate entry, not one to take over (only a reclaimed entry takes over).
@@ -433,7 +440,8 @@ class RequestStreams:
         state = Take(_text(reply[0]))
         if state is not Take.TAKEN:
             return Taken(state)
-        return Taken(state, int(reply[1]), bool(int(reply[2])), bool(int(reply[3])))
+        epoch, streamed, cancelled = int(reply[1]), bool(int(reply[2])), bool(int(reply[3]))
+        return Taken(state, epoch, streamed, cancelled, _text(reply[4]))
 
     def own_connection(self) -> resp.OwnConnection | None:
         """A connection for :meth:`append_many` of one appender (``None`` on a cluster)."""
@@ -445,7 +453,7 @@ class RequestStreams:
         """Append each batch's entries in one round trip (for many requests).
 
         Entry ``i`` of a batch has sequence number ``first_seq + i``: a retried batch is
-        applied once, and a producer whose epoch is no longer current is refused. One Redis
+        applied once, and a producer whose fence is no longer current is refused. One Redis
         runs one script call for them all (on ``own`` connection if given); a cluster, one
         per batch (routed by slot).
         """
@@ -477,20 +485,19 @@ class RequestStreams:
 
     @staticmethod
     def _args(batch: Batch) -> list[Arg]:
-        args: list[Arg] = [batch.epoch, batch.first_seq, len(batch.entries)]
+        args: list[Arg] = [batch.fence, batch.first_seq, len(batch.entries)]
         for kind, data in batch.entries:
             args += [kind, data]
         return args
 
-    async def append_final(
-        self, request_id: str, epoch: int | str, seq: int, event: ChatEvent
-    ) -> Final:
-        """Write the final event, once; ``epoch`` :data:`UNTAKEN` or :data:`FORCE` for the
-        gateway's own. An error says ``partial`` whenever text was streamed in the answer,
-        whatever ``event.partial`` says: the script decides, so no token slips in between."""
+    async def append_final(self, request_id: str, fence: str, seq: int, event: ChatEvent) -> Final:
+        """Write the final event, once, as the producer of ``fence`` (:data:`UNTAKEN` or
+        :data:`FORCE` for the gateway's own). An error says ``partial`` whenever text was
+        streamed in the answer, whatever ``event.partial`` says: the script decides, so no
+        token slips in between."""
         fields = encode_event(event)
         args: list[Arg] = [
-            epoch,
+            fence,
             seq,
             self.final_ttl_s,
             fields["v"],

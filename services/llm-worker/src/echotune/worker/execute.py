@@ -61,7 +61,7 @@ async def _execute(ctx: Worker, job: ChatJob, held: InFlight, first: bool) -> bo
     writer = EventWriter(
         ctx.flusher,
         job.request_id,
-        taken.epoch,
+        taken.fence,
         on_cancel=lambda: held.stop(CANCELLED),
         on_refused=lambda why: held.stop(FENCED if why is AppendRefused.FENCED else ENDED),
         restart=FailoverEvent(

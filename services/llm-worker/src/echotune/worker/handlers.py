@@ -62,7 +62,7 @@ async def refuse_unreadable(exc: ValidationError, worker: WorkerDep, message: Me
         taken = await worker.streams.take(request_id, worker.settings.consumer)
         if taken.state is Take.TAKEN:
             error = ErrorEvent(code=ErrorCode.INVALID_JOB, message="the chat job could not be read")
-            await worker.streams.append_final(request_id, taken.epoch, 1, error)
+            await worker.streams.append_final(request_id, taken.fence, 1, error)
     await message.ack()
 
 

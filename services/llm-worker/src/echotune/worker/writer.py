@@ -4,7 +4,7 @@ A token never waits for Redis: :meth:`EventWriter.delta` buffers it and wakes th
 process's :class:`AppendFlusher`, which appends whatever every request accumulated in one
 round trip, while the previous one was in flight. Idle, that is one entry per token as soon
 as it comes; busy, fewer and larger writes (consecutive deltas of a request merge into one
-entry). Entries carry the producer's epoch and sequence numbers (``request_stream.py``), so
+entry). Entries carry the producer's fence and sequence numbers (``request_stream.py``), so
 a retried append is applied once and a producer that lost the job is refused. When Redis
 lost entries it had acknowledged (a failover's asynchronous replication), the writer appends
 its ``restart`` event (a ``discard_partial`` failover) and everything it wrote again: a
@@ -94,20 +94,20 @@ def redis_away(error: Exception) -> bool:
 
 
 class EventWriter:
-    """Buffers the events of one request for one producer (an epoch)."""
+    """Buffers the events of one request for one producer (a take's fence)."""
 
     def __init__(
         self,
         flusher: AppendFlusher,
         request_id: str,
-        epoch: int,
+        fence: str,
         *,
         on_cancel: Callable[[], None],
         on_refused: Callable[[AppendRefused], None],
         restart: ChatEvent,
         stamp: bool = False,
     ) -> None:
-        self._flusher, self.request_id, self.epoch = flusher, request_id, epoch
+        self._flusher, self.request_id, self.fence = flusher, request_id, fence
         self._on_cancel, self._on_refused, self._stamp = on_cancel, on_refused, stamp
         fields = encode_event(restart)
         self._restart = (fields["type"], fields["data"])
@@ -166,7 +166,7 @@ class EventWriter:
                 raise Refused(self.refused)
             if self.failed is not None and not isinstance(event, ErrorEvent):
                 event = internal_error()  # the script says partial if text was stored
-            outcome = await streams.append_final(self.request_id, self.epoch, self._next_seq, event)
+            outcome = await streams.append_final(self.request_id, self.fence, self._next_seq, event)
             if outcome is not Final.LOST:
                 return outcome
             self._retry = self._replay(await streams.stored_seq(self.request_id))
@@ -198,7 +198,7 @@ class EventWriter:
             entries = [self._entry(kind, value) for kind, value in self._pending]
             self._taken_from = len(self._history)
             self._history += entries
-            batch = Batch(self.request_id, self.epoch, self._next_seq, entries)
+            batch = Batch(self.request_id, self.fence, self._next_seq, entries)
             self._next_seq += len(entries)
             self._pending = []
         self._in_flight = batch is not None
@@ -219,7 +219,7 @@ class EventWriter:
         entries = [self._restart, *self._history]
         self._taken_from = len(self._history)  # a replay given up trims no history
         self._next_seq = stored_seq + 1 + len(entries)
-        return Batch(self.request_id, self.epoch, stored_seq + 1, entries)
+        return Batch(self.request_id, self.fence, stored_seq + 1, entries)
 
     def sent(self, batch: Batch, result: Appended | Exception) -> None:
         self._in_flight = False

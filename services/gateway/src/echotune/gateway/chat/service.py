@@ -388,8 +388,8 @@ class ChatService:
                 self._soon(self._end_cancelled_later(request_id, found))
         return found.state
 
-    async def _end_cancelled(self, request_id: str, found: Cancel, epoch: str) -> bool:
-        """Write the ``cancelled`` final as ``epoch``; whether it is the answer's end now."""
+    async def _end_cancelled(self, request_id: str, found: Cancel, fence: str) -> bool:
+        """Write the ``cancelled`` final as ``fence`` (UNTAKEN or FORCE); whether it ended it."""
         started_ms = parse_stream_id(found.start_id)[0] if found.start_id else 0
         total_ms = max(time.time() * 1000 - started_ms, 0.0) if started_ms else 0.0
         done = DoneEvent(
@@ -399,7 +399,7 @@ class ChatService:
             timings=Timings(total_ms=total_ms),
             attempts=0,
         )
-        outcome = await self.streams.append_final(request_id, epoch, 0, done)
+        outcome = await self.streams.append_final(request_id, fence, 0, done)
         return outcome in (Final.WRITTEN, Final.ENDED, Final.GONE)
 
     async def _end_cancelled_later(self, request_id: str, found: Cancel) -> None:
