@@ -192,7 +192,8 @@ async def test_a_request_the_append_script_fails_on_fails_alone(
     await redis.hset(streams.keys.meta(rids[1]), "seq", "garbled")  # the script errs on it
     text = [("delta", '{"delta":"a"}')]
 
-    results = await streams.append_many([Batch(r, f, 1, text) for r, f in zip(rids, fences)])
+    batches = [Batch(rid, fence, 1, text) for rid, fence in zip(rids, fences, strict=True)]
+    results = await streams.append_many(batches)
 
     assert isinstance(results[1], Exception)
     assert [r.refused for r in (results[0], results[2]) if isinstance(r, Appended)] == [None] * 2
