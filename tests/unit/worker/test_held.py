@@ -1,18 +1,23 @@
 """A held job's entry is kept fresh; its run stops early only when another worker took the
-entry over (a vanished entry is no takeover: the run goes on and ends the answer)."""
+entry over (a vanished entry is no takeover: the run goes on and ends the answer). A run
+taken over through another entry of its job lets its own entry go."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
-from faststream.redis import RedisBroker
+import pytest
+from faststream.redis import RedisBroker, TestRedisBroker
 from redis.asyncio import Redis
 
 from echotune.common import job_queue
 from echotune.common.keys import JOBS_GROUP, Keys
 from echotune.worker.app import create_app
+from echotune.worker.execute import execute
+from echotune.worker.inflight import InFlight
 from echotune.worker.resources import Worker, open_worker
 from echotune.worker.settings import WorkerSettings
 from tests.support.streams import wait_for_final
@@ -37,6 +42,15 @@ async def test_only_an_entry_pending_with_another_worker_is_taken_over(redis: Re
     await redis.xack(keys.jobs, JOBS_GROUP, acknowledged)  # e.g. by a duplicate's take
     entries = [mine, reclaimed, acknowledged]
     assert await job_queue.refresh_held(redis, keys, "a", entries) == [reclaimed]
+
+
+async def test_an_entry_is_let_go_only_by_the_worker_holding_it(redis: Redis) -> None:
+    keys = Keys(f"t{uuid.uuid4().hex[:8]}")
+    mine, reclaimed = [await delivered(redis, keys, "a") for _ in range(2)]
+    await redis.xclaim(keys.jobs, JOBS_GROUP, "b", 0, [reclaimed], justid=True)
+    assert [await job_queue.let_go(redis, keys, "a", e) for e in (mine, reclaimed)] == [True, False]
+    assert await pending_with(redis, keys, reclaimed) == "b"
+    assert await pending_with(redis, keys, mine) is None
 
 
 @contextlib.asynccontextmanager
@@ -77,3 +91,48 @@ async def test_an_answer_whose_jobs_entry_vanished_is_still_ended(
         await job_queue.ensure_group(redis, keys)
         final = await wait_for_final(redis, running.settings.namespace, rid, timeout=20)
     assert final["type"] == "done", final
+
+
+async def pending_with(redis: Redis, keys: Keys, entry_id: str) -> str | None:
+    pending = await redis.xpending_range(keys.jobs, JOBS_GROUP, entry_id, entry_id, 1)
+    return str(pending[0]["consumer"]) if pending else None
+
+
+@pytest.fixture
+def settings(redis_server_url: str) -> WorkerSettings:
+    """The in-process worker's (``worker``): answers at 40 ms a token."""
+    return WorkerSettings(
+        redis_url=redis_server_url,
+        mongodb_url="mongodb://127.0.0.1:1/none",
+        namespace=f"t{uuid.uuid4().hex[:10]}",
+        providers=[PACED],
+        default_provider="demo",
+        context_timeout_s=0.05,
+        profile_timeout_s=0.05,
+    )
+
+
+async def test_a_run_fenced_through_another_entry_of_its_job_lets_its_own_entry_go(
+    worker: tuple[Worker, TestRedisBroker], redis: Redis
+) -> None:
+    """A retried publication left two entries of one job; B runs the second, the first is
+    reclaimed from a dead worker and taken over. B's entry stayed pending, unrefreshed: its
+    reclaim took the job over again, and so on, every reclaim period, for as long as the
+    answer lasted."""
+    running, _ = worker
+    keys, me = running.settings.keys, running.settings.consumer
+    rid = await opened(running)
+    job = long_job(rid, deadline_s=60)
+    first_entry, second_entry = [await delivered(redis, keys, me) for _ in range(2)]
+    b = asyncio.create_task(execute(running, job, InFlight(rid, second_entry), first=True))
+    await first(redis, keys.events(rid), "delta")
+    c = asyncio.create_task(execute(running, job, InFlight(rid, first_entry), first=False))
+    try:
+        assert await asyncio.wait_for(b, 10) is False  # fenced off: C has the job
+        assert await pending_with(redis, keys, second_entry) is None, "B's entry stayed pending"
+        assert await pending_with(redis, keys, first_entry) == me, "C's entry was let go"
+        assert await asyncio.wait_for(c, 20) is True
+    finally:
+        for run in (b, c):
+            run.cancel()
+        await asyncio.gather(b, c, return_exceptions=True)

@@ -56,6 +56,13 @@ end
 return taken
 """)
 
+# Acknowledge entry ARGV[3] of group ARGV[1] only if consumer ARGV[2] still holds it.
+_LET_GO = Script("""
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if p[1] and p[1][2] == ARGV[2] then return redis.call('XACK', KEYS[1], ARGV[1], ARGV[3]) end
+return 0
+""")
+
 # KEYS[1]: sorted set consumer -> last heartbeat (Redis ms). ARGV: consumer, forget after ms.
 _HEARTBEAT = Script("""
 local t = redis.call('TIME')
@@ -125,6 +132,11 @@ async def refresh_held(redis: Redis, keys: Keys, consumer: str, entry_ids: list[
         return []
     taken = await _REFRESH(redis, [keys.jobs], [JOBS_GROUP, consumer, *entry_ids])
     return [str(entry_id) for entry_id in taken]
+
+
+async def let_go(redis: Redis, keys: Keys, consumer: str, entry_id: str) -> bool:
+    """Acknowledge ``consumer``'s entry unless another consumer holds it now; whether it did."""
+    return bool(await _LET_GO(redis, [keys.jobs], [JOBS_GROUP, consumer, entry_id]))
 
 
 async def heartbeat(redis: Redis, keys: Keys, consumer: str, forget_after_s: float) -> None:

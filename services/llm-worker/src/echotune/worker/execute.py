@@ -8,7 +8,7 @@ import time
 
 from redis.exceptions import RedisClusterException, RedisError
 
-from echotune.common import scripts
+from echotune.common import job_queue, scripts
 from echotune.common.breaker import ACQUIRE, Permit
 from echotune.common.logs import request_id_var
 from echotune.common.messages import (
@@ -34,16 +34,33 @@ log = logging.getLogger(__name__)
 async def execute(ctx: Worker, job: ChatJob, held: InFlight, *, first: bool) -> bool:
     """Run one held job to its end; whether its entry may be acknowledged.
 
-    ``False`` only when another worker took the job over (its entry is now theirs).
-    ``first``: the entry's first delivery (not a reclaim).
+    ``False`` when another worker took the job over (its entry is theirs; or, still this
+    worker's, acknowledged here) or the run left it for a reclaim (Redis away). ``first``:
+    the entry's first delivery (not a reclaim).
     """
     token = request_id_var.set(held.request_id)
     keys, consumer = ctx.settings.keys, ctx.settings.consumer
     try:
         with job_span(job.traceparent, held.request_id, held.entry_id, keys.jobs, consumer):
-            return await _execute(ctx, job, held, first)
+            if await _execute(ctx, job, held, first):
+                return True
+            if held.reason == FENCED:
+                await _let_go(ctx, held)
+            return False
     finally:
         request_id_var.reset(token)
+
+
+async def _let_go(ctx: Worker, held: InFlight) -> None:
+    """A run fenced off while its entry is still this worker's: the job was taken over through
+    another entry of it (a retried publication). That entry carries the job now; this one,
+    left pending, would be reclaimed and take the job over in turn, every reclaim period."""
+    settings = ctx.settings
+    try:
+        if await job_queue.let_go(ctx.redis, settings.keys, settings.consumer, held.entry_id):
+            log.info("taken over through another entry of the job; this one acknowledged")
+    except (RedisError, RedisClusterException):
+        log.warning("could not let the entry go; left for a reclaim", exc_info=True)
 
 
 async def _execute(ctx: Worker, job: ChatJob, held: InFlight, first: bool) -> bool:
@@ -147,7 +164,7 @@ async def _run(
             # Recorded before the client hears ``done``, so its next message sees the turn.
             await ctx.conversations.append(job, "".join(runner.partial), taken.epoch)
         job_ended(ctx.metrics, final, held.reason)
-        return await _end(writer, final, job.deadline_at)
+        return await _end(writer, final, held, job.deadline_at)
     except Refused as refused:
         return refused.why is not AppendRefused.FENCED
     except asyncio.CancelledError:
@@ -157,7 +174,7 @@ async def _run(
         elif held.reason != FENCED:
             end = runner.cancelled() if held.reason else shutdown_error(bool(runner.partial))
             job_ended(ctx.metrics, end, held.reason)
-            held.ended = await asyncio.shield(_end(writer, end, job.deadline_at))
+            held.ended = await asyncio.shield(_end(writer, end, held, job.deadline_at))
         raise
     finally:
         await runner.give_back()  # the permit asked with the take, when no attempt used it
@@ -192,7 +209,7 @@ async def _produce(
         return internal_error(partial=bool(runner.partial))
 
 
-async def _end(writer: EventWriter, final: ChatEvent, deadline_at: float) -> bool:
+async def _end(writer: EventWriter, final: ChatEvent, held: InFlight, deadline_at: float) -> bool:
     """Write the final event, retrying while Redis is unreachable (a finished answer is not
     thrown away over a blip); whether the entry may be acknowledged."""
     attempt = 0
@@ -210,4 +227,6 @@ async def _end(writer: EventWriter, final: ChatEvent, deadline_at: float) -> boo
             await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
     if outcome is not Final.WRITTEN:
         log.warning("final %s not written: %s", final.type, outcome.value)
+    if outcome is Final.FENCED:
+        held.stop(FENCED)
     return outcome not in (Final.FENCED, Final.LOST)  # lost again and again: left for a reclaim
