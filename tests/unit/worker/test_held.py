@@ -15,6 +15,8 @@ from redis.asyncio import Redis
 
 from echotune.common import job_queue
 from echotune.common.keys import JOBS_GROUP, Keys
+from echotune.common.request_stream import Take
+from echotune.worker import upkeep
 from echotune.worker.app import create_app
 from echotune.worker.execute import execute
 from echotune.worker.inflight import InFlight
@@ -136,3 +138,63 @@ async def test_a_run_fenced_through_another_entry_of_its_job_lets_its_own_entry_
         for run in (b, c):
             run.cancel()
         await asyncio.gather(b, c, return_exceptions=True)
+
+
+async def test_a_run_whose_take_redis_lost_leaves_its_entry_for_a_reclaim(
+    worker: tuple[Worker, TestRedisBroker], redis: Redis
+) -> None:
+    """Fenced off by no other take: acknowledging the entry would leave the job to nobody."""
+    running, _ = worker
+    keys, me = running.settings.keys, running.settings.consumer
+    rid = await opened(running)
+    job = long_job(rid, deadline_s=60)
+    entry = await delivered(redis, keys, me)
+    run = asyncio.create_task(execute(running, job, InFlight(rid, entry), first=True))
+    try:
+        await first(redis, keys.events(rid), "delta")
+        await redis.hset(keys.meta(rid), "epoch", 0)  # Redis lost the take
+        await redis.hdel(keys.meta(rid), "taker")
+        assert await asyncio.wait_for(run, 10) is False
+        assert await pending_with(redis, keys, entry) == me, "the job was left to nobody"
+        reclaimed = execute(running, job, InFlight(rid, entry), first=False)
+        assert await asyncio.wait_for(reclaimed, 20) is True
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+    final = await wait_for_final(redis, running.settings.namespace, rid)
+    assert final["type"] == "done", final
+
+
+async def test_a_job_waiting_for_a_slot_whose_entry_another_worker_holds_is_stopped(
+    worker: tuple[Worker, TestRedisBroker], redis: Redis
+) -> None:
+    running, _ = worker
+    keys, me = running.settings.keys, running.settings.consumer
+    waiting, reclaimed = [await delivered(redis, keys, me) for _ in range(2)]
+    held = {entry: running.jobs.hold(f"r-{entry}", entry) for entry in (waiting, reclaimed)}
+    await redis.xclaim(keys.jobs, JOBS_GROUP, "worker-b", 0, [reclaimed], justid=True)
+    await upkeep.refresh(running)
+    assert (held[waiting].reason, held[reclaimed].reason) == (None, "fenced")
+
+
+async def test_a_taken_job_whose_entry_another_worker_now_holds_is_not_stopped(
+    redis_server_url: str, redis: Redis
+) -> None:
+    """The jobs stream lost the delivery (a failover) and gave the entry to worker B, which
+    finds the job taken (a duplicate) and acknowledges it: the run that has the job was
+    stopped with no final. A real takeover fences it off at its next write instead."""
+    async with started_worker(redis_server_url) as (running, broker):
+        keys = running.settings.keys
+        rid = await opened(running)
+        await broker.publish(long_job(rid, deadline_s=60), stream=keys.jobs)
+        await first(redis, keys.events(rid), "delta")
+        ((entry, held),) = running.jobs.by_entry().items()
+        await redis.xclaim(keys.jobs, JOBS_GROUP, "worker-b", 0, [entry], justid=True)
+        await upkeep.refresh(running)
+        assert held.reason is None
+        assert (await running.streams.take(rid, "worker-b", first=True)).state is Take.DUPLICATE
+        await redis.xack(keys.jobs, JOBS_GROUP, entry)
+        final = await wait_for_final(redis, running.settings.namespace, rid, timeout=20)
+        kinds = [fields["type"] for _, fields in await redis.xrange(keys.events(rid))]
+    assert final["type"] == "done", final
+    assert "failover" not in kinds, "the answer was restarted"

@@ -42,7 +42,7 @@ return redis.call('XTRIM', KEYS[1], 'MINID', keep)
 # Reset the idle time of the entries that consumer ARGV[2] still holds in group ARGV[1]
 # (ARGV[3..]); return those pending with another consumer (reclaimed by another worker). One
 # pending with nobody (acknowledged as a duplicate's, or lost with the stream's data) is not
-# taken over: its run goes on, fenced by the request's epoch if another worker took the job.
+# taken over: its run goes on, fenced by the request's fence if another worker took the job.
 _REFRESH = Script("""
 local taken = {}
 for i = 3, #ARGV do

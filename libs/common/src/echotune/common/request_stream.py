@@ -511,6 +511,10 @@ class RequestStreams:
         )
         return Final(_text(reply[0]))
 
+    async def epoch(self, request_id: str) -> int:
+        """How many takes Redis holds for the request (0 when it is gone)."""
+        return int(await self.redis.hget(self.keys.meta(request_id), "epoch") or 0)
+
     async def stored_seq(self, request_id: str) -> int:
         """The current producer's last entry Redis holds (after a :data:`Final.LOST`)."""
         return int(await self.redis.hget(self.keys.meta(request_id), "seq") or 0)

@@ -35,29 +35,29 @@ async def execute(ctx: Worker, job: ChatJob, held: InFlight, *, first: bool) -> 
     """Run one held job to its end; whether its entry may be acknowledged.
 
     ``False`` when another worker took the job over (its entry is theirs; or, still this
-    worker's, acknowledged here) or the run left it for a reclaim (Redis away). ``first``:
-    the entry's first delivery (not a reclaim).
+    worker's, acknowledged here) or the run left it for a reclaim (Redis away, or lost this
+    take). ``first``: the entry's first delivery (not a reclaim).
     """
     token = request_id_var.set(held.request_id)
     keys, consumer = ctx.settings.keys, ctx.settings.consumer
     try:
         with job_span(job.traceparent, held.request_id, held.entry_id, keys.jobs, consumer):
-            if await _execute(ctx, job, held, first):
-                return True
-            if held.reason == FENCED:
-                await _let_go(ctx, held)
-            return False
+            return await _execute(ctx, job, held, first)
     finally:
         request_id_var.reset(token)
 
 
-async def _let_go(ctx: Worker, held: InFlight) -> None:
-    """A run fenced off while its entry is still this worker's: the job was taken over through
-    another entry of it (a retried publication). That entry carries the job now; this one,
-    left pending, would be reclaimed and take the job over in turn, every reclaim period."""
+async def _let_go(ctx: Worker, held: InFlight, taken: Taken) -> None:
+    """A run fenced off by a later take: the entry is acknowledged if it is still this
+    worker's, for that take came through another entry of the job (a retried publication),
+    which carries the job now; left pending, this one would be reclaimed and take the job
+    over in turn, every reclaim period. An earlier epoch stored means Redis lost this run's
+    take: the entry is left for a reclaim, which starts the answer over."""
     settings = ctx.settings
     try:
-        if await job_queue.let_go(ctx.redis, settings.keys, settings.consumer, held.entry_id):
+        if await ctx.streams.epoch(held.request_id) < taken.epoch:
+            log.warning("this run's take was lost; its entry is left for a reclaim")
+        elif await job_queue.let_go(ctx.redis, settings.keys, settings.consumer, held.entry_id):
             log.info("taken over through another entry of the job; this one acknowledged")
     except (RedisError, RedisClusterException):
         log.warning("could not let the entry go; left for a reclaim", exc_info=True)
@@ -73,6 +73,7 @@ async def _execute(ctx: Worker, job: ChatJob, held: InFlight, first: bool) -> bo
         if permit is not None:
             await ctx.breakers.give_back(permit)
         return True
+    held.taken = True
     log.info("job taken (epoch %d) provider=%s model=%s", taken.epoch, job.provider, job.model)
     job_taken(ctx.metrics, held.entry_id, taken.epoch)
     writer = EventWriter(
@@ -92,9 +93,12 @@ async def _execute(ctx: Worker, job: ChatJob, held: InFlight, first: bool) -> bo
     )
     runner = JobRunner(ctx, job, writer, chain, permit)
     try:
-        return await _run(ctx, job, held, taken, runner, _restart(job, taken, first))
+        acknowledge = await _run(ctx, job, held, taken, runner, _restart(job, taken, first))
     finally:
         writer.close()
+    if not acknowledge and held.reason == FENCED:
+        await _let_go(ctx, held, taken)
+    return acknowledge
 
 
 def _restart(job: ChatJob, taken: Taken, first: bool) -> FailoverEvent | None:

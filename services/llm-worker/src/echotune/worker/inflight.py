@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 CANCELLED = "cancelled"
 CLIENT_GONE = "client_gone"
 FENCED = "fenced"
-"""Another worker took the job over: this one stops producing and writes nothing more."""
+"""This worker's fence is no longer the job's (another worker took it over, or Redis lost
+this take): it stops producing and writes nothing more."""
 ENDED = "ended"
 """The answer was ended elsewhere (the gateway ended a cancelled answer): nothing to write."""
 
@@ -30,6 +31,8 @@ class InFlight:
     entry_id: str
     task: asyncio.Task[Any] | None = None
     reason: str | None = None
+    taken: bool = False
+    """This worker took the job (its fence guards the answer from then on)."""
     ended: bool = False
     """The answer ended (this worker's shutdown wrote its end, or it was ended elsewhere), so
     the entry may be acknowledged although its run was cancelled (not when fenced off: the

@@ -48,21 +48,26 @@ async def sweep(ctx: Worker, every_s: float) -> None:
 
 
 async def keep_held(ctx: Worker) -> None:
-    """Keep every held entry fresh, so no other worker reclaims it; stop the ones taken over."""
-    settings = ctx.settings
+    """Keep every held entry fresh, so no other worker reclaims it (see :func:`refresh`)."""
     while True:
-        await asyncio.sleep(settings.reclaim_idle_s / 3)
-        held = ctx.jobs.by_entry()
+        await asyncio.sleep(ctx.settings.reclaim_idle_s / 3)
         try:
-            taken = await job_queue.refresh_held(
-                ctx.redis, settings.keys, settings.consumer, list(held)
-            )
+            await refresh(ctx)
         except Exception:
             log.exception("could not refresh the held jobs")
-            continue
-        for entry_id in taken:
-            if (job := held.get(entry_id)) is not None:
-                job.stop(FENCED)
+
+
+async def refresh(ctx: Worker) -> None:
+    """Refresh the held entries; stop the jobs not yet taken whose entry another worker holds
+    now. A taken one goes on: the entry may be held by a worker that will find the job a
+    duplicate (its delivery was lost and given again), and a real takeover fences it off at
+    its next write."""
+    settings = ctx.settings
+    held = ctx.jobs.by_entry()
+    taken = await job_queue.refresh_held(ctx.redis, settings.keys, settings.consumer, list(held))
+    for entry_id in taken:
+        if (job := held.get(entry_id)) is not None and not job.taken:
+            job.stop(FENCED)
 
 
 async def keep_consuming(ctx: Worker, subscribers: Sequence[Subscriber]) -> None:
