@@ -198,3 +198,47 @@ async def test_a_taken_job_whose_entry_another_worker_now_holds_is_not_stopped(
         kinds = [fields["type"] for _, fields in await redis.xrange(keys.events(rid))]
     assert final["type"] == "done", final
     assert "failover" not in kinds, "the answer was restarted"
+
+
+async def test_a_taken_job_another_worker_took_over_is_stopped_before_its_next_write(
+    redis_server_url: str, redis: Redis
+) -> None:
+    """Waiting for a slow provider, the run writes nothing that its fence could refuse."""
+    async with started_worker(redis_server_url) as (running, broker):
+        keys = running.settings.keys
+        rid = await opened(running)
+        await broker.publish(long_job(rid, deadline_s=60), stream=keys.jobs)
+        await first(redis, keys.events(rid), "delta")
+        ((entry, held),) = running.jobs.by_entry().items()
+        await redis.xclaim(keys.jobs, JOBS_GROUP, "worker-b", 0, [entry], justid=True)
+        await running.streams.take(rid, "worker-b")
+        await upkeep.refresh(running)
+        assert held.reason == "fenced"
+
+
+async def test_a_run_does_not_let_go_an_entry_delivered_again_to_its_own_process(
+    worker: tuple[Worker, TestRedisBroker], redis: Redis
+) -> None:
+    """Redis lost the delivery and the take; the entry came back to this process, whose new
+    run took the job: the old run, fenced off, acknowledged the new run's only entry."""
+    running, _ = worker
+    keys, me = running.settings.keys, running.settings.consumer
+    rid = await opened(running)
+    job = long_job(rid, deadline_s=60)
+    entry = await delivered(redis, keys, me)
+    old = asyncio.create_task(execute(running, job, running.jobs.hold(rid, entry), first=True))
+    new: asyncio.Task[bool] | None = None
+    try:
+        await first(redis, keys.events(rid), "delta")
+        await redis.hset(keys.meta(rid), "epoch", 0)  # Redis lost the take
+        await redis.hdel(keys.meta(rid), "taker")
+        again = running.jobs.hold(rid, entry)
+        new = asyncio.create_task(execute(running, job, again, first=True))
+        assert await asyncio.wait_for(old, 10) is False
+        assert await pending_with(redis, keys, entry) == me, "the new run's entry was let go"
+        assert await asyncio.wait_for(new, 20) is True
+    finally:
+        for run in (old, new):
+            if run is not None:
+                run.cancel()
+        await asyncio.gather(*(r for r in (old, new) if r is not None), return_exceptions=True)

@@ -511,6 +511,14 @@ class RequestStreams:
         )
         return Final(_text(reply[0]))
 
+    async def fences(self, request_ids: Sequence[str]) -> list[str | None]:
+        """Each request's current producer's fence (``None``: nobody took it, or it is gone)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for request_id in request_ids:
+                pipe.hget(self.keys.meta(request_id), "taker")
+            replies = await pipe.execute()
+        return [None if reply is None else _text(reply) for reply in replies]
+
     async def epoch(self, request_id: str) -> int:
         """How many takes Redis holds for the request (0 when it is gone)."""
         return int(await self.redis.hget(self.keys.meta(request_id), "epoch") or 0)

@@ -54,6 +54,8 @@ async def _let_go(ctx: Worker, held: InFlight, taken: Taken) -> None:
     over in turn, every reclaim period. An earlier epoch stored means Redis lost this run's
     take: the entry is left for a reclaim, which starts the answer over."""
     settings = ctx.settings
+    if ctx.jobs.of_entry(held.entry_id) not in (held, None):
+        return  # the entry was delivered again to this process: its newer run holds it
     try:
         if await ctx.streams.epoch(held.request_id) < taken.epoch:
             log.warning("this run's take was lost; its entry is left for a reclaim")
@@ -73,7 +75,7 @@ async def _execute(ctx: Worker, job: ChatJob, held: InFlight, first: bool) -> bo
         if permit is not None:
             await ctx.breakers.give_back(permit)
         return True
-    held.taken = True
+    held.fence = taken.fence
     log.info("job taken (epoch %d) provider=%s model=%s", taken.epoch, job.provider, job.model)
     job_taken(ctx.metrics, held.entry_id, taken.epoch)
     writer = EventWriter(

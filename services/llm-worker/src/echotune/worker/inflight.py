@@ -31,8 +31,8 @@ class InFlight:
     entry_id: str
     task: asyncio.Task[Any] | None = None
     reason: str | None = None
-    taken: bool = False
-    """This worker took the job (its fence guards the answer from then on)."""
+    fence: str | None = None
+    """This worker's take of the job (``Taken.fence``), once it took it."""
     ended: bool = False
     """The answer ended (this worker's shutdown wrote its end, or it was ended elsewhere), so
     the entry may be acknowledged although its run was cancelled (not when fenced off: the
@@ -65,6 +65,10 @@ class InFlightJobs:
 
     def holds(self, entry_id: str) -> bool:
         return entry_id in self._jobs
+
+    def of_entry(self, entry_id: str) -> InFlight | None:
+        """The run holding the entry now (a newer one replaces a run of the same entry)."""
+        return self._jobs.get(entry_id)
 
     def release(self, job: InFlight) -> None:
         if self._jobs.get(job.entry_id) is job:

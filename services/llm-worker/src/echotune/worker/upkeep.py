@@ -58,15 +58,22 @@ async def keep_held(ctx: Worker) -> None:
 
 
 async def refresh(ctx: Worker) -> None:
-    """Refresh the held entries; stop the jobs not yet taken whose entry another worker holds
-    now. A taken one goes on: the entry may be held by a worker that will find the job a
-    duplicate (its delivery was lost and given again), and a real takeover fences it off at
-    its next write."""
+    """Refresh the held entries; stop the runs whose entry another worker holds now, unless
+    the run took the job and still holds its fence: that worker's delivery is one the jobs
+    stream lost and gave again, and it will find the job a duplicate."""
     settings = ctx.settings
     held = ctx.jobs.by_entry()
-    taken = await job_queue.refresh_held(ctx.redis, settings.keys, settings.consumer, list(held))
-    for entry_id in taken:
-        if (job := held.get(entry_id)) is not None and not job.taken:
+    elsewhere = await job_queue.refresh_held(
+        ctx.redis, settings.keys, settings.consumer, list(held)
+    )
+    moved = [held[entry_id] for entry_id in elsewhere if entry_id in held]
+    taken = [job for job in moved if job.fence is not None]
+    fences = await ctx.streams.fences([job.request_id for job in taken]) if taken else []
+    for job in moved:
+        if job.fence is None:
+            job.stop(FENCED)
+    for job, fence in zip(taken, fences, strict=True):
+        if fence != job.fence:
             job.stop(FENCED)
 
 
