@@ -5,9 +5,8 @@ taken over through another entry of its job lets its own entry go."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 from faststream.redis import RedisBroker, TestRedisBroker
@@ -17,16 +16,17 @@ from echotune.common import job_queue
 from echotune.common.keys import JOBS_GROUP, Keys
 from echotune.common.request_stream import Take
 from echotune.worker import upkeep
-from echotune.worker.app import create_app
 from echotune.worker.execute import execute
 from echotune.worker.inflight import InFlight
-from echotune.worker.resources import Worker, open_worker
+from echotune.worker.resources import Worker
 from echotune.worker.settings import WorkerSettings
 from tests.support.streams import wait_for_final
+from tests.support.workers import demo, worker_settings
+from tests.support.workers import started_worker as started
 from tests.unit.worker.test_handlers import long_job, opened
 from tests.unit.worker.test_shutdown import first
 
-PACED = {"name": "demo", "kind": "demo", "models": ["demo-1"], "token_pace_ms": 40}
+PACED = demo(40)
 
 
 async def delivered(redis: Redis, keys: Keys, consumer: str) -> str:
@@ -55,27 +55,9 @@ async def test_an_entry_is_let_go_only_by_the_worker_holding_it(redis: Redis) ->
     assert await pending_with(redis, keys, mine) is None
 
 
-@contextlib.asynccontextmanager
-async def started_worker(redis_url: str) -> AsyncIterator[tuple[Worker, RedisBroker]]:
+def started_worker(redis_url: str) -> AbstractAsyncContextManager[tuple[Worker, RedisBroker]]:
     """A worker refreshing its entries every 0.3 s, answering at 40 ms a token."""
-    settings = WorkerSettings(
-        redis_url=redis_url,
-        mongodb_url="mongodb://127.0.0.1:1/none",
-        namespace=f"t{uuid.uuid4().hex[:10]}",
-        providers=[PACED],
-        default_provider="demo",
-        context_timeout_s=0.05,
-        profile_timeout_s=0.05,
-        reclaim_idle_s=0.9,
-    )
-    broker = create_app(settings).broker
-    async with open_worker(settings, broker) as running:
-        broker.context.set_global("worker", running)
-        await broker.start()
-        try:
-            yield running, broker
-        finally:
-            await broker.stop()
+    return started(worker_settings(redis_url, PACED, reclaim_idle_s=0.9))
 
 
 async def test_an_answer_whose_jobs_entry_vanished_is_still_ended(
@@ -103,15 +85,7 @@ async def pending_with(redis: Redis, keys: Keys, entry_id: str) -> str | None:
 @pytest.fixture
 def settings(redis_server_url: str) -> WorkerSettings:
     """The in-process worker's (``worker``): answers at 40 ms a token."""
-    return WorkerSettings(
-        redis_url=redis_server_url,
-        mongodb_url="mongodb://127.0.0.1:1/none",
-        namespace=f"t{uuid.uuid4().hex[:10]}",
-        providers=[PACED],
-        default_provider="demo",
-        context_timeout_s=0.05,
-        profile_timeout_s=0.05,
-    )
+    return worker_settings(redis_server_url, PACED)
 
 
 async def test_a_run_fenced_through_another_entry_of_its_job_lets_its_own_entry_go(
@@ -177,19 +151,29 @@ async def test_a_job_waiting_for_a_slot_whose_entry_another_worker_holds_is_stop
     assert (held[waiting].reason, held[reclaimed].reason) == (None, "fenced")
 
 
+async def streaming_with_its_entry_at_b(
+    running: Worker, broker: RedisBroker, redis: Redis
+) -> tuple[str, str, InFlight]:
+    """A job this worker took and streams, whose entry worker B holds now: its request id,
+    its entry, its run."""
+    keys = running.settings.keys
+    rid = await opened(running)
+    await broker.publish(long_job(rid, deadline_s=60), stream=keys.jobs)
+    await first(redis, keys.events(rid), "delta")
+    ((entry, held),) = running.jobs.by_entry().items()
+    await redis.xclaim(keys.jobs, JOBS_GROUP, "worker-b", 0, [entry], justid=True)
+    return rid, entry, held
+
+
 async def test_a_taken_job_whose_entry_another_worker_now_holds_is_not_stopped(
     redis_server_url: str, redis: Redis
 ) -> None:
     """The jobs stream lost the delivery (a failover) and gave the entry to worker B, which
     finds the job taken (a duplicate) and acknowledges it: the run that has the job was
-    stopped with no final. A real takeover fences it off at its next write instead."""
+    stopped with no final. (A real takeover stops it: next test.)"""
     async with started_worker(redis_server_url) as (running, broker):
         keys = running.settings.keys
-        rid = await opened(running)
-        await broker.publish(long_job(rid, deadline_s=60), stream=keys.jobs)
-        await first(redis, keys.events(rid), "delta")
-        ((entry, held),) = running.jobs.by_entry().items()
-        await redis.xclaim(keys.jobs, JOBS_GROUP, "worker-b", 0, [entry], justid=True)
+        rid, entry, held = await streaming_with_its_entry_at_b(running, broker, redis)
         await upkeep.refresh(running)
         assert held.reason is None
         assert (await running.streams.take(rid, "worker-b", first=True)).state is Take.DUPLICATE
@@ -205,12 +189,7 @@ async def test_a_taken_job_another_worker_took_over_is_stopped_before_its_next_w
 ) -> None:
     """Waiting for a slow provider, the run writes nothing that its fence could refuse."""
     async with started_worker(redis_server_url) as (running, broker):
-        keys = running.settings.keys
-        rid = await opened(running)
-        await broker.publish(long_job(rid, deadline_s=60), stream=keys.jobs)
-        await first(redis, keys.events(rid), "delta")
-        ((entry, held),) = running.jobs.by_entry().items()
-        await redis.xclaim(keys.jobs, JOBS_GROUP, "worker-b", 0, [entry], justid=True)
+        rid, _, held = await streaming_with_its_entry_at_b(running, broker, redis)
         await running.streams.take(rid, "worker-b")
         await upkeep.refresh(running)
         assert held.reason == "fenced"

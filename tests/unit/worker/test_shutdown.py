@@ -4,9 +4,8 @@ taken over meanwhile: the entry is then the new owner's."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import uuid
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 
 import pytest
 from faststream.redis import RedisBroker
@@ -14,36 +13,18 @@ from redis.asyncio import Redis
 
 from echotune.common import job_queue
 from echotune.common.keys import JOBS_GROUP
-from echotune.worker.app import create_app
-from echotune.worker.resources import Worker, open_worker
-from echotune.worker.settings import WorkerSettings
+from echotune.worker.resources import Worker
 from tests.support.flaky_proxy import reply_dropping_proxy
+from tests.support.workers import demo, worker_settings
+from tests.support.workers import started_worker as started
 from tests.unit.worker.test_handlers import long_job, opened
 
-SLOW = {"name": "demo", "kind": "demo", "models": ["demo-1"], "token_pace_ms": 4000}
+SLOW = demo(4000)
 
 
-@contextlib.asynccontextmanager
-async def started_worker(redis_url: str) -> AsyncIterator[tuple[Worker, RedisBroker]]:
+def started_worker(redis_url: str) -> AbstractAsyncContextManager[tuple[Worker, RedisBroker]]:
     """Worker A, streaming slowly; its own refresh does not run during a test."""
-    settings = WorkerSettings(
-        redis_url=redis_url,
-        mongodb_url="mongodb://127.0.0.1:1/none",
-        namespace=f"t{uuid.uuid4().hex[:10]}",
-        providers=[SLOW],
-        default_provider="demo",
-        context_timeout_s=0.05,
-        profile_timeout_s=0.05,
-        reclaim_idle_s=60,
-    )
-    broker = create_app(settings).broker
-    async with open_worker(settings, broker) as a:
-        broker.context.set_global("worker", a)
-        await broker.start()
-        try:
-            yield a, broker
-        finally:
-            await broker.stop()
+    return started(worker_settings(redis_url, SLOW, reclaim_idle_s=60))
 
 
 @pytest.fixture
