@@ -84,13 +84,7 @@ async def _execute(ctx: Worker, job: ChatJob, held: InFlight, first: bool) -> bo
         taken.fence,
         on_cancel=lambda: held.stop(CANCELLED),
         on_refused=lambda why: held.stop(FENCED if why is AppendRefused.FENCED else ENDED),
-        restart=FailoverEvent(
-            from_provider=job.provider,
-            to_provider=job.provider,
-            to_model=job.model,
-            reason=EVENTS_LOST,
-            discard_partial=True,
-        ),
+        restart=_starting_over(job, EVENTS_LOST),
         stamp=ctx.settings.stamp_tokens,
     )
     runner = JobRunner(ctx, job, writer, chain, permit)
@@ -113,6 +107,11 @@ def _restart(job: ChatJob, taken: Taken, first: bool) -> FailoverEvent | None:
         reason = EVENTS_LOST
     else:
         return None
+    return _starting_over(job, reason)
+
+
+def _starting_over(job: ChatJob, reason: str) -> FailoverEvent:
+    """The event that starts the job's answer over on its own provider."""
     return FailoverEvent(
         from_provider=job.provider,
         to_provider=job.provider,
