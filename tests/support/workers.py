@@ -42,5 +42,6 @@ async def started_worker(settings: WorkerSettings) -> AsyncIterator[tuple[Worker
         await broker.start()
         try:
             yield worker, broker
-        finally:
+        finally:  # as the worker's shutdown does: a test that failed leaves no job running
+            await worker.pool.drain(0)
             await broker.stop()

@@ -245,12 +245,13 @@ async def test_a_first_take_whose_reply_was_lost_is_still_taken(
             client, streams.keys, request_ttl_s=600, final_ttl_s=90, reader_ttl_ms=30_000
         )
         proxy.drop_next_reply(rid.encode())
-        taken = await worker.take(rid, "w1", first=True)
+        taken = await worker.take(rid, "w1", first=True, entry="1-1")
         await client.aclose()
     assert proxy.dropped == 1
     assert taken.state is Take.TAKEN
     assert taken.epoch == 1  # taken once, not once per call
-    assert (await streams.take(rid, "w2", first=True)).state is Take.DUPLICATE
+    duplicate = await streams.take(rid, "w2", first=True, entry="1-1")
+    assert (duplicate.state, duplicate.owner, duplicate.entry) == (Take.DUPLICATE, "w1", "1-1")
 
 
 @pytest.mark.single_node(reason="the jobs stream and a request's keys share no cluster slot")

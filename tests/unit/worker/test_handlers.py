@@ -6,13 +6,13 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
-from faststream.redis import TestRedisBroker
+from faststream.redis import RedisBroker, TestRedisBroker
 from redis.asyncio import Redis
 
 from echotune.common.messages import ChatJob, ChatMessage, Role, StartEvent
@@ -22,6 +22,7 @@ from echotune.worker.app import create_app
 from echotune.worker.resources import Worker, open_worker
 from echotune.worker.settings import WorkerSettings
 from tests.support.streams import wait_for_final
+from tests.support.workers import started_worker
 from tests.unit.worker.conftest import DEMO
 
 
@@ -165,6 +166,17 @@ async def test_a_failed_call_is_retried_through_the_transport_seam(
     assert len(calls) == 2
 
 
+async def streaming(running: Worker, broker: RedisBroker, redis: Redis) -> tuple[ChatJob, str]:
+    """A long job published, its answer streaming: the job and its events stream's key."""
+    rid = await opened(running)
+    job, key = long_job(rid), running.settings.keys.events(rid)
+    await broker.publish(job, stream=running.settings.keys.jobs)
+    async with asyncio.timeout(5):
+        while not [f for _, f in await redis.xrange(key) if f["type"] == "delta"]:
+            await redis.xread({key: "$"}, block=1000)
+    return job, key
+
+
 async def test_a_job_published_twice_is_answered_once(
     settings: WorkerSettings, redis: Redis
 ) -> None:
@@ -173,57 +185,37 @@ async def test_a_job_published_twice_is_answered_once(
     On a real Redis: FastStream's test broker hands every message to every subscriber of the
     stream, the reclaiming one included, which a real consumer group never does.
     """
-    broker = create_app(settings).broker
-    async with open_worker(settings, broker) as running:
-        broker.context.set_global("worker", running)
-        await broker.start()
-        try:
-            rid = await opened(running)
-            job = long_job(rid)
-            key = settings.keys.events(rid)
-            await broker.publish(job, stream=settings.keys.jobs)
-            async with asyncio.timeout(5):  # the first entry is streaming when the second comes
-                while not [f for _, f in await redis.xrange(key) if f["type"] == "delta"]:
-                    await redis.xread({key: "$"}, block=1000)
-            await broker.publish(job, stream=settings.keys.jobs)
-            final = await wait_for_final(redis, settings.namespace, rid)
-        finally:
-            await broker.stop()
+    async with started_worker(settings) as (running, broker):
+        job, key = await streaming(running, broker, redis)
+        await broker.publish(job, stream=settings.keys.jobs)
+        final = await wait_for_final(redis, settings.namespace, job.request_id)
     assert final["type"] == "done"
     kinds = [f["type"] for _, f in await redis.xrange(key)]
     assert "failover" not in kinds, "the answer restarted"
     assert kinds.count("done") == 1
 
 
-async def test_a_job_this_worker_holds_is_not_reclaimed_by_itself(
-    settings: WorkerSettings, redis: Redis
+@pytest.mark.parametrize("handler", [handlers.reclaim_job, handlers.handle_job])
+async def test_a_job_this_worker_holds_is_not_run_again_by_itself(
+    settings: WorkerSettings, redis: Redis, handler: Callable[..., Awaitable[None]]
 ) -> None:
-    """Redis away longer than the reclaim period (a cluster failover) left the running job's
-    entry idle: the same worker's reclaimer took it and ran it a second time (a new epoch
-    fenced the first run off; the client saw the answer restart)."""
-    broker = create_app(settings).broker
-    async with open_worker(settings, broker) as running:
-        broker.context.set_global("worker", running)
-        await broker.start()
-        try:
-            rid = await opened(running)
-            job = long_job(rid)
-            key = settings.keys.events(rid)
-            await broker.publish(job, stream=settings.keys.jobs)
-            async with asyncio.timeout(5):
-                while not [f for _, f in await redis.xrange(key) if f["type"] == "delta"]:
-                    await redis.xread({key: "$"}, block=1000)
-            (entry,) = running.jobs.by_entry()
-            idle_entry = SimpleNamespace(raw_message={"message_ids": [entry.encode()]})
-            await handlers.reclaim_job(job, running, idle_entry)  # type: ignore[arg-type]
-            final = await wait_for_final(redis, settings.namespace, rid)
-        finally:
-            await broker.stop()
+    """Reclaimed: Redis away longer than the reclaim period (a cluster failover) left the
+    running job's entry idle, and the same worker's reclaimer ran it a second time (a new
+    epoch fenced the first run off; the client saw the answer restart). Read again (the jobs
+    stream lost the delivery): the new delivery replaced the run among the held jobs, so its
+    entry was no longer kept fresh, for another worker to reclaim."""
+    async with started_worker(settings) as (running, broker):
+        job, key = await streaming(running, broker, redis)
+        ((entry, held),) = running.jobs.by_entry().items()
+        again = SimpleNamespace(raw_message={"message_ids": [entry.encode()]})
+        await handler(job, running, again)
+        assert running.jobs.of_entry(entry) is held, "the run is no longer kept fresh"
+        final = await wait_for_final(redis, settings.namespace, job.request_id)
     assert final["type"] == "done"
     kinds = [f["type"] for _, f in await redis.xrange(key)]
     assert "failover" not in kinds, "the answer restarted"
     assert kinds.count("done") == 1
-    assert await redis.hget(settings.keys.meta(rid), "epoch") == "1"
+    assert await redis.hget(settings.keys.meta(job.request_id), "epoch") == "1"
 
 
 async def test_an_answer_past_its_deadline_says_its_text_is_partial(

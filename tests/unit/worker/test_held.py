@@ -152,16 +152,16 @@ async def test_a_job_waiting_for_a_slot_whose_entry_another_worker_holds_is_stop
 
 
 async def streaming_with_its_entry_at_b(
-    running: Worker, broker: RedisBroker, redis: Redis
+    running: Worker, broker: RedisBroker, redis: Redis, b: str = "worker-b"
 ) -> tuple[str, str, InFlight]:
-    """A job this worker took and streams, whose entry worker B holds now: its request id,
+    """A job this worker took and streams, whose entry worker ``b`` holds now: its request id,
     its entry, its run."""
     keys = running.settings.keys
     rid = await opened(running)
     await broker.publish(long_job(rid, deadline_s=60), stream=keys.jobs)
     await first(redis, keys.events(rid), "delta")
     ((entry, held),) = running.jobs.by_entry().items()
-    await redis.xclaim(keys.jobs, JOBS_GROUP, "worker-b", 0, [entry], justid=True)
+    await redis.xclaim(keys.jobs, JOBS_GROUP, b, 0, [entry], justid=True)
     return rid, entry, held
 
 
@@ -182,6 +182,29 @@ async def test_a_taken_job_whose_entry_another_worker_now_holds_is_not_stopped(
         kinds = [fields["type"] for _, fields in await redis.xrange(keys.events(rid))]
     assert final["type"] == "done", final
     assert "failover" not in kinds, "the answer was restarted"
+
+
+async def test_a_duplicate_delivery_of_a_running_jobs_entry_is_handed_back_to_its_worker(
+    worker: tuple[Worker, TestRedisBroker], settings: WorkerSettings, redis: Redis
+) -> None:
+    """The jobs stream lost the delivery and gave the entry to worker B, which found the job
+    taken and acknowledged the entry: the job was left with no pending entry, so had its
+    worker died then, nobody would have reclaimed it (the gateway's deadline ended it)."""
+    b, _ = worker
+    mine = settings.model_copy(update={"consumer": "worker-a", "reclaim_idle_s": 0.9})
+    async with started(mine) as (running, broker):
+        keys = running.settings.keys
+        rid, entry, held = await streaming_with_its_entry_at_b(
+            running, broker, redis, b.settings.consumer
+        )
+        job = long_job(rid, deadline_s=60)
+        if await execute(b, job, b.jobs.hold(rid, entry), first=True):
+            await redis.xack(keys.jobs, JOBS_GROUP, entry)  # what B's pool does then
+        assert await pending_with(redis, keys, entry) == "worker-a", "the job lost its entry"
+        final = await wait_for_final(redis, running.settings.namespace, rid, timeout=20)
+        assert final["type"] == "done", final
+        assert held.reason is None
+    assert await pending_with(redis, keys, entry) is None, "its worker did not acknowledge it"
 
 
 async def test_a_taken_job_another_worker_took_over_is_stopped_before_its_next_write(

@@ -63,6 +63,15 @@ if p[1] and p[1][2] == ARGV[2] then return redis.call('XACK', KEYS[1], ARGV[1], 
 return 0
 """)
 
+# Give entry ARGV[3] of group ARGV[1] to consumer ARGV[4] only if consumer ARGV[2] holds it.
+_HAND_OVER = Script("""
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if p[1] and p[1][2] == ARGV[2] then
+  return #redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[4], 0, ARGV[3], 'JUSTID')
+end
+return 0
+""")
+
 # KEYS[1]: sorted set consumer -> last heartbeat (Redis ms). ARGV: consumer, forget after ms.
 _HEARTBEAT = Script("""
 local t = redis.call('TIME')
@@ -137,6 +146,14 @@ async def refresh_held(redis: Redis, keys: Keys, consumer: str, entry_ids: list[
 async def let_go(redis: Redis, keys: Keys, consumer: str, entry_id: str) -> bool:
     """Acknowledge ``consumer``'s entry unless another consumer holds it now; whether it did."""
     return bool(await _LET_GO(redis, [keys.jobs], [JOBS_GROUP, consumer, entry_id]))
+
+
+async def hand_over(redis: Redis, keys: Keys, consumer: str, entry_id: str, to: str) -> bool:
+    """Give ``consumer``'s entry to consumer ``to`` unless another holds it now; whether it did.
+
+    Still pending, the entry is ``to``'s to refresh and acknowledge, or, should ``to`` die, any
+    worker's to reclaim."""
+    return bool(await _HAND_OVER(redis, [keys.jobs], [JOBS_GROUP, consumer, entry_id, to]))
 
 
 async def heartbeat(redis: Redis, keys: Keys, consumer: str, forget_after_s: float) -> None:

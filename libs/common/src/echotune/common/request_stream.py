@@ -6,9 +6,10 @@ only those, so each runs on one Redis Cluster slot.
 
 Meta fields: ``fingerprint`` and ``user_id`` (who asked what), ``start_id``, ``epoch`` (0
 until a worker takes the job, +1 at every take), ``taker`` (the current producer's fence: its
-take's nonce), ``seq`` (the last entry the current producer appended), ``streamed`` (text was
-written), ``final_id`` with ``final_fence``/``final_seq`` (the one final event, and who
-wrote it).
+take's nonce), ``owner`` and ``entry`` (the current producer's consumer and the jobs entry it
+took the job through), ``seq`` (the last entry the current producer appended), ``streamed``
+(text was written), ``final_id`` with ``final_fence``/``final_seq`` (the one final event, and
+who wrote it).
 
 * The gateway **opens** a request in one script: claim, meta, start event, TTLs, reader
   marker - nothing half-done is ever visible. Identical input attaches to the same answer.
@@ -76,18 +77,22 @@ if not m[2] then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
 return {'attached', m[2] or ''}
 """)
 
-# ARGV: owner, 'first' (a first delivery: only while nobody took the job) or 'again', and
-# the take's own nonce: a call retried after a lost reply finds its take done and returns it.
-# The nonce is the producer's fence: an epoch alone repeats once Redis lost a take.
+# ARGV: owner, 'first' (a first delivery: only while nobody took the job) or 'again', the
+# take's own nonce (a call retried after a lost reply finds its take done and returns it) and
+# the jobs entry it came through. The nonce is the producer's fence: an epoch alone repeats
+# once Redis lost a take. A duplicate is told who has the job, and through which entry.
 TAKE = Script("""
 local m = redis.call('HMGET', KEYS[1], 'fingerprint', 'final_id', 'streamed', 'epoch', 'taker')
 if not m[1] then return {'gone'} end
 if m[2] then return {'ended'} end
 local epoch = m[4]
 if m[5] ~= ARGV[3] then
-  if ARGV[2] == 'first' and epoch ~= '0' then return {'duplicate'} end
+  if ARGV[2] == 'first' and epoch ~= '0' then
+    local has = redis.call('HMGET', KEYS[1], 'owner', 'entry')
+    return {'duplicate', has[1] or '', has[2] or ''}
+  end
   epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
-  redis.call('HSET', KEYS[1], 'seq', 0, 'owner', ARGV[1], 'taker', ARGV[3])
+  redis.call('HSET', KEYS[1], 'seq', 0, 'owner', ARGV[1], 'taker', ARGV[3], 'entry', ARGV[4])
 end
 return {'taken', epoch, m[3] and 1 or 0, redis.call('EXISTS', KEYS[2]), ARGV[3]}
 """)
@@ -212,7 +217,8 @@ class Take(StrEnum):
     ENDED = "ended"
     GONE = "gone"
     DUPLICATE = "duplicate"
-    """A second entry of one job (its publication was retried): someone else has it."""
+    """Someone else has the job: this is a second entry of it (its publication was retried),
+    or its entry delivered again (the jobs stream lost the delivery)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +231,10 @@ class Taken:
     streamed: bool = False
     cancelled: bool = False
     fence: str = ""
+    owner: str = ""
+    """For a duplicate: the consumer that has the job ("" if not known)."""
+    entry: str = ""
+    """For a duplicate: the jobs entry that consumer took it through ("" if not known)."""
 
 
 class AppendRefused(StrEnum):
@@ -416,28 +426,35 @@ class RequestStreams:
 
     # --- worker ---------------------------------------------------------------------------
 
-    async def take(self, request_id: str, owner: str, *, first: bool = False) -> Taken:
+    async def take(
+        self, request_id: str, owner: str, *, first: bool = False, entry: str = ""
+    ) -> Taken:
         """Become the job's producer: a new fence that fences off every earlier one.
 
         ``first``: the entry is delivered for the first time, so a job someone already took
         is a duplicate entry, not one to take over (only a reclaimed entry takes over).
+        ``entry``: the jobs entry the job came through, told to a duplicate's taker.
         """
-        args = self._take_args(owner, first)
+        args = self._take_args(owner, first, entry)
         return self.taken(await TAKE(self.redis, self._keys(request_id, "meta", "cancel"), args))
 
-    def queue_take(self, pipe: Pipeline, request_id: str, owner: str, *, first: bool) -> None:
+    def queue_take(
+        self, pipe: Pipeline, request_id: str, owner: str, *, first: bool, entry: str
+    ) -> None:
         """Queue :meth:`take` (script :data:`TAKE`, one reply read by :meth:`taken`)."""
         keys = self._keys(request_id, "meta", "cancel")
-        TAKE.queue(pipe, keys, self._take_args(owner, first))
+        TAKE.queue(pipe, keys, self._take_args(owner, first, entry))
 
     @staticmethod
-    def _take_args(owner: str, first: bool) -> list[Arg]:
-        return [owner, "first" if first else "again", uuid.uuid4().hex]
+    def _take_args(owner: str, first: bool, entry: str) -> list[Arg]:
+        return [owner, "first" if first else "again", uuid.uuid4().hex, entry]
 
     @staticmethod
     def taken(reply: Sequence[Any]) -> Taken:
         """The reply of a take."""
         state = Take(_text(reply[0]))
+        if state is Take.DUPLICATE:
+            return Taken(state, owner=_text(reply[1]), entry=_text(reply[2]))
         if state is not Take.TAKEN:
             return Taken(state)
         epoch, streamed, cancelled = int(reply[1]), bool(int(reply[2])), bool(int(reply[3]))

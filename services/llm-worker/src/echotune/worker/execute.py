@@ -65,15 +65,32 @@ async def _let_go(ctx: Worker, held: InFlight, taken: Taken) -> None:
         log.warning("could not let the entry go; left for a reclaim", exc_info=True)
 
 
+async def _hand_back(ctx: Worker, held: InFlight, owner: str) -> bool:
+    """The jobs stream lost this entry's delivery and gave it again: the run that has the job
+    came through this very entry, so the entry goes back to that run's worker, not to an
+    acknowledgement, which would leave the job with no entry to reclaim should it die."""
+    settings = ctx.settings
+    log.warning("job taken through this entry by %s; the entry is handed back", owner)
+    if owner == settings.consumer:
+        return False  # a run of this process holds it
+    try:
+        await job_queue.hand_over(ctx.redis, settings.keys, settings.consumer, held.entry_id, owner)
+    except (RedisError, RedisClusterException):
+        log.warning("could not hand the entry back; left for a reclaim", exc_info=True)
+    return False
+
+
 async def _execute(ctx: Worker, job: ChatJob, held: InFlight, first: bool) -> bool:
     if held.reason == FENCED:  # reclaimed by another worker while it waited for a slot
         return False
     chain = provider_chain(ctx, job)
-    taken, permit = await _take(ctx, job, first, ask_breaker=starts_with_own(job, chain))
+    taken, permit = await _take(ctx, job, held, first, ask_breaker=starts_with_own(job, chain))
     if taken.state is not Take.TAKEN:
-        log.info("job %s before it started; acknowledging it", taken.state.value)
         if permit is not None:
             await ctx.breakers.give_back(permit)
+        if taken.state is Take.DUPLICATE and taken.entry == held.entry_id:
+            return await _hand_back(ctx, held, taken.owner)
+        log.info("job %s before it started; acknowledging it", taken.state.value)
         return True
     held.fence = taken.fence
     log.info("job taken (epoch %d) provider=%s model=%s", taken.epoch, job.provider, job.model)
@@ -122,15 +139,15 @@ def _starting_over(job: ChatJob, reason: str) -> FailoverEvent:
 
 
 async def _take(
-    ctx: Worker, job: ChatJob, first: bool, *, ask_breaker: bool
+    ctx: Worker, job: ChatJob, held: InFlight, first: bool, *, ask_breaker: bool
 ) -> tuple[Taken, Permit | None]:
     """Take the job and, with ``ask_breaker`` (the first attempt calls the job's provider), ask its
     breaker in the same round trip (no permit if that part failed: the attempt asks again)."""
-    owner = ctx.settings.consumer
+    owner, rid, entry = ctx.settings.consumer, job.request_id, held.entry_id
     if not ask_breaker:
-        return await ctx.streams.take(job.request_id, owner, first=first), None
+        return await ctx.streams.take(rid, owner, first=first, entry=entry), None
     async with ctx.redis.pipeline(transaction=False) as pipe:
-        ctx.streams.queue_take(pipe, job.request_id, owner, first=first)
+        ctx.streams.queue_take(pipe, rid, owner, first=first, entry=entry)
         ctx.breakers.queue_acquire(pipe, job.provider)
         took, acquired = await scripts.execute(ctx.redis, pipe, [TAKE, ACQUIRE])
     permit = None

@@ -28,19 +28,21 @@ async def handle_job(job: ChatJob, worker: WorkerDep, message: MessageDep) -> No
 
 
 async def reclaim_job(job: ChatJob, worker: WorkerDep, message: MessageDep) -> None:
-    """Take over a job whose worker died (its entry stopped being refreshed).
-
-    An entry this process holds itself looked idle only because Redis was away longer than
-    the reclaim period (a cluster failover): it is not run a second time."""
-    if worker.jobs.holds(entry_id(message)):
-        log.warning("reclaimed a job this worker holds (Redis was away); it goes on as it was")
-        return
+    """Take over a job whose worker died (its entry stopped being refreshed)."""
     await _admit(job, worker, message, first=False)
 
 
 async def _admit(job: ChatJob, worker: Worker, message: RedisStreamMessage, *, first: bool) -> None:
-    """Hold the entry at once (kept fresh, cancellable), then wait for a slot."""
-    held = worker.jobs.hold(job.request_id, entry_id(message))
+    """Hold the entry at once (kept fresh, cancellable), then wait for a slot.
+
+    An entry this process holds already is not run a second time: reclaimed, it looked idle
+    only because Redis was away longer than the reclaim period (a cluster failover); read
+    again, the jobs stream lost its delivery."""
+    entry = entry_id(message)
+    if worker.jobs.holds(entry):
+        log.warning("job entry %s is held here already (Redis was away or lost it)", entry)
+        return
+    held = worker.jobs.hold(job.request_id, entry)
     await worker.pool.admit(
         lambda: execute(worker, job, held, first=first),
         message,
@@ -59,7 +61,9 @@ async def refuse_unreadable(exc: ValidationError, worker: WorkerDep, message: Me
     log.error("invalid chat job: %s", exc.errors(include_url=False)[:3])
     request_id = _request_id(message)
     if request_id is not None:
-        taken = await worker.streams.take(request_id, worker.settings.consumer)
+        taken = await worker.streams.take(
+            request_id, worker.settings.consumer, entry=entry_id(message)
+        )
         if taken.state is Take.TAKEN:
             error = ErrorEvent(code=ErrorCode.INVALID_JOB, message="the chat job could not be read")
             await worker.streams.append_final(request_id, taken.fence, 1, error)
