@@ -231,6 +231,20 @@ async def test_an_open_whose_reply_was_lost_is_still_started(
     assert await streams.redis.xlen(streams.keys.jobs) == 1  # queued once, not per call
 
 
+async def test_a_duplicate_is_told_the_entry_of_the_take_that_has_the_job_only(
+    streams: RequestStreams,
+) -> None:
+    """A take by an older worker records no entry: the one an earlier take recorded is stale."""
+    rid = "r8-abcdefgh"
+    await streams.open(rid, "fp", "alice", start(rid))
+    await streams.take(rid, "w1", first=True, entry="1-1")
+    older = {"owner": "w2", "taker": "nonce-of-w2"}  # what an older TAKE writes
+    await streams.redis.hset(streams.keys.meta(rid), mapping=older)
+    duplicate = await streams.take(rid, "w3", first=True, entry="1-1")
+    assert (duplicate.owner, duplicate.entry, duplicate.fence) == ("w2", "", "nonce-of-w2")
+    assert await streams.current_take(rid) == ("nonce-of-w2", "")
+
+
 @pytest.mark.single_node(reason="a proxy in front of the one Redis")
 async def test_a_first_take_whose_reply_was_lost_is_still_taken(
     redis_server_url: str, streams: RequestStreams

@@ -209,7 +209,7 @@ async def test_a_job_this_worker_holds_is_not_run_again_by_itself(
         ((entry, held),) = running.jobs.by_entry().items()
         again = SimpleNamespace(raw_message={"message_ids": [entry.encode()]})
         await handler(job, running, again)
-        assert running.jobs.of_entry(entry) is held, "the run is no longer kept fresh"
+        assert running.jobs.by_entry()[entry] is held, "the run is no longer kept fresh"
         final = await wait_for_final(redis, settings.namespace, job.request_id)
     assert final["type"] == "done"
     kinds = [f["type"] for _, f in await redis.xrange(key)]

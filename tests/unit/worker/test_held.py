@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import pytest
 from faststream.redis import RedisBroker, TestRedisBroker
@@ -207,6 +208,55 @@ async def test_a_duplicate_delivery_of_a_running_jobs_entry_is_handed_back_to_it
     assert await pending_with(redis, keys, entry) is None, "its worker did not acknowledge it"
 
 
+async def test_an_entry_handed_back_to_a_run_that_let_it_go_meanwhile_is_acknowledged(
+    worker: tuple[Worker, TestRedisBroker],
+    settings: WorkerSettings,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between B's duplicate take and its hand-over, C took the job through a second entry
+    and A, fenced off, found its entry with B and let nothing go: the entry handed to A was
+    left unrefreshed, for a reclaim that would take the job over from C's live run."""
+    b, _ = worker
+    mine = settings.model_copy(update={"consumer": "worker-a", "reclaim_idle_s": 0.9})
+    hand_over = job_queue.hand_over
+
+    async def c_takes_first(*args: Any) -> bool:
+        await running.streams.take(rid, "worker-c", entry="1-1")  # a retried publication's
+        await running.pool.drain(10)  # A is fenced off at its next write and ends
+        return await hand_over(*args)
+
+    monkeypatch.setattr(job_queue, "hand_over", c_takes_first)
+    async with started(mine) as (running, broker):
+        keys = running.settings.keys
+        rid, entry, _ = await streaming_with_its_entry_at_b(
+            running, broker, redis, b.settings.consumer
+        )
+        assert (
+            await execute(b, long_job(rid, deadline_s=60), b.jobs.hold(rid, entry), first=True)
+            is False
+        )
+        assert not running.jobs.by_entry()
+        assert await pending_with(redis, keys, entry) is None, "left for a reclaim"
+
+
+async def test_a_run_stopped_as_fenced_that_still_holds_the_fence_leaves_its_entry_for_a_reclaim(
+    redis_server_url: str, redis: Redis
+) -> None:
+    """Stopped by the refresh while its take was on its way (its entry was with a worker that
+    then found the job a duplicate and handed it back): the run let its entry go, so no final
+    was written and nobody had the job until the gateway's deadline."""
+    async with started_worker(redis_server_url) as (running, broker):
+        keys = running.settings.keys
+        rid = await opened(running)
+        await broker.publish(long_job(rid, deadline_s=60), stream=keys.jobs)
+        await first(redis, keys.events(rid), "delta")
+        ((_, held),) = running.jobs.by_entry().items()
+        held.stop("fenced")
+        final = await wait_for_final(redis, running.settings.namespace, rid, timeout=20)
+    assert final["type"] == "done", final
+
+
 async def test_a_taken_job_another_worker_took_over_is_stopped_before_its_next_write(
     redis_server_url: str, redis: Redis
 ) -> None:
@@ -216,31 +266,3 @@ async def test_a_taken_job_another_worker_took_over_is_stopped_before_its_next_w
         await running.streams.take(rid, "worker-b")
         await upkeep.refresh(running)
         assert held.reason == "fenced"
-
-
-async def test_a_run_does_not_let_go_an_entry_delivered_again_to_its_own_process(
-    worker: tuple[Worker, TestRedisBroker], redis: Redis
-) -> None:
-    """Redis lost the delivery and the take; the entry came back to this process, whose new
-    run took the job: the old run, fenced off, acknowledged the new run's only entry."""
-    running, _ = worker
-    keys, me = running.settings.keys, running.settings.consumer
-    rid = await opened(running)
-    job = long_job(rid, deadline_s=60)
-    entry = await delivered(redis, keys, me)
-    old = asyncio.create_task(execute(running, job, running.jobs.hold(rid, entry), first=True))
-    new: asyncio.Task[bool] | None = None
-    try:
-        await first(redis, keys.events(rid), "delta")
-        await redis.hset(keys.meta(rid), "epoch", 0)  # Redis lost the take
-        await redis.hdel(keys.meta(rid), "taker")
-        again = running.jobs.hold(rid, entry)
-        new = asyncio.create_task(execute(running, job, again, first=True))
-        assert await asyncio.wait_for(old, 10) is False
-        assert await pending_with(redis, keys, entry) == me, "the new run's entry was let go"
-        assert await asyncio.wait_for(new, 20) is True
-    finally:
-        for run in (old, new):
-            if run is not None:
-                run.cancel()
-        await asyncio.gather(*(r for r in (old, new) if r is not None), return_exceptions=True)

@@ -7,9 +7,9 @@ only those, so each runs on one Redis Cluster slot.
 Meta fields: ``fingerprint`` and ``user_id`` (who asked what), ``start_id``, ``epoch`` (0
 until a worker takes the job, +1 at every take), ``taker`` (the current producer's fence: its
 take's nonce), ``owner`` and ``entry`` (the current producer's consumer and the jobs entry it
-took the job through), ``seq`` (the last entry the current producer appended), ``streamed``
-(text was written), ``final_id`` with ``final_fence``/``final_seq`` (the one final event, and
-who wrote it).
+took the job through; ``entry_taker`` is the take that recorded it), ``seq`` (the last entry
+the current producer appended), ``streamed`` (text was written), ``final_id`` with
+``final_fence``/``final_seq`` (the one final event, and who wrote it).
 
 * The gateway **opens** a request in one script: claim, meta, start event, TTLs, reader
   marker - nothing half-done is ever visible. Identical input attaches to the same answer.
@@ -88,11 +88,13 @@ if m[2] then return {'ended'} end
 local epoch = m[4]
 if m[5] ~= ARGV[3] then
   if ARGV[2] == 'first' and epoch ~= '0' then
-    local has = redis.call('HMGET', KEYS[1], 'owner', 'entry')
-    return {'duplicate', has[1] or '', has[2] or ''}
+    local has = redis.call('HMGET', KEYS[1], 'owner', 'entry', 'entry_taker')
+    if has[3] ~= m[5] then has[2] = '' end  -- recorded by an earlier take
+    return {'duplicate', has[1] or '', has[2] or '', m[5] or ''}
   end
   epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
-  redis.call('HSET', KEYS[1], 'seq', 0, 'owner', ARGV[1], 'taker', ARGV[3], 'entry', ARGV[4])
+  redis.call('HSET', KEYS[1], 'seq', 0, 'owner', ARGV[1], 'taker', ARGV[3], 'entry', ARGV[4],
+             'entry_taker', ARGV[3])
 end
 return {'taken', epoch, m[3] and 1 or 0, redis.call('EXISTS', KEYS[2]), ARGV[3]}
 """)
@@ -231,6 +233,7 @@ class Taken:
     streamed: bool = False
     cancelled: bool = False
     fence: str = ""
+    """A duplicate's is the fence of the take that has the job."""
     owner: str = ""
     """For a duplicate: the consumer that has the job ("" if not known)."""
     entry: str = ""
@@ -454,7 +457,7 @@ class RequestStreams:
         """The reply of a take."""
         state = Take(_text(reply[0]))
         if state is Take.DUPLICATE:
-            return Taken(state, owner=_text(reply[1]), entry=_text(reply[2]))
+            return Taken(state, fence=_text(reply[3]), owner=_text(reply[1]), entry=_text(reply[2]))
         if state is not Take.TAKEN:
             return Taken(state)
         epoch, streamed, cancelled = int(reply[1]), bool(int(reply[2])), bool(int(reply[3]))
@@ -535,6 +538,13 @@ class RequestStreams:
                 pipe.hget(self.keys.meta(request_id), "taker")
             replies = await pipe.execute()
         return [None if reply is None else _text(reply) for reply in replies]
+
+    async def current_take(self, request_id: str) -> tuple[str, str]:
+        """The fence of the take that has the job now, and the jobs entry it came through."""
+        fields = ["taker", "entry", "entry_taker"]
+        taker, entry, entry_taker = await self.redis.hmget(self.keys.meta(request_id), fields)
+        fence = "" if taker is None else _text(taker)
+        return fence, _text(entry) if entry is not None and entry_taker == taker else ""
 
     async def epoch(self, request_id: str) -> int:
         """How many takes Redis holds for the request (0 when it is gone)."""

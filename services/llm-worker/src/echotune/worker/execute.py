@@ -52,29 +52,37 @@ async def _let_go(ctx: Worker, held: InFlight, taken: Taken) -> None:
     worker's, for that take came through another entry of the job (a retried publication),
     which carries the job now; left pending, this one would be reclaimed and take the job
     over in turn, every reclaim period. An earlier epoch stored means Redis lost this run's
-    take: the entry is left for a reclaim, which starts the answer over."""
+    take, and this run's own fence still stored means no take fenced it off (it was stopped
+    before its take landed): the entry is left for a reclaim, which starts the answer over."""
     settings = ctx.settings
-    if ctx.jobs.of_entry(held.entry_id) not in (held, None):
-        return  # the entry was delivered again to this process: its newer run holds it
     try:
-        if await ctx.streams.epoch(held.request_id) < taken.epoch:
-            log.warning("this run's take was lost; its entry is left for a reclaim")
+        fence, _ = await ctx.streams.current_take(held.request_id)
+        if fence == taken.fence or await ctx.streams.epoch(held.request_id) < taken.epoch:
+            log.warning("this run was not taken over; its entry is left for a reclaim")
         elif await job_queue.let_go(ctx.redis, settings.keys, settings.consumer, held.entry_id):
             log.info("taken over through another entry of the job; this one acknowledged")
     except (RedisError, RedisClusterException):
         log.warning("could not let the entry go; left for a reclaim", exc_info=True)
 
 
-async def _hand_back(ctx: Worker, held: InFlight, owner: str) -> bool:
+async def _hand_back(ctx: Worker, held: InFlight, duplicate: Taken) -> bool:
     """The jobs stream lost this entry's delivery and gave it again: the run that has the job
     came through this very entry, so the entry goes back to that run's worker, not to an
-    acknowledgement, which would leave the job with no entry to reclaim should it die."""
-    settings = ctx.settings
-    log.warning("job taken through this entry by %s; the entry is handed back", owner)
+    acknowledgement, which would leave the job with no entry to reclaim should it die.
+
+    A take meanwhile (through another entry) may have fenced that run off and had it let go
+    already: the entry handed to it is then acknowledged, not left for a reclaim that would
+    take the job over from the live run."""
+    settings, entry, owner = ctx.settings, held.entry_id, duplicate.owner
     if owner == settings.consumer:
         return False  # a run of this process holds it
     try:
-        await job_queue.hand_over(ctx.redis, settings.keys, settings.consumer, held.entry_id, owner)
+        if not await job_queue.hand_over(ctx.redis, settings.keys, settings.consumer, entry, owner):
+            return False  # not this worker's any more
+        log.warning("job taken through this entry by %s; the entry is handed back", owner)
+        fence, through = await ctx.streams.current_take(held.request_id)
+        if fence != duplicate.fence and through != entry:
+            await job_queue.let_go(ctx.redis, settings.keys, owner, entry)
     except (RedisError, RedisClusterException):
         log.warning("could not hand the entry back; left for a reclaim", exc_info=True)
     return False
@@ -89,7 +97,7 @@ async def _execute(ctx: Worker, job: ChatJob, held: InFlight, first: bool) -> bo
         if permit is not None:
             await ctx.breakers.give_back(permit)
         if taken.state is Take.DUPLICATE and taken.entry == held.entry_id:
-            return await _hand_back(ctx, held, taken.owner)
+            return await _hand_back(ctx, held, taken)
         log.info("job %s before it started; acknowledging it", taken.state.value)
         return True
     held.fence = taken.fence

@@ -66,10 +66,6 @@ class InFlightJobs:
     def holds(self, entry_id: str) -> bool:
         return entry_id in self._jobs
 
-    def of_entry(self, entry_id: str) -> InFlight | None:
-        """The run holding the entry now (a newer one replaces a run of the same entry)."""
-        return self._jobs.get(entry_id)
-
     def release(self, job: InFlight) -> None:
         if self._jobs.get(job.entry_id) is job:
             del self._jobs[job.entry_id]
