@@ -15,12 +15,15 @@ from redis.asyncio import Redis
 
 from echotune.common import job_queue
 from echotune.common.keys import JOBS_GROUP, Keys
+from echotune.common.messages import ChatJob
 from echotune.common.request_stream import Take
 from echotune.worker import upkeep
+from echotune.worker.conversations import ConversationContext
 from echotune.worker.execute import execute
 from echotune.worker.inflight import InFlight
 from echotune.worker.resources import Worker
 from echotune.worker.settings import WorkerSettings
+from echotune.worker.writer import EventWriter
 from tests.support.streams import wait_for_final
 from tests.support.workers import demo, worker_settings
 from tests.support.workers import started_worker as started
@@ -266,3 +269,45 @@ async def test_a_taken_job_another_worker_took_over_is_stopped_before_its_next_w
         await running.streams.take(rid, "worker-b")
         await upkeep.refresh(running)
         assert held.reason == "fenced"
+
+
+class Turns:
+    """A conversation store that keeps the turns it is asked to record."""
+
+    def __init__(self) -> None:
+        self.recorded: list[tuple[str, int]] = []
+
+    async def context(self, job: ChatJob) -> ConversationContext:
+        return ConversationContext()
+
+    def records(self, job: ChatJob) -> bool:
+        return True
+
+    async def append(self, job: ChatJob, answer: str, epoch: int = 1) -> None:
+        self.recorded.append((answer, epoch))
+
+
+async def test_a_producer_whose_take_redis_lost_records_no_conversation_turn(
+    worker: tuple[Worker, TestRedisBroker], redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis lost the take after the answer's last append; the next producer took the job at
+    the same epoch. The stale producer recorded its turn before its final was refused, so the
+    next one's turn was skipped as recorded already, and the conversation kept an answer its
+    client never got."""
+    running, _ = worker
+    keys, me = running.settings.keys, running.settings.consumer
+    running.conversations = turns = Turns()  # type: ignore[assignment]
+    rid = await opened(running)
+    flush = EventWriter.flush
+
+    async def then_the_take_is_lost(writer: EventWriter) -> None:
+        await flush(writer)
+        await redis.hset(keys.meta(rid), "epoch", 0)
+        await redis.hdel(keys.meta(rid), "taker")
+        await running.streams.take(rid, "worker-w", first=True)
+
+    monkeypatch.setattr(EventWriter, "flush", then_the_take_is_lost)
+    job = long_job(rid).model_copy(update={"conversation_id": "c-1"})
+    entry = await delivered(redis, keys, me)
+    assert await execute(running, job, InFlight(rid, entry), first=True) is False
+    assert turns.recorded == []

@@ -96,6 +96,10 @@ class ConversationStore:
             return ConversationContext()
         return build_context(document, self.max_chars)
 
+    def records(self, job: ChatJob) -> bool:
+        """Whether :meth:`append` would record the job's turn now."""
+        return bool(job.options.use_context and job.conversation_id) and not self.pause.active
+
     async def append(self, job: ChatJob, answer: str, epoch: int = 1) -> None:
         """Record the finished turn and refresh the summary, once per request.
 
@@ -103,7 +107,7 @@ class ConversationStore:
         each other. A job run again after its worker was lost (a higher ``epoch``) replaces
         its earlier answer instead of adding a second turn.
         """
-        if not (job.options.use_context and job.conversation_id) or self.pause.active:
+        if not self.records(job):
             return
         try:
             for _ in range(CAS_ATTEMPTS):

@@ -191,8 +191,7 @@ async def _run(
             log.warning("the answer was ended or taken over elsewhere; this run stops")
             return held.reason == ENDED
         if isinstance(final, DoneEvent) and final.finish_reason is not FinishReason.CANCELLED:
-            # Recorded before the client hears ``done``, so its next message sees the turn.
-            await ctx.conversations.append(job, "".join(runner.partial), taken.epoch)
+            await _record_turn(ctx, job, held, "".join(runner.partial), taken.epoch)
         job_ended(ctx.metrics, final, held.reason)
         return await _end(writer, final, held, job.deadline_at)
     except Refused as refused:
@@ -208,6 +207,22 @@ async def _run(
         raise
     finally:
         await runner.give_back()  # the permit asked with the take, when no attempt used it
+
+
+async def _record_turn(ctx: Worker, job: ChatJob, held: InFlight, answer: str, epoch: int) -> None:
+    """Recorded before the client hears ``done``, so its next message sees the turn; only
+    while this run's fence is the job's: a producer whose take Redis lost shares its epoch
+    with the next one, whose turn would then be skipped as recorded already."""
+    if not ctx.conversations.records(job):
+        return
+    try:
+        fence, _ = await ctx.streams.current_take(job.request_id)
+        if fence != held.fence:
+            held.stop(FENCED)  # its final is refused too
+            return
+    except (RedisError, RedisClusterException):
+        pass  # Redis away: the final's write, retried, decides
+    await ctx.conversations.append(job, answer, epoch)
 
 
 async def _produce(
