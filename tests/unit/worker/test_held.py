@@ -311,3 +311,26 @@ async def test_a_producer_whose_take_redis_lost_records_no_conversation_turn(
     entry = await delivered(redis, keys, me)
     assert await execute(running, job, InFlight(rid, entry), first=True) is False
     assert turns.recorded == []
+
+
+async def test_a_run_cancelled_then_fenced_off_lets_its_own_entry_go(
+    worker: tuple[Worker, TestRedisBroker], redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled, B was fenced off at its final by C's take through the job's other entry: B
+    let nothing go, as only a run stopped as fenced did, and its entry was reclaimed later."""
+    running, _ = worker
+    keys, me = running.settings.keys, running.settings.consumer
+    rid = await opened(running)
+    first_entry, second_entry = [await delivered(redis, keys, me) for _ in range(2)]
+    await redis.set(keys.cancel_flag(rid), "1")
+    flush = EventWriter.flush
+
+    async def then_c_takes_over(writer: EventWriter) -> None:
+        await flush(writer)
+        await running.streams.take(rid, "worker-c", entry=first_entry)
+
+    monkeypatch.setattr(EventWriter, "flush", then_c_takes_over)
+    b = InFlight(rid, second_entry)
+    assert await execute(running, long_job(rid), b, first=True) is False
+    assert b.reason == "cancelled"
+    assert await pending_with(redis, keys, second_entry) is None, "B's entry stayed pending"

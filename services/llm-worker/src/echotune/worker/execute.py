@@ -48,12 +48,12 @@ async def execute(ctx: Worker, job: ChatJob, held: InFlight, *, first: bool) -> 
 
 
 async def _let_go(ctx: Worker, held: InFlight, taken: Taken) -> None:
-    """A run fenced off by a later take: the entry is acknowledged if it is still this
-    worker's, for that take came through another entry of the job (a retried publication),
-    which carries the job now; left pending, this one would be reclaimed and take the job
-    over in turn, every reclaim period. An earlier epoch stored means Redis lost this run's
-    take, and this run's own fence still stored means no take fenced it off (it was stopped
-    before its take landed): the entry is left for a reclaim, which starts the answer over."""
+    """A run that ended unacknowledged. Fenced off by a later take (whatever stopped it
+    first), it acknowledges its entry if the entry is still this worker's: that take came
+    through another entry of the job (a retried publication), which carries the job now; left
+    pending, this one would be reclaimed and take the job over in turn, every reclaim period.
+    Its own fence still stored (it was stopped before its take landed, or its final could not
+    be written) or an earlier epoch (Redis lost its take): the entry is left for a reclaim."""
     settings = ctx.settings
     try:
         fence, _ = await ctx.streams.current_take(held.request_id)
@@ -117,7 +117,7 @@ async def _execute(ctx: Worker, job: ChatJob, held: InFlight, first: bool) -> bo
         acknowledge = await _run(ctx, job, held, taken, runner, _restart(job, taken, first))
     finally:
         writer.close()
-    if not acknowledge and held.reason == FENCED:
+    if not acknowledge:  # fenced off, whatever stopped it first; or left for a reclaim
         await _let_go(ctx, held, taken)
     return acknowledge
 
