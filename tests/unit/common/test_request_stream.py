@@ -240,9 +240,11 @@ async def test_a_duplicate_is_told_the_entry_of_the_take_that_has_the_job_only(
     await streams.take(rid, "w1", first=True, entry="1-1")
     older = {"owner": "w2", "taker": "nonce-of-w2"}  # what an older TAKE writes
     await streams.redis.hset(streams.keys.meta(rid), mapping=older)
+    await streams.redis.hincrby(streams.keys.meta(rid), "epoch", 1)
     duplicate = await streams.take(rid, "w3", first=True, entry="1-1")
-    assert (duplicate.owner, duplicate.entry, duplicate.fence) == ("w2", "", "nonce-of-w2")
-    assert await streams.current_take(rid) == ("nonce-of-w2", "")
+    told = (duplicate.owner, duplicate.entry, duplicate.fence, duplicate.epoch)
+    assert told == ("w2", "", "nonce-of-w2", 2)
+    assert await streams.current_take(rid) == ("nonce-of-w2", "", 2)
 
 
 @pytest.mark.single_node(reason="a proxy in front of the one Redis")

@@ -243,6 +243,36 @@ async def test_an_entry_handed_back_to_a_run_that_let_it_go_meanwhile_is_acknowl
         assert await pending_with(redis, keys, entry) is None, "left for a reclaim"
 
 
+async def test_an_entry_handed_back_after_redis_lost_its_runs_take_is_left_for_a_reclaim(
+    worker: tuple[Worker, TestRedisBroker],
+    settings: WorkerSettings,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between B's duplicate take and its hand-over, Redis lost A's take: B, seeing another
+    fence stored, acknowledged the entry it had handed to A, and nobody had the job."""
+    b, _ = worker
+    mine = settings.model_copy(update={"consumer": "worker-a", "reclaim_idle_s": 0.9})
+    hand_over = job_queue.hand_over
+
+    async def the_take_is_lost_first(*args: Any) -> bool:
+        await redis.hset(keys.meta(rid), "epoch", 0)
+        await redis.hdel(keys.meta(rid), "taker", "entry", "entry_taker")
+        return await hand_over(*args)
+
+    monkeypatch.setattr(job_queue, "hand_over", the_take_is_lost_first)
+    async with started(mine) as (running, broker):
+        keys = running.settings.keys
+        rid, entry, _ = await streaming_with_its_entry_at_b(
+            running, broker, redis, b.settings.consumer
+        )
+        job = long_job(rid, deadline_s=60)
+        assert await execute(b, job, b.jobs.hold(rid, entry), first=True) is False
+        assert await pending_with(redis, keys, entry) == "worker-a", "the job was left to nobody"
+        final = await wait_for_final(redis, running.settings.namespace, rid, timeout=20)
+    assert final["type"] == "done", final
+
+
 async def test_a_run_stopped_as_fenced_that_still_holds_the_fence_leaves_its_entry_for_a_reclaim(
     redis_server_url: str, redis: Redis
 ) -> None:
@@ -293,10 +323,12 @@ async def test_a_producer_whose_take_redis_lost_records_no_conversation_turn(
     """Redis lost the take after the answer's last append; the next producer took the job at
     the same epoch. The stale producer recorded its turn before its final was refused, so the
     next one's turn was skipped as recorded already, and the conversation kept an answer its
-    client never got."""
+    client never got (and its answer was counted as ended, as the next one's was)."""
     running, _ = worker
     keys, me = running.settings.keys, running.settings.consumer
     running.conversations = turns = Turns()  # type: ignore[assignment]
+    ended: list[object] = []
+    monkeypatch.setattr(running.metrics, "job_ended", lambda *outcome: ended.append(outcome))
     rid = await opened(running)
     flush = EventWriter.flush
 
@@ -311,6 +343,7 @@ async def test_a_producer_whose_take_redis_lost_records_no_conversation_turn(
     entry = await delivered(redis, keys, me)
     assert await execute(running, job, InFlight(rid, entry), first=True) is False
     assert turns.recorded == []
+    assert ended == [], "counted as ended"
 
 
 async def test_a_run_cancelled_then_fenced_off_lets_its_own_entry_go(

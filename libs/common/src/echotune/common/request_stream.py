@@ -90,7 +90,7 @@ if m[5] ~= ARGV[3] then
   if ARGV[2] == 'first' and epoch ~= '0' then
     local has = redis.call('HMGET', KEYS[1], 'owner', 'entry', 'entry_taker')
     if has[3] ~= m[5] then has[2] = '' end  -- recorded by an earlier take
-    return {'duplicate', has[1] or '', has[2] or '', m[5] or ''}
+    return {'duplicate', has[1] or '', has[2] or '', m[5] or '', epoch}
   end
   epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
   redis.call('HSET', KEYS[1], 'seq', 0, 'owner', ARGV[1], 'taker', ARGV[3], 'entry', ARGV[4],
@@ -233,7 +233,7 @@ class Taken:
     streamed: bool = False
     cancelled: bool = False
     fence: str = ""
-    """A duplicate's is the fence of the take that has the job."""
+    """A duplicate's fence and epoch are the take's that has the job."""
     owner: str = ""
     """For a duplicate: the consumer that has the job ("" if not known)."""
     entry: str = ""
@@ -457,7 +457,8 @@ class RequestStreams:
         """The reply of a take."""
         state = Take(_text(reply[0]))
         if state is Take.DUPLICATE:
-            return Taken(state, fence=_text(reply[3]), owner=_text(reply[1]), entry=_text(reply[2]))
+            owner, entry, fence, epoch = _text(reply[1]), _text(reply[2]), _text(reply[3]), reply[4]
+            return Taken(state, int(epoch), fence=fence, owner=owner, entry=entry)
         if state is not Take.TAKEN:
             return Taken(state)
         epoch, streamed, cancelled = int(reply[1]), bool(int(reply[2])), bool(int(reply[3]))
@@ -539,16 +540,15 @@ class RequestStreams:
             replies = await pipe.execute()
         return [None if reply is None else _text(reply) for reply in replies]
 
-    async def current_take(self, request_id: str) -> tuple[str, str]:
-        """The fence of the take that has the job now, and the jobs entry it came through."""
-        fields = ["taker", "entry", "entry_taker"]
-        taker, entry, entry_taker = await self.redis.hmget(self.keys.meta(request_id), fields)
+    async def current_take(self, request_id: str) -> tuple[str, str, int]:
+        """The take that has the job now: its fence, the jobs entry it came through (if it
+        recorded one) and its epoch; ``("", "", 0)`` when the request is gone."""
+        fields = ["taker", "entry", "entry_taker", "epoch"]
+        meta = self.keys.meta(request_id)
+        taker, entry, entry_taker, epoch = await self.redis.hmget(meta, fields)
         fence = "" if taker is None else _text(taker)
-        return fence, _text(entry) if entry is not None and entry_taker == taker else ""
-
-    async def epoch(self, request_id: str) -> int:
-        """How many takes Redis holds for the request (0 when it is gone)."""
-        return int(await self.redis.hget(self.keys.meta(request_id), "epoch") or 0)
+        through = _text(entry) if entry is not None and entry_taker == taker else ""
+        return fence, through, int(epoch or 0)
 
     async def stored_seq(self, request_id: str) -> int:
         """The current producer's last entry Redis holds (after a :data:`Final.LOST`)."""

@@ -56,8 +56,8 @@ async def _let_go(ctx: Worker, held: InFlight, taken: Taken) -> None:
     be written) or an earlier epoch (Redis lost its take): the entry is left for a reclaim."""
     settings = ctx.settings
     try:
-        fence, _ = await ctx.streams.current_take(held.request_id)
-        if fence == taken.fence or await ctx.streams.epoch(held.request_id) < taken.epoch:
+        fence, _, epoch = await ctx.streams.current_take(held.request_id)
+        if fence == taken.fence or epoch < taken.epoch:
             log.warning("this run was not taken over; its entry is left for a reclaim")
         elif await job_queue.let_go(ctx.redis, settings.keys, settings.consumer, held.entry_id):
             log.info("taken over through another entry of the job; this one acknowledged")
@@ -70,9 +70,10 @@ async def _hand_back(ctx: Worker, held: InFlight, duplicate: Taken) -> bool:
     came through this very entry, so the entry goes back to that run's worker, not to an
     acknowledgement, which would leave the job with no entry to reclaim should it die.
 
-    A take meanwhile (through another entry) may have fenced that run off and had it let go
+    A take meanwhile through another entry may have fenced that run off and had it let go
     already: the entry handed to it is then acknowledged, not left for a reclaim that would
-    take the job over from the live run."""
+    take the job over from the live run. Not when Redis lost the take instead (no later one
+    stored): the entry is that run's, to leave for a reclaim."""
     settings, entry, owner = ctx.settings, held.entry_id, duplicate.owner
     if owner == settings.consumer:
         return False  # a run of this process holds it
@@ -80,8 +81,9 @@ async def _hand_back(ctx: Worker, held: InFlight, duplicate: Taken) -> bool:
         if not await job_queue.hand_over(ctx.redis, settings.keys, settings.consumer, entry, owner):
             return False  # not this worker's any more
         log.warning("job taken through this entry by %s; the entry is handed back", owner)
-        fence, through = await ctx.streams.current_take(held.request_id)
-        if fence != duplicate.fence and through != entry:
+        fence, through, epoch = await ctx.streams.current_take(held.request_id)
+        later = fence != duplicate.fence and epoch >= duplicate.epoch
+        if later and through not in ("", entry):
             await job_queue.let_go(ctx.redis, settings.keys, owner, entry)
     except (RedisError, RedisClusterException):
         log.warning("could not hand the entry back; left for a reclaim", exc_info=True)
@@ -190,8 +192,10 @@ async def _run(
         if held.reason in (FENCED, ENDED):
             log.warning("the answer was ended or taken over elsewhere; this run stops")
             return held.reason == ENDED
-        if isinstance(final, DoneEvent) and final.finish_reason is not FinishReason.CANCELLED:
-            await _record_turn(ctx, job, held, "".join(runner.partial), taken.epoch)
+        done = isinstance(final, DoneEvent) and final.finish_reason is not FinishReason.CANCELLED
+        if done and not await _record_turn(ctx, job, held, "".join(runner.partial), taken.epoch):
+            log.warning("the answer was taken over elsewhere; this run stops")
+            return False
         job_ended(ctx.metrics, final, held.reason)
         return await _end(writer, final, held, job.deadline_at)
     except Refused as refused:
@@ -209,20 +213,21 @@ async def _run(
         await runner.give_back()  # the permit asked with the take, when no attempt used it
 
 
-async def _record_turn(ctx: Worker, job: ChatJob, held: InFlight, answer: str, epoch: int) -> None:
+async def _record_turn(ctx: Worker, job: ChatJob, held: InFlight, answer: str, epoch: int) -> bool:
     """Recorded before the client hears ``done``, so its next message sees the turn; only
-    while this run's fence is the job's: a producer whose take Redis lost shares its epoch
-    with the next one, whose turn would then be skipped as recorded already."""
+    while this run's fence is the job's (whether it still is): a producer whose take Redis
+    lost shares its epoch with the next one, whose turn would be skipped as recorded."""
     if not ctx.conversations.records(job):
-        return
+        return True
     try:
-        fence, _ = await ctx.streams.current_take(job.request_id)
+        fence, _, _ = await ctx.streams.current_take(job.request_id)
         if fence != held.fence:
-            held.stop(FENCED)  # its final is refused too
-            return
+            held.stop(FENCED)
+            return False
     except (RedisError, RedisClusterException):
         pass  # Redis away: the final's write, retried, decides
     await ctx.conversations.append(job, answer, epoch)
+    return True
 
 
 async def _produce(
