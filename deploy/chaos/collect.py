@@ -45,7 +45,8 @@ class StoredEvents:
                     pipe.xrange(self.keys.events(request_id))
                     pipe.hgetall(self.keys.meta(request_id))
                     entries, meta = await pipe.execute()
-            except RedisError:
+            except (RedisError, AttributeError):  # redis-py's cluster client raises the
+                # latter when a failover closes a connection during its handshake
                 await asyncio.sleep(0.5)
                 continue
             if entries or request_id not in self.found:
