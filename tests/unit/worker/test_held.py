@@ -367,3 +367,26 @@ async def test_a_run_cancelled_then_fenced_off_lets_its_own_entry_go(
     assert await execute(running, long_job(rid), b, first=True) is False
     assert b.reason == "cancelled"
     assert await pending_with(redis, keys, second_entry) is None, "B's entry stayed pending"
+
+
+async def test_a_run_taken_over_through_its_own_entry_does_not_let_it_go(
+    worker: tuple[Worker, TestRedisBroker], redis: Redis
+) -> None:
+    """W2 reclaimed the entry from a stalled run and took the job through it, then died; this
+    process reclaimed the entry back (held here already, it is not run again). Fenced off, the
+    old run acknowledged it as another entry's: the job had no entry left, and nobody ran it."""
+    running, _ = worker
+    keys, me = running.settings.keys, running.settings.consumer
+    rid = await opened(running)
+    entry = await delivered(redis, keys, me)
+    run = asyncio.create_task(execute(running, long_job(rid, 60), InFlight(rid, entry), first=True))
+    try:
+        await first(redis, keys.events(rid), "delta")
+        await redis.xclaim(keys.jobs, JOBS_GROUP, "dead-w2", 0, [entry], justid=True)
+        await running.streams.take(rid, "dead-w2", entry=entry)
+        await redis.xclaim(keys.jobs, JOBS_GROUP, me, 0, [entry], justid=True)
+        assert await asyncio.wait_for(run, 10) is False
+        assert await pending_with(redis, keys, entry) == me, "the job was left to nobody"
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)

@@ -53,11 +53,13 @@ async def _let_go(ctx: Worker, held: InFlight, taken: Taken) -> None:
     through another entry of the job (a retried publication), which carries the job now; left
     pending, this one would be reclaimed and take the job over in turn, every reclaim period.
     Its own fence still stored (it was stopped before its take landed, or its final could not
-    be written) or an earlier epoch (Redis lost its take): the entry is left for a reclaim."""
+    be written), an earlier epoch (Redis lost its take) or a take through this very entry
+    (reclaimed from this run, then back from a taker that died): the entry is left for a
+    reclaim."""
     settings = ctx.settings
     try:
-        fence, _, epoch = await ctx.streams.current_take(held.request_id)
-        if fence == taken.fence or epoch < taken.epoch:
+        fence, through, epoch = await ctx.streams.current_take(held.request_id)
+        if fence == taken.fence or epoch < taken.epoch or through == held.entry_id:
             log.warning("this run was not taken over; its entry is left for a reclaim")
         elif await job_queue.let_go(ctx.redis, settings.keys, settings.consumer, held.entry_id):
             log.info("taken over through another entry of the job; this one acknowledged")
