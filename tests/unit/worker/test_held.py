@@ -5,7 +5,9 @@ taken over through another entry of its job lets its own entry go."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -188,6 +190,25 @@ async def test_a_taken_job_whose_entry_another_worker_now_holds_is_not_stopped(
     assert "failover" not in kinds, "the answer was restarted"
 
 
+@contextlib.asynccontextmanager
+async def a_streaming_with_its_entry_at(
+    b: Worker, settings: WorkerSettings, redis: Redis
+) -> AsyncIterator[tuple[Worker, str, str, InFlight]]:
+    """Worker A (``worker-a``) streaming a job whose entry the jobs stream gave again to B:
+    A, the request id, the entry and A's run."""
+    mine = settings.model_copy(update={"consumer": "worker-a", "reclaim_idle_s": 0.9})
+    async with started(mine) as (running, broker):
+        rid, entry, held = await streaming_with_its_entry_at_b(
+            running, broker, redis, b.settings.consumer
+        )
+        yield running, rid, entry, held
+
+
+async def b_runs_it(b: Worker, rid: str, entry: str) -> bool:
+    """B's run of the entry given to it again (a first delivery)."""
+    return await execute(b, long_job(rid, deadline_s=60), b.jobs.hold(rid, entry), first=True)
+
+
 async def test_a_duplicate_delivery_of_a_running_jobs_entry_is_handed_back_to_its_worker(
     worker: tuple[Worker, TestRedisBroker], settings: WorkerSettings, redis: Redis
 ) -> None:
@@ -195,14 +216,9 @@ async def test_a_duplicate_delivery_of_a_running_jobs_entry_is_handed_back_to_it
     taken and acknowledged the entry: the job was left with no pending entry, so had its
     worker died then, nobody would have reclaimed it (the gateway's deadline ended it)."""
     b, _ = worker
-    mine = settings.model_copy(update={"consumer": "worker-a", "reclaim_idle_s": 0.9})
-    async with started(mine) as (running, broker):
+    async with a_streaming_with_its_entry_at(b, settings, redis) as (running, rid, entry, held):
         keys = running.settings.keys
-        rid, entry, held = await streaming_with_its_entry_at_b(
-            running, broker, redis, b.settings.consumer
-        )
-        job = long_job(rid, deadline_s=60)
-        if await execute(b, job, b.jobs.hold(rid, entry), first=True):
+        if await b_runs_it(b, rid, entry):
             await redis.xack(keys.jobs, JOBS_GROUP, entry)  # what B's pool does then
         assert await pending_with(redis, keys, entry) == "worker-a", "the job lost its entry"
         final = await wait_for_final(redis, running.settings.namespace, rid, timeout=20)
@@ -221,7 +237,6 @@ async def test_an_entry_handed_back_to_a_run_that_let_it_go_meanwhile_is_acknowl
     and A, fenced off, found its entry with B and let nothing go: the entry handed to A was
     left unrefreshed, for a reclaim that would take the job over from C's live run."""
     b, _ = worker
-    mine = settings.model_copy(update={"consumer": "worker-a", "reclaim_idle_s": 0.9})
     hand_over = job_queue.hand_over
 
     async def c_takes_first(*args: Any) -> bool:
@@ -230,17 +245,10 @@ async def test_an_entry_handed_back_to_a_run_that_let_it_go_meanwhile_is_acknowl
         return await hand_over(*args)
 
     monkeypatch.setattr(job_queue, "hand_over", c_takes_first)
-    async with started(mine) as (running, broker):
-        keys = running.settings.keys
-        rid, entry, _ = await streaming_with_its_entry_at_b(
-            running, broker, redis, b.settings.consumer
-        )
-        assert (
-            await execute(b, long_job(rid, deadline_s=60), b.jobs.hold(rid, entry), first=True)
-            is False
-        )
+    async with a_streaming_with_its_entry_at(b, settings, redis) as (running, rid, entry, _):
+        assert await b_runs_it(b, rid, entry) is False
         assert not running.jobs.by_entry()
-        assert await pending_with(redis, keys, entry) is None, "left for a reclaim"
+        assert await pending_with(redis, running.settings.keys, entry) is None, "left pending"
 
 
 async def test_an_entry_handed_back_after_redis_lost_its_runs_take_is_left_for_a_reclaim(
@@ -252,7 +260,6 @@ async def test_an_entry_handed_back_after_redis_lost_its_runs_take_is_left_for_a
     """Between B's duplicate take and its hand-over, Redis lost A's take: B, seeing another
     fence stored, acknowledged the entry it had handed to A, and nobody had the job."""
     b, _ = worker
-    mine = settings.model_copy(update={"consumer": "worker-a", "reclaim_idle_s": 0.9})
     hand_over = job_queue.hand_over
 
     async def the_take_is_lost_first(*args: Any) -> bool:
@@ -261,13 +268,9 @@ async def test_an_entry_handed_back_after_redis_lost_its_runs_take_is_left_for_a
         return await hand_over(*args)
 
     monkeypatch.setattr(job_queue, "hand_over", the_take_is_lost_first)
-    async with started(mine) as (running, broker):
+    async with a_streaming_with_its_entry_at(b, settings, redis) as (running, rid, entry, _):
         keys = running.settings.keys
-        rid, entry, _ = await streaming_with_its_entry_at_b(
-            running, broker, redis, b.settings.consumer
-        )
-        job = long_job(rid, deadline_s=60)
-        assert await execute(b, job, b.jobs.hold(rid, entry), first=True) is False
+        assert await b_runs_it(b, rid, entry) is False
         assert await pending_with(redis, keys, entry) == "worker-a", "the job was left to nobody"
         final = await wait_for_final(redis, running.settings.namespace, rid, timeout=20)
     assert final["type"] == "done", final
