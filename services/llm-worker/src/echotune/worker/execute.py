@@ -67,7 +67,7 @@ async def _let_go(ctx: Worker, held: InFlight, taken: Taken) -> None:
         log.warning("could not let the entry go; left for a reclaim", exc_info=True)
 
 
-async def _hand_back(ctx: Worker, held: InFlight, duplicate: Taken) -> bool:
+async def _hand_back(ctx: Worker, held: InFlight, duplicate: Taken) -> None:
     """The jobs stream lost this entry's delivery and gave it again: the run that has the job
     came through this very entry, so the entry goes back to that run's worker, not to an
     acknowledgement, which would leave the job with no entry to reclaim should it die.
@@ -78,10 +78,10 @@ async def _hand_back(ctx: Worker, held: InFlight, duplicate: Taken) -> bool:
     stored): the entry is that run's, to leave for a reclaim."""
     settings, entry, owner = ctx.settings, held.entry_id, duplicate.owner
     if owner == settings.consumer:
-        return False  # a run of this process holds it
+        return  # a run of this process holds it
     try:
         if not await job_queue.hand_over(ctx.redis, settings.keys, settings.consumer, entry, owner):
-            return False  # not this worker's any more
+            return  # not this worker's any more
         log.warning("job taken through this entry by %s; the entry is handed back", owner)
         fence, through, epoch = await ctx.streams.current_take(held.request_id)
         later = fence != duplicate.fence and epoch >= duplicate.epoch
@@ -89,7 +89,6 @@ async def _hand_back(ctx: Worker, held: InFlight, duplicate: Taken) -> bool:
             await job_queue.let_go(ctx.redis, settings.keys, owner, entry)
     except (RedisError, RedisClusterException):
         log.warning("could not hand the entry back; left for a reclaim", exc_info=True)
-    return False
 
 
 async def _execute(ctx: Worker, job: ChatJob, held: InFlight, first: bool) -> bool:
@@ -101,7 +100,8 @@ async def _execute(ctx: Worker, job: ChatJob, held: InFlight, first: bool) -> bo
         if permit is not None:
             await ctx.breakers.give_back(permit)
         if taken.state is Take.DUPLICATE and taken.entry == held.entry_id:
-            return await _hand_back(ctx, held, taken)
+            await _hand_back(ctx, held, taken)
+            return False  # the entry is the run's that has the job
         log.info("job %s before it started; acknowledging it", taken.state.value)
         return True
     held.fence = taken.fence
