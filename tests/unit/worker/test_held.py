@@ -393,3 +393,25 @@ async def test_a_run_taken_over_through_its_own_entry_does_not_let_it_go(
     finally:
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
+
+
+async def test_a_run_fenced_off_then_cancelled_by_the_shutdown_lets_its_own_entry_go(
+    worker: tuple[Worker, TestRedisBroker], redis: Redis
+) -> None:
+    """C took the job through its other entry; B's worker shut down before B noticed. B's end
+    of the answer was refused, and B let nothing go: its entry was reclaimed once more after
+    the process exited, and that reclaim took the job over from C's live run."""
+    running, _ = worker
+    keys, me = running.settings.keys, running.settings.consumer
+    rid = await opened(running)
+    first_entry, second_entry = [await delivered(redis, keys, me) for _ in range(2)]
+    b = InFlight(rid, second_entry)
+    run = asyncio.create_task(execute(running, long_job(rid, 60), b, first=True))
+    await first(redis, keys.events(rid), "delta")
+    await running.streams.take(rid, "worker-c", entry=first_entry)
+    run.cancel()  # the shutdown's drain deadline
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(run, 10)
+    assert not b.ended
+    assert await pending_with(redis, keys, second_entry) is None, "B's entry stayed pending"
+    assert await pending_with(redis, keys, first_entry) == me

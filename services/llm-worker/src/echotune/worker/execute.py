@@ -119,6 +119,10 @@ async def _execute(ctx: Worker, job: ChatJob, held: InFlight, first: bool) -> bo
     runner = JobRunner(ctx, job, writer, chain, permit)
     try:
         acknowledge = await _run(ctx, job, held, taken, runner, _restart(job, taken, first))
+    except asyncio.CancelledError:  # the worker's shutdown: fenced off meanwhile, let go too
+        if not held.ended:
+            await asyncio.shield(_let_go(ctx, held, taken))
+        raise
     finally:
         writer.close()
     if not acknowledge:  # fenced off, whatever stopped it first; or left for a reclaim
