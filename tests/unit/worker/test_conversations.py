@@ -5,24 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
-
-import pytest
 
 from echotune.common.messages import ChatJob, ChatMessage, Role
-from echotune.common.mongo import create_mongo
 from echotune.worker.conversations import ConversationStore
-from tests.unit.analytics.conftest import with_database
-
-
-@pytest.fixture
-async def store(mongo_server_url: str) -> AsyncIterator[ConversationStore]:
-    client = create_mongo(with_database(mongo_server_url, f"conv{uuid.uuid4().hex[:8]}"))
-    conversations = ConversationStore(client, max_chars=6000, keep_turns=40)
-    await conversations.migrate()
-    yield conversations
-    await client.drop_database(conversations.collection.database.name)
-    await client.close()
 
 
 def job(conversation_id: str, question: str, request_id: str | None = None) -> ChatJob:
@@ -59,3 +44,18 @@ async def test_a_restarted_job_records_its_turn_once(store: ConversationStore) -
     assert document is not None
     assert document["messageCount"] == 2
     assert [t["content"] for t in document["turns"]] == ["only once", "the whole answer"]
+
+
+async def test_a_later_take_of_the_same_epoch_replaces_the_turn(store: ConversationStore) -> None:
+    """Redis lost a take after its run checked its fence: that run recorded its turn, and the
+    next run, of the same epoch, found it recorded and kept it, an answer its client never
+    got. A turn written by an earlier take of the epoch stays ignored."""
+    request = job("c3", "which take wins", request_id="r-same-epoch")
+    await store.append(request, "the stale producer's answer", epoch=1, taken_at=100.0)
+    await store.append(request, "the current producer's answer", epoch=1, taken_at=105.0)
+    await store.append(request, "the stale producer's answer", epoch=1, taken_at=100.0)
+    document = await store.collection.find_one({"_id": "c3"})
+    assert document is not None
+    assert document["messageCount"] == 2
+    contents = [t["content"] for t in document["turns"]]
+    assert contents == ["which take wins", "the current producer's answer"]

@@ -20,7 +20,7 @@ from echotune.common.keys import JOBS_GROUP, Keys
 from echotune.common.messages import ChatJob
 from echotune.common.request_stream import Take
 from echotune.worker import upkeep
-from echotune.worker.conversations import ConversationContext
+from echotune.worker.conversations import ConversationContext, ConversationStore
 from echotune.worker.execute import execute
 from echotune.worker.inflight import InFlight
 from echotune.worker.resources import Worker
@@ -316,7 +316,7 @@ class Turns:
     def records(self, job: ChatJob) -> bool:
         return True
 
-    async def append(self, job: ChatJob, answer: str, epoch: int = 1) -> None:
+    async def append(self, job: ChatJob, answer: str, epoch: int = 1, taken_at: float = 0) -> None:
         self.recorded.append((answer, epoch))
 
 
@@ -347,6 +347,40 @@ async def test_a_producer_whose_take_redis_lost_records_no_conversation_turn(
     assert await execute(running, job, InFlight(rid, entry), first=True) is False
     assert turns.recorded == []
     assert ended == [], "counted as ended"
+
+
+async def test_a_turn_recorded_by_a_producer_whose_take_redis_lost_next_is_replaced(
+    worker: tuple[Worker, TestRedisBroker],
+    redis: Redis,
+    store: ConversationStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis lost the take just after the run checked its fence: the run recorded its turn,
+    and the next producer, of the same epoch, found the turn recorded and kept it."""
+    running, _ = worker
+    keys, me = running.settings.keys, running.settings.consumer
+    running.conversations = store
+    rid = await opened(running)
+    current_take = running.streams.current_take
+
+    async def then_the_take_is_lost(request_id: str) -> tuple[str, str, int]:
+        monkeypatch.undo()
+        took = await current_take(request_id)
+        await redis.hset(keys.meta(rid), "epoch", 0)
+        await redis.hdel(keys.meta(rid), "taker")
+        return took
+
+    monkeypatch.setattr(running.streams, "current_take", then_the_take_is_lost)
+    job = long_job(rid).model_copy(update={"conversation_id": f"c-{rid}"})
+    entry = await delivered(redis, keys, me)
+    assert await execute(running, job, InFlight(rid, entry), first=True) is False
+    stale = await store.collection.find_one({"_id": job.conversation_id})
+    assert await execute(running, job, InFlight(rid, entry), first=False) is True  # the reclaim
+    document = await store.collection.find_one({"_id": job.conversation_id})
+    assert stale is not None
+    assert document is not None
+    assert [t["role"] for t in document["turns"]] == ["user", "assistant"]
+    assert document["turns"][1]["at"] > stale["turns"][1]["at"], "the stale turn was kept"
 
 
 async def test_a_run_cancelled_then_fenced_off_lets_its_own_entry_go(

@@ -1,7 +1,7 @@
 """The ``conversations`` collection: its schema and migration (written by the worker, read by
 analytics). One document per conversation: ``_id``, ``userId``, ``summary``, ``turns`` (the
-latest messages, each tagged with the request and run that wrote it), ``messageCount``,
-``lastActivity``, ``rev`` (compare-and-set revision).
+latest messages, each tagged with the request and the run that wrote it: its epoch and take
+time), ``messageCount``, ``lastActivity``, ``rev`` (compare-and-set revision).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ SCHEMA: dict[str, Any] = {
                     "content": {"bsonType": "string"},
                     "requestId": {"bsonType": "string"},
                     "epoch": {"bsonType": ["int", "long"], "minimum": 1},
+                    "takenAt": {"bsonType": "double"},
                 },
             },
         },

@@ -27,9 +27,10 @@ the current producer appended), ``streamed`` (text was written), ``final_id`` wi
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -238,6 +239,8 @@ class Taken:
     """For a duplicate: the consumer that has the job ("" if not known)."""
     entry: str = ""
     """For a duplicate: the jobs entry that consumer took it through ("" if not known)."""
+    at: float = field(default_factory=time.time)
+    """When this worker learnt of the take (its wall clock): orders two takes of one epoch."""
 
 
 class AppendRefused(StrEnum):

@@ -100,24 +100,25 @@ class ConversationStore:
         """Whether :meth:`append` would record the job's turn now."""
         return bool(job.options.use_context and job.conversation_id) and not self.pause.active
 
-    async def append(self, job: ChatJob, answer: str, epoch: int = 1) -> None:
+    async def append(self, job: ChatJob, answer: str, epoch: int = 1, taken_at: float = 0) -> None:
         """Record the finished turn and refresh the summary, once per request.
 
         A compare-and-set on ``rev``: concurrent answers of one conversation never overwrite
         each other. A job run again after its worker was lost (a higher ``epoch``) replaces
-        its earlier answer instead of adding a second turn.
+        its earlier answer instead of adding a second turn; so does a later take of the same
+        epoch (``taken_at``, a worker's clock): Redis lost the take before it.
         """
         if not self.records(job):
             return
         try:
             for _ in range(CAS_ATTEMPTS):
-                if await self._try_append(job, answer, epoch):
+                if await self._try_append(job, answer, (epoch, taken_at)):
                     return
             log.warning("conversation turn not recorded: too many concurrent updates")
         except Exception as exc:  # recording is best effort: never let it break an answer
             self.pause.failed(exc, "conversation turn not recorded")
 
-    async def _try_append(self, job: ChatJob, answer: str, epoch: int) -> bool:
+    async def _try_append(self, job: ChatJob, answer: str, run: tuple[int, float]) -> bool:
         """One compare-and-set; ``False`` when someone else changed the document meanwhile."""
         document = await self.collection.find_one(
             {"_id": job.conversation_id}, {"summary": 1, "userId": 1, "turns": 1, "rev": 1}
@@ -127,10 +128,10 @@ class ConversationStore:
             return True
         turns: list[dict[str, Any]] = (document or {}).get("turns") or []
         mine = [t for t in turns if t.get("requestId") == job.request_id]
-        if mine and max(int(t.get("epoch") or 0) for t in mine) >= epoch:
+        if mine and max(_run_of(t) for t in mine) >= run:
             return True  # recorded already by this or a later run
         question, now = job.messages[-1].content, datetime.now(UTC)
-        tag = {"requestId": job.request_id, "epoch": epoch}
+        tag = {"requestId": job.request_id, "epoch": run[0], "takenAt": float(run[1])}
         kept = [t for t in turns if t.get("requestId") != job.request_id]
         new_turns = [
             *kept,
@@ -160,6 +161,11 @@ class ConversationStore:
             {"$set": {**fields, "rev": (rev or 0) + 1}, "$inc": {"messageCount": 0 if mine else 2}},
         )
         return result.matched_count == 1
+
+
+def _run_of(turn: dict[str, Any]) -> tuple[int, float]:
+    """The run that wrote a turn: its epoch and take time (0 when written before either)."""
+    return int(turn.get("epoch") or 0), float(turn.get("takenAt") or 0)
 
 
 async def migrate_when_possible(store: ConversationStore) -> None:

@@ -199,7 +199,7 @@ async def _run(
             log.warning("the answer was ended or taken over elsewhere; this run stops")
             return held.reason == ENDED
         done = isinstance(final, DoneEvent) and final.finish_reason is not FinishReason.CANCELLED
-        if done and not await _record_turn(ctx, job, held, "".join(runner.partial), taken.epoch):
+        if done and not await _record_turn(ctx, job, held, "".join(runner.partial), taken):
             log.warning("the answer was taken over elsewhere; this run stops")
             return False
         job_ended(ctx.metrics, final, held.reason)
@@ -219,10 +219,13 @@ async def _run(
         await runner.give_back()  # the permit asked with the take, when no attempt used it
 
 
-async def _record_turn(ctx: Worker, job: ChatJob, held: InFlight, answer: str, epoch: int) -> bool:
+async def _record_turn(
+    ctx: Worker, job: ChatJob, held: InFlight, answer: str, taken: Taken
+) -> bool:
     """Recorded before the client hears ``done``, so its next message sees the turn; only
-    while this run's fence is the job's (whether it still is): a producer whose take Redis
-    lost shares its epoch with the next one, whose turn would be skipped as recorded."""
+    while this run's fence is the job's (whether it still is). A producer whose take Redis
+    lost shares its epoch with the next one: should Redis lose the take after this check,
+    the next run's turn, of a later take time, still replaces this one."""
     if not ctx.conversations.records(job):
         return True
     try:
@@ -232,7 +235,7 @@ async def _record_turn(ctx: Worker, job: ChatJob, held: InFlight, answer: str, e
             return False
     except (RedisError, RedisClusterException):
         pass  # Redis away: the final's write, retried, decides
-    await ctx.conversations.append(job, answer, epoch)
+    await ctx.conversations.append(job, answer, taken.epoch, taken.at)
     return True
 
 
