@@ -124,13 +124,15 @@ class RequestChecks:
     @staticmethod
     def _replayed(s: Session, stored: set[str]) -> bool:
         """Each delivered entry Redis no longer holds is followed, next among the stored ones
-        the client got (on its connection or the one that resumed after it), by the worker's
-        ``events_lost`` restart: Redis lost them after acknowledging (request_stream.py)."""
-        events = [e for e in s.events if e.id]
+        the client got (on its connection or the one that resumed after it), by an
+        ``events_lost`` restart: Redis lost them after acknowledging (request_stream.py). The
+        worker's is stored; the gateway's, sent when the loss left no trace for the next
+        producer to know of, is not (no id)."""
+        events = [e for e in s.events if e.id or e.type == "failover"]
         for n, event in enumerate(events):
-            if event.id in stored:
+            if not event.id or event.id in stored:
                 continue
-            after = next((e for e in events[n + 1 :] if e.id in stored), None)
+            after = next((e for e in events[n + 1 :] if not e.id or e.id in stored), None)
             if after is None or after.type != "failover":
                 return False
             if (after.data or {}).get("reason") != "events_lost":

@@ -28,6 +28,7 @@ from echotune.common.request_stream import (
     UNTAKEN,
     Appended,
     AppendRefused,
+    Attached,
     Batch,
     Final,
     Opened,
@@ -202,11 +203,11 @@ async def test_a_request_the_append_script_fails_on_fails_alone(
 
 
 async def test_cancel_and_attach_know_only_the_owner(streams: RequestStreams) -> None:
-    await streams.open("r7-abcdefgh", "fp", "alice", start("r7-abcdefgh"))
+    opened = await streams.open("r7-abcdefgh", "fp", "alice", start("r7-abcdefgh"))
     assert (await streams.cancel("r7-abcdefgh", "bob")).state == "unknown"
-    assert await streams.attach("r7-abcdefgh", "bob") == (False, None)
-    assert await streams.attach("r7-abcdefgh", "alice") == (True, None)
-    assert await streams.attach("never-seen-1", "alice") == (False, None)
+    assert await streams.attach("r7-abcdefgh", "bob") is None
+    assert await streams.attach("r7-abcdefgh", "alice") == Attached(opened.start_id)
+    assert await streams.attach("never-seen-1", "alice") is None
 
 
 @pytest.mark.single_node(reason="a proxy in front of the one Redis")
@@ -364,3 +365,26 @@ async def test_a_producer_whose_take_redis_lost_is_fenced_off_by_the_next_take(
     assert (from_a.refused, from_w.refused) == (AppendRefused.FENCED, None)
     entries = await redis.xrange(streams.keys.events(rid))
     assert [json.loads(f["data"]).get("delta") for _, f in entries[1:]] == ["W's", None]
+
+
+async def test_a_producers_first_entry_names_its_take(
+    redis: Redis, streams: RequestStreams
+) -> None:
+    """Only the first entry of each take, written once however often its append is retried:
+    a relay tells from it that the answer starts there, whatever Redis lost before."""
+    rid = "r9-abcdefgh"
+    await streams.open(rid, "fp", "alice", start(rid))
+    first = (await streams.take(rid, "w1")).fence
+    await streams.append_many([Batch(rid, first, 1, [delta("a"), delta("b")])])
+    await streams.append_many([Batch(rid, first, 1, [delta("a"), delta("b"), delta("c")])])
+    second = (await streams.take(rid, "w2")).fence
+    assert await streams.append_final(rid, second, 1, DONE) is Final.WRITTEN
+    entries = await redis.xrange(streams.keys.events(rid))
+    takes = [(f["type"], f.get("take")) for _, f in entries]
+    assert takes == [
+        ("start", None),
+        ("delta", first),
+        ("delta", None),
+        ("delta", None),
+        ("done", second),
+    ]

@@ -212,6 +212,22 @@ def test_entries_lost_by_a_failover_and_replayed_are_excused_not_skipped() -> No
     assert any("1 not stored ['1002-0']" in d for d in found), found
 
 
+def test_a_loss_with_no_trace_that_the_gateway_told_of_is_excused() -> None:
+    """Redis lost the take and the text: the next producer started afresh, and the gateway,
+    which had relayed the lost text, sent the client an unstored ``events_lost`` restart."""
+    restart = (5.0, "failover", {"discard_partial": True, "reason": "events_lost"})
+    session = sse([START, delta(0.5, "a "), restart, delta(5.0, "x "), done(5.2)])
+    session.events[2].id = None  # the gateway's own: not stored
+    stored = [
+        {"id": e.id, "type": e.type, "data": json.dumps(e.data)}
+        for e in session.events
+        if e.id and e.data.get("delta") != "a "  # "a " lost with the take
+    ]
+    upstream = {RID: [attempt(0.2, 0.6, "a ", "closed_by_client"), attempt(4.9, 5.1, "x ")]}
+    h = history(sessions=[session], upstream=upstream, server_events={RID: stored})
+    assert violations(h) == []
+
+
 def test_an_unstored_event_long_before_a_replay_is_not_excused() -> None:
     """An invented id, then stored events, then a genuine loss and its replay."""
     h = replayed_after_a_loss(restart=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -14,9 +14,17 @@ from redis.asyncio.connection import AbstractConnection, Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from echotune.common.messages import DeltaEvent, DoneEvent, FinishReason, Timings, encode_event
+from echotune.common.messages import (
+    ChatEvent,
+    DeltaEvent,
+    DoneEvent,
+    FailoverEvent,
+    FinishReason,
+    Timings,
+    encode_event,
+)
 from echotune.common.redis import timed_sends
-from echotune.common.request_stream import Batch
+from echotune.common.request_stream import Batch, Take
 from echotune.gateway.chat.relay import Entry
 from echotune.gateway.chat.service import ChatInput, ChatService, OpenStream
 from echotune.web.errors import ApiError
@@ -315,3 +323,116 @@ async def test_a_late_answer_redis_cannot_end_tells_its_client_whether_it_is_par
     assert [e.type for e in seen] == (["delta", "error"] if text else ["error"])
     assert seen[-1].id == "", "not stored"
     assert json.loads(seen[-1].data)["partial"] is text
+
+
+async def produced(
+    service: ChatService, rid: str, worker: str, *events: ChatEvent, first: bool = True
+) -> str:
+    """``worker`` takes the job (its ``first`` delivery, or a reclaim) and stores ``events``:
+    the id of the first."""
+    taken = await service.streams.take(rid, worker, first=first)
+    assert taken.state is Take.TAKEN
+    batch = [(e["type"], e["data"]) for e in map(encode_event, events)]
+    [appended] = await service.streams.append_many([Batch(rid, taken.fence, 1, batch)])
+    assert not isinstance(appended, Exception)
+    assert appended.refused is None
+    events_key = service.streams.keys.events(rid)
+    return str((await service.redis.xrevrange(events_key, count=len(events)))[-1][0])
+
+
+async def lost_since_the_start(service: ChatService, rid: str) -> None:
+    """A failover lost everything written after the start: the job's take and its text (and,
+    elsewhere, the job's delivery, which goes to a worker again as new)."""
+    redis, keys = service.redis, service.streams.keys
+    start_id, _ = (await redis.xrange(keys.events(rid), count=1))[0]
+    for entry_id, _ in await redis.xrange(keys.events(rid), min=f"({start_id}"):
+        await redis.xdel(keys.events(rid), entry_id)
+    await redis.hset(keys.meta(rid), mapping={"epoch": 0, "seq": 0})
+    await redis.hdel(keys.meta(rid), "taker", "owner", "entry", "entry_taker", "streamed")
+
+
+async def relayed(entries: AsyncIterator[Entry | None], count: int) -> list[Entry]:
+    """The next ``count`` entries sent to the client (heartbeats skipped)."""
+    seen: list[Entry] = []
+    async with asyncio.timeout(5):
+        while len(seen) < count:
+            if (entry := await anext(entries)) is not None:
+                seen.append(entry)
+    return seen
+
+
+def discards(entry: Entry) -> bool:
+    return entry.type == "failover" and json.loads(entry.data)["discard_partial"] is True
+
+
+async def test_an_answer_started_over_with_no_trace_of_the_text_sent_is_discarded_first(
+    gateway: FastAPI,
+) -> None:
+    """Redis lost the job's delivery, its take and the text sent to the client: the next
+    producer started afresh with no ``discard_partial`` (nothing stored said the answer had
+    begun), and the client kept the lost text in front of the new answer."""
+    service: ChatService = gateway.state.chat
+    stream = await service.open(chat_input("afresh-0001"), None)
+    assert stream is not None
+    entries = service.entries(stream)
+    await produced(service, "afresh-0001", "w-lost", DeltaEvent(delta="lost text"))
+    assert [e.type for e in await relayed(entries, 1)] == ["delta"]
+    await lost_since_the_start(service, "afresh-0001")
+    await produced(service, "afresh-0001", "w-next", DeltaEvent(delta="the answer"))
+    restart, text = await relayed(entries, 2)
+    await entries.aclose()  # type: ignore[attr-defined]
+    assert discards(restart), restart
+    assert json.loads(restart.data)["reason"] == "events_lost"
+    assert restart.id == "", "not stored: only this client saw the lost text"
+    assert json.loads(text.data)["delta"] == "the answer"
+
+
+@pytest.mark.parametrize("resumed_after", ["start", "lost text"])
+async def test_a_resumed_client_is_told_to_discard_only_text_it_may_hold(
+    gateway: FastAPI, resumed_after: str
+) -> None:
+    """A client resuming after the lost text discards it; one resuming after the start event
+    (it had no text) is told nothing."""
+    service: ChatService = gateway.state.chat
+    rid = f"resumed-{resumed_after.replace(' ', '-')}"
+    opened = await service.open(chat_input(rid), None)
+    assert opened is not None
+    service.release(opened)
+    start_id = str((await service.redis.xrange(service.streams.keys.events(rid)))[0][0])
+    lost_id = await produced(service, rid, "w-lost", DeltaEvent(delta="lost text"))
+    await lost_since_the_start(service, rid)
+    after = start_id if resumed_after == "start" else lost_id
+    stream = await service.open(chat_input(rid, message=None), after)
+    assert stream is not None
+    entries = service.entries(stream)
+    await produced(service, rid, "w-next", DeltaEvent(delta="the answer"))
+    seen = await relayed(entries, 2 if resumed_after == "lost text" else 1)
+    await entries.aclose()  # type: ignore[attr-defined]
+    assert [discards(e) for e in seen] == (
+        [True, False] if resumed_after == "lost text" else [False]
+    )
+
+
+async def test_a_takeover_that_says_discard_itself_is_not_told_twice(gateway: FastAPI) -> None:
+    service: ChatService = gateway.state.chat
+    stream = await service.open(chat_input("takeover-0001"), None)
+    assert stream is not None
+    entries = service.entries(stream)
+    await produced(service, "takeover-0001", "w-dies", DeltaEvent(delta="half"))
+    restart = FailoverEvent(
+        from_provider="demo",
+        to_provider="demo",
+        to_model="demo-1",
+        reason="worker_lost",
+        discard_partial=True,
+    )
+    await produced(
+        service, "takeover-0001", "w-next", restart, DeltaEvent(delta="whole"), first=False
+    )
+    seen = await relayed(entries, 3)
+    await entries.aclose()  # type: ignore[attr-defined]
+    assert [(e.type, bool(e.id)) for e in seen] == [
+        ("delta", True),
+        ("failover", True),
+        ("delta", True),
+    ]

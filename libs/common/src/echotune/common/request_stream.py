@@ -18,6 +18,9 @@ the current producer appended), ``streamed`` (text was written), ``final_id`` wi
   The fence is unique to the take, not the epoch: when Redis loses a take the epoch counts
   it again, and two producers would share it.
 * The **final** event is written once; the TTLs shrink to the resume window with it.
+* A producer's first entry names its take (field ``take``, the fence): a relay that sent text
+  before it, with no ``discard_partial`` failover in that entry, knows the answer started over
+  with no trace of the text it sent (Redis lost the delivery, the take and the entries).
 * A producer's next entry must follow the last one stored: a gap means Redis lost entries
   it had acknowledged (a failover's asynchronous replication), and the producer replays its
   answer behind a ``discard_partial`` failover (``worker/writer.py``).
@@ -72,10 +75,10 @@ return {'started', id}
 """)
 
 _ATTACH = Script("""
-local m = redis.call('HMGET', KEYS[1], 'user_id', 'final_id')
+local m = redis.call('HMGET', KEYS[1], 'user_id', 'final_id', 'start_id')
 if m[1] ~= ARGV[1] then return {'unknown'} end
 if not m[2] then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
-return {'attached', m[2] or ''}
+return {'attached', m[2] or '', m[3] or ''}
 """)
 
 # ARGV: owner, 'first' (a first delivery: only while nobody took the job) or 'again', the
@@ -123,8 +126,13 @@ for k = 1, #KEYS, 3 do
     for i = 0, count - 1 do
       local e = entries + 2 * i
       if first + i > last then
-        redis.call('XADD', KEYS[k + 1], 'MAXLEN', '~', maxlen, '*',
-                   'v', version, 'type', ARGV[e], 'data', ARGV[e + 1])
+        if first + i == 1 then  -- a producer's first entry names its take
+          redis.call('XADD', KEYS[k + 1], 'MAXLEN', '~', maxlen, '*',
+                     'v', version, 'type', ARGV[e], 'data', ARGV[e + 1], 'take', fence)
+        else
+          redis.call('XADD', KEYS[k + 1], 'MAXLEN', '~', maxlen, '*',
+                     'v', version, 'type', ARGV[e], 'data', ARGV[e + 1])
+        end
         last, written = first + i, written + 1
         if ARGV[e] == 'delta' then streamed = true end
       end
@@ -166,7 +174,12 @@ elseif tonumber(ARGV[2]) > tonumber(m[6]) + 1 then
 end
 local data = ARGV[6]
 if ARGV[7] and m[5] then data = ARGV[7] end
-local id = redis.call('XADD', events, '*', 'v', ARGV[4], 'type', ARGV[5], 'data', data)
+local id
+if ARGV[2] == '1' then  -- a producer's first entry names its take
+  id = redis.call('XADD', events, '*', 'v', ARGV[4], 'type', ARGV[5], 'data', data, 'take', ARGV[1])
+else
+  id = redis.call('XADD', events, '*', 'v', ARGV[4], 'type', ARGV[5], 'data', data)
+end
 redis.call('HSET', meta, 'final_id', id, 'final_fence', ARGV[1], 'final_seq', ARGV[2])
 for _, key in ipairs({meta, events, flag, reader}) do
   if redis.call('EXISTS', key) == 1 then redis.call('EXPIRE', key, ARGV[3]) end
@@ -185,6 +198,8 @@ return {'cancelling', m[3], m[4] or '', m[5] or '', m[6] or ''}
 """)
 
 SCRIPTS = (_OPEN, _ATTACH, TAKE, _APPEND, _FINAL, _CANCEL)
+TAKE_FIELD = "take"
+"""The field of a producer's first entry that names its take (its fence)."""
 
 
 class Opened(StrEnum):
@@ -222,6 +237,14 @@ class Take(StrEnum):
     DUPLICATE = "duplicate"
     """Someone else has the job: this is a second entry of it (its publication was retried),
     or its entry delivered again (the jobs stream lost the delivery)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Attached:
+    """A request a reader attached to: its start event's id and its final's (if written)."""
+
+    start_id: str
+    final_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,14 +424,15 @@ class RequestStreams:
             return OpenResult(state, final_id=_text(reply[1]) or None)
         return OpenResult(state)
 
-    async def attach(self, request_id: str, user_id: str) -> tuple[bool, str | None]:
-        """(known to ``user_id``, id of the final event if written); refreshes the reader."""
+    async def attach(self, request_id: str, user_id: str) -> Attached | None:
+        """The request as ``user_id`` may read it (``None``: unknown to them); refreshes the
+        reader."""
         reply = await _ATTACH(
             self.redis, self._keys(request_id, "meta", "reader"), [user_id, self.reader_ttl_ms]
         )
         if _text(reply[0]) != "attached":
-            return False, None
-        return True, _text(reply[1]) or None
+            return None
+        return Attached(_text(reply[2]), _text(reply[1]) or None)
 
     async def cancel(self, request_id: str, user_id: str) -> Cancel:
         """Set the cancel flag and announce it (unless unknown to ``user_id`` or finished)."""

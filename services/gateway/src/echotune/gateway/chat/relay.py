@@ -31,6 +31,7 @@ from echotune.common import resp
 from echotune.common.keys import Keys
 from echotune.common.messages import EventType
 from echotune.common.redis import create_redis, is_cluster
+from echotune.common.request_stream import TAKE_FIELD
 from echotune.gateway.chat.cluster_reads import ClusterReads
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ class Entry:
     id: str
     type: str
     data: str
+    take: str = ""
+    """On a producer's first entry, its take: the answer (re)starts there."""
 
     @property
     def is_terminal(self) -> bool:
@@ -79,8 +82,14 @@ def entry_of(entry_id: str, fields: list[Any]) -> Entry:
     relayed token)."""
     if len(fields) == 6 and fields[2] == "type" and fields[4] == "data":
         return Entry(entry_id, fields[3], fields[5])
-    named = dict(zip(fields[::2], fields[1::2], strict=True))
-    return Entry(entry_id, named.get("type", ""), named.get("data", ""))
+    return named_entry(entry_id, dict(zip(fields[::2], fields[1::2], strict=True)))
+
+
+def named_entry(entry_id: str, fields: dict[str, str]) -> Entry:
+    """The entry of a field map."""
+    return Entry(
+        entry_id, fields.get("type", ""), fields.get("data", ""), fields.get(TAKE_FIELD, "")
+    )
 
 
 class Inbox:
@@ -341,7 +350,7 @@ class StreamRelay:
         return min(subs, key=_position_of).last_id if subs else None
 
     def _deliver(self, key: str, entries: list[tuple[str, dict[str, str]]], after: str) -> None:
-        read = [Entry(i, f.get("type", ""), f.get("data", "")) for i, f in entries]
+        read = [named_entry(i, f) for i, f in entries]
         self._dispatch(key, read, parse_stream_id(after))
 
     def _dispatch(

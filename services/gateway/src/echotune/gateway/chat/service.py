@@ -26,12 +26,15 @@ from redis.exceptions import RedisError
 from echotune.common import job_queue
 from echotune.common.completion import CompletionFeatures
 from echotune.common.messages import (
+    EVENTS_LOST,
     ChatJob,
     ChatMessage,
     ChatOptions,
     DoneEvent,
     ErrorCode,
     ErrorEvent,
+    EventType,
+    FailoverEvent,
     FinishReason,
     Role,
     StartEvent,
@@ -113,13 +116,37 @@ class OpenStream:
     """The final event was relayed."""
     released: bool = False
     client_text: bool = False
-    """The client may hold text of this answer: a delta was relayed to it, or it resumed
-    after an event it had."""
+    """The client may hold text of this answer: a delta was relayed to it since the answer
+    last started over, or it resumed after an event past the start."""
 
     def relayed(self, entry: Entry) -> None:
         """``entry`` went to the client."""
         self.ended = entry.is_terminal
-        self.client_text = self.client_text or entry.type == "delta"
+        if entry.type == EventType.DELTA:
+            self.client_text = True
+        elif _discards(entry):
+            self.client_text = False
+
+    def started_over(self, entry: Entry) -> Entry | None:
+        """The ``discard_partial`` failover the client needs before ``entry``: a producer's
+        first entry (``take``) after text the client holds, when that entry does not say it
+        itself. Redis lost the job's delivery, its take and that text: the new producer
+        cannot know the answer had begun, only the relay does."""
+        if not (entry.take and self.client_text) or _discards(entry):
+            return None
+        restart = FailoverEvent(
+            from_provider=self.provider,
+            to_provider=self.provider,
+            to_model=self.model,
+            reason=EVENTS_LOST,
+            discard_partial=True,
+        )
+        return Entry("", restart.type, encode_event(restart)["data"])
+
+
+def _discards(entry: Entry) -> bool:
+    """Whether ``entry`` is a failover that voids the text sent before it."""
+    return entry.type == EventType.FAILOVER and bool(json.loads(entry.data).get("discard_partial"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,13 +382,13 @@ class ChatService:
     async def _attach(
         self, request_id: str, user_id: str, last_event_id: str | None
     ) -> OpenStream | None:
-        known, final_id = await self.streams.attach(request_id, user_id)
-        if not known:
+        attached = await self.streams.attach(request_id, user_id)
+        if attached is None:
             raise _unknown()
-        return self._subscribe(request_id, last_event_id, final_id)
+        return self._subscribe(request_id, last_event_id, attached.final_id, attached.start_id)
 
     def _subscribe(
-        self, request_id: str, last_event_id: str | None, final_id: str | None
+        self, request_id: str, last_event_id: str | None, final_id: str | None, start_id: str = ""
     ) -> OpenStream | None:
         after = last_event_id or "0-0"
         try:
@@ -372,7 +399,8 @@ class ChatService:
             return None
         log.info("client attached after %s", after)
         subscription = self.relay.subscribe(request_id, after)
-        return OpenStream(request_id, subscription, client_text=last_event_id is not None)
+        past_start = not start_id or position > parse_stream_id(start_id)
+        return OpenStream(request_id, subscription, client_text=bool(last_event_id) and past_start)
 
     async def cancel(self, request_id: str, user_id: str) -> str:
         """Stop an answer: the worker holding it ends it ``cancelled`` within moments; one that
@@ -433,6 +461,10 @@ class ChatService:
                     yield None
                     continue
                 check_at = time.monotonic() + settings.pickup_timeout_s
+                if (restart := stream.started_over(entry)) is not None:
+                    log.warning("the answer started over with no trace of the text relayed")
+                    stream.relayed(restart)
+                    yield restart
                 stream.relayed(entry)
                 yield entry
                 watch.sent(entry)
