@@ -367,24 +367,29 @@ async def test_a_producer_whose_take_redis_lost_is_fenced_off_by_the_next_take(
     assert [json.loads(f["data"]).get("delta") for _, f in entries[1:]] == ["W's", None]
 
 
-async def test_a_producers_first_entry_names_its_take(
+async def test_a_producers_first_entry_names_its_take_when_no_text_is_stored_before_it(
     redis: Redis, streams: RequestStreams
 ) -> None:
-    """Only the first entry of each take, written once however often its append is retried:
-    a relay tells from it that the answer starts there, whatever Redis lost before."""
-    rid = "r9-abcdefgh"
-    await streams.open(rid, "fp", "alice", start(rid))
+    """Written once however often its append is retried: a relay that sent text before it
+    tells from it that Redis lost that text. After stored text (a takeover ended at once, a
+    cancel) the entry says nothing: the text stands."""
+    rid, empty = "r9-abcdefgh", "r10-abcdefgh"
+    for request in (rid, empty):
+        await streams.open(request, "fp", "alice", start(request))
     first = (await streams.take(rid, "w1")).fence
     await streams.append_many([Batch(rid, first, 1, [delta("a"), delta("b")])])
     await streams.append_many([Batch(rid, first, 1, [delta("a"), delta("b"), delta("c")])])
     second = (await streams.take(rid, "w2")).fence
     assert await streams.append_final(rid, second, 1, DONE) is Final.WRITTEN
+    alone = (await streams.take(empty, "w3")).fence
+    assert await streams.append_final(empty, alone, 1, DONE) is Final.WRITTEN
     entries = await redis.xrange(streams.keys.events(rid))
-    takes = [(f["type"], f.get("take")) for _, f in entries]
-    assert takes == [
+    assert [(f["type"], f.get("take")) for _, f in entries] == [
         ("start", None),
         ("delta", first),
         ("delta", None),
         ("delta", None),
-        ("done", second),
+        ("done", None),
     ]
+    final = (await redis.xrange(streams.keys.events(empty)))[-1][1]
+    assert (final["type"], final.get("take")) == ("done", alone)

@@ -24,7 +24,7 @@ from echotune.common.messages import (
     encode_event,
 )
 from echotune.common.redis import timed_sends
-from echotune.common.request_stream import Batch, Take
+from echotune.common.request_stream import Batch, Final, Take
 from echotune.gateway.chat.relay import Entry
 from echotune.gateway.chat.service import ChatInput, ChatService, OpenStream
 from echotune.web.errors import ApiError
@@ -436,3 +436,23 @@ async def test_a_takeover_that_says_discard_itself_is_not_told_twice(gateway: Fa
         ("failover", True),
         ("delta", True),
     ]
+
+
+async def test_an_answer_taken_over_and_ended_at_once_keeps_its_text(gateway: FastAPI) -> None:
+    """A worker that reclaims a cancelled job ends it at once, with no restart: the stored
+    text stands, and its client is not told to discard it."""
+    service: ChatService = gateway.state.chat
+    stream = await service.open(chat_input("kept-0001"), None)
+    assert stream is not None
+    entries = service.entries(stream)
+    await produced(service, "kept-0001", "w-dies", DeltaEvent(delta="half"))
+    taken = await service.streams.take("kept-0001", "w-next", first=False)
+    cancelled = DoneEvent(
+        finish_reason=FinishReason.CANCELLED, provider="p", model="m", timings=Timings(total_ms=1)
+    )
+    assert (
+        await service.streams.append_final("kept-0001", taken.fence, 1, cancelled) is Final.WRITTEN
+    )
+    seen = await relayed(entries, 2)
+    await entries.aclose()  # type: ignore[attr-defined]
+    assert [e.type for e in seen] == ["delta", "done"]

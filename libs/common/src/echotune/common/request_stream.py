@@ -18,9 +18,10 @@ the current producer appended), ``streamed`` (text was written), ``final_id`` wi
   The fence is unique to the take, not the epoch: when Redis loses a take the epoch counts
   it again, and two producers would share it.
 * The **final** event is written once; the TTLs shrink to the resume window with it.
-* A producer's first entry names its take (field ``take``, the fence): a relay that sent text
-  before it, with no ``discard_partial`` failover in that entry, knows the answer started over
-  with no trace of the text it sent (Redis lost the delivery, the take and the entries).
+* A producer's first entry names its take (field ``take``, the fence) when no text is stored
+  before it: a relay that sent text before it, with no ``discard_partial`` failover in that
+  entry, knows the answer started over with no trace of that text (Redis lost the delivery,
+  the take and the entries).
 * A producer's next entry must follow the last one stored: a gap means Redis lost entries
   it had acknowledged (a failover's asynchronous replication), and the producer replays its
   answer behind a ``discard_partial`` failover (``worker/writer.py``).
@@ -126,7 +127,7 @@ for k = 1, #KEYS, 3 do
     for i = 0, count - 1 do
       local e = entries + 2 * i
       if first + i > last then
-        if first + i == 1 then  -- a producer's first entry names its take
+        if first + i == 1 and not m[4] then  -- see TAKE_FIELD
           redis.call('XADD', KEYS[k + 1], 'MAXLEN', '~', maxlen, '*',
                      'v', version, 'type', ARGV[e], 'data', ARGV[e + 1], 'take', fence)
         else
@@ -175,7 +176,7 @@ end
 local data = ARGV[6]
 if ARGV[7] and m[5] then data = ARGV[7] end
 local id
-if ARGV[2] == '1' then  -- a producer's first entry names its take
+if ARGV[2] == '1' and not m[5] then  -- see TAKE_FIELD
   id = redis.call('XADD', events, '*', 'v', ARGV[4], 'type', ARGV[5], 'data', data, 'take', ARGV[1])
 else
   id = redis.call('XADD', events, '*', 'v', ARGV[4], 'type', ARGV[5], 'data', data)
@@ -199,7 +200,8 @@ return {'cancelling', m[3], m[4] or '', m[5] or '', m[6] or ''}
 
 SCRIPTS = (_OPEN, _ATTACH, TAKE, _APPEND, _FINAL, _CANCEL)
 TAKE_FIELD = "take"
-"""The field of a producer's first entry that names its take (its fence)."""
+"""The field naming the take (its fence) on a producer's first entry when no text is stored
+before it: a reader that holds text of the answer then lost it with the take."""
 
 
 class Opened(StrEnum):
