@@ -135,7 +135,8 @@ class RequestChecks:
             after = next((e for e in events[n + 1 :] if not e.id or e.id in stored), None)
             if after is None or after.type != "failover":
                 return False
-            if (after.data or {}).get("reason") != "events_lost":
+            data = after.data or {}
+            if data.get("reason") != "events_lost" or not data.get("discard_partial"):
                 return False
         return True
 

@@ -449,3 +449,44 @@ async def test_a_run_fenced_off_then_cancelled_by_the_shutdown_lets_its_own_entr
     assert not b.ended
     assert await pending_with(redis, keys, second_entry) is None, "B's entry stayed pending"
     assert await pending_with(redis, keys, first_entry) == me
+
+
+async def test_a_fenced_run_letting_its_entry_go_when_the_shutdown_comes_still_does(
+    worker: tuple[Worker, TestRedisBroker], redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shutdown's cancel landed while the run, fenced off through the job's other entry,
+    read the current take to let its entry go: the entry stayed pending, and its reclaim took
+    the job over from the live run once the process had exited."""
+    running, _ = worker
+    keys, me = running.settings.keys, running.settings.consumer
+    rid = await opened(running)
+    first_entry, second_entry = [await delivered(redis, keys, me) for _ in range(2)]
+    reading, go_on, let_go = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    current_take, acknowledge = running.streams.current_take, job_queue.let_go
+
+    async def slow_current_take(request_id: str) -> tuple[str, str, int]:
+        reading.set()
+        await go_on.wait()
+        return await current_take(request_id)
+
+    async def acknowledged(*args: Any) -> bool:
+        try:
+            return await acknowledge(*args)
+        finally:
+            let_go.set()
+
+    monkeypatch.setattr(running.streams, "current_take", slow_current_take)
+    monkeypatch.setattr(job_queue, "let_go", acknowledged)
+    run = asyncio.create_task(
+        execute(running, long_job(rid, 60), InFlight(rid, second_entry), first=True)
+    )
+    await first(redis, keys.events(rid), "delta")
+    await running.streams.take(rid, "worker-c", entry=first_entry)
+    async with asyncio.timeout(10):
+        await reading.wait()  # fenced off at its next write, it is letting its entry go
+        run.cancel()  # the shutdown's drain deadline
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        go_on.set()
+        await let_go.wait()
+    assert await pending_with(redis, keys, second_entry) is None, "its entry stayed pending"

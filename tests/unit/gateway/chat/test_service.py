@@ -411,6 +411,8 @@ async def test_a_resumed_client_is_told_to_discard_only_text_it_may_hold(
     assert [discards(e) for e in seen] == (
         [True, False] if resumed_after == "lost text" else [False]
     )
+    if resumed_after == "lost text":
+        assert json.loads(seen[0].data)["to_provider"] == "demo", "named after the request's"
 
 
 async def test_a_takeover_that_says_discard_itself_is_not_told_twice(gateway: FastAPI) -> None:
@@ -456,3 +458,22 @@ async def test_an_answer_taken_over_and_ended_at_once_keeps_its_text(gateway: Fa
     seen = await relayed(entries, 2)
     await entries.aclose()  # type: ignore[attr-defined]
     assert [e.type for e in seen] == ["delta", "done"]
+
+
+async def test_a_gateways_own_end_after_a_loss_with_no_trace_is_discarded_first(
+    gateway: FastAPI,
+) -> None:
+    """No worker took the job again after the loss: the gateway's ``no_worker`` error (partial
+    false, right for what is stored) came after the lost text, which its client kept."""
+    service: ChatService = gateway.state.chat
+    stream = await service.open(chat_input("untaken-0001"), None)
+    assert stream is not None
+    entries = service.entries(stream)
+    await produced(service, "untaken-0001", "w-lost", DeltaEvent(delta="lost text"))
+    assert [e.type for e in await relayed(entries, 1)] == ["delta"]
+    await lost_since_the_start(service, "untaken-0001")
+    await service._end_untaken("untaken-0001", "no worker took the job")
+    seen = await relayed(entries, 2)
+    await entries.aclose()  # type: ignore[attr-defined]
+    assert [e.type for e in seen] == ["failover", "error"]
+    assert discards(seen[0])

@@ -76,10 +76,10 @@ return {'started', id}
 """)
 
 _ATTACH = Script("""
-local m = redis.call('HMGET', KEYS[1], 'user_id', 'final_id', 'start_id')
+local m = redis.call('HMGET', KEYS[1], 'user_id', 'final_id', 'start_id', 'provider', 'model')
 if m[1] ~= ARGV[1] then return {'unknown'} end
 if not m[2] then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
-return {'attached', m[2] or '', m[3] or ''}
+return {'attached', m[2] or '', m[3] or '', m[4] or '', m[5] or ''}
 """)
 
 # ARGV: owner, 'first' (a first delivery: only while nobody took the job) or 'again', the
@@ -176,7 +176,7 @@ end
 local data = ARGV[6]
 if ARGV[7] and m[5] then data = ARGV[7] end
 local id
-if ARGV[2] == '1' and not m[5] then  -- see TAKE_FIELD
+if tonumber(ARGV[2]) <= 1 and not m[5] then  -- see TAKE_FIELD (seq 0: the gateway's own)
   id = redis.call('XADD', events, '*', 'v', ARGV[4], 'type', ARGV[5], 'data', data, 'take', ARGV[1])
 else
   id = redis.call('XADD', events, '*', 'v', ARGV[4], 'type', ARGV[5], 'data', data)
@@ -243,10 +243,13 @@ class Take(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Attached:
-    """A request a reader attached to: its start event's id and its final's (if written)."""
+    """A request a reader attached to: its start event's id, its final's (if written), and
+    the provider and model it started with."""
 
     start_id: str
     final_id: str | None = None
+    provider: str = ""
+    model: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,7 +437,8 @@ class RequestStreams:
         )
         if _text(reply[0]) != "attached":
             return None
-        return Attached(_text(reply[2]), _text(reply[1]) or None)
+        final_id, start_id, provider, model = (_text(value) for value in reply[1:])
+        return Attached(start_id, final_id or None, provider, model)
 
     async def cancel(self, request_id: str, user_id: str) -> Cancel:
         """Set the cancel flag and announce it (unless unknown to ``user_id`` or finished)."""

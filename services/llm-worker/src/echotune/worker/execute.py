@@ -126,7 +126,7 @@ async def _execute(ctx: Worker, job: ChatJob, held: InFlight, first: bool) -> bo
     finally:
         writer.close()
     if not acknowledge:  # fenced off, whatever stopped it first; or left for a reclaim
-        await _let_go(ctx, held, taken)
+        await asyncio.shield(_let_go(ctx, held, taken))  # the shutdown may come meanwhile
     return acknowledge
 
 

@@ -47,6 +47,7 @@ from echotune.common.providers import ProviderConfig
 from echotune.common.request_stream import (
     FORCE,
     UNTAKEN,
+    Attached,
     Cancel,
     Final,
     Lookup,
@@ -119,21 +120,26 @@ class OpenStream:
     """The client may hold text of this answer: a delta was relayed to it since the answer
     last started over, or it resumed after an event past the start."""
 
-    def relayed(self, entry: Entry) -> None:
-        """``entry`` went to the client."""
+    def relayed(self, entry: Entry) -> Entry | None:
+        """``entry`` goes to the client; the failover to send before it, if the answer started
+        over with no trace of the text the client holds (see :meth:`_started_over`)."""
+        restart = self._started_over(entry) if entry.take else None
         self.ended = entry.is_terminal
         if entry.type == EventType.DELTA:
             self.client_text = True
         elif _discards(entry):
             self.client_text = False
+        return restart
 
-    def started_over(self, entry: Entry) -> Entry | None:
-        """The ``discard_partial`` failover the client needs before ``entry``: a producer's
-        first entry (``take``) after text the client holds, when that entry does not say it
-        itself. Redis lost the job's delivery, its take and that text: the new producer
-        cannot know the answer had begun, only the relay does."""
-        if not (entry.take and self.client_text) or _discards(entry):
+    def _started_over(self, entry: Entry) -> Entry | None:
+        """A ``discard_partial`` failover when ``entry`` names a take with no text stored
+        before it (``take``) while the client holds text, and does not discard it itself:
+        Redis lost the job's delivery, its take and that text, and the new producer cannot
+        know the answer had begun; only the relay does."""
+        if not self.client_text or _discards(entry):
             return None
+        log.warning("the answer started over with no trace of the text relayed")
+        self.client_text = False
         restart = FailoverEvent(
             from_provider=self.provider,
             to_provider=self.provider,
@@ -354,7 +360,8 @@ class ChatService:
                     409, "request_id_conflict", "this request id is in use for a different request"
                 )
             if opened.state is Opened.EXISTS:  # an identical request won the race
-                return self._subscribe(chat.request_id, None, opened.final_id), False
+                twin = Attached("", opened.final_id, config.name, model)
+                return self._subscribe(chat.request_id, None, twin), False
             subscription = self.relay.subscribe(chat.request_id, opened.start_id, new=True)
             if not opened.job_queued:
                 await self._publish(job, subscription)
@@ -385,22 +392,28 @@ class ChatService:
         attached = await self.streams.attach(request_id, user_id)
         if attached is None:
             raise _unknown()
-        return self._subscribe(request_id, last_event_id, attached.final_id, attached.start_id)
+        return self._subscribe(request_id, last_event_id, attached)
 
     def _subscribe(
-        self, request_id: str, last_event_id: str | None, final_id: str | None, start_id: str = ""
+        self, request_id: str, last_event_id: str | None, attached: Attached
     ) -> OpenStream | None:
         after = last_event_id or "0-0"
         try:
             position = parse_stream_id(after)
         except ValueError as exc:
             raise ApiError(422, "invalid_last_event_id", str(exc)) from exc
-        if final_id and position >= parse_stream_id(final_id):
+        if attached.final_id and position >= parse_stream_id(attached.final_id):
             return None
         log.info("client attached after %s", after)
         subscription = self.relay.subscribe(request_id, after)
-        past_start = not start_id or position > parse_stream_id(start_id)
-        return OpenStream(request_id, subscription, client_text=bool(last_event_id) and past_start)
+        past_start = not attached.start_id or position > parse_stream_id(attached.start_id)
+        return OpenStream(
+            request_id,
+            subscription,
+            provider=attached.provider,
+            model=attached.model,
+            client_text=bool(last_event_id) and past_start,
+        )
 
     async def cancel(self, request_id: str, user_id: str) -> str:
         """Stop an answer: the worker holding it ends it ``cancelled`` within moments; one that
@@ -461,11 +474,8 @@ class ChatService:
                     yield None
                     continue
                 check_at = time.monotonic() + settings.pickup_timeout_s
-                if (restart := stream.started_over(entry)) is not None:
-                    log.warning("the answer started over with no trace of the text relayed")
-                    stream.relayed(restart)
+                if (restart := stream.relayed(entry)) is not None:
                     yield restart
-                stream.relayed(entry)
                 yield entry
                 watch.sent(entry)
                 if stream.ended:
@@ -484,11 +494,11 @@ class ChatService:
         try:
             await self.streams.append_final(stream.request_id, FORCE, 0, error)
             async with asyncio.timeout(self.settings.heartbeat_s):
-                while not (entry := await stream.subscription.queue.get()).is_terminal:
-                    stream.relayed(entry)
+                while not stream.ended:
+                    entry = await stream.subscription.queue.get()
+                    if (restart := stream.relayed(entry)) is not None:
+                        yield restart
                     yield entry
-            stream.relayed(entry)
-            yield entry
         except (TimeoutError, RedisError):
             unstored = error.model_copy(update={"partial": stream.client_text})
             yield Entry("", error.type, encode_event(unstored)["data"])
