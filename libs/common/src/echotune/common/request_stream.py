@@ -18,10 +18,10 @@ the current producer appended), ``streamed`` (text was written), ``final_id`` wi
   The fence is unique to the take, not the epoch: when Redis loses a take the epoch counts
   it again, and two producers would share it.
 * The **final** event is written once; the TTLs shrink to the resume window with it.
-* A producer's first entry names its take (field ``take``, the fence) when no text is stored
-  before it: a relay that sent text before it, with no ``discard_partial`` failover in that
-  entry, knows the answer started over with no trace of that text (Redis lost the delivery,
-  the take and the entries).
+* A producer's first entry, and the gateway's own final, name the take (field ``take``: the
+  fence, or ``untaken``/``force``) when no text is stored before them: a relay that sent text
+  before such an entry, with no ``discard_partial`` failover in it, knows the answer started
+  over with no trace of that text (Redis lost the delivery, the take and the entries).
 * A producer's next entry must follow the last one stored: a gap means Redis lost entries
   it had acknowledged (a failover's asynchronous replication), and the producer replays its
   answer behind a ``discard_partial`` failover (``worker/writer.py``).
