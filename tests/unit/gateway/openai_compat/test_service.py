@@ -83,3 +83,13 @@ async def test_a_restart_that_changes_sent_text_still_ends_the_stream() -> None:
     assert [e["code"] for e in errors] == ["worker_lost"]
     content, errors = await streamed([*events[:1], restart(2, "worker_lost"), DONE])
     assert [e["code"] for e in errors] == ["worker_lost"]
+
+
+async def test_a_restart_whose_answer_ends_short_of_the_sent_text_ends_the_stream() -> None:
+    """A fresh answer after a restart (a loss with no trace, the gateway's own ``events_lost``)
+    that matched the start of the sent text and then ended: the stream finished ``stop`` while
+    its client held text the answer does not have."""
+    events = [entry(1, "delta", delta="Hello there"), restart(2, EVENTS_LOST)]
+    content, errors = await streamed([*events, entry(3, "delta", delta="Hello"), DONE])
+    assert content == "Hello there"
+    assert [e["code"] for e in errors] == ["worker_lost"]

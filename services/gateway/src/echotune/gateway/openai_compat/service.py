@@ -248,6 +248,8 @@ async def chunk_stream(
                 break
             sent.add(piece)
             yield sse_data(completion.chunk(piece.delta, logprobs=piece.logprobs))
+    if sent.echo and not completion.error:  # the answer ended short of the text sent
+        completion.error = INTERRUPTED
     if completion.error:
         _, code, message = completion.error
         yield sse_data(
