@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from fastapi import FastAPI
@@ -477,3 +477,62 @@ async def test_a_gateways_own_end_after_a_loss_with_no_trace_is_discarded_first(
     await entries.aclose()  # type: ignore[attr-defined]
     assert [e.type for e in seen] == ["failover", "error"]
     assert discards(seen[0])
+
+
+def test_a_client_told_to_discard_by_a_stored_restart_holds_no_text() -> None:
+    """After a stored discard, a producer's first entry naming its take adds none of its own;
+    nor does an entry naming its take that discards itself."""
+    stream = OpenStream("held-0001", cast(Any, None), client_text=True)
+    own = FailoverEvent(
+        from_provider="p", to_provider="p", to_model="m", reason="events_lost", discard_partial=True
+    )
+    data = encode_event(own)["data"]
+    assert stream.relayed(Entry("1-1", "failover", data)) is None
+    assert not stream.client_text
+    assert stream.relayed(Entry("1-2", "delta", '{"delta":"a"}', take="f2")) is None
+    assert stream.relayed(Entry("1-3", "failover", data, take="f3")) is None
+    assert not stream.client_text
+    assert stream.relayed(Entry("1-4", "delta", '{"delta":"b"}')) is None
+    assert stream.relayed(Entry("1-5", "delta", '{"delta":"c"}', take="f5")) is not None
+
+
+async def test_a_reclaim_that_restarts_after_a_loss_with_no_trace_is_not_told_twice(
+    gateway: FastAPI,
+) -> None:
+    """The loss left the job's entry pending: its reclaim restarts with its own discard."""
+    service: ChatService = gateway.state.chat
+    stream = await service.open(chat_input("reclaim-0001"), None)
+    assert stream is not None
+    entries = service.entries(stream)
+    await produced(service, "reclaim-0001", "w-lost", DeltaEvent(delta="lost text"))
+    assert [e.type for e in await relayed(entries, 1)] == ["delta"]
+    await lost_since_the_start(service, "reclaim-0001")
+    restart = FailoverEvent(
+        from_provider="demo",
+        to_provider="demo",
+        to_model="demo-1",
+        reason="events_lost",
+        discard_partial=True,
+    )
+    await produced(service, "reclaim-0001", "w-next", restart, DeltaEvent(delta="x"), first=False)
+    seen = await relayed(entries, 2)
+    await entries.aclose()  # type: ignore[attr-defined]
+    assert [(e.type, bool(e.id)) for e in seen] == [("failover", True), ("delta", True)]
+
+
+async def test_a_late_end_after_a_loss_with_no_trace_is_discarded_first(
+    gateway: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service: ChatService = gateway.state.chat
+    stream = await opened_late(service, "late-0020", text=False)
+    monkeypatch.setattr(service.settings, "max_stream_s", 1.0)
+    monkeypatch.setattr(service.settings, "resume_window_s", 0.1)
+    entries = service.entries(stream)
+    await produced(service, "late-0020", "w-lost", DeltaEvent(delta="lost text"))
+    assert [e.type for e in await relayed(entries, 1)] == ["delta"]
+    await lost_since_the_start(service, "late-0020")
+    seen = await relayed(entries, 2)
+    await entries.aclose()  # type: ignore[attr-defined]
+    assert [e.type for e in seen] == ["failover", "error"]
+    assert discards(seen[0])
+    assert json.loads(seen[1].data)["code"] == "deadline_exceeded"

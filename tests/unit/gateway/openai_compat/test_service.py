@@ -93,3 +93,13 @@ async def test_a_restart_whose_answer_ends_short_of_the_sent_text_ends_the_strea
     content, errors = await streamed([*events, entry(3, "delta", delta="Hello"), DONE])
     assert content == "Hello there"
     assert [e["code"] for e in errors] == ["worker_lost"]
+
+
+async def test_a_restart_cancelled_short_of_the_sent_text_ends_as_cancelled() -> None:
+    """A cancel cuts any answer short: the stream still ends as the cancel made it."""
+    events = [entry(1, "delta", delta="Hello there"), restart(2, EVENTS_LOST)]
+    cancelled = entry(
+        9, "done", finish_reason="cancelled", provider="p", model="m", timings={"total_ms": 1},
+    )  # fmt: skip
+    content, errors = await streamed([*events, entry(3, "delta", delta="Hello"), cancelled])
+    assert (content, errors) == ("Hello there", [])

@@ -493,12 +493,13 @@ class ChatService:
         error = deadline_exceeded()
         try:
             await self.streams.append_final(stream.request_id, FORCE, 0, error)
-            async with asyncio.timeout(self.settings.heartbeat_s):
-                while not stream.ended:
+            until = asyncio.get_running_loop().time() + self.settings.heartbeat_s
+            while not stream.ended:
+                async with asyncio.timeout_at(until):  # the wait only, not the client's send
                     entry = await stream.subscription.queue.get()
-                    if (restart := stream.relayed(entry)) is not None:
-                        yield restart
-                    yield entry
+                if (restart := stream.relayed(entry)) is not None:
+                    yield restart
+                yield entry
         except (TimeoutError, RedisError):
             unstored = error.model_copy(update={"partial": stream.client_text})
             yield Entry("", error.type, encode_event(unstored)["data"])

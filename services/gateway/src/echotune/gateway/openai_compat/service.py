@@ -60,6 +60,8 @@ class Completion:
     tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     logprobs: list[dict[str, Any]] | None = None
     finish_reason: str | None = None
+    cancelled: bool = False
+    """Its ``finish_reason`` reads ``stop``: the answer was cancelled."""
     usage: dict[str, int] | None = None
     error: tuple[int, str, str] | None = None
     restarted: bool = False
@@ -82,7 +84,8 @@ class Completion:
             case DoneEvent() as done:
                 self.model = f"{done.provider}/{done.model}"
                 reason = done.finish_reason
-                self.finish_reason = "stop" if reason is FinishReason.CANCELLED else reason.value
+                self.cancelled = reason is FinishReason.CANCELLED
+                self.finish_reason = "stop" if self.cancelled else reason.value
                 prompt, completion = done.usage.prompt_tokens, done.usage.completion_tokens
                 self.usage = {
                     "prompt_tokens": prompt,
@@ -248,8 +251,8 @@ async def chunk_stream(
                 break
             sent.add(piece)
             yield sse_data(completion.chunk(piece.delta, logprobs=piece.logprobs))
-    if sent.echo and not completion.error:  # the answer ended short of the text sent
-        completion.error = INTERRUPTED
+    if sent.echo and not (completion.error or completion.cancelled):
+        completion.error = INTERRUPTED  # the answer ended short of the text sent
     if completion.error:
         _, code, message = completion.error
         yield sse_data(
