@@ -361,6 +361,25 @@ async def relayed(entries: AsyncIterator[Entry | None], count: int) -> list[Entr
     return seen
 
 
+async def relaying_after_a_loss(service: ChatService, rid: str) -> AsyncIterator[Entry | None]:
+    """A client's entries once it got text that Redis then lost with the take (no trace)."""
+    stream = await service.open(chat_input(rid), None)
+    assert stream is not None
+    entries = service.entries(stream)
+    await produced(service, rid, "w-lost", DeltaEvent(delta="lost text"))
+    assert [e.type for e in await relayed(entries, 1)] == ["delta"]
+    await lost_since_the_start(service, rid)
+    return entries
+
+
+def starting_over(reason: str) -> FailoverEvent:
+    """A producer's own restart of the answer."""
+    return FailoverEvent(
+        from_provider="demo", to_provider="demo", to_model="demo-1", reason=reason,
+        discard_partial=True,
+    )  # fmt: skip
+
+
 def discards(entry: Entry) -> bool:
     return entry.type == "failover" and json.loads(entry.data)["discard_partial"] is True
 
@@ -372,12 +391,7 @@ async def test_an_answer_started_over_with_no_trace_of_the_text_sent_is_discarde
     producer started afresh with no ``discard_partial`` (nothing stored said the answer had
     begun), and the client kept the lost text in front of the new answer."""
     service: ChatService = gateway.state.chat
-    stream = await service.open(chat_input("afresh-0001"), None)
-    assert stream is not None
-    entries = service.entries(stream)
-    await produced(service, "afresh-0001", "w-lost", DeltaEvent(delta="lost text"))
-    assert [e.type for e in await relayed(entries, 1)] == ["delta"]
-    await lost_since_the_start(service, "afresh-0001")
+    entries = await relaying_after_a_loss(service, "afresh-0001")
     await produced(service, "afresh-0001", "w-next", DeltaEvent(delta="the answer"))
     restart, text = await relayed(entries, 2)
     await entries.aclose()  # type: ignore[attr-defined]
@@ -421,13 +435,7 @@ async def test_a_takeover_that_says_discard_itself_is_not_told_twice(gateway: Fa
     assert stream is not None
     entries = service.entries(stream)
     await produced(service, "takeover-0001", "w-dies", DeltaEvent(delta="half"))
-    restart = FailoverEvent(
-        from_provider="demo",
-        to_provider="demo",
-        to_model="demo-1",
-        reason="worker_lost",
-        discard_partial=True,
-    )
+    restart = starting_over("worker_lost")
     await produced(
         service, "takeover-0001", "w-next", restart, DeltaEvent(delta="whole"), first=False
     )
@@ -466,12 +474,7 @@ async def test_a_gateways_own_end_after_a_loss_with_no_trace_is_discarded_first(
     """No worker took the job again after the loss: the gateway's ``no_worker`` error (partial
     false, right for what is stored) came after the lost text, which its client kept."""
     service: ChatService = gateway.state.chat
-    stream = await service.open(chat_input("untaken-0001"), None)
-    assert stream is not None
-    entries = service.entries(stream)
-    await produced(service, "untaken-0001", "w-lost", DeltaEvent(delta="lost text"))
-    assert [e.type for e in await relayed(entries, 1)] == ["delta"]
-    await lost_since_the_start(service, "untaken-0001")
+    entries = await relaying_after_a_loss(service, "untaken-0001")
     await service._end_untaken("untaken-0001", "no worker took the job")
     seen = await relayed(entries, 2)
     await entries.aclose()  # type: ignore[attr-defined]
@@ -483,10 +486,7 @@ def test_a_client_told_to_discard_by_a_stored_restart_holds_no_text() -> None:
     """After a stored discard, a producer's first entry naming its take adds none of its own;
     nor does an entry naming its take that discards itself."""
     stream = OpenStream("held-0001", cast(Any, None), client_text=True)
-    own = FailoverEvent(
-        from_provider="p", to_provider="p", to_model="m", reason="events_lost", discard_partial=True
-    )
-    data = encode_event(own)["data"]
+    data = encode_event(starting_over("events_lost"))["data"]
     assert stream.relayed(Entry("1-1", "failover", data)) is None
     assert not stream.client_text
     assert stream.relayed(Entry("1-2", "delta", '{"delta":"a"}', take="f2")) is None
@@ -501,19 +501,8 @@ async def test_a_reclaim_that_restarts_after_a_loss_with_no_trace_is_not_told_tw
 ) -> None:
     """The loss left the job's entry pending: its reclaim restarts with its own discard."""
     service: ChatService = gateway.state.chat
-    stream = await service.open(chat_input("reclaim-0001"), None)
-    assert stream is not None
-    entries = service.entries(stream)
-    await produced(service, "reclaim-0001", "w-lost", DeltaEvent(delta="lost text"))
-    assert [e.type for e in await relayed(entries, 1)] == ["delta"]
-    await lost_since_the_start(service, "reclaim-0001")
-    restart = FailoverEvent(
-        from_provider="demo",
-        to_provider="demo",
-        to_model="demo-1",
-        reason="events_lost",
-        discard_partial=True,
-    )
+    entries = await relaying_after_a_loss(service, "reclaim-0001")
+    restart = starting_over("events_lost")
     await produced(service, "reclaim-0001", "w-next", restart, DeltaEvent(delta="x"), first=False)
     seen = await relayed(entries, 2)
     await entries.aclose()  # type: ignore[attr-defined]
@@ -524,13 +513,9 @@ async def test_a_late_end_after_a_loss_with_no_trace_is_discarded_first(
     gateway: FastAPI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     service: ChatService = gateway.state.chat
-    stream = await opened_late(service, "late-0020", text=False)
     monkeypatch.setattr(service.settings, "max_stream_s", 1.0)
     monkeypatch.setattr(service.settings, "resume_window_s", 0.1)
-    entries = service.entries(stream)
-    await produced(service, "late-0020", "w-lost", DeltaEvent(delta="lost text"))
-    assert [e.type for e in await relayed(entries, 1)] == ["delta"]
-    await lost_since_the_start(service, "late-0020")
+    entries = await relaying_after_a_loss(service, "late-0020")
     seen = await relayed(entries, 2)
     await entries.aclose()  # type: ignore[attr-defined]
     assert [e.type for e in seen] == ["failover", "error"]
