@@ -200,8 +200,8 @@ return {'cancelling', m[3], m[4] or '', m[5] or '', m[6] or ''}
 
 SCRIPTS = (_OPEN, _ATTACH, TAKE, _APPEND, _FINAL, _CANCEL)
 TAKE_FIELD = "take"
-"""The field naming the take (its fence) on a producer's first entry when no text is stored
-before it: a reader that holds text of the answer then lost it with the take."""
+"""The field naming the take on an entry written with no text stored before it (a producer's
+first, the gateway's own final): a reader that holds text of the answer lost it with a take."""
 
 
 class Opened(StrEnum):

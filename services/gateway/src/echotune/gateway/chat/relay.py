@@ -69,7 +69,7 @@ class Entry:
     type: str
     data: str
     take: str = ""
-    """On a producer's first entry, its take: the answer (re)starts there."""
+    """The take it names, written with no text stored before it (``TAKE_FIELD``)."""
 
     @property
     def is_terminal(self) -> bool:
