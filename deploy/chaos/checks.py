@@ -228,7 +228,10 @@ class RequestChecks:
                 "does not say the text is partial",
                 self.ev.describe_runs(rid),
             )
-        source = next((a for a in reversed(attempts) if a["text"]), None)
+        # the attempt the text came from: one started after the client's last delta (a
+        # restart the OpenAI door ended its stream at, then cancelled) gave it none
+        last = max(e.t_ns for e in s.events if e.type == "delta")
+        source = next((a for a in reversed(attempts) if a["text"] and a["started_ns"] < last), None)
         if source is None or not source["text"].startswith(text):
             expected = source["text"] if source else ""
             self.f.add(

@@ -493,3 +493,25 @@ def test_an_openai_client_error_ends_partial_text_but_the_stored_final_must_say_
     found = violations(unsaid)
     assert len(found) == 1
     assert "says partial=False after 2 characters" in found[0][1]
+
+
+def test_a_door_stream_ended_at_a_restart_is_checked_against_the_attempt_it_got() -> None:
+    """The OpenAI door ended its stream (worker_lost) when the answer restarted after text it
+    had sent; the restarted attempt streamed a little before the door's cancel reached it,
+    and the client's text was compared with that later attempt's (seed 527954)."""
+    session = ChaosSession(RID, "v1_stream", "primary", 0)
+    session.connections = [Connection("start", 0, 0)]
+    session.events = [
+        Seen(int(0.5 * S), 0, "delta", None, {"delta": "a "}),
+        Seen(int(0.6 * S), 0, "delta", None, {"delta": "b "}),
+        Seen(int(4.0 * S), 0, "error", None, {"code": "worker_lost"}),
+    ]
+    upstream = {
+        RID: [
+            attempt(0.2, 0.7, "a b c ", "closed_by_client"),  # its worker was killed
+            attempt(4.1, 4.2, "x ", "closed_by_client"),  # the restart, cancelled by the door
+        ]
+    }
+    assert violations(history(sessions=[session], upstream=upstream)) == []
+    session.events.insert(2, Seen(int(4.15 * S), 0, "delta", None, {"delta": "y "}))
+    assert invariants(history(sessions=[session], upstream=upstream)) == {"text"}
