@@ -1,0 +1,48 @@
+"""Admission of jobs: a slot each, and a job admitted has started when admission returns."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+
+from faststream.redis.message import RedisStreamMessage
+
+from echotune.worker.inflight import InFlight
+from echotune.worker.pool import JobPool
+
+NO_MESSAGE = cast(RedisStreamMessage, None)
+"""Only read when a run ends (to acknowledge it); these runs never end by themselves."""
+
+
+async def test_an_admitted_job_has_taken_its_first_step_when_admission_returns() -> None:
+    pool, steps, stop = JobPool(2), list[str](), asyncio.Event()
+
+    async def run() -> bool:
+        steps.append("took")  # what a run does first: send its take
+        await stop.wait()
+        return False
+
+    await pool.admit(run, NO_MESSAGE, InFlight("r1", "1-1"), lambda: None)
+    steps.append("admitted")  # the subscriber's bookkeeping and next read come here
+    assert steps == ["took", "admitted"]
+    stop.set()
+    await pool.drain(5.0)
+
+
+async def test_a_job_waits_for_a_free_slot() -> None:
+    pool, stop, released = JobPool(1), asyncio.Event(), asyncio.Event()
+
+    async def run() -> bool:
+        await stop.wait()
+        return False
+
+    await pool.admit(run, NO_MESSAGE, InFlight("r1", "1-1"), released.set)
+    second = asyncio.create_task(pool.admit(run, NO_MESSAGE, InFlight("r2", "2-1"), lambda: None))
+    for _ in range(20):  # turns of the loop enough for the admission to go through
+        await asyncio.sleep(0)
+    assert not second.done()
+    assert len(pool) == 1
+    stop.set()
+    await asyncio.wait_for(second, 5.0)
+    await released.wait()
+    await pool.drain(5.0)
