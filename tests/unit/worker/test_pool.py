@@ -1,4 +1,4 @@
-"""Admission of jobs: a slot each, and a job admitted has started when admission returns."""
+"""Admission of jobs: a run waits for a free slot."""
 
 from __future__ import annotations
 
@@ -11,22 +11,7 @@ from echotune.worker.inflight import InFlight
 from echotune.worker.pool import JobPool
 
 NO_MESSAGE = cast(RedisStreamMessage, None)
-"""Only read when a run ends (to acknowledge it); these runs never end by themselves."""
-
-
-async def test_an_admitted_job_has_taken_its_first_step_when_admission_returns() -> None:
-    pool, steps, stop = JobPool(2), list[str](), asyncio.Event()
-
-    async def run() -> bool:
-        steps.append("took")  # what a run does first: send its take
-        await stop.wait()
-        return False
-
-    await pool.admit(run, NO_MESSAGE, InFlight("r1", "1-1"), lambda: None)
-    steps.append("admitted")  # the subscriber's bookkeeping and next read come here
-    assert steps == ["took", "admitted"]
-    stop.set()
-    await pool.drain(5.0)
+"""Only read when a run asks to be acknowledged; these runs do not."""
 
 
 async def test_a_job_waits_for_a_free_slot() -> None:

@@ -37,11 +37,7 @@ class JobPool:
     async def admit(
         self, run: Run, message: RedisStreamMessage, held: InFlight, release: Callable[[], None]
     ) -> None:
-        """Wait for a free slot, then run the job in the background; ``release`` when it ends.
-
-        Returns once the job has taken its first step: its take goes out before the
-        subscriber's bookkeeping and next read, not after them (~0.3 ms of an idle worker's
-        time to first token)."""
+        """Wait for a free slot, then run the job in the background; ``release`` when it ends."""
         try:
             await self._slots.acquire()
         except BaseException:
@@ -50,7 +46,6 @@ class JobPool:
         task = asyncio.create_task(self._run(run, message, held, release))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        await asyncio.sleep(0)  # one turn of the loop: the task's first step comes first
 
     async def _run(
         self, run: Run, message: RedisStreamMessage, held: InFlight, release: Callable[[], None]
