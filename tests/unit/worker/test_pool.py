@@ -23,7 +23,7 @@ async def test_a_job_waits_for_a_free_slot() -> None:
 
     await pool.admit(run, NO_MESSAGE, InFlight("r1", "1-1"), released.set)
     second = asyncio.create_task(pool.admit(run, NO_MESSAGE, InFlight("r2", "2-1"), lambda: None))
-    for _ in range(20):  # turns of the loop enough for the admission to go through
+    for _ in range(20):  # enough turns of the loop for an admission that does not wait
         await asyncio.sleep(0)
     assert not second.done()
     assert len(pool) == 1
