@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from typing import cast
 
 import pytest
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
 
@@ -30,9 +32,7 @@ async def test_scripts_in_a_pipeline_spanning_nodes_are_reloaded_after_noscript(
     """A cluster pipeline refuses ``pipe.evalsha`` and keeps its commands elsewhere: the scripts
     of a pipeline spanning every node are queued, run, and reloaded after NOSCRIPT anyway."""
     incr = Script(f"-- {uuid.uuid4().hex}\nreturn redis.call('INCRBY', KEYS[1], ARGV[1])")
-    tag = uuid.uuid4().hex
-    keys = [f"t:{{{tag}-{n}}}:n" for n in range(12)]
-    assert len({key_slot(k.encode()) for k in keys}) == 12
+    keys = await _keys_on_every_primary(cast(RedisCluster, cluster_redis), uuid.uuid4().hex)
     for round_ in (1, 2):  # the first round finds no script loaded anywhere
         async with cluster_redis.pipeline(transaction=False) as pipe:
             for key in keys:
@@ -40,6 +40,24 @@ async def test_scripts_in_a_pipeline_spanning_nodes_are_reloaded_after_noscript(
             pipe.get(keys[0])
             replies = await execute(cluster_redis, pipe, [incr] * len(keys) + [None])
         assert replies[:-1] == [round_] * len(keys)
+
+
+async def _keys_on_every_primary(cluster: RedisCluster, tag: str, per_node: int = 4) -> list[str]:
+    """``per_node`` keys of distinct slots on each primary. Keys picked at random may share a
+    slot or miss a node: 12 tags in a row did, about once in a thousand runs (10 slots)."""
+    await cluster.initialize()  # the slot map
+    by_node: dict[str, list[str]] = {node.name: [] for node in cluster.get_primaries()}
+    slots: set[int] = set()
+    for n in range(10_000):
+        key = f"t:{{{tag}-{n}}}:n"
+        keys = by_node.setdefault(cluster.get_node_from_key(key).name, [])
+        slot = key_slot(key.encode())
+        if slot not in slots and len(keys) < per_node:
+            slots.add(slot)
+            keys.append(key)
+        if all(len(keys) == per_node for keys in by_node.values()):
+            return [key for keys in by_node.values() for key in keys]
+    raise AssertionError(f"no {per_node} keys on each of {sorted(by_node)}")
 
 
 async def test_a_script_run_again_after_noscript_gets_its_bytes_arguments_as_sent(
