@@ -43,8 +43,8 @@ async def test_scripts_in_a_pipeline_spanning_nodes_are_reloaded_after_noscript(
 
 
 async def _keys_on_every_primary(cluster: RedisCluster, tag: str, per_node: int = 4) -> list[str]:
-    """``per_node`` keys of distinct slots on each primary. Keys picked at random may share a
-    slot or miss a node: 12 tags in a row did, about once in a thousand runs (10 slots)."""
+    """``per_node`` keys of distinct slots on each primary. Keys numbered under one random tag
+    may share a slot or miss a node: 12 of them fell in 10 slots about once in 1,000 runs."""
     await cluster.initialize()  # the slot map
     by_node: dict[str, list[str]] = {node.name: [] for node in cluster.get_primaries()}
     slots: set[int] = set()
