@@ -59,3 +59,17 @@ async def test_a_later_take_of_the_same_epoch_replaces_the_turn(store: Conversat
     assert document["messageCount"] == 2
     contents = [t["content"] for t in document["turns"]]
     assert contents == ["which take wins", "the current producer's answer"]
+
+
+async def test_a_replaced_turn_keeps_its_place(store: ConversationStore) -> None:
+    """A turn replaced by a later run of its request moved to the end of the conversation,
+    after the turns of questions asked after it."""
+    early = job("c4", "asked first", request_id="r-replaced")
+    await store.append(early, "the lost worker's answer", epoch=1)
+    await store.append(job("c4", "asked second"), "the second answer")
+    await store.append(early, "the whole answer", epoch=2)
+    document = await store.collection.find_one({"_id": "c4"})
+    assert document is not None
+    assert document["messageCount"] == 4
+    contents = [t["content"] for t in document["turns"]]
+    assert contents == ["asked first", "the whole answer", "asked second", "the second answer"]

@@ -132,12 +132,11 @@ class ConversationStore:
             return True  # recorded already by this or a later run
         question, now = job.messages[-1].content, datetime.now(UTC)
         tag = {"requestId": job.request_id, "epoch": run[0], "takenAt": float(run[1])}
-        kept = [t for t in turns if t.get("requestId") != job.request_id]
-        new_turns = [
-            *kept,
+        pair = [
             {"role": "user", "content": question, "at": job.created_at, **tag},
             {"role": "assistant", "content": answer, "at": now, **tag},
-        ][-self.keep_turns :]
+        ]
+        new_turns = _with_turns(turns, job.request_id, pair)[-self.keep_turns :]
         summary = (document or {}).get("summary", "")
         fields = {"turns": new_turns, "lastActivity": now}
         fields["summary"] = summary if mine else summarize(summary, question)
@@ -161,6 +160,16 @@ class ConversationStore:
             {"$set": {**fields, "rev": (rev or 0) + 1}, "$inc": {"messageCount": 0 if mine else 2}},
         )
         return result.matched_count == 1
+
+
+def _with_turns(
+    turns: list[dict[str, Any]], request_id: str, pair: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """``turns`` with ``pair`` in place of the request's earlier turns (where they were, not
+    after the questions asked since), or after them all."""
+    at = next((i for i, t in enumerate(turns) if t.get("requestId") == request_id), len(turns))
+    kept = [t for t in turns if t.get("requestId") != request_id]
+    return [*kept[:at], *pair, *kept[at:]]
 
 
 def _run_of(turn: dict[str, Any]) -> tuple[int, float]:
