@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from echotune.common.messages import ChatMessage, FinishReason, Role, Usage
 from echotune.common.providers import ProviderConfig, ProviderKind
@@ -164,6 +165,14 @@ def config_for(kind: ProviderKind, **overrides: Any) -> ProviderConfig:
     return ProviderConfig(**{**values, **overrides})
 
 
+@pytest.mark.parametrize("base_url", ["http://upstream.test/v1?api-version=1", "http://u.test/#v1"])
+def test_a_base_url_with_a_query_or_fragment_is_refused(base_url: str) -> None:
+    """The API path is appended to the base URL: after a query or fragment it would land in
+    it (and httpx dropped the query of every request)."""
+    with pytest.raises(ValidationError, match="query or fragment"):
+        config_for(ProviderKind.OPENAI, base_url=base_url)
+
+
 def chat_request(**overrides: Any) -> ProviderRequest:
     values: dict[str, Any] = {
         "request_id": "req-0123456789",
@@ -282,8 +291,9 @@ async def test_gemini_request_shape() -> None:
     request = chat_request(temperature=0.5, max_tokens=64, stop=["END"])
     _, upstream = await collect(ProviderKind.GEMINI, lambda _: sse(GEMINI_STREAM), request)
     (sent,) = upstream.requests
-    assert sent.url.path == "/v1beta/models/model-1:streamGenerateContent"
-    assert sent.url.params["alt"] == "sse"
+    assert (
+        str(sent.url) == "http://upstream.test/v1beta/models/model-1:streamGenerateContent?alt=sse"
+    )
     assert sent.headers["x-goog-api-key"] == SECRET
     assert sent.headers["x-request-id"] == "req-0123456789"
     assert SECRET not in str(sent.url)

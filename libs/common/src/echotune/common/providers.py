@@ -55,6 +55,11 @@ class ProviderConfig(BaseModel):
             raise ValueError(f"default_model {self.default_model!r} is not in models")
         if self.kind is not ProviderKind.DEMO and self.base_url is None:
             raise ValueError(f"provider {self.name!r} of kind {self.kind} needs a base_url")
+        if self.base_url is not None and (self.base_url.query or self.base_url.fragment):
+            raise ValueError(
+                f"provider {self.name!r}: base_url takes no query or fragment (the API path "
+                "is appended to it)"
+            )
         if self.logprobs and not self.offers_logprobs:
             raise ValueError(f"provider {self.name!r}: {self.kind} providers offer no logprobs")
         return self

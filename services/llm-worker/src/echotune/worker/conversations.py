@@ -105,8 +105,8 @@ class ConversationStore:
 
         A compare-and-set on ``rev``: concurrent answers of one conversation never overwrite
         each other. A job run again after its worker was lost (a higher ``epoch``) replaces
-        its earlier answer instead of adding a second turn; so does a later take of the same
-        epoch (``taken_at``, a worker's clock): Redis lost the take before it.
+        its earlier answer in place instead of adding a second turn; so does a later take of
+        the same epoch (``taken_at``, a worker's clock): Redis lost the take before it.
         """
         if not self.records(job):
             return
@@ -166,7 +166,8 @@ def _with_turns(
     turns: list[dict[str, Any]], request_id: str, pair: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """``turns`` with ``pair`` in place of the request's earlier turns (where they were, not
-    after the questions asked since), or after them all."""
+    after the questions asked since), or after them all. The replaced answer's ``at`` is its
+    own time, so ``at`` need not grow along the list."""
     at = next((i for i, t in enumerate(turns) if t.get("requestId") == request_id), len(turns))
     kept = [t for t in turns if t.get("requestId") != request_id]
     return [*kept[:at], *pair, *kept[at:]]

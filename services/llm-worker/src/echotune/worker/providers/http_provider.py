@@ -67,7 +67,7 @@ def join_url(config: ProviderConfig, path: str) -> str:
 
 @functools.lru_cache(maxsize=256)
 def parsed_url(url: str) -> httpx.URL:
-    """``url`` parsed once: httpx parses a string on every request (~20 µs)."""
+    """``url`` parsed once: httpx parses a string on every request (10–20 µs)."""
     return httpx.URL(url)
 
 
@@ -123,7 +123,7 @@ class HttpProvider(ABC):
                 "POST",
                 parsed_url(call.url),
                 json=call.body,
-                params=call.params or None,  # an empty one costs a parse of the URL again
+                params=call.params or None,  # {} would parse the URL again
                 headers={**headers, "Accept": "text/event-stream", "Cache-Control": "no-store"},
                 timeout=client_timeout(self.config),
             ) as response:
