@@ -73,3 +73,15 @@ async def test_a_replaced_turn_keeps_its_place(store: ConversationStore) -> None
     assert document["messageCount"] == 4
     contents = [t["content"] for t in document["turns"]]
     assert contents == ["asked first", "the whole answer", "asked second", "the second answer"]
+
+
+async def test_a_run_again_is_not_given_its_own_earlier_answer(store: ConversationStore) -> None:
+    """A job run again (its worker lost after it recorded the turn) read that turn back as
+    context: the model saw its own earlier answer to the very question it was asked."""
+    await store.append(job("c5", "asked before"), "the earlier answer")
+    again = job("c5", "asked now", request_id="r-run-again")
+    await store.append(again, "the lost run's answer", epoch=1)
+    context = await store.context(again)
+    contents = [m.content for m in context.messages if m.role is not Role.SYSTEM]
+    assert contents == ["asked before", "the earlier answer"]
+    assert context.usage.turns == 2

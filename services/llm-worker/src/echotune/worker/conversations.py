@@ -49,8 +49,11 @@ def summarize(previous: str, question: str) -> str:
     return "\n".join(kept)
 
 
-def build_context(document: dict[str, Any] | None, max_chars: int) -> ConversationContext:
-    """The summary and the newest turns that fit in ``max_chars`` characters, oldest first."""
+def build_context(
+    document: dict[str, Any] | None, max_chars: int, request_id: str = ""
+) -> ConversationContext:
+    """The summary and the newest turns that fit in ``max_chars`` characters, oldest first;
+    none of ``request_id`` (a run again of a request whose earlier run recorded its turn)."""
     if not document:
         return ConversationContext()
     messages: list[ChatMessage] = []
@@ -63,6 +66,8 @@ def build_context(document: dict[str, Any] | None, max_chars: int) -> Conversati
         used += len(summary)
     turns: list[ChatMessage] = []
     for turn in reversed(document.get("turns") or []):
+        if request_id and turn.get("requestId") == request_id:
+            continue
         if used + len(turn["content"]) > max_chars:
             break
         turns.insert(0, ChatMessage(role=Role(turn["role"]), content=turn["content"]))
@@ -94,7 +99,7 @@ class ConversationStore:
         except Exception as exc:  # context is optional: never let it break an answer
             self.pause.failed(exc, "conversation context unavailable, answering without it")
             return ConversationContext()
-        return build_context(document, self.max_chars)
+        return build_context(document, self.max_chars, job.request_id)
 
     def records(self, job: ChatJob) -> bool:
         """Whether :meth:`append` would record the job's turn now."""
