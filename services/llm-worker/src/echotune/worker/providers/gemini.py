@@ -173,8 +173,8 @@ class GeminiProvider(HttpProvider):
         body = generate_body(request)
         headers = {"x-goog-api-key": self.secret} if self.secret else {}
         model = quote(request.model.removeprefix("models/"), safe="-._~")
-        path = f"/v1beta/models/{model}:streamGenerateContent"
-        return HttpCall(join_url(self.config, path), body, headers, {"alt": "sse"})
+        path = f"/v1beta/models/{model}:streamGenerateContent?alt=sse"
+        return HttpCall(join_url(self.config, path), body, headers)
 
     def parser(self, request: ProviderRequest) -> GeminiParser:
         """A fresh chunk parser."""

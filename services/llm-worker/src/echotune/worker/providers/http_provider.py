@@ -88,7 +88,6 @@ class HttpCall:
     url: str
     body: dict[str, Any]
     headers: dict[str, str] = field(default_factory=dict)
-    params: dict[str, str] = field(default_factory=dict)
 
 
 class HttpProvider(ABC):
@@ -123,7 +122,6 @@ class HttpProvider(ABC):
                 "POST",
                 parsed_url(call.url),
                 json=call.body,
-                params=call.params or None,  # {} would parse the URL again
                 headers={**headers, "Accept": "text/event-stream", "Cache-Control": "no-store"},
                 timeout=client_timeout(self.config),
             ) as response:
