@@ -82,6 +82,23 @@ async def test_a_run_again_is_not_given_its_own_earlier_answer(store: Conversati
     again = job("c5", "asked now", request_id="r-run-again")
     await store.append(again, "the lost run's answer", epoch=1)
     context = await store.context(again)
-    contents = [m.content for m in context.messages if m.role is not Role.SYSTEM]
-    assert contents == ["asked before", "the earlier answer"]
+    summary, *turns = context.messages
+    assert summary.role is Role.SYSTEM
+    assert summary.content == "Earlier in this conversation:\n- asked before"
+    assert [m.content for m in turns] == ["asked before", "the earlier answer"]
     assert context.usage.turns == 2
+
+
+async def test_a_run_again_sees_the_conversation_as_it_was_asked(
+    store: ConversationStore,
+) -> None:
+    """Nor the turns recorded after its lost run's (questions asked since), which that run
+    never saw."""
+    await store.append(job("c6", "asked before"), "the earlier answer")
+    again = job("c6", "asked now", request_id="r-as-asked")
+    await store.append(again, "the lost run's answer", epoch=1)
+    await store.append(job("c6", "asked after"), "the later answer")
+    context = await store.context(again)
+    summary, *turns = context.messages
+    assert summary.content == "Earlier in this conversation:\n- asked before"
+    assert [m.content for m in turns] == ["asked before", "the earlier answer"]

@@ -37,10 +37,14 @@ class ConversationContext:
     usage: ContextUsage = field(default_factory=ContextUsage)
 
 
+def summary_line(question: str) -> str:
+    """The question as the summary lists it: one line, shortened."""
+    return "- " + " ".join(question.split())[:QUESTION_CHARS]
+
+
 def summarize(previous: str, question: str) -> str:
     """Latest questions first, each shortened, bounded to ``SUMMARY_CHARS``."""
-    short = " ".join(question.split())[:QUESTION_CHARS]
-    lines = [f"- {short}", *[line for line in previous.splitlines() if line.strip()]]
+    lines = [summary_line(question), *[line for line in previous.splitlines() if line.strip()]]
     kept: list[str] = []
     for line in lines:
         if sum(len(k) + 1 for k in kept) + len(line) > SUMMARY_CHARS:
@@ -53,26 +57,39 @@ def build_context(
     document: dict[str, Any] | None, max_chars: int, request_id: str = ""
 ) -> ConversationContext:
     """The summary and the newest turns that fit in ``max_chars`` characters, oldest first;
-    none of ``request_id`` (a run again of a request whose earlier run recorded its turn)."""
+    for a run again of ``request_id``, as the conversation was when it was asked."""
     if not document:
         return ConversationContext()
     messages: list[ChatMessage] = []
     used = 0
-    summary = document.get("summary") or ""
+    summary, recorded = as_asked(document, request_id)
     if summary and len(summary) <= max_chars:
         messages.append(
             ChatMessage(role=Role.SYSTEM, content=f"Earlier in this conversation:\n{summary}")
         )
         used += len(summary)
     turns: list[ChatMessage] = []
-    for turn in reversed(document.get("turns") or []):
-        if request_id and turn.get("requestId") == request_id:
-            continue
+    for turn in reversed(recorded):
         if used + len(turn["content"]) > max_chars:
             break
         turns.insert(0, ChatMessage(role=Role(turn["role"]), content=turn["content"]))
         used += len(turn["content"])
     return ConversationContext(messages + turns, ContextUsage(turns=len(turns), chars=used))
+
+
+def as_asked(document: dict[str, Any], request_id: str) -> tuple[str, list[dict[str, Any]]]:
+    """The summary and turns before ``request_id``'s own: a run again of a request whose
+    lost run recorded its turn sees neither that turn nor the questions recorded since (nor
+    their summary lines, the newest first), as that run did."""
+    summary, turns = document.get("summary") or "", document.get("turns") or []
+    at = next((i for i, t in enumerate(turns) if t.get("requestId") == request_id), None)
+    if not request_id or at is None:
+        return summary, turns
+    lines = summary.splitlines()
+    for turn in turns[at:]:
+        if turn.get("role") == "user" and (line := summary_line(turn["content"])) in lines:
+            lines.remove(line)
+    return "\n".join(lines), turns[:at]
 
 
 class ConversationStore:
