@@ -60,3 +60,20 @@ def test_a_probe_lease_shorter_than_twice_the_prompts_build_is_refused(
     assert WorkerSettings(**{wait: 1.5}).breaker.probe_timeout_s == 3
     with pytest.raises(ValidationError, match="PROBE_TIMEOUT_S"):
         WorkerSettings(**{wait: 1.6})
+
+
+@pytest.mark.parametrize("kind", [GatewaySettings, WorkerSettings])
+def test_a_refused_provider_does_not_print_its_api_key(
+    kind: type[BaseSettings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A provider refused as a whole had its raw entry, key included, printed with the error."""
+    key = "sk-live-0123456789abcdefSECRET"
+    provider = (
+        '{"name": "g", "kind": "gemini", "models": ["m"], "base_url": "http://u.test/?x=1", '
+        f'"api_key": "{key}"}}'
+    )
+    monkeypatch.setenv("ECHOTUNE_PROVIDERS", f"[{provider}]")
+    with pytest.raises(ValidationError) as refused:
+        kind()
+    assert "query or fragment" in str(refused.value)
+    assert "SECRET" not in str(refused.value)

@@ -165,7 +165,9 @@ def config_for(kind: ProviderKind, **overrides: Any) -> ProviderConfig:
     return ProviderConfig(**{**values, **overrides})
 
 
-@pytest.mark.parametrize("base_url", ["http://upstream.test/v1?api-version=1", "http://u.test/#v1"])
+@pytest.mark.parametrize(
+    "base_url", ["http://upstream.test/v1?api-version=1", "http://u.test/#v1", "http://u.test/v1?"]
+)
 def test_a_base_url_with_a_query_or_fragment_is_refused(base_url: str) -> None:
     """The API path is appended to the base URL: after a query or fragment it would land in
     it (and httpx dropped the query of every request)."""

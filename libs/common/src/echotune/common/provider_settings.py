@@ -34,7 +34,10 @@ class BreakerSettings(BaseSettings):
 class ProviderSettings(BaseSettings):
     """The provider list, read by the gateway and the workers alike."""
 
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, allow_inf_nan=False)
+    # a provider refused as a whole would print its entry, api_key included
+    model_config = SettingsConfigDict(
+        extra="ignore", populate_by_name=True, allow_inf_nan=False, hide_input_in_errors=True
+    )
 
     providers: list[ProviderConfig] = Field(
         default_factory=list, validation_alias=shared("PROVIDERS")

@@ -55,7 +55,8 @@ class ProviderConfig(BaseModel):
             raise ValueError(f"default_model {self.default_model!r} is not in models")
         if self.kind is not ProviderKind.DEMO and self.base_url is None:
             raise ValueError(f"provider {self.name!r} of kind {self.kind} needs a base_url")
-        if self.base_url is not None and (self.base_url.query or self.base_url.fragment):
+        url = self.base_url
+        if url is not None and (url.query is not None or url.fragment is not None):
             raise ValueError(
                 f"provider {self.name!r}: base_url takes no query or fragment (the API path "
                 "is appended to it)"
