@@ -82,8 +82,8 @@ def as_asked(document: dict[str, Any], request_id: str) -> tuple[str, list[dict[
     lost run recorded its turn sees neither that turn nor the questions recorded since (nor
     their summary lines, the newest first), as that run did."""
     summary, turns = document.get("summary") or "", document.get("turns") or []
-    at = next((i for i, t in enumerate(turns) if t.get("requestId") == request_id), None)
-    if not request_id or at is None:
+    mine = (i for i, t in enumerate(turns) if request_id and t.get("requestId") == request_id)
+    if (at := next(mine, None)) is None:
         return summary, turns
     lines = summary.splitlines()
     for turn in turns[at:]:
