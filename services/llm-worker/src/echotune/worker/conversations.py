@@ -82,8 +82,7 @@ def as_asked(document: dict[str, Any], request_id: str) -> tuple[str, list[dict[
     lost run recorded its turn sees neither that turn nor the questions recorded since (nor
     their summary lines, the newest first), as that run did."""
     summary, turns = document.get("summary") or "", document.get("turns") or []
-    mine = (i for i, t in enumerate(turns) if request_id and t.get("requestId") == request_id)
-    if (at := next(mine, None)) is None:
+    if not request_id or (at := _first_turn(turns, request_id)) is None:
         return summary, turns
     lines = summary.splitlines()
     for turn in turns[at:]:
@@ -190,9 +189,15 @@ def _with_turns(
     """``turns`` with ``pair`` in place of the request's earlier turns (where they were, not
     after the questions asked since), or after them all. The replaced answer's ``at`` is its
     own time, so ``at`` need not grow along the list."""
-    at = next((i for i, t in enumerate(turns) if t.get("requestId") == request_id), len(turns))
+    at = _first_turn(turns, request_id)
+    at = len(turns) if at is None else at
     kept = [t for t in turns if t.get("requestId") != request_id]
     return [*kept[:at], *pair, *kept[at:]]
+
+
+def _first_turn(turns: list[dict[str, Any]], request_id: str) -> int | None:
+    """Where the request's turns begin (``None``: it has none)."""
+    return next((i for i, t in enumerate(turns) if t.get("requestId") == request_id), None)
 
 
 def _run_of(turn: dict[str, Any]) -> tuple[int, float]:
