@@ -102,3 +102,21 @@ async def test_a_run_again_sees_the_conversation_as_it_was_asked(
     summary, *turns = context.messages
     assert summary.content == "Earlier in this conversation:\n- asked before"
     assert [m.content for m in turns] == ["asked before", "the earlier answer"]
+
+
+async def test_a_run_again_whose_turn_aged_out_is_not_recorded_twice(
+    store: ConversationStore,
+) -> None:
+    """A run again whose lost run's turn had left the window (``keep_turns`` newer messages
+    recorded meanwhile) recorded the question a second time: +2 messages, a second summary
+    line."""
+    store.keep_turns = 2
+    again = job("c7", "asked once", request_id="r-aged-out")
+    await store.append(again, "the lost run's answer", epoch=1)
+    await store.append(job("c7", "asked next"), "the next answer")
+    await store.append(again, "the whole answer", epoch=2)
+    document = await store.collection.find_one({"_id": "c7"})
+    assert document is not None
+    assert document["messageCount"] == 4
+    assert [t["content"] for t in document["turns"]] == ["asked next", "the next answer"]
+    assert document["summary"] == "- asked next\n- asked once"

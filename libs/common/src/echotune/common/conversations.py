@@ -1,7 +1,8 @@
 """The ``conversations`` collection: its schema and migration (written by the worker, read by
 analytics). One document per conversation: ``_id``, ``userId``, ``summary``, ``turns`` (the
 latest messages, each tagged with the request and the run that wrote it: its epoch and take
-time), ``messageCount``, ``lastActivity``, ``rev`` (compare-and-set revision).
+time), ``recorded`` (the latest requests whose turn was recorded, their ids), ``messageCount``,
+``lastActivity``, ``rev`` (compare-and-set revision).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ SCHEMA: dict[str, Any] = {
                 },
             },
         },
+        "recorded": {"bsonType": "array", "items": {"bsonType": "string"}},
         "messageCount": {"bsonType": ["int", "long"], "minimum": 0},
         "lastActivity": {"bsonType": "date"},
         "rev": {"bsonType": ["int", "long"], "minimum": 1},

@@ -1,10 +1,10 @@
 """Conversation context: what the worker reads before an answer and writes after it.
 
 Collection ``conversations``, one document per conversation: ``_id`` (conversation id),
-``userId``, ``summary``, ``turns`` (the latest ``keep_turns`` messages), ``messageCount``,
-``lastActivity``. The summary is extractive (the latest user questions, shortened), so
-refreshing it costs no provider call. Context never blocks an answer: when MongoDB is slow
-or down the answer goes on without it.
+``userId``, ``summary``, ``turns`` (the latest ``keep_turns`` messages), ``recorded`` (the
+latest requests whose turn was recorded), ``messageCount``, ``lastActivity``. The summary is
+extractive (the latest user questions, shortened), so refreshing it costs no provider call.
+Context never blocks an answer: when MongoDB is slow or down the answer goes on without it.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 SUMMARY_CHARS = 600
 QUESTION_CHARS = 120
 CAS_ATTEMPTS = 8
+RECORDED_KEEP = 100
+"""Requests remembered as recorded, so a run again whose turn left the window adds none; a
+run again comes within minutes, far fewer answers than this."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,15 +145,19 @@ class ConversationStore:
     async def _try_append(self, job: ChatJob, answer: str, run: tuple[int, float]) -> bool:
         """One compare-and-set; ``False`` when someone else changed the document meanwhile."""
         document = await self.collection.find_one(
-            {"_id": job.conversation_id}, {"summary": 1, "userId": 1, "turns": 1, "rev": 1}
+            {"_id": job.conversation_id},
+            {"summary": 1, "userId": 1, "turns": 1, "recorded": 1, "rev": 1},
         )
         if document and document.get("userId") != job.user_id:
             log.warning("conversation belongs to another user; turn not recorded")
             return True
         turns: list[dict[str, Any]] = (document or {}).get("turns") or []
+        recorded: list[str] = (document or {}).get("recorded") or []
         mine = [t for t in turns if t.get("requestId") == job.request_id]
         if mine and max(_run_of(t) for t in mine) >= run:
             return True  # recorded already by this or a later run
+        if not mine and job.request_id in recorded:
+            return True  # its turn left the window: nothing to replace, no question to add
         question, now = job.messages[-1].content, datetime.now(UTC)
         tag = {"requestId": job.request_id, "epoch": run[0], "takenAt": float(run[1])}
         pair = [
@@ -160,6 +167,8 @@ class ConversationStore:
         new_turns = _with_turns(turns, job.request_id, pair)[-self.keep_turns :]
         summary = (document or {}).get("summary", "")
         fields = {"turns": new_turns, "lastActivity": now}
+        if job.request_id not in recorded:
+            fields["recorded"] = [*recorded, job.request_id][-RECORDED_KEEP:]
         fields["summary"] = summary if mine else summarize(summary, question)
         if document is None:
             try:

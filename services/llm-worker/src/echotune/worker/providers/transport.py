@@ -67,7 +67,6 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(httpx.RemoteProtocolError(f"invalid HTTP response: {exc}"))
             self.close()
-            self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is None and self.head_done and self._until_close():
