@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
@@ -14,6 +16,7 @@ from redis.asyncio.connection import AbstractConnection, Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from echotune.common import job_queue
 from echotune.common.messages import (
     ChatEvent,
     DeltaEvent,
@@ -255,6 +258,28 @@ async def test_a_silent_answer_whose_worker_died_with_no_other_alive_ends(
                 seen.append(entry)
     assert [e.type for e in seen] == ["error"]
     assert '"code":"worker_lost"' in seen[0].data
+
+
+async def test_a_silent_answer_gets_a_heartbeat_every_heartbeat_s(
+    gateway: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check for live workers (every ``pickup_timeout_s``) came before each due heartbeat
+    and skipped it: with the defaults (20 s, 10 s) a silent stream got one by chance, gaps
+    up to 160 s, and proxies cut it."""
+    service: ChatService = gateway.state.chat
+    monkeypatch.setattr(service.settings, "heartbeat_s", 0.3)
+    monkeypatch.setattr(service.settings, "pickup_timeout_s", 0.1)
+    await job_queue.heartbeat(service.redis, service.keys, "a-busy-worker", 60)
+    stream = await service.open(chat_input("silent-0001"), None)
+    assert stream is not None
+    entries, beats = service.entries(stream), []
+    async with asyncio.timeout(5):
+        while len(beats) < 4:
+            assert await anext(entries) is None
+            beats.append(time.monotonic())
+    await entries.aclose()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(beats)]
+    assert max(gaps) < 0.6, gaps  # one heartbeat_s, and room for a busy machine
 
 
 async def stored_half_answer(service: ChatService, request_id: str) -> None:

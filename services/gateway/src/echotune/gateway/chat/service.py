@@ -457,23 +457,26 @@ class ChatService:
         only when Redis cannot take it): nothing hangs forever.
         """
         sub, settings = stream.subscription, self.settings
-        deadline = time.monotonic() + settings.max_stream_s + settings.resume_window_s
-        check_at = time.monotonic() + settings.pickup_timeout_s
+        now = time.monotonic()
+        deadline = now + settings.max_stream_s + settings.resume_window_s
+        check_at, beat_at = now + settings.pickup_timeout_s, now + settings.heartbeat_s
         watch = self.metrics.watch(
             bool(stream.first_frame), stream.opened_at, stream.provider, stream.model
         )
         try:
             while time.monotonic() < deadline:
-                wait = max(min(settings.heartbeat_s, check_at - time.monotonic()), 0.0)
+                wait = max(min(beat_at, check_at) - time.monotonic(), 0.0)
                 entry = await sub.queue.get_within(wait)
+                now = time.monotonic()
                 if entry is None:
-                    if time.monotonic() >= check_at:
+                    if now >= check_at:
                         await self._check_workers(sub.request_id)
                         check_at = time.monotonic() + settings.pickup_timeout_s
-                        continue
-                    yield None
+                    if now >= beat_at:
+                        beat_at = now + settings.heartbeat_s
+                        yield None
                     continue
-                check_at = time.monotonic() + settings.pickup_timeout_s
+                check_at, beat_at = now + settings.pickup_timeout_s, now + settings.heartbeat_s
                 if (restart := stream.relayed(entry)) is not None:
                     yield restart
                 yield entry
