@@ -206,7 +206,8 @@ async def test_cancel_and_attach_know_only_the_owner(streams: RequestStreams) ->
     opened = await streams.open("r7-abcdefgh", "fp", "alice", start("r7-abcdefgh"))
     assert (await streams.cancel("r7-abcdefgh", "bob")).state == "unknown"
     assert await streams.attach("r7-abcdefgh", "bob") is None
-    assert await streams.attach("r7-abcdefgh", "alice") == Attached(opened.start_id, None, "p", "m")
+    attached = Attached(opened.start_id, None, "p", "m", newest_id=opened.start_id)
+    assert await streams.attach("r7-abcdefgh", "alice") == attached
     assert await streams.attach("never-seen-1", "alice") is None
 
 

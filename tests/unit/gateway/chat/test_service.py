@@ -454,6 +454,26 @@ async def test_a_resumed_client_is_told_to_discard_only_text_it_may_hold(
         assert json.loads(seen[0].data)["to_provider"] == "demo", "named after the request's"
 
 
+async def test_a_last_event_id_past_the_newest_event_resumes_after_the_newest(
+    gateway: FastAPI,
+) -> None:
+    """A ``Last-Event-ID`` past every event of a running answer waited for events after it:
+    the rest of the answer never came, and the stream ended with ``deadline_exceeded`` after
+    eleven minutes, holding one of the user's open-stream slots all along."""
+    service: ChatService = gateway.state.chat
+    opened = await service.open(chat_input("ahead-0001"), None)
+    assert opened is not None
+    service.release(opened)
+    await produced(service, "ahead-0001", "w-1", DeltaEvent(delta="sent"))
+    stream = await service.open(chat_input("ahead-0001", message=None), "99999999999999999-0")
+    assert stream is not None
+    entries = service.entries(stream)
+    await produced(service, "ahead-0001", "w-1", DeltaEvent(delta="the rest"), first=False)
+    [rest] = await relayed(entries, 1)
+    await entries.aclose()  # type: ignore[attr-defined]
+    assert json.loads(rest.data)["delta"] == "the rest"
+
+
 async def test_a_takeover_that_says_discard_itself_is_not_told_twice(gateway: FastAPI) -> None:
     service: ChatService = gateway.state.chat
     stream = await service.open(chat_input("takeover-0001"), None)

@@ -79,7 +79,8 @@ _ATTACH = Script("""
 local m = redis.call('HMGET', KEYS[1], 'user_id', 'final_id', 'start_id', 'provider', 'model')
 if m[1] ~= ARGV[1] then return {'unknown'} end
 if not m[2] then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end
-return {'attached', m[2] or '', m[3] or '', m[4] or '', m[5] or ''}
+local newest = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
+return {'attached', m[2] or '', m[3] or '', m[4] or '', m[5] or '', newest and newest[1] or ''}
 """)
 
 # ARGV: owner, 'first' (a first delivery: only while nobody took the job) or 'again', the
@@ -243,13 +244,15 @@ class Take(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Attached:
-    """A request a reader attached to: its start event's id, its final's (if written), and
-    the provider and model it started with."""
+    """A request a reader attached to: its start event's id, its final's (if written), the
+    provider and model it started with, and its newest event's id."""
 
     start_id: str
     final_id: str | None = None
     provider: str = ""
     model: str = ""
+    newest_id: str = ""
+    """Its newest event's id when it attached (``""``: no event)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,12 +436,14 @@ class RequestStreams:
         """The request as ``user_id`` may read it (``None``: unknown to them); refreshes the
         reader."""
         reply = await _ATTACH(
-            self.redis, self._keys(request_id, "meta", "reader"), [user_id, self.reader_ttl_ms]
+            self.redis,
+            self._keys(request_id, "meta", "reader", "events"),
+            [user_id, self.reader_ttl_ms],
         )
         if _text(reply[0]) != "attached":
             return None
-        final_id, start_id, provider, model = (_text(value) for value in reply[1:])
-        return Attached(start_id, final_id or None, provider, model)
+        final_id, start_id, provider, model, newest_id = (_text(value) for value in reply[1:])
+        return Attached(start_id, final_id or None, provider, model, newest_id)
 
     async def cancel(self, request_id: str, user_id: str) -> Cancel:
         """Set the cancel flag and announce it (unless unknown to ``user_id`` or finished)."""

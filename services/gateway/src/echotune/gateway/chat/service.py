@@ -404,9 +404,13 @@ class ChatService:
             raise ApiError(422, "invalid_last_event_id", str(exc)) from exc
         if attached.final_id and position >= parse_stream_id(attached.final_id):
             return None
+        past_start = not attached.start_id or position > parse_stream_id(attached.start_id)
+        if attached.newest_id and position > parse_stream_id(attached.newest_id):
+            # no event has that id (yet): a made-up id, or Redis lost the events after it
+            log.warning("Last-Event-ID %s is past the newest event; resuming after that", after)
+            after = attached.newest_id
         log.info("client attached after %s", after)
         subscription = self.relay.subscribe(request_id, after)
-        past_start = not attached.start_id or position > parse_stream_id(attached.start_id)
         return OpenStream(
             request_id,
             subscription,
