@@ -13,8 +13,10 @@ from redis.asyncio import Redis
 
 from echotune.common import job_queue
 from echotune.common.keys import JOBS_GROUP
+from echotune.worker.inflight import CANCELLED
 from echotune.worker.resources import Worker
 from tests.support.flaky_proxy import reply_dropping_proxy
+from tests.support.streams import wait_for_final
 from tests.support.workers import demo, worker_settings
 from tests.support.workers import started_worker as started
 from tests.unit.worker.test_handlers import long_job, opened
@@ -96,3 +98,17 @@ async def test_a_worker_shut_down_while_redis_takes_nothing_still_stops(
                 await worker[0].pool.drain(0.01, end_grace_s=0.5)
         keys = worker[0].settings.keys
     assert await redis.xpending_range(keys.jobs, JOBS_GROUP, entry, entry, 1)
+
+
+async def test_a_cancelled_answer_says_what_it_used(redis_server_url: str, redis: Redis) -> None:
+    """A cancel's ``done`` said 0 prompt and 0 completion tokens after text was streamed,
+    while its telemetry counted both."""
+    async with started(worker_settings(redis_server_url, demo(20))) as (a, broker):
+        rid = await opened(a)
+        await broker.publish(long_job(rid, deadline_s=60), stream=a.settings.keys.jobs)
+        await first(redis, a.settings.keys.events(rid), "delta")
+        a.jobs.stop(rid, CANCELLED)
+        final = await wait_for_final(redis, a.settings.namespace, rid)
+    assert final["finish_reason"] == "cancelled"
+    assert final["usage"]["prompt_tokens"] > 0
+    assert final["usage"]["completion_tokens"] > 0

@@ -12,7 +12,7 @@ from opentelemetry.trace import Span
 from redis.asyncio.client import Pipeline
 
 from echotune.common.breaker import Outcome, Permit
-from echotune.common.messages import ChatJob, Grounding
+from echotune.common.messages import ChatJob, Grounding, Usage
 from echotune.common.providers import ProviderConfig
 from echotune.worker.confidence import ConfidenceMeter
 from echotune.worker.deadline import Deadline
@@ -80,6 +80,10 @@ class Attempt:
         self.first_token_at: float | None = None
         self.span: Span | None = None
         self.confidence = ConfidenceMeter()
+        self.model = ""
+        self.usage = Usage()
+        """What the call used, as its telemetry counts it (estimates where the provider said
+        nothing): known once it ended."""
         features = job.features
         self.relays_logprobs = features is not None and bool(features.logprobs)
 
@@ -185,6 +189,8 @@ class Attempt:
             grounding=self.info.grounding,
             confidence=self.confidence.result(),
         )
+        self.model = request.model
+        self.usage = Usage(prompt_tokens=event.tokens_in, completion_tokens=event.tokens_out)
         self.ctx.telemetry.publish(event)
         tokens = (event.tokens_in, event.tokens_out) if outcome is Outcome.SUCCESS else None
         attempt_ended(

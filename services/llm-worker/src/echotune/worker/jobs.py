@@ -94,6 +94,7 @@ class JobRunner:
         self.first_token_at: float | None = None
         self.partial: list[str] = []
         self.confidence = ConfidenceMeter()
+        self.last_call: Attempt | None = None
 
     async def produce(self) -> ChatEvent:
         """Load context and listening profile (together, each bounded), build the prompt, then
@@ -106,8 +107,14 @@ class JobRunner:
         return await self._produce()
 
     def cancelled(self) -> DoneEvent:
-        config = self.ctx.registry.get(self.job.provider)
-        return self._done(FinishReason.CANCELLED, config, self.job.provider, self.job.model)
+        """The end of a cancelled answer, named after the call that was answering."""
+        call = self.last_call
+        if call is None:
+            config = self.ctx.registry.get(self.job.provider)
+            return self._done(FinishReason.CANCELLED, config, self.job.provider, self.job.model)
+        return self._done(
+            FinishReason.CANCELLED, call.config, call.config.name, call.model, call.usage
+        )
 
     def _grounding(self, config: ProviderConfig | None) -> Grounding | None:
         """What the answer was grounded in (``None`` before the prompt was built)."""
@@ -229,6 +236,7 @@ class JobRunner:
         raise AssertionError("unreachable")
 
     def _absorb(self, call: Attempt) -> None:
+        self.last_call = call
         if self.first_token_at is None:
             self.first_token_at = call.first_token_at
         self.partial.extend(call.text)
