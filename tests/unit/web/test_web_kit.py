@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -10,6 +12,7 @@ from echotune.analytics.app import create_app as create_analytics
 from echotune.analytics.settings import AnalyticsSettings
 from echotune.gateway.app import create_app as create_gateway
 from echotune.gateway.settings import GatewaySettings
+from echotune.web.bodylimit import BodySizeLimitMiddleware
 from echotune.web.errors import ApiError, install_error_handlers
 from echotune.web.requestid import RequestIdMiddleware
 
@@ -23,6 +26,11 @@ def tiny_app() -> FastAPI:
     async def boom() -> None:
         raise ApiError(409, "clash", "it clashed", details={"x": 1})
 
+    @app.post("/echo")
+    async def echo(body: dict[str, str]) -> dict[str, str]:
+        return body
+
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=100)
     return app
 
 
@@ -68,3 +76,35 @@ async def test_a_request_id_with_a_trailing_newline_is_refused(app: FastAPI) -> 
     response = await call(app, "/healthz?request_id=abcdefgh%0A")
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "invalid_request_id"
+
+
+async def chunked(size: int) -> AsyncIterator[bytes]:
+    """A JSON body of about ``size`` bytes, sent without a Content-Length."""
+    yield b'{"x": "'
+    yield b"y" * size
+    yield b'"}'
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+async def test_a_body_over_the_limit_is_a_413_with_the_request_id(declared: bool) -> None:
+    """Sent chunked, it was a 400 "There was an error parsing the body" (FastAPI reads the
+    body and turns any error into that); either way the 413 had no request id."""
+    transport = httpx.ASGITransport(app=tiny_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        content = b'{"x": "' + b"y" * 200 + b'"}' if declared else chunked(200)
+        response = await client.post(
+            "/echo", content=content, headers={"X-Request-Id": "req-00000002"}
+        )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "body_too_large"
+    assert response.json()["request_id"] == "req-00000002"
+
+
+async def test_a_body_over_the_limit_on_the_openai_door_is_an_openai_error() -> None:
+    app = create_gateway(GatewaySettings(auth_enabled=False, max_body_bytes=1024))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        response = await client.post("/v1/chat/completions", content=chunked(2000))
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("invalid_request_error", "body_too_large")
