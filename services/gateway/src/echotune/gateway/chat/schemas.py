@@ -18,6 +18,13 @@ from echotune.common.messages import (
 STREAM_ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
 
 
+class ChatStreamOptions(ChatOptions):
+    """The options a client sends: a misspelt one is refused, not ignored (the job's contract
+    ignores unknown fields, for workers older or newer than the gateway)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
 class ChatStreamRequest(BaseModel):
     """Body of ``POST /api/chat/stream``."""
 
@@ -27,7 +34,7 @@ class ChatStreamRequest(BaseModel):
     conversation_id: ConversationId | None = None
     provider: str | None = Field(None, description="Provider name; default: current selection")
     model: str | None = Field(None, description="Model of that provider; default: its default")
-    options: ChatOptions = Field(default_factory=ChatOptions)
+    options: ChatStreamOptions = Field(default_factory=ChatStreamOptions)
 
 
 class CancelResponse(BaseModel):
