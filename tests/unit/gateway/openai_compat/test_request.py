@@ -69,6 +69,24 @@ def test_unknown_fields_are_refused_not_ignored(field: str) -> None:
     assert error.value.errors()[0]["loc"] == (field,)
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_tokens", True),
+        ("max_tokens", "5"),
+        ("stream", "yes"),
+        ("temperature", "1"),
+        ("stream_options", {"include_usage": "true"}),
+    ],
+)
+def test_a_value_of_another_json_type_is_refused_not_converted(field: str, value: Any) -> None:
+    """``"max_tokens": true`` was taken as 1 (a one-token answer), ``"stream": "yes"`` as
+    true: nothing told the client its request was not what it meant."""
+    with pytest.raises(ValidationError) as error:
+        request(**{field: value})
+    assert error.value.errors()[0]["loc"][0] == field
+
+
 def test_null_counts_as_not_sent() -> None:
     parsed = request(logit_bias=None, tools=None, seed=None, user=None)
     assert parsed.tools is None

@@ -19,9 +19,10 @@ the default provider first)."""
 
 
 class Strict(BaseModel):
-    """Refuses unknown fields; drops fields sent as ``null``."""
+    """Refuses unknown fields and values of another JSON type (``"5"`` or ``true`` for a
+    number, ``"yes"`` for a boolean); drops fields sent as ``null``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     @model_validator(mode="before")
     @classmethod
