@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from redis.asyncio import Redis
 
 from echotune.common.keys import Keys
+from echotune.gateway.auth.cli import parser
 from echotune.gateway.auth.keys import ApiKeyStore
 
 DEV_KEY = "et_devkey01_s3cret-value"
@@ -31,3 +33,18 @@ async def test_a_key_installed_with_a_new_secret_replaces_the_old_one(redis: Red
     await store.install("et_devkey01_another-secret", "dev", "dev key")
     assert await store.verify(DEV_KEY) is None
     assert await store.verify("et_devkey01_another-secret") == "dev"
+
+
+@pytest.mark.parametrize("user", ["", "   ", "u" * 129])
+def test_a_key_for_no_user_is_refused(user: str) -> None:
+    """``echotune-apikey create --user ""`` made a working key whose user the analytics routes
+    refuse (a 422 about a ``user_id`` the caller never sent)."""
+    with pytest.raises(SystemExit) as exited:
+        parser().parse_args(["create", "--user", user])
+    assert exited.value.code == 2
+
+
+async def test_the_store_refuses_a_key_for_no_user(redis: Redis) -> None:
+    store = ApiKeyStore(redis, Keys(f"t{uuid.uuid4().hex[:10]}"))
+    with pytest.raises(ValueError, match="user id"):
+        await store.install(DEV_KEY, "", "dev key")

@@ -8,7 +8,7 @@ import json
 import sys
 
 from echotune.common.redis import create_redis
-from echotune.gateway.auth.keys import ApiKeyStore, public
+from echotune.gateway.auth.keys import ApiKeyStore, checked_user_id, public
 from echotune.gateway.auth.sessions import SessionStore
 from echotune.gateway.settings import GatewaySettings
 
@@ -17,7 +17,9 @@ def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="echotune-apikey", description=__doc__)
     commands = root.add_subparsers(dest="command", required=True)
     create = commands.add_parser("create", help="create a key and print it once")
-    create.add_argument("--user", required=True, help="the user id the key acts as")
+    create.add_argument(
+        "--user", required=True, type=checked_user_id, help="the user id the key acts as"
+    )
     create.add_argument("--name", default="", help="a label, e.g. the device")
     revoke = commands.add_parser(
         "revoke", help="revoke a key by its id and end the browser sessions issued from it"

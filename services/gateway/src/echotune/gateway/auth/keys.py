@@ -18,6 +18,15 @@ from redis.asyncio import Redis
 from echotune.common.keys import Keys
 
 PREFIX = "et_"
+USER_ID_MAX = 128
+"""Longest user id (what the analytics routes take as an owner)."""
+
+
+def checked_user_id(user_id: str) -> str:
+    """``user_id`` if a key may act as it: 1 to ``USER_ID_MAX`` characters, not blank."""
+    if not user_id.strip() or len(user_id) > USER_ID_MAX:
+        raise ValueError(f"a user id has 1 to {USER_ID_MAX} characters, not all blank")
+    return user_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +68,7 @@ class ApiKeyStore:
         key_id = parse_key_id(plaintext)
         if key_id is None:
             raise ValueError(f"an API key must look like {PREFIX}<id>_<secret>")
+        checked_user_id(user_id)
         digest = _digest(plaintext)
         raw = await self.redis.hget(self.hash_key, key_id)
         if raw is not None and _same(json.loads(raw), digest, user_id):
