@@ -16,7 +16,7 @@ help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 uv:  ## Install uv with pip when it is missing
-	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
+	@test -x "$(UV)" || python3 -m pip install --quiet --user uv || python3 -m pip install --quiet uv
 
 sync: uv  ## Create the virtual environment from uv.lock
 	@$(UV) sync --frozen --quiet $(SYNC_GROUPS)
