@@ -46,6 +46,7 @@ from echotune.common.metrics import (
     gen_ai_provider_name,
 )
 from echotune.common.providers import ProviderRegistry
+from echotune.gateway.chat.relay import parse_stream_id
 
 if TYPE_CHECKING:
     from echotune.common.breaker import CircuitBreakers
@@ -145,12 +146,15 @@ class GatewayMetrics:
         system = gen_ai_provider_name(config.kind) if config else "unknown"
         return OPERATION, system, provider, model
 
-    def watch(self, fresh: bool, opened_at: float, provider: str, model: str) -> StreamWatch:
-        """Start timing one response (``fresh``: it started a new answer)."""
+    def watch(
+        self, fresh: bool, opened_at: float, provider: str, model: str, replay_to: str = ""
+    ) -> StreamWatch:
+        """Start timing one response (``fresh``: it started a new answer; ``replay_to``: the
+        newest event when it attached, the last one it replays)."""
         self.open_streams.inc()
         if fresh:
             self.started.labels(provider, model).inc()
-        return StreamWatch(self, fresh, opened_at, provider, model)
+        return StreamWatch(self, fresh, opened_at, provider, model, replay_to)
 
     def rejected(self, error: ApiError) -> None:
         details = error.details if isinstance(error.details, dict) else {}
@@ -187,27 +191,44 @@ class GatewayMetrics:
 class StreamWatch:
     """Times one response as its frames are written: a few operations per event."""
 
-    __slots__ = ("_final", "_final_at", "_first_at", "fresh", "metrics", "model", "opened_at",
-                 "provider")  # fmt: skip
+    __slots__ = ("_final", "_final_at", "_first_at", "_replay_to", "fresh", "metrics", "model",
+                 "opened_at", "provider")  # fmt: skip
 
     def __init__(
-        self, metrics: GatewayMetrics, fresh: bool, opened_at: float, provider: str, model: str
+        self,
+        metrics: GatewayMetrics,
+        fresh: bool,
+        opened_at: float,
+        provider: str,
+        model: str,
+        replay_to: str = "",
     ) -> None:
         self.metrics, self.fresh, self.opened_at = metrics, fresh, opened_at
         self.provider, self.model = provider, model
+        self._replay_to = parse_stream_id(replay_to) if replay_to else None
         self._first_at: float | None = None
         self._final: Entry | None = None
         self._final_at = 0.0
 
     def sent(self, entry: Entry) -> None:
         """``entry``'s frame was just written to the client."""
-        if entry.id:
+        if entry.id and not self._replayed(entry.id):
             self.metrics.relay_lag.observe(max(time.time() - entry_seconds(entry.id), 0.0))
         if entry.type == EventType.DELTA:
             if self._first_at is None:
                 self._first_at = time.monotonic()
         elif entry.type in (EventType.DONE, EventType.ERROR):
             self._final, self._final_at = entry, time.monotonic()
+
+    def _replayed(self, entry_id: str) -> bool:
+        """Whether the entry was stored before the client attached: its lag is the client's
+        absence, not the relay's (checked until the first live entry)."""
+        if self._replay_to is None:
+            return False
+        if parse_stream_id(entry_id) <= self._replay_to:
+            return True
+        self._replay_to = None
+        return False
 
     def end(self) -> None:
         """The response is over (final event written, client gone, or deadline)."""

@@ -119,6 +119,8 @@ class OpenStream:
     client_text: bool = False
     """The client may hold text of this answer: a delta was relayed to it since the answer
     last started over, or it resumed after an event past the start."""
+    replay_to: str = ""
+    """The newest event when the client attached: the events up to it are a replay."""
 
     def relayed(self, entry: Entry) -> Entry | None:
         """``entry`` goes to the client; the failover to send before it, if the answer started
@@ -417,6 +419,7 @@ class ChatService:
             provider=attached.provider,
             model=attached.model,
             client_text=bool(last_event_id) and past_start,
+            replay_to=attached.newest_id,
         )
 
     async def cancel(self, request_id: str, user_id: str) -> str:
@@ -465,8 +468,9 @@ class ChatService:
         deadline = now + settings.max_stream_s + settings.resume_window_s
         check_at, beat_at = now + settings.pickup_timeout_s, now + settings.heartbeat_s
         watch = self.metrics.watch(
-            bool(stream.first_frame), stream.opened_at, stream.provider, stream.model
-        )
+            bool(stream.first_frame), stream.opened_at, stream.provider, stream.model,
+            stream.replay_to,
+        )  # fmt: skip
         try:
             while time.monotonic() < deadline:
                 wait = max(min(beat_at, check_at) - time.monotonic(), 0.0)
