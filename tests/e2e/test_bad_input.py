@@ -24,7 +24,7 @@ LONG = "x" * 16_001
         ({"message": "hi"}, {"Last-Event-ID": "1-2-3"}, 422, "invalid_request"),
         ({"message": "hi", "conversation_id": "no spaces"}, {}, 422, "invalid_request"),
         ({"request_id": "never-seen-request-id"}, {}, 404, "unknown_request"),
-        ({}, {}, 404, "unknown_request"),
+        ({}, {}, 422, "message_required"),
     ],
 )
 async def test_get_stream_rejects(

@@ -21,6 +21,8 @@ from echotune.gateway.chat.schemas import (
 from echotune.gateway.chat.service import ChatInput
 from echotune.gateway.chat.sse import SSEResponse
 from echotune.gateway.deps import AUTHENTICATED, ChatServiceDep, UserIdDep
+from echotune.web.errors import ApiError
+from echotune.web.requestid import requested_id
 
 router = APIRouter(prefix="/api/chat", tags=["chat"], dependencies=AUTHENTICATED)
 
@@ -62,6 +64,10 @@ async def stream_get(
     last_event_id_header: LastEventIdHeader = None,
 ) -> Response:
     """Start a chat answer, or attach to a running one, as Server-Sent Events."""
+    if message is None and requested_id(request.scope) is None:
+        raise ApiError(
+            422, "message_required", "give a message, or the request_id of an answer to attach to"
+        )
     chat = _chat_input(
         request,
         user_id,
