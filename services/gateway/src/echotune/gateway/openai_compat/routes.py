@@ -16,7 +16,7 @@ from echotune.gateway.chat.sse import SSEResponse
 from echotune.gateway.deps import AUTHENTICATED, ChatServiceDep, RegistryDep, UserIdDep
 from echotune.gateway.openai_compat.request import to_chat_input
 from echotune.gateway.openai_compat.schemas import MODEL_RULE, ChatCompletionRequest
-from echotune.gateway.openai_compat.service import Completion, chunk_stream
+from echotune.gateway.openai_compat.service import Completion, chunk_stream, resolve_model
 from echotune.web.errors import ApiError
 
 router = APIRouter(prefix="/v1", tags=["openai-compatible"], dependencies=AUTHENTICATED)
@@ -109,12 +109,10 @@ async def list_models(registry: RegistryDep) -> dict[str, Any]:
     }
 
 
-@router.get("/models/{provider}/{model}", summary="One model")
-async def get_model(provider: str, model: str, registry: RegistryDep) -> dict[str, Any]:
-    config = registry.get(provider)
-    if config is None or model not in config.models:
-        raise ApiError(404, "model_not_found", f"The model `{provider}/{model}` does not exist")
-    return _model(provider, model)
+@router.get("/models/{name:path}", summary="One model, by any name a chat's `model` takes")
+async def get_model(name: str, registry: RegistryDep) -> dict[str, Any]:
+    provider, _ = resolve_model(registry, name)
+    return {"id": name, "object": "model", "created": 0, "owned_by": provider}
 
 
 def _model(provider: str, model: str) -> dict[str, Any]:
