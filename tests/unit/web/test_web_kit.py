@@ -108,3 +108,16 @@ async def test_a_body_over_the_limit_on_the_openai_door_is_an_openai_error() -> 
     assert response.status_code == 413
     error = response.json()["error"]
     assert (error["type"], error["code"]) == ("invalid_request_error", "body_too_large")
+
+
+@pytest.mark.parametrize(
+    "app",
+    [create_gateway(GatewaySettings(auth_enabled=False)), create_analytics(AnalyticsSettings())],
+    ids=["gateway", "analytics"],
+)
+async def test_a_health_check_by_head_is_answered(app: FastAPI) -> None:
+    """Load balancers probing with HEAD got a 405 from the gateway and analytics."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        response = await client.head("/healthz")
+    assert response.status_code == 200

@@ -18,7 +18,7 @@ class Readiness(BaseModel):
     workers: int = Field(description=f"Workers seen alive in the last {WORKER_SEEN_S:.0f} s")
 
 
-@router.get("/healthz", summary="Liveness")
+@router.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness")
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 

@@ -11,7 +11,7 @@ from echotune.web.errors import ApiError
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="Liveness: the process answers")
+@router.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness: the process answers")
 async def healthz() -> dict[str, str]:
     """Always ok while the process runs."""
     return {"status": "ok"}
