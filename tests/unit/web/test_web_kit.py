@@ -67,6 +67,7 @@ async def test_every_service_refuses_a_malformed_request_id_alike(app: FastAPI) 
     response = await call(app, "/healthz", {"X-Request-Id": "no spaces allowed!"})
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "invalid_request_id"
+    assert response.json()["request_id"] is None, "the error body's shape, as every other's"
 
 
 @SERVICES

@@ -60,7 +60,8 @@ async def _reject(send: Send, value: str) -> None:
                 "code": "invalid_request_id",
                 "message": f"request id must match {REQUEST_ID_PATTERN}",
                 "details": {"value": value[:100]},
-            }
+            },
+            "request_id": None,  # the request has none: its own was refused
         }
     ).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
