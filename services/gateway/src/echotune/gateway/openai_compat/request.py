@@ -74,10 +74,11 @@ def features_of(request: ChatCompletionRequest) -> CompletionFeatures | None:
 
 def _check_turns(messages: list[ChatMessage]) -> None:
     """The last message is the user's or a tool result; every tool call gets its result."""
+    last = len(messages) - 1
     if messages[-1].role not in (Role.USER, Role.TOOL):
-        raise bad_param(
-            f"messages.{len(messages) - 1}.role", "the last message must be a user or tool message"
-        )
+        raise bad_param(f"messages.{last}.role", "the last message must be a user or tool message")
+    if messages[-1].role is Role.USER and not messages[-1].content.strip():
+        raise bad_param(f"messages.{last}.content", "the message is empty", "empty_message")
     pending: dict[str, int] = {}  # unanswered call id → index of its assistant message
     for index, message in enumerate(messages):
         if message.role is Role.TOOL:
