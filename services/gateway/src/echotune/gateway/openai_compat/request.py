@@ -73,7 +73,8 @@ def features_of(request: ChatCompletionRequest) -> CompletionFeatures | None:
 
 
 def _check_turns(messages: list[ChatMessage]) -> None:
-    """The last message is the user's or a tool result; every tool call gets its result."""
+    """The last message is the user's (not empty) or a tool result; every tool call gets its
+    result."""
     last = len(messages) - 1
     if messages[-1].role not in (Role.USER, Role.TOOL):
         raise bad_param(f"messages.{last}.role", "the last message must be a user or tool message")
