@@ -490,25 +490,3 @@ async def test_a_fenced_run_letting_its_entry_go_when_the_shutdown_comes_still_d
         go_on.set()
         await let_go.wait()
     assert await pending_with(redis, keys, second_entry) is None, "its entry stayed pending"
-
-
-async def test_another_users_conversation_is_refused_not_answered_and_dropped(
-    worker: tuple[Worker, TestRedisBroker],
-    redis: Redis,
-    store: ConversationStore,
-) -> None:
-    """An answer in a conversation id another user holds streamed as usual, and its turn was
-    silently not recorded: the user's later questions there had no context."""
-    running, _ = worker
-    running.conversations = store
-    owners = long_job("r-owner-0001").model_copy(update={"conversation_id": "c-held"})
-    await store.append(owners, "the owner's answer")
-    rid = await opened(running, user="u2")
-    job = long_job(rid).model_copy(update={"conversation_id": "c-held", "user_id": "u2"})
-    entry = await delivered(redis, running.settings.keys, running.settings.consumer)
-    assert await execute(running, job, InFlight(rid, entry), first=True) is True
-    final = await wait_for_final(redis, running.settings.namespace, rid)
-    assert (final["type"], final["code"]) == ("error", "conversation_unavailable")
-    document = await store.collection.find_one({"_id": "c-held"})
-    assert document is not None
-    assert (document["userId"], document["messageCount"]) == ("u1", 2)

@@ -308,7 +308,6 @@ class ErrorCode(StrEnum):
     NO_WORKER = "no_worker"
     INTERNAL = "internal_error"
     REQUEST_REFUSED = "request_refused"
-    CONVERSATION_UNAVAILABLE = "conversation_unavailable"
 
 
 class ErrorEvent(Contract):

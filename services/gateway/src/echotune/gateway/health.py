@@ -18,7 +18,8 @@ class Readiness(BaseModel):
     workers: int = Field(description=f"Workers seen alive in the last {WORKER_SEEN_S:.0f} s")
 
 
-@router.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness")
+@router.get("/healthz", summary="Liveness")
+@router.head("/healthz", include_in_schema=False)  # load balancers probe with HEAD
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 

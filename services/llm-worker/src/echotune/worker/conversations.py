@@ -38,8 +38,6 @@ class ConversationContext:
 
     messages: list[ChatMessage] = field(default_factory=list)
     usage: ContextUsage = field(default_factory=ContextUsage)
-    foreign: bool = False
-    """The conversation id is another user's: not theirs to read nor to add to."""
 
 
 def summary_line(question: str) -> str:
@@ -114,14 +112,12 @@ class ConversationStore:
             return ConversationContext()
         try:
             document = await self.collection.find_one(
-                {"_id": job.conversation_id},
-                {"userId": 1, "summary": 1, "turns": {"$slice": -self.keep_turns}},
+                {"_id": job.conversation_id, "userId": job.user_id},
+                {"summary": 1, "turns": {"$slice": -self.keep_turns}},
             )
         except Exception as exc:  # context is optional: never let it break an answer
             self.pause.failed(exc, "conversation context unavailable, answering without it")
             return ConversationContext()
-        if document is not None and document.get("userId") != job.user_id:
-            return ConversationContext(foreign=True)
         return build_context(document, self.max_chars, job.request_id)
 
     def records(self, job: ChatJob) -> bool:

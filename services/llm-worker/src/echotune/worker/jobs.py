@@ -102,11 +102,6 @@ class JobRunner:
         self.context, profile = await asyncio.gather(
             self.ctx.conversations.context(self.job), self.ctx.profiles.load(self.job)
         )
-        if self.context.foreign:
-            return ErrorEvent(
-                code=ErrorCode.CONVERSATION_UNAVAILABLE,
-                message="this conversation id is another user's: choose another",
-            )
         max_chars = self.ctx.settings.profile_max_chars
         self.prompt = build_prompt(self.job, self.context, profile, max_chars)
         return await self._produce()

@@ -11,7 +11,8 @@ from echotune.web.errors import ApiError
 router = APIRouter(tags=["health"])
 
 
-@router.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness: the process answers")
+@router.get("/healthz", summary="Liveness: the process answers")
+@router.head("/healthz", include_in_schema=False)  # load balancers probe with HEAD
 async def healthz() -> dict[str, str]:
     """Always ok while the process runs."""
     return {"status": "ok"}
