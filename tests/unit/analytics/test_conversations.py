@@ -89,3 +89,17 @@ async def test_missing_or_foreign_conversation_is_404(
         response = await api.get(path, params=params)
         assert response.status_code == 404
         assert response.json()["error"]["code"] == "conversation_not_found"
+
+
+async def test_a_conversation_id_is_each_users_own(
+    db: AsyncDatabase[Document], api: httpx.AsyncClient
+) -> None:
+    """A second user of an id has their own conversation under it (stored as ``user/id``)."""
+    alices = conversation(1, "alice")
+    bobs = {**conversation(1, "bob"), "_id": f"bob/{alices['_id']}"}
+    await db[CONVERSATIONS].insert_many([alices, bobs])
+    for user in ("alice", "bob"):
+        one = await get_ok(api, f"/api/conversations/{alices['_id']}", user_id=user)
+        assert (one["data"]["id"], one["data"]["user_id"]) == (alices["_id"], user)
+        listed = await get_ok(api, "/api/conversations", user_id=user)
+        assert [c["id"] for c in listed["data"]] == [alices["_id"]]

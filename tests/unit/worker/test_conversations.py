@@ -120,3 +120,29 @@ async def test_a_run_again_whose_turn_aged_out_is_not_recorded_twice(
     assert document["messageCount"] == 4
     assert [t["content"] for t in document["turns"]] == ["asked next", "the next answer"]
     assert document["summary"] == "- asked next\n- asked once"
+
+
+def users_job(user: str, conversation_id: str, question: str) -> ChatJob:
+    return job(conversation_id, question).model_copy(update={"user_id": user})
+
+
+async def test_two_users_may_use_the_same_conversation_id(store: ConversationStore) -> None:
+    """An answer in a conversation id another user had used was answered without context and
+    its turn silently not recorded: the user's later questions there had no context."""
+    await store.append(users_job("alice", "default", "alice asks"), "to alice")
+    await store.append(users_job("bob", "default", "bob asks"), "to bob")
+    await store.append(users_job("bob", "default", "bob again"), "to bob again")
+    bobs = await store.context(users_job("bob", "default", "and now"))
+    assert [m.content for m in bobs.messages[1:]] == [
+        "bob asks",
+        "to bob",
+        "bob again",
+        "to bob again",
+    ]
+    alices = await store.context(users_job("alice", "default", "and now"))
+    assert [m.content for m in alices.messages[1:]] == ["alice asks", "to alice"]
+    documents = await store.collection.find({}).sort("_id").to_list(None)
+    assert [(d["_id"], d["userId"], d["messageCount"]) for d in documents] == [
+        ("bob/default", "bob", 4),
+        ("default", "alice", 2),
+    ]

@@ -1,5 +1,8 @@
-"""The ``conversations`` collection: its schema and migration (written by the worker, read by
-analytics). One document per conversation: ``_id``, ``userId``, ``summary``, ``turns`` (the
+"""The ``conversations`` collection: its schema, migration and ids (written by the worker, read
+by analytics). A conversation id is its user's own: two users may use the same one. A
+document's ``_id`` is the id itself for the first user of it (every document before ids were
+per user), ``<userId>/<id>`` for any other (an id never holds ``/``), so no migration was
+needed. One document per conversation: ``_id``, ``userId``, ``summary``, ``turns`` (the
 latest messages, each tagged with the request and the run that wrote it: its epoch and take
 time), ``recorded`` (the latest requests whose turn was recorded, their ids), ``messageCount``,
 ``lastActivity``, ``rev`` (compare-and-set revision).
@@ -48,3 +51,14 @@ async def migrate_conversations(db: AsyncDatabase[dict[str, Any]]) -> None:
     """Validator and index; idempotent, safe from several processes at once."""
     await ensure_validator(db, CONVERSATIONS, SCHEMA)
     await db[CONVERSATIONS].create_index(USER_RECENT, name="user_recent")
+
+
+def stored_ids(user_id: str, conversation_id: str) -> list[str]:
+    """The ``_id``s a user's conversation may have: the id itself, or its per-user form (the
+    documents match only with ``userId`` too)."""
+    return [conversation_id, f"{user_id}/{conversation_id}"]
+
+
+def public_id(stored_id: str) -> str:
+    """The conversation id its user knows, from a document's ``_id``."""
+    return stored_id.rpartition("/")[2]

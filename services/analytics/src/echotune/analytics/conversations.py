@@ -8,6 +8,7 @@ from typing import Any
 from pymongo.asynchronous.database import AsyncDatabase
 
 from echotune.analytics.params import Page
+from echotune.common.conversations import public_id, stored_ids
 from echotune.common.mongo import CONVERSATIONS
 
 Document = dict[str, Any]
@@ -30,7 +31,7 @@ def projection(fields: Sequence[str]) -> Document:
 
 def to_api(doc: Document, fields: Sequence[str]) -> Document:
     """A conversation document in API form, with only ``fields`` (and the id)."""
-    out: Document = {"id": str(doc["_id"])}
+    out: Document = {"id": public_id(str(doc["_id"]))}
     for name in fields:
         value = doc.get(COLUMNS[name])
         if name == "turns":
@@ -70,9 +71,10 @@ async def get_conversation(
     fields: Sequence[str],
     max_time_ms: int,
 ) -> Document | None:
-    """One conversation, or ``None`` when it does not exist (or is another user's)."""
+    """One conversation, or ``None`` when it does not exist (or is another user's); without
+    ``user_id``, the id's first user's."""
     query: Document = {"_id": conversation_id}
     if user_id:
-        query["userId"] = user_id
+        query = {"_id": {"$in": stored_ids(user_id, conversation_id)}, "userId": user_id}
     doc = await db[CONVERSATIONS].find_one(query, projection(fields), max_time_ms=max_time_ms)
     return None if doc is None else to_api(doc, fields)

@@ -1,9 +1,10 @@
 """Conversation context: what the worker reads before an answer and writes after it.
 
-Collection ``conversations``, one document per conversation: ``_id`` (conversation id),
-``userId``, ``summary``, ``turns`` (the latest ``keep_turns`` messages), ``recorded`` (the
-latest requests whose turn was recorded), ``messageCount``, ``lastActivity``. The summary is
-extractive (the latest user questions, shortened), so refreshing it costs no provider call.
+Collection ``conversations`` (``common.conversations``: each user's ids are their own), one
+document per conversation: ``_id``, ``userId``, ``summary``, ``turns`` (the latest
+``keep_turns`` messages), ``recorded`` (the latest requests whose turn was recorded),
+``messageCount``, ``lastActivity``. The summary is extractive (the latest user questions,
+shortened), so refreshing it costs no provider call.
 Context never blocks an answer: when MongoDB is slow or down the answer goes on without it.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 from pymongo import AsyncMongoClient
 from pymongo.errors import DuplicateKeyError
 
-from echotune.common.conversations import migrate_conversations
+from echotune.common.conversations import migrate_conversations, stored_ids
 from echotune.common.messages import ChatJob, ChatMessage, ContextUsage, Role
 from echotune.common.mongo import CONVERSATIONS, until_done
 from echotune.worker.mongo_pause import MongoPause
@@ -111,8 +112,9 @@ class ConversationStore:
         if self.pause.active:
             return ConversationContext()
         try:
+            ids = stored_ids(job.user_id, job.conversation_id)
             document = await self.collection.find_one(
-                {"_id": job.conversation_id, "userId": job.user_id},
+                {"_id": {"$in": ids}, "userId": job.user_id},
                 {"summary": 1, "turns": {"$slice": -self.keep_turns}},
             )
         except Exception as exc:  # context is optional: never let it break an answer
@@ -144,13 +146,13 @@ class ConversationStore:
 
     async def _try_append(self, job: ChatJob, answer: str, run: tuple[int, float]) -> bool:
         """One compare-and-set; ``False`` when someone else changed the document meanwhile."""
-        document = await self.collection.find_one(
-            {"_id": job.conversation_id},
-            {"summary": 1, "userId": 1, "turns": 1, "recorded": 1, "rev": 1},
-        )
-        if document and document.get("userId") != job.user_id:
-            log.warning("conversation belongs to another user; turn not recorded")
-            return True
+        assert job.conversation_id is not None  # records() said so
+        ids = stored_ids(job.user_id, job.conversation_id)
+        found = await self.collection.find(
+            {"_id": {"$in": ids}}, {"summary": 1, "userId": 1, "turns": 1, "recorded": 1, "rev": 1}
+        ).to_list(2)
+        document = next((d for d in found if d.get("userId") == job.user_id), None)
+        new_id = ids[1] if any(d["_id"] == ids[0] for d in found) else ids[0]  # id's first user
         turns: list[dict[str, Any]] = (document or {}).get("turns") or []
         recorded: list[str] = (document or {}).get("recorded") or []
         mine = [t for t in turns if t.get("requestId") == job.request_id]
@@ -174,7 +176,7 @@ class ConversationStore:
             try:
                 await self.collection.insert_one(
                     {
-                        "_id": job.conversation_id,
+                        "_id": new_id,
                         "userId": job.user_id,
                         "messageCount": 2,
                         "rev": 1,
@@ -186,7 +188,7 @@ class ConversationStore:
             return True
         rev = document.get("rev")
         result = await self.collection.update_one(
-            {"_id": job.conversation_id, "rev": rev},
+            {"_id": document["_id"], "rev": rev},
             {"$set": {**fields, "rev": (rev or 0) + 1}, "$inc": {"messageCount": 0 if mine else 2}},
         )
         return result.matched_count == 1
