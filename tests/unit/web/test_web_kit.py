@@ -20,7 +20,6 @@ from echotune.web.requestid import RequestIdMiddleware
 def tiny_app() -> FastAPI:
     app = FastAPI()
     install_error_handlers(app)
-    app.add_middleware(RequestIdMiddleware)
 
     @app.get("/boom")
     async def boom() -> None:
@@ -30,7 +29,12 @@ def tiny_app() -> FastAPI:
     async def echo(body: dict[str, str]) -> dict[str, str]:
         return body
 
+    @app.post("/ignore")
+    async def ignore() -> dict[str, str]:
+        return {"body": "not read"}
+
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=100)
+    app.add_middleware(RequestIdMiddleware)  # outermost, as in every service
     return app
 
 
@@ -101,11 +105,25 @@ async def test_a_body_over_the_limit_is_a_413_with_the_request_id(declared: bool
     assert response.json()["request_id"] == "req-00000002"
 
 
-async def test_a_body_over_the_limit_on_the_openai_door_is_an_openai_error() -> None:
+async def test_a_declared_body_over_the_limit_is_refused_where_it_is_never_read() -> None:
+    """Refused only as it was read, it let a route that reads no body run (a cancel, or an SSE
+    answer started by a GET carrying a body, then cut by its disconnect listener's read)."""
+    transport = httpx.ASGITransport(app=tiny_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+        response = await client.post(
+            "/ignore", content=b"x" * 200, headers={"X-Request-Id": "req-00000003"}
+        )
+    assert response.status_code == 413
+    assert response.json()["request_id"] == "req-00000003"
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "chunked"])
+async def test_a_body_over_the_limit_on_the_openai_door_is_an_openai_error(declared: bool) -> None:
     app = create_gateway(GatewaySettings(auth_enabled=False, max_body_bytes=1024))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
-        response = await client.post("/v1/chat/completions", content=chunked(2000))
+        content = b"x" * 2000 if declared else chunked(2000)
+        response = await client.post("/v1/chat/completions", content=content)
     assert response.status_code == 413
     error = response.json()["error"]
     assert (error["type"], error["code"]) == ("invalid_request_error", "body_too_large")

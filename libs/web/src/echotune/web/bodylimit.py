@@ -1,48 +1,54 @@
 """Request body size limit.
 
 Why not Starlette's ``RequestBodyLimitMiddleware``: it answers 413 in plain text, and every
-error of this API is JSON.
+error of this API is JSON, in the shape of the door it came through.
 """
 
 from __future__ import annotations
 
-import json
-
 from starlette.exceptions import HTTPException
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from echotune.web.errors import ApiError, Render, render_error
+
+CODE = "body_too_large"
 
 
 class BodyTooLarge(HTTPException):
-    """Raised as the body is read: an HTTP error, so FastAPI's body reading passes it on (it
-    turns any other error into a 400) and the app's error handlers answer it, request id and
-    the door's error format included."""
+    """Raised as a streamed body grows too large: an HTTP error, so FastAPI's body reading
+    passes it on (it turns any other error into a 400) and the app's handlers answer it."""
 
     def __init__(self, max_bytes: int) -> None:
         super().__init__(413, f"the body exceeds {max_bytes} bytes")
 
 
 class BodySizeLimitMiddleware:
-    """Refuses (413) a request body larger than ``max_bytes``, declared or streamed, as soon as
-    the app reads it."""
+    """Refuses (413) a request body larger than ``max_bytes``: declared, before the app runs;
+    streamed, as it is read. ``render`` answers as the app's error handlers do."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, render: Render = render_error) -> None:
+        self.app, self.max_bytes, self.render = app, max_bytes, render
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"")
-        seen = int(declared) if declared.isdigit() and int(declared) > self.max_bytes else 0
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)  # even where the body is never read
+            return
+        seen, refused = 0, False
 
         async def counting_receive() -> Message:
-            nonlocal seen
-            if seen > self.max_bytes:  # declared too large: nothing of it is read
-                raise BodyTooLarge(self.max_bytes)
+            nonlocal seen, refused
+            if refused:  # e.g. a disconnect listener: the request is over
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    refused = True
                     raise BodyTooLarge(self.max_bytes)
             return message
 
@@ -50,15 +56,9 @@ class BodySizeLimitMiddleware:
         # in full before any answer to it starts.
         try:
             await self.app(scope, counting_receive, send)
-        except BodyTooLarge:  # an app without the handlers (they answer it otherwise)
-            await self._refuse(send)
+        except BodyTooLarge:  # raised where no handler answers it (a middleware read it)
+            await self._refuse(scope, receive, send)
 
-    async def _refuse(self, send: Send) -> None:
-        error = {"code": "body_too_large", "message": f"the body exceeds {self.max_bytes} bytes"}
-        body = json.dumps({"error": error}).encode()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = ApiError(413, CODE, f"the body exceeds {self.max_bytes} bytes")
+        await self.render(Request(scope, receive), error)(scope, receive, send)

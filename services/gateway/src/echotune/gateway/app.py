@@ -107,7 +107,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     tracing.configure_tracing("echotune-gateway")
     middleware: list[Middleware] = [
-        (BodySizeLimitMiddleware, {"max_bytes": settings.max_body_bytes})
+        (BodySizeLimitMiddleware, {"max_bytes": settings.max_body_bytes, "render": render})
     ]
     if settings.cors_origins:
         cors = {
