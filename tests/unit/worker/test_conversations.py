@@ -146,3 +146,18 @@ async def test_two_users_may_use_the_same_conversation_id(store: ConversationSto
         ("bob/default", "bob", 4),
         ("default", "alice", 2),
     ]
+
+
+async def test_a_request_id_used_again_for_a_new_answer_is_recorded(
+    store: ConversationStore,
+) -> None:
+    """A request id is free again once its answer lapsed: the new answer's turn was taken for
+    a run again of the old one (its id remembered as recorded) and not recorded."""
+    store.keep_turns = 2
+    await store.append(job("c9", "asked first", request_id="r-reused"), "first answer")
+    await store.append(job("c9", "asked next"), "next answer")
+    await store.append(job("c9", "asked anew", request_id="r-reused"), "new answer")
+    document = await store.collection.find_one({"_id": "c9"})
+    assert document is not None
+    assert document["messageCount"] == 6
+    assert [t["content"] for t in document["turns"]] == ["asked anew", "new answer"]

@@ -4,8 +4,8 @@ document's ``_id`` is the id itself for the first user of it (every document bef
 per user), ``<userId>/<id>`` for any other (an id never holds ``/``), so no migration was
 needed. One document per conversation: ``_id``, ``userId``, ``summary``, ``turns`` (the
 latest messages, each tagged with the request and the run that wrote it: its epoch and take
-time), ``recorded`` (the latest requests whose turn was recorded, their ids), ``messageCount``,
-``lastActivity``, ``rev`` (compare-and-set revision).
+time), ``recorded`` (the latest jobs whose turn was recorded: request id and creation time),
+``messageCount``, ``lastActivity``, ``rev`` (compare-and-set revision).
 """
 
 from __future__ import annotations

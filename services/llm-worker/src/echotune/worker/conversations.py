@@ -2,7 +2,7 @@
 
 Collection ``conversations`` (``common.conversations``: each user's ids are their own), one
 document per conversation: ``_id``, ``userId``, ``summary``, ``turns`` (the latest
-``keep_turns`` messages), ``recorded`` (the latest requests whose turn was recorded),
+``keep_turns`` messages), ``recorded`` (the latest jobs whose turn was recorded),
 ``messageCount``, ``lastActivity``. The summary is extractive (the latest user questions,
 shortened), so refreshing it costs no provider call.
 Context never blocks an answer: when MongoDB is slow or down the answer goes on without it.
@@ -158,7 +158,7 @@ class ConversationStore:
         mine = [t for t in turns if t.get("requestId") == job.request_id]
         if mine and max(_run_of(t) for t in mine) >= run:
             return True  # recorded already by this or a later run
-        if not mine and job.request_id in recorded:
+        if not mine and _recorded_as(job) in recorded:
             return True  # its turn left the window: nothing to replace, no question to add
         question, now = job.messages[-1].content, datetime.now(UTC)
         tag = {"requestId": job.request_id, "epoch": run[0], "takenAt": float(run[1])}
@@ -169,8 +169,8 @@ class ConversationStore:
         new_turns = _with_turns(turns, job.request_id, pair)[-self.keep_turns :]
         summary = (document or {}).get("summary", "")
         fields = {"turns": new_turns, "lastActivity": now}
-        if job.request_id not in recorded:
-            fields["recorded"] = [*recorded, job.request_id][-RECORDED_KEEP:]
+        if _recorded_as(job) not in recorded:
+            fields["recorded"] = [*recorded, _recorded_as(job)][-RECORDED_KEEP:]
         fields["summary"] = summary if mine else summarize(summary, question)
         if document is None:
             try:
@@ -209,6 +209,12 @@ def _with_turns(
 def _first_turn(turns: list[dict[str, Any]], request_id: str) -> int | None:
     """Where the request's turns begin (``None``: it has none)."""
     return next((i for i, t in enumerate(turns) if t.get("requestId") == request_id), None)
+
+
+def _recorded_as(job: ChatJob) -> str:
+    """The job as ``recorded`` remembers it: its runs share it, a new answer under a request
+    id used again (once the old one lapsed) does not."""
+    return f"{job.request_id}@{job.created_at.isoformat()}"
 
 
 def _run_of(turn: dict[str, Any]) -> tuple[int, float]:
