@@ -35,10 +35,11 @@ async def test_a_key_installed_with_a_new_secret_replaces_the_old_one(redis: Red
     assert await store.verify("et_devkey01_another-secret") == "dev"
 
 
-@pytest.mark.parametrize("user", ["", "   ", "u" * 129])
+@pytest.mark.parametrize("user", ["", "   ", "u" * 129, "anonymous"])
 def test_a_key_for_no_user_is_refused(user: str) -> None:
     """``echotune-apikey create --user ""`` made a working key whose user the analytics routes
-    refuse (a 422 about a ``user_id`` the caller never sent)."""
+    refuse (a 422 about a ``user_id`` the caller never sent); one for ``anonymous`` could set
+    the provider for everyone and act as any user on the OpenAI door."""
     with pytest.raises(SystemExit) as exited:
         parser().parse_args(["create", "--user", user])
     assert exited.value.code == 2

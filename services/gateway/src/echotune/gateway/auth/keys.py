@@ -18,14 +18,20 @@ from redis.asyncio import Redis
 from echotune.common.keys import Keys
 
 PREFIX = "et_"
+ANONYMOUS = "anonymous"
+"""The user of every request while authentication is off; it may act for everyone (set the
+provider for all, name the user on the OpenAI door), so no key acts as it."""
 USER_ID_MAX = 128
 """Longest user id (what the analytics routes take as an owner)."""
 
 
 def checked_user_id(user_id: str) -> str:
-    """``user_id`` if a key may act as it: 1 to ``USER_ID_MAX`` characters, not blank."""
+    """``user_id`` if a key may act as it: 1 to ``USER_ID_MAX`` characters, not blank, not
+    ``ANONYMOUS``."""
     if not user_id.strip() or len(user_id) > USER_ID_MAX:
         raise ValueError(f"a user id has 1 to {USER_ID_MAX} characters, not all blank")
+    if user_id == ANONYMOUS:
+        raise ValueError(f"{ANONYMOUS!r} is the user of requests without authentication")
     return user_id
 
 

@@ -9,12 +9,11 @@ from dataclasses import dataclass, field
 from starlette.requests import HTTPConnection
 
 from echotune.gateway.auth import sessions
-from echotune.gateway.auth.keys import ApiKeyStore
+from echotune.gateway.auth.keys import ANONYMOUS, ApiKeyStore
 from echotune.gateway.auth.sessions import Session, SessionStore
 from echotune.gateway.settings import GatewaySettings
 from echotune.web.errors import ApiError
 
-ANONYMOUS = "anonymous"
 DEV_USER = "dev"
 RECHECK_S = 2.0
 """How long a session found live is trusted before Redis is asked again (logout, revocation)."""

@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from echotune.gateway.auth.keys import ANONYMOUS
 from echotune.gateway.chat.relay import Entry
 from echotune.gateway.chat.service import ChatService
 from echotune.gateway.chat.sse import SSEResponse
@@ -38,7 +39,7 @@ async def chat_completions(
     connection cancels the upstream call. There is no resume on this door.
     """
     request_id: str = request.state.request_id
-    user = body.user if user_id == "anonymous" and body.user else user_id
+    user = body.user if user_id == ANONYMOUS and body.user else user_id
     chat_input = to_chat_input(body, request_id, user, registry)
     chat_input = replace(chat_input, client_ip=request.client.host if request.client else "")
     stream = await chat.open(chat_input, None)

@@ -15,6 +15,7 @@ from echotune.common.keys import Keys
 from echotune.common.live_stats import LiveFigures, LiveStats
 from echotune.common.messages import BreakerState
 from echotune.common.providers import ProviderConfig, ProviderKind, ProviderRegistry
+from echotune.gateway.auth.keys import ANONYMOUS
 from echotune.gateway.providers.schemas import (
     BreakerInfo,
     Health,
@@ -121,7 +122,7 @@ class ProviderService:
                 details={"next_probe_at": snapshot.next_probe_at},
             )
         selection = Selection(provider=config.name, model=chosen)
-        owner = EVERYONE if user_id == "anonymous" else user_id
+        owner = EVERYONE if user_id == ANONYMOUS else user_id
         await self.redis.hset(self.keys.provider_selection, owner, selection.model_dump_json())
         return selection
 
