@@ -21,10 +21,13 @@ async def test_an_unknown_field_is_refused(gateway: FastAPI, body: dict[str, obj
     assert response.json()["error"]["details"][0]["type"] == "extra_forbidden"
 
 
-async def test_neither_a_message_nor_a_request_id_is_a_422(gateway: FastAPI) -> None:
+@pytest.mark.parametrize("headers", [{}, {"X-Request-Id": ""}], ids=["none", "empty header"])
+async def test_neither_a_message_nor_a_request_id_is_a_422(
+    gateway: FastAPI, headers: dict[str, str]
+) -> None:
     """It was a 404 "no stream with this request id", about an id the client never sent."""
     transport = httpx.ASGITransport(app=gateway, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-        response = await client.get("/api/chat/stream")
+        response = await client.get("/api/chat/stream", headers=headers)
     assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == "message_required"

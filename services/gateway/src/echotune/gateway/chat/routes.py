@@ -64,7 +64,7 @@ async def stream_get(
     last_event_id_header: LastEventIdHeader = None,
 ) -> Response:
     """Start a chat answer, or attach to a running one, as Server-Sent Events."""
-    if message is None and requested_id(request.scope) is None:
+    if message is None and not requested_id(request.scope):  # an empty header names none
         raise ApiError(
             422, "message_required", "give a message, or the request_id of an answer to attach to"
         )
