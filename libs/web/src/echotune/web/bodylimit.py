@@ -60,5 +60,5 @@ class BodySizeLimitMiddleware:
             await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        error = ApiError(413, CODE, f"the body exceeds {self.max_bytes} bytes")
+        error = ApiError(413, CODE, BodyTooLarge(self.max_bytes).detail)
         await self.render(Request(scope, receive), error)(scope, receive, send)

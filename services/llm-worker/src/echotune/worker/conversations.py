@@ -29,8 +29,8 @@ SUMMARY_CHARS = 600
 QUESTION_CHARS = 120
 CAS_ATTEMPTS = 8
 RECORDED_KEEP = 100
-"""Requests remembered as recorded, so a run again whose turn left the window adds none; a
-run again comes within minutes, far fewer answers than this."""
+"""Jobs remembered as recorded, so a run again whose turn left the window adds none; a run
+again comes within minutes, far fewer answers than this."""
 
 
 @dataclass(frozen=True, slots=True)
