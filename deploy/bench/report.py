@@ -64,6 +64,7 @@ def _arm_stats(rounds: list[dict[str, Any]], nominal_tokens: int) -> dict[str, A
             [s.first_event_ns - s.start_ns for s in ok if s.first_event_ns]
         ),
         "to_upstream_ms": measure.quantiles([x for r in rounds for x in r["to_upstream_ns"]]),
+        "upstream_pace_ms": measure.quantiles([x for r in rounds for x in r["upstream_pace_ns"]]),
         "token_delay_ms": measure.quantiles(delays),
         "gap_ms": measure.quantiles([g for s in ok for g in s.gaps]),
         "duration_ms": measure.quantiles([s.end_ns - s.start_ns for s in ok]),
@@ -326,12 +327,14 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "",
         "### Where B's per-token delay goes (ms): upstream leg = fake stamp → worker XADD stamp; "
-        "relay leg = worker stamp → client",
+        "relay leg = worker stamp → client; upstream's pace = the fake's time per token, first "
+        "to last (nominal: the pace asked; longer when its process waited for a CPU)",
         "",
         "| streams | upstream leg p50 / p99 | relay leg p50 / p95 / p99 "
         "| B first event (start) p50 / p99 "
-        "| request reaches upstream p50 A / B | added before upstream p50 / p95 |",
-        "|---:|---|---|---|---|---|",
+        "| request reaches upstream p50 A / B | added before upstream p50 / p95 "
+        "| upstream's pace p50 A / B |",
+        "|---:|---|---|---|---|---|---|",
     ]
     for lv in results["levels"]:
         a, b = lv["arms"][A], lv["arms"][B]
@@ -342,7 +345,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {_f(rl['p50'], 3)} / {_f(rl['p95'], 3)} / {_f(rl['p99'], 3)} "
             f"| {_f(fe['p50'])} / {_f(fe['p99'])} "
             f"| {_f(a['to_upstream_ms']['p50'])} / {_f(b['to_upstream_ms']['p50'])} "
-            f"| {_f(added['p50'])} / {_f(added['p95'])} |"
+            f"| {_f(added['p50'])} / {_f(added['p95'])} "
+            f"| {_f(a['upstream_pace_ms']['p50'], 2)} / {_f(b['upstream_pace_ms']['p50'], 2)} |"
         )
     lines += [
         "",

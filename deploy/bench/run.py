@@ -280,6 +280,13 @@ async def run_round(
     upstream = (await bench.http.get(f"{bench.fake_url}/_control/requests")).json()
     upstream_ns = {s.rid: upstream[s.rid][0]["started_ns"] for s in streams if upstream.get(s.rid)}
     to_upstream = [upstream_ns[s.rid] - s.start_ns for s in streams if s.rid in upstream_ns]
+    upstream_pace = [
+        (a["ended_ns"] - a["first_token_ns"]) / (s.tokens - 1)
+        for s in streams
+        if s.tokens > 1 and upstream.get(s.rid)
+        for a in upstream[s.rid][:1]
+        if a["first_token_ns"] and a["ended_ns"]
+    ]
     lag = [x for r in replies for x in r["lag_ns"]]
     started = min(s.start_ns for s in streams)
     ended = max(s.end_ns or s.start_ns for s in streams)
@@ -295,6 +302,7 @@ async def run_round(
         "streams": streams,
         "lag_ns": lag,
         "to_upstream_ns": to_upstream,
+        "upstream_pace_ns": upstream_pace,
         "upstream_ns": upstream_ns,
         "cpu_s": cpu,
         "wall_s": wall_s,

@@ -30,7 +30,14 @@ from echotune.common.request_stream import (
     Final,
     RequestStreams,
 )
-from echotune.worker.writer import AppendFlusher, EventWriter, Refused, WriteFailed, redis_away
+from echotune.worker.writer import (
+    AppendFlusher,
+    EventWriter,
+    Hold,
+    Refused,
+    WriteFailed,
+    redis_away,
+)
 from tests.support.flaky_proxy import reply_dropping_proxy
 
 
@@ -38,10 +45,14 @@ class Producer:
     """A flusher over ``redis`` and the writer of one taken request."""
 
     def __init__(
-        self, redis: Redis, keys: Keys, kind: type[RequestStreams] = RequestStreams
+        self,
+        redis: Redis,
+        keys: Keys,
+        kind: type[RequestStreams] = RequestStreams,
+        hold: Hold | None = None,
     ) -> None:
         self.streams = kind(redis, keys, request_ttl_s=60, final_ttl_s=60, reader_ttl_ms=5000)
-        self.flusher = AppendFlusher(self.streams)
+        self.flusher = AppendFlusher(self.streams, hold)
         self.cancelled: list[bool] = []
         self.refused: list[AppendRefused] = []
 
@@ -202,6 +213,50 @@ async def test_text_buffered_while_a_write_is_in_flight_is_merged(
     written = await deltas(redis, keys, rid)
     assert "".join(written) == "".join(f"{n} " for n in range(50))
     assert len(written) < 50
+
+
+async def written_apart(redis: Redis, keys: Keys, producer: Producer, answers: int) -> list[str]:
+    """The entries of one of ``answers`` open requests that got "a", then "b" once the round
+    after "a" could have taken it (one more round trip), then "c"."""
+    rids = [await opened(redis, keys) for _ in range(answers)]
+    writer, *_ = [await producer.writer(rid) for rid in rids]
+    writer.delta("a")
+    await writer.flush()
+    writer.delta("b")
+    await redis.ping()  # the flusher woke meanwhile: unheld, it took "b" alone
+    writer.delta("c")
+    await writer.flush()
+    return await deltas(redis, keys, rids[0])
+
+
+async def test_a_process_streaming_many_answers_holds_its_rounds_and_tokens_merge(
+    redis: Redis, keys: Keys
+) -> None:
+    hold = Hold(most_s=0.5, from_writers=2)  # the whole hold from 4 answers
+    async with flushing(Producer(redis, keys, hold=hold)) as producer:
+        assert await written_apart(redis, keys, producer, answers=4) == ["a", "bc"]
+
+
+async def test_a_process_streaming_few_answers_sends_each_token_as_it_comes(
+    redis: Redis, keys: Keys
+) -> None:
+    hold = Hold(most_s=0.5, from_writers=2)
+    async with flushing(Producer(redis, keys, hold=hold)) as producer:
+        assert await written_apart(redis, keys, producer, answers=2) == ["a", "b", "c"]
+
+
+def test_the_hold_grows_from_its_threshold_to_twice_as_many_answers() -> None:
+    hold = Hold(most_s=0.05, from_writers=100)
+    assert [hold.seconds(n) for n in (0, 100, 150, 200, 1000)] == [0.0, 0.0, 0.025, 0.05, 0.05]
+
+
+async def test_closed_writers_leave_the_count_that_sets_the_hold(
+    redis: Redis, keys: Keys, running: Producer
+) -> None:
+    writers = [await running.writer(await opened(redis, keys)) for _ in range(3)]
+    writers[0].close()
+    writers[0].close()
+    assert running.flusher.writers == 2
 
 
 async def test_a_producer_whose_job_was_taken_over_is_refused(
@@ -367,6 +422,8 @@ def test_only_errors_that_say_redis_is_away_are_retried_without_end(
 
 class _Marks:
     """A flusher stand-in that only records which writers have something to send."""
+
+    writers = 0
 
     def mark(self, writer: EventWriter) -> None:
         pass

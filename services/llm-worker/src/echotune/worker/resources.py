@@ -31,7 +31,7 @@ from echotune.worker.providers.base import Provider, make_client
 from echotune.worker.settings import WorkerSettings
 from echotune.worker.telemetry import TelemetryPublisher
 from echotune.worker.upkeep import keep_held, sweep
-from echotune.worker.writer import AppendFlusher
+from echotune.worker.writer import AppendFlusher, Hold
 
 
 @dataclass(slots=True)
@@ -115,7 +115,9 @@ async def open_worker(
         providers=build_providers(registry, http),
         jobs=InFlightJobs(),
         streams=streams,
-        flusher=AppendFlusher(streams),
+        flusher=AppendFlusher(
+            streams, Hold(settings.append_hold_ms / 1000, settings.append_hold_from)
+        ),
         telemetry=TelemetryPublisher(broker, redis, keys.telemetry, settings.telemetry_maxlen),
         breakers=breakers,
         live=LiveStats(redis, keys),

@@ -63,6 +63,15 @@ class WorkerSettings(ServiceSettings, ProviderSettings):
         description="Providers' HTTP/1.1 transport: lean (httptools, providers/transport.py) "
         "or httpx's own (httpcore)",
     )
+    append_hold_ms: float = Field(
+        50.0,
+        ge=0,
+        le=500,
+        description="Least time between two append rounds of a process streaming twice "
+        "append_hold_from answers, proportionally less down to none at append_hold_from: busy, "
+        "a request's tokens merge into fewer entries; idle, a token goes as it comes",
+    )
+    append_hold_from: int = Field(100, ge=1, description="Answers streaming before rounds wait")
     stamp_tokens: bool = Field(False, description="Stamp each delta with monotonic_ns (bench)")
 
     @model_validator(mode="after")

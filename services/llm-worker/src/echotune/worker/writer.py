@@ -4,11 +4,14 @@ A token never waits for Redis: :meth:`EventWriter.delta` buffers it and wakes th
 process's :class:`AppendFlusher`, which appends whatever every request accumulated in one
 round trip, while the previous one was in flight. Idle, that is one entry per token as soon
 as it comes; busy, fewer and larger writes (consecutive deltas of a request merge into one
-entry). Entries carry the producer's fence and sequence numbers (``request_stream.py``), so
-a retried append is applied once and a producer that lost the job is refused. When Redis
-lost entries it had acknowledged (a failover's asynchronous replication), the writer appends
-its ``restart`` event (a ``discard_partial`` failover) and everything it wrote again: a
-client that saw the lost entries and one that never did both end with the whole answer.
+entry). A process streaming many answers at once also spaces its rounds (:class:`Hold`), so
+that a request's tokens merge: each hop after the append (Redis, the relay, the SSE frame)
+then costs once per entry, not once per token. Entries carry the producer's fence and
+sequence numbers (``request_stream.py``), so a retried append is applied once and a producer
+that lost the job is refused. When Redis lost entries it had acknowledged (a failover's
+asynchronous replication), the writer appends its ``restart`` event (a ``discard_partial``
+failover) and everything it wrote again: a client that saw the lost entries and one that
+never did both end with the whole answer.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from json.encoder import encode_basestring
 
 from redis.exceptions import (
@@ -108,6 +112,7 @@ class EventWriter:
         stamp: bool = False,
     ) -> None:
         self._flusher, self.request_id, self.fence = flusher, request_id, fence
+        flusher.writers += 1
         self._on_cancel, self._on_refused, self._stamp = on_cancel, on_refused, stamp
         fields = encode_event(restart)
         self._restart = (fields["type"], fields["data"])
@@ -175,6 +180,8 @@ class EventWriter:
 
     def close(self) -> None:
         """Drop whatever was not sent: the producer is gone (its job ended or was taken)."""
+        if not self._closed:
+            self._flusher.writers -= 1
         self._closed = True
         self._pending, self._retry = [], None
         self._idle.set()
@@ -259,11 +266,27 @@ class EventWriter:
         self._pending = []
 
 
+@dataclass(frozen=True)
+class Hold:
+    """Least time between two append rounds: none below ``from_writers`` answers streaming in
+    the process, rising to ``most_s`` at twice as many (idle, a token goes as it comes)."""
+
+    most_s: float = 0.0
+    from_writers: int = 100
+
+    def seconds(self, writers: int) -> float:
+        over = (writers - self.from_writers) / self.from_writers
+        return self.most_s * min(max(over, 0.0), 1.0)
+
+
 class AppendFlusher:
     """Appends the buffered entries of every request of this process, one round trip a round."""
 
-    def __init__(self, streams: RequestStreams) -> None:
+    def __init__(self, streams: RequestStreams, hold: Hold | None = None) -> None:
         self.streams = streams
+        self.writers = 0
+        """Open :class:`EventWriter` s: the answers this process is streaming."""
+        self._hold = hold or Hold()
         self._own = streams.own_connection()
         self._dirty: dict[int, EventWriter] = {}
         self._wake = asyncio.Event()
@@ -278,10 +301,14 @@ class AppendFlusher:
         self._wake.set()
 
     async def run(self) -> None:
+        loop, began = asyncio.get_running_loop(), 0.0
         while True:
             await self._wake.wait()
             self._wake.clear()
             while self._dirty:
+                if (wait := began + self._hold.seconds(self.writers) - loop.time()) > 0:
+                    await asyncio.sleep(wait)  # busy: what comes meanwhile joins this round
+                began = loop.time()
                 writers = list(self._dirty.values())
                 self._dirty.clear()
                 await self._send(writers)
