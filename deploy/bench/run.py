@@ -280,12 +280,11 @@ async def run_round(
     upstream = (await bench.http.get(f"{bench.fake_url}/_control/requests")).json()
     upstream_ns = {s.rid: upstream[s.rid][0]["started_ns"] for s in streams if upstream.get(s.rid)}
     to_upstream = [upstream_ns[s.rid] - s.start_ns for s in streams if s.rid in upstream_ns]
-    upstream_pace = [
-        (a["ended_ns"] - a["first_token_ns"]) / (s.tokens - 1)
+    upstream_pace = [  # the fake's own time per token, each attempt by what it sent
+        (a["ended_ns"] - a["first_token_ns"]) / (a["tokens_sent"] - 1)
         for s in streams
-        if s.tokens > 1 and upstream.get(s.rid)
-        for a in upstream[s.rid][:1]
-        if a["first_token_ns"] and a["ended_ns"]
+        for a in upstream.get(s.rid, ())
+        if a["tokens_sent"] > 1 and a["first_token_ns"] and a["ended_ns"]
     ]
     lag = [x for r in replies for x in r["lag_ns"]]
     started = min(s.start_ns for s in streams)

@@ -66,7 +66,7 @@ class WorkerSettings(ServiceSettings, ProviderSettings):
     append_hold_ms: float = Field(
         50.0,
         ge=0,
-        le=500,
+        le=200,  # well below the gateway's cancel grace: a cancelled final waits one round
         description="Least time between two append rounds of a process streaming twice "
         "append_hold_from answers, proportionally less down to none at append_hold_from: busy, "
         "a request's tokens merge into fewer entries; idle, a token goes as it comes",

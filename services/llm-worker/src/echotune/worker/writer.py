@@ -181,7 +181,7 @@ class EventWriter:
     def close(self) -> None:
         """Drop whatever was not sent: the producer is gone (its job ended or was taken)."""
         if not self._closed:
-            self._flusher.writers -= 1
+            self._flusher.forget(self)
         self._closed = True
         self._pending, self._retry = [], None
         self._idle.set()
@@ -299,6 +299,11 @@ class AppendFlusher:
     def mark(self, writer: EventWriter) -> None:
         self._dirty[id(writer)] = writer
         self._wake.set()
+
+    def forget(self, writer: EventWriter) -> None:
+        """A closed writer: no longer counted, nothing of it to send (no round held for it)."""
+        self.writers -= 1
+        self._dirty.pop(id(writer), None)
 
     async def run(self) -> None:
         loop, began = asyncio.get_running_loop(), 0.0
