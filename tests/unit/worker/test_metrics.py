@@ -106,3 +106,11 @@ def test_breaker_transitions_are_counted_by_provider_and_states() -> None:
         )
         == 1
     )
+
+
+def test_the_append_hold_is_read_at_each_scrape() -> None:
+    metrics, hold = WorkerMetrics(), [0.0]
+    metrics.append_hold(lambda: hold[0])
+    assert value(metrics, "echotune_worker_append_hold_seconds") == 0.0
+    hold[0] = 0.025
+    assert value(metrics, "echotune_worker_append_hold_seconds") == 0.025

@@ -250,13 +250,14 @@ def test_the_hold_grows_from_its_threshold_to_twice_as_many_answers() -> None:
     assert [hold.seconds(n) for n in (0, 100, 150, 200, 1000)] == [0.0, 0.0, 0.025, 0.05, 0.05]
 
 
-async def test_closed_writers_leave_the_count_that_sets_the_hold(
-    redis: Redis, keys: Keys, running: Producer
-) -> None:
-    writers = [await running.writer(await opened(redis, keys)) for _ in range(3)]
+async def test_closed_writers_leave_the_count_that_sets_the_hold(redis: Redis, keys: Keys) -> None:
+    producer = Producer(redis, keys, hold=Hold(most_s=0.5, from_writers=1))
+    writers = [await producer.writer(await opened(redis, keys)) for _ in range(2)]
+    assert producer.flusher.hold_s() == 0.5
     writers[0].close()
     writers[0].close()
-    assert running.flusher.writers == 2
+    assert producer.flusher.writers == 1
+    assert producer.flusher.hold_s() == 0.0
 
 
 async def test_a_producer_whose_job_was_taken_over_is_refused(

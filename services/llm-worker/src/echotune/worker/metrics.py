@@ -123,11 +123,20 @@ class WorkerMetrics:
             "echotune_worker_jobs_in_flight", "Jobs held by this worker", registry=r
         )
         self.slots = Gauge("echotune_worker_job_slots", "Jobs this worker runs at once", registry=r)
+        self.hold = Gauge(
+            "echotune_worker_append_hold_seconds",
+            "Least time between this worker's append rounds now (0: a token goes as it comes)",
+            registry=r,
+        )
 
     def held_jobs(self, count: Callable[[], float], slots: int) -> None:
         """Read the number of held jobs at each scrape."""
         self.in_flight.set_function(count)
         self.slots.set(slots)
+
+    def append_hold(self, seconds: Callable[[], float]) -> None:
+        """Read the append rounds' hold at each scrape."""
+        self.hold.set_function(seconds)
 
     def attempt(
         self,

@@ -129,6 +129,7 @@ async def open_worker(
         profiles=ProfileStore(settings, redis, keys),
     )
     metrics.held_jobs(lambda: len(worker.jobs), settings.concurrency)
+    metrics.append_hold(worker.flusher.hold_s)
     with tracing.untraced():  # per-token appends never make spans
         worker.spawn(worker.flusher.run())
     worker.spawn(sweep(worker, settings.reader_check_s))

@@ -300,6 +300,10 @@ class AppendFlusher:
         self._dirty[id(writer)] = writer
         self._wake.set()
 
+    def hold_s(self) -> float:
+        """The least time between two rounds now."""
+        return self._hold.seconds(self.writers)
+
     def forget(self, writer: EventWriter) -> None:
         """A closed writer: no longer counted, nothing of it to send (no round held for it)."""
         self.writers -= 1
@@ -311,7 +315,7 @@ class AppendFlusher:
             await self._wake.wait()
             self._wake.clear()
             while self._dirty:
-                if (wait := began + self._hold.seconds(self.writers) - loop.time()) > 0:
+                if (wait := began + self.hold_s() - loop.time()) > 0:
                     await asyncio.sleep(wait)  # busy: what comes meanwhile joins this round
                 began = loop.time()
                 writers = list(self._dirty.values())
