@@ -77,6 +77,21 @@ async def state(breakers: CircuitBreakers) -> BreakerState:
     return (await breakers.snapshot("p")).state
 
 
+async def test_an_open_breaker_past_its_cooldown_says_half_open_with_no_call_coming(
+    breakers: CircuitBreakers,
+) -> None:
+    """It said open for good with its next probe in the past: the health page called the
+    provider unhealthy and a switch to it was refused until someone called it anyway."""
+    await record(breakers, "ffff")
+    opened = await breakers.snapshot("p")
+    assert opened.state is BreakerState.OPEN
+    assert opened.next_probe_at is not None
+    await travel(breakers, 30)
+    cooled = await breakers.snapshot("p")
+    assert (cooled.state, cooled.next_probe_at) == (BreakerState.HALF_OPEN, None)
+    assert (await breakers.acquire("p")).probe  # and the next call is that probe
+
+
 async def test_opens_on_failure_rate_over_min_calls(breakers: CircuitBreakers) -> None:
     await record(breakers, "sfsf")
     assert (await breakers.acquire("p")).allowed, "4 calls are below the 5-call minimum"

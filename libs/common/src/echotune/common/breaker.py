@@ -381,6 +381,8 @@ def _snapshot(fields: dict[str, Any], ok: int, fail: int, now: int) -> BreakerSn
         return value / 1000 if value else None
 
     state = BreakerState(fields.get("state", "closed"))
+    if state is BreakerState.OPEN and int(float(fields.get("open_until") or 0)) <= now:
+        state = BreakerState.HALF_OPEN  # cooled down: the next call probes (none may come)
     rate_limited = seconds("rl_until")
     return BreakerSnapshot(
         state=state,

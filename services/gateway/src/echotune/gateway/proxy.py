@@ -20,6 +20,7 @@ from echotune.web.errors import ApiError
 router = APIRouter(tags=["analytics"], dependencies=AUTHENTICATED)
 
 FORWARDED_HEADERS = ("accept", "x-request-id")
+RETURNED_HEADERS = ("retry-after",)
 # A path segment naming a conversation: no dot segment, separator or percent sign can match.
 _ID_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}"
 ROUTES = (
@@ -74,6 +75,7 @@ async def forward(request: Request, client: httpx.AsyncClient, user_id: str) -> 
     return Response(
         upstream.content,
         status_code=upstream.status_code,
+        headers={k: v for k, v in upstream.headers.items() if k in RETURNED_HEADERS},
         media_type=upstream.headers.get("content-type", "application/json"),
     )
 
