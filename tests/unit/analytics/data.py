@@ -80,7 +80,9 @@ def make_attempts(seed: int = 11, count: int = 600, start: datetime = START) -> 
                 "tokensIn": rnd.randint(10, 500),
                 "tokensOut": rnd.randint(0, 900) if ok else 0,
                 "success": ok,
-                "errorCode": None if ok else rnd.choice(["timeout", "http_503", "rate_limited"]),
+                "errorCode": None
+                if ok
+                else rnd.choice(["timeout", "http_503", "rate_limited", "cancelled"]),
                 "ts": start + timedelta(seconds=rnd.uniform(0, 6 * 3600)),
             }
         )

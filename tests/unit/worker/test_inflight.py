@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from echotune.worker.inflight import CANCELLED, InFlightJobs
+from echotune.common.stop_reasons import CANCELLED
+from echotune.worker.inflight import InFlightJobs
 
 
 def test_a_request_held_twice_is_stopped_and_released_entry_by_entry() -> None:

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from echotune.common import job_queue
 from echotune.common.keys import JOBS_GROUP
-from echotune.worker.inflight import CANCELLED
+from echotune.common.stop_reasons import CANCELLED
 from echotune.worker.resources import Worker
 from tests.support.flaky_proxy import reply_dropping_proxy
 from tests.support.streams import wait_for_final

@@ -21,6 +21,7 @@ from echotune.analytics.errors import bad_parameter
 from echotune.analytics.params import Page, TimeRange
 from echotune.common.histogram import quantile
 from echotune.common.mongo import PROVIDER_ROLLUPS
+from echotune.common.stop_reasons import STOPPED
 
 Document = dict[str, Any]
 GroupKey = tuple[Any, ...]
@@ -143,6 +144,12 @@ def _ratio(part: float, whole: float, digits: int = 6) -> float | None:
     return round(part / whole, digits) if whole else None
 
 
+def _success_rate(sums: Sums) -> float | None:
+    """Successes of the calls that ended on their own (a Stop, say, is left out)."""
+    stopped = sum(n for code, n in sums.errors.items() if code in STOPPED)
+    return _ratio(sums.scalars.get("successes", 0), sums.scalars.get("count", 0) - stopped)
+
+
 def _q(hist: dict[int, int] | None, q: float) -> float | None:
     value = quantile(hist or {}, q)
     return None if value is None else round(value, 3)
@@ -150,8 +157,8 @@ def _q(hist: dict[int, int] | None, q: float) -> float | None:
 
 def parts_for(fields: Sequence[str]) -> list[str]:
     """The sparse maps needed for ``fields``."""
-    wanted = {"latency_ms": LATENCY, "ttft_ms": TTFT, "errors": ERRORS}
-    return [part for name, part in wanted.items() if name in fields]
+    wanted = {"latency_ms": LATENCY, "ttft_ms": TTFT, "errors": ERRORS, "success_rate": ERRORS}
+    return list(dict.fromkeys(part for name, part in wanted.items() if name in fields))
 
 
 def stats(sums: Sums, fields: Sequence[str]) -> Document:
@@ -162,7 +169,7 @@ def stats(sums: Sums, fields: Sequence[str]) -> Document:
     full: dict[str, Any] = {
         "requests": lambda: int(count),
         "successes": lambda: int(s.get("successes", 0)),
-        "success_rate": lambda: _ratio(s.get("successes", 0), count),
+        "success_rate": lambda: _success_rate(sums),
         "errors": lambda: dict(sorted(sums.errors.items())),
         "latency_ms": lambda: {
             "avg": _ratio(latency_sum, count, 3),
@@ -225,7 +232,7 @@ def _series_values(sums: Sums | None, metric: str) -> Any:
     if metric == "count":
         return int(s.get("count", 0))
     if metric == "success_rate":
-        return _ratio(s.get("successes", 0), s.get("count", 0))
+        return _success_rate(sums)
     if metric == "ttft_p95":
         return _q(sums.hists.get(TTFT), 0.95)
     return _q(sums.hists.get(LATENCY), 0.5 if metric == "p50" else 0.95)
@@ -250,6 +257,7 @@ async def provider_timeseries(
     key.update({name: f"${name}" for name in names})
     parts = [LATENCY] if {"p50", "p95"} & set(metrics) else []
     parts += [TTFT] if "ttft_p95" in metrics else []
+    parts += [ERRORS] if "success_rate" in metrics else []
     groups = await collect(db, rollup_match(rng, providers, models), key, parts, max_time_ms)
     by_series: dict[GroupKey, dict[datetime, Sums]] = {} if names else {(): {}}
     for group, sums in groups.items():

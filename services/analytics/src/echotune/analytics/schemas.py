@@ -96,7 +96,11 @@ class ProviderStats(BaseModel):
 
     requests: int | None = Field(None, description="Attempts (retries and failovers count)")
     successes: int | None = None
-    success_rate: float | None = Field(None, description="successes / requests, 0..1")
+    success_rate: float | None = Field(
+        None,
+        description="successes / requests, leaving out calls the worker stopped "
+        "(cancelled, client_gone, fenced, ended: nothing of the provider's), 0..1",
+    )
     errors: dict[str, int] | None = Field(None, description="Failed attempts by error code")
     latency_ms: LatencyStats | None = None
     ttft_ms: TtftStats | None = None

@@ -14,6 +14,7 @@ from redis.asyncio.client import Pipeline
 from echotune.common.breaker import Outcome, Permit
 from echotune.common.messages import ChatJob, Grounding, Usage
 from echotune.common.providers import ProviderConfig
+from echotune.common.stop_reasons import CANCELLED
 from echotune.worker.confidence import ConfidenceMeter
 from echotune.worker.deadline import Deadline
 from echotune.worker.observability import attempt_ended, attempt_span, breaker_changed
@@ -94,7 +95,7 @@ class Attempt:
 
     async def _call(self, request: ProviderRequest) -> Finish:
         outcome, retry_after = Outcome.IGNORED, 0.0
-        error_code: str | None = "cancelled"
+        error_code: str | None = CANCELLED
         finish: Finish | None = None
         try:
             async with self.ctx.breakers.holding(self.permit):
@@ -108,7 +109,7 @@ class Attempt:
                 raise MidStreamFailure(error) from error
             raise
         except asyncio.CancelledError:
-            error_code = self.ctx.jobs.reason(self.job.request_id) or "cancelled"
+            error_code = self.ctx.jobs.reason(self.job.request_id) or CANCELLED
             raise
         finally:
             await self._record(request, outcome, error_code, retry_after, finish)

@@ -22,7 +22,8 @@ from echotune.common.messages import (
     internal_error,
 )
 from echotune.common.request_stream import TAKE, AppendRefused, Final, Take, Taken
-from echotune.worker.inflight import CANCELLED, ENDED, FENCED, InFlight
+from echotune.common.stop_reasons import CANCELLED, ENDED, FENCED
+from echotune.worker.inflight import InFlight
 from echotune.worker.jobs import JobRunner, provider_chain, shutdown_error, starts_with_own
 from echotune.worker.observability import job_ended, job_span, job_taken
 from echotune.worker.resources import Worker

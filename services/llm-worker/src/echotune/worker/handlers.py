@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from echotune.common.consuming import InlineContext
 from echotune.common.messages import ChatJob, ErrorCode, ErrorEvent
 from echotune.common.request_stream import Take
+from echotune.common.stop_reasons import CANCELLED
 from echotune.worker.execute import execute
-from echotune.worker.inflight import CANCELLED
 from echotune.worker.resources import Worker
 
 log = logging.getLogger(__name__)

@@ -14,14 +14,6 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-CANCELLED = "cancelled"
-CLIENT_GONE = "client_gone"
-FENCED = "fenced"
-"""This worker's fence is no longer the job's (another worker took it over, or Redis lost
-this take): it stops producing and writes nothing more."""
-ENDED = "ended"
-"""The answer was ended elsewhere (the gateway ended a cancelled answer): nothing to write."""
-
 
 @dataclass(slots=True)
 class InFlight:

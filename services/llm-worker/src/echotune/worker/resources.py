@@ -19,9 +19,10 @@ from echotune.common.mongo import create_mongo
 from echotune.common.providers import ProviderRegistry
 from echotune.common.redis import create_redis, is_cluster
 from echotune.common.request_stream import RequestStreams
+from echotune.common.stop_reasons import CANCELLED
 from echotune.worker.cancels import ClusterCancels
 from echotune.worker.conversations import ConversationStore, migrate_when_possible
-from echotune.worker.inflight import CANCELLED, InFlightJobs
+from echotune.worker.inflight import InFlightJobs
 from echotune.worker.metrics import WorkerMetrics
 from echotune.worker.observability import instrument
 from echotune.worker.pool import JobPool

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from echotune.common import job_queue
 from echotune.common.consuming import Subscriber, restart_stopped
-from echotune.worker.inflight import CANCELLED, CLIENT_GONE, FENCED
+from echotune.common.stop_reasons import CANCELLED, CLIENT_GONE, FENCED
 
 if TYPE_CHECKING:
     from echotune.worker.resources import Worker
