@@ -119,6 +119,12 @@ async def test_errors_arrive_as_the_sdk_expects(sdk: AsyncOpenAI) -> None:
         await sdk.chat.completions.create(model="demo", messages=ASK, temperature=5)
     assert bad.value.body["type"] == "invalid_request_error"  # type: ignore[index]
     assert bad.value.body["param"] == "temperature"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as long:  # its param was null
+        await sdk.chat.completions.create(
+            model="demo", messages=[*ASK, {"role": "user", "content": "x" * 16_001}]
+        )
+    assert long.value.body["code"] == "message_too_long"  # type: ignore[index]
+    assert long.value.body["param"] == "messages.1.content"  # type: ignore[index]
     with pytest.raises(openai.BadRequestError):
         await sdk.chat.completions.create(model="demo", messages=[])
     with pytest.raises(openai.NotFoundError) as missing:

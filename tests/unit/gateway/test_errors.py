@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from pydantic import BaseModel
 from redis.exceptions import ConnectionError, MaxConnectionsError
 
-from echotune.gateway.errors import install_store_errors
+from echotune.gateway.errors import install_store_errors, render
 from echotune.web.errors import install_error_handlers
 
 
@@ -35,3 +36,26 @@ def test_redis_failures_are_503s_to_retry_not_500s() -> None:
     door = client.get("/v1/thing")
     assert door.status_code == 503
     assert door.json()["error"]["type"] == "service_unavailable_error"
+
+
+class _Body(BaseModel):
+    model: str
+
+
+def test_a_body_that_is_not_json_names_no_param_on_the_openai_door() -> None:
+    """OpenAI's error object said ``param: "0"`` (the decode error's position)."""
+    app = FastAPI()
+    install_error_handlers(app, render)
+
+    @app.post("/v1/thing")
+    async def thing(body: _Body) -> None:
+        pass
+
+    client = TestClient(app)
+    broken = client.post(
+        "/v1/thing", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert broken.status_code == 400
+    assert broken.json()["error"]["param"] is None
+    wrong = client.post("/v1/thing", json={"model": 1})
+    assert wrong.json()["error"]["param"] == "model"

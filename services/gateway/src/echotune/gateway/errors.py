@@ -31,8 +31,9 @@ def openai_error(error: ApiError) -> JSONResponse:
     """OpenAI's error object, for the ``/v1`` door; validation errors are 400 there."""
     details: Any = jsonable_encoder(error.details)
     param = None
-    if isinstance(details, list) and details and details[0].get("loc"):
-        param = ".".join(str(part) for part in details[0]["loc"] if part != "body") or None
+    first = details[0] if isinstance(details, list) and details else {}
+    if first.get("loc") and first.get("type") != "json_invalid":  # that loc is a position
+        param = ".".join(str(part) for part in first["loc"] if part != "body") or None
     status = 400 if error.status == 422 else error.status
     body = {
         "message": error.message,

@@ -21,6 +21,17 @@ def bad_param(param: str, message: str, code: str = "invalid_request") -> ApiErr
     return ApiError(400, code, message, details=details)
 
 
+MESSAGE_CODES = ("message_too_long", "empty_message")
+"""The chat service's refusals of a chat's message: on this door, of the last message."""
+
+
+def located(error: ApiError, last: int) -> ApiError:
+    """``error`` naming the last message's content when it refuses the message itself."""
+    if error.code in MESSAGE_CODES and error.details is None:
+        return bad_param(f"messages.{last}.content", error.message, error.code)
+    return error
+
+
 def to_chat_input(
     request: ChatCompletionRequest, request_id: str, user_id: str, registry: ProviderRegistry
 ) -> ChatInput:

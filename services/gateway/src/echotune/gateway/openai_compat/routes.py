@@ -15,7 +15,7 @@ from echotune.gateway.chat.relay import Entry
 from echotune.gateway.chat.service import ChatService
 from echotune.gateway.chat.sse import SSEResponse
 from echotune.gateway.deps import AUTHENTICATED, ChatServiceDep, RegistryDep, UserIdDep
-from echotune.gateway.openai_compat.request import to_chat_input
+from echotune.gateway.openai_compat.request import located, to_chat_input
 from echotune.gateway.openai_compat.schemas import MODEL_RULE, ChatCompletionRequest
 from echotune.gateway.openai_compat.service import Completion, chunk_stream, resolve_model
 from echotune.web.errors import ApiError
@@ -42,7 +42,10 @@ async def chat_completions(
     user = body.user if user_id == ANONYMOUS and body.user else user_id
     chat_input = to_chat_input(body, request_id, user, registry)
     chat_input = replace(chat_input, client_ip=request.client.host if request.client else "")
-    stream = await chat.open(chat_input, None)
+    try:
+        stream = await chat.open(chat_input, None)
+    except ApiError as error:
+        raise located(error, len(body.messages) - 1) from None
     if stream is None:  # a request id reused for an identical request that has ended
         raise ApiError(409, "request_id_conflict", "this request has ended; use a new request id")
     completion = Completion(
