@@ -33,6 +33,11 @@ BAD = [
     ("/api/analytics/listening-patterns", {"tz": "Mars/Olympus"}, "unknown_time_zone"),
     ("/api/analytics/listening-patterns", {"tz": "../../etc/passwd"}, "unknown_time_zone"),
     ("/api/analytics/listening-patterns", {"granularity": "minute"}, "invalid_request"),
+    (  # in the hour Paris skips: it read as 03:30 and the range was "reversed"
+        "/api/analytics/listening-patterns",
+        {"tz": "Europe/Paris", "from": "2026-03-29T02:30:00", "to": "2026-03-29T03:10:00"},
+        "nonexistent_time",
+    ),
     ("/api/analytics/listening-patterns", {"window": "2y"}, "invalid_request"),
     ("/api/analytics/listening-patterns", {"user_id": ""}, "invalid_request"),
     ("/api/insights/engagement", {"session_gap_min": "-5"}, "invalid_request"),

@@ -60,13 +60,18 @@ def parse_datetime(param: str, value: str, tz: zoneinfo.ZoneInfo) -> datetime:
     except ValueError:
         message = f"{param!r} is not an ISO 8601 date or datetime (e.g. 2024-01-31T23:00:00Z)"
         raise bad_parameter(param, "invalid_datetime", message, value) from None
-    if parsed.tzinfo is None:
+    local = parsed.tzinfo is None
+    if local:
         parsed = parsed.replace(tzinfo=tz)
     try:
-        return parsed.astimezone(UTC)
+        utc = parsed.astimezone(UTC)
     except OverflowError:  # within a day of year 1 or 9999
         message = f"{param!r} is out of range"
         raise bad_parameter(param, "invalid_datetime", message, value) from None
+    if local and utc.astimezone(tz).replace(tzinfo=None) != parsed.replace(tzinfo=None):
+        message = f"{param!r} does not exist in {tz.key}: the clocks skip it (daylight saving)"
+        raise bad_parameter(param, "nonexistent_time", message, value)
+    return utc
 
 
 def time_range(
