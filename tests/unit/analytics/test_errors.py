@@ -70,6 +70,15 @@ async def test_bad_parameters_are_4xx_json(
     assert response.headers["x-request-id"] == response.json()["request_id"]
 
 
+async def test_a_to_before_1970_alone_names_to(api: httpx.AsyncClient) -> None:
+    """It blamed 'from', which was not sent."""
+    response = await api.get("/api/analytics/providers", params={"to": "1969-12-31T00:00:00Z"})
+    error = response.json()["error"]
+    assert (response.status_code, error["code"]) == (422, "invalid_range")
+    assert error["details"]["param"] == "to"
+    assert "'from'" not in error["message"]
+
+
 async def test_unknown_path_is_json_404(api: httpx.AsyncClient) -> None:
     response = await api.get("/api/analytics/nothing-here")
     assert response.status_code == 404

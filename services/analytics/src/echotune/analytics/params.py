@@ -91,8 +91,12 @@ def time_range(
     default = EPOCH if span is None or upper - EPOCH < span else upper - span
     lower = parse_datetime("from", start, tz) if start else default
     if lower >= upper:
-        message = "'from' must be before 'to'"
-        raise bad_parameter("from", "invalid_range", message, {"from": start, "to": end})
+        name, message = (
+            ("from", "'from' must be before 'to'")
+            if start
+            else ("to", "'to' must be after 1970-01-01T00:00:00Z")
+        )
+        raise bad_parameter(name, "invalid_range", message, {"from": start, "to": end})
     if start and upper - lower > timedelta(days=max_days):
         message = f"the range is longer than {max_days} days"
         raise bad_parameter("from", "range_too_long", message, {"from": start, "to": end})
