@@ -32,6 +32,9 @@ BAD = [
     ("/api/analytics/providers/timeseries", {"group_by": "user"}, "invalid_request"),
     ("/api/analytics/listening-patterns", {"tz": "Mars/Olympus"}, "unknown_time_zone"),
     ("/api/analytics/listening-patterns", {"tz": "../../etc/passwd"}, "unknown_time_zone"),
+    # files of the system's tz database, no zone: the machine's own setting, a placeholder
+    ("/api/analytics/listening-patterns", {"tz": "localtime"}, "unknown_time_zone"),
+    ("/api/analytics/listening-patterns", {"tz": "Factory"}, "unknown_time_zone"),
     ("/api/analytics/listening-patterns", {"granularity": "minute"}, "invalid_request"),
     (  # in the hour Paris skips: it read as 03:30 and the range was "reversed"
         "/api/analytics/listening-patterns",
