@@ -381,7 +381,8 @@ def _snapshot(fields: dict[str, Any], ok: int, fail: int, now: int) -> BreakerSn
         return value / 1000 if value else None
 
     state = BreakerState(fields.get("state", "closed"))
-    if state is BreakerState.OPEN and int(float(fields.get("open_until") or 0)) <= now:
+    probe_at = seconds("open_until")
+    if state is BreakerState.OPEN and (probe_at or 0) * 1000 <= now:
         state = BreakerState.HALF_OPEN  # cooled down: the next call probes (none may come)
     rate_limited = seconds("rl_until")
     return BreakerSnapshot(
@@ -391,6 +392,6 @@ def _snapshot(fields: dict[str, Any], ok: int, fail: int, now: int) -> BreakerSn
         consecutive_failures=int(fields.get("consecutive") or 0),
         trips=int(fields.get("trips") or 0),
         opened_at=seconds("opened_at") if state is not BreakerState.CLOSED else None,
-        next_probe_at=seconds("open_until") if state is BreakerState.OPEN else None,
+        next_probe_at=probe_at if state is BreakerState.OPEN else None,
         rate_limited_until=rate_limited if rate_limited and rate_limited * 1000 > now else None,
     )

@@ -112,7 +112,7 @@ class EventWriter:
         stamp: bool = False,
     ) -> None:
         self._flusher, self.request_id, self.fence = flusher, request_id, fence
-        flusher.writers += 1
+        flusher.join(self)
         self._on_cancel, self._on_refused, self._stamp = on_cancel, on_refused, stamp
         fields = encode_event(restart)
         self._restart = (fields["type"], fields["data"])
@@ -303,6 +303,10 @@ class AppendFlusher:
     def hold_s(self) -> float:
         """The least time between two rounds now."""
         return self._hold.seconds(self.writers)
+
+    def join(self, writer: EventWriter) -> None:
+        """A new writer: counted until :meth:`forget`."""
+        self.writers += 1
 
     def forget(self, writer: EventWriter) -> None:
         """A closed writer: no longer counted, nothing of it to send (no round held for it)."""
