@@ -100,7 +100,12 @@ def _unmatched(
     request_id: str, doc: dict[str, Any], matched: list[dict[str, Any]], findings: Findings
 ) -> None:
     start = doc["ts"] - doc["latencyMs"] / 1000
-    twin = [m for m in matched if abs(m["ts"] - m["latencyMs"] / 1000 - start) < MATCH_SLACK_S]
+    twin = [  # the same attempt recorded twice (a retry may start within the slack)
+        m
+        for m in matched
+        if m["attempt"] == doc["attempt"]
+        and abs(m["ts"] - m["latencyMs"] / 1000 - start) < MATCH_SLACK_S
+    ]
     never_sent = (
         doc.get("errorCode") in NEVER_SENT and doc.get("ttftMs") is None and not doc["tokensOut"]
     )
