@@ -13,6 +13,7 @@ the current producer appended), ``streamed`` (text was written), ``final_id`` wi
 
 * The gateway **opens** a request in one script: claim, meta, start event, TTLs, reader
   marker - nothing half-done is ever visible. Identical input attaches to the same answer.
+  Asked to, it waits until replicas hold the opening before telling the client (``WAIT``).
 * A worker **takes** the job: a new fence (and epoch) fences off any earlier producer. Its
   appends carry (fence, seq): a stale producer is refused, a retried append is applied once.
   The fence is unique to the take, not the epoch: when Redis loses a take the epoch counts
@@ -219,6 +220,8 @@ class OpenResult:
     final_id: str | None = None
     job_queued: bool = False
     """The job given to :meth:`RequestStreams.open` was queued with the start."""
+    unreplicated: bool = False
+    """Fewer replicas than asked held the opening in time: a failover may still lose it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,10 +364,13 @@ class RequestStreams:
         final_ttl_s: int,
         reader_ttl_ms: int,
         events_maxlen: int = 10_000,
+        open_replicas: int = 0,
+        open_wait_ms: int = 500,
     ) -> None:
         self.redis, self.keys = redis, keys
         self.request_ttl_s, self.final_ttl_s = request_ttl_s, final_ttl_s
         self.reader_ttl_ms, self.events_maxlen = reader_ttl_ms, events_maxlen
+        self.open_replicas, self.open_wait_ms = open_replicas, open_wait_ms
 
     async def load_scripts(self) -> None:
         """Load every script up front (they are reloaded on ``NOSCRIPT`` anyway)."""
@@ -405,6 +411,10 @@ class RequestStreams:
         request: the retry answers ``started`` again. ``job`` (stream, flat fields): an entry
         queued with the start, on one Redis (a cluster keeps the jobs stream in another slot;
         ``job_queued`` says whether it was).
+
+        With ``open_replicas``, the opening is started only once that many replicas hold it
+        (or ``open_wait_ms`` passed): Redis replicates asynchronously, and a failover that
+        lost an opening after its job was queued would leave a started answer nobody can end.
         """
         fields = encode_event(start)
         keys = self._keys(request_id, "meta", "events", "reader")
@@ -424,10 +434,17 @@ class RequestStreams:
         if job is not None and queued:
             keys.append(job[0])
             args += job[1]
-        reply = await _OPEN(self.redis, keys, args)
+        acked = 0
+        if self.open_replicas:
+            reply, acked = await _OPEN.replicated(
+                self.redis, keys, args, self.open_replicas, self.open_wait_ms
+            )
+        else:
+            reply = await _OPEN(self.redis, keys, args)
         state = Opened(_text(reply[0]))
         if state is Opened.STARTED:
-            return OpenResult(state, start_id=_text(reply[1]), job_queued=queued)
+            unreplicated = acked < self.open_replicas
+            return OpenResult(state, _text(reply[1]), job_queued=queued, unreplicated=unreplicated)
         if state is Opened.EXISTS:
             return OpenResult(state, final_id=_text(reply[1]) or None)
         return OpenResult(state)

@@ -55,6 +55,31 @@ class Script:
             raise reply
         return reply
 
+    async def replicated(
+        self, redis: Redis, keys: list[str], args: list[Arg], replicas: int, wait_ms: int
+    ) -> tuple[Any, int]:
+        """Call it, then ``WAIT`` on the same connection until ``replicas`` replicas hold its
+        writes or ``wait_ms`` passed; (its reply, how many replicas acknowledged them)."""
+        for attempt in (1, 2):
+            if isinstance(redis, RedisCluster):
+                await redis.initialize()  # the slot map (a no-op once known)
+                node = redis.get_node_from_key(keys[0])
+                pipe = redis.pipeline(transaction=False)
+                self.queue(pipe, keys, args)
+                pipe.execute_command("WAIT", replicas, wait_ms, target_nodes=node)
+                reply, acked = await pipe.execute(raise_on_error=False)
+            else:
+                packed = self.packed(keys, args) + resp.command("WAIT", replicas, wait_ms)
+                reply, acked = await resp.send(redis, packed, 2)
+            if isinstance(reply, NoScriptError) and attempt == 1:
+                await redis.script_load(self.source)
+                continue
+            for result in (reply, acked):
+                if isinstance(result, Exception):
+                    raise result
+            break
+        return reply, int(acked)
+
     def packed(self, keys: list[str], args: list[Arg]) -> bytes:
         """A call in RESP, for :func:`execute_packed`."""
         return resp.command("EVALSHA", self.sha, len(keys), *keys, *args)

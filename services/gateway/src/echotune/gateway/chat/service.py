@@ -364,6 +364,8 @@ class ChatService:
             if opened.state is Opened.EXISTS:  # an identical request won the race
                 twin = Attached("", opened.final_id, config.name, model)
                 return self._subscribe(chat.request_id, None, twin), False
+            if opened.unreplicated:
+                log.warning("the opening is not on enough replicas: a failover could lose it")
             subscription = self.relay.subscribe(chat.request_id, opened.start_id, new=True)
             if not opened.job_queued:
                 await self._publish(job, subscription)
