@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
@@ -28,10 +29,13 @@ from echotune.common.messages import (
 )
 from echotune.common.redis import timed_sends
 from echotune.common.request_stream import Batch, Final, Take
+from echotune.gateway.app import create_app
 from echotune.gateway.chat.relay import Entry
 from echotune.gateway.chat.service import ChatInput, ChatService, OpenStream
+from echotune.gateway.settings import GatewaySettings
 from echotune.web.errors import ApiError
 from tests.support.streams import wait_for_final
+from tests.unit.gateway.conftest import DEMO
 
 
 def chat_input(request_id: str, message: str | None = "hi", user: str = "anonymous") -> ChatInput:
@@ -566,3 +570,28 @@ async def test_a_late_end_after_a_loss_with_no_trace_is_discarded_first(
     assert [e.type for e in seen] == ["failover", "error"]
     assert discards(seen[0])
     assert json.loads(seen[1].data)["code"] == "deadline_exceeded"
+
+
+async def test_a_start_no_replica_held_in_time_goes_on_and_is_counted(
+    redis_server_url: str,
+) -> None:
+    """OPEN_REPLICAS reaches the opening: this Redis has no replica, so the wait runs out."""
+    settings = GatewaySettings(
+        redis_url=redis_server_url,
+        namespace=f"t{uuid.uuid4().hex[:10]}",
+        providers=[DEMO],
+        default_provider="demo",
+        auth_enabled=False,
+        open_replicas=1,
+        open_wait_ms=20,
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        service: ChatService = app.state.chat
+        began = time.monotonic()
+        stream = await service.open(chat_input("unreplicated-1"), None)
+        assert stream is not None
+        assert stream.first_frame
+        assert time.monotonic() - began >= 0.02  # it waited for the replica
+        assert service.metrics.unreplicated_opens._value.get() == 1
+        service.release(stream)

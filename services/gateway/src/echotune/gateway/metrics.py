@@ -100,6 +100,11 @@ class GatewayMetrics:
             ("echotune_provider", "gen_ai_request_model"),
             registry=r,
         )
+        self.unreplicated_opens = Counter(
+            "echotune_gateway_unreplicated_opens",
+            "Answers started before OPEN_REPLICAS Redis replicas held their opening (in time)",
+            registry=r,
+        )
         self.streams = Counter(
             "echotune_gateway_streams",
             "Responses ended, by outcome: finish reason, error code, or client_left",

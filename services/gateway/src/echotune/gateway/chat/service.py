@@ -366,6 +366,7 @@ class ChatService:
                 return self._subscribe(chat.request_id, None, twin), False
             if opened.unreplicated:
                 log.warning("the opening is not on enough replicas: a failover could lose it")
+                self.metrics.unreplicated_opens.inc()
             subscription = self.relay.subscribe(chat.request_id, opened.start_id, new=True)
             if not opened.job_queued:
                 await self._publish(job, subscription)
