@@ -57,11 +57,11 @@ TUNING = {
 }
 # On a cluster a failover keeps the jobs stream's slot unwritable for the node timeout (2 s)
 # plus an election (3.3-5 s measured): the reclaim period exceeds it, as the README says.
-# Replicas hold a chat's opening before it starts: a failover cannot lose a started answer.
+# Replicas hold a chat's opening and final before they count: a failover cannot lose them.
 CLUSTER_TUNING = {
     **TUNING,
     "ECHOTUNE_WORKER_RECLAIM_IDLE_S": "8",
-    "ECHOTUNE_GATEWAY_OPEN_REPLICAS": "1",
+    "ECHOTUNE_REDIS_WAIT_REPLICAS": "1",
 }
 UNLIMITED = "1000000"
 # Redis records each time its main thread was blocked this long (ms): with `appendfsync always`

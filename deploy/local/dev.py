@@ -117,8 +117,8 @@ class DevStack:
             redis = RedisClusterServers(workdir) if wanted_cluster() else RedisServer(workdir)
             self.servers.append(redis)
             redis_url = await _in_thread(redis.start)
-            if wanted_cluster() and "ECHOTUNE_GATEWAY_OPEN_REPLICAS" not in os.environ:
-                self.env["ECHOTUNE_GATEWAY_OPEN_REPLICAS"] = "1"  # every primary has a replica
+            if wanted_cluster() and "ECHOTUNE_REDIS_WAIT_REPLICAS" not in os.environ:
+                self.env["ECHOTUNE_REDIS_WAIT_REPLICAS"] = "1"  # every primary has a replica
         mongodb_url = os.environ.get("ECHOTUNE_MONGODB_URL")
         if not mongodb_url:
             storage = os.environ.get("ECHOTUNE_DEV_MONGO_DIR") or self.dirs.enter_context(

@@ -575,15 +575,15 @@ async def test_a_late_end_after_a_loss_with_no_trace_is_discarded_first(
 async def test_a_start_no_replica_held_in_time_goes_on_and_is_counted(
     redis_server_url: str,
 ) -> None:
-    """OPEN_REPLICAS reaches the opening: this Redis has no replica, so the wait runs out."""
+    """REDIS_WAIT_REPLICAS reaches the opening: this Redis has no replica, the wait runs out."""
     settings = GatewaySettings(
         redis_url=redis_server_url,
         namespace=f"t{uuid.uuid4().hex[:10]}",
         providers=[DEMO],
         default_provider="demo",
         auth_enabled=False,
-        open_replicas=1,
-        open_wait_ms=20,
+        redis_wait_replicas=1,
+        redis_wait_ms=20,
     )
     app = create_app(settings)
     async with app.router.lifespan_context(app):

@@ -18,7 +18,9 @@ the current producer appended), ``streamed`` (text was written), ``final_id`` wi
   appends carry (fence, seq): a stale producer is refused, a retried append is applied once.
   The fence is unique to the take, not the epoch: when Redis loses a take the epoch counts
   it again, and two producers would share it.
-* The **final** event is written once; the TTLs shrink to the resume window with it.
+* The **final** event is written once; the TTLs shrink to the resume window with it. Asked
+  to, its writer waits until replicas hold it, as for the opening: a final a failover lost
+  after its job was acknowledged would leave the answer to the gateway's deadline.
 * A producer's first entry, and the gateway's own final, name the take (field ``take``: the
   fence, or ``untaken``/``force``) when no text is stored before them: a relay that sent text
   before such an entry, with no ``discard_partial`` failover in it, knows the answer started
@@ -32,6 +34,7 @@ the current producer appended), ``streamed`` (text was written), ``final_id`` wi
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -53,6 +56,8 @@ from echotune.common.messages import (
     encode_event,
 )
 from echotune.common.scripts import Arg, Script, execute, execute_packed, load_all
+
+log = logging.getLogger(__name__)
 
 _OPEN = Script("""
 local meta, events, reader = KEYS[1], KEYS[2], KEYS[3]
@@ -364,13 +369,13 @@ class RequestStreams:
         final_ttl_s: int,
         reader_ttl_ms: int,
         events_maxlen: int = 10_000,
-        open_replicas: int = 0,
-        open_wait_ms: int = 500,
+        wait_replicas: int = 0,
+        wait_ms: int = 500,
     ) -> None:
         self.redis, self.keys = redis, keys
         self.request_ttl_s, self.final_ttl_s = request_ttl_s, final_ttl_s
         self.reader_ttl_ms, self.events_maxlen = reader_ttl_ms, events_maxlen
-        self.open_replicas, self.open_wait_ms = open_replicas, open_wait_ms
+        self.wait_replicas, self.wait_ms = wait_replicas, wait_ms
 
     async def load_scripts(self) -> None:
         """Load every script up front (they are reloaded on ``NOSCRIPT`` anyway)."""
@@ -412,9 +417,9 @@ class RequestStreams:
         queued with the start, on one Redis (a cluster keeps the jobs stream in another slot;
         ``job_queued`` says whether it was).
 
-        With ``open_replicas``, the opening is started only once that many replicas hold it
-        (or ``open_wait_ms`` passed): Redis replicates asynchronously, and a failover that
-        lost an opening after its job was queued would leave a started answer nobody can end.
+        With ``wait_replicas``, the opening is started only once that many replicas hold it
+        (or ``wait_ms`` passed): Redis replicates asynchronously, and a failover that lost an
+        opening after its job was queued would leave a started answer nobody can end.
         """
         fields = encode_event(start)
         keys = self._keys(request_id, "meta", "events", "reader")
@@ -434,16 +439,9 @@ class RequestStreams:
         if job is not None and queued:
             keys.append(job[0])
             args += job[1]
-        acked = 0
-        if self.open_replicas:
-            reply, acked = await _OPEN.replicated(
-                self.redis, keys, args, self.open_replicas, self.open_wait_ms
-            )
-        else:
-            reply = await _OPEN(self.redis, keys, args)
+        reply, unreplicated = await self._replicated(_OPEN, keys, args)
         state = Opened(_text(reply[0]))
         if state is Opened.STARTED:
-            unreplicated = acked < self.open_replicas
             return OpenResult(state, _text(reply[1]), job_queued=queued, unreplicated=unreplicated)
         if state is Opened.EXISTS:
             return OpenResult(state, final_id=_text(reply[1]) or None)
@@ -582,10 +580,24 @@ class RequestStreams:
         ]
         if isinstance(event, ErrorEvent) and not event.partial:
             args.append(encode_event(event.model_copy(update={"partial": True}))["data"])
-        reply = await _FINAL(
-            self.redis, self._keys(request_id, "meta", "events", "cancel", "reader"), args
-        )
+        keys = self._keys(request_id, "meta", "events", "cancel", "reader")
+        reply, unreplicated = await self._replicated(_FINAL, keys, args)
+        if unreplicated:
+            log.warning("the final of %s is not on enough replicas yet", request_id)
         return Final(_text(reply[0]))
+
+    async def _replicated(
+        self, script: Script, keys: list[str], args: list[Arg]
+    ) -> tuple[Any, bool]:
+        """Run ``script``, then wait for ``wait_replicas`` replicas to hold what it wrote;
+        (its reply, whether fewer held it in time). A failover while waiting raises: the
+        caller tries again (both scripts tell their own retry apart)."""
+        if not self.wait_replicas:
+            return await script(self.redis, keys, args), False
+        reply, acked = await script.replicated(
+            self.redis, keys, args, self.wait_replicas, self.wait_ms
+        )
+        return reply, acked < self.wait_replicas
 
     async def fences(self, request_ids: Sequence[str]) -> list[str | None]:
         """Each request's current producer's fence (``None``: nobody took it, or it is gone)."""

@@ -20,7 +20,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE
-from redis.exceptions import NoScriptError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, RedisClusterException
 
 from echotune.common import resp
 
@@ -62,12 +63,9 @@ class Script:
         writes or ``wait_ms`` passed; (its reply, how many replicas acknowledged them)."""
         for attempt in (1, 2):
             if isinstance(redis, RedisCluster):
-                await redis.initialize()  # the slot map (a no-op once known)
-                node = redis.get_node_from_key(keys[0])
-                pipe = redis.pipeline(transaction=False)
-                self.queue(pipe, keys, args)
-                pipe.execute_command("WAIT", replicas, wait_ms, target_nodes=node)
-                reply, acked = await pipe.execute(raise_on_error=False)
+                reply, acked = await self._replicated_on_cluster(
+                    redis, keys, args, replicas, wait_ms
+                )
             else:
                 packed = self.packed(keys, args) + resp.command("WAIT", replicas, wait_ms)
                 reply, acked = await resp.send(redis, packed, 2)
@@ -79,6 +77,21 @@ class Script:
                     raise result
             break
         return reply, int(acked)
+
+    async def _replicated_on_cluster(
+        self, redis: RedisCluster, keys: list[str], args: list[Arg], replicas: int, wait_ms: int
+    ) -> list[Any]:
+        """The call and its ``WAIT`` in one pipeline to the slot's primary (one connection)."""
+        try:
+            await redis.initialize()  # the slot map (a no-op once known)
+            node = redis.get_node_from_key(keys[0])
+            pipe = redis.pipeline(transaction=False)
+            pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+            pipe.execute_command("WAIT", replicas, wait_ms, target_nodes=node)
+            return await pipe.execute(raise_on_error=False)
+        except RedisClusterException as exc:  # the slot map changed under it (a failover):
+            # its retry sends WAIT to every node; both callers try again on a connection error
+            raise RedisConnectionError(f"the cluster changed while waiting: {exc}") from exc
 
     def packed(self, keys: list[str], args: list[Arg]) -> bytes:
         """A call in RESP, for :func:`execute_packed`."""

@@ -48,6 +48,22 @@ class ServiceSettings(BaseSettings):
         validation_alias=shared("RESUME_WINDOW_S"),
         description="How long an answer keeps streaming into Redis without a reader",
     )
+    redis_wait_replicas: int = Field(
+        0,
+        ge=0,
+        le=10,
+        validation_alias=shared("REDIS_WAIT_REPLICAS"),
+        description="Redis replicas that must hold a chat's opening and its final event before "
+        "they count (WAIT): a failover then cannot lose them; 0 for a Redis without replicas",
+    )
+    redis_wait_ms: int = Field(
+        500,
+        ge=1,
+        le=2000,
+        validation_alias=shared("REDIS_WAIT_MS"),
+        description="Longest wait for those replicas (below Redis' socket timeout, 5 s); past "
+        "it the write counts anyway (logged)",
+    )
     key_grace_s: int = Field(
         60,
         ge=1,

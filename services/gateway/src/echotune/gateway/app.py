@@ -58,8 +58,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         request_ttl_s=int(settings.max_stream_s + settings.resume_window_s) + settings.key_grace_s,
         final_ttl_s=int(settings.resume_window_s) + settings.key_grace_s,
         reader_ttl_ms=int(settings.resume_window_s * 1000),
-        open_replicas=settings.open_replicas,
-        open_wait_ms=settings.open_wait_ms,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_ms=settings.redis_wait_ms,
     )
     await streams.load_scripts()
     breakers = CircuitBreakers(redis, keys, settings.breaker.policy())

@@ -102,7 +102,7 @@ class GatewayMetrics:
         )
         self.unreplicated_opens = Counter(
             "echotune_gateway_unreplicated_opens",
-            "Answers started before OPEN_REPLICAS Redis replicas held their opening (in time)",
+            "Answers started before REDIS_WAIT_REPLICAS replicas held their opening (in time)",
             registry=r,
         )
         self.streams = Counter(

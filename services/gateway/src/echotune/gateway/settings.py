@@ -44,20 +44,6 @@ class GatewaySettings(ServiceSettings, ProviderSettings):
     cancel_grace_s: float = Field(
         0.8, gt=0, description="A cancelled answer its worker has not ended by then is ended here"
     )
-    open_replicas: int = Field(
-        0,
-        ge=0,
-        le=10,
-        description="Redis replicas that must hold a chat's opening before it starts (WAIT): "
-        "a failover then cannot lose a started answer; 0 for a Redis without replicas",
-    )
-    open_wait_ms: int = Field(
-        500,
-        ge=1,
-        le=2000,
-        description="Longest wait for those replicas (below Redis' socket timeout, 5 s); past "
-        "it the chat starts anyway (logged)",
-    )
     jobs_trim_s: float = Field(30.0, gt=0, description="How often acknowledged jobs are trimmed")
     relay_block_ms: int = Field(5000, ge=10, description="Longest blocking XREAD of the relay")
     relay_batch: int = Field(256, ge=1, description="Entries read per stream per XREAD")

@@ -97,6 +97,8 @@ async def open_worker(
         final_ttl_s=int(settings.resume_window_s) + settings.key_grace_s,
         reader_ttl_ms=int(settings.resume_window_s * 1000),
         events_maxlen=settings.events_maxlen,
+        wait_replicas=settings.redis_wait_replicas,
+        wait_ms=settings.redis_wait_ms,
     )
     await streams.load_scripts()
     breakers = CircuitBreakers(redis, keys, settings.breaker.policy())

@@ -1,6 +1,7 @@
-"""A chat's opening is started only once a replica holds it (``WAIT``): Redis replicates
-asynchronously, and a failover that lost a started opening left an answer nobody could end
-(the cluster chaos run's ``drained`` violation: resumes answered 404, no final ever)."""
+"""A chat's opening and its final count only once a replica holds them (``WAIT``): Redis
+replicates asynchronously, and a failover that lost a started opening left an answer nobody
+could end (the cluster chaos run's ``drained`` violation: resumes answered 404, no final
+ever); one that lost a final left the answer to the gateway's deadline."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from redis.asyncio import Redis
 
 from deploy.local.servers import RedisClusterServers, RedisServer
 from echotune.common.keys import Keys
-from echotune.common.messages import StartEvent
+from echotune.common.messages import DoneEvent, FinishReason, StartEvent, Timings
 from echotune.common.redis import create_redis
-from echotune.common.request_stream import Opened, RequestStreams
+from echotune.common.request_stream import Final, Opened, RequestStreams
 
 RID = "r-open-replicated"
 
@@ -68,7 +69,7 @@ def streams_on(redis: Redis, wait_ms: int) -> RequestStreams:
     keys = Keys(f"t{uuid.uuid4().hex[:8]}")
     return RequestStreams(
         redis, keys, request_ttl_s=60, final_ttl_s=60, reader_ttl_ms=1000,
-        open_replicas=1, open_wait_ms=wait_ms,
+        wait_replicas=1, wait_ms=wait_ms,
     )  # fmt: skip
 
 
@@ -90,6 +91,24 @@ async def test_an_opening_is_started_only_once_a_replica_holds_it(pair: Pair) ->
     opened = await opening
     assert (opened.state, opened.unreplicated) == (Opened.STARTED, False)
     assert await pair.replica_redis.exists(meta) == 1
+
+
+async def test_a_final_is_written_only_once_a_replica_holds_it(pair: Pair) -> None:
+    streams = streams_on(pair.redis, wait_ms=3000)
+    await streams.open(RID, "fp", "u", start())
+    taken = await streams.take(RID, "w")
+    meta = streams.keys.meta(RID)
+    timings = Timings(total_ms=1)
+    done = DoneEvent(finish_reason=FinishReason.STOP, provider="p", model="m", timings=timings)
+    pair.pause_replica(True)
+    ending = asyncio.create_task(streams.append_final(RID, taken.fence, 1, done))
+    async with asyncio.timeout(10):  # the primary holds it, the replica cannot yet
+        while not await pair.redis.hexists(meta, "final_id"):  # noqa: ASYNC110 - no signal
+            await asyncio.sleep(0.01)
+    assert not ending.done(), "the final counted before any replica held it"
+    pair.pause_replica(False)
+    assert await ending is Final.WRITTEN
+    assert await pair.replica_redis.hexists(meta, "final_id")
 
 
 async def test_a_replica_that_does_not_answer_in_time_delays_the_start_only_that_long(
