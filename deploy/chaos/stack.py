@@ -57,7 +57,7 @@ TUNING = {
 }
 # On a cluster a failover keeps the jobs stream's slot unwritable for the node timeout (2 s)
 # plus an election (3.3-5 s measured): the reclaim period exceeds it, as the README says.
-# Replicas hold a chat's opening and final before they count: a failover cannot lose them.
+# Replicas hold a chat's opening and final before they count (a failover rarely loses them).
 CLUSTER_TUNING = {
     **TUNING,
     "ECHOTUNE_WORKER_RECLAIM_IDLE_S": "8",

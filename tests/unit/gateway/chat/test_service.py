@@ -572,6 +572,7 @@ async def test_a_late_end_after_a_loss_with_no_trace_is_discarded_first(
     assert json.loads(seen[1].data)["code"] == "deadline_exceeded"
 
 
+@pytest.mark.single_node  # a cluster's primaries have replicas
 async def test_a_start_no_replica_held_in_time_goes_on_and_is_counted(
     redis_server_url: str,
 ) -> None:
@@ -592,6 +593,6 @@ async def test_a_start_no_replica_held_in_time_goes_on_and_is_counted(
         stream = await service.open(chat_input("unreplicated-1"), None)
         assert stream is not None
         assert stream.first_frame
-        assert time.monotonic() - began >= 0.02  # it waited for the replica
+        assert time.monotonic() - began >= 0.015  # it waited for the replica (Redis: 1 ms ticks)
         assert service.metrics.unreplicated_opens._value.get() == 1
         service.release(stream)

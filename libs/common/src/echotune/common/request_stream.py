@@ -63,7 +63,10 @@ _OPEN = Script("""
 local meta, events, reader = KEYS[1], KEYS[2], KEYS[3]
 local m = redis.call('HMGET', meta, 'fingerprint', 'user_id', 'final_id', 'opener', 'start_id')
 if m[1] then
-  if m[4] == ARGV[8] then return {'started', m[5]} end
+  if m[4] == ARGV[8] then  -- this very call again: write, so that a WAIT after it waits
+    redis.call('HSET', meta, 'opener', ARGV[8])
+    return {'started', m[5]}
+  end
   if m[2] ~= ARGV[2] then return {'foreign'} end
   if m[1] ~= ARGV[1] then return {'conflict'} end
   if not m[3] then redis.call('SET', reader, '1', 'PX', ARGV[4]) end
@@ -168,7 +171,10 @@ local m = redis.call('HMGET', meta, 'epoch', 'final_id', 'final_fence', 'final_s
                      'seq', 'taker')
 if not m[1] then return {'gone'} end
 if m[2] then
-  if m[3] == ARGV[1] and m[4] == ARGV[2] then return {'written', m[2]} end
+  if m[3] == ARGV[1] and m[4] == ARGV[2] then  -- this very final again (see _OPEN)
+    redis.call('HSET', meta, 'final_seq', ARGV[2])
+    return {'written', m[2]}
+  end
   return {'ended', m[2]}
 end
 if ARGV[1] == 'untaken' then
@@ -590,8 +596,7 @@ class RequestStreams:
         self, script: Script, keys: list[str], args: list[Arg]
     ) -> tuple[Any, bool]:
         """Run ``script``, then wait for ``wait_replicas`` replicas to hold what it wrote;
-        (its reply, whether fewer held it in time). A failover while waiting raises: the
-        caller tries again (both scripts tell their own retry apart)."""
+        (its reply, whether fewer held it in time)."""
         if not self.wait_replicas:
             return await script(self.redis, keys, args), False
         reply, acked = await script.replicated(

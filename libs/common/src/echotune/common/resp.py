@@ -52,6 +52,11 @@ async def send(redis: Redis, packed: bytes, replies: int) -> list[Any]:
         await pool.release(connection)
 
 
+async def exchange(connection: AbstractConnection, packed: bytes, replies: int) -> list[Any]:
+    """As :func:`send`, on a connection the caller holds (a cluster node's)."""
+    return await _exchange(connection, packed, replies)
+
+
 class OwnConnection:
     """A connection of ``redis``'s kind kept by one caller that sends one command at a time
     (the worker's flusher, the gateway's relay): its round trips skip the pool's lock, timer

@@ -11,6 +11,7 @@ goes through redis-py.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import inspect
 from collections.abc import Sequence
@@ -20,8 +21,17 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE
+from redis.exceptions import (
+    AskError,
+    ClusterDownError,
+    MovedError,
+    NoScriptError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisClusterException
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from echotune.common import resp
 
@@ -60,38 +70,35 @@ class Script:
         self, redis: Redis, keys: list[str], args: list[Arg], replicas: int, wait_ms: int
     ) -> tuple[Any, int]:
         """Call it, then ``WAIT`` on the same connection until ``replicas`` replicas hold its
-        writes or ``wait_ms`` passed; (its reply, how many replicas acknowledged them)."""
-        for attempt in (1, 2):
-            if isinstance(redis, RedisCluster):
-                reply, acked = await self._replicated_on_cluster(
-                    redis, keys, args, replicas, wait_ms
-                )
-            else:
-                packed = self.packed(keys, args) + resp.command("WAIT", replicas, wait_ms)
-                reply, acked = await resp.send(redis, packed, 2)
-            if isinstance(reply, NoScriptError) and attempt == 1:
-                await redis.script_load(self.source)
+        writes or ``wait_ms`` passed; (its reply, how many replicas acknowledged them).
+
+        Only for a script that tells its own retry apart and writes again when it does (a
+        ``WAIT`` after a call that wrote nothing waits for nothing on Redis 7.2+ and Valkey).
+        On a cluster the pair goes to the slot's primary on one of its connections; a moved
+        slot or a lost connection (a failover) refreshes the slot map and sends it again."""
+        call, wait = self.packed(keys, args), resp.command("WAIT", replicas, wait_ms)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                if isinstance(redis, RedisCluster):
+                    reply, acked = await _on_primary(redis, keys[0], call + wait)
+                else:
+                    reply, acked = await resp.send(redis, call + wait, 2)
+                if isinstance(reply, NoScriptError) and attempt < _ATTEMPTS:
+                    call = resp.command("EVAL", self.source, len(keys), *keys, *args)
+                    continue  # EVAL runs it and caches it
+                if isinstance(reply, _ELSEWHERE):
+                    raise reply
+            except (RedisConnectionError, RedisTimeoutError, RedisClusterException, *_ELSEWHERE):
+                if not isinstance(redis, RedisCluster) or attempt >= _ATTEMPTS:
+                    raise
+                await _refresh(redis, keys[0], attempt)
                 continue
             for result in (reply, acked):
                 if isinstance(result, Exception):
                     raise result
-            break
-        return reply, int(acked)
-
-    async def _replicated_on_cluster(
-        self, redis: RedisCluster, keys: list[str], args: list[Arg], replicas: int, wait_ms: int
-    ) -> list[Any]:
-        """The call and its ``WAIT`` in one pipeline to the slot's primary (one connection)."""
-        try:
-            await redis.initialize()  # the slot map (a no-op once known)
-            node = redis.get_node_from_key(keys[0])
-            pipe = redis.pipeline(transaction=False)
-            pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
-            pipe.execute_command("WAIT", replicas, wait_ms, target_nodes=node)
-            return await pipe.execute(raise_on_error=False)
-        except RedisClusterException as exc:  # the slot map changed under it (a failover):
-            # its retry sends WAIT to every node; both callers try again on a connection error
-            raise RedisConnectionError(f"the cluster changed while waiting: {exc}") from exc
+            return reply, int(acked)
 
     def packed(self, keys: list[str], args: list[Arg]) -> bytes:
         """A call in RESP, for :func:`execute_packed`."""
@@ -102,6 +109,34 @@ class Script:
         # Not pipe.evalsha: a cluster pipeline refuses it, while the raw command is routed
         # by its keys' slot like any other.
         pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+_ATTEMPTS = 3
+_ELSEWHERE = (MovedError, AskError, TryAgainError, ClusterDownError)
+"""A cluster's replies that say: the slot is served elsewhere, or later."""
+
+
+async def _on_primary(redis: RedisCluster, key: str, packed: bytes) -> list[Any]:
+    """Send ``packed`` (two commands) to ``key``'s primary on one of its connections."""
+    await redis.initialize()  # the slot map (a no-op once known)
+    node = redis.get_node_from_key(key)
+    if node is None:
+        raise SlotNotCoveredError(f"no primary serves {key!r}")
+    connection = node.acquire_connection()
+    try:
+        return await resp.exchange(connection, packed, 2)
+    finally:
+        node.release(connection)
+
+
+async def _refresh(redis: RedisCluster, key: str, attempt: int) -> None:
+    """Let the cluster client learn where ``key``'s slot is served now (its own redirects and
+    retries), after a short backoff."""
+    await asyncio.sleep(0.1 * 2**attempt)
+    try:
+        await redis.exists(key)
+    except RedisClusterException as exc:  # not a RedisError: callers retry those
+        raise RedisConnectionError(f"the cluster is not serving {key!r}: {exc}") from exc
 
 
 async def load_all(redis: Redis, scripts: Sequence[Script]) -> None:

@@ -54,7 +54,8 @@ class ServiceSettings(BaseSettings):
         le=10,
         validation_alias=shared("REDIS_WAIT_REPLICAS"),
         description="Redis replicas that must hold a chat's opening and its final event before "
-        "they count (WAIT): a failover then cannot lose them; 0 for a Redis without replicas",
+        "they count (WAIT): a failover then very rarely loses them; 0 for a Redis without "
+        "replicas",
     )
     redis_wait_ms: int = Field(
         500,
