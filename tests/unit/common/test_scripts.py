@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import cast
 
 import pytest
@@ -11,9 +11,11 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
-from redis.exceptions import ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import MovedError, NoScriptError, ResponseError, SlotNotCoveredError
 
 from deploy.local.servers import RedisClusterServers
+from echotune.common import scripts
 from echotune.common.redis import create_redis
 from echotune.common.scripts import Script, execute
 
@@ -127,3 +129,63 @@ async def test_a_script_called_alone_is_reloaded_after_noscript_and_raises_its_e
     assert await echo(redis, ["t:echo"], ["é", 3]) == ["é", 3]
     with pytest.raises(ResponseError, match="no good"):
         await fail(redis, ["t:fail"], ["no good"])
+
+
+class _Sends:
+    """Stands in for the send to a cluster primary: each reply (or error) in turn."""
+
+    def __init__(self, *outcomes: object) -> None:
+        self.outcomes, self.sent, self.refreshes = list(outcomes), [], 0
+
+    async def send(self, redis: object, key: str, packed: bytes) -> object:
+        self.sent.append(packed)
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    async def refresh(self, redis: object, key: str, failures: int) -> None:
+        self.refreshes += 1
+
+
+@pytest.fixture
+def sends(monkeypatch: pytest.MonkeyPatch) -> Callable[..., _Sends]:
+    def install(*outcomes: object) -> _Sends:
+        fake = _Sends(*outcomes)
+        monkeypatch.setattr(scripts, "_on_primary", fake.send)
+        monkeypatch.setattr(scripts, "_refresh", fake.refresh)
+        return fake
+
+    return install
+
+
+LATER = Script("return redis.call('SET', KEYS[1], ARGV[1])")
+UNCONNECTED = RedisCluster(host="127.0.0.1", port=1)  # nothing is sent through it here
+
+
+async def test_a_replicated_call_on_a_cluster_is_sent_again_after_a_failover(
+    sends: Callable[..., _Sends],
+) -> None:
+    fake = sends(RedisConnectionError("gone"), [MovedError("7 127.0.0.1:2"), 0], [b"OK", 1])
+    assert await LATER.replicated(UNCONNECTED, ["k"], ["v"], 1, 100) == (b"OK", 1)
+    assert (len(fake.sent), fake.refreshes) == (3, 2)
+    assert all(packed.endswith(b"$4\r\nWAIT\r\n$1\r\n1\r\n$3\r\n100\r\n") for packed in fake.sent)
+
+
+async def test_a_replicated_call_redis_forgot_is_sent_as_eval_without_a_failure(
+    sends: Callable[..., _Sends],
+) -> None:
+    fake = sends([NoScriptError("NOSCRIPT"), 1], [b"OK", 1])
+    assert await LATER.replicated(UNCONNECTED, ["k"], ["v"], 1, 100) == (b"OK", 1)
+    assert fake.sent[1].startswith(b"*5\r\n$4\r\nEVAL\r\n")
+    assert fake.refreshes == 0
+
+
+async def test_a_cluster_that_stays_away_is_a_connection_error(
+    sends: Callable[..., _Sends],
+) -> None:
+    """Not the cluster client's own exception, which no caller retries (not a RedisError)."""
+    fake = sends(*[SlotNotCoveredError("no slot")] * 5)
+    with pytest.raises(RedisConnectionError):
+        await LATER.replicated(UNCONNECTED, ["k"], ["v"], 1, 100)
+    assert (len(fake.sent), fake.refreshes) == (5, 4)

@@ -588,9 +588,10 @@ class RequestStreams:
             args.append(encode_event(event.model_copy(update={"partial": True}))["data"])
         keys = self._keys(request_id, "meta", "events", "cancel", "reader")
         reply, unreplicated = await self._replicated(_FINAL, keys, args)
-        if unreplicated:
+        outcome = Final(_text(reply[0]))
+        if unreplicated and outcome is Final.WRITTEN:
             log.warning("the final of %s is not on enough replicas yet", request_id)
-        return Final(_text(reply[0]))
+        return outcome
 
     async def _replicated(
         self, script: Script, keys: list[str], args: list[Arg]

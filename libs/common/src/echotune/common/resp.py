@@ -3,7 +3,8 @@ per-token paths.
 
 redis-py packs each argument in Python and passes each reply through its callbacks; on a
 path that runs for every relayed token that costs more than the command itself (issue 15).
-Single-node Redis only: a cluster client routes commands by slot, these bytes are not routed.
+Single-node Redis only (a cluster client routes commands by slot, these bytes are not routed),
+except :func:`exchange` on a connection of the node the caller chose.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ goes through redis-py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import inspect
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ from redis.exceptions import (
     MovedError,
     NoScriptError,
     RedisClusterException,
+    RedisError,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -75,25 +77,29 @@ class Script:
         Only for a script that tells its own retry apart and writes again when it does (a
         ``WAIT`` after a call that wrote nothing waits for nothing on Redis 7.2+ and Valkey).
         On a cluster the pair goes to the slot's primary on one of its connections; a moved
-        slot or a lost connection (a failover) refreshes the slot map and sends it again."""
+        slot or a lost connection (a failover) refreshes the slot map and sends it again, and
+        a cluster that stays away is a ``ConnectionError`` (as a single Redis's)."""
         call, wait = self.packed(keys, args), resp.command("WAIT", replicas, wait_ms)
-        attempt = 0
+        failures, evaluated = 0, False
         while True:
-            attempt += 1
             try:
                 if isinstance(redis, RedisCluster):
                     reply, acked = await _on_primary(redis, keys[0], call + wait)
                 else:
                     reply, acked = await resp.send(redis, call + wait, 2)
-                if isinstance(reply, NoScriptError) and attempt < _ATTEMPTS:
+                if isinstance(reply, NoScriptError) and not evaluated:
+                    evaluated = True  # EVAL runs it and caches it (it never answers NOSCRIPT)
                     call = resp.command("EVAL", self.source, len(keys), *keys, *args)
-                    continue  # EVAL runs it and caches it
+                    continue
                 if isinstance(reply, _ELSEWHERE):
                     raise reply
-            except (RedisConnectionError, RedisTimeoutError, RedisClusterException, *_ELSEWHERE):
-                if not isinstance(redis, RedisCluster) or attempt >= _ATTEMPTS:
+            except _RESENT as exc:
+                failures += 1
+                if not isinstance(redis, RedisCluster):
                     raise
-                await _refresh(redis, keys[0], attempt)
+                if failures >= _ATTEMPTS:
+                    raise RedisConnectionError(f"not written with its wait: {exc!r}") from exc
+                await _refresh(redis, keys[0], failures)
                 continue
             for result in (reply, acked):
                 if isinstance(result, Exception):
@@ -111,9 +117,11 @@ class Script:
         pipe.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
 
 
-_ATTEMPTS = 3
+_ATTEMPTS = 5
+"""Sends of a replicated call on a cluster, ~2.5 s of backoff apart in all (a failover)."""
 _ELSEWHERE = (MovedError, AskError, TryAgainError, ClusterDownError)
 """A cluster's replies that say: the slot is served elsewhere, or later."""
+_RESENT = (RedisConnectionError, RedisTimeoutError, RedisClusterException, *_ELSEWHERE)
 
 
 async def _on_primary(redis: RedisCluster, key: str, packed: bytes) -> list[Any]:
@@ -124,19 +132,18 @@ async def _on_primary(redis: RedisCluster, key: str, packed: bytes) -> list[Any]
         raise SlotNotCoveredError(f"no primary serves {key!r}")
     connection = node.acquire_connection()
     try:
+        await node.disconnect_if_needed(connection)  # marked stale by a slot map refresh
         return await resp.exchange(connection, packed, 2)
     finally:
         node.release(connection)
 
 
-async def _refresh(redis: RedisCluster, key: str, attempt: int) -> None:
-    """Let the cluster client learn where ``key``'s slot is served now (its own redirects and
-    retries), after a short backoff."""
-    await asyncio.sleep(0.1 * 2**attempt)
-    try:
+async def _refresh(redis: RedisCluster, key: str, failures: int) -> None:
+    """After a backoff, let the cluster client learn where ``key``'s slot is served now (its
+    own redirects and retries); still failing, the next send says so."""
+    await asyncio.sleep(min(0.1 * 2**failures, 1.0))
+    with contextlib.suppress(RedisError, RedisClusterException):
         await redis.exists(key)
-    except RedisClusterException as exc:  # not a RedisError: callers retry those
-        raise RedisConnectionError(f"the cluster is not serving {key!r}: {exc}") from exc
 
 
 async def load_all(redis: Redis, scripts: Sequence[Script]) -> None:
