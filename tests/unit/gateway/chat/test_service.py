@@ -7,7 +7,6 @@ import contextlib
 import itertools
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
@@ -29,13 +28,11 @@ from echotune.common.messages import (
 )
 from echotune.common.redis import timed_sends
 from echotune.common.request_stream import Batch, Final, Take
-from echotune.gateway.app import create_app
 from echotune.gateway.chat.relay import Entry
 from echotune.gateway.chat.service import ChatInput, ChatService, OpenStream
-from echotune.gateway.settings import GatewaySettings
 from echotune.web.errors import ApiError
 from tests.support.streams import wait_for_final
-from tests.unit.gateway.conftest import DEMO
+from tests.unit.gateway.conftest import running_gateway
 
 
 def chat_input(request_id: str, message: str | None = "hi", user: str = "anonymous") -> ChatInput:
@@ -577,17 +574,7 @@ async def test_a_start_no_replica_held_in_time_goes_on_and_is_counted(
     redis_server_url: str,
 ) -> None:
     """REDIS_WAIT_REPLICAS reaches the opening: this Redis has no replica, the wait runs out."""
-    settings = GatewaySettings(
-        redis_url=redis_server_url,
-        namespace=f"t{uuid.uuid4().hex[:10]}",
-        providers=[DEMO],
-        default_provider="demo",
-        auth_enabled=False,
-        redis_wait_replicas=1,
-        redis_wait_ms=20,
-    )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
+    async with running_gateway(redis_server_url, redis_wait_replicas=1, redis_wait_ms=20) as app:
         service: ChatService = app.state.chat
         began = time.monotonic()
         stream = await service.open(chat_input("unreplicated-1"), None)
