@@ -10,7 +10,7 @@ LOCAL_MODEL := $(if $(filter 0 false no,$(ECHOTUNE_LOCAL_MODEL)),,$(or \
   $(filter 1 true yes,$(ECHOTUNE_LOCAL_MODEL)),$(findstring --upstream local,$(ARGS)),$(LOCAL_MODEL_INSTALLED)))
 SYNC_GROUPS := $(if $(LOCAL_MODEL),--group local-model)
 
-.PHONY: help uv sync dev dev-local test test-cluster capacity test-fast lint fmt clean vendor-ui soak load fuzz
+.PHONY: help uv sync dev dev-local test test-cluster capacity bench-start test-fast lint fmt clean vendor-ui soak load fuzz
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -72,6 +72,9 @@ test-cluster: sync  ## The `cluster` subset against a local Redis Cluster (3 pri
 
 capacity: sync  ## Redis commands, bytes and CPU per answer and per token (ARGS="--redis-cluster")
 	$(UV) run --frozen python -m deploy.bench.capacity $(ARGS)
+
+bench-start: sync  ## The gateway's CPU per chat start, in process (ARGS="--n 500 --rounds 5")
+	$(UV) run --frozen python -m deploy.bench.start_cost $(ARGS)
 
 test-fast: sync  ## Only the fast tests
 	$(UV) run --frozen pytest tests/unit
