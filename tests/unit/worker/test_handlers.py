@@ -19,6 +19,7 @@ from echotune.common.messages import ChatJob, ChatMessage, Role, StartEvent
 from echotune.common.request_stream import RequestStreams
 from echotune.worker import handlers
 from echotune.worker.app import create_app
+from echotune.worker.metrics import WorkerMetrics
 from echotune.worker.resources import Worker, open_worker
 from echotune.worker.settings import WorkerSettings
 from tests.support.streams import wait_for_final
@@ -333,3 +334,24 @@ async def test_a_reclaimed_job_nobody_took_starts_its_answer_over(
     restart = json.loads(entries[1]["data"])
     assert entries[1]["type"] == "failover"
     assert (restart["reason"], restart["discard_partial"]) == ("events_lost", True)
+
+
+@pytest.mark.single_node(reason="a Redis without replicas: no WAIT for one is ever met")
+async def test_a_final_no_replica_held_in_time_is_counted(
+    settings: WorkerSettings, redis: Redis
+) -> None:
+    """It was only logged: an operator could not see finals a failover may lose."""
+    fields = settings.model_dump(exclude={"providers"})
+    waiting = WorkerSettings(
+        **{**fields, "redis_wait_replicas": 1, "redis_wait_ms": 10}, providers=[DEMO]
+    )
+    metrics = WorkerMetrics()
+    broker = create_app(waiting).broker
+    async with open_worker(waiting, broker, metrics) as running, TestRedisBroker(broker) as test:
+        broker.context.set_global("worker", running)
+        rid = await opened(running)
+        await test.publish(long_job(rid), stream=waiting.keys.jobs)
+        final = await wait_for_final(redis, waiting.namespace, rid)
+    assert final["type"] == "done"
+    counted = metrics.registry.get_sample_value("echotune_worker_unreplicated_finals_total")
+    assert counted == 1

@@ -377,11 +377,14 @@ class RequestStreams:
         events_maxlen: int = 10_000,
         wait_replicas: int = 0,
         wait_ms: int = 500,
+        on_unreplicated_final: Callable[[], None] | None = None,
     ) -> None:
         self.redis, self.keys = redis, keys
         self.request_ttl_s, self.final_ttl_s = request_ttl_s, final_ttl_s
         self.reader_ttl_ms, self.events_maxlen = reader_ttl_ms, events_maxlen
         self.wait_replicas, self.wait_ms = wait_replicas, wait_ms
+        self._on_unreplicated_final = on_unreplicated_final
+        """Called for each final written before ``wait_replicas`` replicas held it (a metric)."""
 
     async def load_scripts(self) -> None:
         """Load every script up front (they are reloaded on ``NOSCRIPT`` anyway)."""
@@ -591,6 +594,8 @@ class RequestStreams:
         outcome = Final(_text(reply[0]))
         if unreplicated and outcome is Final.WRITTEN:
             log.warning("the final of %s is not on enough replicas yet", request_id)
+            if self._on_unreplicated_final is not None:
+                self._on_unreplicated_final()
         return outcome
 
     async def _replicated(

@@ -89,6 +89,12 @@ class WorkerMetrics:
         self.reclaimed = Counter(
             "echotune_worker_jobs_reclaimed", "Jobs taken over from a lost worker", registry=r
         )
+        self.unreplicated_finals = Counter(
+            "echotune_worker_unreplicated_finals",
+            "Final events counted written before ECHOTUNE_REDIS_WAIT_REPLICAS replicas held "
+            "them within ECHOTUNE_REDIS_WAIT_MS (a failover could lose them)",
+            registry=r,
+        )
         self.retries = Counter(
             "echotune_worker_retries",
             "Provider calls retried, by provider and reason",

@@ -99,6 +99,7 @@ async def open_worker(
         events_maxlen=settings.events_maxlen,
         wait_replicas=settings.redis_wait_replicas,
         wait_ms=settings.redis_wait_ms,
+        on_unreplicated_final=metrics.unreplicated_finals.inc,
     )
     await streams.load_scripts()
     breakers = CircuitBreakers(redis, keys, settings.breaker.policy())
