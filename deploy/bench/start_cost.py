@@ -28,41 +28,33 @@ from typing import Any
 import uvloop
 from fastapi import FastAPI, Request, Response
 
+from deploy.local.gateway_app import running_gateway
 from deploy.local.servers import redis_url
-from echotune.gateway.app import create_app
-from echotune.gateway.settings import GatewaySettings
 
 API_KEY = "et_startcost_" + "k" * 43
-DEMO = {"name": "demo", "kind": "demo", "models": ["echotune-demo-1"]}
 BARE = "/start-cost/bare"
 UNLIMITED = 10**9
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(url: str, *, auth: bool) -> AsyncIterator[FastAPI]:
+async def gateway(url: str, *, auth: bool) -> AsyncIterator[FastAPI]:
     """A gateway whose limits never refuse, with ``BARE`` added, its lifespan running."""
-    app = create_app(
-        GatewaySettings(
-            redis_url=url,
-            namespace=f"sc{uuid.uuid4().hex[:10]}",
-            providers=[DEMO],
-            default_provider="demo",
-            auth_enabled=auth,
-            dev_api_key=API_KEY,
-            chat_starts_per_minute_user=UNLIMITED,
-            chat_starts_per_minute_ip=UNLIMITED,
-            max_open_streams_per_user=UNLIMITED,
-            max_backlog=UNLIMITED,
-            log_level="WARNING",
-        )
-    )
+    async with running_gateway(
+        url,
+        auth_enabled=auth,
+        dev_api_key=API_KEY,
+        chat_starts_per_minute_user=UNLIMITED,
+        chat_starts_per_minute_ip=UNLIMITED,
+        max_open_streams_per_user=UNLIMITED,
+        max_backlog=UNLIMITED,
+        log_level="WARNING",
+    ) as app:
 
-    async def bare(request: Request) -> Response:
-        return Response(status_code=204)
+        async def bare(request: Request) -> Response:
+            return Response(status_code=204)
 
-    app.add_api_route(BARE, bare)
-    async with app.router.lifespan_context(app):
+        app.add_api_route(BARE, bare)
         yield app
 
 
@@ -122,8 +114,8 @@ async def cpu_per_request(app: FastAPI, path: str, n: int) -> float:
 async def measure(url: str, n: int, rounds: int) -> dict[str, float]:
     """Median µs of CPU per request of each arm over ``rounds`` interleaved rounds."""
     async with (
-        running_gateway(url, auth=True) as keyed,
-        running_gateway(url, auth=False) as open_,
+        gateway(url, auth=True) as keyed,
+        gateway(url, auth=False) as open_,
     ):
         arms = {
             "middlewares only (a route doing nothing)": (keyed, BARE),

@@ -2,35 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from fastapi import FastAPI
 
-from echotune.gateway.app import create_app
-from echotune.gateway.settings import GatewaySettings
+from deploy.local.gateway_app import running_gateway
 
-DEMO = {"name": "demo", "kind": "demo", "models": ["echotune-demo-1"], "token_pace_ms": 2}
-
-
-@contextlib.asynccontextmanager
-async def running_gateway(redis_url: str, **settings: Any) -> AsyncIterator[FastAPI]:
-    """A gateway app whose lifespan is running (no HTTP server), in a fresh namespace."""
-    app = create_app(
-        GatewaySettings(
-            redis_url=redis_url,
-            namespace=f"t{uuid.uuid4().hex[:10]}",
-            providers=[DEMO],
-            default_provider="demo",
-            auth_enabled=False,
-            **{"heartbeat_s": 0.2, **settings},
-        )
-    )
-    async with app.router.lifespan_context(app):
-        yield app
+__all__ = ["running_gateway"]
 
 
 @pytest.fixture
