@@ -9,8 +9,6 @@ from fastapi import FastAPI
 
 from deploy.local.gateway_app import running_gateway
 
-__all__ = ["running_gateway"]
-
 
 @pytest.fixture
 async def gateway(redis_server_url: str) -> AsyncIterator[FastAPI]:

@@ -15,8 +15,16 @@ import pytest
 from faststream.redis import RedisBroker, TestRedisBroker
 from redis.asyncio import Redis
 
-from echotune.common.messages import ChatJob, ChatMessage, Role, StartEvent
-from echotune.common.request_stream import RequestStreams
+from echotune.common.messages import (
+    ChatJob,
+    ChatMessage,
+    DoneEvent,
+    FinishReason,
+    Role,
+    StartEvent,
+    Timings,
+)
+from echotune.common.request_stream import Final, RequestStreams
 from echotune.worker import handlers
 from echotune.worker.app import create_app
 from echotune.worker.metrics import WorkerMetrics
@@ -336,22 +344,22 @@ async def test_a_reclaimed_job_nobody_took_starts_its_answer_over(
     assert (restart["reason"], restart["discard_partial"]) == ("events_lost", True)
 
 
+DONE = DoneEvent(
+    finish_reason=FinishReason.STOP, provider="demo", model="demo-1", timings=Timings(total_ms=1)
+)
+
+
 @pytest.mark.single_node(reason="a Redis without replicas: no WAIT for one is ever met")
-async def test_a_final_no_replica_held_in_time_is_counted(
-    settings: WorkerSettings, redis: Redis
-) -> None:
+async def test_a_final_no_replica_held_in_time_is_counted(settings: WorkerSettings) -> None:
     """It was only logged: an operator could not see finals a failover may lose."""
     fields = settings.model_dump(exclude={"providers"})
     waiting = WorkerSettings(
         **{**fields, "redis_wait_replicas": 1, "redis_wait_ms": 10}, providers=[DEMO]
     )
     metrics = WorkerMetrics()
-    broker = create_app(waiting).broker
-    async with open_worker(waiting, broker, metrics) as running, TestRedisBroker(broker) as test:
-        broker.context.set_global("worker", running)
+    async with open_worker(waiting, create_app(waiting).broker, metrics) as running:
         rid = await opened(running)
-        await test.publish(long_job(rid), stream=waiting.keys.jobs)
-        final = await wait_for_final(redis, waiting.namespace, rid)
-    assert final["type"] == "done"
-    counted = metrics.registry.get_sample_value("echotune_worker_unreplicated_finals_total")
-    assert counted == 1
+        taken = await running.streams.take(rid, waiting.consumer)
+        written = await running.streams.append_final(rid, taken.fence, 1, DONE)
+    assert written is Final.WRITTEN
+    assert metrics.registry.get_sample_value("echotune_worker_unreplicated_finals_total") == 1

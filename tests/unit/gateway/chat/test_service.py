@@ -16,23 +16,25 @@ from redis.asyncio.connection import AbstractConnection, Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from deploy.local.gateway_app import running_gateway
 from echotune.common import job_queue
 from echotune.common.messages import (
     ChatEvent,
     DeltaEvent,
     DoneEvent,
+    ErrorCode,
+    ErrorEvent,
     FailoverEvent,
     FinishReason,
     Timings,
     encode_event,
 )
 from echotune.common.redis import timed_sends
-from echotune.common.request_stream import Batch, Final, Take
+from echotune.common.request_stream import UNTAKEN, Batch, Final, Take
 from echotune.gateway.chat.relay import Entry
 from echotune.gateway.chat.service import ChatInput, ChatService, OpenStream
 from echotune.web.errors import ApiError
 from tests.support.streams import wait_for_final
-from tests.unit.gateway.conftest import running_gateway
 
 
 def chat_input(request_id: str, message: str | None = "hi", user: str = "anonymous") -> ChatInput:
@@ -583,3 +585,19 @@ async def test_a_start_no_replica_held_in_time_goes_on_and_is_counted(
         assert time.monotonic() - began >= 0.015  # it waited for the replica (Redis: 1 ms ticks)
         assert service.metrics.unreplicated_opens._value.get() == 1
         service.release(stream)
+
+
+@pytest.mark.single_node  # a cluster's primaries have replicas
+async def test_a_final_the_gateway_writes_before_a_replica_holds_it_is_counted(
+    redis_server_url: str,
+) -> None:
+    """Such finals (no worker, cancel grace, deadline, worker lost) were only logged."""
+    async with running_gateway(redis_server_url, redis_wait_replicas=1, redis_wait_ms=10) as app:
+        service: ChatService = app.state.chat
+        stream = await service.open(chat_input("unreplicated-2"), None)
+        assert stream is not None
+        error = ErrorEvent(code=ErrorCode.NO_WORKER, message="none in this test")
+        ended = await service.streams.append_final("unreplicated-2", UNTAKEN, 0, error)
+        service.release(stream)
+    assert ended is Final.WRITTEN
+    assert service.metrics.unreplicated_finals._value.get() == 1

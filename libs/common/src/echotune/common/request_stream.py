@@ -384,7 +384,6 @@ class RequestStreams:
         self.reader_ttl_ms, self.events_maxlen = reader_ttl_ms, events_maxlen
         self.wait_replicas, self.wait_ms = wait_replicas, wait_ms
         self._on_unreplicated_final = on_unreplicated_final
-        """Called for each final written before ``wait_replicas`` replicas held it (a metric)."""
 
     async def load_scripts(self) -> None:
         """Load every script up front (they are reloaded on ``NOSCRIPT`` anyway)."""
@@ -577,7 +576,9 @@ class RequestStreams:
         """Write the final event, once, as the producer of ``fence`` (:data:`UNTAKEN` or
         :data:`FORCE` for the gateway's own). An error says ``partial`` whenever text was
         streamed in the answer, whatever ``event.partial`` says: the script decides, so no
-        token slips in between."""
+        token slips in between. A final written before ``wait_replicas`` replicas held it
+        calls ``on_unreplicated_final`` (a metric's count, which must not raise): counted here,
+        not by each of the callers of both services."""
         fields = encode_event(event)
         args: list[Arg] = [
             fence,

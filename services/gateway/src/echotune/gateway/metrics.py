@@ -105,6 +105,12 @@ class GatewayMetrics:
             "Answers started before REDIS_WAIT_REPLICAS replicas held their opening (in time)",
             registry=r,
         )
+        self.unreplicated_finals = Counter(
+            "echotune_gateway_unreplicated_finals",
+            "Finals the gateway wrote itself (no worker, cancel grace, deadline, worker lost) "
+            "before REDIS_WAIT_REPLICAS replicas held them (in time)",
+            registry=r,
+        )
         self.streams = Counter(
             "echotune_gateway_streams",
             "Responses ended, by outcome: finish reason, error code, or client_left",
