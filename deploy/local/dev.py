@@ -188,11 +188,26 @@ Ctrl-C stops everything.
 """
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def ignore_stop_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """From here on Ctrl-C and SIGTERM do nothing. The loop's handlers go while the signals
+    are blocked: left to ``asyncio.run``, they are removed only after the loop's wake-up pipe
+    is closed, and a Ctrl-C in between printed a traceback (writing to a closed fd; seen in
+    CI), or after them raised ``KeyboardInterrupt`` (the handler they restore)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    for sig in STOP_SIGNALS:
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)  # one that came meanwhile is discarded
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
 async def serve(api_key: str) -> int:
     """Start the stack, wait for Ctrl-C (or a service that dies), stop it; the exit code."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)  # later signals set it again: nothing happens
     print("starting echotune… (Ctrl-C stops it)", flush=True)
     stack = DevStack(api_key)
@@ -220,7 +235,10 @@ async def serve(api_key: str) -> int:
         await asyncio.wait([starting, stopping])
         if not starting.cancelled():
             starting.exception()  # reported above, or superseded by Ctrl-C
-        await stack.stop()
+        try:
+            await stack.stop()
+        finally:
+            ignore_stop_signals(loop)
     return code
 
 
@@ -230,9 +248,7 @@ def main() -> None:
     except BadDevKey as exc:
         print(f"make dev: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    code = asyncio.run(serve(api_key))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the loop's handlers are gone: stay quiet
-    raise SystemExit(code)
+    raise SystemExit(asyncio.run(serve(api_key)))
 
 
 if __name__ == "__main__":
