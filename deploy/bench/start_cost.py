@@ -8,9 +8,10 @@ that does nothing behind the same middlewares, and the same start with authentic
 (no API key lookup). Arms are interleaved round by round; the median round is printed.
 
 A full bench run at 500 streams moves by 10-20 % with the machine's phase; this measures one
-process's CPU (``time.process_time``) and repeats within a few per cent, so a change to the
-start path can be seen. Starts here wake the idle relay's read, which a loaded gateway mostly
-skips, and end by the client leaving rather than by a final event.
+process's CPU (``time.process_time``), arms interleaved, so a difference between arms (or two
+runs side by side) shows a change to the start path. Starts here wake the idle relay's read,
+which a loaded gateway mostly skips, and end by the client leaving rather than by a final
+event.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import json
 import statistics
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -33,7 +34,6 @@ from deploy.local.servers import redis_url
 API_KEY = "et_startcost_" + "k" * 43
 BARE = "/start-cost/bare"
 UNLIMITED = 10**9
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 @contextlib.asynccontextmanager

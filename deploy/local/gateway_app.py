@@ -21,12 +21,7 @@ async def running_gateway(redis_url: str, **settings: Any) -> AsyncIterator[Fast
     """The demo provider only, authentication off and a 0.2 s heartbeat unless ``settings``
     say otherwise."""
     defaults = {"providers": [DEMO], "default_provider": "demo", "auth_enabled": False}
-    app = create_app(
-        GatewaySettings(
-            redis_url=redis_url,
-            namespace=f"t{uuid.uuid4().hex[:10]}",
-            **{**defaults, "heartbeat_s": 0.2, **settings},
-        )
-    )
+    defaults |= {"heartbeat_s": 0.2, "namespace": f"t{uuid.uuid4().hex[:10]}"}
+    app = create_app(GatewaySettings(redis_url=redis_url, **{**defaults, **settings}))
     async with app.router.lifespan_context(app):
         yield app
