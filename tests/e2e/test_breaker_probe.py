@@ -62,7 +62,8 @@ async def test_one_probe_across_three_workers_while_it_streams_past_its_lease(
         assert (await chat(opener)).text == "spared"
         state = await breaker()
         # a slow run may read it after the 1 s cool-down: then it reports half-open already
-        assert state["state"] in ("open", "half_open") and state["trips"] == 1, state
+        assert state["state"] in ("open", "half_open"), state
+        assert state["trips"] == 1, state
         await asyncio.sleep(max(state["opened_at"] + COOLDOWN_S - time.time(), 0) + 0.1)
 
         slow = {"tokens": [f"p{i} " for i in range(PROBE_TOKENS)], "pace_ms": PROBE_PACE_MS}
