@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import redis
 from redis.asyncio import Redis
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -127,3 +128,30 @@ async def test_a_send_the_server_does_not_take_times_out(redis_server_url: str) 
                     await client.set(key, value * 4)
         finally:
             await client.aclose()
+
+
+@pytest.mark.single_node(reason="a cluster client resolves what it tells Redis once per client")
+async def test_a_new_connection_does_not_read_the_installed_package_metadata(
+    redis_server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each new connection looked redis-py's version up in the installed package's metadata
+    (~340 µs of CPU), paid whenever a burst of commands grew a pool (issue 15)."""
+    lookups: list[str] = []
+
+    def version() -> str:
+        lookups.append("redis")
+        return redis.__version__
+
+    monkeypatch.setattr(redis.utils, "get_lib_version", version)
+    client = create_redis(redis_server_url)
+    broker = create_broker(redis_server_url)
+    broker_client = await broker.connect()
+    try:
+        for pool_of in (client, broker_client):  # concurrent: a connection each
+            waits = [pool_of.blpop([f"absent-{uuid.uuid4().hex}"], timeout=0.05) for _ in range(4)]
+            assert await asyncio.gather(*waits) == [None] * 4
+        assert len(client.connection_pool._available_connections) == 4  # type: ignore[attr-defined]
+        assert lookups == []
+    finally:
+        await client.aclose()
+        await broker.stop()

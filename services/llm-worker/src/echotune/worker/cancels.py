@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
-from echotune.common.redis import cluster_address, create_redis
+from echotune.common.redis import DRIVER_INFO, cluster_address, create_redis
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class ClusterCancels:
             ssl=self.address.ssl,
             decode_responses=True,
             socket_timeout=PING_S * 3,
+            driver_info=DRIVER_INFO,
         )
         pubsub = client.pubsub()
         try:
