@@ -67,8 +67,8 @@ async def test_post_stream_rejects_broken_json(stack: Stack, client: httpx.Async
         content=b"{not json",
         headers={"content-type": "application/json"},
     )
-    assert response.status_code == 422
-    assert response.json()["error"]["code"] == "invalid_request"
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_json"
 
 
 @pytest.mark.parametrize(

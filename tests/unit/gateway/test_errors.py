@@ -59,3 +59,32 @@ def test_a_body_that_is_not_json_names_no_param_on_the_openai_door() -> None:
     assert broken.json()["error"]["param"] is None
     wrong = client.post("/v1/thing", json={"model": 1})
     assert wrong.json()["error"]["param"] == "model"
+
+
+def test_a_body_that_is_not_json_is_said_plainly_on_both_doors() -> None:
+    """Broken JSON read ``422 … JSON decode error at body.16`` (a character's position as a
+    field) and a text body ``Input should be a valid dictionary`` (new-user review)."""
+    app = FastAPI()
+    install_error_handlers(app, render)
+
+    @app.post("/api/thing")
+    @app.post("/v1/thing")
+    async def thing(body: _Body) -> None:
+        pass
+
+    client = TestClient(app)
+    broken = client.post(
+        "/api/thing", content=b'{"model": "m"', headers={"content-type": "application/json"}
+    )
+    assert broken.status_code == 400
+    assert broken.json()["error"]["code"] == "invalid_json"
+    assert broken.json()["error"]["message"] == (
+        "the body is not valid JSON: Expecting ',' delimiter at character 13"
+    )
+    for path in ("/api/thing", "/v1/thing"):
+        text = client.post(path, content=b"hello", headers={"content-type": "text/plain"})
+        assert text.status_code == 415, path
+        assert text.json()["error"]["code"] == "unsupported_media_type"
+    missing = client.post("/api/thing")
+    assert missing.status_code == 422
+    assert missing.json()["error"]["code"] == "invalid_request"

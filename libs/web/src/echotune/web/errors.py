@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -55,6 +55,21 @@ def render_error(_: Request, error: ApiError) -> JSONResponse:
     return error_response(error.status, error.code, error.message, error.details, error.headers)
 
 
+def _unreadable_body(errors: Sequence[Any]) -> ApiError | None:
+    """A body that is not JSON at all: said plainly, not as the first field's validation."""
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":  # its loc is ("body", the character's position)
+        reason = first.get("ctx", {}).get("error", "not JSON")
+        where = first.get("loc", ("body", "?"))[-1]
+        return ApiError(
+            400, "invalid_json", f"the body is not valid JSON: {reason} at character {where}"
+        )
+    if tuple(first.get("loc", ())) == ("body",) and isinstance(first.get("input"), bytes):
+        message = "the body must be JSON, sent with Content-Type: application/json"
+        return ApiError(415, "unsupported_media_type", message)
+    return None
+
+
 def install_error_handlers(app: FastAPI, render: Render = render_error) -> None:
     """Every failure FastAPI or the app raises becomes an error body (``render``)."""
 
@@ -64,6 +79,8 @@ def install_error_handlers(app: FastAPI, render: Render = render_error) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if (unreadable := _unreadable_body(exc.errors())) is not None:
+            return render(request, unreadable)
         details = [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
             for e in exc.errors()
