@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
@@ -172,11 +173,16 @@ async def final_of(service: ChatService, request_id: str) -> dict[str, Any]:
     return await wait_for_final(service.redis, service.settings.namespace, request_id, timeout=5)
 
 
-async def test_a_cancel_of_a_job_no_worker_holds_ends_it_at_once(gateway: FastAPI) -> None:
-    """It ended only when a worker took the job, seconds later (no worker runs here)."""
+async def test_a_cancel_of_a_job_no_worker_holds_ends_it_at_once(
+    gateway: FastAPI, caplog: pytest.LogCaptureFixture
+) -> None:
+    """It ended only when a worker took the job, seconds later (no worker runs here). Its log
+    line names the answer: it carries the cancel call's own request id (new-user review)."""
     service: ChatService = gateway.state.chat
     assert await service.open(chat_input("queued-0001"), None) is not None
-    assert await service.cancel("queued-0001", "anonymous") == "cancelling"
+    with caplog.at_level(logging.INFO, logger="echotune.gateway.chat.service"):
+        assert await service.cancel("queued-0001", "anonymous") == "cancelling"
+    assert "cancel of queued-0001 requested: cancelling" in caplog.messages
     final = await final_of(service, "queued-0001")
     assert (final["type"], final["finish_reason"]) == ("done", "cancelled")
     assert (await service.streams.take("queued-0001", "late-worker")).state.value == "ended"

@@ -432,7 +432,7 @@ class ChatService:
         found = await self.streams.cancel(request_id, user_id)
         if found.state == "unknown":
             raise _unknown()
-        log.info("cancel requested: %s", found.state)
+        log.info("cancel of %s requested: %s", request_id, found.state)
         if found.state == "cancelling":
             ended = not found.taken and await self._end_cancelled(request_id, found, UNTAKEN)
             if not ended:
