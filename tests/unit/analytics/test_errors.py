@@ -35,6 +35,13 @@ BAD = [
     # files of the system's tz database, no zone: the machine's own setting, a placeholder
     ("/api/analytics/listening-patterns", {"tz": "localtime"}, "unknown_time_zone"),
     ("/api/analytics/listening-patterns", {"tz": "Factory"}, "unknown_time_zone"),
+    # the chat's name for it was ignored: a 200 in UTC (new-user review)
+    ("/api/insights/engagement", {"time_zone": "Nope/Nope"}, "unknown_time_zone"),
+    (
+        "/api/insights/engagement",
+        {"tz": "UTC", "time_zone": "Asia/Tokyo"},
+        "conflicting_time_zones",
+    ),
     ("/api/analytics/listening-patterns", {"granularity": "minute"}, "invalid_request"),
     (  # in the hour Paris skips: it read as 03:30 and the range was "reversed"
         "/api/analytics/listening-patterns",

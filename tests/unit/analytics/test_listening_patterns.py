@@ -124,6 +124,7 @@ async def test_a_late_utc_play_is_the_next_day_in_tokyo(
     assert utc["by_hour"][23]["plays"] == 1
 
     tokyo = (await get_ok(api, PATH, granularity="day", tz="Asia/Tokyo"))["data"]
+    assert (await get_ok(api, PATH, granularity="day", time_zone="Asia/Tokyo"))["data"] == tokyo
     assert [d["plays"] for d in tokyo["by_weekday"]][:2] == [0, 2]
     assert [(p["start"], p["plays"]) for p in tokyo["timeline"]] == [
         ("2024-03-05T00:00:00+09:00", 2)

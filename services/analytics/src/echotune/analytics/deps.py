@@ -9,6 +9,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from echotune.analytics import params
+from echotune.analytics.errors import bad_parameter
 from echotune.analytics.params import ListeningWindow, Page, ProviderWindow, TimeRange
 from echotune.analytics.settings import AnalyticsSettings
 
@@ -38,10 +39,16 @@ DatabaseDep = Annotated[AsyncDatabase[Document], Depends(_database)]
 
 
 def _time_zone(
-    tz: Annotated[str, Query(description="IANA time zone, e.g. Europe/Paris")] = "UTC",
+    tz: Annotated[str | None, Query(description="IANA time zone, e.g. Europe/Paris; UTC")] = None,
+    time_zone: Annotated[str | None, Query(description="Same as `tz` (the chat's name)")] = None,
 ) -> str:
-    params.time_zone(tz)
-    return tz
+    """``tz`` or ``time_zone``: the chat's name was ignored here (a 200 in UTC)."""
+    if tz is not None and time_zone is not None and tz != time_zone:
+        message = f"tz {tz!r} and time_zone {time_zone!r} disagree: give one"
+        raise bad_parameter("time_zone", "conflicting_time_zones", message, time_zone)
+    name = tz if tz is not None else time_zone or "UTC"
+    params.time_zone(name, "tz" if tz is not None else "time_zone")
+    return name
 
 
 TimeZoneDep = Annotated[str, Depends(_time_zone)]

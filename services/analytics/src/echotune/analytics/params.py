@@ -46,10 +46,10 @@ class Page:
         return (self.page - 1) * self.limit
 
 
-def time_zone(name: str) -> zoneinfo.ZoneInfo:
-    """The IANA zone ``name``; 422 for an unknown one."""
+def time_zone(name: str, param: str = "tz") -> zoneinfo.ZoneInfo:
+    """The IANA zone ``name``; 422 for an unknown one (naming the parameter ``param``)."""
     if name not in known_time_zones():
-        raise bad_parameter("tz", "unknown_time_zone", f"unknown IANA time zone {name!r}", name)
+        raise bad_parameter(param, "unknown_time_zone", f"unknown IANA time zone {name!r}", name)
     return zoneinfo.ZoneInfo(name)
 
 
