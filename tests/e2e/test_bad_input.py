@@ -46,7 +46,8 @@ async def test_get_stream_rejects(
     ("body", "code"),
     [
         ({"message": LONG}, "message_too_long"),
-        ({"message": ""}, "invalid_request"),
+        ({"message": ""}, "empty_message"),  # was invalid_request: GET says empty_message
+        ({"message": " \n"}, "empty_message"),
         ({}, "invalid_request"),
         ({"message": "hi", "surprise": 1}, "invalid_request"),
         ({"message": "hi", "options": {"temperature": 9}}, "invalid_request"),

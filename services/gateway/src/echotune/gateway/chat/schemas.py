@@ -30,7 +30,9 @@ class ChatStreamRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    message: str = Field(min_length=1, description="The user's message")
+    message: str = Field(
+        description="The user's message; empty or blank is `422 empty_message`, as on GET"
+    )
     conversation_id: ConversationId | None = None
     provider: str | None = Field(None, description="Provider name; default: current selection")
     model: str | None = Field(None, description="Model of that provider; default: its default")
