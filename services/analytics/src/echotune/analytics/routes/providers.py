@@ -16,7 +16,7 @@ from echotune.analytics.providers import (
 )
 from echotune.analytics.responses import envelope
 from echotune.analytics.schemas import ERROR_RESPONSES, Envelope, ProvidersData, TimeseriesData
-from echotune.common.histogram import MAX_RELATIVE_ERROR
+from echotune.common.histogram import MAX_RELATIVE_ERROR, MIN_MS
 from echotune.common.mongo import PROVIDER_ROLLUPS
 
 router = APIRouter(prefix="/api/analytics/providers", tags=["provider analytics"])
@@ -24,7 +24,8 @@ NameFilter = Annotated[
     list[str] | None, Query(description="Only these (repeat the parameter for several)")
 ]
 NOTES = [
-    f"percentiles are read from log-scale histograms: within {MAX_RELATIVE_ERROR:.1%} of exact",
+    f"percentiles are read from log-scale histograms: within {MAX_RELATIVE_ERROR:.1%} of exact "
+    f"from {MIN_MS:g} ms up; a faster value reads as about {MIN_MS:g} ms (avg is exact)",
     "the range is widened to whole minutes (rollups are per minute)",
 ]
 
