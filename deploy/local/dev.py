@@ -102,7 +102,9 @@ class DevStack:
         self.env["ECHOTUNE_GATEWAY_ANALYTICS_URL"] = self.urls["analytics"]
         gateway, self.urls["gateway"] = await start_gateway(self.env, host=HOST, port=PORT)
         self.services.append(gateway)
-        self.services.append(await start_worker(self.env))
+        worker = await start_worker(self.env)
+        self.services.append(worker)
+        self.urls["worker"] = worker.url
         telemetry, self.urls["telemetry"] = await start_telemetry(
             self.env, host=HOST, port=TELEMETRY_PORT
         )
@@ -178,6 +180,7 @@ class DevStack:
 echotune is running
   gateway   {url}   (API docs: {url}/docs, web UI: {url}/)
   API key   {key}   (user `dev`; set ECHOTUNE_DEV_API_KEY to choose it)
+  worker    {self.urls["worker"]}/metrics   (and /healthz)
   telemetry {self.urls["telemetry"]}/metrics
   redis     {self.urls["redis"]}
   mongodb   {self.urls["mongodb"]}
@@ -237,6 +240,7 @@ async def serve(api_key: str) -> int:
             starting.exception()  # reported above, or superseded by Ctrl-C
         try:
             await stack.stop()
+            print("stopped", flush=True)  # the servers take a few seconds (SecantusDB ~2 s)
         finally:
             ignore_stop_signals(loop)
     return code

@@ -26,6 +26,8 @@ class ServiceProcess:
         self._new_line = asyncio.Condition()
         self.proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
+        self.url = ""
+        """Where its HTTP server listens, once started by :func:`start_service`."""
 
     async def spawn(self) -> None:
         """Start the process; its output is read (and kept) from now on."""
@@ -136,7 +138,8 @@ async def start_service(
     match = await proc.start(UVICORN_READY)
     if runner == "faststream":
         await proc.wait_for_line(FASTSTREAM_READY, timeout=10.0)
-    return proc, match.group(1)
+    proc.url = match.group(1)
+    return proc, proc.url
 
 
 async def start_gateway(

@@ -53,6 +53,7 @@ async def interrupted(run: DevRun) -> str:
     assert not left, f"still running after Ctrl-C: {sorted(left)}\n{output[-3000:]}"
     assert "Traceback" not in output, output[-3000:]
     assert code in (0, 130), f"exit code {code}\n{output[-3000:]}"
+    assert "stopped" in [line.strip() for line in output.splitlines()], output[-3000:]
     return output
 
 
@@ -82,6 +83,11 @@ async def test_ctrl_c_after_start_up_then_a_second_run_starts(
         await run.start()
         await run.proc.wait_for_line(BANNER, timeout=90)
         assert len(run.processes()) == 7, run.output()
+        # the worker's metrics are on a free port: the banner says which (new-user review)
+        worker = await run.proc.wait_for_line(r"worker\s+(http://\S+)/metrics", timeout=5)
+        async with httpx.AsyncClient(timeout=10) as http:
+            metrics = await http.get(f"{worker.group(1)}/metrics")
+        assert "echotune_worker_job_slots" in metrics.text
         await interrupted(run)
 
 
