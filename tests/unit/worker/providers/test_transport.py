@@ -102,7 +102,7 @@ def hang_up(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Awaitable[
     return asyncio.sleep(0)
 
 
-async def test_a_chunked_stream_arrives_piece_by_piece_and_the_connection_is_reused(
+async def test_a_chunked_stream_arrives_whole_and_the_connection_is_reused(
     kind: str,
 ) -> None:
     replies = chunked(b"data: a\n\n", b"data: b\n\n"), fixed(200, b"{}")
@@ -110,7 +110,7 @@ async def test_a_chunked_stream_arrives_piece_by_piece_and_the_connection_is_reu
         async with client.stream("POST", server.url + "/v1/x?q=1", json={"k": 1}) as r:
             assert r.status_code == 200
             assert r.headers["content-type"] == "text/event-stream"
-            assert [c async for c in r.aiter_bytes()] == [b"data: a\n\n", b"data: b\n\n"]
+            assert b"".join([c async for c in r.aiter_bytes()]) == b"data: a\n\ndata: b\n\n"
         second = await client.get(server.url + "/again")
     assert second.json() == {}
     assert server.connections == 1
@@ -247,3 +247,32 @@ async def test_a_header_with_a_line_break_is_refused(kind: str) -> None:
         with pytest.raises(httpx.LocalProtocolError):
             await client.post(server.url, json={}, headers={"Authorization": "Bearer k\n"})
     assert server.requests == []
+
+
+async def test_a_paced_reader_takes_what_came_meanwhile_in_one_read() -> None:
+    """Busy, a reader is woken at most once per pace: the tokens that came meanwhile are read
+    and parsed together (one entry downstream, issue 15). The first piece (time to first
+    token) and the end are never held."""
+    got: list[bytes] = []
+    read_once, read_twice = asyncio.Event(), asyncio.Event()
+
+    async def reply(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\np0 \r\n")
+        await read_once.wait()
+        writer.write(b"3\r\np1 \r\n")
+        writer.write(b"3\r\np2 \r\n")  # both within the pace: one wake-up, by its timer
+        await read_twice.wait()
+        writer.write(b"3\r\np3 \r\n0\r\n\r\n")  # the end wakes the reader at once
+
+    paces = iter([0.05, 60.0, 60.0, 60.0])
+    transport = LeanTransport(pace=lambda: next(paces))
+    async with (
+        serve(reply) as server,
+        httpx.AsyncClient(transport=transport) as client,
+        asyncio.timeout(10),
+        client.stream("GET", server.url) as response,
+    ):
+        async for chunk in response.aiter_raw():
+            got.append(chunk)
+            (read_twice if read_once.is_set() else read_once).set()
+    assert got == [b"p0 ", b"p1 p2 ", b"p3 "]

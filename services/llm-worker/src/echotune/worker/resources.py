@@ -104,7 +104,11 @@ async def open_worker(
     await streams.load_scripts()
     breakers = CircuitBreakers(redis, keys, settings.breaker.policy())
     await breakers.load_scripts()
-    http = make_client(transport, settings.http_transport)
+    flusher = AppendFlusher(
+        streams, Hold(settings.append_hold_ms / 1000, settings.append_hold_from)
+    )
+    pace = Hold(settings.read_pace_ms / 1000, settings.read_pace_from)
+    http = make_client(transport, settings.http_transport, lambda: pace.seconds(flusher.writers))
     instrument(redis, http)
     context_ms = int(settings.context_timeout_s * 1000)
     mongo = create_mongo(
@@ -119,9 +123,7 @@ async def open_worker(
         providers=build_providers(registry, http),
         jobs=InFlightJobs(),
         streams=streams,
-        flusher=AppendFlusher(
-            streams, Hold(settings.append_hold_ms / 1000, settings.append_hold_from)
-        ),
+        flusher=flusher,
         telemetry=TelemetryPublisher(broker, redis, keys.telemetry, settings.telemetry_maxlen),
         breakers=breakers,
         live=LiveStats(redis, keys),

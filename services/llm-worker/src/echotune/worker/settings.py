@@ -72,6 +72,16 @@ class WorkerSettings(ServiceSettings, ProviderSettings):
         "a request's tokens merge into fewer entries; idle, a token goes as it comes",
     )
     append_hold_from: int = Field(100, ge=1, description="Answers streaming before rounds wait")
+    read_pace_ms: float = Field(
+        40.0,
+        ge=0,
+        le=200,
+        description="Least time between two wake-ups of an answer's upstream reader in a process "
+        "streaming twice read_pace_from answers, proportionally less down to none at "
+        "read_pace_from: busy, the tokens that came meanwhile are read, parsed and appended "
+        "together (one entry); the first token and the end never wait; 0 turns it off",
+    )
+    read_pace_from: int = Field(50, ge=1, description="Answers streaming before reads are paced")
     stamp_tokens: bool = Field(False, description="Stamp each delta with monotonic_ns (bench)")
 
     @model_validator(mode="after")

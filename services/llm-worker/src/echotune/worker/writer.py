@@ -268,8 +268,9 @@ class EventWriter:
 
 @dataclass(frozen=True)
 class Hold:
-    """Least time between two append rounds: none below ``from_writers`` answers streaming in
-    the process, rising to ``most_s`` at twice as many (idle, a token goes as it comes)."""
+    """Least time between two steps of a busy process (its append rounds, an answer's reads):
+    none below ``from_writers`` answers streaming in it, rising to ``most_s`` at twice as
+    many (idle, a token goes as it comes)."""
 
     most_s: float = 0.0
     from_writers: int = 100

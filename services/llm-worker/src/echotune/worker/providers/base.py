@@ -12,7 +12,7 @@ from echotune.common.completion import CompletionFeatures, TokenLogprob, ToolCal
 from echotune.common.listening_profile import ListeningProfile
 from echotune.common.messages import ChatMessage, FinishReason, Usage
 from echotune.common.providers import ProviderConfig
-from echotune.worker.providers.transport import LeanTransport
+from echotune.worker.providers.transport import LeanTransport, Pace
 
 REQUEST_ID_HEADER = "X-Request-Id"
 MAX_IDLE_CONNECTIONS = 100
@@ -95,11 +95,14 @@ class Provider(Protocol):
 
 
 def make_client(
-    transport: httpx.AsyncBaseTransport | None = None, kind: str = "lean"
+    transport: httpx.AsyncBaseTransport | None = None,
+    kind: str = "lean",
+    pace: Pace | None = None,
 ) -> httpx.AsyncClient:
     """The HTTP client a worker process shares between its provider calls (``transport``: a
-    test's seam; else ``kind`` chooses the lean transport or httpx's own)."""
+    test's seam; else ``kind`` chooses the lean transport, whose readers ``pace`` spaces, or
+    httpx's own)."""
     if transport is None and kind == "lean":
-        transport = LeanTransport(max_idle=MAX_IDLE_CONNECTIONS)
+        transport = LeanTransport(max_idle=MAX_IDLE_CONNECTIONS, pace=pace)
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=MAX_IDLE_CONNECTIONS)
     return httpx.AsyncClient(transport=transport, limits=limits, timeout=None)

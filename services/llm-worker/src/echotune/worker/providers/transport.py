@@ -15,7 +15,7 @@ import re
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 import httptools
@@ -27,14 +27,16 @@ HIGH_WATER = 256 * 1024
 """Unread body bytes at which the socket stops being read."""
 
 Origin = tuple[str, str, int]
+Pace = Callable[[], float]
+"""The least time between two wake-ups of a response's reader now (0: each piece at once)."""
 _UNSAFE = re.compile(rb"[\r\n\x00]")
 
 
 class _Connection(asyncio.Protocol):
     """One HTTP/1.1 connection: a response at a time, parsed as it arrives."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    def __init__(self, loop: asyncio.AbstractEventLoop, pace: Pace | None = None) -> None:
+        self._loop, self._pace = loop, pace
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._chunks: deque[bytes] = deque()
@@ -45,6 +47,8 @@ class _Connection(asyncio.Protocol):
         self._read_timeout: float | None = None
         self._read_by = 0.0
         self._timer: asyncio.TimerHandle | None = None
+        self._pace_timer: asyncio.TimerHandle | None = None
+        self._woke_at = 0.0  # when the reader was last woken for body bytes (0: not yet)
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_done = False
         self.complete = False
@@ -98,6 +102,25 @@ class _Connection(asyncio.Protocol):
         if self._buffered > HIGH_WATER and self._transport is not None:
             self._transport.pause_reading()
             self._paused = True
+        self._paced_wake()
+
+    def _paced_wake(self) -> None:
+        """Wake the reader for body bytes, at most once per pace: what comes meanwhile is
+        read with them, one wake-up and one parse for several tokens. The first piece and
+        the end are never held."""
+        if self._waiter is None or self._pace_timer is not None:
+            return  # the reader takes everything buffered when it next reads
+        now = self._loop.time()
+        due = self._woke_at + self._pace() if self._woke_at and self._pace else 0.0
+        if now >= due:
+            self._woke_at = now
+            self._wake()
+        else:
+            self._pace_timer = self._loop.call_at(due, self._paced_due)
+
+    def _paced_due(self) -> None:
+        self._pace_timer = None
+        self._woke_at = self._loop.time()
         self._wake()
 
     def on_message_complete(self) -> None:
@@ -132,6 +155,7 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.headers, self.head_done, self.complete = [], False, False
         self._keep_alive = self._drained = False
+        self._woke_at = 0.0
         self._busy = True
         self._read_timeout = read_timeout
         transport.write(head + body if len(body) < 65536 else head)
@@ -151,7 +175,8 @@ class _Connection(asyncio.Protocol):
                 self._drained = True
                 return b""
             await self._wait()
-        chunk = self._chunks.popleft()
+        chunk = self._chunks.popleft() if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks.clear()
         self._buffered -= len(chunk)
         if self._paused and self._buffered <= HIGH_WATER // 4 and self._transport is not None:
             self._paused = False
@@ -170,6 +195,9 @@ class _Connection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._pace_timer is not None:
+            self._pace_timer.cancel()
+            self._pace_timer = None
         if self._transport is not None:
             self._transport.close()
             self._transport = None
@@ -209,6 +237,9 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def _wake(self) -> None:
+        if self._pace_timer is not None:  # woken now: the held wake-up is moot
+            self._pace_timer.cancel()
+            self._pace_timer = None
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -232,10 +263,17 @@ class _ResponseStream(httpx.AsyncByteStream):
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
-    """HTTP/1.1 over asyncio + httptools, keeping up to ``max_idle`` connections per origin."""
+    """HTTP/1.1 over asyncio + httptools, keeping up to ``max_idle`` connections per origin;
+    ``pace`` spaces the wake-ups of each response's reader (a busy process)."""
 
-    def __init__(self, *, max_idle: int = 100, verify: ssl.SSLContext | bool = True) -> None:
-        self._max_idle = max_idle
+    def __init__(
+        self,
+        *,
+        max_idle: int = 100,
+        verify: ssl.SSLContext | bool = True,
+        pace: Pace | None = None,
+    ) -> None:
+        self._max_idle, self._pace = max_idle, pace
         self._ssl = (
             verify
             if isinstance(verify, ssl.SSLContext)
@@ -304,7 +342,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         try:
             async with asyncio.timeout(timeout):
                 _, connection = await loop.create_connection(
-                    lambda: _Connection(loop), host, port, ssl=tls,
+                    lambda: _Connection(loop, self._pace), host, port, ssl=tls,
                     server_hostname=host if tls else None,
                 )  # fmt: skip
         except TimeoutError as exc:
