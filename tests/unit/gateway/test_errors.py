@@ -42,16 +42,22 @@ class _Body(BaseModel):
     model: str
 
 
-def test_a_body_that_is_not_json_names_no_param_on_the_openai_door() -> None:
-    """OpenAI's error object said ``param: "0"`` (the decode error's position)."""
+def body_client() -> TestClient:
+    """An app with the gateway's error answers and a route taking a JSON body on each door."""
     app = FastAPI()
     install_error_handlers(app, render)
 
+    @app.post("/api/thing")
     @app.post("/v1/thing")
     async def thing(body: _Body) -> None:
         pass
 
-    client = TestClient(app)
+    return TestClient(app)
+
+
+def test_a_body_that_is_not_json_names_no_param_on_the_openai_door() -> None:
+    """OpenAI's error object said ``param: "0"`` (the decode error's position)."""
+    client = body_client()
     broken = client.post(
         "/v1/thing", content=b"{not json", headers={"content-type": "application/json"}
     )
@@ -64,15 +70,7 @@ def test_a_body_that_is_not_json_names_no_param_on_the_openai_door() -> None:
 def test_a_body_that_is_not_json_is_said_plainly_on_both_doors() -> None:
     """Broken JSON read ``422 … JSON decode error at body.16`` (a character's position as a
     field) and a text body ``Input should be a valid dictionary`` (new-user review)."""
-    app = FastAPI()
-    install_error_handlers(app, render)
-
-    @app.post("/api/thing")
-    @app.post("/v1/thing")
-    async def thing(body: _Body) -> None:
-        pass
-
-    client = TestClient(app)
+    client = body_client()
     broken = client.post(
         "/api/thing", content=b'{"model": "m"', headers={"content-type": "application/json"}
     )
