@@ -37,6 +37,7 @@ BAD = [
     ("/api/analytics/listening-patterns", {"tz": "Factory"}, "unknown_time_zone"),
     # the chat's name for it was ignored: a 200 in UTC (new-user review)
     ("/api/insights/engagement", {"time_zone": "Nope/Nope"}, "unknown_time_zone"),
+    ("/api/insights/engagement", {"time_zone": ""}, "unknown_time_zone"),
     (
         "/api/insights/engagement",
         {"tz": "UTC", "time_zone": "Asia/Tokyo"},

@@ -12,7 +12,7 @@ import pytest
 
 from echotune.worker.providers.base import make_client
 from echotune.worker.providers.errors import classify
-from echotune.worker.providers.transport import LeanTransport
+from echotune.worker.providers.transport import FREE_WAKES, LeanTransport
 
 Reply = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -249,30 +249,60 @@ async def test_a_header_with_a_line_break_is_refused(kind: str) -> None:
     assert server.requests == []
 
 
-async def test_a_paced_reader_takes_what_came_meanwhile_in_one_read() -> None:
-    """Busy, a reader is woken at most once per pace: the tokens that came meanwhile are read
-    and parsed together (one entry downstream, issue 15). The first piece (time to first
-    token) and the end are never held."""
+def piece(text: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(text), text)
+
+
+async def paced_reads(
+    pace: float, *, read_timeout: float | None = None, gap: float = 0.05
+) -> list[bytes]:
+    """What a reader paced by ``pace`` reads: ``FREE_WAKES`` pieces, each sent once the one
+    before was read; then ``late`` and, ``gap`` seconds after it, ``later`` with the end."""
     got: list[bytes] = []
-    read_once, read_twice = asyncio.Event(), asyncio.Event()
+    read = asyncio.Event()
 
     async def reply(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\np0 \r\n")
-        await read_once.wait()
-        writer.write(b"3\r\np1 \r\n")
-        writer.write(b"3\r\np2 \r\n")  # both within the pace: one wake-up, by its timer
-        await read_twice.wait()
-        writer.write(b"3\r\np3 \r\n0\r\n\r\n")  # the end wakes the reader at once
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for n in range(FREE_WAKES):
+            writer.write(piece(b"f%d " % n))
+            await read.wait()
+            read.clear()
+        writer.write(piece(b"late "))
+        await asyncio.sleep(gap)
+        writer.write(piece(b"later ") + b"0\r\n\r\n")
 
-    paces = iter([0.05, 60.0, 60.0, 60.0])
-    transport = LeanTransport(pace=lambda: next(paces))
+    transport = LeanTransport(pace=lambda: pace)
+    timeout = httpx.Timeout(None, read=read_timeout)
     async with (
         serve(reply) as server,
-        httpx.AsyncClient(transport=transport) as client,
+        httpx.AsyncClient(transport=transport, timeout=timeout) as client,
         asyncio.timeout(10),
         client.stream("GET", server.url) as response,
     ):
         async for chunk in response.aiter_raw():
             got.append(chunk)
-            (read_twice if read_once.is_set() else read_once).set()
-    assert got == [b"p0 ", b"p1 p2 ", b"p3 "]
+            read.set()
+    return got
+
+
+FREE = [b"f0 ", b"f1 ", b"f2 ", b"f3 "]
+
+
+async def test_a_paced_reader_takes_what_came_meanwhile_in_one_read() -> None:
+    """Busy, a reader is woken at most once per pace: the tokens that came meanwhile are read
+    and parsed together (one entry downstream, issue 15). The first ``FREE_WAKES`` pieces
+    (a provider's preamble, then the first token) and the end are never held; a review found
+    OpenAI's first token, its second piece, held."""
+    assert await paced_reads(60.0) == [*FREE, b"late later "]  # the end woke it at once
+    assert await paced_reads(0.0) == [*FREE, b"late ", b"later "]  # idle: each as it comes
+
+
+async def test_a_held_piece_is_read_when_its_pace_is_due_and_never_times_out() -> None:
+    """The pace's own timer wakes the reader; bytes held past the read timeout are no
+    timeout (a review reproduced ``ReadTimeout`` with the bytes waiting)."""
+    for got in (
+        await paced_reads(0.02, gap=0.05),  # due before ``later`` comes
+        await paced_reads(0.2, read_timeout=0.1, gap=0.15),  # the timeout comes first
+    ):
+        assert got[: len(FREE)] == FREE
+        assert b"".join(got[len(FREE) :]) == b"late later "

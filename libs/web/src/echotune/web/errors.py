@@ -64,7 +64,12 @@ def _unreadable_body(errors: Sequence[Any]) -> ApiError | None:
         return ApiError(
             400, "invalid_json", f"the body is not valid JSON: {reason} at character {where}"
         )
-    if tuple(first.get("loc", ())) == ("body",) and isinstance(first.get("input"), bytes):
+    expected_object = first.get("type") in ("model_attributes_type", "dict_type")
+    if (
+        expected_object
+        and tuple(first.get("loc", ())) == ("body",)
+        and isinstance(first.get("input"), bytes)
+    ):  # an object was expected; what came was never parsed as JSON
         message = "the body must be JSON, sent with Content-Type: application/json"
         return ApiError(415, "unsupported_media_type", message)
     return None

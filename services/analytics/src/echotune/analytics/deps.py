@@ -46,7 +46,7 @@ def _time_zone(
     if tz is not None and time_zone is not None and tz != time_zone:
         message = f"tz {tz!r} and time_zone {time_zone!r} disagree: give one"
         raise bad_parameter("time_zone", "conflicting_time_zones", message, time_zone)
-    name = tz if tz is not None else time_zone or "UTC"
+    name = tz if tz is not None else time_zone if time_zone is not None else "UTC"
     params.time_zone(name, "tz" if tz is not None else "time_zone")
     return name
 

@@ -33,7 +33,7 @@ def openai_error(error: ApiError) -> JSONResponse:
     details: Any = jsonable_encoder(error.details)
     param = None
     first = details[0] if isinstance(details, list) and details else {}
-    if first.get("loc") and first.get("type") != "json_invalid":  # that loc is a position
+    if first.get("loc"):  # a body that is not JSON has no details (no position as a param)
         param = ".".join(str(part) for part in first["loc"] if part != "body") or None
     status = 400 if error.status == 422 else error.status
     body = {

@@ -79,7 +79,8 @@ class WorkerSettings(ServiceSettings, ProviderSettings):
         description="Least time between two wake-ups of an answer's upstream reader in a process "
         "streaming twice read_pace_from answers, proportionally less down to none at "
         "read_pace_from: busy, the tokens that came meanwhile are read, parsed and appended "
-        "together (one entry); the first token and the end never wait; 0 turns it off",
+        "together (one entry); the first wake-ups (a provider's preamble, the first token) and "
+        "the end never wait; 0 turns it off",
     )
     read_pace_from: int = Field(50, ge=1, description="Answers streaming before reads are paced")
     stamp_tokens: bool = Field(False, description="Stamp each delta with monotonic_ns (bench)")

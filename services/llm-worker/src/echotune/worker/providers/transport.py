@@ -25,6 +25,9 @@ IDLE_EXPIRY_S = 5.0
 """An idle connection older than this is closed, not reused (servers drop them about then)."""
 HIGH_WATER = 256 * 1024
 """Unread body bytes at which the socket stops being read."""
+FREE_WAKES = 4
+"""Wake-ups for body bytes never held by the pace: the first token comes after a provider's
+preamble (OpenAI's role-only chunk; Anthropic's message and content-block starts)."""
 
 Origin = tuple[str, str, int]
 Pace = Callable[[], float]
@@ -48,7 +51,8 @@ class _Connection(asyncio.Protocol):
         self._read_by = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._pace_timer: asyncio.TimerHandle | None = None
-        self._woke_at = 0.0  # when the reader was last woken for body bytes (0: not yet)
+        self._woke_at = 0.0  # when the reader was last woken for body bytes
+        self._wakes = 0  # wake-ups for body bytes in this response
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_done = False
         self.complete = False
@@ -106,21 +110,20 @@ class _Connection(asyncio.Protocol):
 
     def _paced_wake(self) -> None:
         """Wake the reader for body bytes, at most once per pace: what comes meanwhile is
-        read with them, one wake-up and one parse for several tokens. The first piece and
-        the end are never held."""
+        read with them, one wake-up and one parse for several tokens. The first
+        ``FREE_WAKES`` and the end are never held."""
         if self._waiter is None or self._pace_timer is not None:
             return  # the reader takes everything buffered when it next reads
-        now = self._loop.time()
-        due = self._woke_at + self._pace() if self._woke_at and self._pace else 0.0
-        if now >= due:
-            self._woke_at = now
-            self._wake()
+        pace = self._pace() if self._pace is not None and self._wakes >= FREE_WAKES else 0.0
+        due = self._woke_at + pace
+        if pace <= 0 or self._loop.time() >= due:
+            self._paced_due()
         else:
             self._pace_timer = self._loop.call_at(due, self._paced_due)
 
     def _paced_due(self) -> None:
         self._pace_timer = None
-        self._woke_at = self._loop.time()
+        self._woke_at, self._wakes = self._loop.time(), self._wakes + 1
         self._wake()
 
     def on_message_complete(self) -> None:
@@ -155,7 +158,7 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.headers, self.head_done, self.complete = [], False, False
         self._keep_alive = self._drained = False
-        self._woke_at = 0.0
+        self._woke_at, self._wakes = 0.0, 0
         self._busy = True
         self._read_timeout = read_timeout
         transport.write(head + body if len(body) < 65536 else head)
@@ -224,6 +227,9 @@ class _Connection(asyncio.Protocol):
     def _check_timeout(self) -> None:
         self._timer = None
         if self._waiter is None:
+            return
+        if self._chunks:  # bytes came in time; the pace held them
+            self._wake()
             return
         if self._loop.time() < self._read_by:
             self._timer = self._loop.call_at(self._read_by, self._check_timeout)
