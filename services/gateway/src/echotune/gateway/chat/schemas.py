@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from echotune.common.messages import (
     ChatOptions,
@@ -25,10 +27,32 @@ class ChatStreamOptions(ChatOptions):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+def unicode_only(data: Any) -> None:
+    """Refuse text Python holds but UTF-8 cannot: a lone surrogate (valid JSON, ``"\\ud800"``)."""
+    if isinstance(data, str):
+        try:
+            data.encode()
+        except UnicodeEncodeError as exc:
+            raise ValueError("text must be valid Unicode (it holds a lone surrogate)") from exc
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            unicode_only(key)
+            unicode_only(value)
+    elif isinstance(data, list):
+        for value in data:
+            unicode_only(value)
+
+
 class ChatStreamRequest(BaseModel):
     """Body of ``POST /api/chat/stream``."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data: Any) -> Any:
+        unicode_only(data)
+        return data
 
     message: str = Field(
         description="The user's message; empty or blank is `422 empty_message`, as on GET"

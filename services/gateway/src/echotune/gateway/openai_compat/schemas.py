@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from echotune.common.completion import ResponseFormat, ToolCall, ToolChoice, ToolSpec
+from echotune.gateway.chat.schemas import unicode_only
 
 MODEL_RULE = """\
 `model` selects provider and model: `provider/model` (e.g. `openai/gpt-4o-mini`), a bare
@@ -70,29 +71,13 @@ class StreamOptions(Strict):
     include_usage: bool = False
 
 
-def _unicode_only(data: Any) -> None:
-    """Refuse text Python holds but UTF-8 cannot: a lone surrogate (valid JSON, ``"\\ud800"``)."""
-    if isinstance(data, str):
-        try:
-            data.encode()
-        except UnicodeEncodeError as exc:
-            raise ValueError("text must be valid Unicode (it holds a lone surrogate)") from exc
-    elif isinstance(data, dict):
-        for key, value in data.items():
-            _unicode_only(key)
-            _unicode_only(value)
-    elif isinstance(data, list):
-        for value in data:
-            _unicode_only(value)
-
-
 class ChatCompletionRequest(Strict):
     """The fields echotune serves; any other field is refused with a 400 naming it."""
 
     @model_validator(mode="before")
     @classmethod
     def _valid_unicode(cls, data: Any) -> Any:
-        _unicode_only(data)
+        unicode_only(data)
         return data
 
     model: str = Field(min_length=1, max_length=200, description=MODEL_RULE)
