@@ -6,82 +6,19 @@ ever); one that lost a final left the answer to the gateway's deadline."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from deploy.local.servers import RedisClusterServers, RedisServer, redis_binary, valkey_binary
+from deploy.local.servers import RedisClusterServers
 from echotune.common.keys import Keys
 from echotune.common.messages import DoneEvent, FinishReason, StartEvent, Timings
 from echotune.common.redis import create_redis
 from echotune.common.request_stream import Final, Opened, RequestStreams
+from tests.support.replicas import BLOCKED_S, Pair, held_back, paused
 
 RID = "r-open-replicated"
-BLOCKED_S = 0.3
-"""How long a write must stay unanswered while its replica is stopped (it waits up to 3 s)."""
-SERVERS = {"redis": redis_binary(), "valkey": valkey_binary()}
-
-
-@contextmanager
-def paused(server: RedisServer) -> Iterator[None]:
-    """SIGSTOP ``server`` (a replica: it acknowledges nothing) until the block ends."""
-    assert server.proc is not None
-    os.kill(server.proc.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(server.proc.pid, signal.SIGCONT)
-
-
-class Pair:
-    """A primary and its replica, each with a client."""
-
-    def __init__(self, tmp_path: Path, binary: str) -> None:
-        (tmp_path / "p").mkdir()
-        (tmp_path / "r").mkdir()
-        self.primary = RedisServer(str(tmp_path / "p"), binary=binary)
-        follow = ["--replicaof", "127.0.0.1", str(self.primary.port)]
-        self.replica = RedisServer(str(tmp_path / "r"), extra_args=follow, binary=binary)
-        self.redis = create_redis(self.primary.url)
-        self.replica_redis = create_redis(self.replica.url)
-
-    async def start(self) -> None:
-        self.primary.start()
-        self.replica.start()
-        async with asyncio.timeout(30):
-            while (await self.replica_redis.info("replication"))["master_link_status"] != "up":  # noqa: ASYNC110 - Redis pushes no signal
-                await asyncio.sleep(0.05)
-
-    async def replica_lag(self) -> None:
-        """A write on a connection of its own that the (stopped) replica does not hold."""
-        other = create_redis(self.primary.url)
-        try:
-            await other.set(f"lag-{uuid.uuid4().hex}", 1)
-        finally:
-            await other.aclose()
-
-    async def close(self) -> None:
-        await self.redis.aclose()
-        await self.replica_redis.aclose()
-        self.replica.stop()
-        self.primary.stop()
-
-
-@pytest.fixture(params=[name for name, binary in SERVERS.items() if binary])
-async def pair(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Pair]:
-    pair = Pair(tmp_path, SERVERS[request.param] or "")
-    try:
-        await pair.start()
-        yield pair
-    finally:
-        await pair.close()
 
 
 def streams_on(redis: Redis, wait_ms: int) -> RequestStreams:
@@ -101,54 +38,41 @@ DONE = DoneEvent(
 )
 
 
-async def held_back(
-    write: Awaitable[Any], stored: Callable[[], Awaitable[Any]]
-) -> asyncio.Task[Any]:
-    """Start ``write``; once ``stored`` says the primary holds it, check it stays unanswered."""
-    task = asyncio.ensure_future(write)
-    async with asyncio.timeout(10):
-        while not await stored():  # noqa: ASYNC110 - Redis pushes no signal
-            await asyncio.sleep(0.01)
-    done, _ = await asyncio.wait({task}, timeout=BLOCKED_S)
-    assert not done, "the write counted before any replica held it"
-    return task
-
-
-async def test_an_opening_is_started_only_once_a_replica_holds_it(pair: Pair) -> None:
-    streams = streams_on(pair.redis, wait_ms=3000)
+async def test_an_opening_is_started_only_once_a_replica_holds_it(replica_pair: Pair) -> None:
+    streams = streams_on(replica_pair.redis, wait_ms=3000)
     await streams.load_scripts()
     meta = streams.keys.meta(RID)
-    with paused(pair.replica):
+    with paused(replica_pair.replica):
         opening = await held_back(
-            streams.open(RID, "fp", "u", start()), lambda: pair.redis.exists(meta)
+            streams.open(RID, "fp", "u", start()), lambda: replica_pair.redis.exists(meta)
         )
     opened = await opening
     assert (opened.state, opened.unreplicated) == (Opened.STARTED, False)
-    assert await pair.replica_redis.exists(meta) == 1
+    assert await replica_pair.replica_redis.exists(meta) == 1
 
 
-async def test_a_final_is_written_only_once_a_replica_holds_it(pair: Pair) -> None:
-    streams = streams_on(pair.redis, wait_ms=3000)
+async def test_a_final_is_written_only_once_a_replica_holds_it(replica_pair: Pair) -> None:
+    streams = streams_on(replica_pair.redis, wait_ms=3000)
     await streams.open(RID, "fp", "u", start())
     taken = await streams.take(RID, "w")
     meta = streams.keys.meta(RID)
-    with paused(pair.replica):
+    with paused(replica_pair.replica):
         final = streams.append_final(RID, taken.fence, 1, DONE)
-        ending = await held_back(final, lambda: pair.redis.hexists(meta, "final_id"))
+        ending = await held_back(final, lambda: replica_pair.redis.hexists(meta, "final_id"))
     assert await ending is Final.WRITTEN
-    assert await pair.replica_redis.hexists(meta, "final_id")
+    assert await replica_pair.replica_redis.hexists(meta, "final_id")
 
 
-async def test_a_final_written_again_waits_for_the_replica_too(pair: Pair) -> None:
+async def test_a_final_written_again_waits_for_the_replica_too(replica_pair: Pair) -> None:
     """The retry of a final whose reply was lost finds it written: it writes again, or its
     ``WAIT`` would wait for nothing (on Valkey and Redis 7.2+, a connection that wrote
     nothing has nothing to wait for)."""
-    streams = streams_on(pair.redis, wait_ms=3000)
+    streams = streams_on(replica_pair.redis, wait_ms=3000)
     await streams.open(RID, "fp", "u", start())
     taken = await streams.take(RID, "w")
     assert await streams.append_final(RID, taken.fence, 1, DONE) is Final.WRITTEN
-    with paused(pair.replica):
-        await pair.replica_lag()
+    with paused(replica_pair.replica):
+        await replica_pair.replica_lag()
         again = streams.append_final(RID, taken.fence, 1, DONE)
         pending = asyncio.ensure_future(again)
         done, _ = await asyncio.wait({pending}, timeout=BLOCKED_S)
@@ -157,25 +81,25 @@ async def test_a_final_written_again_waits_for_the_replica_too(pair: Pair) -> No
 
 
 async def test_a_replica_that_does_not_answer_in_time_delays_the_start_only_that_long(
-    pair: Pair,
+    replica_pair: Pair,
 ) -> None:
-    streams = streams_on(pair.redis, wait_ms=50)
+    streams = streams_on(replica_pair.redis, wait_ms=50)
     await streams.load_scripts()
-    with paused(pair.replica):
+    with paused(replica_pair.replica):
         opened = await asyncio.wait_for(streams.open(RID, "fp", "u", start()), 2)
     assert (opened.state, opened.unreplicated) == (Opened.STARTED, True)
 
 
-async def test_the_wait_follows_a_script_redis_forgot(pair: Pair) -> None:
-    streams = streams_on(pair.redis, wait_ms=3000)
-    await pair.redis.script_flush()
+async def test_the_wait_follows_a_script_redis_forgot(replica_pair: Pair) -> None:
+    streams = streams_on(replica_pair.redis, wait_ms=3000)
+    await replica_pair.redis.script_flush()
     meta = streams.keys.meta(RID)
-    with paused(pair.replica):
+    with paused(replica_pair.replica):
         opening = await held_back(
-            streams.open(RID, "fp", "u", start()), lambda: pair.redis.exists(meta)
+            streams.open(RID, "fp", "u", start()), lambda: replica_pair.redis.exists(meta)
         )
     assert (await opening).state is Opened.STARTED
-    assert await pair.replica_redis.exists(meta) == 1
+    assert await replica_pair.replica_redis.exists(meta) == 1
 
 
 @pytest.mark.cluster

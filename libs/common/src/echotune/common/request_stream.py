@@ -363,6 +363,60 @@ _KEY_OF: dict[str, Callable[[Keys, str], str]] = {
 }
 
 
+class ReadBarrier:
+    """Commands sent after reads of a request's slot, on the same connection: answered once
+    ``replicas`` replicas hold everything those reads saw, or ``wait_ms`` passed.
+
+    Why: the relay read entries a failover then lost (Redis acknowledged them before any
+    replica held them), and its client kept an event no one stored (the cluster chaos run's
+    ``event_ids`` violation: a final relayed, lost, then written again under another id). The
+    reader marker, written again, is a write ordered after what was read: its ``WAIT`` waits
+    for all of it.
+    """
+
+    LOG_EVERY_S = 60.0
+
+    def __init__(
+        self,
+        keys: Keys,
+        reader_ttl_ms: int,
+        replicas: int,
+        wait_ms: int,
+        on_unheld: Callable[[], None] | None = None,
+    ) -> None:
+        self.keys, self.reader_ttl_ms = keys, reader_ttl_ms
+        self.replicas, self.wait_ms = replicas, wait_ms
+        self._on_unheld = on_unheld
+        self.unheld = 0
+        """Reads handed out before enough replicas held them (their wait ran out)."""
+        self._logged_at = -self.LOG_EVERY_S
+
+    def commands(self, request_id: str) -> list[tuple[Arg, ...]]:
+        reader = self.keys.reader(request_id)
+        return [
+            ("SET", reader, "1", "PX", self.reader_ttl_ms),
+            ("WAIT", self.replicas, self.wait_ms),
+        ]
+
+    def held(self, replies: Sequence[Any]) -> bool:
+        """Whether enough replicas held the reads in time (counted and logged when not); raises
+        an error reply (a moved slot, a failover: the reads are not to be handed out)."""
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        if int(replies[-1]) >= self.replicas:
+            return True
+        self.unheld += 1
+        if self._on_unheld is not None:
+            self._on_unheld()
+        if (now := time.monotonic()) - self._logged_at >= self.LOG_EVERY_S:
+            self._logged_at = now
+            log.warning(
+                "relayed reads fewer than %d replicas held (%d so far)", self.replicas, self.unheld
+            )
+        return False
+
+
 class RequestStreams:
     """The per-request protocol of one namespace."""
 
@@ -388,6 +442,15 @@ class RequestStreams:
     async def load_scripts(self) -> None:
         """Load every script up front (they are reloaded on ``NOSCRIPT`` anyway)."""
         await load_all(self.redis, SCRIPTS)
+
+    def read_barrier(
+        self, wait_ms: int, on_unheld: Callable[[], None] | None = None
+    ) -> ReadBarrier | None:
+        """What makes a relay hand out only what ``wait_replicas`` replicas hold (none
+        without them); ``on_unheld`` counts reads handed out when the wait ran out."""
+        if not self.wait_replicas:
+            return None
+        return ReadBarrier(self.keys, self.reader_ttl_ms, self.wait_replicas, wait_ms, on_unheld)
 
     def events_key(self, request_id: str) -> str:
         return self.keys.events(request_id)

@@ -41,17 +41,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: GatewaySettings = app.state.settings
     keys = settings.keys
     redis = create_redis(settings.redis_url)
-    relay = StreamRelay(
-        settings.redis_url,
-        keys,
-        block_ms=settings.relay_block_ms,
-        batch=settings.relay_batch,
-        round_s=settings.relay_round_ms / 1000,
-    )
-    broker = create_broker(settings.redis_url, logger=logging.getLogger("echotune.gateway.broker"))
-    await broker.connect()
-    await job_queue.ensure_group(redis, keys)
-    await relay.start()
     streams = RequestStreams(
         redis,
         keys,
@@ -62,6 +51,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         wait_ms=settings.redis_wait_ms,
         on_unreplicated_final=app.state.metrics.unreplicated_finals.inc,
     )
+    relay = StreamRelay(
+        settings.redis_url,
+        keys,
+        block_ms=settings.relay_block_ms,
+        batch=settings.relay_batch,
+        round_s=settings.relay_round_ms / 1000,
+        barrier=streams.read_barrier(
+            settings.relay_wait_ms, on_unheld=app.state.metrics.unreplicated_reads.inc
+        ),
+    )
+    broker = create_broker(settings.redis_url, logger=logging.getLogger("echotune.gateway.broker"))
+    await broker.connect()
+    await job_queue.ensure_group(redis, keys)
+    await relay.start()
     await streams.load_scripts()
     breakers = CircuitBreakers(redis, keys, settings.breaker.policy())
     providers = ProviderService(redis, keys, settings.registry(), breakers)

@@ -111,6 +111,12 @@ class GatewayMetrics:
             "before REDIS_WAIT_REPLICAS replicas held them (in time)",
             registry=r,
         )
+        self.unreplicated_reads = Counter(
+            "echotune_gateway_unreplicated_reads",
+            "Relay reads handed out before REDIS_WAIT_REPLICAS replicas held them (their wait, "
+            "GATEWAY_RELAY_WAIT_MS, ran out): a failover could take back an event relayed",
+            registry=r,
+        )
         self.streams = Counter(
             "echotune_gateway_streams",
             "Responses ended, by outcome: finish reason, error code, or client_left",

@@ -47,6 +47,14 @@ class GatewaySettings(ServiceSettings, ProviderSettings):
     jobs_trim_s: float = Field(30.0, gt=0, description="How often acknowledged jobs are trimmed")
     relay_block_ms: int = Field(5000, ge=10, description="Longest blocking XREAD of the relay")
     relay_batch: int = Field(256, ge=1, description="Entries read per stream per XREAD")
+    relay_wait_ms: int = Field(
+        50,
+        ge=1,
+        le=2000,
+        description="With REDIS_WAIT_REPLICAS: how long the relay waits for a replica to hold "
+        "what it read before handing it out anyway (a replica in sync answers within a round "
+        "trip; a shard left without one costs each of its reads this long)",
+    )
     relay_round_ms: float = Field(
         5.0,
         ge=0,

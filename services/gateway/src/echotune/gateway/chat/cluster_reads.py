@@ -12,7 +12,8 @@ connection per open stream. So the relay keeps two connections per primary node 
 The reader reads exactly the streams the node said changed, all of them in one pipeline of
 single-key ``XREAD`` s (each a single slot), which also tracks them again. A stream is first
 read when it is subscribed, and every stream of a node is read again after a reconnect and
-every ``resync_s`` (a safety net: nothing waits on it).
+every ``resync_s`` (a safety net: nothing waits on it). With a ``barrier``, the pipeline ends
+with its replicated write and ``WAIT``, and what it read is handed out only after them.
 
 Which node reads a stream follows the slot map: a ``MOVED`` reply (resharding, or a replica
 promoted after a failover) refreshes the map and moves the stream to its new node, an
@@ -40,6 +41,7 @@ from redis.exceptions import (
 )
 
 from echotune.common.redis import ClusterAddress, cluster_address, create_redis
+from echotune.common.request_stream import ReadBarrier
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +67,21 @@ class ClusterReads:
     """Reads the relay's streams on every primary node of a cluster."""
 
     def __init__(
-        self, redis_url: str, position: Position, deliver: Deliver, *, batch: int, resync_s: float
+        self,
+        redis_url: str,
+        position: Position,
+        deliver: Deliver,
+        *,
+        batch: int,
+        resync_s: float,
+        barrier: ReadBarrier | None = None,
+        request_of: Callable[[str], str] = str,
     ) -> None:
         address = cluster_address(redis_url)
         assert address is not None, "ClusterReads needs a redis+cluster:// URL"
         self.address, self.position, self.deliver = address, position, deliver
         self.batch, self.resync_s = batch, resync_s
+        self.barrier, self.request_of = barrier, request_of
         self._topology: RedisCluster = create_redis(redis_url)  # type: ignore[assignment]
         self._nodes: dict[str, NodeReads] = {}
         self._refreshing: asyncio.Task[None] | None = None
@@ -305,7 +316,9 @@ class NodeReads:
             reads.append((key, after, asking))
         if not commands:
             return
-        await reader.send_packed_command(reader.pack_commands(commands))
+        barrier = self._barrier(reads)
+        await reader.send_packed_command(reader.pack_commands([*commands, *barrier]))
+        read: list[tuple[str, Entries, str]] = []
         for key, after, asking in reads:
             if asking:
                 with contextlib.suppress(ResponseError):
@@ -324,8 +337,37 @@ class NodeReads:
                 log.warning("relay read of %s failed: %s", key, error)
                 self.owner.refresh()
                 continue
-            entries = _entries(raw)
-            if entries:
-                self.owner.deliver(key, entries, after)
-                if len(entries) >= batch:
-                    self._dirty.add(key)  # more is waiting, and no change will be told for it
+            if entries := _entries(raw):
+                read.append((key, entries, after))
+        if barrier and not await self._held(reader, len(barrier)):
+            self._dirty.update(key for key, _, _ in read)  # read again once the slot is known
+            return
+        for key, entries, after in read:
+            self.owner.deliver(key, entries, after)
+            if len(entries) >= batch:
+                self._dirty.add(key)  # more is waiting, and no change will be told for it
+
+    def _barrier(self, reads: list[tuple[str, str, bool]]) -> list[tuple[Any, ...]]:
+        """The owner's barrier, on the slot of a stream read here (not one migrating)."""
+        if self.owner.barrier is None:
+            return []
+        key = next((key for key, _, asking in reads if not asking), None)
+        return [] if key is None else self.owner.barrier.commands(self.owner.request_of(key))
+
+    async def _held(self, reader: Connection, count: int) -> bool:
+        """Whether what the pipeline read may be handed out: its barrier's replies came (a
+        replica holds it, or the wait ran out); not if its write was refused (moved)."""
+        assert self.owner.barrier is not None
+        replies: list[Any] = []
+        for _ in range(count):
+            try:
+                replies.append(await reader.read_response())
+            except ResponseError as error:
+                replies.append(error)
+        try:
+            self.owner.barrier.held(replies)
+        except ResponseError as error:
+            log.warning("relay reads not handed out: their barrier failed (%s)", error)
+            self.owner.refresh()
+            return False
+        return True

@@ -12,6 +12,10 @@ An ``XREAD`` names every open stream, so its cost grows with them: reads start a
 ``round_s`` apart from ``full_at`` open streams on, proportionally less below. Idle, an entry
 is read as it comes (the read was waiting for it); busy, one read brings what many streams
 got meanwhile. On a Redis Cluster the reads go per node instead (``cluster_reads.py``).
+
+With a ``barrier`` (``REDIS_WAIT_REPLICAS``), every read is followed on its connection by a
+replicated write and its ``WAIT``: what a read saw is handed out once a replica holds it, so a
+failover cannot take back an event a client got (``request_stream.ReadBarrier``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from echotune.common import resp
 from echotune.common.keys import Keys
 from echotune.common.messages import EventType
 from echotune.common.redis import create_redis, is_cluster
-from echotune.common.request_stream import TAKE_FIELD
+from echotune.common.request_stream import TAKE_FIELD, ReadBarrier
 from echotune.gateway.chat.cluster_reads import ClusterReads
 
 log = logging.getLogger(__name__)
@@ -186,11 +190,19 @@ class StreamRelay:
         batch: int,
         round_s: float = 0.0,
         full_at: int = 100,
+        barrier: ReadBarrier | None = None,
     ) -> None:
+        self._barrier = barrier
         self._cluster: ClusterReads | None = None
         if is_cluster(redis_url):
             self._cluster = ClusterReads(
-                redis_url, self._position, self._deliver, batch=batch, resync_s=block_ms / 1000
+                redis_url,
+                self._position,
+                self._deliver,
+                batch=batch,
+                resync_s=block_ms / 1000,
+                barrier=barrier,
+                request_of=self._request_of,
             )
         self._redis: Redis = create_redis(
             redis_url, max_connections=1, socket_timeout=block_ms / 1000 + 5
@@ -300,7 +312,7 @@ class StreamRelay:
                     await asyncio.sleep(wait)  # busy: what comes meanwhile joins this read
                 began = loop.time()
                 positions = self._read_positions()
-                reply = await self._read(self._command(positions))
+                reply = await self._read(positions)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -336,13 +348,32 @@ class StreamRelay:
             ]
         )
 
-    async def _read(self, command: bytes) -> Any:
-        """Send a packed command on the relay's connection; its reply as hiredis parsed it
-        (redis-py would pack the arguments and rebuild the reply entry by entry)."""
-        (reply,) = await self._connection.send(command, 1)
+    async def _read(self, positions: dict[str, Subscription | None]) -> Any:
+        """Send the packed read (and the barrier after it) on the relay's connection; its
+        reply as hiredis parsed it (redis-py would pack the arguments and rebuild the reply
+        entry by entry)."""
+        command, barrier = self._command(positions), self._barrier_after(positions)
+        reply, *confirms = await self._connection.send(
+            command + b"".join(barrier), 1 + len(barrier)
+        )
         if isinstance(reply, Exception):  # an error reply
             raise reply
+        if self._barrier is not None and confirms:
+            self._barrier.held(confirms)
         return reply
+
+    def _barrier_after(self, positions: dict[str, Subscription | None]) -> list[bytes]:
+        """The barrier's commands, on the first stream read (none: nothing to hold back)."""
+        if self._barrier is None:
+            return []
+        sub = next((s for s in positions.values() if s is not None), None)
+        if sub is None:
+            return []
+        return [resp.command(*c) for c in self._barrier.commands(sub.request_id)]
+
+    def _request_of(self, key: str) -> str:
+        """The request of a stream someone reads."""
+        return next(iter(self._subs[key])).request_id
 
     def _position(self, key: str) -> str | None:
         """Where the slowest reader of ``key`` is (``None``: nobody reads it)."""

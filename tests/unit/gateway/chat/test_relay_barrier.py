@@ -1,0 +1,87 @@
+"""With REDIS_WAIT_REPLICAS, the relay hands out what it read only once a replica holds it.
+
+The cluster chaos run (CI, stop 45) failed on it: a client got a final Redis had acknowledged
+and then lost in a failover (its replica never held it); the worker wrote the final again, and
+the client kept an event no one stored (``event_ids``: "1 not stored")."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+from redis.asyncio import Redis
+
+from deploy.local.servers import RedisClusterServers, RedisServer
+from echotune.common.keys import Keys
+from echotune.common.redis import create_redis
+from echotune.common.request_stream import RequestStreams
+from echotune.gateway.chat.relay import Entry, StreamRelay, Subscription
+from tests.support.replicas import BLOCKED_S, Pair, paused
+
+
+@asynccontextmanager
+async def relay_on(redis: Redis, url: str, wait_ms: int) -> AsyncIterator[StreamRelay]:
+    keys = Keys(f"t{uuid.uuid4().hex[:8]}")
+    streams = RequestStreams(
+        redis, keys, request_ttl_s=60, final_ttl_s=60, reader_ttl_ms=1000, wait_replicas=1
+    )
+    relay = StreamRelay(url, keys, block_ms=5000, batch=100, barrier=streams.read_barrier(wait_ms))
+    await relay.start()
+    try:
+        yield relay
+    finally:
+        await relay.stop()
+
+
+async def held_until_resumed(
+    redis: Redis, relay: StreamRelay, sub: Subscription, replica: RedisServer
+) -> Entry:
+    """Append to ``sub``'s stream while ``replica`` is stopped: nothing is relayed until it
+    runs again."""
+    with paused(replica):
+        await redis.xadd(relay._keys.events(sub.request_id), {"type": "delta", "data": "held"})
+        got = asyncio.ensure_future(sub.queue.get())
+        done, _ = await asyncio.wait({got}, timeout=BLOCKED_S)
+        assert not done, "relayed before a replica held it"
+    return await asyncio.wait_for(got, 10)
+
+
+async def test_an_entry_is_relayed_once_a_replica_holds_it(replica_pair: Pair) -> None:
+    async with relay_on(replica_pair.redis, replica_pair.primary.url, wait_ms=3000) as relay:
+        sub = relay.subscribe(f"r-{uuid.uuid4().hex}", "0-0")
+        entry = await held_until_resumed(replica_pair.redis, relay, sub, replica_pair.replica)
+        assert entry.data == "held"
+        assert await replica_pair.replica_redis.xlen(sub.key) == 1
+
+
+async def test_a_replica_that_does_not_answer_delays_reads_only_its_wait(
+    replica_pair: Pair,
+) -> None:
+    async with relay_on(replica_pair.redis, replica_pair.primary.url, wait_ms=50) as relay:
+        sub = relay.subscribe(f"r-{uuid.uuid4().hex}", "0-0")
+        with paused(replica_pair.replica):
+            await replica_pair.redis.xadd(sub.key, {"type": "delta", "data": "late"})
+            entry = await asyncio.wait_for(sub.queue.get(), 2)
+        assert entry.data == "late"
+        barrier = relay._barrier
+        assert barrier is not None
+        assert barrier.unheld >= 1, "a read handed out unheld is counted"
+
+
+@pytest.mark.cluster
+async def test_on_a_cluster_an_entry_is_relayed_once_its_replica_holds_it(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    cluster_redis = create_redis(redis_cluster.url)
+    try:
+        async with relay_on(cluster_redis, redis_cluster.url, wait_ms=1500) as relay:
+            rid = f"r-{uuid.uuid4().hex}"
+            sub = relay.subscribe(rid, "0-0")
+            replica = redis_cluster.replica_of(redis_cluster.primary_of(sub.key))
+            entry = await held_until_resumed(cluster_redis, relay, sub, replica)
+            assert entry.data == "held"
+    finally:
+        await cluster_redis.aclose()
