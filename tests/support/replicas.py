@@ -89,5 +89,3 @@ async def held_back(
     done, _ = await asyncio.wait({task}, timeout=BLOCKED_S)
     assert not done, "the write counted before any replica held it"
     return task
-
-
