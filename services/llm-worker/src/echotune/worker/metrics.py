@@ -95,6 +95,12 @@ class WorkerMetrics:
             "them within ECHOTUNE_REDIS_WAIT_MS (a failover could lose them)",
             registry=r,
         )
+        self.unreplicated_telemetry = Counter(
+            "echotune_worker_unreplicated_telemetry",
+            "Telemetry batches counted published before ECHOTUNE_REDIS_WAIT_REPLICAS replicas "
+            "held them within ECHOTUNE_REDIS_WAIT_MS (a failover could lose their documents)",
+            registry=r,
+        )
         self.retries = Counter(
             "echotune_worker_retries",
             "Provider calls retried, by provider and reason",

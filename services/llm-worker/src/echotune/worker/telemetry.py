@@ -6,7 +6,10 @@ import asyncio
 import contextvars
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any
 
 from faststream.redis import RedisBroker, RedisClusterBroker
 from redis.asyncio import Redis
@@ -18,7 +21,7 @@ from echotune.common.messages import (
     Grounding,
     TelemetryEvent,
 )
-from echotune.common.scripts import execute
+from echotune.common.scripts import Arg, Script
 from echotune.common.stream_entry import entry_fields
 from echotune.worker.writer import redis_away
 
@@ -114,14 +117,45 @@ class AttemptClock:
 Queued = tuple[TelemetryEvent, float]
 """An event and the time it is given up."""
 
+# KEYS: the stream. ARGV: maxlen, then per entry its field count (names and values) and them.
+# Per entry its id or its error reply: a refused entry does not refuse the others.
+_PUBLISH = Script("""
+local out, a = {}, 2
+while a <= #ARGV do
+  local n = tonumber(ARGV[a])
+  out[#out + 1] = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*',
+                              unpack(ARGV, a + 1, a + n))
+  a = a + n + 1
+end
+return out
+""")
+
 
 class TelemetryPublisher:
     """Publishes telemetry in the background, the events of ``BATCH_WAIT_S`` in one round trip:
     a slow or failing Redis never slows a stream, and a busy worker pays one round trip per
-    batch, not per event."""
+    batch, not per event.
 
-    def __init__(self, broker: RedisBroker, redis: Redis, stream: str, maxlen: int) -> None:
-        self._broker, self._redis, self._stream, self._maxlen = broker, redis, stream, maxlen
+    With ``wait_replicas``, a batch counts once that many replicas hold it (``WAIT`` on the
+    same connection): the cluster chaos run lost an attempt's document when a primary was
+    killed before its replica held the event. A batch whose wait fails is sent again (the
+    telemetry writer stores an event once); one whose wait runs out counts anyway."""
+
+    def __init__(
+        self,
+        broker: RedisBroker,
+        redis: Redis,
+        stream: str,
+        maxlen: int,
+        *,
+        wait_replicas: int = 0,
+        wait_ms: int = 500,
+        on_unreplicated: Callable[[], None] | None = None,
+    ) -> None:
+        self._redis, self._stream, self._maxlen = redis, stream, maxlen
+        self._broker = _formatting(broker)
+        self._wait_replicas, self._wait_ms = wait_replicas, wait_ms
+        self._on_unreplicated = on_unreplicated
         self._queued: list[Queued] = []
         self._task: asyncio.Task[None] | None = None
         self._sending = 0  # events of the batch in flight
@@ -159,26 +193,34 @@ class TelemetryPublisher:
             wait, pause = pause, min(pause * 2, 4.0)
 
     async def _send(self, batch: list[Queued]) -> list[tuple[Queued, Exception]]:
-        """One pipeline of the events' entries, as FastStream's publish writes them (a cluster
-        broker ignores a pipeline: there, one publish each); the events to send again."""
-        bodies = [event.model_dump(mode="json", by_alias=True) for event, _ in batch]
-        if isinstance(self._broker, RedisClusterBroker):
-            stream, maxlen = self._stream, self._maxlen
-            tries = [self._broker.publish(body, stream=stream, maxlen=maxlen) for body in bodies]
-            replies = await asyncio.gather(*tries, return_exceptions=True)
-        else:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for body in bodies:
-                    fields = await entry_fields(self._broker, body)
-                    pipe.xadd(self._stream, fields, maxlen=self._maxlen)
-                replies = await execute(self._redis, pipe, [None] * len(batch))
-        failed = []
+        """One script call adding the events' entries, as FastStream's publish writes them;
+        the events to send again."""
+        args: list[Arg] = [self._maxlen]
+        for event, _ in batch:
+            fields = await entry_fields(self._broker, event.model_dump(mode="json", by_alias=True))
+            args += [2 * len(fields), *chain.from_iterable(fields.items())]
+        replies = await self._publish(args)
+        failed: list[tuple[Queued, Exception]] = []
         for queued, reply in zip(batch, replies, strict=True):
-            if isinstance(reply, Exception) and redis_away(reply):  # READONLY, OOM, BUSY…
+            if isinstance(reply, Exception) and redis_away(reply):  # OOM, BUSY…
                 failed.append((queued, reply))
-            elif isinstance(reply, BaseException):  # a damaged key: sending again cannot help
+            elif isinstance(reply, Exception):  # a damaged key: sending again cannot help
                 log.error("telemetry event %s not published: %s", queued[0].event_id, reply)
         return failed
+
+    async def _publish(self, args: list[Arg]) -> list[Any]:
+        """The script's replies, once ``wait_replicas`` replicas hold its entries (or the
+        wait ran out)."""
+        keys = [self._stream]
+        if not self._wait_replicas:
+            return list(await _PUBLISH(self._redis, keys, args))
+        wanted, wait_ms = self._wait_replicas, self._wait_ms
+        replies, acked = await _PUBLISH.replicated(self._redis, keys, args, wanted, wait_ms)
+        if acked < wanted:
+            log.warning("telemetry published before %d replicas held it", wanted)
+            if self._on_unreplicated is not None:
+                self._on_unreplicated()
+        return list(replies)
 
     def _keep(self, failed: list[tuple[Queued, Exception]], retry_at: float) -> list[Queued]:
         """The failed events still worth sending at ``retry_at``."""
@@ -203,3 +245,13 @@ class TelemetryPublisher:
         if late:
             unsent = len(self._queued) + self._sending
             log.error("%d telemetry events not published before shutdown", unsent)
+
+
+def _formatting(broker: RedisBroker) -> RedisBroker:
+    """A broker whose publish can be captured (``entry_fields``): a cluster's ignores a
+    pipeline, so a broker that is never connected, of the same message format, stands in."""
+    if not isinstance(broker, RedisClusterBroker):
+        return broker
+    stand_in = RedisBroker()
+    assert stand_in.message_format is broker.message_format, "the entries would differ"
+    return stand_in
