@@ -14,8 +14,9 @@ from faststream.redis import RedisBroker
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError, ReadOnlyError, ResponseError
 
+from deploy.local.servers import RedisClusterServers
 from echotune.common.messages import TelemetryEvent
-from echotune.common.redis import create_broker
+from echotune.common.redis import create_broker, create_redis
 from echotune.worker import telemetry
 from echotune.worker.telemetry import TelemetryPublisher, percentile
 from tests.support.replicas import Pair, held_back, paused
@@ -177,3 +178,28 @@ def test_percentile_is_the_inclusive_quantile(seed: int) -> None:
             expected = statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
         assert percentile(values, q) == pytest.approx(expected, rel=1e-12, abs=1e-9)
     assert percentile([], 0.5) is None
+
+
+@pytest.mark.cluster
+async def test_on_a_cluster_a_batch_waits_for_the_replica_of_its_stream_s_primary(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    """A cluster's broker cannot publish into a pipeline: a stand-in formats the entries, and
+    the script and its ``WAIT`` go to the stream's primary."""
+    cluster_redis = create_redis(redis_cluster.url)
+    stream = f"t{uuid.uuid4().hex[:8]}:telemetry"
+    try:
+        publisher = TelemetryPublisher(
+            create_broker(redis_cluster.url), cluster_redis, stream, 1000, wait_replicas=1,
+            wait_ms=1500,
+        )  # fmt: skip
+        replica = redis_cluster.replica_of(redis_cluster.primary_of(stream))
+        event = make_event("p", random.Random(1))
+        with paused(replica):
+            publisher.publish(event)
+            flushing = await held_back(publisher.flush(), lambda: cluster_redis.exists(stream))
+        await flushing
+        [(_, fields)] = await cluster_redis.xrange(stream)
+        assert event.event_id in fields["__data__"]
+    finally:
+        await cluster_redis.aclose()
