@@ -199,6 +199,44 @@ async def test_a_connection_the_server_closed_is_not_reused() -> None:
         assert transport.idle_connections() == 1
 
 
+def close_unanswered(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Awaitable[None]:
+    """Close the connection on a request, answering nothing (a keep-alive that ran out)."""
+    writer.transport.abort()
+    return asyncio.sleep(0)
+
+
+async def test_a_kept_connection_closed_as_the_request_goes_out_is_replaced() -> None:
+    """A chaos run counted a failed call (``disconnected``, 0.6 ms) that no upstream saw: the
+    server had closed the kept connection as the request went out. It is sent once more on
+    a new connection."""
+    async with (
+        serve(fixed(200, b"1"), close_unanswered, fixed(200, b"2")) as server,
+        httpx.AsyncClient(transport=LeanTransport()) as client,
+    ):
+        assert (await client.post(server.url, json={})).text == "1"
+        assert (await client.post(server.url, json={})).text == "2"
+    assert server.connections == 2
+    assert len(server.requests) == 3
+
+
+async def test_a_kept_connection_that_answered_in_part_is_not_sent_again() -> None:
+    """Once a byte of the response came, the request reached the server: no second call."""
+
+    def half(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Awaitable[None]:
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-le")
+        writer.transport.abort()
+        return asyncio.sleep(0)
+
+    async with (
+        serve(fixed(200, b"1"), half, fixed(200, b"2")) as server,
+        httpx.AsyncClient(transport=LeanTransport()) as client,
+    ):
+        assert (await client.post(server.url, json={})).text == "1"
+        with pytest.raises(httpx.TransportError):
+            await client.post(server.url, json={})
+    assert server.connections == 1
+
+
 async def test_a_body_closed_unread_never_reaches_the_next_request(kind: str) -> None:
     """Review finding: a response closed after its body arrived, unread (a cancel after a
     short answer, a bounded error read), left that body queued for the connection's next

@@ -59,6 +59,8 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = False
         self._drained = False  # the body was read to its end
         self._busy = False  # a request is in flight
+        self.answered = False
+        """A byte of the response to the request in flight came."""
         self.idle_since = 0.0
 
     # -- asyncio.Protocol -----------------------------------------------------------------
@@ -70,6 +72,7 @@ class _Connection(asyncio.Protocol):
             self._fail(httpx.RemoteProtocolError("data on an idle connection"))
             self.close()
             return
+        self.answered = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -150,6 +153,11 @@ class _Connection(asyncio.Protocol):
             and self._keep_alive
         )
 
+    async def request(self, head: bytes, body: bytes, read_timeout: float | None) -> int:
+        """Send a request (the connection is fresh or idle); its status code."""
+        self.send(head, body, read_timeout)
+        return await self.head()
+
     def send(self, head: bytes, body: bytes, read_timeout: float | None) -> None:
         """Start a request (the connection is fresh or idle)."""
         transport = self._transport
@@ -159,7 +167,7 @@ class _Connection(asyncio.Protocol):
         self.headers, self.head_done, self.complete = [], False, False
         self._keep_alive = self._drained = False
         self._woke_at, self._wakes = 0.0, 0
-        self._busy = True
+        self._busy, self.answered = True, False
         self._read_timeout = read_timeout
         transport.write(head + body if len(body) < 65536 else head)
         if len(body) >= 65536:
@@ -295,13 +303,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         timeouts: dict[str, Any] = request.extensions.get("timeout", {})
         body = await request.aread()
         head = _head(request, body)
-        connection = self._reuse(origin) or await self._connect(origin, timeouts.get("connect"))
-        try:
-            connection.send(head, body, timeouts.get("read"))
-            status = await connection.head()
-        except BaseException:
-            connection.close()
-            raise
+        connection, status = await self._send(origin, head, body, timeouts)
         if request.method == "HEAD":
             connection.complete = True
         return httpx.Response(
@@ -310,6 +312,24 @@ class LeanTransport(httpx.AsyncBaseTransport):
             stream=_ResponseStream(self, origin, connection),
             extensions={"http_version": b"HTTP/1.1"},
         )
+
+    async def _send(
+        self, origin: Origin, head: bytes, body: bytes, timeouts: dict[str, Any]
+    ) -> tuple[_Connection, int]:
+        """Send the request on a kept connection or a new one; (that one, the status)."""
+        read = timeouts.get("read")
+        kept = self._reuse(origin)
+        if kept is not None:
+            try:
+                return kept, await _exchange(kept, head, body, read)
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+                if kept.answered:
+                    raise
+                # The server closed the kept connection as the request went out (its
+                # keep-alive ran out): nothing answered. Once more on a new one, not as a
+                # failed call (a chaos run counted one: no upstream ever saw it).
+        connection = await self._connect(origin, timeouts.get("connect"))
+        return connection, await _exchange(connection, head, body, read)
 
     def release(self, origin: Origin, connection: _Connection) -> None:
         """Keep a finished connection for the next request to ``origin``, or close it."""
@@ -356,6 +376,15 @@ class LeanTransport(httpx.AsyncBaseTransport):
         except OSError as exc:
             raise httpx.ConnectError(f"connecting to {host}:{port}: {exc}") from exc
         return connection
+
+
+async def _exchange(connection: _Connection, head: bytes, body: bytes, read: Any) -> int:
+    """Send a request and wait for its head; the connection is closed if that fails."""
+    try:
+        return await connection.request(head, body, read)
+    except BaseException:
+        connection.close()
+        raise
 
 
 def _head(request: httpx.Request, body: bytes) -> bytes:
