@@ -141,6 +141,7 @@ def key_families(keys: Keys) -> list[tuple[str, str]]:
         (keys.meta("*"), "per-request"),
         (keys.cancel_flag("*"), "per-request"),
         (keys.reader("*"), "per-request"),
+        (keys.relayed("*"), "per-request"),
         (keys.rate_limit("*", "*"), "rate-limit"),
         (keys.open_streams("*"), "open-streams"),
         (keys.breaker("*") + ":ok", "breaker-window"),

@@ -35,6 +35,12 @@ FAMILIES = [
     ),
     Family("req:{id}:reader", r"req:\{[^}]+\}:reader", "TTL RESUME_WINDOW_S", per_request=True),
     Family(
+        "req:{id}:relayed",
+        r"req:\{[^}]+\}:relayed",
+        "TTL 10 s (a relay's barrier)",
+        per_request=True,
+    ),
+    Family(
         "req:{id}:cancel",
         r"req:\{[^}]+\}:cancel",
         "TTL MAX_STREAM_S+RESUME_WINDOW_S+KEY_GRACE_S",

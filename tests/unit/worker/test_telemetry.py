@@ -27,7 +27,8 @@ class Publish:
     """Stands in for the publishing script: its calls, then the real one or ``replies``."""
 
     def __init__(self, *replies: list[Any] | Exception) -> None:
-        self.replies, self.calls = list(replies), []  # type: list[list[Any] | Exception], list[list[Any]]
+        self.replies: list[list[Any] | Exception] = list(replies)
+        self.calls: list[list[Any]] = []
         self.real = telemetry._PUBLISH
 
     async def __call__(self, redis: Redis, keys: list[str], args: list[Any]) -> Any:
@@ -111,9 +112,7 @@ async def test_an_entry_refused_while_redis_is_away_is_sent_again_one_refused_fo
     assert rounds == [ids, ids[:1]]
 
 
-async def test_the_script_answers_each_entry_s_error_in_its_place(
-    redis: Redis, redis_server_url: str
-) -> None:
+async def test_the_script_answers_each_entry_s_error_in_its_place(redis: Redis) -> None:
     """``pcall``: an entry refused is an error reply among the others, not the call's error
     (WRONGTYPE here: a damaged key refuses them all)."""
     stream = f"t{uuid.uuid4().hex[:8]}:telemetry"
@@ -129,14 +128,17 @@ async def test_a_batch_counts_once_a_replica_holds_it(replica_pair: Pair) -> Non
     lost an attempt's document when its primary was killed before the replica held it."""
     stream = f"t{uuid.uuid4().hex[:8]}:telemetry"
     async with connected(replica_pair.primary.url) as broker:
+        unreplicated: list[None] = []
         publisher = TelemetryPublisher(
-            broker, replica_pair.redis, stream, 1000, wait_replicas=1, wait_ms=3000
-        )
+            broker, replica_pair.redis, stream, 1000, wait_replicas=1, wait_ms=3000,
+            on_unreplicated=lambda: unreplicated.append(None),
+        )  # fmt: skip
         with paused(replica_pair.replica):
             publisher.publish(make_event("p", random.Random(1)))
             flushing = await held_back(publisher.flush(), lambda: replica_pair.redis.exists(stream))
         await flushing
     assert await replica_pair.replica_redis.xlen(stream) == 1
+    assert unreplicated == [], "counted once the replica held it, not when the wait ran out"
 
 
 def event_id(broker: RedisBroker, data: bytes) -> str:

@@ -7,6 +7,7 @@ the client kept an event no one stored (``event_ids``: "1 not stored")."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,12 +24,15 @@ from tests.support.replicas import BLOCKED_S, Pair, paused
 
 
 @asynccontextmanager
-async def relay_on(redis: Redis, url: str, wait_ms: int) -> AsyncIterator[StreamRelay]:
+async def relay_on(
+    redis: Redis, url: str, wait_ms: int, block_ms: int = 5000
+) -> AsyncIterator[StreamRelay]:
     keys = Keys(f"t{uuid.uuid4().hex[:8]}")
     streams = RequestStreams(
         redis, keys, request_ttl_s=60, final_ttl_s=60, reader_ttl_ms=1000, wait_replicas=1
-    )
-    relay = StreamRelay(url, keys, block_ms=5000, batch=100, barrier=streams.read_barrier(wait_ms))
+    )  # the relay's barrier writes the request's relayed mark, nothing of its own
+    barrier = streams.read_barrier(wait_ms)
+    relay = StreamRelay(url, keys, block_ms=block_ms, batch=100, barrier=barrier)
     await relay.start()
     try:
         yield relay
@@ -55,6 +59,7 @@ async def test_an_entry_is_relayed_once_a_replica_holds_it(replica_pair: Pair) -
         entry = await held_until_resumed(replica_pair.redis, relay, sub, replica_pair.replica)
         assert entry.data == "held"
         assert await replica_pair.replica_redis.xlen(sub.key) == 1
+        assert unheld(relay) == 0, "handed out because the replica held it, not the wait"
 
 
 async def test_a_replica_that_does_not_answer_delays_reads_only_its_wait(
@@ -63,12 +68,36 @@ async def test_a_replica_that_does_not_answer_delays_reads_only_its_wait(
     async with relay_on(replica_pair.redis, replica_pair.primary.url, wait_ms=50) as relay:
         sub = relay.subscribe(f"r-{uuid.uuid4().hex}", "0-0")
         with paused(replica_pair.replica):
+            added = time.monotonic()
             await replica_pair.redis.xadd(sub.key, {"type": "delta", "data": "late"})
             entry = await asyncio.wait_for(sub.queue.get(), 2)
+            waited = time.monotonic() - added
         assert entry.data == "late"
-        barrier = relay._barrier
-        assert barrier is not None
-        assert barrier.unheld >= 1, "a read handed out unheld is counted"
+        assert waited < 0.5, "a read waits at most its wait (50 ms), twice if one was on"
+        assert unheld(relay) == 1, "the read handed out unheld is counted (the empty ones not)"
+
+
+async def test_a_mark_redis_refuses_hands_the_reads_out_anyway(replica_pair: Pair) -> None:
+    """Out of memory (maxmemory, noeviction) Redis refuses the mark's SET while reads go on:
+    the relay handed out nothing, not even stored finals."""
+    redis = replica_pair.redis
+    async with relay_on(redis, replica_pair.primary.url, wait_ms=3000, block_ms=100) as relay:
+        rid = f"r-{uuid.uuid4().hex}"
+        await redis.xadd(relay._keys.events(rid), {"type": "delta", "data": "stored"})
+        await redis.config_set("maxmemory", 1)  # the wake-up is refused too: a read in 0.1 s
+        try:
+            sub = relay.subscribe(rid, "0-0")
+            entry = await asyncio.wait_for(sub.queue.get(), 5)
+        finally:
+            await redis.config_set("maxmemory", 0)
+        assert entry.data == "stored"
+        assert unheld(relay) >= 1
+
+
+def unheld(relay: StreamRelay) -> int:
+    barrier = relay._barrier
+    assert barrier is not None
+    return barrier.unheld
 
 
 @pytest.mark.cluster

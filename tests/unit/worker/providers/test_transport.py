@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
+from echotune.worker.providers import transport
 from echotune.worker.providers.base import make_client
 from echotune.worker.providers.errors import classify
 from echotune.worker.providers.transport import FREE_WAKES, LeanTransport
@@ -206,9 +207,9 @@ def close_unanswered(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> A
 
 
 async def test_a_kept_connection_closed_as_the_request_goes_out_is_replaced() -> None:
-    """A chaos run counted a failed call (``disconnected``, 0.6 ms) that no upstream saw: the
-    server had closed the kept connection as the request went out. It is sent once more on
-    a new connection."""
+    """A chaos run counted a failed call (``disconnected``, 0.6 ms) that no upstream had
+    recorded: the server closed the kept connection as the request went out (its keep-alive
+    ran out). It is sent once more on a new connection."""
     async with (
         serve(fixed(200, b"1"), close_unanswered, fixed(200, b"2")) as server,
         httpx.AsyncClient(transport=LeanTransport()) as client,
@@ -217,6 +218,26 @@ async def test_a_kept_connection_closed_as_the_request_goes_out_is_replaced() ->
         assert (await client.post(server.url, json={})).text == "2"
     assert server.connections == 2
     assert len(server.requests) == 3
+
+
+async def test_a_kept_connection_closed_later_is_the_call_s_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Past a round trip's time the server was working on it: the worker's retries decide."""
+    monkeypatch.setattr(transport, "KEEP_ALIVE_RACE_S", 0.05)
+
+    async def close_later(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.2)
+        await close_unanswered(reader, writer)
+
+    async with (
+        serve(fixed(200, b"1"), close_later, fixed(200, b"2")) as server,
+        httpx.AsyncClient(transport=LeanTransport()) as client,
+    ):
+        assert (await client.post(server.url, json={})).text == "1"
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.post(server.url, json={})
+    assert server.connections == 1
 
 
 async def test_a_kept_connection_that_answered_in_part_is_not_sent_again() -> None:

@@ -67,6 +67,10 @@ class Keys:
         """Present while a client reads the stream or may still come back to resume it."""
         return f"{self.namespace}:req:{{{request_id}}}:reader"
 
+    def relayed(self, request_id: str) -> str:
+        """Written by a relay after each read, for its ``WAIT`` (``request_stream.ReadBarrier``)."""
+        return f"{self.namespace}:req:{{{request_id}}}:relayed"
+
     def breaker(self, provider: str) -> str:
         """Hash with a provider's circuit-breaker state; ``:ok``/``:fail``/``:calls`` sorted
         sets beside it."""

@@ -45,6 +45,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import AskError, MovedError
 
 from echotune.common import resp
 from echotune.common.keys import Keys
@@ -369,52 +370,56 @@ class ReadBarrier:
 
     Why: the relay read entries a failover then lost (Redis acknowledged them before any
     replica held them), and its client kept an event no one stored (the cluster chaos run's
-    ``event_ids`` violation: a final relayed, lost, then written again under another id). The
-    reader marker, written again, is a write ordered after what was read: its ``WAIT`` waits
-    for all of it.
+    ``event_ids`` violation: a final relayed, lost, then written again under another id). A
+    write of the request's ``relayed`` mark, ordered after what was read, is what the
+    ``WAIT`` waits for (a connection that wrote nothing has nothing to wait for).
     """
 
     LOG_EVERY_S = 60.0
+    MARK_TTL_MS = 10_000
 
     def __init__(
         self,
         keys: Keys,
-        reader_ttl_ms: int,
         replicas: int,
         wait_ms: int,
         on_unheld: Callable[[], None] | None = None,
     ) -> None:
-        self.keys, self.reader_ttl_ms = keys, reader_ttl_ms
-        self.replicas, self.wait_ms = replicas, wait_ms
+        self.keys, self.replicas, self.wait_ms = keys, replicas, wait_ms
         self._on_unheld = on_unheld
         self.unheld = 0
-        """Reads handed out before enough replicas held them (their wait ran out)."""
+        """Reads handed out before enough replicas held them."""
         self._logged_at = -self.LOG_EVERY_S
 
-    def commands(self, request_id: str) -> list[tuple[Arg, ...]]:
-        reader = self.keys.reader(request_id)
-        return [
-            ("SET", reader, "1", "PX", self.reader_ttl_ms),
-            ("WAIT", self.replicas, self.wait_ms),
-        ]
+    def commands(self, request_id: str, *, asking: bool = False) -> list[tuple[Arg, ...]]:
+        """For reads on ``request_id``'s slot (``asking``: a slot migrating to that node)."""
+        mark = ("SET", self.keys.relayed(request_id), "1", "PX", self.MARK_TTL_MS)
+        wait = ("WAIT", self.replicas, self.wait_ms)
+        return [("ASKING",), mark, wait] if asking else [mark, wait]
 
-    def held(self, replies: Sequence[Any]) -> bool:
-        """Whether enough replicas held the reads in time (counted and logged when not); raises
-        an error reply (a moved slot, a failover: the reads are not to be handed out)."""
+    def held(self, replies: Sequence[Any], *, handing_out: bool) -> bool:
+        """Whether enough replicas held the reads in time. A moved slot raises (the mark was
+        written nowhere: read again); any other refusal (OOM…) or a wait that ran out leaves
+        the reads to be handed out anyway, counted and logged when ``handing_out``."""
         for reply in replies:
-            if isinstance(reply, Exception):
+            if isinstance(reply, (MovedError, AskError)):
                 raise reply
-        if int(replies[-1]) >= self.replicas:
+        refused = next((r for r in replies if isinstance(r, Exception)), None)
+        if refused is None and int(replies[-1]) >= self.replicas:
             return True
+        if handing_out:
+            self._count(refused)
+        return False
+
+    def _count(self, refused: Exception | None) -> None:
         self.unheld += 1
         if self._on_unheld is not None:
             self._on_unheld()
         if (now := time.monotonic()) - self._logged_at >= self.LOG_EVERY_S:
             self._logged_at = now
-            log.warning(
-                "relayed reads fewer than %d replicas held (%d so far)", self.replicas, self.unheld
-            )
-        return False
+            why = f"the mark was refused: {refused}" if refused else "the wait ran out"
+            log.warning("relayed reads before %d replicas held them (%s; %d so far)",
+                        self.replicas, why, self.unheld)  # fmt: skip
 
 
 class RequestStreams:
@@ -450,7 +455,7 @@ class RequestStreams:
         without them); ``on_unheld`` counts reads handed out when the wait ran out."""
         if not self.wait_replicas:
             return None
-        return ReadBarrier(self.keys, self.reader_ttl_ms, self.wait_replicas, wait_ms, on_unheld)
+        return ReadBarrier(self.keys, self.wait_replicas, wait_ms, on_unheld)
 
     def events_key(self, request_id: str) -> str:
         return self.keys.events(request_id)

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 INVALIDATE = "__redis__:invalidate"
 STOP_S = 2.0
 """How long a node's reads may take to stop."""
+MOVED_PAUSE_S = 0.05
+"""Reads whose barrier's slot moved are read again this much later (not in a tight loop)."""
 Entries = list[tuple[str, dict[str, str]]]
 Position = Callable[[str], "str | None"]
 """Where to read a stream from (its slowest reader's last id); ``None``: nobody reads it."""
@@ -75,8 +77,11 @@ class ClusterReads:
         batch: int,
         resync_s: float,
         barrier: ReadBarrier | None = None,
-        request_of: Callable[[str], str] = str,
+        request_of: Callable[[str], str] | None = None,
     ) -> None:
+        """``request_of``: the request of a stream read (for the ``barrier``'s mark)."""
+        if barrier is not None and request_of is None:
+            raise ValueError("a barrier needs request_of")
         address = cluster_address(redis_url)
         assert address is not None, "ClusterReads needs a redis+cluster:// URL"
         self.address, self.position, self.deliver = address, position, deliver
@@ -339,7 +344,7 @@ class NodeReads:
                 continue
             if entries := _entries(raw):
                 read.append((key, entries, after))
-        if barrier and not await self._held(reader, len(barrier)):
+        if barrier and not await self._may_hand_out(reader, len(barrier), bool(read)):
             self._dirty.update(key for key, _, _ in read)  # read again once the slot is known
             return
         for key, entries, after in read:
@@ -348,15 +353,17 @@ class NodeReads:
                 self._dirty.add(key)  # more is waiting, and no change will be told for it
 
     def _barrier(self, reads: list[tuple[str, str, bool]]) -> list[tuple[Any, ...]]:
-        """The owner's barrier, on the slot of a stream read here (not one migrating)."""
-        if self.owner.barrier is None:
+        """The owner's barrier, on the slot of the first stream read here."""
+        barrier, request_of = self.owner.barrier, self.owner.request_of
+        if barrier is None or request_of is None:
             return []
-        key = next((key for key, _, asking in reads if not asking), None)
-        return [] if key is None else self.owner.barrier.commands(self.owner.request_of(key))
+        key, _, asking = reads[0]
+        return barrier.commands(request_of(key), asking=asking)
 
-    async def _held(self, reader: Connection, count: int) -> bool:
+    async def _may_hand_out(self, reader: Connection, count: int, handing_out: bool) -> bool:
         """Whether what the pipeline read may be handed out: its barrier's replies came (a
-        replica holds it, or the wait ran out); not if its write was refused (moved)."""
+        replica holds it, or the wait ran out, or the mark was refused); not if the mark's
+        slot moved (then after a pause: the slot map is read again meanwhile)."""
         assert self.owner.barrier is not None
         replies: list[Any] = []
         for _ in range(count):
@@ -365,9 +372,10 @@ class NodeReads:
             except ResponseError as error:
                 replies.append(error)
         try:
-            self.owner.barrier.held(replies)
-        except ResponseError as error:
-            log.warning("relay reads not handed out: their barrier failed (%s)", error)
+            self.owner.barrier.held(replies, handing_out=handing_out)
+        except (MovedError, AskError) as error:
+            log.warning("relay reads read again: their barrier's slot moved (%s)", error)
             self.owner.refresh()
+            await asyncio.sleep(MOVED_PAUSE_S)
             return False
         return True

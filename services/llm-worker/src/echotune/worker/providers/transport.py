@@ -23,6 +23,10 @@ import httpx
 
 IDLE_EXPIRY_S = 5.0
 """An idle connection older than this is closed, not reused (servers drop them about then)."""
+KEEP_ALIVE_RACE_S = 0.5
+"""A kept connection closed this soon after a request went out, with no byte answered, was
+closed by the server as its keep-alive ran out (within a round trip): the request goes once
+more on a new connection. Later, the close is the call's failure (the worker's retries)."""
 HIGH_WATER = 256 * 1024
 """Unread body bytes at which the socket stops being read."""
 FREE_WAKES = 4
@@ -320,14 +324,14 @@ class LeanTransport(httpx.AsyncBaseTransport):
         read = timeouts.get("read")
         kept = self._reuse(origin)
         if kept is not None:
+            sent = time.monotonic()
             try:
                 return kept, await _exchange(kept, head, body, read)
             except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
-                if kept.answered:
+                if kept.answered or time.monotonic() - sent > KEEP_ALIVE_RACE_S:
                     raise
-                # The server closed the kept connection as the request went out (its
-                # keep-alive ran out): nothing answered. Once more on a new one, not as a
-                # failed call (a chaos run counted one: no upstream ever saw it).
+                # See KEEP_ALIVE_RACE_S: not a failed call (a chaos run counted one, with a
+                # retry and a breaker failure, that no upstream had answered or recorded).
         connection = await self._connect(origin, timeouts.get("connect"))
         return connection, await _exchange(connection, head, body, read)
 
@@ -378,7 +382,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         return connection
 
 
-async def _exchange(connection: _Connection, head: bytes, body: bytes, read: Any) -> int:
+async def _exchange(connection: _Connection, head: bytes, body: bytes, read: float | None) -> int:
     """Send a request and wait for its head; the connection is closed if that fails."""
     try:
         return await connection.request(head, body, read)
