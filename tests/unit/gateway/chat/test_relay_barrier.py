@@ -14,11 +14,12 @@ from contextlib import asynccontextmanager
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import AskError, MovedError, OutOfMemoryError
 
 from deploy.local.servers import RedisClusterServers, RedisServer
 from echotune.common.keys import Keys
 from echotune.common.redis import create_redis
-from echotune.common.request_stream import RequestStreams
+from echotune.common.request_stream import ReadBarrier, RequestStreams
 from echotune.gateway.chat.relay import Entry, StreamRelay, Subscription
 from tests.support.replicas import BLOCKED_S, Pair, paused
 
@@ -114,3 +115,17 @@ async def test_on_a_cluster_an_entry_is_relayed_once_its_replica_holds_it(
             assert entry.data == "held"
     finally:
         await cluster_redis.aclose()
+
+
+def test_a_moved_mark_reads_again_an_asked_or_refused_one_hands_out_counted() -> None:
+    """``MOVED``: the reads' node no longer serves the slot. ``ASK`` (a slot migrating: the
+    events are still read here) and a refusal (out of memory) must not stall the reads."""
+    barrier = ReadBarrier(Keys("t"), replicas=1, wait_ms=10)
+    with pytest.raises(MovedError):
+        barrier.held([MovedError("3999 127.0.0.1:6381"), 1], handing_out=True)
+    assert barrier.held([AskError("3999 127.0.0.1:6381"), 1], handing_out=True) is False
+    assert barrier.held([OutOfMemoryError("command not allowed"), 1], handing_out=True) is False
+    assert barrier.held(["OK", 0], handing_out=False) is False
+    assert barrier.held(["OK", 1], handing_out=True) is True
+    assert barrier.unheld == 2, "only reads handed out unheld are counted"
+    assert barrier.commands("r", asking=True)[0] == ("ASKING",)

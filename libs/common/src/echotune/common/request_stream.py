@@ -45,7 +45,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import AskError, MovedError
+from redis.exceptions import MovedError
 
 from echotune.common import resp
 from echotune.common.keys import Keys
@@ -399,10 +399,11 @@ class ReadBarrier:
 
     def held(self, replies: Sequence[Any], *, handing_out: bool) -> bool:
         """Whether enough replicas held the reads in time. A moved slot raises (the mark was
-        written nowhere: read again); any other refusal (OOM…) or a wait that ran out leaves
-        the reads to be handed out anyway, counted and logged when ``handing_out``."""
+        written nowhere and the reads' node no longer serves it: read again); any other
+        refusal (out of memory, a slot migrating: ``ASK``) or a wait that ran out leaves the
+        reads to be handed out anyway, counted and logged when ``handing_out``."""
         for reply in replies:
-            if isinstance(reply, (MovedError, AskError)):
+            if isinstance(reply, MovedError):  # not ASK, its base class in redis-py
                 raise reply
         refused = next((r for r in replies if isinstance(r, Exception)), None)
         if refused is None and int(replies[-1]) >= self.replicas:
@@ -452,7 +453,7 @@ class RequestStreams:
         self, wait_ms: int, on_unheld: Callable[[], None] | None = None
     ) -> ReadBarrier | None:
         """What makes a relay hand out only what ``wait_replicas`` replicas hold (none
-        without them); ``on_unheld`` counts reads handed out when the wait ran out."""
+        without them); ``on_unheld`` counts reads handed out before they held it."""
         if not self.wait_replicas:
             return None
         return ReadBarrier(self.keys, self.wait_replicas, wait_ms, on_unheld)

@@ -373,7 +373,7 @@ class NodeReads:
                 replies.append(error)
         try:
             self.owner.barrier.held(replies, handing_out=handing_out)
-        except (MovedError, AskError) as error:
+        except MovedError as error:
             log.warning("relay reads read again: their barrier's slot moved (%s)", error)
             self.owner.refresh()
             await asyncio.sleep(MOVED_PAUSE_S)
