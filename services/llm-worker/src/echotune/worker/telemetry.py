@@ -249,9 +249,10 @@ class TelemetryPublisher:
 
 def _formatting(broker: RedisBroker) -> RedisBroker:
     """A broker whose publish can be captured (``entry_fields``): a cluster's ignores a
-    pipeline, so a broker that is never connected, of the same message format, stands in."""
+    pipeline, so one never connected, with its middlewares and message format, stands in."""
     if not isinstance(broker, RedisClusterBroker):
         return broker
-    stand_in = RedisBroker()
-    assert stand_in.message_format is broker.message_format, "the entries would differ"
+    stand_in = RedisBroker(middlewares=broker.middlewares)
+    if stand_in.message_format is not broker.message_format:
+        raise TypeError(f"telemetry cannot format entries as {broker.message_format!r}")
     return stand_in
