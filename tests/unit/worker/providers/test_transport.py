@@ -230,14 +230,7 @@ async def test_a_kept_connection_closed_later_is_the_call_s_failure(
         await asyncio.sleep(0.2)
         await close_unanswered(reader, writer)
 
-    async with (
-        serve(fixed(200, b"1"), close_later, fixed(200, b"2")) as server,
-        httpx.AsyncClient(transport=LeanTransport()) as client,
-    ):
-        assert (await client.post(server.url, json={})).text == "1"
-        with pytest.raises(httpx.RemoteProtocolError):
-            await client.post(server.url, json={})
-    assert server.connections == 1
+    await not_sent_again(close_later, httpx.RemoteProtocolError)
 
 
 async def test_a_kept_connection_that_answered_in_part_is_not_sent_again() -> None:
@@ -248,12 +241,18 @@ async def test_a_kept_connection_that_answered_in_part_is_not_sent_again() -> No
         writer.transport.abort()
         return asyncio.sleep(0)
 
+    await not_sent_again(half, httpx.TransportError)
+
+
+async def not_sent_again(reply: Reply, error: type[Exception]) -> None:
+    """A kept connection's second request meets ``reply``: the call fails with ``error``,
+    and no new connection carries it again."""
     async with (
-        serve(fixed(200, b"1"), half, fixed(200, b"2")) as server,
+        serve(fixed(200, b"1"), reply, fixed(200, b"2")) as server,
         httpx.AsyncClient(transport=LeanTransport()) as client,
     ):
         assert (await client.post(server.url, json={})).text == "1"
-        with pytest.raises(httpx.TransportError):
+        with pytest.raises(error):
             await client.post(server.url, json={})
     assert server.connections == 1
 
