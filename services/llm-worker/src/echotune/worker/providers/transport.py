@@ -157,11 +157,6 @@ class _Connection(asyncio.Protocol):
             and self._keep_alive
         )
 
-    async def request(self, head: bytes, body: bytes, read_timeout: float | None) -> int:
-        """Send a request (the connection is fresh or idle); its status code."""
-        self.send(head, body, read_timeout)
-        return await self.head()
-
     def send(self, head: bytes, body: bytes, read_timeout: float | None) -> None:
         """Start a request (the connection is fresh or idle)."""
         transport = self._transport
@@ -385,7 +380,8 @@ class LeanTransport(httpx.AsyncBaseTransport):
 async def _exchange(connection: _Connection, head: bytes, body: bytes, read: float | None) -> int:
     """Send a request and wait for its head; the connection is closed if that fails."""
     try:
-        return await connection.request(head, body, read)
+        connection.send(head, body, read)
+        return await connection.head()
     except BaseException:
         connection.close()
         raise
