@@ -16,13 +16,19 @@ from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
-from echotune.common.breaker import BreakerPolicy, CircuitBreakers, Outcome, Permit
+from echotune.common.breaker import (
+    MOST_COUNTED,
+    RECORD,
+    BreakerPolicy,
+    CircuitBreakers,
+    Outcome,
+    Permit,
+)
 from echotune.common.keys import Keys
-from echotune.common.live_stats import LiveStats
 from echotune.common.messages import BreakerState
 from echotune.common.redis import create_redis
+from echotune.common.scripts import execute
 from tests.support.flaky_proxy import ReplyDroppingProxy, reply_dropping_proxy
 
 POLICY = BreakerPolicy(cooldown_s=30, cooldown_cap_s=100, consecutive_failures=4)
@@ -337,29 +343,34 @@ async def test_breaker_time_is_redis_time_not_the_workers(
     assert snap.opened_at == pytest.approx(await redis_now(redis), abs=20)
 
 
-async def test_commands_queued_along_go_in_the_record_round_trip(
-    breakers: CircuitBreakers, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The worker counts an attempt's live figures with its breaker record: one round trip.
-    A failing command queued along is logged; the breaker's answer still counts."""
-    live = LiveStats(breakers.redis, breakers.keys)
-
-    def count(pipe: Pipeline) -> None:
-        live.queue_record(pipe, "p", success=False, rate_limited=False, latency_ms=5, ttft_ms=2)
-
+async def test_successes_recorded_at_once_count_as_many_calls(breakers: CircuitBreakers) -> None:
+    """A worker records a busy while's successes in one call: each counts in the window."""
     for _ in range(3):
-        assert await breakers.record("p", Outcome.FAILURE, along=count) is None
-    figures = await live.window("p")
-    assert (figures.requests, figures.successes, figures.ttft_p50_ms is not None) == (3, 0, True)
+        await breakers.record("p", Outcome.FAILURE)
+    async with breakers.redis.pipeline(transaction=False) as pipe:
+        breakers.queue_record(pipe, "p", Outcome.SUCCESS, count=MOST_COUNTED)
+        breakers.queue_record(pipe, "p", Outcome.SUCCESS, count=2)
+        replies = await execute(breakers.redis, pipe, [RECORD, RECORD])
+    assert [breakers.transition("p", reply) for reply in replies] == [None, None]
+    snap = await breakers.snapshot("p")
+    assert (snap.calls, snap.failures, snap.consecutive_failures) == (MOST_COUNTED + 5, 3, 0)
 
-    wrong = f"{breakers.keys.breaker('p')}:not-a-hash"
-    await breakers.redis.set(wrong, "text")
-    transition = await breakers.record(
-        "p", Outcome.FAILURE, along=lambda pipe: pipe.hincrby(wrong, "n", 1)
-    )
-    assert transition is not None
-    assert transition.new is BreakerState.OPEN
-    assert "WRONGTYPE" in caplog.text
+
+@pytest.mark.parametrize(
+    ("outcome", "count", "token"),
+    [
+        (Outcome.SUCCESS, MOST_COUNTED + 1, None),
+        (Outcome.FAILURE, 2, None),
+        (Outcome.SUCCESS, 2, 7),
+    ],
+)
+async def test_only_plain_successes_are_recorded_together(
+    breakers: CircuitBreakers, outcome: Outcome, count: int, token: int | None
+) -> None:
+    """A probe's outcome decides a half-open breaker alone; failures count in a row."""
+    pipe = breakers.redis.pipeline(transaction=False)
+    with pytest.raises(ValueError, match="cannot be recorded at once"):
+        breakers.queue_record(pipe, "p", outcome, count=count, token=token)
 
 
 @contextlib.asynccontextmanager

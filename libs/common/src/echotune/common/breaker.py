@@ -34,7 +34,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -158,7 +158,8 @@ return 1
 
 # KEYS: hash, ok window, fail window, call ids. ARGV: outcome, token ('' if none), retry ms,
 # window ms, failure rate, min calls, consecutive failures, cool-down ms, cap ms, call id, ms
-# call ids are kept. → {old state, new state} (a call seen before changes nothing)
+# call ids are kept, calls (outcomes alike counted at once). → {old state, new state} (a call
+# seen before changes nothing)
 _RECORD = (
     _NOW
     + """
@@ -203,8 +204,13 @@ if outcome == 'success' then
 else
   consecutive = redis.call('HINCRBY', h, 'consecutive', 1)
 end
-local member = redis.call('HINCRBY', h, 'seq', 1)
-redis.call('ZADD', outcome == 'success' and ok or fail, now, member)
+local count = tonumber(ARGV[12])
+local last, members = redis.call('HINCRBY', h, 'seq', count), {}
+for member = last - count + 1, last do
+  members[#members + 1] = now
+  members[#members + 1] = member
+end
+redis.call('ZADD', outcome == 'success' and ok or fail, unpack(members))
 redis.call('ZREMRANGEBYSCORE', ok, '-inf', now - window_ms)
 redis.call('ZREMRANGEBYSCORE', fail, '-inf', now - window_ms)
 redis.call('PEXPIRE', ok, window_ms)
@@ -221,7 +227,7 @@ return {state, state}
 
 ACQUIRE = Script(_ACQUIRE)
 _RENEW_SCRIPT = Script(_RENEW)
-_RECORD_SCRIPT = Script(_RECORD)
+RECORD = Script(_RECORD)
 
 # KEYS: hash, ok window, fail window. ARGV: window ms. → {now, fields..., ok count, fail count}
 _SNAPSHOT = (
@@ -233,7 +239,9 @@ return {now, redis.call('HGETALL', KEYS[1]),
 """
 )
 _SNAPSHOT_SCRIPT = Script(_SNAPSHOT)
-SCRIPTS = (ACQUIRE, _RENEW_SCRIPT, _RECORD_SCRIPT, _SNAPSHOT_SCRIPT)
+SCRIPTS = (ACQUIRE, _RENEW_SCRIPT, RECORD, _SNAPSHOT_SCRIPT)
+MOST_COUNTED = 1000
+"""Calls one record may count (the script's ``unpack`` has a bounded stack)."""
 
 
 class CircuitBreakers:
@@ -327,18 +335,28 @@ class CircuitBreakers:
                 log.warning("could not renew the probe lease of %s", permit.provider)
 
     async def record(
+        self, provider: str, outcome: Outcome, *, token: int | None = None, retry_after_s: float = 0
+    ) -> Transition | None:
+        """Record a call's outcome (``token``: its probe's); the state change it caused."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self.queue_record(pipe, provider, outcome, token=token, retry_after_s=retry_after_s)
+            [reply] = await execute(self.redis, pipe, [RECORD])
+        return self.transition(provider, reply)
+
+    def queue_record(
         self,
+        pipe: Pipeline,
         provider: str,
         outcome: Outcome,
         *,
         token: int | None = None,
         retry_after_s: float = 0,
-        along: Callable[[Pipeline], object] | None = None,
-    ) -> Transition | None:
-        """Record a call's outcome (``token``: its probe's); the state change it caused.
-
-        ``along`` queues more commands into the same round trip; their failures are logged.
-        """
+        count: int = 1,
+    ) -> None:
+        """Queue :meth:`record` (script :data:`RECORD`, its reply read by :meth:`transition`);
+        ``count`` successes at once (none a probe's, at most :data:`MOST_COUNTED`)."""
+        if not 1 <= count <= MOST_COUNTED or (count > 1 and (token, outcome) != (None, "success")):
+            raise ValueError(f"{count} calls of outcome {outcome} cannot be recorded at once")
         p = self.policy
         args: list[Arg] = [
             outcome.value,
@@ -352,14 +370,13 @@ class CircuitBreakers:
             int(p.cooldown_cap_s * 1000),
             uuid.uuid4().hex,
             CALLS_KEPT_MS,
+            count,
         ]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            _RECORD_SCRIPT.queue(pipe, self._keys(provider), args)
-            if along is not None:
-                along(pipe)
-            reply, *others = await execute(self.redis, pipe, [_RECORD_SCRIPT])
-        for error in [r for r in others if isinstance(r, Exception)][:1]:
-            log.warning("a command recorded with the outcome of %s failed: %s", provider, error)
+        RECORD.queue(pipe, self._keys(provider), args)
+
+    @staticmethod
+    def transition(provider: str, reply: Any) -> Transition | None:
+        """The state change a record's reply tells (raised if it is an error)."""
         if isinstance(reply, Exception):
             raise reply
         old, new = (str(state) for state in reply)

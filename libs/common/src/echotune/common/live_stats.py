@@ -11,6 +11,7 @@ counts its attempt twice (telemetry's figures are the exact ones: it deduplicate
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -45,31 +46,35 @@ def _minute(now: float | None = None) -> int:
     return int((now or time.time()) // 60)
 
 
+Counts = Counter[tuple[int, str]]
+"""Counts of attempts by (minute, hash field)."""
+
+
+def attempt_counts(
+    *, success: bool, rate_limited: bool, latency_ms: float, ttft_ms: float | None
+) -> Counts:
+    """What one attempt adds to its provider's figures, in the current minute."""
+    minute = _minute()
+    names = ["requests", f"lat:{histogram.bucket_of(latency_ms)}"]
+    if success:
+        names.append("successes")
+    if rate_limited:
+        names.append("rate_limited")
+    if ttft_ms is not None:
+        names.append(f"ttft:{histogram.bucket_of(ttft_ms)}")
+    return Counter((minute, name) for name in names)
+
+
 class LiveStats:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self.redis, self.keys = redis, keys
 
-    def queue_record(
-        self,
-        pipe: Pipeline,
-        provider: str,
-        *,
-        success: bool,
-        rate_limited: bool,
-        latency_ms: float,
-        ttft_ms: float | None,
-    ) -> None:
-        """Queue the count of one attempt into ``pipe`` (sent with other work)."""
-        key = self.keys.live_stats(provider, _minute())
-        pipe.hincrby(key, "requests", 1)
-        if success:
-            pipe.hincrby(key, "successes", 1)
-        if rate_limited:
-            pipe.hincrby(key, "rate_limited", 1)
-        pipe.hincrby(key, f"lat:{histogram.bucket_of(latency_ms)}", 1)
-        if ttft_ms is not None:
-            pipe.hincrby(key, f"ttft:{histogram.bucket_of(ttft_ms)}", 1)
-        pipe.expire(key, RETENTION_MIN * 60)
+    def queue_counts(self, pipe: Pipeline, provider: str, counts: Counts) -> None:
+        """Queue ``counts`` (of :func:`attempt_counts`, summed) into ``pipe``."""
+        for (minute, name), count in counts.items():
+            pipe.hincrby(self.keys.live_stats(provider, minute), name, count)
+        for minute in {minute for minute, _ in counts}:
+            pipe.expire(self.keys.live_stats(provider, minute), RETENTION_MIN * 60)
 
     async def window(self, provider: str, minutes: int = 5) -> LiveFigures:
         """Figures of the last ``minutes`` minutes (the current one included)."""

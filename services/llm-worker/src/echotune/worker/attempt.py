@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass
 
 from opentelemetry.trace import Span
-from redis.asyncio.client import Pipeline
 
 from echotune.common.breaker import Outcome, Permit
 from echotune.common.messages import ChatJob, Grounding, Usage
@@ -211,23 +210,16 @@ class Attempt:
     async def _update_health(
         self, outcome: Outcome, retry_after: float, latency_ms: float, ttft_ms: float | None
     ) -> None:
-        """Breaker and live figures, in one round trip."""
+        """Breaker and live figures (``outcomes.py``)."""
         name = self.config.name
-
-        def count(pipe: Pipeline) -> None:
-            self.ctx.live.queue_record(
-                pipe,
+        try:
+            transition = await self.ctx.outcomes.record(
                 name,
-                success=outcome is Outcome.SUCCESS,
-                rate_limited=outcome is Outcome.RATE_LIMITED,
+                outcome,
+                token=self.permit.token,
+                retry_after_s=retry_after,
                 latency_ms=latency_ms,
                 ttft_ms=ttft_ms,
-            )
-
-        counted = count if outcome is not Outcome.IGNORED else None
-        try:
-            transition = await self.ctx.breakers.record(
-                name, outcome, token=self.permit.token, retry_after_s=retry_after, along=counted
             )
             if transition:
                 log.warning("breaker %s: %s -> %s", name, transition.old, transition.new)

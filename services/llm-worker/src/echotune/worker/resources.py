@@ -25,6 +25,7 @@ from echotune.worker.conversations import ConversationStore, migrate_when_possib
 from echotune.worker.inflight import InFlightJobs
 from echotune.worker.metrics import WorkerMetrics
 from echotune.worker.observability import instrument
+from echotune.worker.outcomes import OutcomeRecorder
 from echotune.worker.pool import JobPool
 from echotune.worker.profile import ProfileStore
 from echotune.worker.providers import build_provider
@@ -47,7 +48,7 @@ class Worker:
     flusher: AppendFlusher
     telemetry: TelemetryPublisher
     breakers: CircuitBreakers
-    live: LiveStats
+    outcomes: OutcomeRecorder
     conversations: ConversationStore
     profiles: ProfileStore
     pool: JobPool
@@ -108,6 +109,7 @@ async def open_worker(
         streams, Hold(settings.append_hold_ms / 1000, settings.append_hold_from)
     )
     pace = Hold(settings.read_pace_ms / 1000, settings.read_pace_from)
+    outcomes_hold = Hold(settings.outcome_hold_ms / 1000, settings.outcome_hold_from)
     http = make_client(transport, settings.http_transport, lambda: pace.seconds(flusher.writers))
     instrument(redis, http)
     context_ms = int(settings.context_timeout_s * 1000)
@@ -134,7 +136,9 @@ async def open_worker(
             on_unreplicated=metrics.unreplicated_telemetry.inc,
         ),
         breakers=breakers,
-        live=LiveStats(redis, keys),
+        outcomes=OutcomeRecorder(
+            redis, breakers, LiveStats(redis, keys), lambda: outcomes_hold.seconds(flusher.writers)
+        ),
         pool=JobPool(settings.concurrency),
         conversations=ConversationStore(
             mongo, max_chars=settings.context_max_chars, keep_turns=settings.context_keep_turns
@@ -146,6 +150,7 @@ async def open_worker(
     metrics.append_hold(worker.flusher.hold_s)
     with tracing.untraced():  # per-token appends never make spans
         worker.spawn(worker.flusher.run())
+    worker.spawn(worker.outcomes.run())
     worker.spawn(sweep(worker, settings.reader_check_s))
     worker.spawn(keep_held(worker))
     worker.spawn(migrate_when_possible(worker.conversations))
@@ -159,6 +164,7 @@ async def open_worker(
     finally:
         worker.close()
         await worker.flusher.aclose()
+        await worker.outcomes.flush()
         await worker.telemetry.flush()
         await http.aclose()
         await mongo.close()

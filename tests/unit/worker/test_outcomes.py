@@ -1,0 +1,114 @@
+"""Attempts' outcomes into breakers and live figures: at once when idle, together when busy."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+from redis.asyncio import Redis
+
+from echotune.common.breaker import BreakerPolicy, CircuitBreakers, Outcome, Transition
+from echotune.common.keys import Keys
+from echotune.common.live_stats import LiveStats
+from echotune.common.messages import BreakerState
+from echotune.worker import outcomes
+from echotune.worker.outcomes import OutcomeRecorder
+
+
+class Setup:
+    def __init__(self, redis: Redis) -> None:
+        keys = Keys(f"t{uuid.uuid4().hex[:8]}")
+        self.breakers = CircuitBreakers(redis, keys, BreakerPolicy(consecutive_failures=2))
+        self.live = LiveStats(redis, keys)
+        self.hold_s = 0.0
+        self.recorder = OutcomeRecorder(redis, self.breakers, self.live, lambda: self.hold_s)
+
+    async def success(self, provider: str = "p") -> None:
+        assert await self.record(provider, Outcome.SUCCESS) is None
+
+    async def record(self, provider: str, outcome: Outcome) -> Transition | None:
+        return await self.recorder.record(
+            provider, outcome, token=None, retry_after_s=0, latency_ms=30, ttft_ms=10
+        )
+
+    async def counted(self, provider: str = "p") -> tuple[int, int, int]:
+        """(breaker's calls, live requests, live successes)."""
+        snap, figures = await asyncio.gather(
+            self.breakers.snapshot(provider), self.live.window(provider)
+        )
+        return snap.calls, figures.requests, figures.successes
+
+
+@pytest.fixture
+def setup(redis: Redis) -> Setup:
+    return Setup(redis)
+
+
+async def test_idle_an_outcome_is_recorded_before_the_answer_goes_on(setup: Setup) -> None:
+    await setup.success()
+    assert await setup.counted() == (1, 1, 1)
+
+
+async def test_busy_successes_are_counted_then_recorded_together(setup: Setup) -> None:
+    setup.hold_s = 60
+    for provider in ("p", "p", "p", "q"):
+        await setup.success(provider)
+    assert await setup.counted("p") == (0, 0, 0), "recorded while busy"
+    await setup.recorder.flush()
+    assert (await setup.counted("p"), await setup.counted("q")) == ((3, 3, 3), (1, 1, 1))
+    figures = await setup.live.window("p")
+    assert (figures.latency_p50_ms, figures.ttft_p50_ms) != (None, None)
+
+
+async def test_busy_a_failure_goes_at_once_after_its_providers_successes(setup: Setup) -> None:
+    """In order: the success resets the failures in a row before the failure counts one."""
+    setup.hold_s = 60
+    await setup.success()
+    await setup.success("q")
+    assert await setup.record("p", Outcome.FAILURE) is None
+    snap = await setup.breakers.snapshot("p")
+    assert (snap.calls, snap.failures, snap.consecutive_failures) == (2, 1, 1)
+    assert await setup.counted("q") == (0, 0, 0), "another provider's successes went along"
+    transition = await setup.record("p", Outcome.FAILURE)
+    assert transition is not None
+    assert transition.new is BreakerState.OPEN
+
+
+async def test_counted_successes_are_recorded_within_the_hold(setup: Setup) -> None:
+    setup.hold_s = 0.05
+    runner = asyncio.create_task(setup.recorder.run())
+    try:
+        await setup.success()
+        await setup.success()
+        deadline = time.monotonic() + 5
+        while await setup.counted() != (2, 2, 2):
+            assert time.monotonic() < deadline, "the counted successes were never recorded"
+            await asyncio.sleep(0.01)
+    finally:
+        runner.cancel()
+
+
+async def test_more_successes_than_one_record_counts_go_in_several(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(outcomes, "MOST_COUNTED", 2)
+    setup.hold_s = 60
+    for _ in range(5):
+        await setup.success()
+    await setup.recorder.flush()
+    assert await setup.counted() == (5, 5, 5)
+
+
+async def test_a_failing_figure_is_logged_and_the_breaker_still_counts(
+    setup: Setup, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    setup.hold_s = 60
+    await setup.success()
+    minute = int(time.time() // 60)
+    for at in (minute, minute + 1):  # the minute may turn meanwhile
+        await redis.set(setup.breakers.keys.live_stats("p", at), "not a hash")
+    assert await setup.record("p", Outcome.FAILURE) is None
+    assert (await setup.breakers.snapshot("p")).calls == 2
+    assert "WRONGTYPE" in caplog.text
