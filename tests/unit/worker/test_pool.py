@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from typing import cast
-
-from faststream.redis.message import RedisStreamMessage
 
 from echotune.worker.inflight import InFlight
 from echotune.worker.pool import JobPool
 
-NO_MESSAGE = cast(RedisStreamMessage, None)
-"""Only read when a run asks to be acknowledged; these runs do not."""
+
+async def never(entry_id: str) -> None:
+    raise AssertionError(f"{entry_id} acknowledged: these runs do not ask to be")
 
 
 async def test_a_job_waits_for_a_free_slot() -> None:
-    pool, stop, released = JobPool(1), asyncio.Event(), asyncio.Event()
+    pool, stop, released = JobPool(1, never), asyncio.Event(), asyncio.Event()
 
     async def run() -> bool:
         await stop.wait()
         return False
 
-    await pool.admit(run, NO_MESSAGE, InFlight("r1", "1-1"), released.set)
-    second = asyncio.create_task(pool.admit(run, NO_MESSAGE, InFlight("r2", "2-1"), lambda: None))
+    await pool.admit(run, InFlight("r1", "1-1"), released.set)
+    second = asyncio.create_task(pool.admit(run, InFlight("r2", "2-1"), lambda: None))
     for _ in range(20):  # enough turns of the loop for an admission that does not wait
         await asyncio.sleep(0)
     assert not second.done()

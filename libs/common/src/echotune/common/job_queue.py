@@ -8,6 +8,7 @@ data the group is gone (``NOGROUP``); both sides create it again and carry on.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -141,6 +142,11 @@ async def refresh_held(redis: Redis, keys: Keys, consumer: str, entry_ids: list[
         return []
     taken = await _REFRESH(redis, [keys.jobs], [JOBS_GROUP, consumer, *entry_ids])
     return [str(entry_id) for entry_id in taken]
+
+
+async def ack(redis: Redis, keys: Keys, entry_ids: Sequence[str]) -> int:
+    """Acknowledge the jobs' entries ``entry_ids`` (one command); how many were pending."""
+    return int(await redis.xack(keys.jobs, JOBS_GROUP, *entry_ids))
 
 
 async def let_go(redis: Redis, keys: Keys, consumer: str, entry_id: str) -> bool:

@@ -44,10 +44,7 @@ async def _admit(job: ChatJob, worker: Worker, message: RedisStreamMessage, *, f
         return
     held = worker.jobs.hold(job.request_id, entry)
     await worker.pool.admit(
-        lambda: execute(worker, job, held, first=first),
-        message,
-        held,
-        lambda: worker.jobs.release(held),
+        lambda: execute(worker, job, held, first=first), held, lambda: worker.jobs.release(held)
     )
 
 

@@ -1,7 +1,7 @@
 """Attempts' outcomes into their providers' breakers and live figures (shared in Redis).
 
 Idle, an outcome is recorded as it comes, in one round trip, before its answer goes on. Busy
-(a :class:`Hold`), a success that is no probe's, which changes no breaker's state, is only
+(``hold.py``), a success that is no probe's, which changes no breaker's state, is only
 counted in the process; :meth:`OutcomeRecorder.run` records what was counted at most the hold
 apart: one round trip and one script call per provider, not one per answer. Anything else is
 recorded at once, after the successes counted for its provider: a breaker sees each process's
@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from echotune.common.breaker import MOST_COUNTED, RECORD, CircuitBreakers, Outcome, Transition
 from echotune.common.live_stats import Counts, LiveStats, attempt_counts
 from echotune.common.scripts import Script, execute
+from echotune.worker.hold import held_rounds
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +84,7 @@ class OutcomeRecorder:
 
     async def run(self) -> None:
         """Record the counted successes, at most the hold apart."""
-        loop, began = asyncio.get_running_loop(), 0.0
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if (wait := began + self._hold() - loop.time()) > 0:
-                await asyncio.sleep(wait)  # busy: what comes meanwhile is recorded with it
-            began = loop.time()
-            await self.flush()
+        await held_rounds(self._wake, self._hold, self.flush)
 
     async def flush(self) -> None:
         """Record every counted success now (on shutdown; Redis' errors are logged)."""

@@ -13,8 +13,6 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from faststream.redis.message import RedisStreamMessage
-
 from echotune.worker.inflight import InFlight
 
 log = logging.getLogger(__name__)
@@ -27,40 +25,38 @@ Run = Callable[[], Awaitable[bool]]
 
 
 class JobPool:
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, ack: Callable[[str], Awaitable[None]]) -> None:
+        """``ack``: acknowledges a job's entry (``acks.py``)."""
         self._slots = asyncio.Semaphore(limit)
+        self._ack = ack
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self._tasks)
 
-    async def admit(
-        self, run: Run, message: RedisStreamMessage, held: InFlight, release: Callable[[], None]
-    ) -> None:
+    async def admit(self, run: Run, held: InFlight, release: Callable[[], None]) -> None:
         """Wait for a free slot, then run the job in the background; ``release`` when it ends."""
         try:
             await self._slots.acquire()
         except BaseException:
             release()
             raise
-        task = asyncio.create_task(self._run(run, message, held, release))
+        task = asyncio.create_task(self._run(run, held, release))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(
-        self, run: Run, message: RedisStreamMessage, held: InFlight, release: Callable[[], None]
-    ) -> None:
+    async def _run(self, run: Run, held: InFlight, release: Callable[[], None]) -> None:
         try:
             acknowledge = await run()
         except asyncio.CancelledError:
             if held.ended:
-                await asyncio.shield(_ack(message))
+                await asyncio.shield(self._ack(held.entry_id))
             raise
         except Exception:
             log.exception("job failed unexpectedly; left pending for another worker")
         else:
             if acknowledge:
-                await _ack(message)
+                await self._ack(held.entry_id)
         finally:
             self._slots.release()
             release()
@@ -82,10 +78,3 @@ class JobPool:
             log.error("%d jobs could not end their answers; left pending for a reclaim", len(stuck))
             for task in stuck:
                 task.cancel()
-
-
-async def _ack(message: RedisStreamMessage) -> None:
-    try:
-        await message.ack()
-    except Exception:  # left pending: whoever reclaims it finds the stream ended
-        log.exception("could not acknowledge the job")

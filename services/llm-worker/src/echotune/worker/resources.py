@@ -20,8 +20,10 @@ from echotune.common.providers import ProviderRegistry
 from echotune.common.redis import create_redis, is_cluster
 from echotune.common.request_stream import RequestStreams
 from echotune.common.stop_reasons import CANCELLED
+from echotune.worker.acks import JobAcks
 from echotune.worker.cancels import ClusterCancels
 from echotune.worker.conversations import ConversationStore, migrate_when_possible
+from echotune.worker.hold import Hold
 from echotune.worker.inflight import InFlightJobs
 from echotune.worker.metrics import WorkerMetrics
 from echotune.worker.observability import instrument
@@ -33,7 +35,7 @@ from echotune.worker.providers.base import Provider, make_client
 from echotune.worker.settings import WorkerSettings
 from echotune.worker.telemetry import TelemetryPublisher
 from echotune.worker.upkeep import keep_held, sweep
-from echotune.worker.writer import AppendFlusher, Hold
+from echotune.worker.writer import AppendFlusher
 
 
 @dataclass(slots=True)
@@ -52,6 +54,7 @@ class Worker:
     conversations: ConversationStore
     profiles: ProfileStore
     pool: JobPool
+    acks: JobAcks
     metrics: WorkerMetrics
     _upkeep: list[asyncio.Task[None]] = field(default_factory=list)
     _supervisor: asyncio.Task[None] | None = None
@@ -110,6 +113,7 @@ async def open_worker(
     )
     pace = Hold(settings.read_pace_ms / 1000, settings.read_pace_from)
     outcomes_hold = Hold(settings.outcome_hold_ms / 1000, settings.outcome_hold_from)
+    acks = JobAcks(redis, keys, lambda: outcomes_hold.seconds(flusher.writers))
     http = make_client(transport, settings.http_transport, lambda: pace.seconds(flusher.writers))
     instrument(redis, http)
     context_ms = int(settings.context_timeout_s * 1000)
@@ -139,7 +143,8 @@ async def open_worker(
         outcomes=OutcomeRecorder(
             redis, breakers, LiveStats(redis, keys), lambda: outcomes_hold.seconds(flusher.writers)
         ),
-        pool=JobPool(settings.concurrency),
+        pool=JobPool(settings.concurrency, acks.ack),
+        acks=acks,
         conversations=ConversationStore(
             mongo, max_chars=settings.context_max_chars, keep_turns=settings.context_keep_turns
         ),
@@ -151,6 +156,7 @@ async def open_worker(
     with tracing.untraced():  # per-token appends never make spans
         worker.spawn(worker.flusher.run())
     worker.spawn(worker.outcomes.run())
+    worker.spawn(acks.run())
     worker.spawn(sweep(worker, settings.reader_check_s))
     worker.spawn(keep_held(worker))
     worker.spawn(migrate_when_possible(worker.conversations))
@@ -165,6 +171,7 @@ async def open_worker(
         worker.close()
         await worker.flusher.aclose()
         await worker.outcomes.flush()
+        await acks.flush()
         await worker.telemetry.flush()
         await http.aclose()
         await mongo.close()

@@ -20,7 +20,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from json.encoder import encode_basestring
 
 from redis.exceptions import (
@@ -50,6 +49,7 @@ from echotune.common.request_stream import (
     Final,
     RequestStreams,
 )
+from echotune.worker.hold import Hold, held_rounds
 
 log = logging.getLogger(__name__)
 
@@ -266,20 +266,6 @@ class EventWriter:
         self._pending = []
 
 
-@dataclass(frozen=True)
-class Hold:
-    """Least time between two steps of a busy process (its append rounds, an answer's reads):
-    none below ``from_writers`` answers streaming in it, rising to ``most_s`` at twice as
-    many (idle, a token goes as it comes)."""
-
-    most_s: float = 0.0
-    from_writers: int = 100
-
-    def seconds(self, writers: int) -> float:
-        over = (writers - self.from_writers) / self.from_writers
-        return self.most_s * min(max(over, 0.0), 1.0)
-
-
 class AppendFlusher:
     """Appends the buffered entries of every request of this process, one round trip a round."""
 
@@ -315,17 +301,13 @@ class AppendFlusher:
         self._dirty.pop(id(writer), None)
 
     async def run(self) -> None:
-        loop, began = asyncio.get_running_loop(), 0.0
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._dirty:
-                if (wait := began + self.hold_s() - loop.time()) > 0:
-                    await asyncio.sleep(wait)  # busy: what comes meanwhile joins this round
-                began = loop.time()
-                writers = list(self._dirty.values())
-                self._dirty.clear()
-                await self._send(writers)
+        await held_rounds(self._wake, self.hold_s, self._round)
+
+    async def _round(self) -> None:
+        writers = list(self._dirty.values())
+        self._dirty.clear()
+        if writers:
+            await self._send(writers)
 
     async def _send(self, writers: list[EventWriter]) -> None:
         sending = [(w, b) for w in writers if (b := w.take_batch()) is not None]
