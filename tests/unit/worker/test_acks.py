@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from echotune.common import job_queue
 from echotune.common.keys import JOBS_GROUP, Keys
+from echotune.worker import acks
 from echotune.worker.acks import JobAcks
 
 
@@ -65,6 +66,30 @@ async def test_waiting_entries_are_acknowledged_within_the_hold(jobs: Jobs) -> N
             await asyncio.sleep(0.01)
     finally:
         runner.cancel()
+
+
+async def test_a_flush_cancelled_mid_send_leaves_its_entries_to_the_last_one(
+    jobs: Jobs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs.hold_s = 60
+    entries, sending = await jobs.delivered(2), asyncio.Event()
+
+    async def stuck(*_: object) -> int:
+        sending.set()
+        await asyncio.Event().wait()
+        return 0
+
+    for entry in entries:
+        await jobs.acks.ack(entry)
+    monkeypatch.setattr(acks.job_queue, "ack", stuck)
+    flush = asyncio.create_task(jobs.acks.flush())
+    await asyncio.wait_for(sending.wait(), 5)
+    flush.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flush
+    monkeypatch.undo()
+    await jobs.acks.flush()
+    assert await jobs.pending() == 0
 
 
 async def test_an_acknowledgement_redis_refuses_is_logged(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -94,11 +95,71 @@ async def test_more_successes_than_one_record_counts_go_in_several(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(outcomes, "MOST_COUNTED", 2)
+    counted: list[int] = []
+    queue_record = setup.breakers.queue_record
+
+    def spied(*args: Any, count: int = 1, **kwargs: Any) -> None:
+        counted.append(count)
+        queue_record(*args, count=count, **kwargs)
+
+    monkeypatch.setattr(setup.breakers, "queue_record", spied)
     setup.hold_s = 60
     for _ in range(5):
         await setup.success()
     await setup.recorder.flush()
+    assert counted == [2, 2, 1]
     assert await setup.counted() == (5, 5, 5)
+
+
+def gated(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, list[str]]:
+    """The recorder's flushes wait for the gate before sending; the order of sends."""
+    gate, order = asyncio.Event(), []
+    send = setup.recorder._send
+
+    async def waiting(tallies: Any, now: Any) -> Any:
+        if now is None:
+            await gate.wait()
+        order.append("flush" if now is None else "now")
+        return await send(tallies, now)
+
+    monkeypatch.setattr(setup.recorder, "_send", waiting)
+    return gate, order
+
+
+async def test_an_outcome_waits_for_a_flush_in_flight(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flush carries a success counted before the failure: it must land first."""
+    gate, order = gated(setup, monkeypatch)
+    setup.hold_s = 60
+    await setup.success()
+    flush = asyncio.create_task(setup.recorder.flush())
+    failure = asyncio.create_task(setup.record("p", Outcome.FAILURE))
+    for _ in range(20):  # turns of the loop for a record that does not wait
+        await asyncio.sleep(0)
+    assert order == [], "the failure went out before the flush in flight"
+    gate.set()
+    await asyncio.gather(flush, failure)
+    assert order == ["flush", "now"]
+    snap = await setup.breakers.snapshot("p")
+    assert (snap.calls, snap.consecutive_failures) == (2, 1)
+
+
+async def test_a_flush_cancelled_mid_send_leaves_its_counts_to_the_last_one(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate, _ = gated(setup, monkeypatch)
+    setup.hold_s = 60
+    await setup.success()
+    flush = asyncio.create_task(setup.recorder.flush())
+    for _ in range(20):
+        await asyncio.sleep(0)
+    flush.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await flush
+    gate.set()
+    await setup.recorder.flush()
+    assert await setup.counted() == (1, 1, 1)
 
 
 async def test_a_failing_figure_is_logged_and_the_breaker_still_counts(

@@ -30,10 +30,10 @@ from echotune.common.request_stream import (
     Final,
     RequestStreams,
 )
+from echotune.worker.hold import Hold
 from echotune.worker.writer import (
     AppendFlusher,
     EventWriter,
-    Hold,
     Refused,
     WriteFailed,
     redis_away,

@@ -47,5 +47,8 @@ class JobAcks:
             return
         try:
             await job_queue.ack(self._redis, self._keys, entries)
+        except asyncio.CancelledError:  # shutting down: the last flush sends them (again:
+            self._entries[:0] = entries  # acknowledging twice changes nothing)
+            raise
         except Exception:  # left pending: whoever reclaims them finds their answers ended
             log.exception("could not acknowledge %d jobs", len(entries))

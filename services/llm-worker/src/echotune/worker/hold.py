@@ -23,12 +23,13 @@ class Hold:
 async def held_rounds(
     wake: asyncio.Event, hold: Callable[[], float], send: Callable[[], Awaitable[None]]
 ) -> None:
-    """Forever: once ``wake`` is set, ``send`` what came, at most ``hold()`` after the last."""
+    """Forever: once ``wake`` is set, ``send`` what came, at least ``hold()`` after the last
+    round; ``send`` takes what it sends before its first ``await``."""
     loop, began = asyncio.get_running_loop(), 0.0
     while True:
         await wake.wait()
-        wake.clear()
         if (wait := began + hold() - loop.time()) > 0:
             await asyncio.sleep(wait)  # busy: what comes meanwhile goes with it
+        wake.clear()  # after the wait: what came during it goes now, not in an empty round
         began = loop.time()
         await send()

@@ -52,6 +52,8 @@ class OutcomeRecorder:
         self._redis, self._breakers, self._live, self._hold = redis, breakers, live, hold
         self._tallies: dict[str, _Tally] = {}
         self._wake = asyncio.Event()
+        self._landed = asyncio.Event()  # no flush in flight
+        self._landed.set()
 
     async def record(
         self,
@@ -80,6 +82,7 @@ class OutcomeRecorder:
             self._wake.set()
             return None
         tallies = {provider: self._tallies.pop(provider)} if provider in self._tallies else {}
+        await self._landed.wait()  # successes counted before it and sent already land first
         return await self._send(tallies, _Now(provider, outcome, token, retry_after_s, counts))
 
     async def run(self) -> None:
@@ -89,10 +92,22 @@ class OutcomeRecorder:
     async def flush(self) -> None:
         """Record every counted success now (on shutdown; Redis' errors are logged)."""
         tallies, self._tallies = self._tallies, {}
+        self._landed.clear()
         try:
             await self._send(tallies, None)
+        except asyncio.CancelledError:  # shutting down: the last flush sends them (again: at
+            self._count_again(tallies)  # least once, as the live figures are)
+            raise
         except Exception:
             log.exception("could not record %d providers' successes", len(tallies))
+        finally:
+            self._landed.set()
+
+    def _count_again(self, tallies: dict[str, _Tally]) -> None:
+        for provider, tally in tallies.items():
+            mine = self._tallies.setdefault(provider, _Tally())
+            mine.successes += tally.successes
+            mine.counts.update(tally.counts)
 
     async def _send(self, tallies: dict[str, _Tally], now: _Now | None) -> Transition | None:
         if not tallies and now is None:

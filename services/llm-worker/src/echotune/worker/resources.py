@@ -37,6 +37,9 @@ from echotune.worker.telemetry import TelemetryPublisher
 from echotune.worker.upkeep import keep_held, sweep
 from echotune.worker.writer import AppendFlusher
 
+UPKEEP_STOP_S = 2.0
+"""On shutdown, how long the background tasks may take to stop once cancelled."""
+
 
 @dataclass(slots=True)
 class Worker:
@@ -71,10 +74,13 @@ class Worker:
         if self._supervisor is not None:
             self._supervisor.cancel()
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Stop the background work; a round in flight ends first (its data goes last)."""
         self.stop_supervising()
         for task in self._upkeep:
             task.cancel()
+        if self._upkeep:  # bounded: a Redis call may swallow its cancellation
+            await asyncio.wait(self._upkeep, timeout=UPKEEP_STOP_S)
 
 
 def build_providers(registry: ProviderRegistry, http: httpx.AsyncClient) -> dict[str, Provider]:
@@ -153,10 +159,10 @@ async def open_worker(
     )
     metrics.held_jobs(lambda: len(worker.jobs), settings.concurrency)
     metrics.append_hold(worker.flusher.hold_s)
-    with tracing.untraced():  # per-token appends never make spans
+    with tracing.untraced():  # per-token appends, batched records and acks never make spans
         worker.spawn(worker.flusher.run())
-    worker.spawn(worker.outcomes.run())
-    worker.spawn(acks.run())
+        worker.spawn(worker.outcomes.run())
+        worker.spawn(acks.run())
     worker.spawn(sweep(worker, settings.reader_check_s))
     worker.spawn(keep_held(worker))
     worker.spawn(migrate_when_possible(worker.conversations))
@@ -168,7 +174,7 @@ async def open_worker(
     try:
         yield worker
     finally:
-        worker.close()
+        await worker.close()
         await worker.flusher.aclose()
         await worker.outcomes.flush()
         await acks.flush()

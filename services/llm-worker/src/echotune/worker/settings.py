@@ -87,11 +87,12 @@ class WorkerSettings(ServiceSettings, ProviderSettings):
         100.0,
         ge=0,
         le=1000,
-        description="Least time between two records of a process's counted successes when it "
-        "streams twice outcome_hold_from answers, proportionally less down to none at "
-        "outcome_hold_from: busy, a success that is no probe's (it changes no breaker's state) "
-        "is recorded with the others (breaker window, live figures) in one round trip; every "
-        "other outcome goes at once; 0 turns it off",
+        description="Least time between two records of a process's counted successes, and "
+        "between two acknowledgements of its finished jobs, when it streams twice "
+        "outcome_hold_from answers, proportionally less down to none at outcome_hold_from: busy, "
+        "a success that is no probe's (it changes no breaker's state) is recorded with the "
+        "others (breaker window, live figures) in one round trip, and finished jobs' entries go "
+        "in one XACK; every other outcome goes at once; 0 turns it off",
     )
     outcome_hold_from: int = Field(
         50, ge=1, description="Answers streaming before successes are recorded together"
