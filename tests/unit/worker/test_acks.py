@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 
 import pytest
@@ -13,6 +12,7 @@ from echotune.common import job_queue
 from echotune.common.keys import JOBS_GROUP, Keys
 from echotune.worker import acks
 from echotune.worker.acks import JobAcks
+from tests.support.waiting import until
 
 
 class Jobs:
@@ -60,10 +60,11 @@ async def test_waiting_entries_are_acknowledged_within_the_hold(jobs: Jobs) -> N
     try:
         for entry in entries:
             await jobs.acks.ack(entry)
-        deadline = time.monotonic() + 5
-        while await jobs.pending():
-            assert time.monotonic() < deadline, "the waiting entries were never acknowledged"
-            await asyncio.sleep(0.01)
+
+        async def acknowledged() -> bool:
+            return not await jobs.pending()
+
+        await until(acknowledged, "the waiting entries acknowledged")
     finally:
         runner.cancel()
 

@@ -16,6 +16,7 @@ from echotune.common.live_stats import LiveStats
 from echotune.common.messages import BreakerState
 from echotune.worker import outcomes
 from echotune.worker.outcomes import OutcomeRecorder
+from tests.support.waiting import until
 
 
 class Setup:
@@ -83,10 +84,11 @@ async def test_counted_successes_are_recorded_within_the_hold(setup: Setup) -> N
     try:
         await setup.success()
         await setup.success()
-        deadline = time.monotonic() + 5
-        while await setup.counted() != (2, 2, 2):
-            assert time.monotonic() < deadline, "the counted successes were never recorded"
-            await asyncio.sleep(0.01)
+
+        async def recorded() -> bool:
+            return await setup.counted() == (2, 2, 2)
+
+        await until(recorded, "the counted successes recorded")
     finally:
         runner.cancel()
 
@@ -111,8 +113,11 @@ async def test_more_successes_than_one_record_counts_go_in_several(
     assert await setup.counted() == (5, 5, 5)
 
 
-def gated(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, list[str]]:
-    """The recorder's flushes wait for the gate before sending; the order of sends."""
+async def flush_in_flight(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch
+) -> tuple[asyncio.Event, list[str], asyncio.Task[None]]:
+    """A counted success in a flush that waits for the gate before sending; the order of
+    sends (``flush``, ``now``) and the flush."""
     gate, order = asyncio.Event(), []
     send = setup.recorder._send
 
@@ -123,17 +128,18 @@ def gated(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event,
         return await send(tallies, now)
 
     monkeypatch.setattr(setup.recorder, "_send", waiting)
-    return gate, order
+    setup.hold_s = 60
+    await setup.success()
+    flush = asyncio.create_task(setup.recorder.flush())
+    await asyncio.sleep(0)
+    return gate, order, flush
 
 
 async def test_an_outcome_waits_for_a_flush_in_flight(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The flush carries a success counted before the failure: it must land first."""
-    gate, order = gated(setup, monkeypatch)
-    setup.hold_s = 60
-    await setup.success()
-    flush = asyncio.create_task(setup.recorder.flush())
+    gate, order, flush = await flush_in_flight(setup, monkeypatch)
     failure = asyncio.create_task(setup.record("p", Outcome.FAILURE))
     for _ in range(20):  # turns of the loop for a record that does not wait
         await asyncio.sleep(0)
@@ -148,12 +154,7 @@ async def test_an_outcome_waits_for_a_flush_in_flight(
 async def test_a_flush_cancelled_mid_send_leaves_its_counts_to_the_last_one(
     setup: Setup, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate, _ = gated(setup, monkeypatch)
-    setup.hold_s = 60
-    await setup.success()
-    flush = asyncio.create_task(setup.recorder.flush())
-    for _ in range(20):
-        await asyncio.sleep(0)
+    gate, _, flush = await flush_in_flight(setup, monkeypatch)
     flush.cancel()
     with pytest.raises(asyncio.CancelledError):
         await flush
