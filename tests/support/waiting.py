@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 
 async def until(reached: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 5) -> None:
@@ -13,3 +15,13 @@ async def until(reached: Callable[[], Awaitable[bool]], what: str, timeout_s: fl
     while not await reached():
         assert time.monotonic() < deadline, f"{what} within {timeout_s:g} s"
         await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def running(work: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.Task[None]]:
+    """``work`` in a task for the block, cancelled after it."""
+    task = asyncio.create_task(work)
+    try:
+        yield task
+    finally:
+        task.cancel()

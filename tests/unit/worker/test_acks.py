@@ -12,7 +12,7 @@ from echotune.common import job_queue
 from echotune.common.keys import JOBS_GROUP, Keys
 from echotune.worker import acks
 from echotune.worker.acks import JobAcks
-from tests.support.waiting import until
+from tests.support.waiting import running, until
 
 
 class Jobs:
@@ -31,6 +31,9 @@ class Jobs:
 
     async def pending(self) -> int:
         return int((await self.redis.xpending(self.keys.jobs, JOBS_GROUP))["pending"])
+
+    async def none_pending(self) -> bool:
+        return not await self.pending()
 
 
 @pytest.fixture
@@ -56,17 +59,10 @@ async def test_busy_entries_wait_and_go_in_one_acknowledgement(jobs: Jobs) -> No
 async def test_waiting_entries_are_acknowledged_within_the_hold(jobs: Jobs) -> None:
     jobs.hold_s = 0.05
     entries = await jobs.delivered(2)
-    runner = asyncio.create_task(jobs.acks.run())
-    try:
+    async with running(jobs.acks.run()):
         for entry in entries:
             await jobs.acks.ack(entry)
-
-        async def acknowledged() -> bool:
-            return not await jobs.pending()
-
-        await until(acknowledged, "the waiting entries acknowledged")
-    finally:
-        runner.cancel()
+        await until(jobs.none_pending, "the waiting entries acknowledged")
 
 
 async def test_a_flush_cancelled_mid_send_leaves_its_entries_to_the_last_one(

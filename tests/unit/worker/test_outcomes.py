@@ -16,7 +16,7 @@ from echotune.common.live_stats import LiveStats
 from echotune.common.messages import BreakerState
 from echotune.worker import outcomes
 from echotune.worker.outcomes import OutcomeRecorder
-from tests.support.waiting import until
+from tests.support.waiting import running, until
 
 
 class Setup:
@@ -34,6 +34,9 @@ class Setup:
         return await self.recorder.record(
             provider, outcome, token=None, retry_after_s=0, latency_ms=30, ttft_ms=10
         )
+
+    async def two_recorded(self) -> bool:
+        return await self.counted() == (2, 2, 2)
 
     async def counted(self, provider: str = "p") -> tuple[int, int, int]:
         """(breaker's calls, live requests, live successes)."""
@@ -80,17 +83,10 @@ async def test_busy_a_failure_goes_at_once_after_its_providers_successes(setup: 
 
 async def test_counted_successes_are_recorded_within_the_hold(setup: Setup) -> None:
     setup.hold_s = 0.05
-    runner = asyncio.create_task(setup.recorder.run())
-    try:
+    async with running(setup.recorder.run()):
         await setup.success()
         await setup.success()
-
-        async def recorded() -> bool:
-            return await setup.counted() == (2, 2, 2)
-
-        await until(recorded, "the counted successes recorded")
-    finally:
-        runner.cancel()
+        await until(setup.two_recorded, "the counted successes recorded")
 
 
 async def test_more_successes_than_one_record_counts_go_in_several(
