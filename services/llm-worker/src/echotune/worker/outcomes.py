@@ -90,7 +90,7 @@ class OutcomeRecorder:
         await held_rounds(self._wake, self._hold, self.flush)
 
     async def flush(self) -> None:
-        """Record every counted success now (on shutdown; Redis' errors are logged)."""
+        """Record every counted success now (Redis' errors are logged)."""
         tallies, self._tallies = self._tallies, {}
         self._landed.clear()
         try:
