@@ -25,7 +25,7 @@ class Setup:
         self.breakers = CircuitBreakers(redis, keys, BreakerPolicy(consecutive_failures=2))
         self.live = LiveStats(redis, keys)
         self.hold_s = 0.0
-        self.recorder = OutcomeRecorder(redis, self.breakers, self.live, lambda: self.hold_s)
+        self.recorder = OutcomeRecorder(self.breakers, self.live, lambda: self.hold_s)
 
     async def success(self, provider: str = "p") -> None:
         assert await self.record(provider, Outcome.SUCCESS) is None

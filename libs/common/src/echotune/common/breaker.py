@@ -355,7 +355,8 @@ class CircuitBreakers:
     ) -> None:
         """Queue :meth:`record` (script :data:`RECORD`, its reply read by :meth:`transition`);
         ``count`` successes at once (none a probe's, at most :data:`MOST_COUNTED`)."""
-        if not 1 <= count <= MOST_COUNTED or (count > 1 and (token, outcome) != (None, "success")):
+        alike = token is None and outcome is Outcome.SUCCESS
+        if not 1 <= count <= MOST_COUNTED or (count > 1 and not alike):
             raise ValueError(f"{count} calls of outcome {outcome} cannot be recorded at once")
         p = self.policy
         args: list[Arg] = [

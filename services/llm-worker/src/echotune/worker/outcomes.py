@@ -15,8 +15,6 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
-
 from echotune.common.breaker import MOST_COUNTED, RECORD, CircuitBreakers, Outcome, Transition
 from echotune.common.live_stats import Counts, LiveStats, attempt_counts
 from echotune.common.scripts import Script, execute
@@ -46,10 +44,10 @@ class _Now:
 
 class OutcomeRecorder:
     def __init__(
-        self, redis: Redis, breakers: CircuitBreakers, live: LiveStats, hold: Callable[[], float]
+        self, breakers: CircuitBreakers, live: LiveStats, hold: Callable[[], float]
     ) -> None:
         """``hold``: the least time between two records of counted successes now (0: idle)."""
-        self._redis, self._breakers, self._live, self._hold = redis, breakers, live, hold
+        self._breakers, self._live, self._hold = breakers, live, hold
         self._tallies: dict[str, _Tally] = {}
         self._wake = asyncio.Event()
         self._landed = asyncio.Event()  # no flush in flight
@@ -113,7 +111,8 @@ class OutcomeRecorder:
         if not tallies and now is None:
             return None
         scripts: list[Script | None] = []
-        async with self._redis.pipeline(transaction=False) as pipe:
+        redis = self._breakers.redis
+        async with redis.pipeline(transaction=False) as pipe:
             for provider, tally in tallies.items():
                 for first in range(0, tally.successes, MOST_COUNTED):
                     count = min(MOST_COUNTED, tally.successes - first)
@@ -132,7 +131,7 @@ class OutcomeRecorder:
                 self._live.queue_counts(pipe, provider, tally.counts)
             if now is not None and now.counts is not None:
                 self._live.queue_counts(pipe, now.provider, now.counts)
-            replies = await execute(self._redis, pipe, scripts)
+            replies = await execute(redis, pipe, scripts)
         own = len(scripts) - 1 if now is not None else -1  # its error is raised, not logged
         if failed := [r for i, r in enumerate(replies) if isinstance(r, Exception) and i != own]:
             log.warning("%d commands recording outcomes failed: %s", len(failed), failed[0])

@@ -57,7 +57,6 @@ class Worker:
     conversations: ConversationStore
     profiles: ProfileStore
     pool: JobPool
-    acks: JobAcks
     metrics: WorkerMetrics
     _upkeep: list[asyncio.Task[None]] = field(default_factory=list)
     _supervisor: asyncio.Task[None] | None = None
@@ -119,7 +118,11 @@ async def open_worker(
     )
     pace = Hold(settings.read_pace_ms / 1000, settings.read_pace_from)
     outcomes_hold = Hold(settings.outcome_hold_ms / 1000, settings.outcome_hold_from)
-    acks = JobAcks(redis, keys, lambda: outcomes_hold.seconds(flusher.writers))
+
+    def bookkeeping_hold() -> float:
+        return outcomes_hold.seconds(flusher.writers)
+
+    acks = JobAcks(redis, keys, bookkeeping_hold)
     http = make_client(transport, settings.http_transport, lambda: pace.seconds(flusher.writers))
     instrument(redis, http)
     context_ms = int(settings.context_timeout_s * 1000)
@@ -146,11 +149,8 @@ async def open_worker(
             on_unreplicated=metrics.unreplicated_telemetry.inc,
         ),
         breakers=breakers,
-        outcomes=OutcomeRecorder(
-            redis, breakers, LiveStats(redis, keys), lambda: outcomes_hold.seconds(flusher.writers)
-        ),
+        outcomes=OutcomeRecorder(breakers, LiveStats(redis, keys), bookkeeping_hold),
         pool=JobPool(settings.concurrency, acks.ack),
-        acks=acks,
         conversations=ConversationStore(
             mongo, max_chars=settings.context_max_chars, keep_turns=settings.context_keep_turns
         ),
