@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+from deploy.local import servers
 from deploy.local.servers import ephemeral_ports, free_port
 
 
@@ -22,6 +23,8 @@ def test_a_picked_port_is_free_and_below_the_ephemeral_range() -> None:
 def test_a_port_is_never_handed_out_twice(monkeypatch: pytest.MonkeyPatch) -> None:
     """Ports picked one after another, none bound yet, all differ (the dev stack's gateway
     and telemetry once got the same port and one of them could not start)."""
-    picks = iter([23456, 23456, 23456, 23457])
+    first, second = free_port(), free_port()  # free now, and handed out by no earlier test
+    monkeypatch.setattr(servers, "_handed_out", set())
+    picks = iter([first, first, first, second])
     monkeypatch.setattr(random, "randint", lambda low, high: next(picks))
-    assert [free_port(), free_port()] == [23456, 23457]
+    assert [free_port(), free_port()] == [first, second]

@@ -125,11 +125,14 @@ async def test_read_then_cached(store: ProfileStore) -> None:
 @pytest.mark.parametrize("bound_s", [BOUND_S])
 async def test_a_slow_read_is_not_waited_for_and_fills_the_cache(store: ProfileStore) -> None:
     history(store).release.clear()
-    started = time.monotonic()
-    loaded = await store.load(job())
-    waited = time.monotonic() - started
-    assert (loaded.use.status, loaded.use.reason) == (ProfileStatus.SKIPPED, "timeout")
-    assert waited < BOUND_S + 0.5, f"waited {waited:.3f} s"
+    for _ in range(5):  # a cache lookup that outlasts the bound itself starts no read: again
+        started = time.monotonic()
+        loaded = await store.load(job())
+        waited = time.monotonic() - started
+        assert (loaded.use.status, loaded.use.reason) == (ProfileStatus.SKIPPED, "timeout")
+        assert waited < BOUND_S + 0.5, f"waited {waited:.3f} s"
+        if history(store).calls:
+            break
     history(store).release.set()
     await until_cached(store, store.keys.profile("nina", "UTC"))
     later = await store.load(job())
