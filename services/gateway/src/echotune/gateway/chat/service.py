@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import logging
 import time
@@ -190,11 +191,13 @@ class ChatService:
         self.limits, self.streams = limits, streams
         self._background: set[asyncio.Task[object]] = set()
         self._open_streams: dict[str, str] = {}  # stream key → user id, for the open-stream cap
+        self._stream_prefix = f"{uuid.uuid4().hex}:"  # a stream's key: this, then a number
+        self._stream_numbers = itertools.count()
 
     async def open(self, chat: ChatInput, last_event_id: str | None) -> OpenStream | None:
         """Start or attach to the stream of ``chat.request_id``; ``None``: nothing left to send."""
         opened_at = time.monotonic()
-        stream_key = f"{self.relay.gateway_id}:{uuid.uuid4().hex}"
+        stream_key = f"{self._stream_prefix}{next(self._stream_numbers)}"
         open_key = (self.keys.open_streams(chat.user_id), stream_key)
         if chat.message is None:
             stream = await self._resume(chat, stream_key, last_event_id)

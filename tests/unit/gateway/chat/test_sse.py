@@ -1,0 +1,151 @@
+"""The SSE response: it streams until the body ends or the client leaves, and closes once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from echotune.gateway.chat.sse import SSEResponse
+
+
+class Client:
+    """The server's side of one connection: what was sent, and a disconnect to give."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.leave = asyncio.Event()
+        self.receive_error: Exception | None = None
+
+    async def receive(self) -> dict[str, Any]:
+        await self.leave.wait()
+        if self.receive_error is not None:
+            raise self.receive_error
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+
+    def bodies(self) -> list[bytes]:
+        return [m["body"] for m in self.sent if m["type"] == "http.response.body"]
+
+
+class Body:
+    """A body that yields its frames, then waits until told to go on; records how it ended."""
+
+    def __init__(self, frames: list[bytes], *, then_wait: bool) -> None:
+        self.frames, self.then_wait = frames, then_wait
+        self.waiting = asyncio.Event()
+        self.closed_by: str | None = None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            for chunk in self.frames:
+                yield chunk
+            if self.then_wait:
+                self.waiting.set()
+                await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.closed_by = "cancel"
+            raise
+        else:
+            self.closed_by = "end"
+
+
+def respond(body: Body) -> tuple[SSEResponse, list[int]]:
+    closes: list[int] = []
+    response = SSEResponse(body.__aiter__(), headers={}, on_close=lambda: closes.append(1))
+    return response, closes
+
+
+async def test_a_body_that_ends_is_sent_whole_and_closes_once() -> None:
+    client, body = Client(), Body([b"a", b"b"], then_wait=False)
+    response, closes = respond(body)
+    await response({"type": "http"}, client.receive, client.send)
+    assert client.bodies() == [b"a", b"b", b""]
+    assert (body.closed_by, closes) == ("end", [1])
+
+
+async def test_a_client_that_leaves_stops_the_body_at_once() -> None:
+    client, body = Client(), Body([b"a"], then_wait=True)
+    response, closes = respond(body)
+    serving = asyncio.create_task(response({"type": "http"}, client.receive, client.send))
+    await body.waiting.wait()
+    client.leave.set()
+    await serving  # ends without an error
+    assert (body.closed_by, closes) == ("cancel", [1])
+    assert client.bodies() == [b"a"]
+
+
+async def test_a_client_gone_before_the_first_frame_still_closes() -> None:
+    client, body = Client(), Body([], then_wait=True)
+    client.leave.set()
+    response, closes = respond(body)
+    await response({"type": "http"}, client.receive, client.send)
+    assert closes == [1]
+
+
+async def test_a_cancel_from_outside_is_not_swallowed() -> None:
+    client, body = Client(), Body([b"a"], then_wait=True)
+    response, closes = respond(body)
+    serving = asyncio.create_task(response({"type": "http"}, client.receive, client.send))
+    await body.waiting.wait()
+    serving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await serving
+    assert (body.closed_by, closes) == ("cancel", [1])
+
+
+async def test_a_cancel_from_outside_as_the_client_leaves_is_not_swallowed() -> None:
+    client, body = Client(), Body([b"a"], then_wait=True)
+    response, closes = respond(body)
+    serving = asyncio.create_task(response({"type": "http"}, client.receive, client.send))
+    await body.waiting.wait()
+    client.leave.set()
+    await asyncio.sleep(0)  # the listener sees the disconnect and stops the body
+    serving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await serving
+    assert closes == [1]
+
+
+async def test_a_write_to_a_closed_connection_ends_the_stream_quietly() -> None:
+    client, body = Client(), Body([b"a", b"b"], then_wait=False)
+
+    async def broken(message: dict[str, Any]) -> None:
+        if message.get("body"):
+            raise OSError("connection reset")
+        await client.send(message)
+
+    response, closes = respond(body)
+    await response({"type": "http"}, client.receive, broken)
+    assert closes == [1]
+
+
+async def test_a_failing_receive_stops_the_body_and_is_raised() -> None:
+    client, body = Client(), Body([b"a"], then_wait=True)
+    client.receive_error = RuntimeError("the server broke")
+    response, closes = respond(body)
+    serving = asyncio.create_task(response({"type": "http"}, client.receive, client.send))
+    await body.waiting.wait()
+    client.leave.set()
+    with pytest.raises(RuntimeError, match="the server broke"):
+        await serving
+    assert (body.closed_by, closes) == ("cancel", [1])
+
+
+async def test_the_serving_task_goes_on_unharmed_and_no_task_is_left() -> None:
+    """After the response, the server's task goes on (middlewares, the next request): the
+    listener, cancelled as the body ended, must not cancel it on its way out."""
+    client, body = Client(), Body([b"a"], then_wait=False)
+    response, _ = respond(body)
+
+    async def serve_then_go_on() -> None:
+        before = asyncio.all_tasks()
+        await response({"type": "http"}, client.receive, client.send)
+        if listener := asyncio.all_tasks() - before:
+            await asyncio.wait(listener)  # it ends, cancelled
+
+    await serve_then_go_on()
