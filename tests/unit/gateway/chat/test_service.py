@@ -607,3 +607,34 @@ async def test_a_final_the_gateway_writes_before_a_replica_holds_it_is_counted(
         service.release(stream)
     assert ended is Final.WRITTEN
     assert service.metrics.unreplicated_finals._value.get() == 1
+
+
+async def test_take_backs_while_one_is_in_flight_go_together(
+    gateway: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each ended stream gave its slot back in a round trip and a task of its own; busy, those
+    ending while one is in flight now go in the next round trip, all at once."""
+    service: ChatService = gateway.state.chat
+    rounds: list[list[tuple[str, str]]] = []
+    sent, go_on = asyncio.Event(), asyncio.Event()
+
+    async def take_back(taken: list[tuple[str, str]]) -> None:
+        rounds.append(list(taken))
+        sent.set()
+        await go_on.wait()
+        if taken[0][1] == "fails":
+            raise RedisConnectionError("Redis is away")
+
+    monkeypatch.setattr(service.limits, "take_back", take_back)
+    service._take_back_soon([("k", "fails")])  # idle: at once
+    await sent.wait()
+    service._take_back_soon([("k", "a")])
+    service._take_back_soon([("k", "b"), ("k", "c")])
+    sent.clear()
+    go_on.set()  # the first fails: the others still go, in one round trip
+    await sent.wait()
+    assert rounds == [[("k", "fails")], [("k", "a"), ("k", "b"), ("k", "c")]]
+    await asyncio.gather(*service._background)
+    service._take_back_soon([("k", "d")])  # idle again: at once
+    await asyncio.gather(*service._background)
+    assert rounds[2:] == [[("k", "d")]]

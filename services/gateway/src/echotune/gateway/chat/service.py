@@ -190,6 +190,8 @@ class ChatService:
         self.providers, self.settings, self.keys = providers, settings, settings.keys
         self.limits, self.streams = limits, streams
         self._background: set[asyncio.Task[object]] = set()
+        self._to_take_back: list[tuple[str, str]] = []
+        self._taking_back = False
         self._open_streams: dict[str, str] = {}  # stream key → user id, for the open-stream cap
         self._stream_prefix = f"{uuid.uuid4().hex}:"  # a stream's key: this, then a number
         self._stream_numbers = itertools.count()
@@ -547,9 +549,26 @@ class ChatService:
             await self.streams.append_final(request_id, FORCE, 0, error)
 
     def _take_back_soon(self, taken: Sequence[tuple[str, str]]) -> None:
-        """Forget counted starts or open streams, off the response path (Redis may be down)."""
-        if taken:
-            self._soon(self.limits.take_back(taken))
+        """Forget counted starts or open streams, off the response path (Redis may be down):
+        at once, or with whatever else comes while a take-back is in flight."""
+        if not taken:
+            return
+        self._to_take_back += taken
+        if not self._taking_back:
+            self._taking_back = True
+            self._soon(self._take_back_all())
+
+    async def _take_back_all(self) -> None:
+        """One round trip per round, until nothing is left to take back."""
+        try:
+            while self._to_take_back:
+                taken, self._to_take_back = self._to_take_back, []
+                try:
+                    await self.limits.take_back(taken)
+                except Exception as exc:  # the members lapse (see limits.py)
+                    log.warning("could not take back %d counted members: %s", len(taken), exc)
+        finally:
+            self._taking_back = False
 
     def cancel_soon(self, request_id: str, user_id: str) -> None:
         """Cancel from a context that is itself being cancelled (a client that left)."""
