@@ -17,13 +17,15 @@ from urllib.parse import unquote, urlsplit
 
 from faststream.redis import RedisBroker, RedisClusterBroker
 from faststream.redis.configs.state import RedisConnectionState
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.driver_info import DriverInfo
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+
+from echotune.common.redis_pool import QuickPool
 
 CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
 BROKER_CONNECTIONS = 256
@@ -129,7 +131,7 @@ def create_redis(
     """
     if (cluster := cluster_address(url)) is not None:
         return cast(Redis, _create_cluster(cluster, socket_timeout=socket_timeout))
-    pool = BlockingConnectionPool.from_url(
+    pool = QuickPool.from_url(
         url,
         max_connections=max_connections,
         timeout=timeout,
@@ -226,7 +228,7 @@ class _WaitingPoolState(RedisConnectionState):
     (``MaxConnectionsError``): a burst of chat starts, acks or telemetry failed instead."""
 
     async def connect(self) -> Redis:
-        pool = BlockingConnectionPool(
+        pool = QuickPool(
             max_connections=BROKER_CONNECTIONS,
             timeout=BROKER_POOL_WAIT_S,
             **{"driver_info": DRIVER_INFO, **self._options},

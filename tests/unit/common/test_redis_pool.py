@@ -1,0 +1,80 @@
+"""The quick waiting pool: free connections reused, waiters woken, dead ones replaced."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from echotune.common.redis import create_redis
+from echotune.common.redis_pool import QuickPool
+
+pytestmark = pytest.mark.single_node(reason="a pool of one server's connections")
+
+
+@pytest.fixture
+async def small(redis_server_url: str) -> AsyncIterator[Redis]:
+    """A client of two connections that waits at most a second for one."""
+    client = create_redis(redis_server_url, max_connections=2, timeout=1.0)
+    assert isinstance(client.connection_pool, QuickPool)
+    yield client
+    await client.aclose()
+
+
+def counts(client: Redis) -> tuple[int, int]:
+    pool = client.connection_pool
+    assert isinstance(pool, QuickPool)
+    return len(pool._available_connections), len(pool._in_use_connections)
+
+
+async def test_a_free_connection_is_reused_and_given_back(small: Redis) -> None:
+    await small.set("quick:k", "v")
+    assert counts(small) == (1, 0)
+    for _ in range(5):
+        assert await small.get("quick:k") == "v"
+    assert counts(small) == (1, 0)
+
+
+async def test_more_commands_than_connections_all_complete(small: Redis) -> None:
+    """Those waiting for a connection are woken as the others give theirs back."""
+    replies = await asyncio.wait_for(
+        asyncio.gather(*(small.incr("quick:n") for _ in range(50))), 10
+    )
+    assert sorted(replies) == list(range(1, 51))
+    assert counts(small) == (2, 0)
+
+
+async def test_a_connection_the_server_closed_is_replaced(small: Redis) -> None:
+    await small.ping()
+    (connection,) = small.connection_pool._available_connections  # type: ignore[attr-defined]
+    await small.client_kill_filter(_id=await small.client_id(), skipme=False)
+    assert await small.ping()
+    assert counts(small) == (1, 0)
+    assert connection.is_connected
+
+
+async def test_an_exhausted_pool_still_waits_then_fails(small: Redis) -> None:
+    pool = small.connection_pool
+    held = [await pool.get_connection(), await pool.get_connection()]
+    with pytest.raises(RedisConnectionError, match="No connection available"):
+        await small.ping()
+    for connection in held:
+        await pool.release(connection)
+    assert await small.ping()
+    assert counts(small) == (2, 0)
+
+
+async def test_a_waiter_gets_the_connection_given_back(small: Redis) -> None:
+    pool = small.connection_pool
+    held = [await pool.get_connection(), await pool.get_connection()]
+    waiting = asyncio.create_task(small.ping())
+    async with asyncio.timeout(5):
+        while not pool._condition._waiters:  # type: ignore[attr-defined]  # noqa: ASYNC110
+            await asyncio.sleep(0)  # the waiter registers within a few turns of the loop
+    await pool.release(held.pop())
+    assert await asyncio.wait_for(waiting, 5)
+    await pool.release(held.pop())
+    assert counts(small) == (2, 0)
