@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-from collections.abc import Callable
 from typing import Annotated, Any
 
 import anyio.to_thread
 import faststream.redis.schemas.stream_sub
 import pytest
-from faststream import AckPolicy, Context
+from faststream import Context
 from faststream.redis import RedisBroker, StreamSub, TestRedisBroker
 from faststream.redis.message import RedisMessage
-from redis.asyncio import Redis
 
 from echotune.common.consuming import InlineContext, StreamSubscription, restart_stopped
 
@@ -106,37 +102,3 @@ def test_a_stream_subscription_with_a_prefix_is_a_prefixed_copy() -> None:
     assert subscription.add_prefix("") is subscription
     prefixed = subscription.add_prefix("tenant:")
     assert (prefixed.name, prefixed.group, subscription.name) == ("tenant:jobs", "workers", "jobs")
-
-
-@pytest.mark.parametrize(("room", "taken"), [(None, 8), (lambda: 3, 3), (lambda: 0, 1)])
-async def test_a_read_takes_no_more_entries_than_there_is_room_for(
-    redis_server_url: str, room: Callable[[], int] | None, taken: int
-) -> None:
-    """The first read finds ten entries: it takes ``max_records``, or what ``room`` says (at
-    least one); the handler holds the first, so the read's entries stay pending."""
-    stream = f"jobs-{uuid.uuid4().hex[:8]}"
-    redis = Redis.from_url(redis_server_url)
-    await redis.xgroup_create(stream, "workers", id="0", mkstream=True)
-    for n in range(10):
-        await redis.xadd(stream, {"n": n})
-    broker = RedisBroker(redis_server_url)
-    handling, release = asyncio.Event(), asyncio.Event()
-    subscription = StreamSubscription(
-        stream, group="workers", consumer="w1", max_records=8, polling_interval=100, room=room
-    )
-
-    @broker.subscriber(stream=subscription, ack_policy=AckPolicy.MANUAL)
-    async def handle(body: Any) -> None:
-        handling.set()
-        await release.wait()
-
-    try:
-        async with broker:
-            await broker.start()
-            await handling.wait()
-            pending = await redis.xpending(stream, "workers")
-            release.set()
-    finally:
-        await redis.delete(stream)
-        await redis.aclose()
-    assert pending["pending"] == taken

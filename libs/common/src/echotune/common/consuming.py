@@ -28,34 +28,12 @@ class InlineContext(ContextField):
 class StreamSubscription(StreamSub):
     """``StreamSub`` that is not copied per message: FastStream adds the broker's prefix to its
     subscription with a ``deepcopy`` each time it reads a field of it (on every read, twice
-    more per message); without a prefix the subscription is itself.
+    more per message); without a prefix the subscription is itself."""
 
-    Given ``room`` (set at any time), each read takes as many entries as it says, at least one
-    and at most ``max_records``: FastStream reads ``max_records`` afresh for every read. A read
-    costs a consumer about as much as the dispatch of the entries it brings."""
-
-    __slots__ = ("room",)
-
-    def __init__(self, *args: Any, room: Callable[[], int] | None = None, **options: Any) -> None:
-        self.room = room
-        super().__init__(*args, **options)
-
-    @property
-    def max_records(self) -> int | None:
-        most: int | None = _MAX_RECORDS.__get__(self)
-        if self.room is None or most is None:
-            return most
-        return max(1, min(most, self.room()))
-
-    @max_records.setter
-    def max_records(self, value: int | None) -> None:
-        _MAX_RECORDS.__set__(self, value)
+    __slots__ = ()
 
     def add_prefix(self, prefix: str) -> Self:
         return self if not prefix else super().add_prefix(prefix)
-
-
-_MAX_RECORDS: Any = StreamSub.__dict__["max_records"]  # the slot underneath the property
 
 
 class Subscriber(Protocol):

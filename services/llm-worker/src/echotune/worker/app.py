@@ -31,28 +31,23 @@ from echotune.worker.settings import WorkerSettings
 from echotune.worker.upkeep import keep_consuming
 
 IDLE_BLOCK_MS = 5000
-READ_MOST = 16
-"""New jobs one read takes at most; never more than the slots free (``JobPool.room``)."""
 
 
-def subscribe(
-    broker: RedisBroker, settings: WorkerSettings
-) -> tuple[list[Subscriber], StreamSubscription]:
-    """Register the handlers; the two job subscribers (new and reclaimed jobs), and the reads
-    of new jobs (its ``room`` is the pool's, once the worker is open)."""
+def subscribe(broker: RedisBroker, settings: WorkerSettings) -> list[Subscriber]:
+    """Register the handlers; the two job subscribers (new and reclaimed jobs)."""
     keys = settings.keys
-    # As many entries per read as slots are free (one when none is: the handler waits for a
-    # slot; see pool.py). The read blocks until a job comes (a new entry ends the block at
-    # once): an idle worker wakes rarely.
-    new_jobs = StreamSubscription(
-        keys.jobs,
-        group=JOBS_GROUP,
-        consumer=settings.consumer,
-        max_records=READ_MOST,
-        polling_interval=IDLE_BLOCK_MS,
-        room=lambda: 1,
+    # One entry per read, and none before a slot is free (see pool.py). The read blocks until
+    # a job comes (a new entry ends the block at once): an idle worker wakes rarely.
+    jobs = broker.subscriber(
+        stream=StreamSubscription(
+            keys.jobs,
+            group=JOBS_GROUP,
+            consumer=settings.consumer,
+            max_records=1,
+            polling_interval=IDLE_BLOCK_MS,
+        ),
+        ack_policy=AckPolicy.MANUAL,
     )
-    jobs = broker.subscriber(stream=new_jobs, ack_policy=AckPolicy.MANUAL)
     # Jobs left pending by a dead worker (its entries stop being refreshed) come back here;
     # looked for four times per reclaim period.
     reclaimed = broker.subscriber(
@@ -69,7 +64,7 @@ def subscribe(
     reclaimed(handlers.reclaim_job)
     if not is_cluster(settings.redis_url):  # on a cluster: cancels.py (resources.py starts it)
         broker.subscriber(channel=keys.cancel_channel)(handlers.handle_cancel)
-    return [jobs, reclaimed], new_jobs
+    return [jobs, reclaimed]
 
 
 def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
@@ -83,13 +78,12 @@ def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
         logger=logging.getLogger("echotune.worker.broker"),
         graceful_timeout=settings.drain_s,
     )
-    job_subscribers, new_jobs = subscribe(broker, settings)
+    job_subscribers = subscribe(broker, settings)
 
     @asynccontextmanager
     async def lifespan(context: ContextRepo) -> AsyncIterator[None]:
         async with open_worker(settings, broker, metrics) as worker:
             context.set_global("worker", worker)
-            new_jobs.room = worker.pool.room
             heap.settle()
             yield
 

@@ -1,11 +1,10 @@
 """Admission of jobs: at most ``limit`` run at once, and no job is taken before a slot is free.
 
 FastStream's ``max_workers`` reads ahead without bound (each read message waits in a task
-for a slot), so a busy worker would hoard jobs that an idle one could run. Here a read takes
-no more new jobs than :meth:`JobPool.room` says (``app.py``), and the handler itself waits for
-a slot, which stops the subscriber from reading until one is free; the one entry read while
-none was free is held (kept fresh, see ``inflight.py``) while it waits. The job then runs in
-its own task and is acknowledged when it ends.
+for a slot), so a busy worker would hoard jobs that an idle one could run. Here the handler
+itself waits for a slot, which stops the subscriber from reading until one is free; the one
+entry read meanwhile is held (kept fresh, see ``inflight.py``) while it waits. The job then
+runs in its own task and is acknowledged when it ends.
 """
 
 from __future__ import annotations
@@ -29,16 +28,11 @@ class JobPool:
     def __init__(self, limit: int, ack: Callable[[str], Awaitable[None]]) -> None:
         """``ack``: acknowledges a job's entry (``acks.py``)."""
         self._slots = asyncio.Semaphore(limit)
-        self._limit, self._ack = limit, ack
+        self._ack = ack
         self._tasks: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self._tasks)
-
-    def room(self) -> int:
-        """Jobs that would run at once if admitted now (a job ending frees its slot a little
-        before it leaves the count)."""
-        return self._limit - len(self._tasks)
 
     async def admit(self, run: Run, held: InFlight, release: Callable[[], None]) -> None:
         """Wait for a free slot, then run the job in the background; ``release`` when it ends."""
