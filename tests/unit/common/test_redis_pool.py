@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -17,8 +18,8 @@ pytestmark = pytest.mark.single_node(reason="a pool of one server's connections"
 
 @pytest.fixture
 async def small(redis_server_url: str) -> AsyncIterator[Redis]:
-    """A client of two connections that waits at most a second for one."""
-    client = create_redis(redis_server_url, max_connections=2, timeout=1.0)
+    """A client of two connections (a command waits up to 10 s for one)."""
+    client = create_redis(redis_server_url, max_connections=2)
     assert isinstance(client.connection_pool, QuickPool)
     yield client
     await client.aclose()
@@ -56,15 +57,36 @@ async def test_a_connection_the_server_closed_is_replaced(small: Redis) -> None:
     assert connection.is_connected
 
 
-async def test_an_exhausted_pool_still_waits_then_fails(small: Redis) -> None:
+async def test_a_free_connection_is_still_checked(
+    small: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py checks a connection it hands out (connected, nothing unread): so does this."""
+    await small.ping()
     pool = small.connection_pool
-    held = [await pool.get_connection(), await pool.get_connection()]
-    with pytest.raises(RedisConnectionError, match="No connection available"):
-        await small.ping()
-    for connection in held:
-        await pool.release(connection)
-    assert await small.ping()
-    assert counts(small) == (2, 0)
+    checked: list[object] = []
+    ensure = pool.ensure_connection
+
+    async def counted(connection: Any) -> None:
+        checked.append(connection)
+        await ensure(connection)
+
+    monkeypatch.setattr(pool, "ensure_connection", counted)
+    await small.ping()
+    assert checked == pool._available_connections  # type: ignore[attr-defined]
+
+
+async def test_an_exhausted_pool_still_waits_then_fails(redis_server_url: str) -> None:
+    client = create_redis(redis_server_url, max_connections=1, timeout=0.2)
+    pool = client.connection_pool
+    try:
+        held = await pool.get_connection()
+        with pytest.raises(RedisConnectionError, match="No connection available"):
+            await client.ping()
+        await pool.release(held)
+        assert await client.ping()
+        assert counts(client) == (1, 0)
+    finally:
+        await client.aclose()
 
 
 async def test_a_waiter_gets_the_connection_given_back(small: Redis) -> None:

@@ -638,3 +638,23 @@ async def test_take_backs_while_one_is_in_flight_go_together(
     service._take_back_soon([("k", "d")])  # idle again: at once
     await asyncio.gather(*service._background)
     assert rounds[2:] == [[("k", "d")]]
+
+
+async def test_a_take_back_cancelled_before_it_ran_does_not_stop_the_next(
+    gateway: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service: ChatService = gateway.state.chat
+    rounds: list[list[tuple[str, str]]] = []
+
+    async def take_back(taken: list[tuple[str, str]]) -> None:
+        rounds.append(list(taken))
+
+    monkeypatch.setattr(service.limits, "take_back", take_back)
+    before = set(service._background)
+    service._take_back_soon([("k", "a")])
+    (first,) = service._background - before
+    first.cancel()  # before its first step: its own finally never runs
+    await asyncio.gather(first, return_exceptions=True)
+    service._take_back_soon([("k", "b")])
+    await asyncio.gather(*service._background)
+    assert rounds == [[("k", "a"), ("k", "b")]]

@@ -39,6 +39,7 @@ class Body:
         self.frames, self.then_wait = frames, then_wait
         self.waiting = asyncio.Event()
         self.closed_by: str | None = None
+        self.on_cancel: Exception | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
@@ -49,6 +50,8 @@ class Body:
                 await asyncio.Event().wait()
         except asyncio.CancelledError:
             self.closed_by = "cancel"
+            if self.on_cancel is not None:
+                raise self.on_cancel from None
             raise
         else:
             self.closed_by = "end"
@@ -58,6 +61,14 @@ def respond(body: Body) -> tuple[SSEResponse, list[int]]:
     closes: list[int] = []
     response = SSEResponse(body.__aiter__(), headers={}, on_close=lambda: closes.append(1))
     return response, closes
+
+
+async def served_until_waiting(client: Client, body: Body) -> tuple[asyncio.Task[None], list[int]]:
+    """The response served in a task of its own, once its body waits for more."""
+    response, closes = respond(body)
+    serving = asyncio.create_task(response({"type": "http"}, client.receive, client.send))
+    await body.waiting.wait()
+    return serving, closes
 
 
 async def test_a_body_that_ends_is_sent_whole_and_closes_once() -> None:
@@ -70,16 +81,15 @@ async def test_a_body_that_ends_is_sent_whole_and_closes_once() -> None:
 
 async def test_a_client_that_leaves_stops_the_body_at_once() -> None:
     client, body = Client(), Body([b"a"], then_wait=True)
-    response, closes = respond(body)
-    serving = asyncio.create_task(response({"type": "http"}, client.receive, client.send))
-    await body.waiting.wait()
+    serving, closes = await served_until_waiting(client, body)
     client.leave.set()
     await serving  # ends without an error
     assert (body.closed_by, closes) == ("cancel", [1])
     assert client.bodies() == [b"a"]
+    assert serving.cancelling() == 0  # its own stop taken back: later timeouts work
 
 
-async def test_a_client_gone_before_the_first_frame_still_closes() -> None:
+async def test_a_client_gone_at_once_still_closes() -> None:
     client, body = Client(), Body([], then_wait=True)
     client.leave.set()
     response, closes = respond(body)
@@ -89,9 +99,7 @@ async def test_a_client_gone_before_the_first_frame_still_closes() -> None:
 
 async def test_a_cancel_from_outside_is_not_swallowed() -> None:
     client, body = Client(), Body([b"a"], then_wait=True)
-    response, closes = respond(body)
-    serving = asyncio.create_task(response({"type": "http"}, client.receive, client.send))
-    await body.waiting.wait()
+    serving, closes = await served_until_waiting(client, body)
     serving.cancel()
     with pytest.raises(asyncio.CancelledError):
         await serving
@@ -100,15 +108,23 @@ async def test_a_cancel_from_outside_is_not_swallowed() -> None:
 
 async def test_a_cancel_from_outside_as_the_client_leaves_is_not_swallowed() -> None:
     client, body = Client(), Body([b"a"], then_wait=True)
-    response, closes = respond(body)
-    serving = asyncio.create_task(response({"type": "http"}, client.receive, client.send))
-    await body.waiting.wait()
+    serving, closes = await served_until_waiting(client, body)
     client.leave.set()
     await asyncio.sleep(0)  # the listener sees the disconnect and stops the body
     serving.cancel()
     with pytest.raises(asyncio.CancelledError):
         await serving
     assert closes == [1]
+
+
+async def test_a_body_that_turns_the_stop_into_an_error_raises_it_uncancelled() -> None:
+    client, body = Client(), Body([b"a"], then_wait=True)
+    serving, closes = await served_until_waiting(client, body)
+    body.on_cancel = RuntimeError("cleaning up failed")
+    client.leave.set()
+    with pytest.raises(RuntimeError, match="cleaning up failed"):
+        await serving
+    assert (closes, serving.cancelling()) == ([1], 0)
 
 
 async def test_a_write_to_a_closed_connection_ends_the_stream_quietly() -> None:
@@ -127,9 +143,7 @@ async def test_a_write_to_a_closed_connection_ends_the_stream_quietly() -> None:
 async def test_a_failing_receive_stops_the_body_and_is_raised() -> None:
     client, body = Client(), Body([b"a"], then_wait=True)
     client.receive_error = RuntimeError("the server broke")
-    response, closes = respond(body)
-    serving = asyncio.create_task(response({"type": "http"}, client.receive, client.send))
-    await body.waiting.wait()
+    serving, closes = await served_until_waiting(client, body)
     client.leave.set()
     with pytest.raises(RuntimeError, match="the server broke"):
         await serving

@@ -49,5 +49,11 @@ class QuickPool(BlockingConnectionPool):
         self._available_connections.append(connection)
 
     def _takes_quickly(self) -> bool:
-        """Nobody waits for a connection (a release must wake them) and no maintenance."""
-        return self._quick and not self._in_maintenance and not self._condition._waiters
+        """Nobody waits for a connection (a release must wake them), no maintenance, and the
+        pool's lock is free (redis-py holds it while it reconfigures its connections)."""
+        return (
+            self._quick
+            and not self._in_maintenance
+            and not self._condition._waiters
+            and not self._lock.locked()
+        )

@@ -555,8 +555,12 @@ class ChatService:
             return
         self._to_take_back += taken
         if not self._taking_back:
+            self._soon(self._take_back_all()).add_done_callback(self._took_back)
             self._taking_back = True
-            self._soon(self._take_back_all())
+
+    def _took_back(self, task: asyncio.Task[object]) -> None:
+        if task.cancelled():  # maybe before its first step: its ``finally`` never ran
+            self._taking_back = False
 
     async def _take_back_all(self) -> None:
         """One round trip per round, until nothing is left to take back."""
@@ -574,11 +578,12 @@ class ChatService:
         """Cancel from a context that is itself being cancelled (a client that left)."""
         self._soon(self.cancel(request_id, user_id))
 
-    def _soon(self, work: Any) -> None:
+    def _soon(self, work: Any) -> asyncio.Task[object]:
         task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(_log_failure)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def frames(self, stream: OpenStream) -> AsyncIterator[bytes]:
         """The SSE body: first frame, then relayed events and heartbeats until the final one.
