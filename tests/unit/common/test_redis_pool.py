@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from echotune.common.redis import create_redis
@@ -70,7 +70,11 @@ async def test_a_free_connection_is_still_checked(
         checked.append(connection)
         await ensure(connection)
 
+    async def slow_path(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a free connection was taken through redis-py's own path")
+
     monkeypatch.setattr(pool, "ensure_connection", counted)
+    monkeypatch.setattr(BlockingConnectionPool, "get_connection", slow_path)
     await small.ping()
     assert checked == pool._available_connections  # type: ignore[attr-defined]
 

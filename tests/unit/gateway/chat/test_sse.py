@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -110,7 +111,7 @@ async def test_a_cancel_from_outside_as_the_client_leaves_is_not_swallowed() -> 
     client, body = Client(), Body([b"a"], then_wait=True)
     serving, closes = await served_until_waiting(client, body)
     client.leave.set()
-    await asyncio.sleep(0)  # the listener sees the disconnect and stops the body
+    await asyncio.sleep(0)  # the listener sees the disconnect; its stop comes next turn
     serving.cancel()
     with pytest.raises(asyncio.CancelledError):
         await serving
@@ -163,3 +164,24 @@ async def test_the_serving_task_goes_on_unharmed_and_no_task_is_left() -> None:
             await asyncio.wait(listener)  # it ends, cancelled
 
     await serve_then_go_on()
+
+
+async def test_a_cancel_asked_before_the_response_is_not_taken_for_the_clients() -> None:
+    """A task that swallowed an earlier cancel still ends its response quietly when the client
+    leaves: only the stop the response asked for is taken back."""
+    client, body = Client(), Body([b"a"], then_wait=True)
+
+    async def serve_after_a_swallowed_cancel() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0)
+        response, _ = respond(body)
+        await response({"type": "http"}, client.receive, client.send)
+
+    serving = asyncio.create_task(serve_after_a_swallowed_cancel())
+    await body.waiting.wait()
+    client.leave.set()
+    await serving  # ends without an error
+    assert serving.cancelling() == 1

@@ -191,7 +191,7 @@ class ChatService:
         self.limits, self.streams = limits, streams
         self._background: set[asyncio.Task[object]] = set()
         self._to_take_back: list[tuple[str, str]] = []
-        self._taking_back = False
+        self._taking_back: asyncio.Task[object] | None = None
         self._open_streams: dict[str, str] = {}  # stream key → user id, for the open-stream cap
         self._stream_prefix = f"{uuid.uuid4().hex}:"  # a stream's key: this, then a number
         self._stream_numbers = itertools.count()
@@ -554,13 +554,13 @@ class ChatService:
         if not taken:
             return
         self._to_take_back += taken
-        if not self._taking_back:
-            self._soon(self._take_back_all()).add_done_callback(self._took_back)
-            self._taking_back = True
+        if self._taking_back is None:
+            self._taking_back = self._soon(self._take_back_all())
+            self._taking_back.add_done_callback(self._took_back)
 
     def _took_back(self, task: asyncio.Task[object]) -> None:
-        if task.cancelled():  # maybe before its first step: its ``finally`` never ran
-            self._taking_back = False
+        if task.cancelled() and self._taking_back is task:  # maybe before its first step:
+            self._taking_back = None  # its ``finally`` never ran
 
     async def _take_back_all(self) -> None:
         """One round trip per round, until nothing is left to take back."""
@@ -572,7 +572,7 @@ class ChatService:
                 except Exception as exc:  # the members lapse (see limits.py)
                     log.warning("could not take back %d counted members: %s", len(taken), exc)
         finally:
-            self._taking_back = False
+            self._taking_back = None
 
     def cancel_soon(self, request_id: str, user_id: str) -> None:
         """Cancel from a context that is itself being cancelled (a client that left)."""

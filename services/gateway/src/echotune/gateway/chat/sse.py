@@ -57,6 +57,7 @@ class SSEResponse(StreamingResponse):
         streaming = asyncio.current_task()
         assert streaming is not None
         ended = stopped = False
+        earlier = streaming.cancelling()  # cancels asked before this response are not ours
 
         def client_left(listener: asyncio.Task[None]) -> None:
             nonlocal stopped
@@ -75,7 +76,7 @@ class SSEResponse(StreamingResponse):
             if not stopped:
                 raise
             stopped = False
-            if streaming.uncancel():  # cancelled from elsewhere too
+            if streaming.uncancel() > earlier:  # cancelled from elsewhere too
                 raise
         finally:
             ended = True
