@@ -12,6 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from echotune.common.redis import create_redis
 from echotune.common.redis_pool import QuickPool
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.single_node(reason="a pool of one server's connections")
 
@@ -97,9 +98,11 @@ async def test_a_waiter_gets_the_connection_given_back(small: Redis) -> None:
     pool = small.connection_pool
     held = [await pool.get_connection(), await pool.get_connection()]
     waiting = asyncio.create_task(small.ping())
-    async with asyncio.timeout(5):
-        while not pool._condition._waiters:  # type: ignore[attr-defined]  # noqa: ASYNC110
-            await asyncio.sleep(0)  # the waiter registers within a few turns of the loop
+
+    async def registered() -> bool:
+        return bool(pool._condition._waiters)  # type: ignore[attr-defined]
+
+    await until(registered, "the ping waits for a connection")
     await pool.release(held.pop())
     assert await asyncio.wait_for(waiting, 5)
     await pool.release(held.pop())
