@@ -73,14 +73,11 @@ class SSEResponse(StreamingResponse):
             with contextlib.suppress(OSError):  # the client went away mid-write
                 await self._stream(send, scope.get(RAW_SEND, send))
         except asyncio.CancelledError:
-            if not stopped:
-                raise
-            stopped = False
-            if streaming.uncancel() > earlier:  # cancelled from elsewhere too
+            if not stopped or streaming.cancelling() > earlier + 1:  # not ours, or others' too
                 raise
         finally:
             ended = True
-            if stopped:  # the body ended some other way after the stop: take it back all the same
+            if stopped:  # our stop is taken back however the body ended
                 streaming.uncancel()
             listener.cancel()
             if self.on_close is not None:
