@@ -31,3 +31,47 @@ async def test_neither_a_message_nor_a_request_id_is_a_422(
         response = await client.get("/api/chat/stream", headers=headers)
     assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == "message_required"
+
+
+@pytest.mark.parametrize(
+    ("options", "kind"),
+    [
+        ({"max_tokens": True}, "int_type"),
+        ({"max_tokens": "5"}, "int_type"),
+        ({"use_context": "no"}, "bool_type"),
+        ({"temperature": "0.5"}, "float_type"),
+        ({"stop": "END"}, "list_type"),
+    ],
+)
+async def test_an_option_of_another_json_type_is_refused(
+    gateway: FastAPI, options: dict[str, object], kind: str
+) -> None:
+    """``true`` was taken for 1 (an answer cut at one token) and ``"5"`` for 5, where the
+    OpenAI door refuses both."""
+    transport = httpx.ASGITransport(app=gateway, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.post("/api/chat/stream", json={"message": "hi", "options": options})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["details"][0]["type"] == kind
+
+
+async def test_a_well_typed_option_is_taken(gateway: FastAPI) -> None:
+    """Strict types still take an integer temperature (JSON has one number type)."""
+    transport = httpx.ASGITransport(app=gateway, raise_app_exceptions=False)
+    body = {"message": " ", "options": {"temperature": 1, "max_tokens": 5, "use_context": False}}
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.post("/api/chat/stream", json=body)
+    assert response.json()["error"]["code"] == "empty_message", response.text  # past the schema
+
+
+@pytest.mark.parametrize("query", ["max_tokens=2", "foo=bar", "messages=hi"])
+async def test_an_unknown_query_parameter_is_refused(gateway: FastAPI, query: str) -> None:
+    """``GET /api/chat/stream?message=x&max_tokens=2`` streamed a whole answer: the unknown
+    parameter was dropped without a word (``POST`` refuses an unknown field)."""
+    transport = httpx.ASGITransport(app=gateway, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get(f"/api/chat/stream?message=hi&{query}")
+    assert response.status_code == 422, response.text
+    detail = response.json()["error"]["details"][0]
+    assert detail["type"] == "extra_forbidden"
+    assert detail["loc"] == ["query", query.split("=")[0]]

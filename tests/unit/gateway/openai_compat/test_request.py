@@ -162,6 +162,7 @@ def test_developer_is_system() -> None:
         ({"messages": [*ROUND_TRIP, ROUND_TRIP[2]]}, "messages.3.tool_call_id"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),  # was ignored
         ({"messages": [{"role": "user", "content": " \n"}]}, "messages.0.content"),  # was null
+        ({"max_tokens": 2, "max_completion_tokens": 3}, "max_tokens"),  # was dropped
     ],
 )
 def test_inconsistent_requests_name_the_field(fields: dict[str, Any], param: str) -> None:

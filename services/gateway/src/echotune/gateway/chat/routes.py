@@ -9,13 +9,12 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from echotune.common.messages import (
     REQUEST_ID_PATTERN,
     ChatOptions,
-    ConversationId,
-    TimeZoneName,
 )
 from echotune.gateway.chat.schemas import (
     STREAM_ID_PATTERN,
     CancelResponse,
     ChatStreamRequest,
+    StreamQuery,
     sse_openapi_response,
 )
 from echotune.gateway.chat.service import ChatInput
@@ -52,32 +51,26 @@ async def stream_get(
     request: Request,
     service: ChatServiceDep,
     user_id: UserIdDep,
-    message: Annotated[str | None, Query(description="Omit to attach to request_id")] = None,
-    conversation_id: Annotated[ConversationId | None, Query()] = None,
-    provider: Annotated[str | None, Query(max_length=64)] = None,
-    model: Annotated[str | None, Query(max_length=200)] = None,
-    use_context: Annotated[bool, Query()] = True,
-    use_profile: Annotated[bool, Query(description="Ground it in the listening profile")] = True,
-    time_zone: Annotated[TimeZoneName | None, Query(description="IANA, e.g. Europe/Paris")] = None,
-    request_id: Annotated[str | None, Query(description="Also via X-Request-Id")] = None,
-    last_event_id: Annotated[str | None, Query(pattern=STREAM_ID_PATTERN)] = None,
+    query: Annotated[StreamQuery, Query()],
     last_event_id_header: LastEventIdHeader = None,
 ) -> Response:
     """Start a chat answer, or attach to a running one, as Server-Sent Events."""
-    if message is None and not requested_id(request.scope):  # an empty header names none
+    if query.message is None and not requested_id(request.scope):  # an empty header names none
         raise ApiError(
             422, "message_required", "give a message, or the request_id of an answer to attach to"
         )
     chat = _chat_input(
         request,
         user_id,
-        message=message,
-        conversation_id=conversation_id,
-        provider=provider,
-        model=model,
-        options=ChatOptions(use_context=use_context, use_profile=use_profile, time_zone=time_zone),
+        message=query.message,
+        conversation_id=query.conversation_id,
+        provider=query.provider,
+        model=query.model,
+        options=ChatOptions(
+            use_context=query.use_context, use_profile=query.use_profile, time_zone=query.time_zone
+        ),
     )
-    return await _respond(service, chat, last_event_id_header or last_event_id)
+    return await _respond(service, chat, last_event_id_header or query.last_event_id)
 
 
 @router.post(

@@ -15,16 +15,18 @@ from echotune.common.messages import (
     FailoverEvent,
     RetryEvent,
     StartEvent,
+    TimeZoneName,
 )
 
 STREAM_ID_PATTERN = r"^[0-9]{1,20}-[0-9]{1,20}$"
 
 
 class ChatStreamOptions(ChatOptions):
-    """The options a client sends: a misspelt one is refused, not ignored (the job's contract
-    ignores unknown fields, for workers older or newer than the gateway)."""
+    """The options a client sends: a misspelt one, or one of another JSON type (``true`` or
+    ``"5"`` for a number), is refused, not ignored or coerced (the job's contract ignores
+    unknown fields, for workers older or newer than the gateway)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 def unicode_only(data: Any) -> None:
@@ -46,7 +48,7 @@ def unicode_only(data: Any) -> None:
 class ChatStreamRequest(BaseModel):
     """Body of ``POST /api/chat/stream``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -61,6 +63,23 @@ class ChatStreamRequest(BaseModel):
     provider: str | None = Field(None, description="Provider name; default: current selection")
     model: str | None = Field(None, description="Model of that provider; default: its default")
     options: ChatStreamOptions = Field(default_factory=ChatStreamOptions)
+
+
+class StreamQuery(BaseModel):
+    """Query of ``GET /api/chat/stream``: an unknown parameter is refused, as on ``POST``
+    (``max_tokens=2`` was dropped without a word). Query values are text: not strict."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message: str | None = Field(None, description="Omit to attach to request_id")
+    conversation_id: ConversationId | None = None
+    provider: str | None = Field(None, max_length=64)
+    model: str | None = Field(None, max_length=200)
+    use_context: bool = True
+    use_profile: bool = Field(True, description="Ground it in the listening profile")
+    time_zone: TimeZoneName | None = Field(None, description="IANA, e.g. Europe/Paris")
+    request_id: str | None = Field(None, description="Also via X-Request-Id")
+    last_event_id: str | None = Field(None, pattern=STREAM_ID_PATTERN)
 
 
 class CancelResponse(BaseModel):

@@ -126,6 +126,9 @@ def _check_paired_fields(request: ChatCompletionRequest) -> None:
             raise bad_param("tool_choice", "`tool_choice` names a function that is not in tools")
     if request.top_logprobs is not None and not request.logprobs:
         raise bad_param("top_logprobs", "`top_logprobs` needs `logprobs: true`")
+    both = (request.max_tokens, request.max_completion_tokens)
+    if None not in both and both[0] != both[1]:
+        raise bad_param("max_tokens", "`max_tokens` and `max_completion_tokens` differ: send one")
     if request.stream_options is not None and not request.stream:
         raise bad_param("stream_options", "`stream_options` is only allowed when `stream` is true")
 
