@@ -95,3 +95,21 @@ def test_a_body_that_is_not_json_is_said_plainly_on_both_doors() -> None:
     # a body of text a route takes, only too long: its own error, not "send JSON" (review)
     long = client.post("/api/short", content=b"toolong", headers={"content-type": "text/plain"})
     assert long.status_code == 422, long.text
+
+
+def test_a_body_not_utf8_or_nested_too_deep_is_invalid_json_on_both_doors() -> None:
+    """Both were ``400 http_error "There was an error parsing the body"`` (new-user review):
+    the parser's own failures, not a JSON decode error FastAPI names."""
+    client = body_client()
+    json_type = {"content-type": "application/json"}
+    cases = {
+        b'{"model": "\xff\xfe"}': "the body is not valid JSON: not UTF-8 at byte 11",
+        b'{"a":' * 3000 + b"1" + b"}" * 3000: "the body is not valid JSON: nested too deeply",
+    }
+    for body, message in cases.items():
+        api = client.post("/api/thing", content=body, headers=json_type)
+        assert api.status_code == 400, api.text
+        assert api.json()["error"] == {"code": "invalid_json", "message": message}
+        door = client.post("/v1/thing", content=body, headers=json_type)
+        assert door.status_code == 400, door.text
+        assert door.json()["error"]["message"] == message

@@ -75,6 +75,21 @@ def _unreadable_body(errors: Sequence[Any]) -> ApiError | None:
     return None
 
 
+def _unparsed_body(exc: StarletteHTTPException) -> ApiError | None:
+    """A body the JSON parser itself failed on (FastAPI says only "an error parsing the
+    body"): not UTF-8, or nested deeper than Python's recursion allows."""
+    cause = exc.__cause__
+    if exc.status_code != 400 or cause is None:
+        return None
+    if isinstance(cause, UnicodeDecodeError):
+        reason = f"not UTF-8 at byte {cause.start}"
+    elif isinstance(cause, RecursionError):
+        reason = "nested too deeply"
+    else:
+        return None
+    return ApiError(400, "invalid_json", f"the body is not valid JSON: {reason}")
+
+
 def install_error_handlers(app: FastAPI, render: Render = render_error) -> None:
     """Every failure FastAPI or the app raises becomes an error body (``render``)."""
 
@@ -97,6 +112,8 @@ def install_error_handlers(app: FastAPI, render: Render = render_error) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if (unparsed := _unparsed_body(exc)) is not None:
+            return render(request, unparsed)
         code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(
             exc.status_code, "http_error"
         )
