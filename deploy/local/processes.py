@@ -11,6 +11,8 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from echotune.web.protocol import HTTP
+
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 
@@ -133,7 +135,7 @@ async def start_service(
     if runner == "uvicorn":
         # Idle keep-alive connections outlive any client's or proxy's (75 s > 60 s): the server
         # closing one just as a client reuses it would fail that request.
-        args += ["--no-access-log", "--timeout-keep-alive", "75"]
+        args += ["--no-access-log", "--timeout-keep-alive", "75", "--http", HTTP]
     proc = ServiceProcess(name, [PYTHON, "-m", *args], env)
     match = await proc.start(UVICORN_READY)
     if runner == "faststream":

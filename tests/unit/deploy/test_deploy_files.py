@@ -24,6 +24,7 @@ import yaml
 from pydantic_settings import BaseSettings
 
 from echotune.common.providers import ProviderConfig, ProviderKind, ProviderRegistry
+from echotune.web.protocol import HTTP
 
 ROOT = Path(__file__).resolve().parents[3]
 COMPOSE_FILE = ROOT / "deploy" / "compose.yaml"
@@ -548,6 +549,14 @@ def test_compose_and_image_agree(name: str) -> None:
     assert stage.all("EXPOSE") == [port]
     app_module = next(arg for arg in command if ":create_app" in arg).split(":")[0]
     assert app_module.startswith(package_module(build["args"]["PACKAGE"]) + ".")
+
+
+@pytest.mark.parametrize("name", sorted(app_services()))
+def test_uvicorn_answers_an_unreadable_request_in_json(name: str) -> None:
+    """The services' own protocol (``echotune.web.protocol``), not uvicorn's text 400."""
+    command = services()[name]["command"]
+    if command[0] == "uvicorn":
+        assert command[command.index("--http") + 1] == HTTP
 
 
 @pytest.mark.parametrize("name", sorted(app_services()))
