@@ -180,6 +180,7 @@ class DevStack:
 echotune is running
   gateway   {url}   (API docs: {url}/docs, web UI: {url}/)
   API key   {key}   (user `dev`; set ECHOTUNE_DEV_API_KEY to choose it)
+  more keys ECHOTUNE_REDIS_URL={self.urls["redis"]} .venv/bin/echotune-apikey create --user alice
   worker    {self.urls["worker"]}/metrics   (and /healthz)
   telemetry {self.urls["telemetry"]}/metrics
   redis     {self.urls["redis"]}

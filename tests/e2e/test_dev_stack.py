@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from asyncio.subprocess import PIPE
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,6 +12,7 @@ import httpx
 import pytest
 
 from deploy.local import local_model
+from deploy.local.processes import ROOT
 from deploy.local.servers import free_port
 from tests.support.devstack import BANNER, STARTING, DevRun
 from tests.support.sse import read_stream
@@ -88,7 +92,27 @@ async def test_ctrl_c_after_start_up_then_a_second_run_starts(
         async with httpx.AsyncClient(timeout=10) as http:
             metrics = await http.get(f"{worker.group(1)}/metrics")
         assert "echotune_worker_job_slots" in metrics.text
+        if n == 0:
+            await a_key_made_as_the_banner_says_works(run)
         await interrupted(run)
+
+
+async def a_key_made_as_the_banner_says_works(run: DevRun) -> None:
+    """README's ``echotune-apikey create`` went to another Redis than ``make dev``'s (a random
+    port) and failed (new-user review): the banner prints the command with its Redis."""
+    command = await run.proc.wait_for_line(r"more keys\s+(.+)$", timeout=5)
+    gateway = await run.proc.wait_for_line(r"gateway\s+(http://\S+)", timeout=5)
+    made = await asyncio.create_subprocess_exec(
+        "bash", "-c", command.group(1), cwd=ROOT, stdout=PIPE, stderr=PIPE
+    )
+    out, err = await asyncio.wait_for(made.communicate(), timeout=60)
+    assert made.returncode == 0, err.decode()
+    key = json.loads(out)["api_key"]
+    async with httpx.AsyncClient(timeout=10) as http:
+        answer = await http.get(
+            f"{gateway.group(1)}/api/providers", headers={"Authorization": f"Bearer {key}"}
+        )
+    assert answer.status_code == 200, answer.text
 
 
 async def test_a_malformed_dev_api_key_is_one_clear_line(

@@ -7,9 +7,11 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 
+from deploy.local.servers import free_port
 from echotune.common.keys import Keys
-from echotune.gateway.auth.cli import parser
+from echotune.gateway.auth.cli import parser, run
 from echotune.gateway.auth.keys import ApiKeyStore
+from echotune.gateway.settings import GatewaySettings
 
 DEV_KEY = "et_devkey01_s3cret-value"
 
@@ -49,3 +51,19 @@ async def test_the_store_refuses_a_key_for_no_user(redis: Redis) -> None:
     store = ApiKeyStore(redis, Keys(f"t{uuid.uuid4().hex[:10]}"))
     with pytest.raises(ValueError, match="user id"):
         await store.install(DEV_KEY, "", "dev key")
+
+
+async def test_the_cli_says_in_one_line_that_redis_is_unreachable(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """It died with a 60-line ``ConnectionError`` traceback when its ``ECHOTUNE_REDIS_URL``
+    was not ``make dev``'s Redis (new-user review)."""
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    code = await run(parser().parse_args(["list"]), GatewaySettings(redis_url=url))
+    assert code == 2
+    said = capsys.readouterr().err.strip()
+    assert said.startswith(f"echotune-apikey: cannot reach Redis at {url}"), said
+    assert "ECHOTUNE_REDIS_URL" in said and "\n" not in said
+    secret = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+    assert await run(parser().parse_args(["list"]), GatewaySettings(redis_url=secret)) == 2
+    assert "s3cret" not in capsys.readouterr().err

@@ -6,6 +6,10 @@ import argparse
 import asyncio
 import json
 import sys
+from urllib.parse import urlsplit
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from echotune.common.redis import create_redis
 from echotune.gateway.auth.keys import ApiKeyStore, checked_user_id, public
@@ -31,22 +35,42 @@ def parser() -> argparse.ArgumentParser:
 
 async def run(args: argparse.Namespace, settings: GatewaySettings) -> int:
     redis = create_redis(settings.redis_url, max_connections=2)
-    store = ApiKeyStore(redis, settings.keys)
     try:
-        if args.command == "create":
-            record, plaintext = await store.create(args.user, args.name)
-            print(json.dumps({**public(record), "api_key": plaintext}))
-        elif args.command == "revoke":
-            if not await store.revoke(args.key_id):
-                print(f"no key {args.key_id}", file=sys.stderr)
-                return 1
-            ended = await SessionStore(redis, settings.keys).end_all(args.key_id)
-            print(json.dumps({"key_id": args.key_id, "revoked": True, "sessions_ended": ended}))
-        else:
-            for record in await store.list():
-                print(json.dumps(public(record)))
+        return await _command(args, settings, redis)
+    except RedisConnectionError as exc:
+        reason = " ".join(str(exc).split())
+        print(
+            f"echotune-apikey: cannot reach Redis at {_shown(settings.redis_url)} ({reason}); set "
+            "ECHOTUNE_REDIS_URL to the gateway's Redis (make dev prints the command)",
+            file=sys.stderr,
+        )
+        return 2
     finally:
         await redis.aclose()
+
+
+def _shown(url: str) -> str:
+    """``url`` without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+
+
+async def _command(args: argparse.Namespace, settings: GatewaySettings, redis: Redis) -> int:
+    store = ApiKeyStore(redis, settings.keys)
+    if args.command == "create":
+        record, plaintext = await store.create(args.user, args.name)
+        print(json.dumps({**public(record), "api_key": plaintext}))
+    elif args.command == "revoke":
+        if not await store.revoke(args.key_id):
+            print(f"no key {args.key_id}", file=sys.stderr)
+            return 1
+        ended = await SessionStore(redis, settings.keys).end_all(args.key_id)
+        print(json.dumps({"key_id": args.key_id, "revoked": True, "sessions_ended": ended}))
+    else:
+        for record in await store.list():
+            print(json.dumps(public(record)))
     return 0
 
 
