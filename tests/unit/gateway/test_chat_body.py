@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -75,3 +77,20 @@ async def test_an_unknown_query_parameter_is_refused(gateway: FastAPI, query: st
     detail = response.json()["error"]["details"][0]
     assert detail["type"] == "extra_forbidden"
     assert detail["loc"] == ["query", query.split("=")[0]]
+
+
+async def test_a_message_at_the_character_limit_fits_the_body_however_it_is_escaped(
+    gateway: FastAPI,
+) -> None:
+    """JSON-escaped (``json.dumps``' default), 16,000 non-ASCII characters made a body over
+    64 KB: ``413 body_too_large`` for a message within its limit (new-user review). One
+    character over the limit, escaped at 12 bytes each (the most JSON takes), must reach the
+    message check."""
+    body = json.dumps({"message": "\N{GRINNING FACE}" * 16_001})  # \ud83d\ude00 each
+    transport = httpx.ASGITransport(app=gateway, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.post(
+            "/api/chat/stream", content=body, headers={"content-type": "application/json"}
+        )
+    assert response.status_code == 422, response.text[:200]
+    assert response.json()["error"]["code"] == "message_too_long"

@@ -34,7 +34,12 @@ class GatewaySettings(ServiceSettings, ProviderSettings):
     session_ttl_s: int = Field(12 * 3600, ge=60)
     cookie_secure: bool = Field(False, description="Send the session cookie over HTTPS only")
     cors_origins: list[str] = Field(default_factory=list, description="Allowed browser origins")
-    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    max_body_bytes: int = Field(
+        256 * 1024,
+        ge=1024,
+        description="A request body's bytes at most: the default fits a message of "
+        "max_message_chars however JSON escapes it (12 bytes a character at most)",
+    )
     chat_starts_per_minute_user: int = Field(30, ge=1)
     chat_starts_per_minute_ip: int = Field(120, ge=1)
     max_open_streams_per_user: int = Field(20, ge=1)
