@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from starlette.requests import Request
 
-from echotune.gateway.proxy import forward
+from echotune.gateway.proxy import forward, upstream_path
+from echotune.web.errors import ApiError
 
 
 def _request(path: str, query: bytes = b"") -> Request:
@@ -51,3 +53,20 @@ async def test_the_user_id_is_imposed_on_the_forwarded_query() -> None:
         await forward(_request("/api/conversations", b"user_id=eve&limit=3"), client, "u1")
     assert seen[0].params.get_list("user_id") == ["u1"]
     assert seen[0].params["limit"] == "3"
+
+
+@pytest.mark.parametrize("conversation", ["-bad", "c" * 65, "a:b!"])
+def test_a_malformed_conversation_id_is_a_422_not_an_unknown_route(conversation: str) -> None:
+    """It was ``404 "no such analytics route"`` (new-user review): the route exists, the id
+    breaks its rule. A dot segment or an encoded character stays a 404 (never forwarded)."""
+    with pytest.raises(ApiError) as refused:
+        upstream_path(_request(f"/api/conversations/{conversation}"))
+    assert refused.value.status == 422
+    assert refused.value.details[0]["loc"] == ["path", "conversation_id"]
+    for path in ("/api/conversations/..", "/api/conversations/a/b", "/api/conversations/a\\b"):
+        with pytest.raises(ApiError) as unknown:
+            upstream_path(_request(path))
+        assert unknown.value.status == 404, path
+    assert (
+        upstream_path(_request("/api/conversations/conv-1.a:b")) == "/api/conversations/conv-1.a:b"
+    )

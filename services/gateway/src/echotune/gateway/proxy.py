@@ -33,6 +33,9 @@ ROUTES = (
 )
 """The analytics routes the gateway forwards (regular expressions of raw paths)."""
 _KNOWN = re.compile("|".join(f"(?:{route})" for route in ROUTES))
+_CONVERSATION = re.compile(r"/api/conversations/(?!\.\.?$)[^/\\%]+")
+"""A path naming one conversation, known route or not; a dot segment, a backslash or an
+encoded character names none (a traversal: a 404)."""
 
 
 def _client(request: Request) -> httpx.AsyncClient:
@@ -47,9 +50,19 @@ def upstream_path(request: Request) -> str:
     """The path to forward: the request's, as sent, when it names a known route; else 404."""
     raw: bytes | None = request.scope.get("raw_path")
     path = raw.decode("latin-1") if raw is not None else request.url.path
-    if path != request.url.path or not _KNOWN.fullmatch(path):
+    if path != request.url.path:  # an encoded character: never forwarded
         raise ApiError(404, "not_found", "no such analytics route")
-    return path
+    if _KNOWN.fullmatch(path):
+        return path
+    if _CONVERSATION.fullmatch(path):
+        raise _bad_conversation_id()
+    raise ApiError(404, "not_found", "no such analytics route")
+
+
+def _bad_conversation_id() -> ApiError:
+    rule = "1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or a digit"
+    details = [{"loc": ["path", "conversation_id"], "msg": rule, "type": "string_pattern_mismatch"}]
+    return ApiError(422, "invalid_request", f"conversation_id: {rule}", details=details)
 
 
 async def forward(request: Request, client: httpx.AsyncClient, user_id: str) -> Response:
