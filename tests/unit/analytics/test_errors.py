@@ -153,3 +153,20 @@ async def test_ready_once_migrated(api: httpx.AsyncClient) -> None:
     response = await api.get("/readyz")
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "ready"
+
+
+async def test_an_unknown_metric_names_the_metrics_parameter(api: httpx.AsyncClient) -> None:
+    """The error blamed ``fields``, which was not sent (new-user review)."""
+    response = await api.get("/api/analytics/providers/timeseries", params={"metrics": "zzz"})
+    error = response.json()["error"]
+    assert (response.status_code, error["code"]) == (422, "unknown_field")
+    assert error["details"]["param"] == "metrics"
+    assert error["message"].startswith("unknown metric(s) zzz; allowed: ")
+
+
+async def test_asking_for_a_conversation_s_id_is_no_unknown_field(api: httpx.AsyncClient) -> None:
+    """``fields=id`` was ``unknown field(s) id`` although every row has its ``id``."""
+    response = await api.get("/api/conversations", params={"user_id": "alice", "fields": "id"})
+    assert response.status_code == 200, response.text
+    one = await api.get("/api/conversations/c-1", params={"user_id": "alice", "fields": "id,summary"})
+    assert one.json()["error"]["code"] == "conversation_not_found", one.text

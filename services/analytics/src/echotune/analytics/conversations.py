@@ -25,8 +25,9 @@ LIST_DEFAULT_FIELDS = ("user_id", "summary", "message_count", "last_activity")
 
 
 def projection(fields: Sequence[str]) -> Document:
-    """The document fields behind the API ``fields`` (the id always comes)."""
-    return {COLUMNS[name]: 1 for name in fields}
+    """The document fields behind the API ``fields`` (the id always comes; only it when
+    ``fields`` is empty, not the whole document)."""
+    return {COLUMNS[name]: 1 for name in fields} or {"_id": 1}
 
 
 def to_api(doc: Document, fields: Sequence[str]) -> Document:

@@ -117,14 +117,21 @@ def page(number: int, limit: int | None, *, default: int, maximum: int, max_offs
 
 
 def field_list(
-    raw: list[str] | None, allowed: tuple[str, ...], default: tuple[str, ...] | None = None
+    raw: list[str] | None,
+    allowed: tuple[str, ...],
+    default: tuple[str, ...] | None = None,
+    *,
+    param: str = "fields",
+    always: tuple[str, ...] = (),
 ) -> tuple[str, ...]:
-    """Names from repeated and/or comma-separated values, each one of ``allowed``."""
-    if not raw:
+    """Names from repeated and/or comma-separated values, each one of ``allowed`` (or of
+    ``always``: returned anyway, so asking for them is no error); ``param`` names them."""
+    names = [name.strip() for value in raw or () for name in value.split(",") if name.strip()]
+    if not names:
         return default if default is not None else allowed
-    names = [name.strip() for value in raw for name in value.split(",") if name.strip()]
-    unknown = sorted({name for name in names if name not in allowed})
+    unknown = sorted({name for name in names if name not in allowed and name not in always})
     if unknown:
-        message = f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}"
-        raise bad_parameter("fields", "unknown_field", message, unknown)
-    return tuple(dict.fromkeys(names)) or (default if default is not None else allowed)
+        what = "metric(s)" if param == "metrics" else "field(s)"
+        message = f"unknown {what} {', '.join(unknown)}; allowed: {', '.join(allowed + always)}"
+        raise bad_parameter(param, "unknown_field", message, unknown)
+    return tuple(dict.fromkeys(name for name in names if name not in always))

@@ -42,7 +42,7 @@ async def conversations(
 ) -> Any:
     """`fields` among user_id, summary, message_count, last_activity, turns (default all but
     turns); the id always comes."""
-    chosen = params.field_list(fields, CONVERSATION_FIELDS, LIST_DEFAULT_FIELDS)
+    chosen = params.field_list(fields, CONVERSATION_FIELDS, LIST_DEFAULT_FIELDS, always=("id",))
     items, total = await list_conversations(db, user_id, chosen, page, settings.query_timeout_ms)
     return envelope(
         items,
@@ -71,7 +71,7 @@ async def conversation(
     fields: FieldsQuery = None,
 ) -> Any:
     """404 when it does not exist, or belongs to another user than `user_id`."""
-    chosen = params.field_list(fields, CONVERSATION_FIELDS)
+    chosen = params.field_list(fields, CONVERSATION_FIELDS, always=("id",))
     found = await get_conversation(db, conversation_id, user_id, chosen, settings.query_timeout_ms)
     if found is None:
         raise ApiError(

@@ -97,7 +97,7 @@ async def timeseries(
     Buckets without attempts have count 0 and null rates/percentiles. At most
     `ECHOTUNE_ANALYTICS_MAX_POINTS` buckets: a longer range needs a larger bucket.
     """
-    chosen = params.field_list(metrics, SERIES_METRICS)
+    chosen = params.field_list(metrics, SERIES_METRICS, param="metrics")
     data = await provider_timeseries(
         db,
         rng,
