@@ -168,5 +168,6 @@ async def test_asking_for_a_conversation_s_id_is_no_unknown_field(api: httpx.Asy
     """``fields=id`` was ``unknown field(s) id`` although every row has its ``id``."""
     response = await api.get("/api/conversations", params={"user_id": "alice", "fields": "id"})
     assert response.status_code == 200, response.text
-    one = await api.get("/api/conversations/c-1", params={"user_id": "alice", "fields": "id,summary"})
+    query = {"user_id": "alice", "fields": "id,summary"}
+    one = await api.get("/api/conversations/c-1", params=query)
     assert one.json()["error"]["code"] == "conversation_not_found", one.text
