@@ -78,7 +78,11 @@ class ChatOptions(Contract):
     temperature: float | None = Field(None, ge=0, le=2)
     max_tokens: int | None = Field(None, ge=1, le=32_768)
     stop: list[str] | None = Field(None, max_length=4)
-    use_context: bool = Field(True, description="Attach the conversation's context")
+    use_context: bool = Field(
+        True,
+        description="Send the conversation's earlier turns and add this one to it; false: "
+        "answered alone, off the record",
+    )
     use_profile: bool = Field(True, description="Ground the answer in the listening profile")
     time_zone: TimeZoneName | None = Field(
         None, description="The listener's IANA time zone (listening hours); default UTC"
