@@ -192,7 +192,9 @@ async def test_open_streams_per_user_are_capped(
 
 async def test_oversized_body_is_refused(secure: Stack) -> None:
     async with httpx.AsyncClient(base_url=secure.url, headers=bearer(API_KEY)) as http:
-        response = await http.post("/api/chat/stream", json={"message": "x" * 70_000})
+        response = await http.post(
+            "/api/chat/stream", json={"message": "x" * 300_000}
+        )  # over 256 KiB
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "body_too_large"
 
