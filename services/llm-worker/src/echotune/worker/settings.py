@@ -73,7 +73,7 @@ class WorkerSettings(ServiceSettings, ProviderSettings):
     )
     append_hold_from: int = Field(100, ge=1, description="Answers streaming before rounds wait")
     read_pace_ms: float = Field(
-        100.0,
+        150.0,
         ge=0,
         le=200,
         description="Least time between two wake-ups of an answer's upstream reader in a process "
