@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import signal
 import sys
 import tempfile
@@ -168,6 +169,11 @@ class DevStack:
             server.stop()
         self.dirs.close()
 
+    def key_command(self) -> str:
+        """How to make another key in this stack's Redis."""
+        redis = shlex.quote(self.urls["redis"])
+        return f"ECHOTUNE_REDIS_URL={redis} .venv/bin/echotune-apikey create --user alice"
+
     def banner(self) -> str:
         url, key = self.urls["gateway"], self.api_key
         local = ""
@@ -180,7 +186,7 @@ class DevStack:
 echotune is running
   gateway   {url}   (API docs: {url}/docs, web UI: {url}/)
   API key   {key}   (user `dev`; set ECHOTUNE_DEV_API_KEY to choose it)
-  more keys ECHOTUNE_REDIS_URL={self.urls["redis"]} .venv/bin/echotune-apikey create --user alice
+  more keys {self.key_command()}
   worker    {self.urls["worker"]}/metrics   (and /healthz)
   telemetry {self.urls["telemetry"]}/metrics
   redis     {self.urls["redis"]}

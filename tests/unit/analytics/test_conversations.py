@@ -103,3 +103,16 @@ async def test_a_conversation_id_is_each_users_own(
         assert (one["data"]["id"], one["data"]["user_id"]) == (alices["_id"], user)
         listed = await get_ok(api, "/api/conversations", user_id=user)
         assert [c["id"] for c in listed["data"]] == [alices["_id"]]
+
+
+async def test_fields_id_alone_returns_only_ids(
+    db: AsyncDatabase[Document], api: httpx.AsyncClient
+) -> None:
+    """``fields=id`` was ``unknown field(s) id``; then (review) it said ``meta.fields: []``."""
+    await db[CONVERSATIONS].insert_many([conversation(n, "alice") for n in range(2)])
+    body = await get_ok(api, "/api/conversations", user_id="alice", fields="id")
+    assert sorted(row["id"] for row in body["data"]) == ["conv-alice-0", "conv-alice-1"]
+    assert all(set(row) == {"id"} for row in body["data"]), body["data"]
+    assert body["meta"]["fields"] == ["id"]
+    one = await get_ok(api, "/api/conversations/conv-alice-0", user_id="alice", fields="id")
+    assert (one["data"], one["meta"]["fields"]) == ({"id": "conv-alice-0"}, ["id"])

@@ -554,7 +554,7 @@ def test_compose_and_image_agree(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(app_services()))
 def test_uvicorn_answers_an_unreadable_request_in_json(name: str) -> None:
     """The services' own protocol (``echotune.web.protocol``), not uvicorn's text 400."""
-    command = services()[name]["command"]
+    command = services()[name]["command"]  # the image's CMD is the same (test above)
     if command[0] == "uvicorn":
         assert command[command.index("--http") + 1] == HTTP
 

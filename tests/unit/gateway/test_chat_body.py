@@ -8,6 +8,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from echotune.gateway.app import warn_of_a_short_body_limit
+from echotune.gateway.settings import GatewaySettings
+
 
 @pytest.mark.parametrize(
     "body",
@@ -58,7 +61,7 @@ async def test_an_option_of_another_json_type_is_refused(
 
 
 async def test_a_well_typed_option_is_taken(gateway: FastAPI) -> None:
-    """Strict types still take an integer temperature (JSON has one number type)."""
+    """Strict types still take an integer for a float (``temperature: 1``)."""
     transport = httpx.ASGITransport(app=gateway, raise_app_exceptions=False)
     body = {"message": " ", "options": {"temperature": 1, "max_tokens": 5, "use_context": False}}
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
@@ -94,3 +97,25 @@ async def test_a_message_at_the_character_limit_fits_the_body_however_it_is_esca
         )
     assert response.status_code == 422, response.text[:200]
     assert response.json()["error"]["code"] == "message_too_long"
+
+
+async def test_event_source_polyfill_s_last_event_id_parameter_is_taken(gateway: FastAPI) -> None:
+    """event-source-polyfill reconnects with ``?lastEventId=<id>`` and no header: refused as an
+    unknown parameter, its streams died at the first reconnect (review); it is an alias."""
+    transport = httpx.ASGITransport(app=gateway, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        bad = await client.get("/api/chat/stream?request_id=req-unknown-0001&lastEventId=x")
+        unknown = await client.get("/api/chat/stream?request_id=req-unknown-0001&lastEventId=1-0")
+    assert bad.status_code == 422, bad.text  # validated as last_event_id is
+    assert bad.json()["error"]["details"][0]["type"] == "string_pattern_mismatch"
+    assert unknown.status_code == 404, unknown.text  # read, then the answer is not found
+
+
+def test_a_body_limit_too_short_for_the_message_limit_is_said_at_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Raising MAX_MESSAGE_CHARS alone brought the 413 before the 422 back (review)."""
+    warn_of_a_short_body_limit(GatewaySettings())
+    assert not caplog.records
+    warn_of_a_short_body_limit(GatewaySettings(max_message_chars=32_000))
+    assert "MAX_BODY_BYTES 262144 is below 12 × MAX_MESSAGE_CHARS (32000)" in caplog.text

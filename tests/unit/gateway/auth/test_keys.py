@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
@@ -62,9 +63,34 @@ async def test_the_cli_says_in_one_line_that_redis_is_unreachable(
     code = await run(parser().parse_args(["list"]), GatewaySettings(redis_url=url))
     assert code == 2
     said = capsys.readouterr().err.strip()
-    assert said.startswith(f"echotune-apikey: cannot reach Redis at {url}"), said
+    assert said.startswith(f"echotune-apikey: cannot use Redis at {url}"), said
     assert "ECHOTUNE_REDIS_URL" in said
     assert "\n" not in said
-    secret = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
-    assert await run(parser().parse_args(["list"]), GatewaySettings(redis_url=secret)) == 2
-    assert "s3cret" not in capsys.readouterr().err
+    port = free_port()
+    for secret in (
+        f"redis://:s3cret@127.0.0.1:{port}/0",
+        f"redis://127.0.0.1:{port}/0?password=s3cret",
+    ):
+        assert await run(parser().parse_args(["list"]), GatewaySettings(redis_url=secret)) == 2
+        assert "s3cret" not in capsys.readouterr().err, secret
+
+
+async def test_the_cli_says_in_one_line_that_a_url_is_not_redis(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A URL naming an HTTP server (the gateway's port, by mistake) was a 58-line traceback
+    (``InvalidResponse``), not a ``ConnectionError`` (review)."""
+
+    async def http_only(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n<html>")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(http_only, "127.0.0.1", 0)
+    url = f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
+    async with server:
+        code = await run(parser().parse_args(["list"]), GatewaySettings(redis_url=url))
+    assert code == 2
+    said = capsys.readouterr().err.strip()
+    assert said.startswith(f"echotune-apikey: cannot use Redis at {url}"), said
+    assert "\n" not in said

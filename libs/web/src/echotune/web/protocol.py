@@ -10,8 +10,8 @@ UNREADABLE = json.dumps(
     {
         "error": {
             "code": "invalid_http",
-            "message": "the request is not valid HTTP (a URL over 64 KB, or a malformed request "
-            "line or header); send a long message in the body of a POST",
+            "message": "the request is not valid HTTP: a URL over 64 KB, or a malformed "
+            "request line, header or body",
         },
         "request_id": None,
     }

@@ -35,10 +35,27 @@ from echotune.gateway.ui import routes as ui_routes
 from echotune.web.app import Middleware, service_app
 from echotune.web.bodylimit import BodySizeLimitMiddleware
 
+ESCAPED_CHAR_BYTES = 12
+"""The most a character takes in JSON: an astral one as two ``\\uXXXX`` escapes."""
+log = logging.getLogger(__name__)
+
+
+def warn_of_a_short_body_limit(settings: GatewaySettings) -> None:
+    """A body limit a message within its own limit may not fit, JSON-escaped: said at start."""
+    if settings.max_body_bytes < ESCAPED_CHAR_BYTES * settings.max_message_chars:
+        log.warning(
+            "MAX_BODY_BYTES %d is below %d × MAX_MESSAGE_CHARS (%d): a message within its "
+            "limit may be refused as too large once JSON escapes it",
+            settings.max_body_bytes,
+            ESCAPED_CHAR_BYTES,
+            settings.max_message_chars,
+        )
+
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: GatewaySettings = app.state.settings
+    warn_of_a_short_body_limit(settings)
     keys = settings.keys
     redis = create_redis(settings.redis_url)
     streams = RequestStreams(

@@ -47,7 +47,7 @@ async def conversations(
     return envelope(
         items,
         filters={"user_id": user_id},
-        fields=chosen,
+        fields=chosen or ("id",),
         page=page,
         total=total,
         source=CONVERSATIONS,
@@ -77,4 +77,4 @@ async def conversation(
         raise ApiError(
             404, "conversation_not_found", "no such conversation", details={"id": conversation_id}
         )
-    return envelope(found, fields=chosen, source=CONVERSATIONS)
+    return envelope(found, fields=chosen or ("id",), source=CONVERSATIONS)

@@ -6,10 +6,10 @@ import argparse
 import asyncio
 import json
 import sys
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
 
 from echotune.common.redis import create_redis
 from echotune.gateway.auth.keys import ApiKeyStore, checked_user_id, public
@@ -37,10 +37,10 @@ async def run(args: argparse.Namespace, settings: GatewaySettings) -> int:
     redis = create_redis(settings.redis_url, max_connections=2)
     try:
         return await _command(args, settings, redis)
-    except RedisConnectionError as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
         reason = " ".join(str(exc).split())
         print(
-            f"echotune-apikey: cannot reach Redis at {_shown(settings.redis_url)} ({reason}); set "
+            f"echotune-apikey: cannot use Redis at {_shown(settings.redis_url)} ({reason}); set "
             "ECHOTUNE_REDIS_URL to the gateway's Redis (make dev prints the command)",
             file=sys.stderr,
         )
@@ -50,11 +50,17 @@ async def run(args: argparse.Namespace, settings: GatewaySettings) -> int:
 
 
 def _shown(url: str) -> str:
-    """``url`` without its password."""
+    """``url`` without its password (in its user info or, as redis-py also takes it, its
+    query)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = netloc.replace(f":{parts.password}@", ":***@")
+    query = [
+        (name, "***" if name == "password" else value)
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+    ]
+    return parts._replace(netloc=netloc, query=urlencode(query, safe="*")).geturl()
 
 
 async def _command(args: argparse.Namespace, settings: GatewaySettings, redis: Redis) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from echotune.common.messages import (
     ChatOptions,
@@ -79,7 +79,12 @@ class StreamQuery(BaseModel):
     use_profile: bool = Field(True, description="Ground it in the listening profile")
     time_zone: TimeZoneName | None = Field(None, description="IANA, e.g. Europe/Paris")
     request_id: str | None = Field(None, description="Also via X-Request-Id")
-    last_event_id: str | None = Field(None, pattern=STREAM_ID_PATTERN)
+    last_event_id: str | None = Field(
+        None,
+        pattern=STREAM_ID_PATTERN,
+        validation_alias=AliasChoices("last_event_id", "lastEventId"),
+        description="Also via Last-Event-ID; `lastEventId` is event-source-polyfill's name",
+    )
 
 
 class CancelResponse(BaseModel):
