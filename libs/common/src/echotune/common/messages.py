@@ -28,7 +28,12 @@ from echotune.common.time_zones import known_time_zones
 SCHEMA_VERSION: Literal[1] = 1
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{7,63}$"
 RequestId = Annotated[str, Field(pattern=REQUEST_ID_PATTERN)]
-ConversationId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")]
+CONVERSATION_ID = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}"
+"""A conversation id, unanchored (a path segment of the analytics pass-through too)."""
+CONVERSATION_ID_RULE = (
+    "1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or a digit"
+)
+ConversationId = Annotated[str, Field(pattern=f"^{CONVERSATION_ID}$")]
 
 
 def _known_time_zone(name: str) -> str:

@@ -131,7 +131,7 @@ def field_list(
         return default if default is not None else allowed
     unknown = sorted({name for name in names if name not in allowed and name not in always})
     if unknown:
-        what = "metric(s)" if param == "metrics" else "field(s)"
-        message = f"unknown {what} {', '.join(unknown)}; allowed: {', '.join(allowed + always)}"
+        names_of = f"{param.removesuffix('s')}(s)"
+        message = f"unknown {names_of} {', '.join(unknown)}; allowed: {', '.join(allowed + always)}"
         raise bad_parameter(param, "unknown_field", message, unknown)
     return tuple(dict.fromkeys(name for name in names if name not in always))

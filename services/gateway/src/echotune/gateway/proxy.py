@@ -14,6 +14,7 @@ from typing import Annotated
 import httpx
 from fastapi import APIRouter, Depends, Request, Response
 
+from echotune.common.messages import CONVERSATION_ID, CONVERSATION_ID_RULE
 from echotune.gateway.deps import AUTHENTICATED, UserIdDep
 from echotune.web.errors import ApiError
 
@@ -21,15 +22,13 @@ router = APIRouter(tags=["analytics"], dependencies=AUTHENTICATED)
 
 FORWARDED_HEADERS = ("accept", "x-request-id")
 RETURNED_HEADERS = ("retry-after",)
-# A path segment naming a conversation: no dot segment, separator or percent sign can match.
-_ID_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}"
 ROUTES = (
     "/api/analytics/providers",
     "/api/analytics/providers/timeseries",
     "/api/analytics/listening-patterns",
     "/api/insights/engagement",
     "/api/conversations",
-    f"/api/conversations/{_ID_SEGMENT}",
+    f"/api/conversations/{CONVERSATION_ID}",  # no dot segment, separator or % can match
 )
 """The analytics routes the gateway forwards (regular expressions of raw paths)."""
 _KNOWN = re.compile("|".join(f"(?:{route})" for route in ROUTES))
@@ -60,8 +59,8 @@ def upstream_path(request: Request) -> str:
 
 
 def _bad_conversation_id() -> ApiError:
-    rule = "1-64 letters, digits, '.', '_', ':' or '-', starting with a letter or a digit"
-    details = [{"loc": ["path", "conversation_id"], "msg": rule, "type": "string_pattern_mismatch"}]
+    rule, kind = CONVERSATION_ID_RULE, "string_pattern_mismatch"
+    details = [{"loc": ["path", "conversation_id"], "msg": rule, "type": kind}]
     return ApiError(422, "invalid_request", f"conversation_id: {rule}", details=details)
 
 
