@@ -15,6 +15,8 @@ from faststream.asgi import AsgiResponse, get
 from faststream.asgi.handlers import GetHandler
 from faststream.redis import RedisBroker, StreamSub
 
+from echotune.common.redis import PROBE_TIMEOUT_S
+
 
 class InlineContext(ContextField):
     """``Context`` resolved on the event loop: FastStream's own resolves every ``Context``
@@ -65,7 +67,9 @@ def health_route(broker: RedisBroker, subscribers: Sequence[Subscriber]) -> GetH
     @get(include_in_schema=False)
     async def healthz(scope: Any) -> AsgiResponse:
         try:
-            alive = await broker.ping(timeout=2.0) and all(s.running for s in subscribers)
+            alive = await broker.ping(timeout=PROBE_TIMEOUT_S) and all(
+                s.running for s in subscribers
+            )
         except Exception:
             alive = False
         return AsgiResponse(b"", status_code=204 if alive else 503)

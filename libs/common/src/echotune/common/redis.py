@@ -104,6 +104,10 @@ def _replacement_character(error: UnicodeError) -> tuple[str | bytes, int]:
     raise error
 
 
+PROBE_TIMEOUT_S = 2.0
+"""How long a health probe or a metrics scrape waits for Redis: a client's own timeouts and
+retries add up to ~25 s against a Redis that stopped answering, past any probe's patience."""
+
 ENCODING_ERRORS = "echotune-replace"
 """Text UTF-8 cannot carry (half a surrogate pair) is sent as U+FFFD, and bytes that are not
 UTF-8 are read as U+FFFD: raising instead failed every later try of the same write (a

@@ -46,6 +46,7 @@ from echotune.common.metrics import (
     gen_ai_provider_name,
 )
 from echotune.common.providers import ProviderRegistry
+from echotune.common.redis import PROBE_TIMEOUT_S
 from echotune.gateway.chat.relay import parse_stream_id
 
 if TYPE_CHECKING:
@@ -183,7 +184,7 @@ class GatewayMetrics:
         if self.redis is None or self.keys is None:
             return
         with contextlib.suppress(RedisError, OSError, TimeoutError):
-            async with asyncio.timeout(2.0):
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
                 await self._refresh(self.redis, self.keys)
 
     async def _refresh(self, redis: Redis, keys: Keys) -> None:

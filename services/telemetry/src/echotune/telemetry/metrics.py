@@ -6,6 +6,7 @@ pending, lag, backlog age) are read from Redis at each scrape.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from prometheus_client import (
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from echotune.common.redis import PROBE_TIMEOUT_S
 from echotune.telemetry.decode import DEAD_LETTER_KINDS
 
 PREFIX = "echotune_telemetry"
@@ -91,8 +93,9 @@ class Metrics:
         """Read the stream gauges from Redis (left as they were if Redis does not answer)."""
         if self.redis is None:
             return
-        with contextlib.suppress(RedisError):
-            await self._refresh(self.redis)
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                await self._refresh(self.redis)
 
     async def _refresh(self, redis: Redis) -> None:
         async with redis.pipeline(transaction=False) as pipe:
