@@ -658,3 +658,26 @@ async def test_a_take_back_cancelled_before_it_ran_does_not_stop_the_next(
     service._take_back_soon([("k", "b")])
     await asyncio.gather(*service._background)
     assert rounds == [[("k", "a"), ("k", "b")]]
+
+
+@pytest.mark.parametrize(
+    ("limits", "code"),
+    [
+        ({"chat_starts_per_minute_user": 1}, "rate_limited"),
+        ({"max_open_streams_per_user": 1}, "too_many_streams"),
+        ({"max_backlog": 1}, "overloaded"),
+    ],
+)
+async def test_a_refused_start_is_logged_with_its_user_and_request(
+    redis_server_url: str, caplog: pytest.LogCaptureFixture, limits: dict[str, int], code: str
+) -> None:
+    """The metrics count 429s by scope only (no label per user): nothing named whom."""
+    async with running_gateway(redis_server_url, **limits) as app:
+        logging.getLogger().addHandler(caplog.handler)  # the app set the root's handlers
+        service: ChatService = app.state.chat
+        await service.open(chat_input("refused-first", user="ann"), None)
+        with caplog.at_level(logging.WARNING), pytest.raises(ApiError) as refused:
+            await service.open(chat_input("refused-second", user="ann"), None)
+    assert refused.value.code == code
+    [line] = [r.getMessage() for r in caplog.records if code in r.getMessage()]
+    assert "ann" in line and "refused-second" in line and "127.0.0.1" in line

@@ -220,7 +220,7 @@ class ChatService:
             self.limits.queue_open_stream(pipe, chat.user_id, stream_key)
             replies = await execute(self.redis, pipe, [OPEN_STREAMS])
         if refusal := self.limits.open_stream_refusal(replies[0]):
-            raise refusal
+            raise _refused(chat, refusal)
         try:
             return await self._attach(chat.request_id, chat.user_id, last_event_id)
         except BaseException:
@@ -275,7 +275,7 @@ class ChatService:
     ) -> tuple[OpenStream | None, bool]:
         """(the stream, whether a new answer was started)."""
         if checks.open_refusal is not None:
-            raise checks.open_refusal
+            raise _refused(chat, checks.open_refusal)
         lookup = checks.lookup
         if lookup.fingerprint is not None:
             self._check_same(lookup, chat)
@@ -283,8 +283,8 @@ class ChatService:
         if last_event_id is not None:  # a reconnect: its answer lapsed; never start it again
             raise _unknown()
         if checks.admission.refusal is not None:
-            raise checks.admission.refusal
-        self._check_backlog(checks.backlog)
+            raise _refused(chat, checks.admission.refusal)
+        self._check_backlog(chat, checks.backlog)
         config, model = self.providers.choose_from(checks.selection, chat.provider, chat.model)
         return await self._start(chat, config, model, group_missing=checks.backlog is None)
 
@@ -309,13 +309,16 @@ class ChatService:
                 f"{self.settings.max_message_chars} are allowed",
             )
 
-    def _check_backlog(self, backlog: int | None) -> None:
+    def _check_backlog(self, chat: ChatInput, backlog: int | None) -> None:
         if backlog is not None and backlog >= self.settings.max_backlog:
-            raise ApiError(
-                429,
-                "overloaded",
-                f"{backlog} answers are waiting for a worker; try again shortly",
-                headers={"Retry-After": str(self.settings.backlog_retry_after_s)},
+            raise _refused(
+                chat,
+                ApiError(
+                    429,
+                    "overloaded",
+                    f"{backlog} answers are waiting for a worker; try again shortly",
+                    headers={"Retry-After": str(self.settings.backlog_retry_after_s)},
+                ),
             )
 
     def _job(self, chat: ChatInput, config: ProviderConfig, model: str) -> ChatJob:
@@ -616,6 +619,15 @@ class ChatService:
             by_user.setdefault(user, []).append(stream_key)
         if by_user:
             await self.limits.refresh(by_user)
+
+
+def _refused(chat: ChatInput, error: ApiError) -> ApiError:
+    """A 429, logged with whom it refused: the metrics count refusals by scope only."""
+    log.warning(
+        "start refused (%s): user %s, ip %s, request %s: %s",
+        error.code, chat.user_id, chat.client_ip, chat.request_id, error.message,
+    )  # fmt: skip
+    return error
 
 
 def _log_failure(task: asyncio.Task[object]) -> None:
