@@ -39,7 +39,7 @@ def close(got: float | None, exact: float | None) -> bool:
 def success_rate(docs: list[Document]) -> float:
     """Successes of the calls that ended on their own: a Stop says nothing of the provider."""
     ended = [d for d in docs if d["errorCode"] not in STOPPED]
-    return sum(d["success"] for d in ended) / len(ended)
+    return sum(1 for d in ended if d["success"]) / len(ended)
 
 
 def figures(docs: list[Document]) -> Document:
@@ -191,3 +191,23 @@ async def test_timeseries_single_series_and_metric_choice(
     assert (set(nothing["count"]), set(nothing["p95"])) == ({0}, {None})
     assert len(nothing["count"]) == len(empty["data"]["timestamps"]) in (24, 25)
     assert datetime.fromisoformat(empty["data"]["timestamps"][-1]) <= datetime.now(UTC)
+
+
+async def test_a_call_refused_for_its_own_request_is_no_failure_of_the_provider(
+    db: AsyncDatabase[Document], api: httpx.AsyncClient
+) -> None:
+    """An HTTP 400 read as a failed call (rate 0.0) while the breaker and live health leave
+    such 4xx calls out (the worker's health-neutral statuses)."""
+    codes = [None, None, None, "http_503", "rate_limited", "http_400", "http_401", "http_422"]
+    codes += ["http_403", "http_404", "http_409", "http_413", "cancelled"]
+    attempts = [
+        {**doc, "success": code is None, "errorCode": code}
+        for doc, code in zip(make_attempts(count=len(codes)), codes, strict=True)
+    ]
+    await insert_attempts(db, attempts)
+    body = await get_ok(api, PATH, fields="requests,success_rate,errors", **RANGE)
+    totals = body["data"]["totals"]
+    assert (totals["requests"], totals["success_rate"]) == (len(codes), 0.6)
+    assert totals["errors"]["http_400"] == 1  # still counted, by code
+    series = await get_ok(api, f"{PATH}/timeseries", bucket="1d", metrics="success_rate", **RANGE)
+    assert series["data"]["series"] == [{"success_rate": [0.6]}]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -16,6 +19,8 @@ from echotune.analytics.settings import AnalyticsSettings
 Document = dict[str, Any]
 FROM_DOC = "Start (inclusive), ISO 8601; without an offset it is in `tz` (UTC for providers)"
 TO_DOC = "End (exclusive), ISO 8601; default now"
+IMPOSED = frozenset({"user_id"})
+"""Set by the gateway on every request it forwards: taken where it filters nothing."""
 
 
 def _settings(request: Request) -> AnalyticsSettings:
@@ -32,6 +37,30 @@ def _database(request: Request) -> AsyncDatabase[Document]:
     db: AsyncDatabase[Document] = request.app.state.db
     return db
 
+
+def _declared(dependant: Dependant) -> Iterator[str]:
+    """Query parameter names of ``dependant`` and of its dependencies, as sent (aliases)."""
+    yield from (param.alias for param in dependant.query_params)
+    for sub in dependant.dependencies:
+        yield from _declared(sub)
+
+
+def _known_parameters_only(request: Request) -> None:
+    """422 ``extra_forbidden`` for a query parameter the route does not declare (a typo such
+    as ``provder=x`` answered unfiltered data), as the gateway's ``StreamQuery`` does."""
+    declared = set(_declared(request.scope["route"].dependant)) | IMPOSED
+    unknown = [name for name in request.query_params if name not in declared]
+    if unknown:
+        raise RequestValidationError([_extra(name, request.query_params[name]) for name in unknown])
+
+
+def _extra(name: str, value: str) -> dict[str, Any]:
+    message = "Extra inputs are not permitted"  # pydantic's words for extra="forbid"
+    return {"type": "extra_forbidden", "loc": ("query", name), "msg": message, "input": value}
+
+
+KNOWN_PARAMETERS_ONLY = [Depends(_known_parameters_only)]
+"""Router dependencies of every analytics route."""
 
 SettingsDep = Annotated[AnalyticsSettings, Depends(_settings)]
 MongoClientDep = Annotated[AsyncMongoClient[Document], Depends(_client)]

@@ -21,6 +21,7 @@ from echotune.analytics.errors import bad_parameter
 from echotune.analytics.params import Page, TimeRange
 from echotune.common.histogram import quantile
 from echotune.common.mongo import PROVIDER_ROLLUPS
+from echotune.common.request_faults import REQUEST_FAULT_CODES
 from echotune.common.stop_reasons import STOPPED
 
 Document = dict[str, Any]
@@ -34,6 +35,8 @@ BUCKETS = {"1m": ("minute", 1), "5m": ("minute", 5), "1h": ("hour", 1), "1d": ("
 BUCKET_SECONDS = {"1m": 60, "5m": 300, "1h": 3_600, "1d": 86_400}
 SCALARS = ("count", "successes", "latencyMsSum", "ttftMsSum", "ttftCount", "tokensIn", "tokensOut")
 LATENCY, TTFT, ERRORS = "latencyHist", "ttftHist", "errors"
+NOT_THE_PROVIDERS = STOPPED | REQUEST_FAULT_CODES
+"""Calls that say nothing of the provider: left out of its success rate."""
 
 
 @dataclass
@@ -145,9 +148,9 @@ def _ratio(part: float, whole: float, digits: int = 6) -> float | None:
 
 
 def _success_rate(sums: Sums) -> float | None:
-    """Successes of the calls that ended on their own (a Stop, say, is left out)."""
-    stopped = sum(n for code, n in sums.errors.items() if code in STOPPED)
-    return _ratio(sums.scalars.get("successes", 0), sums.scalars.get("count", 0) - stopped)
+    """Successes of the calls that say something of the provider (a Stop or a 400 does not)."""
+    left_out = sum(n for code, n in sums.errors.items() if code in NOT_THE_PROVIDERS)
+    return _ratio(sums.scalars.get("successes", 0), sums.scalars.get("count", 0) - left_out)
 
 
 def _q(hist: dict[int, int] | None, q: float) -> float | None:

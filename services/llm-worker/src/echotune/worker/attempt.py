@@ -13,6 +13,7 @@ from opentelemetry.trace import Span
 from echotune.common.breaker import Outcome, Permit
 from echotune.common.messages import ChatJob, Grounding, Usage
 from echotune.common.providers import ProviderConfig
+from echotune.common.request_faults import REQUEST_FAULT_STATUSES
 from echotune.common.stop_reasons import CANCELLED
 from echotune.worker.confidence import ConfidenceMeter
 from echotune.worker.deadline import Deadline
@@ -30,9 +31,6 @@ from echotune.worker.telemetry import AttemptClock
 from echotune.worker.writer import EventWriter
 
 log = logging.getLogger(__name__)
-
-# 4xx answers other than 429 say nothing about the provider's health.
-_HEALTH_NEUTRAL = frozenset({400, 401, 403, 404, 409, 413, 422})
 
 
 class MidStreamFailure(Exception):
@@ -56,7 +54,7 @@ class AttemptInfo:
 def outcome_of(error: ProviderError) -> Outcome:
     if error.code == "rate_limited":
         return Outcome.RATE_LIMITED
-    if error.status in _HEALTH_NEUTRAL:
+    if error.status in REQUEST_FAULT_STATUSES:
         return Outcome.IGNORED
     return Outcome.FAILURE
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from echotune.analytics.deps import KNOWN_PARAMETERS_ONLY
 from echotune.analytics.routes import conversations, health, insights, listening, providers
 
-api_router = APIRouter()
+api_router = APIRouter(dependencies=KNOWN_PARAMETERS_ONLY)
 api_router.include_router(health.router)
 api_router.include_router(providers.router)
 api_router.include_router(listening.router)

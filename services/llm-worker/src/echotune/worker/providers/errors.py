@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 from echotune.common.providers import ProviderConfig
+from echotune.common.request_faults import status_code
 from echotune.worker.providers.base import ProviderError
 
 ERROR_BODY_LIMIT = 4096
@@ -73,7 +74,7 @@ def status_error(
     secret: str | None = None,
 ) -> ProviderError:
     """The ProviderError for an HTTP (or in-stream) error status."""
-    code = "rate_limited" if status == 429 else f"http_{status}"
+    code = status_code(status)
     message = redact(f"{provider}: HTTP {status}: {detail}", secret)[:_MESSAGE_LIMIT]
     return ProviderError(code, message, status=status, retry_after=retry_after)
 
