@@ -24,6 +24,7 @@ from echotune.common.breaker import (
     CircuitBreakers,
     Outcome,
     Permit,
+    Transition,
 )
 from echotune.common.keys import Keys
 from echotune.common.messages import BreakerState
@@ -417,3 +418,18 @@ async def test_a_probe_grant_whose_reply_was_lost_is_still_granted(
     assert proxy.dropped == 1
     assert permit.probe
     assert not (await breakers.acquire("p")).allowed  # still the only one
+
+
+async def test_the_probe_that_leaves_open_tells_its_transition_once(
+    breakers: CircuitBreakers,
+) -> None:
+    """open → half_open happened in the acquire, which told nobody: the transitions metric
+    never counted it (closed → open and half_open → closed only)."""
+    first = await half_open_probe(breakers)
+    assert first.transition == Transition("p", BreakerState.OPEN, BreakerState.HALF_OPEN)
+    await travel(breakers, POLICY.probe_timeout_s + 1)  # its lease lapsed: a new probe
+    second = await breakers.acquire("p")
+    assert second.probe
+    assert second.transition is None, "half_open all along"
+    await breakers.record("p", Outcome.SUCCESS, token=second.token)
+    assert (await breakers.acquire("p")).transition is None

@@ -20,6 +20,7 @@ from echotune.common.breaker import ACQUIRE
 from echotune.common.logs import request_id_var
 from echotune.common.messages import ChatJob, ErrorEvent
 from echotune.common.request_stream import TAKE, UNTAKEN, RequestStreams
+from echotune.worker import execute as execute_module
 from echotune.worker import jobs
 from echotune.worker.execute import _produce
 from echotune.worker.inflight import InFlight
@@ -251,3 +252,19 @@ async def test_a_probe_left_unused_by_a_worker_shutting_down_is_given_back(
     final = await wait_for_final(running.redis, running.settings.namespace, rid)
     assert final["code"] == "shutdown", final
     assert await probe_is_free(running), "the unused probe holds its lease until it lapses"
+
+
+@pytest.mark.parametrize("with_the_take", [True, False])
+async def test_a_breaker_leaving_open_for_a_probe_is_a_counted_transition(
+    probing: Probing, monkeypatch: pytest.MonkeyPatch, with_the_take: bool
+) -> None:
+    """The acquire moves open → half_open and told nobody: only closed → open and
+    half_open → closed were ever counted."""
+    running, broker, rid = probing
+    if not with_the_take:  # the attempt asks for the probe itself
+        monkeypatch.setattr(execute_module, "starts_with_own", lambda job, chain: False)
+    assert (await answered(running, broker, rid))["type"] == "done"
+    counted = running.metrics.registry.get_sample_value
+    for old, new in (("open", "half_open"), ("half_open", "closed")):
+        labels = {"echotune_provider": "demo", "from_state": old, "to_state": new}
+        assert counted("echotune_breaker_transitions_total", labels) == 1, (old, new)

@@ -68,6 +68,13 @@ class BreakerPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class Transition:
+    provider: str
+    old: BreakerState
+    new: BreakerState
+
+
+@dataclass(frozen=True, slots=True)
 class Permit:
     """The answer to "may I call this provider now?"; a probe's carries its fencing token."""
 
@@ -77,17 +84,12 @@ class Permit:
     token: int | None = None
     reason: str | None = None
     retry_at: float | None = None
+    transition: Transition | None = None
+    """open → half_open, when this grant made the breaker leave open (counted once)."""
 
     @property
     def probe(self) -> bool:
         return self.token is not None
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    provider: str
-    old: BreakerState
-    new: BreakerState
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +115,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
 # KEYS: hash. ARGV: lease ms, call id. → {0 refused | 1 allowed | 2 probe, state, reason,
-# wait ms, token}
+# wait ms, token, the state before (a probe's)}
 _ACQUIRE = (
     _NOW
     + """
@@ -131,14 +133,14 @@ else
   local lease = tonumber(redis.call('HGET', h, 'probe_until') or '0')
   if now < lease then
     if redis.call('HGET', h, 'probe_call') == ARGV[2] then  -- this call's grant, asked again
-      return {2, state, '', 0, tonumber(redis.call('HGET', h, 'probe_token'))}
+      return {2, state, '', 0, tonumber(redis.call('HGET', h, 'probe_token')), state}
     end
     return {0, state, 'probe_in_flight', lease - now, 0}
   end
 end
 local token = redis.call('HINCRBY', h, 'probe_token', 1)
 redis.call('HSET', h, 'state', 'half_open', 'probe_until', now + lease_ms, 'probe_call', ARGV[2])
-return {2, 'half_open', '', 0, token}
+return {2, 'half_open', '', 0, token, state}
 """
 )
 
@@ -279,7 +281,8 @@ class CircuitBreakers:
     @staticmethod
     def permit(provider: str, reply: Any) -> Permit:
         """The reply of an acquire."""
-        allowed, state, reason, wait_ms, token = reply
+        allowed, state, reason, wait_ms, token, *before = reply
+        left = before and int(allowed) == 2 and before[0] == BreakerState.OPEN.value
         return Permit(
             provider=provider,
             allowed=int(allowed) > 0,
@@ -287,6 +290,9 @@ class CircuitBreakers:
             token=int(token) if int(allowed) == 2 else None,
             reason=str(reason) or None,
             retry_at=time.time() + int(wait_ms) / 1000 if int(wait_ms) else None,
+            transition=Transition(provider, BreakerState.OPEN, BreakerState(state))
+            if left
+            else None,
         )
 
     async def give_back(self, permit: Permit) -> None:

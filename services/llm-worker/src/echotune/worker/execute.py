@@ -25,7 +25,7 @@ from echotune.common.request_stream import TAKE, AppendRefused, Final, Take, Tak
 from echotune.common.stop_reasons import CANCELLED, ENDED, FENCED
 from echotune.worker.inflight import InFlight
 from echotune.worker.jobs import JobRunner, provider_chain, shutdown_error, starts_with_own
-from echotune.worker.observability import job_ended, job_span, job_taken
+from echotune.worker.observability import job_ended, job_span, job_taken, permitted
 from echotune.worker.resources import Worker
 from echotune.worker.writer import EventWriter, Refused, WriteFailed
 
@@ -172,6 +172,7 @@ async def _take(
         log.warning("breaker of %s not asked with the take: %s", job.provider, acquired)
     else:
         permit = ctx.breakers.permit(job.provider, acquired)
+        permitted(ctx.metrics, permit)
     if isinstance(took, Exception):
         if permit is not None:
             await ctx.breakers.give_back(permit)

@@ -30,7 +30,7 @@ from echotune.common.providers import ProviderConfig
 from echotune.worker.attempt import Attempt, AttemptInfo, MidStreamFailure
 from echotune.worker.confidence import ConfidenceMeter
 from echotune.worker.conversations import ConversationContext
-from echotune.worker.observability import failed_over, retried, skipped, waited
+from echotune.worker.observability import failed_over, permitted, retried, skipped, waited
 from echotune.worker.prompt import Prompt, build_prompt
 from echotune.worker.providers.base import ProviderError, ProviderRequest
 from echotune.worker.resources import Worker
@@ -260,6 +260,7 @@ class JobRunner:
             permit, self._spare = self._spare, None
             if permit is None:
                 permit = await self.ctx.breakers.acquire(provider)
+                permitted(self.ctx.metrics, permit)
             if permit.allowed:
                 return permit
             wait = (permit.retry_at or 0) - time.time()

@@ -172,6 +172,12 @@ def waited(provider: str, wait_s: float) -> None:
     tracing.event("rate_limit.wait", {"echotune.provider": provider, "echotune.wait_s": wait_s})
 
 
+def permitted(metrics: WorkerMetrics, permit: Permit) -> None:
+    """A grant that moved its breaker out of open is that breaker's transition."""
+    if permit.transition is not None:
+        breaker_changed(metrics, permit.transition)
+
+
 def breaker_changed(metrics: WorkerMetrics, change: Transition) -> None:
     metrics.transition(change)
     tracing.event(
