@@ -117,6 +117,19 @@ def test_an_error_answer_is_a_request_with_an_error_type_and_a_client_leaving_is
     assert value(metrics, "gen_ai_server_time_per_output_token_seconds_count", **LABELS) is None
 
 
+def test_a_cancelled_answer_is_a_request_with_error_type_cancelled() -> None:
+    """It was counted a success (``error_type=""``) while the worker's call said cancelled."""
+    metrics = GatewayMetrics(ProviderRegistry([OPENAI]))
+    watch = metrics.watch(True, time.monotonic(), "fake-openai", "gpt-fake")
+    watch.sent(entry("delta", {"delta": "a b"}))
+    watch.sent(entry("done", {**DONE, "finish_reason": "cancelled"}))
+    watch.end()
+    duration = "gen_ai_server_request_duration_seconds_count"
+    assert value(metrics, duration, **LABELS, error_type="cancelled") == 1
+    assert value(metrics, duration, **LABELS, error_type="") is None
+    assert value(metrics, "gen_ai_server_time_per_output_token_seconds_count", **LABELS) is None
+
+
 @pytest.mark.parametrize(
     ("error", "scope"),
     [

@@ -34,7 +34,7 @@ from redis.exceptions import RedisError
 
 from echotune.common import job_queue
 from echotune.common.keys import Keys
-from echotune.common.messages import BreakerState, EventType
+from echotune.common.messages import BreakerState, EventType, FinishReason
 from echotune.common.metrics import (
     DURATION_BUCKETS,
     FIRST_TOKEN_BUCKETS,
@@ -270,7 +270,10 @@ class StreamWatch:
             metrics.time_to_first_token.labels(*labels).observe(self._first_at - self.opened_at)
         if final is None:
             return
-        error_type = "" if final.type == EventType.DONE else outcome
+        stopped = final.type == EventType.DONE and outcome == FinishReason.CANCELLED
+        error_type = (
+            "" if final.type == EventType.DONE and not stopped else outcome
+        )  # as the worker
         duration = self._final_at - self.opened_at
         metrics.request_duration.labels(*labels, error_type).observe(duration)
         tokens = int((data.get("usage") or {}).get("completion_tokens") or 0)
