@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -363,3 +364,18 @@ async def test_a_final_no_replica_held_in_time_is_counted(settings: WorkerSettin
         written = await running.streams.append_final(rid, taken.fence, 1, DONE)
     assert written is Final.WRITTEN
     assert metrics.registry.get_sample_value("echotune_worker_unreplicated_finals_total") == 1
+
+
+async def test_a_jobs_info_lines_all_name_its_request(
+    settings: WorkerSettings, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """FastStream's own "Received" and "Processed" lines, at INFO, came before the handler
+    knew the request: ``rid=-`` in a README that says every line names its request."""
+    async with started_worker(settings) as (running, broker):
+        logging.getLogger().addHandler(caplog.handler)  # the app set the root's handlers
+        caplog.set_level(logging.INFO)
+        job = long_job(await opened(running), deadline_s=10)
+        await broker.publish(job, stream=settings.keys.jobs)
+        assert (await wait_for_final(redis, settings.namespace, job.request_id))["type"]
+    broker_lines = [r.getMessage() for r in caplog.records if r.name.endswith(".broker")]
+    assert not [line for line in broker_lines if "Received" in line or "Processed" in line]

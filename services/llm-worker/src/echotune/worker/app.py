@@ -76,6 +76,7 @@ def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
         settings.redis_url,
         middlewares=[ExceptionMiddleware(handlers={ValidationError: handlers.refuse_unreadable})],
         logger=logging.getLogger("echotune.worker.broker"),
+        log_level=logging.DEBUG,  # "Received"/"Processed" know no request; the job's own do
         graceful_timeout=settings.drain_s,
     )
     job_subscribers = subscribe(broker, settings)
