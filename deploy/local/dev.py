@@ -189,6 +189,7 @@ echotune is running
   more keys {self.key_command()}
   worker    {self.urls["worker"]}/metrics   (and /healthz)
   telemetry {self.urls["telemetry"]}/metrics
+  analytics {self.urls["analytics"]}   (API docs: /docs; through the gateway: {url}/api/analytics/…)
   redis     {self.urls["redis"]}
   mongodb   {self.urls["mongodb"]}
 {local}try it:

@@ -92,6 +92,10 @@ async def test_ctrl_c_after_start_up_then_a_second_run_starts(
         async with httpx.AsyncClient(timeout=10) as http:
             metrics = await http.get(f"{worker.group(1)}/metrics")
         assert "echotune_worker_job_slots" in metrics.text
+        # nor did it name the analytics service (operator review)
+        analytics = await run.proc.wait_for_line(r"analytics\s+(http://\S+)", timeout=5)
+        async with httpx.AsyncClient(timeout=10) as http:
+            assert (await http.get(f"{analytics.group(1)}/healthz")).status_code == 200
         if n == 0:
             await a_key_made_as_the_banner_says_works(run)
         await interrupted(run)
