@@ -6,12 +6,15 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 import faststream.redis.schemas.stream_sub
+import httpx
 import pytest
 from faststream import Context
 from faststream.redis import RedisBroker, StreamSub, TestRedisBroker
 from faststream.redis.message import RedisMessage
 
 from echotune.common.consuming import InlineContext, StreamSubscription, restart_stopped
+from echotune.telemetry.app import create_app as create_telemetry
+from echotune.worker.app import create_app as create_worker
 
 
 class FakeSubscriber:
@@ -102,3 +105,18 @@ def test_a_stream_subscription_with_a_prefix_is_a_prefixed_copy() -> None:
     assert subscription.add_prefix("") is subscription
     prefixed = subscription.add_prefix("tenant:")
     assert (prefixed.name, prefixed.group, subscription.name) == ("tenant:jobs", "workers", "jobs")
+
+
+@pytest.mark.parametrize("create", [create_worker, create_telemetry], ids=["worker", "telemetry"])
+async def test_a_probe_port_answers_an_unknown_path_with_the_json_error_body(create: Any) -> None:
+    """It said "Application doesn't support regular HTTP protocol." as text (operator review)."""
+    app = create()
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://probe") as client:
+        response = await client.get("/readyz")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert body["error"]["code"] == "not_found"
+    assert "/healthz" in body["error"]["message"]
+    assert body["request_id"] is None

@@ -7,14 +7,16 @@ and telemetry services restart the subscriber instead and report it down meanwhi
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, Self
 
 from faststream._internal.context import Context as ContextField
-from faststream.asgi import AsgiResponse, get
+from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.asgi.handlers import GetHandler
 from faststream.redis import RedisBroker, StreamSub
 
+from echotune.common.error_body import error_body
 from echotune.common.redis import PROBE_TIMEOUT_S
 
 
@@ -59,6 +61,20 @@ async def restart_stopped(
         for subscriber in stopped:
             await subscriber.start()
     return len(stopped)
+
+
+class ProbePort(AsgiFastStream):
+    """A FastStream service whose HTTP port (probes, metrics) answers an unknown path with
+    the JSON error body, not FastStream's "doesn't support regular HTTP" text."""
+
+    async def not_found(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await super().not_found(scope, receive, send)
+            return
+        served = ", ".join(path for path, _ in self.routes)
+        body = error_body("not_found", f"this port serves {served} only")
+        json_type = {"content-type": "application/json"}
+        await AsgiResponse(json.dumps(body).encode(), 404, json_type)(scope, receive, send)
 
 
 def health_route(broker: RedisBroker, subscribers: Sequence[Subscriber]) -> GetHandler:

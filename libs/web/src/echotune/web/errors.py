@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from echotune.common.logs import request_id_var
+from echotune.common.error_body import error_body
 
 
 class ApiError(Exception):
@@ -39,12 +39,8 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     """The JSON error body, with the request id."""
-    body: dict[str, Any] = {"code": code, "message": message}
-    if details is not None:
-        body["details"] = jsonable_encoder(details)
-    return JSONResponse(
-        {"error": body, "request_id": request_id_var.get()}, status_code=status, headers=headers
-    )
+    body = error_body(code, message, None if details is None else jsonable_encoder(details))
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 Render = Callable[[Request, ApiError], JSONResponse]

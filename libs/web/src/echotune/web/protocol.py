@@ -6,15 +6,14 @@ import json
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from echotune.common.error_body import error_body
+
 UNREADABLE = json.dumps(
-    {
-        "error": {
-            "code": "invalid_http",
-            "message": "the request is not valid HTTP: a URL over 64 KB, or a malformed "
-            "request line, header or body",
-        },
-        "request_id": None,
-    }
+    error_body(
+        "invalid_http",
+        "the request is not valid HTTP: a URL over 64 KB, or a malformed request line, header "
+        "or body",
+    )
 ).encode()
 HTTP = "echotune.web.protocol:JsonErrorsHttpTools"
 """uvicorn's ``--http`` for every service that speaks the JSON error body."""

@@ -9,6 +9,7 @@ from urllib.parse import parse_qs
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from echotune.common.error_body import error_body
 from echotune.common.logs import request_id_var
 from echotune.common.messages import REQUEST_ID_PATTERN, new_request_id
 
@@ -54,16 +55,9 @@ class RequestIdMiddleware:
 
 
 async def _reject(send: Send, value: str) -> None:
-    body = json.dumps(
-        {
-            "error": {
-                "code": "invalid_request_id",
-                "message": f"request id must match {REQUEST_ID_PATTERN}",
-                "details": {"value": value[:100]},
-            },
-            "request_id": None,  # the request has none: its own was refused
-        }
-    ).encode()
+    message = f"request id must match {REQUEST_ID_PATTERN}"
+    # the request has no id here: its own was refused (error_body says null)
+    body = json.dumps(error_body("invalid_request_id", message, {"value": value[:100]})).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 422, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -13,13 +13,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from faststream import AckPolicy, ContextRepo
-from faststream.asgi import AsgiFastStream
 from faststream.middlewares import ExceptionMiddleware
 from faststream.redis import RedisBroker
 from pydantic import ValidationError
 
 from echotune.common import heap, tracing
-from echotune.common.consuming import StreamSubscription, Subscriber, health_route
+from echotune.common.consuming import ProbePort, StreamSubscription, Subscriber, health_route
 from echotune.common.keys import JOBS_GROUP
 from echotune.common.logs import configure_logging
 from echotune.common.redis import create_broker, is_cluster
@@ -67,7 +66,7 @@ def subscribe(broker: RedisBroker, settings: WorkerSettings) -> list[Subscriber]
     return [jobs, reclaimed]
 
 
-def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
+def create_app(settings: WorkerSettings | None = None) -> ProbePort:
     settings = settings or WorkerSettings()
     configure_logging("llm-worker", settings.log_level, settings.log_format)
     tracing.configure_tracing("echotune-llm-worker")
@@ -100,7 +99,7 @@ def create_app(settings: WorkerSettings | None = None) -> AsgiFastStream:
         await worker.pool.drain(settings.drain_s)
         await worker.telemetry.flush()
 
-    app = AsgiFastStream(
+    app = ProbePort(
         broker,
         lifespan=lifespan,
         after_startup=[supervise],

@@ -19,10 +19,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from faststream import AckPolicy, ContextRepo
-from faststream.asgi import AsgiFastStream
 from faststream.redis import RedisBroker
 
-from echotune.common.consuming import StreamSubscription, Subscriber, health_route
+from echotune.common.consuming import ProbePort, StreamSubscription, Subscriber, health_route
 from echotune.common.keys import TELEMETRY_GROUP
 from echotune.common.logs import configure_logging
 from echotune.common.redis import create_broker
@@ -64,7 +63,7 @@ def subscribe(broker: RedisBroker, settings: TelemetrySettings) -> list[Subscrib
     return subscribers
 
 
-def create_app(settings: TelemetrySettings | None = None) -> AsgiFastStream:
+def create_app(settings: TelemetrySettings | None = None) -> ProbePort:
     """The telemetry writer as an ASGI FastStream app."""
     settings = settings or TelemetrySettings()
     configure_logging("telemetry", settings.log_level, settings.log_format)
@@ -95,7 +94,7 @@ def create_app(settings: TelemetrySettings | None = None) -> AsgiFastStream:
         for task in supervisors:
             task.cancel()
 
-    app = AsgiFastStream(
+    app = ProbePort(
         broker,
         asgi_routes=[
             ("/metrics", metrics.route()),
