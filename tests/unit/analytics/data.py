@@ -19,6 +19,9 @@ ARTISTS = [f"Artist {n}" for n in range(10)]
 ARTIST_GENRES = {name: ["rock", "indie", "jazz", "pop"][: n % 4] for n, name in enumerate(ARTISTS)}
 USERS = ("alice", "bob", "carol")
 
+FAILURES = ["timeout", "http_503", "rate_limited", "cancelled", "http_400", "http_401"]
+"""Error codes of failed calls: a provider's, a Stop, a request's own fault, a revoked key."""
+
 
 def make_plays(seed: int = 7, users: tuple[str, ...] = USERS, days: int = 4) -> list[Document]:
     """Sessions of 1–8 back-to-back plays per user; gaps around the 30-minute rule."""
@@ -82,7 +85,9 @@ def make_attempts(seed: int = 11, count: int = 600, start: datetime = START) -> 
                 "success": ok,
                 "errorCode": None
                 if ok
-                else rnd.choice(["timeout", "http_503", "rate_limited", "cancelled"]),
+                else rnd.choice(
+                    ["timeout", "http_503", "rate_limited", "cancelled", "http_400", "http_401"]
+                ),
                 "ts": start + timedelta(seconds=rnd.uniform(0, 6 * 3600)),
             }
         )

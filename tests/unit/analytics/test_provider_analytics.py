@@ -12,6 +12,7 @@ import pytest
 from pymongo.asynchronous.database import AsyncDatabase
 
 from echotune.common.histogram import MAX_RELATIVE_ERROR
+from echotune.common.request_faults import REQUEST_FAULT_CODES
 from echotune.common.stop_reasons import STOPPED
 from tests.unit.analytics.conftest import get_ok
 from tests.unit.analytics.data import START, insert_attempts, make_attempts
@@ -36,10 +37,10 @@ def close(got: float | None, exact: float | None) -> bool:
     return abs(got - exact) <= exact * MAX_RELATIVE_ERROR + 1e-3
 
 
-def success_rate(docs: list[Document]) -> float:
-    """Successes of the calls that ended on their own: a Stop says nothing of the provider."""
-    ended = [d for d in docs if d["errorCode"] not in STOPPED]
-    return sum(1 for d in ended if d["success"]) / len(ended)
+def success_rate(docs: list[Document]) -> float | None:
+    """Successes of the calls that say something of the provider (not a Stop, not a 400)."""
+    ended = [d for d in docs if d["errorCode"] not in STOPPED | REQUEST_FAULT_CODES]
+    return sum(1 for d in ended if d["success"]) / len(ended) if ended else None
 
 
 def figures(docs: list[Document]) -> Document:
@@ -197,7 +198,7 @@ async def test_a_call_refused_for_its_own_request_is_no_failure_of_the_provider(
     db: AsyncDatabase[Document], api: httpx.AsyncClient
 ) -> None:
     """An HTTP 400 read as a failed call (rate 0.0) while the breaker and live health leave
-    such 4xx calls out (the worker's health-neutral statuses)."""
+    such 4xx calls out; a 401, 403 or 404 (a revoked key, an unknown model) stays a failure."""
     codes = [None, None, None, "http_503", "rate_limited", "http_400", "http_401", "http_422"]
     codes += ["http_403", "http_404", "http_409", "http_413", "cancelled"]
     attempts = [
@@ -207,7 +208,7 @@ async def test_a_call_refused_for_its_own_request_is_no_failure_of_the_provider(
     await insert_attempts(db, attempts)
     body = await get_ok(api, PATH, fields="requests,success_rate,errors", **RANGE)
     totals = body["data"]["totals"]
-    assert (totals["requests"], totals["success_rate"]) == (len(codes), 0.6)
+    assert (totals["requests"], totals["success_rate"]) == (len(codes), 0.375)  # 3 of 8
     assert totals["errors"]["http_400"] == 1  # still counted, by code
     series = await get_ok(api, f"{PATH}/timeseries", bucket="1d", metrics="success_rate", **RANGE)
-    assert series["data"]["series"] == [{"success_rate": [0.6]}]
+    assert series["data"]["series"] == [{"success_rate": [0.375]}]

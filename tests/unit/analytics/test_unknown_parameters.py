@@ -67,6 +67,14 @@ async def test_the_gateway_s_user_id_is_taken_where_it_filters_nothing(
     assert response.status_code == 200, response.text
 
 
+async def test_a_request_id_named_in_the_query_is_taken_anywhere(api: httpx.AsyncClient) -> None:
+    """Every service takes its request id from ``?request_id=`` (``web/requestid.py``): it
+    was refused as unknown, then echoed in the 422's body."""
+    response = await api.get("/api/analytics/providers", params={"request_id": "abcdefgh-123"})
+    assert response.status_code == 200, response.text
+    assert response.headers["X-Request-Id"] == "abcdefgh-123"
+
+
 async def test_head_refuses_an_unknown_parameter_too(api: httpx.AsyncClient) -> None:
     assert (await api.head("/healthz?x=1")).status_code == 422
     assert (await api.head("/healthz")).status_code == 200

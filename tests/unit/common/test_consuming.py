@@ -12,9 +12,13 @@ from faststream import Context
 from faststream.redis import RedisBroker, StreamSub, TestRedisBroker
 from faststream.redis.message import RedisMessage
 
-from echotune.common.consuming import InlineContext, StreamSubscription, restart_stopped
-from echotune.telemetry.app import create_app as create_telemetry
-from echotune.worker.app import create_app as create_worker
+from echotune.common.consuming import (
+    InlineContext,
+    ProbePort,
+    StreamSubscription,
+    health_route,
+    restart_stopped,
+)
 
 
 class FakeSubscriber:
@@ -107,16 +111,15 @@ def test_a_stream_subscription_with_a_prefix_is_a_prefixed_copy() -> None:
     assert (prefixed.name, prefixed.group, subscription.name) == ("tenant:jobs", "workers", "jobs")
 
 
-@pytest.mark.parametrize("create", [create_worker, create_telemetry], ids=["worker", "telemetry"])
-async def test_a_probe_port_answers_an_unknown_path_with_the_json_error_body(create: Any) -> None:
-    """It said "Application doesn't support regular HTTP protocol." as text (operator review)."""
-    app = create()
+async def test_a_probe_port_answers_an_unknown_path_with_the_json_error_body() -> None:
+    """The worker's and telemetry's ports said "Application doesn't support regular HTTP
+    protocol." as text (operator review)."""
+    app = ProbePort(RedisBroker(), asgi_routes=[("/healthz", health_route(RedisBroker(), []))])
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://probe") as client:
         response = await client.get("/readyz")
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/json"
     body = response.json()
-    assert body["error"]["code"] == "not_found"
-    assert "/healthz" in body["error"]["message"]
+    assert body["error"] == {"code": "not_found", "message": "this port serves /healthz only"}
     assert body["request_id"] is None

@@ -127,7 +127,7 @@ def test_a_cancelled_answer_is_a_request_with_error_type_cancelled() -> None:
     duration = "gen_ai_server_request_duration_seconds_count"
     assert value(metrics, duration, **LABELS, error_type="cancelled") == 1
     assert value(metrics, duration, **LABELS, error_type="") is None
-    assert value(metrics, "gen_ai_server_time_per_output_token_seconds_count", **LABELS) is None
+    assert value(metrics, "gen_ai_server_time_per_output_token_seconds_count", **LABELS) == 1
 
 
 @pytest.mark.parametrize(

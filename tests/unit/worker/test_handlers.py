@@ -371,11 +371,16 @@ async def test_a_jobs_info_lines_all_name_its_request(
 ) -> None:
     """FastStream's own "Received" and "Processed" lines, at INFO, came before the handler
     knew the request: ``rid=-`` in a README that says every line names its request."""
+    root = logging.getLogger()
     async with started_worker(settings) as (running, broker):
-        logging.getLogger().addHandler(caplog.handler)  # the app set the root's handlers
+        root.addHandler(caplog.handler)  # the app set the root's handlers
         caplog.set_level(logging.INFO)
-        job = long_job(await opened(running), deadline_s=10)
-        await broker.publish(job, stream=settings.keys.jobs)
-        assert (await wait_for_final(redis, settings.namespace, job.request_id))["type"]
+        try:
+            job = long_job(await opened(running), deadline_s=10)
+            await broker.publish(job, stream=settings.keys.jobs)
+            assert (await wait_for_final(redis, settings.namespace, job.request_id))["type"]
+        finally:
+            root.removeHandler(caplog.handler)
     broker_lines = [r.getMessage() for r in caplog.records if r.name.endswith(".broker")]
     assert not [line for line in broker_lines if "Received" in line or "Processed" in line]
+    assert any(r.getMessage().startswith("job taken") for r in caplog.records), "heard nothing"

@@ -115,7 +115,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
 # KEYS: hash. ARGV: lease ms, call id. → {0 refused | 1 allowed | 2 probe, state, reason,
-# wait ms, token, the state before (a probe's)}
+# wait ms, token, the state before its grant (a probe's; the same again for a grant asked again)}
 _ACQUIRE = (
     _NOW
     + """
@@ -133,13 +133,15 @@ else
   local lease = tonumber(redis.call('HGET', h, 'probe_until') or '0')
   if now < lease then
     if redis.call('HGET', h, 'probe_call') == ARGV[2] then  -- this call's grant, asked again
-      return {2, state, '', 0, tonumber(redis.call('HGET', h, 'probe_token')), state}
+      local grant = redis.call('HMGET', h, 'probe_token', 'probe_from')
+      return {2, state, '', 0, tonumber(grant[1]), grant[2] or state}
     end
     return {0, state, 'probe_in_flight', lease - now, 0}
   end
 end
 local token = redis.call('HINCRBY', h, 'probe_token', 1)
-redis.call('HSET', h, 'state', 'half_open', 'probe_until', now + lease_ms, 'probe_call', ARGV[2])
+redis.call('HSET', h, 'state', 'half_open', 'probe_until', now + lease_ms, 'probe_call', ARGV[2],
+  'probe_from', state)
 return {2, 'half_open', '', 0, token, state}
 """
 )

@@ -7,13 +7,13 @@ and telemetry services restart the subscriber instead and report it down meanwhi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, Self
 
 from faststream._internal.context import Context as ContextField
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.asgi.handlers import GetHandler
+from faststream.asgi.response import JSONResponse
 from faststream.redis import RedisBroker, StreamSub
 
 from echotune.common.error_body import error_body
@@ -73,8 +73,7 @@ class ProbePort(AsgiFastStream):
             return
         served = ", ".join(path for path, _ in self.routes)
         body = error_body("not_found", f"this port serves {served} only")
-        json_type = {"content-type": "application/json"}
-        await AsgiResponse(json.dumps(body).encode(), 404, json_type)(scope, receive, send)
+        await JSONResponse(body, 404)(scope, receive, send)
 
 
 def health_route(broker: RedisBroker, subscribers: Sequence[Subscriber]) -> GetHandler:

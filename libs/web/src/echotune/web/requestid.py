@@ -14,6 +14,8 @@ from echotune.common.logs import request_id_var
 from echotune.common.messages import REQUEST_ID_PATTERN, new_request_id
 
 HEADER = "X-Request-Id"
+QUERY = "request_id"
+"""The request id as a query parameter (``EventSource`` cannot set a header)."""
 _VALID = re.compile(REQUEST_ID_PATTERN)
 
 
@@ -22,7 +24,7 @@ def requested_id(scope: Scope) -> str | None:
         if name == b"x-request-id":
             return str(value.decode("latin-1"))
     query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-    values = query.get("request_id")
+    values = query.get(QUERY)
     return values[-1] if values else None
 
 

@@ -15,12 +15,14 @@ from echotune.analytics import params
 from echotune.analytics.errors import bad_parameter
 from echotune.analytics.params import ListeningWindow, Page, ProviderWindow, TimeRange
 from echotune.analytics.settings import AnalyticsSettings
+from echotune.web.requestid import QUERY as REQUEST_ID_QUERY
 
 Document = dict[str, Any]
 FROM_DOC = "Start (inclusive), ISO 8601; without an offset it is in `tz` (UTC for providers)"
 TO_DOC = "End (exclusive), ISO 8601; default now"
-IMPOSED = frozenset({"user_id"})
-"""Set by the gateway on every request it forwards: taken where it filters nothing."""
+IMPOSED = frozenset({"user_id", REQUEST_ID_QUERY})
+"""Taken on every route: the gateway sets ``user_id`` on every request it forwards (where it
+filters nothing too), and any request may name its id so (``echotune.web.requestid``)."""
 
 
 def _settings(request: Request) -> AnalyticsSettings:

@@ -270,14 +270,12 @@ class StreamWatch:
             metrics.time_to_first_token.labels(*labels).observe(self._first_at - self.opened_at)
         if final is None:
             return
-        stopped = final.type == EventType.DONE and outcome == FinishReason.CANCELLED
-        error_type = (
-            "" if final.type == EventType.DONE and not stopped else outcome
-        )  # as the worker
+        done = final.type == EventType.DONE  # a Stop's error_type is "cancelled", as the worker's
+        error_type = "" if done and outcome != FinishReason.CANCELLED else outcome
         duration = self._final_at - self.opened_at
         metrics.request_duration.labels(*labels, error_type).observe(duration)
         tokens = int((data.get("usage") or {}).get("completion_tokens") or 0)
-        if self._first_at is not None and tokens > 1 and not error_type:
+        if self._first_at is not None and tokens > 1 and done:  # a Stop's too, as the worker
             per_token = (self._final_at - self._first_at) / (tokens - 1)
             metrics.time_per_output_token.labels(*labels).observe(per_token)
 

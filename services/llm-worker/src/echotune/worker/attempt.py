@@ -13,7 +13,7 @@ from opentelemetry.trace import Span
 from echotune.common.breaker import Outcome, Permit
 from echotune.common.messages import ChatJob, Grounding, Usage
 from echotune.common.providers import ProviderConfig
-from echotune.common.request_faults import REQUEST_FAULT_STATUSES
+from echotune.common.request_faults import HEALTH_NEUTRAL_STATUSES
 from echotune.common.stop_reasons import CANCELLED
 from echotune.worker.confidence import ConfidenceMeter
 from echotune.worker.deadline import Deadline
@@ -54,7 +54,7 @@ class AttemptInfo:
 def outcome_of(error: ProviderError) -> Outcome:
     if error.code == "rate_limited":
         return Outcome.RATE_LIMITED
-    if error.status in REQUEST_FAULT_STATUSES:
+    if error.status in HEALTH_NEUTRAL_STATUSES:
         return Outcome.IGNORED
     return Outcome.FAILURE
 

@@ -93,7 +93,7 @@ class Metrics:
         """Read the stream gauges from Redis (left as they were if Redis does not answer)."""
         if self.redis is None:
             return
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
+        with contextlib.suppress(RedisError, OSError):  # TimeoutError is an OSError
             async with asyncio.timeout(PROBE_TIMEOUT_S):
                 await self._refresh(self.redis)
 

@@ -622,9 +622,10 @@ class ChatService:
 
 
 def _refused(chat: ChatInput, error: ApiError) -> ApiError:
-    """A 429, logged with whom it refused: the metrics count refusals by scope only."""
-    log.warning(
-        "start refused (%s): user %s, ip %s, request %s: %s",
+    """A 429, logged with whom it refused: the metrics count refusals by scope only. The
+    request is named: a POST's may differ from the call's own id (``rid``)."""
+    log.info(
+        "chat refused (%s): user %s, ip %s, request %s: %s",
         error.code, chat.user_id, chat.client_ip, chat.request_id, error.message,
     )  # fmt: skip
     return error

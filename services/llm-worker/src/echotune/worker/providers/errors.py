@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from echotune.common.providers import ProviderConfig
-from echotune.common.request_faults import status_code
+from echotune.common.request_faults import error_code_of
 from echotune.worker.providers.base import ProviderError
 
 ERROR_BODY_LIMIT = 4096
@@ -74,7 +74,7 @@ def status_error(
     secret: str | None = None,
 ) -> ProviderError:
     """The ProviderError for an HTTP (or in-stream) error status."""
-    code = status_code(status)
+    code = error_code_of(status)
     message = redact(f"{provider}: HTTP {status}: {detail}", secret)[:_MESSAGE_LIMIT]
     return ProviderError(code, message, status=status, retry_after=retry_after)
 
