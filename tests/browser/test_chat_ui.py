@@ -59,6 +59,25 @@ async def test_answer_streams_in_progressively_then_is_announced_once(ui: UI) ->
     await ui.screenshot("chat")
 
 
+async def test_a_message_too_long_for_a_url_starts_by_post_then_streams(ui: UI) -> None:
+    """The message rode in the EventSource URL: ~7,500 characters of Japanese URL-encode to
+    ~67 KB, past the gateway's 64 KB request line (400 invalid_http; nginx refuses 8 KB)."""
+    await ui.login()
+    message = "雨の夜に合う静かな曲を教えて。" * 500
+    tokens = words(5)
+    ui.answers.next({"tokens": tokens})
+    answer = await ui.send(message)
+
+    assert await ui.wait_final(answer) == "done"
+    assert await ui.text_of(answer) == "".join(tokens)
+    started, *attached = ui.stream_requests
+    assert started.method == "POST"
+    assert json.loads(started.post_data or "{}")["message"] == message
+    assert attached, "EventSource never attached"
+    for request in attached:  # by request id only: no message in any URL
+        assert set(parse_qs(urlsplit(request.url).query)) <= {"request_id", "last_event_id"}
+
+
 async def test_conversation_id_from_start_is_reused_and_context_toggle_is_sent(ui: UI) -> None:
     await ui.login()
     ui.answers.next({"tokens": words(3)})

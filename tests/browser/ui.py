@@ -15,6 +15,8 @@ from tests.support.stack import API_KEY
 
 FINAL_STATE = re.compile(r"^(done|stopped|error)$")
 STREAM_URL = "**/api/chat/stream?*"
+STREAM_POST_URL = "**/api/chat/stream"
+"""A start by POST (a message too long for a URL): its request id is its X-Request-Id."""
 
 # Records what a test needs to see from inside the page: CSP violations and, per animation
 # frame, the state and text length of the newest answer and the live region's text.
@@ -62,7 +64,7 @@ class ScriptedAnswers:
 
     async def handle(self, route: Route) -> None:
         query = parse_qs(urlsplit(route.request.url).query)
-        rid = query.get("request_id", [""])[0]
+        rid = query.get("request_id", [route.request.headers.get("x-request-id", "")])[0]
         if rid and rid not in self.rids:
             self.rids.append(rid)
             if self.queue:
@@ -87,6 +89,7 @@ class UI:
         self.page.on("request", self._on_request)
         await self.page.add_init_script(WATCH_SCRIPT)
         await self.page.route(STREAM_URL, self.answers.handle)
+        await self.page.route(STREAM_POST_URL, self.answers.handle)
 
     def _on_console(self, message: Any) -> None:
         if message.type in ("error", "warning"):

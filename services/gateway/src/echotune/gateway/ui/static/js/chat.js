@@ -3,7 +3,8 @@
 // Each answer has a request id made here and put in the EventSource URL, so the browser's own
 // reconnects (with Last-Event-ID) attach to the same answer instead of starting a new one. The
 // server answers a reconnect after the final event with 204, which stops EventSource; we also
-// close it ourselves when `done` or `error` arrives.
+// close it ourselves when `done` or `error` arrives. A message too long for a URL starts its
+// answer with a POST instead; EventSource then attaches to it by request id.
 
 import { $, h, announce, fmtMs, prefersReducedMotion } from './dom.js';
 import { api, ApiError, errorFromResponse, networkError } from './api.js';
@@ -11,6 +12,9 @@ import { toast } from './toast.js';
 import { renderPanel, reasonText } from './panel.js';
 
 const MAX_REOPENS = 3;
+/** Longer start URLs go as a POST: proxies refuse long request lines (nginx: 8 KB), the
+ * gateway past 64 KB, and a message URL-encodes to up to 9 bytes a character. */
+const MAX_URL = 4096;
 
 /** The browser's IANA time zone, if it knows one (listening hours are shown in it). */
 export function browserTimeZone() {
@@ -51,6 +55,7 @@ class Answer {
     this.reopens = 0;
     this.stopping = false;
     this.cancelOnStart = false;
+    this.posted = false; // started by POST: EventSource only attaches
     this.final = false;
     this.startedAt = performance.now();
     this.clientTtftMs = null;
@@ -61,16 +66,59 @@ class Answer {
   // --- the stream -----------------------------------------------------------------------
 
   url(lastEventId) {
-    const query = new URLSearchParams({ message: this.message, request_id: this.rid });
-    if (this.conversationId) query.set('conversation_id', this.conversationId);
-    query.set('use_context', String(this.useContext));
-    query.set('use_profile', String(this.useProfile));
-    if (this.timeZone) query.set('time_zone', this.timeZone);
+    const query = new URLSearchParams({ request_id: this.rid });
+    if (!this.posted) {
+      query.set('message', this.message);
+      if (this.conversationId) query.set('conversation_id', this.conversationId);
+      query.set('use_context', String(this.useContext));
+      query.set('use_profile', String(this.useProfile));
+      if (this.timeZone) query.set('time_zone', this.timeZone);
+    }
     if (lastEventId) query.set('last_event_id', lastEventId);
     return `/api/chat/stream?${query}`;
   }
 
+  /** The start as a JSON body (the POST's request id is its X-Request-Id). */
+  startBody() {
+    const options = { use_context: this.useContext, use_profile: this.useProfile };
+    if (this.timeZone) options.time_zone = this.timeZone;
+    const body = { message: this.message, options };
+    if (this.conversationId) body.conversation_id = this.conversationId;
+    return body;
+  }
+
+  /** Start the answer with a POST, then attach to it: once the response begins, the answer
+   * is stored and goes on without this connection (the resume window). */
+  async startByPost() {
+    const controller = new AbortController();
+    let response;
+    try {
+      response = await fetch('/api/chat/stream', {
+        method: 'POST',
+        headers: { Accept: 'text/event-stream', 'Content-Type': 'application/json', 'X-Request-Id': this.rid },
+        body: JSON.stringify(this.startBody()),
+        credentials: 'same-origin',
+        cache: 'no-store',
+        signal: controller.signal,
+      });
+    } catch {
+      this.failToOpen(networkError());
+      return;
+    }
+    if (!response.ok) {
+      this.failToOpen(await errorFromResponse(response));
+      return;
+    }
+    controller.abort();
+    this.posted = true;
+    this.open();
+  }
+
   open(lastEventId = null) {
+    if (!this.posted && this.url(lastEventId).length > MAX_URL) {
+      this.startByPost();
+      return;
+    }
     const source = new EventSource(this.url(lastEventId));
     this.source = source;
     for (const type of ['start', 'delta', 'retry', 'failover', 'done']) {
