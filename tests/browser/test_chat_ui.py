@@ -16,7 +16,7 @@ from echotune.common.keys import Keys
 from echotune.fake_llm import FakeUpstream
 from echotune.gateway.auth.keys import ApiKeyStore
 from tests.browser.conftest import open_ui
-from tests.browser.ui import STREAM_URL, UI
+from tests.browser.ui import UI
 from tests.support.processes import start_gateway
 from tests.support.stack import API_KEY, Stack
 
@@ -336,7 +336,7 @@ async def test_answer_resumes_after_the_gateway_restarts(
         await expect(answer.locator(".msg-text")).to_contain_text("resume5 ")
 
         # Reconnects are not intercepted, so their raw headers (Last-Event-ID) are reported.
-        await ui.page.unroute(STREAM_URL)
+        await ui.stop_scripting()
         proc.kill()  # a crash: connections drop at once
         await proc.stop()
         await expect(answer.locator(".msg-notes")).to_contain_text("Connection lost; reconnecting")

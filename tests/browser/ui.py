@@ -15,8 +15,14 @@ from tests.support.stack import API_KEY
 
 FINAL_STATE = re.compile(r"^(done|stopped|error)$")
 STREAM_URL = "**/api/chat/stream?*"
-STREAM_POST_URL = "**/api/chat/stream"
-"""A start by POST (a message too long for a URL): its request id is its X-Request-Id."""
+
+
+def is_stream_post_url(url: str) -> bool:
+    """A start by POST (a message too long for a URL; its request id is its X-Request-Id).
+    Not a glob: Playwright's ``**/api/chat/stream`` takes the GETs' URLs too."""
+    parts = urlsplit(url)
+    return parts.path.endswith("/api/chat/stream") and not parts.query
+
 
 # Records what a test needs to see from inside the page: CSP violations and, per animation
 # frame, the state and text length of the newest answer and the live region's text.
@@ -89,7 +95,13 @@ class UI:
         self.page.on("request", self._on_request)
         await self.page.add_init_script(WATCH_SCRIPT)
         await self.page.route(STREAM_URL, self.answers.handle)
-        await self.page.route(STREAM_POST_URL, self.answers.handle)
+        await self.page.route(is_stream_post_url, self.answers.handle)
+
+    async def stop_scripting(self) -> None:
+        """No more routes: while any is set, no request reports its raw headers (Last-Event-ID
+        among them)."""
+        await self.page.unroute(STREAM_URL)
+        await self.page.unroute(is_stream_post_url)
 
     def _on_console(self, message: Any) -> None:
         if message.type in ("error", "warning"):
