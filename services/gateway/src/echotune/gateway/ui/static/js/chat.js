@@ -90,21 +90,13 @@ class Answer {
   /** Start the answer with a POST, then attach to it: once the response begins, the answer
    * is stored and goes on without this connection (the resume window). */
   async startByPost() {
-    const controller = new AbortController();
-    let response;
-    try {
-      response = await fetch('/api/chat/stream', {
-        method: 'POST',
-        headers: { Accept: 'text/event-stream', 'Content-Type': 'application/json', 'X-Request-Id': this.rid },
-        body: JSON.stringify(this.startBody()),
-        credentials: 'same-origin',
-        cache: 'no-store',
-        signal: controller.signal,
-      });
-    } catch {
-      this.failToOpen(networkError());
-      return;
-    }
+    const got = await this.fetchStream('/api/chat/stream', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', 'X-Request-Id': this.rid },
+      body: JSON.stringify(this.startBody()),
+    });
+    if (!got) return;
+    const { response, controller } = got;
     if (!response.ok) {
       this.failToOpen(await errorFromResponse(response));
       return;
@@ -250,23 +242,27 @@ class Answer {
     }
   }
 
+  /** A stream as fetch sees it, status included; null after a network failure (said to the
+   * user). Abort the controller to drop the body. */
+  async fetchStream(url, init = {}) {
+    const controller = new AbortController();
+    const headers = { Accept: 'text/event-stream', ...init.headers };
+    const options = { ...init, headers, credentials: 'same-origin', cache: 'no-store' };
+    try {
+      return { response: await fetch(url, { ...options, signal: controller.signal }), controller };
+    } catch {
+      this.failToOpen(networkError());
+      return null;
+    }
+  }
+
   /** EventSource hides HTTP statuses: ask again with fetch (same URL, same request id, so it
    * attaches to the same answer rather than starting another), then act on the status. */
   async diagnose() {
     if (this.final) return;
-    const controller = new AbortController();
-    let response;
-    try {
-      response = await fetch(this.url(this.lastEventId), {
-        headers: { Accept: 'text/event-stream' },
-        credentials: 'same-origin',
-        cache: 'no-store',
-        signal: controller.signal,
-      });
-    } catch {
-      this.failToOpen(networkError());
-      return;
-    }
+    const got = await this.fetchStream(this.url(this.lastEventId));
+    if (!got) return;
+    const { response, controller } = got;
     if (response.status === 200) {
       controller.abort();
       if (++this.reopens > MAX_REOPENS) {
