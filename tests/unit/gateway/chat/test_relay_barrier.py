@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 from redis.asyncio import Redis
-from redis.exceptions import AskError, MovedError, OutOfMemoryError
+from redis.exceptions import AskError, MovedError, OutOfMemoryError, ResponseError
 
 from deploy.local.servers import RedisClusterServers, RedisServer
 from echotune.common.keys import Keys
@@ -63,19 +63,37 @@ async def test_an_entry_is_relayed_once_a_replica_holds_it(replica_pair: Pair) -
         assert unheld(relay) == 0, "handed out because the replica held it, not the wait"
 
 
-async def test_a_replica_that_does_not_answer_delays_reads_only_its_wait(
+async def test_an_online_replica_lagging_past_the_wait_holds_the_reads_back(
     replica_pair: Pair,
 ) -> None:
+    """The cluster chaos run (CI, stop 48) failed again: reads went out once their 50 ms wait
+    ran out, with a replica online but lagging; the primary was killed, the entry lost."""
     async with relay_on(replica_pair.redis, replica_pair.primary.url, wait_ms=50) as relay:
         sub = relay.subscribe(f"r-{uuid.uuid4().hex}", "0-0")
-        with paused(replica_pair.replica):
-            added = time.monotonic()
-            await replica_pair.redis.xadd(sub.key, {"type": "delta", "data": "late"})
-            entry = await asyncio.wait_for(sub.queue.get(), 2)
-            waited = time.monotonic() - added
-        assert entry.data == "late"
+        entry = await held_until_resumed(replica_pair.redis, relay, sub, replica_pair.replica)
+        assert entry.data == "held"
+        assert unheld(relay) == 0
+        assert barrier_of(relay).held_back >= 1, "each read past its wait is counted"
+
+
+async def test_with_no_replica_online_reads_go_after_their_wait_counted(
+    replica_pair: Pair,
+) -> None:
+    """Nothing can hold them (a shard right after a failover): waiting would stall it."""
+    replica_pair.replica.kill()
+    async with asyncio.timeout(10):
+        while (await replica_pair.redis.execute_command("ROLE"))[2]:  # noqa: ASYNC110 - Redis pushes no signal
+            await asyncio.sleep(0.02)
+    async with relay_on(replica_pair.redis, replica_pair.primary.url, wait_ms=50) as relay:
+        sub = relay.subscribe(f"r-{uuid.uuid4().hex}", "0-0")
+        added = time.monotonic()
+        await replica_pair.redis.xadd(sub.key, {"type": "delta", "data": "alone"})
+        entry = await asyncio.wait_for(sub.queue.get(), 2)
+        waited = time.monotonic() - added
+        assert entry.data == "alone"
         assert waited < 0.5, "a read waits at most its wait (50 ms), twice if one was on"
         assert unheld(relay) == 1, "the read handed out unheld is counted (the empty ones not)"
+        assert barrier_of(relay).held_back == 0
 
 
 async def test_a_mark_redis_refuses_hands_the_reads_out_anyway(replica_pair: Pair) -> None:
@@ -95,19 +113,23 @@ async def test_a_mark_redis_refuses_hands_the_reads_out_anyway(replica_pair: Pai
         assert unheld(relay) >= 1
 
 
-def unheld(relay: StreamRelay) -> int:
+def barrier_of(relay: StreamRelay) -> ReadBarrier:
     barrier = relay._barrier
     assert barrier is not None
-    return barrier.unheld
+    return barrier
+
+
+def unheld(relay: StreamRelay) -> int:
+    return barrier_of(relay).unheld
 
 
 @pytest.mark.cluster
-async def test_on_a_cluster_an_entry_is_relayed_once_its_replica_holds_it(
+async def test_on_a_cluster_an_entry_is_relayed_once_its_replica_holds_it_past_the_wait(
     redis_cluster: RedisClusterServers,
 ) -> None:
     cluster_redis = create_redis(redis_cluster.url)
     try:
-        async with relay_on(cluster_redis, redis_cluster.url, wait_ms=1500) as relay:
+        async with relay_on(cluster_redis, redis_cluster.url, wait_ms=50) as relay:
             rid = f"r-{uuid.uuid4().hex}"
             sub = relay.subscribe(rid, "0-0")
             replica = redis_cluster.replica_of(redis_cluster.primary_of(sub.key))
@@ -117,15 +139,32 @@ async def test_on_a_cluster_an_entry_is_relayed_once_its_replica_holds_it(
         await cluster_redis.aclose()
 
 
+ONLINE = ["master", 90, [["127.0.0.1", "6380", "80"]]]
+ALONE = ["master", 90, []]
+
+
 def test_a_moved_mark_reads_again_an_asked_or_refused_one_hands_out_counted() -> None:
     """``MOVED``: the reads' node no longer serves the slot. ``ASK`` (a slot migrating: the
     events are still read here) and a refusal (out of memory) must not stall the reads."""
     barrier = ReadBarrier(Keys("t"), replicas=1, wait_ms=10)
     with pytest.raises(MovedError):
-        barrier.held([MovedError("3999 127.0.0.1:6381"), 1], handing_out=True)
-    assert barrier.held([AskError("3999 127.0.0.1:6381"), 1], handing_out=True) is False
-    assert barrier.held([OutOfMemoryError("command not allowed"), 1], handing_out=True) is False
-    assert barrier.held(["OK", 0], handing_out=False) is False
-    assert barrier.held(["OK", 1], handing_out=True) is True
-    assert barrier.unheld == 2, "only reads handed out unheld are counted"
+        barrier.may_hand_out([MovedError("3999 127.0.0.1:6381"), 1, ONLINE], handing_out=True)
+    ask = AskError("3999 127.0.0.1:6381")
+    assert barrier.may_hand_out(["ASK", ask, 0, ONLINE], handing_out=True) is True
+    oom = OutOfMemoryError("command not allowed")
+    assert barrier.may_hand_out([oom, 0, ONLINE], handing_out=True) is True
+    assert (barrier.unheld, barrier.held_back) == (2, 0)
     assert barrier.commands("r", asking=True)[0] == ("ASKING",)
+
+
+def test_reads_wait_for_an_online_replica_and_go_unheld_only_without_one() -> None:
+    barrier = ReadBarrier(Keys("t"), replicas=1, wait_ms=10)
+    assert barrier.may_hand_out(["OK", 1, ONLINE], handing_out=True) is True
+    assert barrier.may_hand_out(["OK", 0, ONLINE], handing_out=True) is False
+    assert barrier.may_hand_out(["OK", 0, ONLINE], handing_out=False) is True, "nothing read"
+    assert barrier.may_hand_out(["OK", 0, ALONE], handing_out=True) is True
+    assert (barrier.unheld, barrier.held_back) == (1, 1), "only reads handed out are counted"
+    refused = ResponseError("NOPERM this user has no permissions to run the 'role' command")
+    assert barrier.may_hand_out(["OK", 0, refused], handing_out=True) is True
+    assert barrier.unheld == 2, "a refused ROLE says nothing: handed out, counted"
+    assert barrier.commands("r")[-1] == ("ROLE",)

@@ -365,14 +365,18 @@ _KEY_OF: dict[str, Callable[[Keys, str], str]] = {
 
 
 class ReadBarrier:
-    """Commands sent after reads of a request's slot, on the same connection: answered once
-    ``replicas`` replicas hold everything those reads saw, or ``wait_ms`` passed.
+    """Commands sent after reads of a request's slot, on the same connection, and whether
+    what the reads saw may go to clients: once ``replicas`` replicas hold it.
 
     Why: the relay read entries a failover then lost (Redis acknowledged them before any
     replica held them), and its client kept an event no one stored (the cluster chaos run's
     ``event_ids`` violation: a final relayed, lost, then written again under another id). A
     write of the request's ``relayed`` mark, ordered after what was read, is what the
-    ``WAIT`` waits for (a connection that wrote nothing has nothing to wait for).
+    ``WAIT`` waits for (a connection that wrote nothing has nothing to wait for). ``ROLE``
+    then says which replicas are online: while enough are, reads wait for them, however
+    slow (each read waits ``wait_ms``, then is read again; Redis' ``repl-timeout`` drops a
+    replica that stopped answering). Handing out after the wait alone failed the same run
+    (CI, stop 48): a replica lagging past 50 ms, then its primary killed.
     """
 
     LOG_EVERY_S = 60.0
@@ -384,43 +388,65 @@ class ReadBarrier:
         replicas: int,
         wait_ms: int,
         on_unheld: Callable[[], None] | None = None,
+        on_held_back: Callable[[], None] | None = None,
     ) -> None:
         self.keys, self.replicas, self.wait_ms = keys, replicas, wait_ms
-        self._on_unheld = on_unheld
+        self._on_unheld, self._on_held_back = on_unheld, on_held_back
         self.unheld = 0
-        """Reads handed out before enough replicas held them."""
-        self._logged_at = -self.LOG_EVERY_S
+        """Reads handed out before enough replicas held them (too few online, or refused)."""
+        self.held_back = 0
+        """Reads not handed out: an online replica had not confirmed them within the wait."""
+        self._logged_at = {"unheld": -self.LOG_EVERY_S, "held_back": -self.LOG_EVERY_S}
 
     def commands(self, request_id: str, *, asking: bool = False) -> list[tuple[Arg, ...]]:
         """For reads on ``request_id``'s slot (``asking``: a slot migrating to that node)."""
         mark = ("SET", self.keys.relayed(request_id), "1", "PX", self.MARK_TTL_MS)
         wait = ("WAIT", self.replicas, self.wait_ms)
-        return [("ASKING",), mark, wait] if asking else [mark, wait]
+        return [("ASKING",), mark, wait, ("ROLE",)] if asking else [mark, wait, ("ROLE",)]
 
-    def held(self, replies: Sequence[Any], *, handing_out: bool) -> bool:
-        """Whether enough replicas held the reads in time. A moved slot raises (the mark was
-        written nowhere and the reads' node no longer serves it: read again); any other
-        refusal (out of memory, a slot migrating: ``ASK``) or a wait that ran out leaves the
-        reads to be handed out anyway, counted and logged when ``handing_out``."""
+    def may_hand_out(self, replies: Sequence[Any], *, handing_out: bool) -> bool:
+        """Whether the reads may go to clients now: enough replicas hold them; or fewer are
+        online than asked for (nothing can hold them), or the mark was refused (out of
+        memory, a slot migrating: ``ASK``), handed out anyway, counted and logged when
+        ``handing_out``. Not while enough replicas are online and one has yet to confirm:
+        read again. A moved slot raises (the mark was written nowhere and the reads' node
+        no longer serves it: read again)."""
         for reply in replies:
             if isinstance(reply, MovedError):  # not ASK, its base class in redis-py
                 raise reply
-        refused = next((r for r in replies if isinstance(r, Exception)), None)
-        if refused is None and int(replies[-1]) >= self.replicas:
-            return True
+        mark, acked, role = replies[-3:]
+        refused = next((r for r in (mark, acked, role) if isinstance(r, Exception)), None)
+        if not isinstance(mark, Exception) and not isinstance(acked, Exception):
+            if int(acked) >= self.replicas:
+                return True
+            if _online_replicas(role) >= self.replicas:
+                if handing_out:
+                    self._count("held_back", "an online replica has not confirmed them yet")
+                return not handing_out
         if handing_out:
-            self._count(refused)
-        return False
+            self._count("unheld", f"refused: {refused}" if refused else "too few replicas online")
+        return True
 
-    def _count(self, refused: Exception | None) -> None:
-        self.unheld += 1
-        if self._on_unheld is not None:
-            self._on_unheld()
-        if (now := time.monotonic()) - self._logged_at >= self.LOG_EVERY_S:
-            self._logged_at = now
-            why = f"the mark was refused: {refused}" if refused else "the wait ran out"
-            log.warning("relayed reads before %d replicas held them (%s; %d so far)",
-                        self.replicas, why, self.unheld)  # fmt: skip
+    def _count(self, kind: str, why: str) -> None:
+        if kind == "unheld":
+            self.unheld += 1
+            callback, total, done = self._on_unheld, self.unheld, "relayed"
+        else:
+            self.held_back += 1
+            callback, total, done = self._on_held_back, self.held_back, "held back"
+        if callback is not None:
+            callback()
+        if (now := time.monotonic()) - self._logged_at[kind] >= self.LOG_EVERY_S:
+            self._logged_at[kind] = now
+            log.warning("%s reads before %d replicas held them (%s; %d so far)",
+                        done, self.replicas, why, total)  # fmt: skip
+
+
+def _online_replicas(role: Any) -> int:
+    """How many replicas a primary's ``ROLE`` reply lists (those online; 0 for any other)."""
+    if isinstance(role, list) and len(role) >= 3 and role[0] in ("master", b"master"):
+        return len(role[2])
+    return 0
 
 
 class RequestStreams:
@@ -450,13 +476,17 @@ class RequestStreams:
         await load_all(self.redis, SCRIPTS)
 
     def read_barrier(
-        self, wait_ms: int, on_unheld: Callable[[], None] | None = None
+        self,
+        wait_ms: int,
+        on_unheld: Callable[[], None] | None = None,
+        on_held_back: Callable[[], None] | None = None,
     ) -> ReadBarrier | None:
         """What makes a relay hand out only what ``wait_replicas`` replicas hold (none
-        without them); ``on_unheld`` counts reads handed out before they held it."""
+        without them); ``on_unheld`` counts reads handed out before they held it,
+        ``on_held_back`` reads kept back for a replica that had not confirmed them."""
         if not self.wait_replicas:
             return None
-        return ReadBarrier(self.keys, self.wait_replicas, wait_ms, on_unheld)
+        return ReadBarrier(self.keys, self.wait_replicas, wait_ms, on_unheld, on_held_back)
 
     def events_key(self, request_id: str) -> str:
         return self.keys.events(request_id)

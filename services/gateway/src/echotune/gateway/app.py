@@ -75,7 +75,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         batch=settings.relay_batch,
         round_s=settings.relay_round_ms / 1000,
         barrier=streams.read_barrier(
-            settings.relay_wait_ms, on_unheld=app.state.metrics.unreplicated_reads.inc
+            settings.relay_wait_ms,
+            on_unheld=app.state.metrics.unreplicated_reads.inc,
+            on_held_back=app.state.metrics.held_back_reads.inc,
         ),
     )
     broker = create_broker(settings.redis_url, logger=logging.getLogger("echotune.gateway.broker"))

@@ -114,8 +114,14 @@ class GatewayMetrics:
         )
         self.unreplicated_reads = Counter(
             "echotune_gateway_unreplicated_reads",
-            "Relay reads handed out before REDIS_WAIT_REPLICAS replicas held them (their wait, "
-            "GATEWAY_RELAY_WAIT_MS, ran out): a failover could take back an event relayed",
+            "Relay reads handed out before REDIS_WAIT_REPLICAS replicas held them (fewer were "
+            "online, or Redis refused the mark): a failover could take back an event relayed",
+            registry=r,
+        )
+        self.held_back_reads = Counter(
+            "echotune_gateway_held_back_reads",
+            "Relay reads read again: an online replica had not confirmed them within "
+            "GATEWAY_RELAY_WAIT_MS (a lagging replica delays what clients get)",
             registry=r,
         )
         self.streams = Counter(

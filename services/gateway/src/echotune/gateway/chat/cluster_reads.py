@@ -13,7 +13,8 @@ The reader reads exactly the streams the node said changed, all of them in one p
 single-key ``XREAD`` s (each a single slot), which also tracks them again. A stream is first
 read when it is subscribed, and every stream of a node is read again after a reconnect and
 every ``resync_s`` (a safety net: nothing waits on it). With a ``barrier``, the pipeline ends
-with its replicated write and ``WAIT``, and what it read is handed out only after them.
+with its replicated write, ``WAIT`` and ``ROLE``, and what it read is handed out only after
+them (or read again, while an online replica has yet to confirm it).
 
 Which node reads a stream follows the slot map: a ``MOVED`` reply (resharding, or a replica
 promoted after a failover) refreshes the map and moves the stream to its new node, an
@@ -345,7 +346,7 @@ class NodeReads:
             if entries := _entries(raw):
                 read.append((key, entries, after))
         if barrier and not await self._may_hand_out(reader, len(barrier), bool(read)):
-            self._dirty.update(key for key, _, _ in read)  # read again once the slot is known
+            self._dirty.update(key for key, _, _ in read)  # read again
             return
         for key, entries, after in read:
             self.owner.deliver(key, entries, after)
@@ -361,9 +362,9 @@ class NodeReads:
         return barrier.commands(request_of(key), asking=asking)
 
     async def _may_hand_out(self, reader: Connection, count: int, handing_out: bool) -> bool:
-        """Whether what the pipeline read may be handed out: its barrier's replies came (a
-        replica holds it, or the wait ran out, or the mark was refused); not if the mark's
-        slot moved (then after a pause: the slot map is read again meanwhile)."""
+        """Whether what the pipeline read may be handed out now (``ReadBarrier``): not while
+        an online replica has yet to confirm it, nor if the mark's slot moved (then after a
+        pause: the slot map is read again meanwhile)."""
         assert self.owner.barrier is not None
         replies: list[Any] = []
         for _ in range(count):
@@ -372,10 +373,9 @@ class NodeReads:
             except ResponseError as error:
                 replies.append(error)
         try:
-            self.owner.barrier.held(replies, handing_out=handing_out)
+            return self.owner.barrier.may_hand_out(replies, handing_out=handing_out)
         except MovedError as error:
             log.warning("relay reads read again: their barrier's slot moved (%s)", error)
             self.owner.refresh()
             await asyncio.sleep(MOVED_PAUSE_S)
             return False
-        return True

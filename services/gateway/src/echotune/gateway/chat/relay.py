@@ -14,9 +14,9 @@ is read as it comes (the read was waiting for it); busy, one read brings what ma
 got meanwhile. On a Redis Cluster the reads go per node instead (``cluster_reads.py``).
 
 With a ``barrier`` (``REDIS_WAIT_REPLICAS``), every read is followed on its connection by a
-replicated write and its ``WAIT``: what a read saw is handed out once a replica holds it (or
-the wait ran out), so a failover does not take back an event a client got
-(``request_stream.ReadBarrier``).
+replicated write, its ``WAIT`` and ``ROLE``: what a read saw is handed out once a replica
+holds it (or none is online to hold it; read again while one is), so a failover does not
+take back an event a client got (``request_stream.ReadBarrier``).
 """
 
 from __future__ import annotations
@@ -362,7 +362,8 @@ class StreamRelay:
         if self._barrier is not None and confirms:
             streams = reply.keys() if isinstance(reply, dict) else [s for s, _ in reply or ()]
             handing_out = any(key != self._wakeup_key for key in streams)
-            self._barrier.held(confirms, handing_out=handing_out)
+            if not self._barrier.may_hand_out(confirms, handing_out=handing_out):
+                return None  # read again: a replica has yet to confirm it
         return reply
 
     def _barrier_after(self, positions: dict[str, Subscription | None]) -> list[bytes]:
