@@ -80,13 +80,29 @@ async def test_a_final_written_again_waits_for_the_replica_too(replica_pair: Pai
     assert await pending is Final.WRITTEN
 
 
-async def test_a_replica_that_does_not_answer_in_time_delays_the_start_only_that_long(
-    replica_pair: Pair,
-) -> None:
+async def test_an_online_replica_lagging_past_the_wait_is_waited_for(replica_pair: Pair) -> None:
+    """As the relay's reads (CI, stop 48): a wait that ran out counted the write unheld while
+    its replica was online, only lagging; a failover then could lose it."""
     streams = streams_on(replica_pair.redis, wait_ms=50)
     await streams.load_scripts()
+    meta = streams.keys.meta(RID)
     with paused(replica_pair.replica):
-        opened = await asyncio.wait_for(streams.open(RID, "fp", "u", start()), 2)
+        opening = await held_back(
+            streams.open(RID, "fp", "u", start()), lambda: replica_pair.redis.exists(meta)
+        )
+    opened = await opening
+    assert (opened.state, opened.unreplicated) == (Opened.STARTED, False)
+    assert await replica_pair.replica_redis.exists(meta) == 1
+
+
+async def test_with_no_replica_online_the_start_waits_only_its_wait(replica_pair: Pair) -> None:
+    streams = streams_on(replica_pair.redis, wait_ms=50)
+    await streams.load_scripts()
+    replica_pair.replica.kill()
+    async with asyncio.timeout(10):
+        while (await replica_pair.redis.execute_command("ROLE"))[2]:  # noqa: ASYNC110 - Redis pushes no signal
+            await asyncio.sleep(0.02)
+    opened = await asyncio.wait_for(streams.open(RID, "fp", "u", start()), 2)
     assert (opened.state, opened.unreplicated) == (Opened.STARTED, True)
 
 

@@ -137,8 +137,8 @@ class _Sends:
     def __init__(self, *outcomes: object) -> None:
         self.outcomes, self.sent, self.refreshes = list(outcomes), [], 0
 
-    async def send(self, redis: object, key: str, packed: bytes) -> object:
-        self.sent.append(packed)
+    async def send(self, redis: object, key: str, call: bytes, wait: bytes, n: int) -> object:
+        self.sent.append(call + wait)
         outcome = self.outcomes.pop(0)
         if isinstance(outcome, BaseException):
             raise outcome
@@ -169,7 +169,8 @@ async def test_a_replicated_call_on_a_cluster_is_sent_again_after_a_failover(
     fake = sends(RedisConnectionError("gone"), [MovedError("7 127.0.0.1:2"), 0], [b"OK", 1])
     assert await LATER.replicated(UNCONNECTED, ["k"], ["v"], 1, 100) == (b"OK", 1)
     assert (len(fake.sent), fake.refreshes) == (3, 2)
-    assert all(packed.endswith(b"$4\r\nWAIT\r\n$1\r\n1\r\n$3\r\n100\r\n") for packed in fake.sent)
+    wait = b"$4\r\nWAIT\r\n$1\r\n1\r\n$3\r\n100\r\n*1\r\n$4\r\nROLE\r\n"
+    assert all(packed.endswith(wait) for packed in fake.sent)
 
 
 async def test_a_replicated_call_redis_forgot_is_sent_as_eval_without_a_failure(

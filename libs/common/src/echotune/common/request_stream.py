@@ -56,7 +56,14 @@ from echotune.common.messages import (
     StartEvent,
     encode_event,
 )
-from echotune.common.scripts import Arg, Script, execute, execute_packed, load_all
+from echotune.common.scripts import (
+    Arg,
+    Script,
+    execute,
+    execute_packed,
+    load_all,
+    online_replicas,
+)
 
 log = logging.getLogger(__name__)
 
@@ -419,7 +426,7 @@ class ReadBarrier:
         if not isinstance(mark, Exception) and not isinstance(acked, Exception):
             if int(acked) >= self.replicas:
                 return True
-            if _online_replicas(role) >= self.replicas:
+            if online_replicas(role) >= self.replicas:
                 if handing_out:
                     self._count("held_back", "an online replica has not confirmed them yet")
                 return not handing_out
@@ -440,13 +447,6 @@ class ReadBarrier:
             self._logged_at[kind] = now
             log.warning("%s reads before %d replicas held them (%s; %d so far)",
                         done, self.replicas, why, total)  # fmt: skip
-
-
-def _online_replicas(role: Any) -> int:
-    """How many replicas a primary's ``ROLE`` reply lists (those online; 0 for any other)."""
-    if isinstance(role, list) and len(role) >= 3 and role[0] in ("master", b"master"):
-        return len(role[2])
-    return 0
 
 
 class RequestStreams:

@@ -10,6 +10,8 @@ except :func:`exchange` on a connection of the node the caller chose.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from redis.asyncio import Redis
@@ -45,17 +47,27 @@ async def send(redis: Redis, packed: bytes, replies: int) -> list[Any]:
     """Send ``packed`` (``replies`` commands) on one pool connection, again on a fresh one as
     the client's retry policy says; the replies as hiredis parsed them, an error reply in its
     place as a ``ResponseError``. Only for commands that may be applied twice."""
+    async with pooled(redis) as connection:
+        return await _exchange(connection, packed, replies)
+
+
+@asynccontextmanager
+async def pooled(redis: Redis) -> AsyncIterator[AbstractConnection]:
+    """One of ``redis``'s pool connections, held for several exchanges."""
     pool = redis.connection_pool
     connection = await pool.get_connection()  # type: ignore[no-untyped-call]
     try:
-        return await _exchange(connection, packed, replies)
+        yield connection
     finally:
         await pool.release(connection)
 
 
-async def exchange(connection: AbstractConnection, packed: bytes, replies: int) -> list[Any]:
-    """As :func:`send`, on a connection the caller holds (a cluster node's)."""
-    return await _exchange(connection, packed, replies)
+async def exchange(
+    connection: AbstractConnection, packed: bytes, replies: int, *, retry: bool = True
+) -> list[Any]:
+    """As :func:`send`, on a connection the caller holds (a cluster node's, a pooled one);
+    not ``retry``: never again on a fresh connection (a ``WAIT`` waits for its own)."""
+    return await _exchange(connection, packed, replies, retry=retry)
 
 
 class OwnConnection:
@@ -83,7 +95,9 @@ class OwnConnection:
             self._connection = None
 
 
-async def _exchange(connection: AbstractConnection, packed: bytes, replies: int) -> list[Any]:
+async def _exchange(
+    connection: AbstractConnection, packed: bytes, replies: int, *, retry: bool = True
+) -> list[Any]:
     async def exchange() -> list[Any]:
         await connection.send_packed_command(packed, check_health=False)
         # One timeout for all the replies, not one per reply as connection.read_response;
@@ -102,6 +116,8 @@ async def _exchange(connection: AbstractConnection, packed: bytes, replies: int)
         await connection.disconnect()
 
     try:
+        if not retry:
+            return await exchange()
         return await connection.retry.call_with_retry(exchange, failed)
     except BaseException:
         await connection.disconnect()  # replies may be left unread on it

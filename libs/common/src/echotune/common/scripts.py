@@ -21,6 +21,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 from redis.exceptions import (
     AskError,
@@ -72,21 +73,26 @@ class Script:
         self, redis: Redis, keys: list[str], args: list[Arg], replicas: int, wait_ms: int
     ) -> tuple[Any, int]:
         """Call it, then ``WAIT`` on the same connection until ``replicas`` replicas hold its
-        writes or ``wait_ms`` passed; (its reply, how many replicas acknowledged them).
+        writes or ``wait_ms`` passed; (its reply, how many replicas acknowledged them). A wait
+        that ran out while ``ROLE`` lists enough online replicas waits again: a lagging
+        replica is waited for (Redis' ``repl-timeout`` drops one that stopped answering);
+        only with fewer online does it count unheld.
 
         Only for a script that tells its own retry apart and writes again when it does (a
         ``WAIT`` after a call that wrote nothing waits for nothing on Redis 7.2+ and Valkey).
-        On a cluster the pair goes to the slot's primary on one of its connections; a moved
+        On a cluster the three go to the slot's primary on one of its connections; a moved
         slot or a lost connection (a failover) refreshes the slot map and sends it again, and
         a cluster that stays away is a ``ConnectionError`` (as a single Redis's)."""
-        call, wait = self.packed(keys, args), resp.command("WAIT", replicas, wait_ms)
+        call = self.packed(keys, args)
+        wait = resp.command("WAIT", replicas, wait_ms) + resp.command("ROLE")
         failures, evaluated = 0, False
         while True:
             try:
                 if isinstance(redis, RedisCluster):
-                    reply, acked = await _on_primary(redis, keys[0], call + wait)
+                    reply, acked = await _on_primary(redis, keys[0], call, wait, replicas)
                 else:
-                    reply, acked = await resp.send(redis, call + wait, 2)
+                    async with resp.pooled(redis) as connection:
+                        reply, acked = await _held(connection, call, wait, replicas)
                 if isinstance(reply, NoScriptError) and not evaluated:
                     evaluated = True  # EVAL runs it and caches it (it never answers NOSCRIPT)
                     call = resp.command("EVAL", self.source, len(keys), *keys, *args)
@@ -124,8 +130,17 @@ _ELSEWHERE = (MovedError, AskError, TryAgainError, ClusterDownError)
 _RESENT = (RedisConnectionError, RedisTimeoutError, RedisClusterException, *_ELSEWHERE)
 
 
-async def _on_primary(redis: RedisCluster, key: str, packed: bytes) -> list[Any]:
-    """Send ``packed`` (two commands) to ``key``'s primary on one of its connections."""
+def online_replicas(role: Any) -> int:
+    """How many replicas a primary's ``ROLE`` reply lists (those online; 0 for any other)."""
+    if isinstance(role, list) and len(role) >= 3 and role[0] in ("master", b"master"):
+        return len(role[2])
+    return 0
+
+
+async def _on_primary(
+    redis: RedisCluster, key: str, call: bytes, wait: bytes, replicas: int
+) -> tuple[Any, Any]:
+    """:func:`_held` on one of ``key``'s primary's connections."""
     await redis.initialize()  # the slot map (a no-op once known)
     node = redis.get_node_from_key(key)
     if node is None:
@@ -133,9 +148,28 @@ async def _on_primary(redis: RedisCluster, key: str, packed: bytes) -> list[Any]
     connection = node.acquire_connection()
     try:
         await node.disconnect_if_needed(connection)  # marked stale by a slot map refresh
-        return await resp.exchange(connection, packed, 2)
+        return await _held(connection, call, wait, replicas)
     finally:
         node.release(connection)
+
+
+async def _held(
+    connection: AbstractConnection, call: bytes, wait: bytes, replicas: int
+) -> tuple[Any, Any]:
+    """``call`` then ``wait`` (``WAIT``, ``ROLE``) on ``connection``; ``wait`` again while
+    it ran out with enough replicas online, on this connection only (a ``WAIT`` waits for
+    its own connection's writes); (the call's reply, the last ``WAIT``'s)."""
+    reply, acked, role = await resp.exchange(connection, call + wait, 3)
+    while _lagging(reply, acked, role, replicas):
+        acked, role = await resp.exchange(connection, wait, 2, retry=False)
+    return reply, acked
+
+
+def _lagging(reply: Any, acked: Any, role: Any, replicas: int) -> bool:
+    """Whether a write's wait ran out while enough replicas are online to hold it."""
+    if isinstance(reply, Exception) or isinstance(acked, Exception):
+        return False
+    return int(acked) < replicas and online_replicas(role) >= replicas
 
 
 async def _refresh(redis: RedisCluster, key: str, failures: int) -> None:

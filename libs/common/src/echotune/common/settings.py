@@ -62,8 +62,8 @@ class ServiceSettings(BaseSettings):
         ge=1,
         le=2000,
         validation_alias=shared("REDIS_WAIT_MS"),
-        description="Longest wait for those replicas (below Redis' socket timeout, 5 s); past "
-        "it the write counts anyway (logged)",
+        description="One wait for those replicas (below Redis' socket timeout, 5 s); past it "
+        "the write waits again while they are online (ROLE), else counts anyway (logged)",
     )
     key_grace_s: int = Field(
         60,

@@ -103,13 +103,14 @@ class GatewayMetrics:
         )
         self.unreplicated_opens = Counter(
             "echotune_gateway_unreplicated_opens",
-            "Answers started before REDIS_WAIT_REPLICAS replicas held their opening (in time)",
+            "Answers started before REDIS_WAIT_REPLICAS replicas held their opening (fewer "
+            "were online)",
             registry=r,
         )
         self.unreplicated_finals = Counter(
             "echotune_gateway_unreplicated_finals",
             "Finals the gateway wrote itself (no worker, cancel grace, deadline, worker lost) "
-            "before REDIS_WAIT_REPLICAS replicas held them (in time)",
+            "before REDIS_WAIT_REPLICAS replicas held them (fewer were online)",
             registry=r,
         )
         self.unreplicated_reads = Counter(

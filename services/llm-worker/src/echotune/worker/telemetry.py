@@ -209,8 +209,8 @@ class TelemetryPublisher:
         return failed
 
     async def _publish(self, args: list[Arg]) -> list[Any]:
-        """The script's replies, once ``wait_replicas`` replicas hold its entries (or the
-        wait ran out)."""
+        """The script's replies, once ``wait_replicas`` replicas hold its entries (or fewer
+        are online)."""
         keys = [self._stream]
         if not self._wait_replicas:
             return list(await _PUBLISH(self._redis, keys, args))
