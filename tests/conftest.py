@@ -20,7 +20,7 @@ from deploy.local.servers import (
 )
 from echotune.common.redis import create_redis, is_cluster
 from tests.support.processes import start_fake_llm
-from tests.support.replicas import replica_pair  # noqa: F401 - a fixture
+from tests.support.replicas import lagging_pair, replica_pair  # noqa: F401 - fixtures
 from tests.support.stack import AUTH, Stack, start_stack
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from redis.asyncio import Redis
@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MovedError, NoScriptError, ResponseError, SlotNotCoveredError
 
 from deploy.local.servers import RedisClusterServers
-from echotune.common import scripts
+from echotune.common import replica_wait, scripts
 from echotune.common.redis import create_redis
 from echotune.common.scripts import Script, execute
 
@@ -137,8 +137,8 @@ class _Sends:
     def __init__(self, *outcomes: object) -> None:
         self.outcomes, self.sent, self.refreshes = list(outcomes), [], 0
 
-    async def send(self, redis: object, key: str, call: bytes, wait: bytes, n: int) -> object:
-        self.sent.append(call + wait)
+    async def send(self, redis: object, key: str, call: bytes, waiting: Any) -> object:
+        self.sent.append(call + replica_wait.commands(waiting.replicas, waiting.wait_ms))
         outcome = self.outcomes.pop(0)
         if isinstance(outcome, BaseException):
             raise outcome
@@ -167,7 +167,7 @@ async def test_a_replicated_call_on_a_cluster_is_sent_again_after_a_failover(
     sends: Callable[..., _Sends],
 ) -> None:
     fake = sends(RedisConnectionError("gone"), [MovedError("7 127.0.0.1:2"), 0], [b"OK", 1])
-    assert await LATER.replicated(UNCONNECTED, ["k"], ["v"], 1, 100) == (b"OK", 1)
+    assert await LATER.replicated(UNCONNECTED, ["k"], ["v"], 1, 100, 1000) == (b"OK", 1)
     assert (len(fake.sent), fake.refreshes) == (3, 2)
     wait = b"$4\r\nWAIT\r\n$1\r\n1\r\n$3\r\n100\r\n*1\r\n$4\r\nROLE\r\n"
     assert all(packed.endswith(wait) for packed in fake.sent)
@@ -177,7 +177,7 @@ async def test_a_replicated_call_redis_forgot_is_sent_as_eval_without_a_failure(
     sends: Callable[..., _Sends],
 ) -> None:
     fake = sends([NoScriptError("NOSCRIPT"), 1], [b"OK", 1])
-    assert await LATER.replicated(UNCONNECTED, ["k"], ["v"], 1, 100) == (b"OK", 1)
+    assert await LATER.replicated(UNCONNECTED, ["k"], ["v"], 1, 100, 1000) == (b"OK", 1)
     assert fake.sent[1].startswith(b"*5\r\n$4\r\nEVAL\r\n")
     assert fake.refreshes == 0
 
@@ -188,5 +188,5 @@ async def test_a_cluster_that_stays_away_is_a_connection_error(
     """Not the cluster client's own exception, which no caller retries (not a RedisError)."""
     fake = sends(*[SlotNotCoveredError("no slot")] * 5)
     with pytest.raises(RedisConnectionError):
-        await LATER.replicated(UNCONNECTED, ["k"], ["v"], 1, 100)
+        await LATER.replicated(UNCONNECTED, ["k"], ["v"], 1, 100, 1000)
     assert (len(fake.sent), fake.refreshes) == (5, 4)

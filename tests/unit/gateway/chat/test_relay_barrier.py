@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import pytest
@@ -26,12 +26,13 @@ from tests.support.replicas import BLOCKED_S, Pair, paused
 
 @asynccontextmanager
 async def relay_on(
-    redis: Redis, url: str, wait_ms: int, block_ms: int = 5000
+    redis: Redis, url: str, wait_ms: int, block_ms: int = 5000, max_ms: int = 3000
 ) -> AsyncIterator[StreamRelay]:
     keys = Keys(f"t{uuid.uuid4().hex[:8]}")
     streams = RequestStreams(
-        redis, keys, request_ttl_s=60, final_ttl_s=60, reader_ttl_ms=1000, wait_replicas=1
-    )  # the relay's barrier writes the request's relayed mark, nothing of its own
+        redis, keys, request_ttl_s=60, final_ttl_s=60, reader_ttl_ms=1000, wait_replicas=1,
+        wait_max_ms=max_ms,
+    )  # the relay's barrier writes the request's relayed mark, nothing of its own  # fmt: skip
     barrier = streams.read_barrier(wait_ms)
     relay = StreamRelay(url, keys, block_ms=block_ms, batch=100, barrier=barrier)
     await relay.start()
@@ -73,7 +74,34 @@ async def test_an_online_replica_lagging_past_the_wait_holds_the_reads_back(
         entry = await held_until_resumed(replica_pair.redis, relay, sub, replica_pair.replica)
         assert entry.data == "held"
         assert unheld(relay) == 0
-        assert barrier_of(relay).held_back >= 1, "each read past its wait is counted"
+        assert barrier_of(relay).held_back == 1, "the read that waited past its wait"
+
+
+async def test_a_replica_always_slower_than_the_wait_is_waited_for(lagging_pair: Pair) -> None:
+    """Reading again wrote a new mark each time, so its wait never caught up: nothing was
+    handed out while the replica confirmed everything, 160 ms late (review of stop 48)."""
+    async with relay_on(lagging_pair.redis, lagging_pair.primary.url, wait_ms=50) as relay:
+        sub = relay.subscribe(f"r-{uuid.uuid4().hex}", "0-0")
+        await lagging_pair.redis.xadd(sub.key, {"type": "delta", "data": "late"})
+        entry = await asyncio.wait_for(sub.queue.get(), 2.5)
+        assert entry.data == "late"
+        assert await lagging_pair.replica_redis.xlen(sub.key) == 1
+        assert (unheld(relay), barrier_of(relay).held_back) == (0, 1)
+
+
+async def test_a_replica_paused_past_the_longest_wait_is_given_up_counted(
+    replica_pair: Pair,
+) -> None:
+    """A replica online but stopped would stall every stream of the relay until Redis'
+    repl-timeout (60 s): it waits ``wait_max_ms`` at most."""
+    redis, primary = replica_pair.redis, replica_pair.primary
+    async with relay_on(redis, primary.url, wait_ms=50, max_ms=300) as relay:
+        sub = relay.subscribe(f"r-{uuid.uuid4().hex}", "0-0")
+        with paused(replica_pair.replica):
+            await redis.xadd(sub.key, {"type": "delta", "data": "given up"})
+            entry = await asyncio.wait_for(sub.queue.get(), 3)
+        assert entry.data == "given up"
+        assert (unheld(relay), barrier_of(relay).held_back) == (1, 1)
 
 
 async def test_with_no_replica_online_reads_go_after_their_wait_counted(
@@ -91,7 +119,7 @@ async def test_with_no_replica_online_reads_go_after_their_wait_counted(
         entry = await asyncio.wait_for(sub.queue.get(), 2)
         waited = time.monotonic() - added
         assert entry.data == "alone"
-        assert waited < 0.5, "a read waits at most its wait (50 ms), twice if one was on"
+        assert waited < 1, "a read waits its wait (50 ms: Redis' 100 ms ticks), twice if one was on"
         assert unheld(relay) == 1, "the read handed out unheld is counted (the empty ones not)"
         assert barrier_of(relay).held_back == 0
 
@@ -140,31 +168,46 @@ async def test_on_a_cluster_an_entry_is_relayed_once_its_replica_holds_it_past_t
 
 
 ONLINE = ["master", 90, [["127.0.0.1", "6380", "80"]]]
+CAUGHT_UP = ["master", 95, [["127.0.0.1", "6380", "90"]]]
 ALONE = ["master", 90, []]
 
 
-def test_a_moved_mark_reads_again_an_asked_or_refused_one_hands_out_counted() -> None:
+def replies_in_turn(*rounds: list[object]) -> Callable[[bytes, int], Awaitable[list[object]]]:
+    """Stands in for the barrier's connection: each round of WAIT/ROLE replies in turn."""
+    queued = list(rounds)
+
+    async def again(packed: bytes, count: int) -> list[object]:
+        assert (packed.split(b"\r\n")[2], packed.split(b"\r\n")[-2], count) == (b"WAIT", b"ROLE", 2)
+        return queued.pop(0)
+
+    return again
+
+
+async def test_a_moved_mark_reads_again_an_asked_or_refused_one_hands_out_counted() -> None:
     """``MOVED``: the reads' node no longer serves the slot. ``ASK`` (a slot migrating: the
     events are still read here) and a refusal (out of memory) must not stall the reads."""
-    barrier = ReadBarrier(Keys("t"), replicas=1, wait_ms=10)
+    barrier = ReadBarrier(Keys("t"), replicas=1, wait_ms=10, max_ms=1000)
+    none = replies_in_turn()
     with pytest.raises(MovedError):
-        barrier.may_hand_out([MovedError("3999 127.0.0.1:6381"), 1, ONLINE], handing_out=True)
-    ask = AskError("3999 127.0.0.1:6381")
-    assert barrier.may_hand_out(["ASK", ask, 0, ONLINE], handing_out=True) is True
+        await barrier.settle([MovedError("3999 127.0.0.1:6381"), 1, ONLINE], none, handing_out=True)
+    await barrier.settle([AskError("3999 127.0.0.1:6381"), 0, ONLINE], none, handing_out=True)
     oom = OutOfMemoryError("command not allowed")
-    assert barrier.may_hand_out([oom, 0, ONLINE], handing_out=True) is True
+    await barrier.settle([oom, 0, ONLINE], none, handing_out=True)
     assert (barrier.unheld, barrier.held_back) == (2, 0)
     assert barrier.commands("r", asking=True)[0] == ("ASKING",)
 
 
-def test_reads_wait_for_an_online_replica_and_go_unheld_only_without_one() -> None:
-    barrier = ReadBarrier(Keys("t"), replicas=1, wait_ms=10)
-    assert barrier.may_hand_out(["OK", 1, ONLINE], handing_out=True) is True
-    assert barrier.may_hand_out(["OK", 0, ONLINE], handing_out=True) is False
-    assert barrier.may_hand_out(["OK", 0, ONLINE], handing_out=False) is True, "nothing read"
-    assert barrier.may_hand_out(["OK", 0, ALONE], handing_out=True) is True
-    assert (barrier.unheld, barrier.held_back) == (1, 1), "only reads handed out are counted"
+async def test_reads_wait_for_an_online_replica_and_go_unheld_only_without_one() -> None:
+    barrier = ReadBarrier(Keys("t"), replicas=1, wait_ms=10, max_ms=1000)
+    await barrier.settle(["OK", 1, ONLINE], replies_in_turn(), handing_out=True)
+    await barrier.settle(["OK", 0, ONLINE], replies_in_turn(), handing_out=False)
+    assert (barrier.unheld, barrier.held_back) == (0, 0), "held, or nothing read"
+    lagging = replies_in_turn([0, ONLINE], [0, CAUGHT_UP])  # WAIT chased its own target
+    await barrier.settle(["OK", 0, ONLINE], lagging, handing_out=True)
+    assert (barrier.unheld, barrier.held_back) == (0, 1), "held by the offset ROLE named"
+    await barrier.settle(["OK", 0, ALONE], replies_in_turn(), handing_out=True)
+    assert barrier.unheld == 1
     refused = ResponseError("NOPERM this user has no permissions to run the 'role' command")
-    assert barrier.may_hand_out(["OK", 0, refused], handing_out=True) is True
+    await barrier.settle(["OK", 0, refused], replies_in_turn(), handing_out=True)
     assert barrier.unheld == 2, "a refused ROLE says nothing: handed out, counted"
     assert barrier.commands("r")[-1] == ("ROLE",)

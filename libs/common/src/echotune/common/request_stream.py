@@ -34,6 +34,7 @@ the current producer appended), ``streamed`` (text was written), ``final_id`` wi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -47,7 +48,7 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import MovedError
 
-from echotune.common import resp
+from echotune.common import replica_wait, resp
 from echotune.common.keys import Keys
 from echotune.common.messages import (
     SCHEMA_VERSION,
@@ -56,14 +57,7 @@ from echotune.common.messages import (
     StartEvent,
     encode_event,
 )
-from echotune.common.scripts import (
-    Arg,
-    Script,
-    execute,
-    execute_packed,
-    load_all,
-    online_replicas,
-)
+from echotune.common.scripts import Arg, Script, execute, execute_packed, load_all
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +234,8 @@ class OpenResult:
     job_queued: bool = False
     """The job given to :meth:`RequestStreams.open` was queued with the start."""
     unreplicated: bool = False
-    """Fewer replicas than asked held the opening in time: a failover may still lose it."""
+    """Fewer replicas than asked held the opening (too few online, or past the wait): a
+    failover may lose it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,18 +367,17 @@ _KEY_OF: dict[str, Callable[[Keys, str], str]] = {
 
 
 class ReadBarrier:
-    """Commands sent after reads of a request's slot, on the same connection, and whether
-    what the reads saw may go to clients: once ``replicas`` replicas hold it.
+    """Commands sent after reads of a request's slot, on the same connection, and the wait
+    for what they saw to be held before it goes to clients (``replica_wait``).
 
     Why: the relay read entries a failover then lost (Redis acknowledged them before any
     replica held them), and its client kept an event no one stored (the cluster chaos run's
     ``event_ids`` violation: a final relayed, lost, then written again under another id). A
     write of the request's ``relayed`` mark, ordered after what was read, is what the
-    ``WAIT`` waits for (a connection that wrote nothing has nothing to wait for). ``ROLE``
-    then says which replicas are online: while enough are, reads wait for them, however
-    slow (each read waits ``wait_ms``, then is read again; Redis' ``repl-timeout`` drops a
-    replica that stopped answering). Handing out after the wait alone failed the same run
-    (CI, stop 48): a replica lagging past 50 ms, then its primary killed.
+    ``WAIT`` waits for (a connection that wrote nothing has nothing to wait for); ``ROLE``
+    says whether a replica that did not answer in time is online, only lagging: then the
+    reads wait for it, ``max_ms`` at most (CI, stop 48: handed out once the wait ran out,
+    and lost).
     """
 
     LOG_EVERY_S = 60.0
@@ -394,16 +388,17 @@ class ReadBarrier:
         keys: Keys,
         replicas: int,
         wait_ms: int,
+        max_ms: int,
         on_unheld: Callable[[], None] | None = None,
         on_held_back: Callable[[], None] | None = None,
     ) -> None:
-        self.keys, self.replicas, self.wait_ms = keys, replicas, wait_ms
+        self.keys, self.replicas, self.wait_ms, self.max_ms = keys, replicas, wait_ms, max_ms
         self._on_unheld, self._on_held_back = on_unheld, on_held_back
         self.unheld = 0
-        """Reads handed out before enough replicas held them (too few online, or refused)."""
+        """Reads handed out before enough replicas held them."""
         self.held_back = 0
-        """Reads not handed out: an online replica had not confirmed them within the wait."""
-        self._logged_at = {"unheld": -self.LOG_EVERY_S, "held_back": -self.LOG_EVERY_S}
+        """Reads that waited past their first wait for an online replica."""
+        self._logged_at = -self.LOG_EVERY_S
 
     def commands(self, request_id: str, *, asking: bool = False) -> list[tuple[Arg, ...]]:
         """For reads on ``request_id``'s slot (``asking``: a slot migrating to that node)."""
@@ -411,42 +406,45 @@ class ReadBarrier:
         wait = ("WAIT", self.replicas, self.wait_ms)
         return [("ASKING",), mark, wait, ("ROLE",)] if asking else [mark, wait, ("ROLE",)]
 
-    def may_hand_out(self, replies: Sequence[Any], *, handing_out: bool) -> bool:
-        """Whether the reads may go to clients now: enough replicas hold them; or fewer are
-        online than asked for (nothing can hold them), or the mark was refused (out of
-        memory, a slot migrating: ``ASK``), handed out anyway, counted and logged when
-        ``handing_out``. Not while enough replicas are online and one has yet to confirm:
-        read again. A moved slot raises (the mark was written nowhere and the reads' node
-        no longer serves it: read again)."""
+    async def settle(
+        self, replies: Sequence[Any], again: replica_wait.Exchange, *, handing_out: bool
+    ) -> None:
+        """Return once the reads (``replies``: their barrier's) may go to clients: enough
+        replicas hold them; or, having waited on ``again`` for online ones that lag, fewer
+        do, or the mark was refused (out of memory, a slot migrating: ``ASK``): counted and
+        logged. A moved slot raises (the mark was written nowhere and the reads' node no
+        longer serves it), as does a connection lost meanwhile: read again."""
         for reply in replies:
             if isinstance(reply, MovedError):  # not ASK, its base class in redis-py
                 raise reply
+        if not handing_out:
+            return
         mark, acked, role = replies[-3:]
-        refused = next((r for r in (mark, acked, role) if isinstance(r, Exception)), None)
-        if not isinstance(mark, Exception) and not isinstance(acked, Exception):
-            if int(acked) >= self.replicas:
-                return True
-            if online_replicas(role) >= self.replicas:
-                if handing_out:
-                    self._count("held_back", "an online replica has not confirmed them yet")
-                return not handing_out
-        if handing_out:
-            self._count("unheld", f"refused: {refused}" if refused else "too few replicas online")
-        return True
-
-    def _count(self, kind: str, why: str) -> None:
-        if kind == "unheld":
-            self.unheld += 1
-            callback, total, done = self._on_unheld, self.unheld, "relayed"
-        else:
+        if isinstance(mark, Exception):
+            self._unheld(f"the mark was refused: {mark}")
+            return
+        if not isinstance(acked, Exception) and int(acked) >= self.replicas:
+            return
+        if replica_wait.online_replicas(role) >= self.replicas:
             self.held_back += 1
-            callback, total, done = self._on_held_back, self.held_back, "held back"
-        if callback is not None:
-            callback()
-        if (now := time.monotonic()) - self._logged_at[kind] >= self.LOG_EVERY_S:
-            self._logged_at[kind] = now
-            log.warning("%s reads before %d replicas held them (%s; %d so far)",
-                        done, self.replicas, why, total)  # fmt: skip
+            if self._on_held_back is not None:
+                self._on_held_back()
+        deadline = asyncio.get_running_loop().time() + self.max_ms / 1000
+        held = await replica_wait.wait_longer(
+            again, acked, role, self.replicas, self.wait_ms, deadline
+        )
+        if held.holding < self.replicas:
+            online = held.online >= self.replicas
+            self._unheld(f"still not held after {self.max_ms} ms" if online else "too few online")
+
+    def _unheld(self, why: str) -> None:
+        self.unheld += 1
+        if self._on_unheld is not None:
+            self._on_unheld()
+        if (now := time.monotonic()) - self._logged_at >= self.LOG_EVERY_S:
+            self._logged_at = now
+            log.warning("relayed reads before %d replicas held them (%s; %d so far)",
+                        self.replicas, why, self.unheld)  # fmt: skip
 
 
 class RequestStreams:
@@ -463,12 +461,13 @@ class RequestStreams:
         events_maxlen: int = 10_000,
         wait_replicas: int = 0,
         wait_ms: int = 500,
+        wait_max_ms: int = 3000,
         on_unreplicated_final: Callable[[], None] | None = None,
     ) -> None:
         self.redis, self.keys = redis, keys
         self.request_ttl_s, self.final_ttl_s = request_ttl_s, final_ttl_s
         self.reader_ttl_ms, self.events_maxlen = reader_ttl_ms, events_maxlen
-        self.wait_replicas, self.wait_ms = wait_replicas, wait_ms
+        self.wait_replicas, self.wait_ms, self.wait_max_ms = wait_replicas, wait_ms, wait_max_ms
         self._on_unreplicated_final = on_unreplicated_final
 
     async def load_scripts(self) -> None:
@@ -482,11 +481,13 @@ class RequestStreams:
         on_held_back: Callable[[], None] | None = None,
     ) -> ReadBarrier | None:
         """What makes a relay hand out only what ``wait_replicas`` replicas hold (none
-        without them); ``on_unheld`` counts reads handed out before they held it,
-        ``on_held_back`` reads kept back for a replica that had not confirmed them."""
+        without them), ``wait_ms`` a wait, ``wait_max_ms`` in all; ``on_unheld`` counts reads
+        handed out before they held it, ``on_held_back`` reads that waited for a lagging one."""
         if not self.wait_replicas:
             return None
-        return ReadBarrier(self.keys, self.wait_replicas, wait_ms, on_unheld, on_held_back)
+        return ReadBarrier(
+            self.keys, self.wait_replicas, wait_ms, self.wait_max_ms, on_unheld, on_held_back
+        )
 
     def events_key(self, request_id: str) -> str:
         return self.keys.events(request_id)
@@ -702,11 +703,11 @@ class RequestStreams:
         self, script: Script, keys: list[str], args: list[Arg]
     ) -> tuple[Any, bool]:
         """Run ``script``, then wait for ``wait_replicas`` replicas to hold what it wrote;
-        (its reply, whether fewer held it in time)."""
+        (its reply, whether fewer held it: too few online, or past ``wait_max_ms``)."""
         if not self.wait_replicas:
             return await script(self.redis, keys, args), False
         reply, acked = await script.replicated(
-            self.redis, keys, args, self.wait_replicas, self.wait_ms
+            self.redis, keys, args, self.wait_replicas, self.wait_ms, self.wait_max_ms
         )
         return reply, acked < self.wait_replicas
 

@@ -80,13 +80,13 @@ class OwnConnection:
         self._connection: AbstractConnection | None = None
         self._closed = False
 
-    async def send(self, packed: bytes, replies: int) -> list[Any]:
-        """As :func:`send`; calls must not overlap."""
+    async def send(self, packed: bytes, replies: int, *, retry: bool = True) -> list[Any]:
+        """As :func:`send`; calls must not overlap; not ``retry``: as :func:`exchange`."""
         if self._closed:
             raise RedisConnectionError("this connection was closed")
         if self._connection is None:
             self._connection = self._redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
-        return await _exchange(self._connection, packed, replies)
+        return await _exchange(self._connection, packed, replies, retry=retry)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -117,6 +117,8 @@ async def _exchange(
 
     try:
         if not retry:
+            if not connection.is_connected:  # sending would connect anew, losing the writes
+                raise RedisConnectionError("the connection was closed")
             return await exchange()
         return await connection.retry.call_with_retry(exchange, failed)
     except BaseException:

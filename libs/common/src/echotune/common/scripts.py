@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import inspect
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
@@ -36,7 +38,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from echotune.common import resp
+from echotune.common import replica_wait, resp
 
 Arg = str | bytes | int | float
 
@@ -70,29 +72,34 @@ class Script:
         return reply
 
     async def replicated(
-        self, redis: Redis, keys: list[str], args: list[Arg], replicas: int, wait_ms: int
+        self,
+        redis: Redis,
+        keys: list[str],
+        args: list[Arg],
+        replicas: int,
+        wait_ms: int,
+        max_ms: int,
     ) -> tuple[Any, int]:
         """Call it, then ``WAIT`` on the same connection until ``replicas`` replicas hold its
-        writes or ``wait_ms`` passed; (its reply, how many replicas acknowledged them). A wait
-        that ran out while ``ROLE`` lists enough online replicas waits again: a lagging
-        replica is waited for (Redis' ``repl-timeout`` drops one that stopped answering);
-        only with fewer online does it count unheld.
+        writes or ``wait_ms`` passed, and again while enough are online (``replica_wait``),
+        ``max_ms`` in all; (its reply, how many replicas hold them).
 
         Only for a script that tells its own retry apart and writes again when it does (a
         ``WAIT`` after a call that wrote nothing waits for nothing on Redis 7.2+ and Valkey).
-        On a cluster the three go to the slot's primary on one of its connections; a moved
-        slot or a lost connection (a failover) refreshes the slot map and sends it again, and
-        a cluster that stays away is a ``ConnectionError`` (as a single Redis's)."""
+        On a cluster it goes to the slot's primary on one of its connections; a moved slot or
+        a lost connection (a failover) refreshes the slot map and sends it again, and a
+        cluster that stays away is a ``ConnectionError`` (as a single Redis's)."""
         call = self.packed(keys, args)
-        wait = resp.command("WAIT", replicas, wait_ms) + resp.command("ROLE")
+        deadline = asyncio.get_running_loop().time() + max_ms / 1000
+        waiting = _Waiting(replicas, wait_ms, deadline)
         failures, evaluated = 0, False
         while True:
             try:
                 if isinstance(redis, RedisCluster):
-                    reply, acked = await _on_primary(redis, keys[0], call, wait, replicas)
+                    reply, acked = await _on_primary(redis, keys[0], call, waiting)
                 else:
                     async with resp.pooled(redis) as connection:
-                        reply, acked = await _held(connection, call, wait, replicas)
+                        reply, acked = await waiting.held(connection, call)
                 if isinstance(reply, NoScriptError) and not evaluated:
                     evaluated = True  # EVAL runs it and caches it (it never answers NOSCRIPT)
                     call = resp.command("EVAL", self.source, len(keys), *keys, *args)
@@ -107,10 +114,9 @@ class Script:
                     raise RedisConnectionError(f"not written with its wait: {exc!r}") from exc
                 await _refresh(redis, keys[0], failures)
                 continue
-            for result in (reply, acked):
-                if isinstance(result, Exception):
-                    raise result
-            return reply, int(acked)
+            if isinstance(reply, Exception):
+                raise reply
+            return reply, acked
 
     def packed(self, keys: list[str], args: list[Arg]) -> bytes:
         """A call in RESP, for :func:`execute_packed`."""
@@ -130,17 +136,10 @@ _ELSEWHERE = (MovedError, AskError, TryAgainError, ClusterDownError)
 _RESENT = (RedisConnectionError, RedisTimeoutError, RedisClusterException, *_ELSEWHERE)
 
 
-def online_replicas(role: Any) -> int:
-    """How many replicas a primary's ``ROLE`` reply lists (those online; 0 for any other)."""
-    if isinstance(role, list) and len(role) >= 3 and role[0] in ("master", b"master"):
-        return len(role[2])
-    return 0
-
-
 async def _on_primary(
-    redis: RedisCluster, key: str, call: bytes, wait: bytes, replicas: int
-) -> tuple[Any, Any]:
-    """:func:`_held` on one of ``key``'s primary's connections."""
+    redis: RedisCluster, key: str, call: bytes, waiting: _Waiting
+) -> tuple[Any, int]:
+    """``waiting.held`` on one of ``key``'s primary's connections."""
     await redis.initialize()  # the slot map (a no-op once known)
     node = redis.get_node_from_key(key)
     if node is None:
@@ -148,28 +147,36 @@ async def _on_primary(
     connection = node.acquire_connection()
     try:
         await node.disconnect_if_needed(connection)  # marked stale by a slot map refresh
-        return await _held(connection, call, wait, replicas)
+        return await waiting.held(connection, call)
     finally:
         node.release(connection)
 
 
-async def _held(
-    connection: AbstractConnection, call: bytes, wait: bytes, replicas: int
-) -> tuple[Any, Any]:
-    """``call`` then ``wait`` (``WAIT``, ``ROLE``) on ``connection``; ``wait`` again while
-    it ran out with enough replicas online, on this connection only (a ``WAIT`` waits for
-    its own connection's writes); (the call's reply, the last ``WAIT``'s)."""
-    reply, acked, role = await resp.exchange(connection, call + wait, 3)
-    while _lagging(reply, acked, role, replicas):
-        acked, role = await resp.exchange(connection, wait, 2, retry=False)
-    return reply, acked
+@dataclass(frozen=True, slots=True)
+class _Waiting:
+    """A replicated call's wait: for ``replicas``, ``wait_ms`` a time, until ``deadline``."""
 
+    replicas: int
+    wait_ms: int
+    deadline: float
 
-def _lagging(reply: Any, acked: Any, role: Any, replicas: int) -> bool:
-    """Whether a write's wait ran out while enough replicas are online to hold it."""
-    if isinstance(reply, Exception) or isinstance(acked, Exception):
-        return False
-    return int(acked) < replicas and online_replicas(role) >= replicas
+    async def held(self, connection: AbstractConnection, call: bytes) -> tuple[Any, int]:
+        """``call``, then its wait on ``connection``; (its reply, replicas holding it). A
+        connection lost while waiting again sends the call again (it writes again, so that
+        the new connection has a write to wait for)."""
+        wait = replica_wait.commands(self.replicas, self.wait_ms)
+        while True:
+            reply, acked, role = await resp.exchange(connection, call + wait, 3)
+            if isinstance(reply, Exception):
+                return reply, 0
+            again = functools.partial(resp.exchange, connection, retry=False)
+            try:
+                held = await replica_wait.wait_longer(
+                    again, acked, role, self.replicas, self.wait_ms, self.deadline
+                )
+            except (RedisConnectionError, RedisTimeoutError):
+                continue
+            return reply, held.holding
 
 
 async def _refresh(redis: RedisCluster, key: str, failures: int) -> None:

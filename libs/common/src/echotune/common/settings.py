@@ -65,6 +65,15 @@ class ServiceSettings(BaseSettings):
         description="One wait for those replicas (below Redis' socket timeout, 5 s); past it "
         "the write waits again while they are online (ROLE), else counts anyway (logged)",
     )
+    redis_wait_max_ms: int = Field(
+        3000,
+        ge=1,
+        le=60_000,
+        validation_alias=shared("REDIS_WAIT_MAX_MS"),
+        description="Longest a write, or a relay read, waits for online replicas that lag "
+        "(REDIS_WAIT_MS at a time); past it, it counts anyway (logged, counted): a replica "
+        "paused or cut off stalls starts, finals and relayed events this long at most",
+    )
     key_grace_s: int = Field(
         60,
         ge=1,

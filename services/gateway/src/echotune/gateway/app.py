@@ -66,6 +66,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         reader_ttl_ms=int(settings.resume_window_s * 1000),
         wait_replicas=settings.redis_wait_replicas,
         wait_ms=settings.redis_wait_ms,
+        wait_max_ms=settings.redis_wait_max_ms,
         on_unreplicated_final=app.state.metrics.unreplicated_finals.inc,
     )
     relay = StreamRelay(

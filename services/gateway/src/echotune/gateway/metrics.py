@@ -116,13 +116,14 @@ class GatewayMetrics:
         self.unreplicated_reads = Counter(
             "echotune_gateway_unreplicated_reads",
             "Relay reads handed out before REDIS_WAIT_REPLICAS replicas held them (fewer were "
-            "online, or Redis refused the mark): a failover could take back an event relayed",
+            "online, REDIS_WAIT_MAX_MS passed, or Redis refused the mark): a failover could "
+            "take back an event relayed",
             registry=r,
         )
         self.held_back_reads = Counter(
             "echotune_gateway_held_back_reads",
-            "Relay reads read again: an online replica had not confirmed them within "
-            "GATEWAY_RELAY_WAIT_MS (a lagging replica delays what clients get)",
+            "Relay reads that waited past GATEWAY_RELAY_WAIT_MS for an online replica that "
+            "lags (delaying what clients get, REDIS_WAIT_MAX_MS at most)",
             registry=r,
         )
         self.streams = Counter(

@@ -57,9 +57,9 @@ class GatewaySettings(ServiceSettings, ProviderSettings):
         ge=1,
         le=2000,
         description="With REDIS_WAIT_REPLICAS: how long one relay read waits for a replica to "
-        "hold what it read; past it, read again while a replica is online, else handed out "
-        "anyway (a replica in sync answers within a round trip; a shard left without one "
-        "costs each of its reads this long)",
+        "hold what it read; past it, it waits again while a replica is online (REDIS_WAIT_MAX_MS "
+        "in all), else it is handed out anyway (a replica in sync answers within a round trip; "
+        "a shard left without one costs each of its reads this long)",
     )
     relay_round_ms: float = Field(
         5.0,

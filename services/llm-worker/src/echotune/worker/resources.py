@@ -108,6 +108,7 @@ async def open_worker(
         events_maxlen=settings.events_maxlen,
         wait_replicas=settings.redis_wait_replicas,
         wait_ms=settings.redis_wait_ms,
+        wait_max_ms=settings.redis_wait_max_ms,
         on_unreplicated_final=metrics.unreplicated_finals.inc,
     )
     await streams.load_scripts()
@@ -146,6 +147,7 @@ async def open_worker(
             settings.telemetry_maxlen,
             wait_replicas=settings.redis_wait_replicas,
             wait_ms=settings.redis_wait_ms,
+            wait_max_ms=settings.redis_wait_max_ms,
             on_unreplicated=metrics.unreplicated_telemetry.inc,
         ),
         breakers=breakers,

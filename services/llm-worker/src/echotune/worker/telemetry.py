@@ -139,7 +139,8 @@ class TelemetryPublisher:
     With ``wait_replicas``, a batch counts once that many replicas hold it (``WAIT`` on the
     same connection): the cluster chaos run lost an attempt's document when a primary was
     killed before its replica held the event. A batch whose wait fails is sent again (the
-    telemetry writer stores an event once); one whose wait runs out counts anyway."""
+    telemetry writer stores an event once); one too few replicas hold (too few online, or
+    past ``wait_max_ms``) counts anyway."""
 
     def __init__(
         self,
@@ -150,11 +151,12 @@ class TelemetryPublisher:
         *,
         wait_replicas: int = 0,
         wait_ms: int = 500,
+        wait_max_ms: int = 3000,
         on_unreplicated: Callable[[], None] | None = None,
     ) -> None:
         self._redis, self._stream, self._maxlen = redis, stream, maxlen
         self._broker = _formatting(broker)
-        self._wait_replicas, self._wait_ms = wait_replicas, wait_ms
+        self._wait_replicas, self._wait_ms, self._wait_max_ms = wait_replicas, wait_ms, wait_max_ms
         self._on_unreplicated = on_unreplicated
         self._queued: list[Queued] = []
         self._task: asyncio.Task[None] | None = None
@@ -214,8 +216,8 @@ class TelemetryPublisher:
         keys = [self._stream]
         if not self._wait_replicas:
             return list(await _PUBLISH(self._redis, keys, args))
-        wanted, wait_ms = self._wait_replicas, self._wait_ms
-        replies, acked = await _PUBLISH.replicated(self._redis, keys, args, wanted, wait_ms)
+        wanted, wait_ms, max_ms = self._wait_replicas, self._wait_ms, self._wait_max_ms
+        replies, acked = await _PUBLISH.replicated(self._redis, keys, args, wanted, wait_ms, max_ms)
         if acked < wanted:
             log.warning("telemetry published before %d replicas held it", wanted)
             if self._on_unreplicated is not None:

@@ -14,7 +14,7 @@ single-key ``XREAD`` s (each a single slot), which also tracks them again. A str
 read when it is subscribed, and every stream of a node is read again after a reconnect and
 every ``resync_s`` (a safety net: nothing waits on it). With a ``barrier``, the pipeline ends
 with its replicated write, ``WAIT`` and ``ROLE``, and what it read is handed out only after
-them (or read again, while an online replica has yet to confirm it).
+them (waiting longer for an online replica that lags).
 
 Which node reads a stream follows the slot map: a ``MOVED`` reply (resharding, or a replica
 promoted after a failover) refreshes the map and moves the stream to its new node, an
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -346,7 +347,7 @@ class NodeReads:
             if entries := _entries(raw):
                 read.append((key, entries, after))
         if barrier and not await self._may_hand_out(reader, len(barrier), bool(read)):
-            self._dirty.update(key for key, _, _ in read)  # read again
+            self._dirty.update(key for key, _, _ in read)  # read again once the slot is known
             return
         for key, entries, after in read:
             self.owner.deliver(key, entries, after)
@@ -362,20 +363,37 @@ class NodeReads:
         return barrier.commands(request_of(key), asking=asking)
 
     async def _may_hand_out(self, reader: Connection, count: int, handing_out: bool) -> bool:
-        """Whether what the pipeline read may be handed out now (``ReadBarrier``): not while
-        an online replica has yet to confirm it, nor if the mark's slot moved (then after a
-        pause: the slot map is read again meanwhile)."""
+        """Whether what the pipeline read may be handed out, once its barrier says so
+        (``ReadBarrier.settle``); not if the mark's slot moved (then after a pause: the slot
+        map is read again meanwhile)."""
         assert self.owner.barrier is not None
-        replies: list[Any] = []
-        for _ in range(count):
-            try:
-                replies.append(await reader.read_response())
-            except ResponseError as error:
-                replies.append(error)
+        replies = await _replies(reader, count)
+        again = functools.partial(_exchange, reader)
         try:
-            return self.owner.barrier.may_hand_out(replies, handing_out=handing_out)
+            await self.owner.barrier.settle(replies, again, handing_out=handing_out)
         except MovedError as error:
             log.warning("relay reads read again: their barrier's slot moved (%s)", error)
             self.owner.refresh()
             await asyncio.sleep(MOVED_PAUSE_S)
             return False
+        return True
+
+
+async def _replies(reader: Connection, count: int) -> list[Any]:
+    """``count`` replies, an error reply in its place."""
+    replies: list[Any] = []
+    for _ in range(count):
+        try:
+            replies.append(await reader.read_response())
+        except ResponseError as error:
+            replies.append(error)
+    return replies
+
+
+async def _exchange(reader: Connection, packed: bytes, count: int) -> list[Any]:
+    """Send ``packed`` on ``reader`` (never reconnecting it: a ``WAIT`` waits for its own
+    connection's writes) and read its ``count`` replies."""
+    if not reader.is_connected:
+        raise ConnectionError("the relay's reads lost their connection")
+    await reader.send_packed_command(packed, check_health=False)
+    return await _replies(reader, count)

@@ -15,14 +15,15 @@ got meanwhile. On a Redis Cluster the reads go per node instead (``cluster_reads
 
 With a ``barrier`` (``REDIS_WAIT_REPLICAS``), every read is followed on its connection by a
 replicated write, its ``WAIT`` and ``ROLE``: what a read saw is handed out once a replica
-holds it (or none is online to hold it; read again while one is), so a failover does not
-take back an event a client got (``request_stream.ReadBarrier``).
+holds it (waiting longer for one online that lags), so a failover does not take back an
+event a client got (``request_stream.ReadBarrier``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections import deque
@@ -362,8 +363,8 @@ class StreamRelay:
         if self._barrier is not None and confirms:
             streams = reply.keys() if isinstance(reply, dict) else [s for s, _ in reply or ()]
             handing_out = any(key != self._wakeup_key for key in streams)
-            if not self._barrier.may_hand_out(confirms, handing_out=handing_out):
-                return None  # read again: a replica has yet to confirm it
+            again = functools.partial(self._connection.send, retry=False)
+            await self._barrier.settle(confirms, again, handing_out=handing_out)
         return reply
 
     def _barrier_after(self, positions: dict[str, Subscription | None]) -> list[bytes]:

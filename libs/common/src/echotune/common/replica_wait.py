@@ -1,0 +1,77 @@
+"""Waiting until replicas hold a write: ``WAIT`` on the write's own connection, then ``ROLE``.
+
+``WAIT`` alone cannot tell a lagging replica from none: past its timeout it answers fewer,
+and a write (or a relay read) counted then was lost to a failover with its replica online,
+only lagging (the cluster chaos run, CI stop 48). ``ROLE`` says which replicas are online and
+what each acknowledged: while enough are online the wait goes on, up to a deadline, against
+the offset the first ``ROLE`` named (Redis before 7.2 moves a connection's own ``WAIT``
+target with each ``WAIT``: repeating ``WAIT`` alone could chase it forever). With fewer
+online, nothing can hold the write: the caller counts it unheld at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from echotune.common import resp
+
+Exchange = Callable[[bytes, int], Awaitable[list[Any]]]
+"""Send packed commands on the write's connection (never another): their replies."""
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """How many replicas hold a write, and how many were online when last asked."""
+
+    holding: int
+    online: int
+
+
+def commands(replicas: int, wait_ms: int) -> bytes:
+    """``WAIT`` and ``ROLE``, packed: sent right after the write, on its connection."""
+    return resp.command("WAIT", replicas, wait_ms) + resp.command("ROLE")
+
+
+async def wait_longer(
+    exchange: Exchange, acked: Any, role: Any, replicas: int, wait_ms: int, deadline: float
+) -> Held:
+    """After a write's ``WAIT`` (``acked``) and ``ROLE``: who holds it, asking again on
+    ``exchange`` while fewer than ``replicas`` do, as many are online, and ``deadline`` (the
+    loop's clock) is ahead. An error reply from ``WAIT`` raises."""
+    again, target = commands(replicas, wait_ms), _offset(role)
+    loop = asyncio.get_running_loop()
+    while True:
+        if isinstance(acked, Exception):
+            raise acked
+        held = Held(_holding(int(acked), role, target), online_replicas(role))
+        if held.holding >= replicas or held.online < replicas or loop.time() >= deadline:
+            return held
+        acked, role = await exchange(again, 2)
+
+
+def online_replicas(role: Any) -> int:
+    """How many replicas a primary's ``ROLE`` reply lists (those online; 0 for any other,
+    such as a ``ROLE`` refused)."""
+    if isinstance(role, list) and len(role) >= 3 and _text(role[0]) == "master":
+        return len(role[2])
+    return 0
+
+
+def _offset(role: Any) -> int:
+    """The primary's replication offset ``ROLE`` names (past the write just made)."""
+    return int(role[1]) if online_replicas(role) else 0
+
+
+def _holding(acked: int, role: Any, target: int) -> int:
+    """Replicas holding ``target``: as ``WAIT`` counted, or as ``ROLE`` lists them."""
+    if not online_replicas(role):
+        return acked
+    listed = sum(1 for replica in role[2] if int(replica[2]) >= target)
+    return max(acked, listed)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
