@@ -53,6 +53,7 @@ async def test_an_opening_is_started_only_once_a_replica_holds_it(replica_pair: 
 
 async def test_a_final_is_written_only_once_a_replica_holds_it(replica_pair: Pair) -> None:
     streams = streams_on(replica_pair.redis, wait_ms=3000)
+    await streams.load_scripts()  # not NOSCRIPT first: that WAIT would spend the whole wait
     await streams.open(RID, "fp", "u", start())
     taken = await streams.take(RID, "w")
     meta = streams.keys.meta(RID)
@@ -98,7 +99,7 @@ async def test_an_online_replica_lagging_past_the_wait_is_waited_for(replica_pai
 async def test_a_replica_always_slower_than_the_wait_is_waited_for(lagging_pair: Pair) -> None:
     """Redis before 7.2 moves a connection's own WAIT target with each WAIT: waiting again
     chased it (review of stop 48: 154 s on Redis 7.0); the offset ROLE named holds still."""
-    streams = streams_on(lagging_pair.redis, wait_ms=50)
+    streams = streams_on(lagging_pair.redis, wait_ms=50, max_ms=2000)
     await streams.load_scripts()
     opened = await asyncio.wait_for(streams.open(RID, "fp", "u", start()), 2.5)
     assert (opened.state, opened.unreplicated) == (Opened.STARTED, False)

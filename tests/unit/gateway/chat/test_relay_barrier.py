@@ -80,7 +80,8 @@ async def test_an_online_replica_lagging_past_the_wait_holds_the_reads_back(
 async def test_a_replica_always_slower_than_the_wait_is_waited_for(lagging_pair: Pair) -> None:
     """Reading again wrote a new mark each time, so its wait never caught up: nothing was
     handed out while the replica confirmed everything, 160 ms late (review of stop 48)."""
-    async with relay_on(lagging_pair.redis, lagging_pair.primary.url, wait_ms=50) as relay:
+    redis, url = lagging_pair.redis, lagging_pair.primary.url
+    async with relay_on(redis, url, wait_ms=50, max_ms=2000) as relay:
         sub = relay.subscribe(f"r-{uuid.uuid4().hex}", "0-0")
         await lagging_pair.redis.xadd(sub.key, {"type": "delta", "data": "late"})
         entry = await asyncio.wait_for(sub.queue.get(), 2.5)
@@ -210,4 +211,7 @@ async def test_reads_wait_for_an_online_replica_and_go_unheld_only_without_one()
     refused = ResponseError("NOPERM this user has no permissions to run the 'role' command")
     await barrier.settle(["OK", 0, refused], replies_in_turn(), handing_out=True)
     assert barrier.unheld == 2, "a refused ROLE says nothing: handed out, counted"
+    wait_refused = ResponseError("NOPERM this user has no permissions to run the 'wait' command")
+    await barrier.settle(["OK", wait_refused, ONLINE], replies_in_turn(), handing_out=True)
+    assert barrier.unheld == 3, "a refused WAIT cannot be waited for: handed out, counted"
     assert barrier.commands("r")[-1] == ("ROLE",)

@@ -24,15 +24,25 @@ Exchange = Callable[[bytes, int], Awaitable[list[Any]]]
 
 @dataclass(frozen=True, slots=True)
 class Held:
-    """How many replicas hold a write, and how many were online when last asked."""
+    """How many replicas hold a write, how many were online when last asked, and what Redis
+    refused of the wait (an ACL without ``WAIT`` or ``ROLE``: it cannot be waited for)."""
 
     holding: int
     online: int
+    refused: Exception | None = None
+
+    def why_not(self, replicas: int, max_ms: int) -> str:
+        """Why fewer than ``replicas`` hold it, for a log line."""
+        if self.refused is not None:
+            return f"the wait was refused: {self.refused}"
+        if self.online < replicas:
+            return "too few replicas online"
+        return f"still not held after {max_ms} ms"
 
 
 def commands(replicas: int, wait_ms: int) -> bytes:
     """``WAIT`` and ``ROLE``, packed: sent right after the write, on its connection."""
-    return resp.command("WAIT", replicas, wait_ms) + resp.command("ROLE")
+    return resp.command("WAIT", replicas, max(wait_ms, 1)) + resp.command("ROLE")
 
 
 async def wait_longer(
@@ -40,16 +50,17 @@ async def wait_longer(
 ) -> Held:
     """After a write's ``WAIT`` (``acked``) and ``ROLE``: who holds it, asking again on
     ``exchange`` while fewer than ``replicas`` do, as many are online, and ``deadline`` (the
-    loop's clock) is ahead. An error reply from ``WAIT`` raises."""
-    again, target = commands(replicas, wait_ms), _offset(role)
-    loop = asyncio.get_running_loop()
+    loop's clock) is ahead; no wait runs past it."""
+    target, loop = _offset(role), asyncio.get_running_loop()
     while True:
+        refused = next((r for r in (acked, role) if isinstance(r, Exception)), None)
         if isinstance(acked, Exception):
-            raise acked
-        held = Held(_holding(int(acked), role, target), online_replicas(role))
-        if held.holding >= replicas or held.online < replicas or loop.time() >= deadline:
+            return Held(0, online_replicas(role), refused)
+        held = Held(_holding(int(acked), role, target), online_replicas(role), refused)
+        left_ms = int((deadline - loop.time()) * 1000)
+        if held.holding >= replicas or held.online < replicas or left_ms <= 0:
             return held
-        acked, role = await exchange(again, 2)
+        acked, role = await exchange(commands(replicas, min(wait_ms, left_ms)), 2)
 
 
 def online_replicas(role: Any) -> int:
@@ -69,8 +80,16 @@ def _holding(acked: int, role: Any, target: int) -> int:
     """Replicas holding ``target``: as ``WAIT`` counted, or as ``ROLE`` lists them."""
     if not online_replicas(role):
         return acked
-    listed = sum(1 for replica in role[2] if int(replica[2]) >= target)
+    listed = sum(1 for replica in role[2] if _acked_offset(replica) >= target)
     return max(acked, listed)
+
+
+def _acked_offset(replica: Any) -> int:
+    """A ``ROLE`` replica entry's acknowledged offset (``[ip, port, offset]``; -1 if not)."""
+    try:
+        return int(replica[2])
+    except (TypeError, ValueError, IndexError):
+        return -1
 
 
 def _text(value: Any) -> str:

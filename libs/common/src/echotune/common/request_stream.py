@@ -410,9 +410,9 @@ class ReadBarrier:
         self, replies: Sequence[Any], again: replica_wait.Exchange, *, handing_out: bool
     ) -> None:
         """Return once the reads (``replies``: their barrier's) may go to clients: enough
-        replicas hold them; or, having waited on ``again`` for online ones that lag, fewer
-        do, or the mark was refused (out of memory, a slot migrating: ``ASK``): counted and
-        logged. A moved slot raises (the mark was written nowhere and the reads' node no
+        replicas hold them; or, having waited on ``again`` for online ones that lag (until
+        ``max_ms`` since the read), fewer do, or the mark or the wait was refused (out of
+        memory, a slot migrating: ``ASK``, an ACL): counted and logged. A moved slot raises (the mark was written nowhere and the reads' node no
         longer serves it), as does a connection lost meanwhile: read again."""
         for reply in replies:
             if isinstance(reply, MovedError):  # not ASK, its base class in redis-py
@@ -429,13 +429,13 @@ class ReadBarrier:
             self.held_back += 1
             if self._on_held_back is not None:
                 self._on_held_back()
-        deadline = asyncio.get_running_loop().time() + self.max_ms / 1000
+        left_s = (self.max_ms - self.wait_ms) / 1000  # the first wait is spent
+        deadline = asyncio.get_running_loop().time() + left_s
         held = await replica_wait.wait_longer(
             again, acked, role, self.replicas, self.wait_ms, deadline
         )
         if held.holding < self.replicas:
-            online = held.online >= self.replicas
-            self._unheld(f"still not held after {self.max_ms} ms" if online else "too few online")
+            self._unheld(held.why_not(self.replicas, self.max_ms))
 
     def _unheld(self, why: str) -> None:
         self.unheld += 1

@@ -104,20 +104,21 @@ class GatewayMetrics:
         self.unreplicated_opens = Counter(
             "echotune_gateway_unreplicated_opens",
             "Answers started before REDIS_WAIT_REPLICAS replicas held their opening (fewer "
-            "were online)",
+            "were online, REDIS_WAIT_MAX_MS passed, or Redis refused the wait)",
             registry=r,
         )
         self.unreplicated_finals = Counter(
             "echotune_gateway_unreplicated_finals",
             "Finals the gateway wrote itself (no worker, cancel grace, deadline, worker lost) "
-            "before REDIS_WAIT_REPLICAS replicas held them (fewer were online)",
+            "before REDIS_WAIT_REPLICAS replicas held them (fewer were online, "
+            "REDIS_WAIT_MAX_MS passed, or Redis refused the wait)",
             registry=r,
         )
         self.unreplicated_reads = Counter(
             "echotune_gateway_unreplicated_reads",
             "Relay reads handed out before REDIS_WAIT_REPLICAS replicas held them (fewer were "
-            "online, REDIS_WAIT_MAX_MS passed, or Redis refused the mark): a failover could "
-            "take back an event relayed",
+            "online, REDIS_WAIT_MAX_MS passed, or Redis refused the mark or the wait): a "
+            "failover could take back an event relayed",
             registry=r,
         )
         self.held_back_reads = Counter(

@@ -92,13 +92,15 @@ class WorkerMetrics:
         self.unreplicated_finals = Counter(
             "echotune_worker_unreplicated_finals",
             "Final events counted written before ECHOTUNE_REDIS_WAIT_REPLICAS replicas held "
-            "them: fewer were online (a failover could lose them)",
+            "them: fewer were online, REDIS_WAIT_MAX_MS passed, or Redis refused the wait (a "
+            "failover could lose them)",
             registry=r,
         )
         self.unreplicated_telemetry = Counter(
             "echotune_worker_unreplicated_telemetry",
             "Telemetry batches counted published before ECHOTUNE_REDIS_WAIT_REPLICAS replicas "
-            "held them: fewer were online (a failover could lose their documents)",
+            "held them: fewer were online, REDIS_WAIT_MAX_MS passed, or Redis refused the wait "
+            "(a failover could lose their documents)",
             registry=r,
         )
         self.retries = Counter(
