@@ -412,8 +412,9 @@ class ReadBarrier:
         """Return once the reads (``replies``: their barrier's) may go to clients: enough
         replicas hold them; or, having waited on ``again`` for online ones that lag (until
         ``max_ms`` since the read), fewer do, or the mark or the wait was refused (out of
-        memory, a slot migrating: ``ASK``, an ACL): counted and logged. A moved slot raises (the mark was written nowhere and the reads' node no
-        longer serves it), as does a connection lost meanwhile: read again."""
+        memory, a slot migrating: ``ASK``, an ACL): counted and logged. A moved slot raises
+        (the mark was written nowhere and the reads' node no longer serves it), as does a
+        connection lost meanwhile: read again."""
         for reply in replies:
             if isinstance(reply, MovedError):  # not ASK, its base class in redis-py
                 raise reply
