@@ -40,9 +40,14 @@ class Held:
         return f"still not held after {max_ms} ms"
 
 
+def wait_and_role(replicas: int, wait_ms: int) -> list[tuple[int | str, ...]]:
+    """``WAIT`` and ``ROLE``: sent right after the write, on its connection."""
+    return [("WAIT", replicas, max(wait_ms, 1)), ("ROLE",)]
+
+
 def commands(replicas: int, wait_ms: int) -> bytes:
-    """``WAIT`` and ``ROLE``, packed: sent right after the write, on its connection."""
-    return resp.command("WAIT", replicas, max(wait_ms, 1)) + resp.command("ROLE")
+    """:func:`wait_and_role`, packed."""
+    return b"".join(resp.command(*c) for c in wait_and_role(replicas, wait_ms))
 
 
 async def wait_longer(
@@ -66,7 +71,7 @@ async def wait_longer(
 def online_replicas(role: Any) -> int:
     """How many replicas a primary's ``ROLE`` reply lists (those online; 0 for any other,
     such as a ``ROLE`` refused)."""
-    if isinstance(role, list) and len(role) >= 3 and _text(role[0]) == "master":
+    if isinstance(role, list) and len(role) >= 3 and role[0] in ("master", b"master"):
         return len(role[2])
     return 0
 
@@ -90,7 +95,3 @@ def _acked_offset(replica: Any) -> int:
         return int(replica[2])
     except (TypeError, ValueError, IndexError):
         return -1
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -403,8 +403,8 @@ class ReadBarrier:
     def commands(self, request_id: str, *, asking: bool = False) -> list[tuple[Arg, ...]]:
         """For reads on ``request_id``'s slot (``asking``: a slot migrating to that node)."""
         mark = ("SET", self.keys.relayed(request_id), "1", "PX", self.MARK_TTL_MS)
-        wait = ("WAIT", self.replicas, self.wait_ms)
-        return [("ASKING",), mark, wait, ("ROLE",)] if asking else [mark, wait, ("ROLE",)]
+        wait = replica_wait.wait_and_role(self.replicas, self.wait_ms)
+        return [("ASKING",), mark, *wait] if asking else [mark, *wait]
 
     async def settle(
         self, replies: Sequence[Any], again: replica_wait.Exchange, *, handing_out: bool
